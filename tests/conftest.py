@@ -1,0 +1,59 @@
+"""Shared fixtures: real Redis servers of the three versions that matter (7.0, 6.2, 5.0)."""
+from __future__ import annotations
+
+import pytest
+
+from servers import RedisServer, redis_binary
+
+UPSTREAM_USER = "gate"
+UPSTREAM_PASSWORD = "gate-upstream-secret"
+LEGACY_PASSWORD = "legacy-requirepass-secret"
+
+
+def _need(version: str) -> None:
+    if redis_binary(version) is None:
+        if version == "5":
+            pytest.fail("legacy redis-server 5.0 is missing: run scripts/test.sh, which builds it")
+        pytest.fail(f"redis-server {version} is missing: run scripts/test.sh")
+
+
+@pytest.fixture(scope="session")
+def redis7():
+    """Redis 7.0 with an ACL user `gate` (all commands, all keys) as the proxy's upstream identity."""
+    _need("7")
+    srv = RedisServer("7").start()
+    srv.client().execute_command("ACL", "SETUSER", UPSTREAM_USER, "on", f">{UPSTREAM_PASSWORD}",
+                                 "allkeys", "allchannels", "+@all")
+    srv.client().execute_command("ACL", "SETUSER", "default", "off")
+    srv.upstream = {"address": f"127.0.0.1:{srv.port}", "username": UPSTREAM_USER,
+                    "password": UPSTREAM_PASSWORD}
+    srv.admin = lambda **kw: srv.client(username=UPSTREAM_USER, password=UPSTREAM_PASSWORD, **kw)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def redis62():
+    _need("6.2")
+    srv = RedisServer("6.2", password=LEGACY_PASSWORD).start()
+    srv.upstream = {"address": f"127.0.0.1:{srv.port}", "password": LEGACY_PASSWORD}
+    srv.admin = lambda **kw: srv.client(**kw)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def redis5():
+    """Legacy Redis 5.0.6: requirepass only, no ACLs, no RESP3."""
+    _need("5")
+    srv = RedisServer("5", password=LEGACY_PASSWORD).start()
+    srv.upstream = {"address": f"127.0.0.1:{srv.port}", "password": LEGACY_PASSWORD}
+    srv.admin = lambda **kw: srv.client(**kw)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(params=["7", "5"])
+def any_upstream(request):
+    """Parametrises a test over Redis 7.0 (ACL user upstream) and legacy 5.0 (requirepass)."""
+    return request.getfixturevalue({"7": "redis7", "5": "redis5", "6.2": "redis62"}[request.param])
