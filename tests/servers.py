@@ -83,6 +83,7 @@ class RedisServer:
 
     def client(self, **kw) -> redis.Redis:
         kw.setdefault("password", self.password)
+        kw.setdefault("protocol", 2)   # redis-py 8 defaults to HELLO 3, which 5.0 lacks
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=10, **kw)
 
     def version_tuple(self) -> tuple[int, ...]:

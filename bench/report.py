@@ -1,0 +1,404 @@
+"""Turn raw benchmark runs into medians, same-round ratios, pass/fail checks and the three files
+bench/results/latest.json, latest.md and latest.png.
+
+Every ratio is computed *within one round* (target A's run divided by target B's run of the same
+workload in the same round) and then the median over rounds is reported, so slow drifts of a
+shared machine cancel out instead of landing on whichever target ran last.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+TARGET_ORDER = ["direct", "twemproxy", "pipe", "redisgate", "redisgate-tls"]
+BASES = ["direct", "pipe", "twemproxy", "redisgate"]
+
+# (id, title, workload, baseline, op, threshold)
+RATIO_CHECKS = [
+    ("p16_set_vs_twemproxy", "SET -c 50 -P 16: redisgate ≥ 1.2× twemproxy", "set_p16", "twemproxy", ">=", 1.2),
+    ("p16_get_vs_twemproxy", "GET -c 50 -P 16: redisgate ≥ 1.2× twemproxy", "get_p16", "twemproxy", ">=", 1.2),
+    ("p16_set_vs_pipe", "SET -c 50 -P 16: redisgate ≥ 0.85× byte pipe", "set_p16", "pipe", ">=", 0.85),
+    ("p16_get_vs_pipe", "GET -c 50 -P 16: redisgate ≥ 0.85× byte pipe", "get_p16", "pipe", ">=", 0.85),
+    ("p1_set_vs_pipe", "SET -c 50 -P 1: redisgate ≥ 0.9× byte pipe", "set_p1", "pipe", ">=", 0.9),
+    ("p1_get_vs_pipe", "GET -c 50 -P 1: redisgate ≥ 0.9× byte pipe", "get_p1", "pipe", ">=", 0.9),
+    ("p1_lpush_vs_pipe", "LPUSH -c 50 -P 1: redisgate ≥ 0.9× byte pipe", "lpush_p1", "pipe", ">=", 0.9),
+]
+LATENCY_LIMIT = 1.15
+JUDGE_TARGET = 1_000_000
+MEMORY_TARGET_KIB = 32.0
+
+
+def _median(xs: list[float]) -> float | None:
+    return statistics.median(xs) if xs else None
+
+
+def summarize(results: list[dict], workload_ids: list[str]) -> dict:
+    """{workload: {target: entry}}; entry has medians of rps/p50/p99 and same-round ratios."""
+    rounds = sorted({r["round"] for r in results})
+    by = {(r["round"], r["workload"], r["target"]): r for r in results}
+    targets = [t for t in TARGET_ORDER if any(r["target"] == t for r in results)]
+    out: dict[str, dict] = {}
+    for w in workload_ids:
+        out[w] = {}
+        for t in targets:
+            runs = [by[(r, w, t)] for r in rounds if (r, w, t) in by]
+            if not runs:
+                continue
+            ok = [x for x in runs if x["status"] == "ok"]
+            entry: dict = {"runs": len(runs), "ok": len(ok),
+                           "status": "ok" if ok else runs[0]["status"]}
+            bad = [x for x in runs if x["status"] != "ok"]
+            if bad:
+                entry["reason"] = bad[0]["reason"]
+            if ok:
+                rps = [x["rps"] for x in ok]
+                entry.update(rps=_median(rps), rps_min=min(rps), rps_max=max(rps),
+                             p50_ms=_median([x["p50_ms"] for x in ok]),
+                             p99_ms=_median([x["p99_ms"] for x in ok]))
+            for base in BASES:
+                if base == t:
+                    continue
+                ratios, added = [], []
+                for r in rounds:
+                    a, b = by.get((r, w, t)), by.get((r, w, base))
+                    if a and b and a["status"] == "ok" and b["status"] == "ok" and b["rps"]:
+                        ratios.append(a["rps"] / b["rps"])
+                        if base == "direct":
+                            added.append(a["p50_ms"] - b["p50_ms"])
+                if ratios:
+                    entry[f"x_{base}"] = _median(ratios)
+                    entry[f"x_{base}_rounds"] = len(ratios)
+                if added:
+                    entry["added_p50_ms"] = _median(added)
+                    entry["added_p50_by_round"] = added
+            out[w][t] = entry
+    return out
+
+
+def _added_ratio(summary: dict, w: str, t: str, base: str = "pipe") -> tuple[float | None, float | None]:
+    """(median of per-round added-latency ratios, ratio of median added latencies)."""
+    a = summary.get(w, {}).get(t, {}).get("added_p50_by_round")
+    b = summary.get(w, {}).get(base, {}).get("added_p50_by_round")
+    if not a or not b or len(a) != len(b):
+        return None, None
+    per_round = [x / y for x, y in zip(a, b) if y > 0]
+    mb = _median(b)
+    return _median(per_round), (_median(a) / mb if mb and mb > 0 else None)
+
+
+def _verdict(value: float | None, op: str, threshold: float) -> str:
+    if value is None:
+        return "n/a"
+    ok = value >= threshold if op == ">=" else value <= threshold
+    return "PASS" if ok else "FAIL"
+
+
+def checks(summary: dict, targets: dict, judge: dict | None, memory: dict | None) -> list[dict]:
+    out = []
+    rg = targets.get("redisgate", {})
+    rg_missing = None if rg.get("available") else rg.get("reason", "not run")
+    for cid, title, w, base, op, thr in RATIO_CHECKS:
+        entry = summary.get(w, {}).get("redisgate", {})
+        value = entry.get(f"x_{base}")
+        note = ""
+        if value is None:
+            note = ("redisgate target unavailable (see Targets)" if rg_missing and not entry
+                    else entry.get("reason") or f"no {base} run of {w} in the same round")
+        out.append({"id": cid, "title": title, "value": value, "unit": "×", "op": op,
+                    "threshold": thr, "result": _verdict(value, op, thr), "note": note})
+
+    per_round, of_medians = _added_ratio(summary, "get_c1", "redisgate")
+    rg_added = summary.get("get_c1", {}).get("redisgate", {}).get("added_p50_ms")
+    pipe_added = summary.get("get_c1", {}).get("pipe", {}).get("added_p50_ms")
+    note = ""
+    if per_round is None:
+        note = ("redisgate target unavailable (see Targets)" if rg_missing
+                else "needs ok GET -c 1 runs of direct, pipe and redisgate with pipe adding > 0 ms")
+    else:
+        note = (f"added p50: redisgate {rg_added * 1000:.0f} µs, pipe {pipe_added * 1000:.0f} µs; "
+                f"ratio of medians {of_medians:.2f}" if of_medians is not None else "")
+    out.append({"id": "c1_latency", "title": "GET -c 1: redisgate's added p50 ≤ 1.15× the byte pipe's",
+                "value": per_round, "unit": "×", "op": "<=", "threshold": LATENCY_LIMIT,
+                "result": _verdict(per_round, "<=", LATENCY_LIMIT), "note": note})
+
+    jv, jnote = None, ""
+    if judge is None:
+        jnote = "skipped"
+    elif judge.get("error"):
+        jnote = judge["error"]
+    else:
+        default = judge.get("default_path")
+        paths = judge.get("paths", {})
+        if default in paths and paths[default].get("cmds_per_s"):
+            jv = paths[default]["cmds_per_s"]
+            others = [f"{k}: {v['cmds_per_s'] / 1e6:.2f} M/s" for k, v in paths.items()
+                      if k != default and v.get("cmds_per_s")]
+            jnote = f"default path '{default}'" + (f"; also {', '.join(others)}" if others else "")
+        else:
+            jnote = judge.get("note", "no parsing path could be measured")
+    out.append({"id": "judge", "title": "judge: ≥ 1,000,000 commands/s parsed and judged on one core",
+                "value": jv, "unit": "cmd/s", "op": ">=", "threshold": JUDGE_TARGET,
+                "result": _verdict(jv, ">=", JUDGE_TARGET), "note": jnote})
+
+    mv, mnote = None, ""
+    if memory is None:
+        mnote = "skipped"
+    elif memory.get("error"):
+        mnote = memory["error"]
+    else:
+        m = memory.get("targets", {}).get("redisgate", {})
+        mv = m.get("kib_per_client")
+        if mv is None:
+            mnote = m.get("reason") or "redisgate was not measured"
+        else:
+            p = memory.get("targets", {}).get("pipe", {}).get("kib_per_client")
+            mnote = (f"{m.get('clients')} clients, {m.get('upstream_links', '?')} upstream links"
+                     + (f"; byte pipe {p:.1f} KiB/client" if p is not None else ""))
+    out.append({"id": "memory", "title": "memory: ≤ 32 KiB RSS per idle authenticated client",
+                "value": mv, "unit": "KiB", "op": "<=", "threshold": MEMORY_TARGET_KIB,
+                "result": _verdict(mv, "<=", MEMORY_TARGET_KIB), "note": mnote})
+    return out
+
+
+def tls_overhead(summary: dict) -> dict:
+    """{workload: redisgate-tls rps / redisgate rps (same round, median)} when TLS ran."""
+    return {w: e["redisgate-tls"]["x_redisgate"] for w, e in summary.items()
+            if "x_redisgate" in e.get("redisgate-tls", {})}
+
+
+def build(meta: dict, targets: dict, workloads: list[dict], results: list[dict],
+          judge: dict | None, memory: dict | None) -> dict:
+    ids = [w["id"] for w in workloads]
+    summary = summarize(results, ids)
+    return {"meta": meta, "targets": targets, "workloads": workloads, "summary": summary,
+            "tls_overhead": tls_overhead(summary), "judge": judge, "memory": memory,
+            "checks": checks(summary, targets, judge, memory), "runs": results}
+
+
+# -- rendering ------------------------------------------------------------------------------
+
+def _k(x: float | None) -> str:
+    if x is None:
+        return "–"
+    return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.1f}k"
+
+
+def _x(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}×"
+
+
+def _cell(entry: dict | None) -> str:
+    if not entry:
+        return "–"
+    if entry.get("rps") is None:
+        return entry.get("status", "–")
+    flag = "" if entry["ok"] == entry["runs"] else f" ({entry['ok']}/{entry['runs']})"
+    return _k(entry["rps"]) + flag
+
+
+def _fmt_value(c: dict) -> str:
+    v = c["value"]
+    if v is None:
+        return "–"
+    if c["unit"] == "×":
+        return f"{v:.2f}×"
+    if c["unit"] == "cmd/s":
+        return f"{v:,.0f}/s"
+    return f"{v:.1f} {c['unit']}"
+
+
+def checks_text(doc: dict) -> str:
+    lines = ["", "targets:"]
+    for c in doc["checks"]:
+        lines.append(f"  [{c['result']:>4}] {c['title']}: {_fmt_value(c)}"
+                     + (f"  ({c['note']})" if c["note"] else ""))
+    for name, t in doc["targets"].items():
+        if not t.get("available"):
+            lines.append(f"  {name} target unavailable: {t.get('reason')}")
+    return "\n".join(lines)
+
+
+def markdown(doc: dict) -> str:
+    meta, summary, targets = doc["meta"], doc["summary"], doc["targets"]
+    present = [t for t in TARGET_ORDER if t in targets]
+    wl = {w["id"]: w for w in doc["workloads"]}
+    md = [f"# redisgate benchmark ({meta['mode']} run)", "",
+          f"{meta['started']} · commit `{meta['commit']}` · {meta['rounds']} interleaved rounds · "
+          f"{meta.get('duration_s', 0):.0f} s · {meta['machine']} · Python {meta['python']}  ",
+          f"{meta['redis']} · {meta['redis_benchmark']} · {meta['nutcracker']}", "",
+          "Medians over rounds. Ratios (×) are computed between two targets' runs of the same "
+          "workload *in the same round*, then the median is taken. See bench/README.md.", ""]
+    if meta["mode"] == "quick":
+        md += ["> Quick mode: few requests and 2 rounds. A smoke check, not a measurement.", ""]
+    md += ["## Targets", "", "| target | status | note |", "|---|---|---|"]
+    for t in present:
+        info = targets[t]
+        status = "ok" if info.get("available") else "**unavailable**"
+        note = info.get("reason") or info.get("note") or ""
+        md.append(f"| {t} | {status} | {note.replace('|', '/')} |")
+    md += ["", "## Checks", "", "| check | measured | result | note |", "|---|---|---|---|"]
+    for c in doc["checks"]:
+        res = {"PASS": "✅ PASS", "FAIL": "❌ FAIL"}.get(c["result"], "n/a")
+        md.append(f"| {c['title']} | {_fmt_value(c)} | {res} | {c['note'].replace('|', '/')} |")
+    if doc["tls_overhead"]:
+        md += ["", "TLS overhead (redisgate-tls ÷ redisgate, same round): " + ", ".join(
+            f"{wl[w]['title']} {_x(v)}" for w, v in doc["tls_overhead"].items()) + "."]
+
+    md += ["", "## Throughput (requests/s, median)", "",
+           "| workload | " + " | ".join(present) + " |", "|---|" + "---|" * len(present)]
+    for w, entries in summary.items():
+        md.append(f"| {wl[w]['title']} | " + " | ".join(_cell(entries.get(t)) for t in present) + " |")
+
+    md += ["", "## Ratios (median of same-round ratios)", "",
+           "| workload | redisgate ÷ direct | redisgate ÷ pipe | redisgate ÷ twemproxy | "
+           "pipe ÷ direct | twemproxy ÷ direct |", "|---|---|---|---|---|---|"]
+    for w, entries in summary.items():
+        rg, pipe, tw = entries.get("redisgate", {}), entries.get("pipe", {}), entries.get("twemproxy", {})
+        md.append(f"| {wl[w]['title']} | {_x(rg.get('x_direct'))} | {_x(rg.get('x_pipe'))} | "
+                  f"{_x(rg.get('x_twemproxy'))} | {_x(pipe.get('x_direct'))} | {_x(tw.get('x_direct'))} |")
+
+    md += ["", "## Latency (ms, median of per-round percentiles)", "",
+           "| workload | " + " | ".join(f"{t} p50 / p99" for t in present) + " |",
+           "|---|" + "---|" * len(present)]
+    for w, entries in summary.items():
+        cells = []
+        for t in present:
+            e = entries.get(t, {})
+            cells.append(f"{e['p50_ms']:.3f} / {e['p99_ms']:.3f}" if e.get("p50_ms") is not None else "–")
+        md.append(f"| {wl[w]['title']} | " + " | ".join(cells) + " |")
+    c1 = summary.get("get_c1", {})
+    if c1:
+        md += ["", "Added p50 over direct Redis, GET -c 1: " + ", ".join(
+            f"{t} {c1[t]['added_p50_ms'] * 1000:.0f} µs" for t in present
+            if c1.get(t, {}).get("added_p50_ms") is not None) + "."]
+
+    judge = doc.get("judge")
+    md += ["", "## Judge micro-benchmark (no sockets, one core)", ""]
+    if not judge:
+        md.append("Skipped.")
+    elif judge.get("error"):
+        md.append(f"Unavailable: {judge['error']}")
+    else:
+        md += [judge.get("description", ""), "",
+               "| parsing path | commands/s | ns/command | parse only (cmd/s) |", "|---|---|---|---|"]
+        for name, p in judge.get("paths", {}).items():
+            if p.get("error"):
+                md.append(f"| {name} | unavailable: {p['error']} | | |")
+                continue
+            md.append(f"| {name}{' (default)' if name == judge.get('default_path') else ''} | "
+                      f"{p['cmds_per_s']:,.0f} | {1e9 / p['cmds_per_s']:.0f} | "
+                      f"{p.get('parse_only_cmds_per_s', 0):,.0f} |")
+        for n in judge.get("notes", []):
+            md.append(f"\n- {n}")
+
+    mem = doc.get("memory")
+    md += ["", "## Memory per idle authenticated client", ""]
+    if not mem:
+        md.append("Skipped.")
+    elif mem.get("error"):
+        md.append(f"Unavailable: {mem['error']}")
+    else:
+        md += ["| process | clients | RSS before (MiB) | RSS after (MiB) | KiB per client | "
+               "upstream links |", "|---|---|---|---|---|---|"]
+        for name, m in mem.get("targets", {}).items():
+            if m.get("kib_per_client") is None:
+                md.append(f"| {name} | unavailable: {m.get('reason', '?')} | | | | |")
+                continue
+            md.append(f"| {name} | {m['clients']} | {m['rss_before_kib'] / 1024:.1f} | "
+                      f"{m['rss_after_kib'] / 1024:.1f} | {m['kib_per_client']:.1f} | "
+                      f"{m.get('upstream_links', '?')} |")
+
+    problems = [r for r in doc["runs"] if r["status"] != "ok"]
+    if problems:
+        md += ["", "## Runs that did not measure", ""]
+        seen = set()
+        for r in problems:
+            key = (r["target"], r["workload"], r["reason"])
+            if key in seen:
+                continue
+            seen.add(key)
+            md.append(f"- {r['target']} / {wl[r['workload']]['title']}: {r['status']} — {r['reason']}")
+    if meta.get("notes"):
+        md += ["", "## Notes", ""] + [f"- {n}" for n in meta["notes"]]
+    md += ["", f"Raw runs, argv and logs: `latest.json`; process logs in `{meta.get('workdir', '?')}`.", ""]
+    return "\n".join(md)
+
+
+def chart(doc: dict, path: Path) -> str | None:
+    """latest.png: throughput per workload and target, ratios to the byte pipe, GET -c 1 latency.
+    Returns None, or why no chart was drawn (matplotlib missing)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install matplotlib, or the `bench` extra)"
+    summary = doc["summary"]
+    wl = {w["id"]: w["title"] for w in doc["workloads"]}
+    present = [t for t in TARGET_ORDER if any(t in e for e in summary.values())]
+    colors = {"direct": "#4c72b0", "twemproxy": "#dd8452", "pipe": "#8c8c8c",
+              "redisgate": "#c44e52", "redisgate-tls": "#937860"}
+    ws = [w for w in summary if any(e.get("rps") for e in summary[w].values())]
+    fig = plt.figure(figsize=(15, 10))
+    ax = fig.add_subplot(2, 1, 1)
+    width = 0.8 / max(1, len(present))
+    for i, t in enumerate(present):
+        xs = [j + i * width for j in range(len(ws))]
+        ys = [summary[w].get(t, {}).get("rps") or 0 for w in ws]
+        ax.bar(xs, ys, width, label=t, color=colors.get(t))
+    ax.set_xticks([j + width * (len(present) - 1) / 2 for j in range(len(ws))])
+    ax.set_xticklabels([wl[w] for w in ws], rotation=20, ha="right", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("requests/s (median, log scale)")
+    ax.set_title(f"Throughput — {doc['meta']['mode']} run, {doc['meta']['rounds']} rounds, "
+                 f"commit {doc['meta']['commit']}")
+    ax.legend(fontsize=8, ncol=len(present))
+    ax.grid(axis="y", alpha=0.3)
+
+    ax2 = fig.add_subplot(2, 2, 3)
+    others = [t for t in present if t != "pipe"]
+    width2 = 0.8 / max(1, len(others))
+    for i, t in enumerate(others):
+        xs = [j + i * width2 for j in range(len(ws))]
+        ys = [summary[w].get(t, {}).get("x_pipe") or 0 for w in ws]
+        ax2.bar(xs, ys, width2, label=t, color=colors.get(t))
+    ax2.axhline(1.0, color="black", lw=0.8)
+    ax2.set_xticks([j + width2 * (len(others) - 1) / 2 for j in range(len(ws))])
+    ax2.set_xticklabels([wl[w] for w in ws], rotation=35, ha="right", fontsize=7)
+    ax2.set_ylabel("× byte pipe (same round, median)")
+    ax2.set_title("Throughput relative to the byte pipe")
+    ax2.legend(fontsize=7)
+    ax2.grid(axis="y", alpha=0.3)
+
+    ax3 = fig.add_subplot(2, 2, 4)
+    c1 = summary.get("get_c1", {})
+    lat_t = [t for t in present if c1.get(t, {}).get("p50_ms") is not None]
+    xs = range(len(lat_t))
+    ax3.bar([x - 0.2 for x in xs], [c1[t]["p50_ms"] * 1000 for t in lat_t], 0.4, label="p50",
+            color=[colors.get(t) for t in lat_t])
+    ax3.bar([x + 0.2 for x in xs], [c1[t]["p99_ms"] * 1000 for t in lat_t], 0.4, label="p99",
+            color=[colors.get(t) for t in lat_t], alpha=0.5, hatch="//")
+    ax3.set_xticks(list(xs))
+    ax3.set_xticklabels(lat_t, fontsize=8)
+    ax3.set_ylabel("µs")
+    ax3.set_title("GET -c 1 latency (solid p50, hatched p99)")
+    ax3.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return None
+
+
+def write(doc: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    png = out / "latest.png"
+    why = chart(doc, png)
+    if why:
+        doc["meta"]["notes"].append(f"no chart: {why}")
+    else:
+        paths.append(png)
+    (out / "latest.json").write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
+    (out / "latest.md").write_text(markdown(doc))
+    return [out / "latest.json", out / "latest.md", *paths]

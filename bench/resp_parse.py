@@ -1,0 +1,122 @@
+"""How fast does resp.RequestParser parse pipelined commands? (a measurement, not a test)
+
+Compares, on one buffer of N pipelined commands:
+  python   RequestParser.drain(): the strict pure-Python parser (validates, slices args and raw);
+           its batch path splits each read on CRLF in C and checks lengths with map()
+  hiredis+ the same validation as a scan that slices nothing, then hiredis.Reader builds the
+           argument lists ("validate, then use": hiredis never sees unchecked input, so its
+           leniency and its preallocation from declared sizes cannot be reached)
+  hiredis  hiredis.Reader alone: lenient, no raw bytes, unsafe on hostile input; a lower bound
+
+Run: python bench/resp_parse.py [N]
+"""
+from __future__ import annotations
+
+import sys
+import timeit
+
+import hiredis
+
+sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
+from redisgate.resp import RequestParser, Request, encode_command, _CRLF, _tuple_new  # noqa: E402
+
+SHA = b"a1b2c3d4e5f60718293a4b5c6d7e8f9012345678"
+EVALSHA = [b"evalsha", SHA, b"4", b"asynq:{default}:pending", b"asynq:{default}:paused",
+           b"asynq:{default}:active", b"asynq:{default}:lease", b"1732800000",
+           b"asynq:{default}:t:"]
+SETGET = [[b"set", b"key:000123", b"value-0123456789"], [b"get", b"key:000123"]]
+
+
+class HiredisAfterScan(RequestParser):
+    """The candidate alternative: Python validates frame boundaries (the find-based loop of
+    RequestParser._fast without its slicing), then hiredis splits the validated region."""
+
+    def _batch(self, buf, pos, out):
+        limit = 1 << 62
+        end = len(buf)
+        find = buf.find
+        counts, bulks = self._counts, self._bulks
+        bounds = []
+        first = pos
+        while pos < end and len(bounds) + len(out) < limit:
+            r = find(_CRLF, pos, pos + 24)
+            if r < 0:
+                break
+            n = counts.get(buf[pos:r])
+            if n is None:
+                n = self._count_ok(buf[pos:r])
+                if n is None:
+                    break
+            p = r + 2
+            if n <= 0:
+                break   # keep the hiredis region free of skipped frames
+            for _ in range(n):
+                r = find(_CRLF, p, p + 24)
+                if r < 0:
+                    break
+                size = bulks.get(buf[p:r])
+                if size is None:
+                    size = self._bulk_ok(buf[p:r])
+                    if size is None:
+                        break
+                p = r + 2 + size
+                if buf[p:p + 2] != _CRLF:
+                    break
+                p += 2
+            else:
+                bounds.append((pos, p))
+                pos = p
+                continue
+            break
+        if bounds:
+            reader = hiredis.Reader()
+            reader.feed(buf, first, pos - first)
+            gets = reader.gets
+            emit = out.append
+            for s, e in bounds:
+                emit(_tuple_new(Request, (gets(), buf[s:e])))
+        return self._fast(buf, pos, out, limit)
+
+
+CHUNK = 64 * 1024   # what one socket read typically hands the protocol
+
+
+def bench(name, commands, n):
+    buf = b"".join(encode_command(c) for c in commands) * (n // len(commands))
+    count = (n // len(commands)) * len(commands)
+    chunks = [buf[i:i + CHUNK] for i in range(0, len(buf), CHUNK)]
+
+    def run(parser_class):
+        def fn():
+            p = parser_class(authenticated=True)
+            got = 0
+            for chunk in chunks:
+                p.feed(chunk)
+                got += len(p.drain())
+            assert got == count
+        return fn
+
+    def hiredis_alone():
+        r = hiredis.Reader()
+        got = 0
+        for chunk in chunks:
+            r.feed(chunk)
+            while r.gets() is not False:
+                got += 1
+        assert got == count
+
+    p1, p2 = RequestParser(authenticated=True), HiredisAfterScan(authenticated=True)
+    p1.feed(buf), p2.feed(buf)
+    assert p1.drain() == p2.drain()
+    print(f"{name}: {count} pipelined commands of {len(buf) / count:.0f} bytes, "
+          f"fed in {CHUNK // 1024} KiB reads")
+    for label, fn in (("python  ", run(RequestParser)), ("hiredis+", run(HiredisAfterScan)),
+                      ("hiredis ", hiredis_alone)):
+        best = min(timeit.repeat(fn, number=1, repeat=7))
+        print(f"  {label} {count / best / 1e6:6.2f} M commands/s  ({best / count * 1e9:5.0f} ns each)")
+
+
+if __name__ == "__main__":
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
+    bench("EVALSHA (asynq dequeue shape)", [EVALSHA], n)
+    bench("SET/GET", SETGET, n)

@@ -1,0 +1,302 @@
+"""Command line: serve, demo, check, hash-password, acl export, certs, learn, reload.
+
+Exit codes: 0 success, 1 a problem with the input (config errors, bad secret), 2 usage errors.
+Every message names what is wrong and where; secrets are never printed (except the demo's own,
+freshly generated passwords, which exist to be typed in).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import signal
+import sys
+from pathlib import Path
+
+import yaml
+
+from .config import ConfigError, hash_password, load_config
+
+log = logging.getLogger("redisgate")
+
+
+def _setup_logging(level: str = "info") -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _load(path: str):
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        print(f"{path}: {len(e.problems)} problem(s):", file=sys.stderr)
+        for p in e.problems:
+            print(f"  {p}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _with_embedded_upstream(config):
+    """No upstream configured: start a private redis-server and point the proxy at it."""
+    if not config.upstream.embedded:
+        return None
+    from .embedded import EmbeddedRedis
+    emb = EmbeddedRedis().start()
+    up = config.upstream
+    up.host, up.port, up.password, up.username = "127.0.0.1", emb.port, emb.password, None
+    log.info("no upstream configured: started an embedded redis-server on 127.0.0.1:%d", emb.port)
+    return emb
+
+
+def cmd_serve(args) -> int:
+    config = _load(args.config)
+    if args.listen:
+        from .config import Listener, parse_address
+        problems: list[str] = []
+        addr = parse_address(args.listen, "--listen", problems)
+        if problems:
+            print(problems[0], file=sys.stderr)
+            return 2
+        config.listeners = [Listener(addr[0], addr[1])]
+    _setup_logging(config.log_level)
+    for w in config.warnings:
+        log.warning("%s", w)
+    if args.learn_user:
+        entry = config.users.get(args.learn_user)
+        if entry is None:
+            print(f"--user: no user {args.learn_user!r} in {args.config}", file=sys.stderr)
+            return 1
+        entry.learn = True
+    emb = _with_embedded_upstream(config)
+    from .server import run
+    holder = {}
+    try:
+        run(config, ready=lambda proxy: holder.setdefault("proxy", proxy))
+    except OSError as e:
+        log.error("cannot listen: %s", e)
+        return 1
+    finally:
+        if emb:
+            emb.stop()
+        if args.learn_user and "proxy" in holder:
+            _write_learned(holder["proxy"], args.learn_user, args.out)
+    return 0
+
+
+def _write_learned(proxy, name: str, out: str) -> None:
+    learner = proxy.gate.learners.get(name)
+    if learner is None:
+        log.warning("learn: user %s sent no commands; nothing written", name)
+        return
+    profile = {"users": {name: learner.profile()}}
+    Path(out).write_text(yaml.safe_dump(profile, sort_keys=False))
+    log.info("learn: wrote the rules %s needed to %s", name, out)
+
+
+def cmd_learn(args) -> int:
+    args.learn_user = args.user
+    args.listen = None
+    return cmd_serve(args)
+
+
+def cmd_check(args) -> int:
+    config = _load(args.config)
+    for w in config.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    listeners = ", ".join(f"{lst.host}:{lst.port}{' (TLS)' if lst.tls else ''}" for lst in config.listeners)
+    upstream = "embedded redis-server" if config.upstream.embedded else config.upstream.address
+    try:
+        from .server import Proxy
+        Proxy(config)   # builds the TLS contexts: unreadable certificates are found here
+    except (ValueError, OSError) as e:
+        print(f"{args.config}: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.config}: OK ({len(config.users)} users; listen {listeners}; upstream {upstream})")
+    return 0
+
+
+def cmd_hash_password(args) -> int:
+    data = sys.stdin.buffer.read()
+    if data.endswith(b"\r\n"):
+        data = data[:-2]
+    elif data.endswith(b"\n"):
+        data = data[:-1]
+    if not data:
+        print("hash-password: empty secret on standard input", file=sys.stderr)
+        return 1
+    print(hash_password(data))
+    return 0
+
+
+_PASSWORD_TOKENS = ("#", ">", "<", "!")
+_PASSWORD_WORDS = {"on", "off", "nopass", "resetpass", "reset"}
+
+
+def _permission_tokens(user) -> list[str]:
+    return [t for t in user.to_acl_rules().split()
+            if not t.startswith(_PASSWORD_TOKENS) and t not in _PASSWORD_WORDS]
+
+
+def cmd_acl_export(args) -> int:
+    config = _load(args.config)
+    out = []
+    for name, entry in sorted(config.users.items()):
+        rules = entry.user.to_acl_rules()
+        if getattr(entry.user, "scripts", None) is not None:
+            out.append(f"# {name}: its script allowlist is enforced by redisgate only "
+                       "(Redis ACLs cannot pin scripts)")
+        if entry.certificate:
+            out.append(f"# {name}: certificate-bound in redisgate ({entry.certificate})")
+        out.append(f"user {name} {rules}" if args.aclfile else f"ACL SETUSER {name} {rules}")
+    if args.upstream_user:
+        # Selectors are alternatives, so one selector per user gives exactly the union of their
+        # permissions: the least the proxy's own identity needs (Redis 7+).
+        selectors = " ".join(f"({' '.join(_permission_tokens(e.user))})"
+                             for _, e in sorted(config.users.items()) if e.user.enabled)
+        out.append(f"# the proxy's upstream identity: set its password with ACL SETUSER "
+                   f"{args.upstream_user} >... (never stored here)")
+        line = f"{args.upstream_user} on resetkeys resetchannels nocommands {selectors}"
+        out.append(f"user {line}" if args.aclfile else f"ACL SETUSER {line}")
+    print("\n".join(out))
+    return 0
+
+
+def cmd_certs(args, rest: list[str]) -> int:
+    from . import certs
+    return certs.main(rest)
+
+
+def cmd_reload(args) -> int:
+    pid_file = args.pid_file
+    if pid_file is None:
+        config = _load(args.config)
+        pid_file = config.pid_file
+        if pid_file is None:
+            print(f"{args.config}: no pid_file is configured; give --pid-file or send SIGHUP "
+                  "to the redisgate process yourself", file=sys.stderr)
+            return 1
+    try:
+        pid = int(Path(pid_file).read_text().strip())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError) as e:
+        print(f"reload: cannot signal the process in {pid_file}: {e}", file=sys.stderr)
+        return 1
+    print(f"reload: sent SIGHUP to redisgate (pid {pid})")
+    return 0
+
+
+DEMO_USERS = {
+    "producer": {"profile": "asynq-producer"},
+    "worker": {"profile": "asynq-worker"},
+    "inspector": {"profile": "asynq-inspector"},
+    "admin": {"rules": "allkeys allchannels +@all"},
+}
+
+
+def cmd_demo(args) -> int:
+    _setup_logging("info")
+    from .embedded import EmbeddedRedis
+    try:
+        emb = EmbeddedRedis().start()
+    except RuntimeError as e:
+        print(f"demo: {e}", file=sys.stderr)
+        return 1
+    workdir = Path(args.dir or Path.home() / ".cache" / "redisgate" / "demo")
+    workdir.mkdir(parents=True, exist_ok=True)
+    passwords = {name: secrets.token_urlsafe(12) for name in DEMO_USERS}
+    users = {}
+    for name, spec in DEMO_USERS.items():
+        spec = dict(spec)
+        spec["rules"] = f"on {hash_password(passwords[name].encode())} {spec.get('rules', '')}".strip()
+        users[name] = spec
+    secret_file = workdir / "upstream-password"
+    fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(emb.password)
+    cfg = {"listen": f"127.0.0.1:{args.port}",
+           "upstream": {"address": f"127.0.0.1:{emb.port}", "password": f"${{file:{secret_file}}}"},
+           "users": users}
+    cfg_path = workdir / "redisgate.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    try:
+        config = load_config(cfg_path)
+    except ConfigError as e:
+        emb.stop()
+        print("demo: the generated config is invalid:\n  " + "\n  ".join(e.problems), file=sys.stderr)
+        return 1
+    print(f"redisgate demo: proxy on 127.0.0.1:{args.port} -> embedded redis-server "
+          f"127.0.0.1:{emb.port}\nconfig: {cfg_path}\n\nUsers (passwords are new each run):")
+    for name in DEMO_USERS:
+        print(f"  {name:10s} {passwords[name]}")
+    print(f"\nTry:\n  redis-cli -p {args.port} --user producer --pass {passwords['producer']} PING\n"
+          f"  redis-cli -p {args.port} --user producer --pass {passwords['producer']} FLUSHALL"
+          "   # refused\n\nCtrl-C stops the proxy and the embedded Redis.\n", flush=True)
+    from .server import run
+    try:
+        run(config)
+    except OSError as e:
+        log.error("cannot listen on 127.0.0.1:%d: %s", args.port, e)
+        return 1
+    finally:
+        emb.stop()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="redisgate", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    s = sub.add_parser("serve", help="run the proxy")
+    s.add_argument("--config", "-c", required=True)
+    s.add_argument("--listen", help="override the listen address (plain TCP)")
+    s.set_defaults(func=cmd_serve, learn_user=None, out=None)
+
+    d = sub.add_parser("demo", help="start an embedded Redis and the proxy with sample users")
+    d.add_argument("--port", type=int, default=6380)
+    d.add_argument("--dir", help="where to write the demo config (default ~/.cache/redisgate/demo)")
+    d.set_defaults(func=cmd_demo)
+
+    c = sub.add_parser("check", help="validate a config file and print every problem")
+    c.add_argument("--config", "-c", required=True)
+    c.set_defaults(func=cmd_check)
+
+    h = sub.add_parser("hash-password", help="read a secret on stdin, print its #<sha256> rule")
+    h.set_defaults(func=cmd_hash_password)
+
+    a = sub.add_parser("acl", help="Redis ACL interop")
+    asub = a.add_subparsers(dest="acl_verb", required=True)
+    ae = asub.add_parser("export", help="print the policy as ACL SETUSER lines (or an aclfile)")
+    ae.add_argument("--config", "-c", required=True)
+    ae.add_argument("--aclfile", action="store_true", help="aclfile format (user <name> <rules>)")
+    ae.add_argument("--upstream-user", metavar="NAME",
+                    help="also print a user with the union of all users' permissions, for the "
+                         "proxy's own upstream identity")
+    ae.set_defaults(func=cmd_acl_export)
+
+    sub.add_parser("certs", help="create a development CA and certificates (see certs --help)",
+                   add_help=False).set_defaults(func=None)
+
+    ln = sub.add_parser("learn", help="proxy while recording what one user needs; write a profile")
+    ln.add_argument("--config", "-c", required=True)
+    ln.add_argument("--user", required=True)
+    ln.add_argument("--out", required=True)
+    ln.set_defaults(func=cmd_learn)
+
+    r = sub.add_parser("reload", help="make a running redisgate re-read its config and certificates")
+    g = r.add_mutually_exclusive_group(required=True)
+    g.add_argument("--config", "-c")
+    g.add_argument("--pid-file")
+    r.set_defaults(func=cmd_reload)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "certs":
+        return cmd_certs(None, argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 0

@@ -1,0 +1,103 @@
+"""Proxy-wide state that every session consults: users, the upstream's version, the ACL log.
+
+Pure data and bookkeeping; no sockets. A config reload swaps ``users`` and bumps ``generation`` so
+that sessions re-resolve their user (a removed or disabled user loses its connections, as with
+Redis's ACL DELUSER).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from .config import Config, UserEntry
+
+audit = logging.getLogger("redisgate.audit")
+
+# Redis groups identical ACL log entries that occur within this many seconds (acl.c).
+_ACL_LOG_GROUPING_MS = 60_000
+
+
+@dataclass
+class AclLogEntry:
+    """One ``ACL LOG`` record, in Redis's field layout."""
+    reason: str          # "command" | "key" | "channel" | "auth" (plus redisgate's "keyspace", "script")
+    context: str         # "toplevel" | "multi"
+    object: str
+    username: str
+    client_info: str
+    count: int = 1
+    entry_id: int = 0
+    created_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    updated_ms: int = 0
+
+    def __post_init__(self):
+        self.updated_ms = self.updated_ms or self.created_ms
+
+
+class AclLog:
+    """A bounded list of recent denials, newest first, grouped like Redis's ACL log."""
+
+    def __init__(self, max_len: int = 128):
+        self.max_len = max_len
+        self.entries: deque[AclLogEntry] = deque()
+        self._next_id = 0
+
+    def add(self, reason: str, context: str, obj: str, username: str, client_info: str) -> None:
+        now = int(time.time() * 1000)
+        for e in self.entries:
+            if (e.reason, e.context, e.object, e.username) == (reason, context, obj, username) \
+                    and now - e.updated_ms < _ACL_LOG_GROUPING_MS:
+                e.count += 1
+                e.updated_ms = now
+                e.client_info = client_info
+                return
+        self.entries.appendleft(AclLogEntry(reason, context, obj, username, client_info,
+                                            entry_id=self._next_id, created_ms=now))
+        self._next_id += 1
+        while len(self.entries) > self.max_len:
+            self.entries.pop()
+
+    def reset(self) -> None:
+        self.entries.clear()
+
+
+class Gate:
+    """What all connections share. Built from a Config; ``reload`` swaps it atomically."""
+
+    def __init__(self, config: Config, upstream_version: tuple[int, int, int] | None = None):
+        self.config = config
+        self.users: dict[str, UserEntry] = config.users
+        self.generation = 0
+        self.upstream_version: tuple[int, int, int] = (config.upstream.version or upstream_version
+                                                       or (7, 0, 0))
+        self.version_known = config.upstream.version is not None or upstream_version is not None
+        self.acl_log = AclLog(config.acl_log_max_len)
+        self.learners: dict[str, object] = {}
+        self._index_certificates()
+
+    def _index_certificates(self) -> None:
+        self.cert_users = {name: e.certificate for name, e in self.users.items() if e.certificate}
+
+    def reload(self, config: Config) -> None:
+        self.config = config
+        self.users = config.users
+        self.acl_log.max_len = config.acl_log_max_len
+        if config.upstream.version:
+            self.upstream_version = config.upstream.version
+        self._index_certificates()
+        self.generation += 1
+
+    def set_upstream_version(self, version: tuple[int, int, int]) -> None:
+        if self.config.upstream.version is None:
+            self.upstream_version = version
+            self.version_known = True
+
+    def learner(self, name: str):
+        """The Learner recording a learn-mode user's traffic (created on first use)."""
+        learner = self.learners.get(name)
+        if learner is None:
+            from .learn import Learner
+            learner = self.learners[name] = Learner()
+        return learner

@@ -1,0 +1,952 @@
+"""RESP, sans I/O: the strict client request parser, the upstream reply frame scanner, encoders.
+
+This module contains no networking. Bytes go in (`RequestParser.feed`, `ReplyScanner.feed`),
+parsed requests and reply frame boundaries come out, and the encoders return bytes to send.
+
+* `RequestParser` reads what clients send. Clients are hostile, so it is strict: it accepts
+  exactly what Redis 7.0 accepts (src/networking.c processMultibulkBuffer / processInlineBuffer),
+  answers everything else with Redis's own protocol error text, and never allocates from a
+  declared size.
+* `ReplyScanner` reads what the upstream Redis sends. It does not parse replies, it only finds
+  where each top-level reply ends, so the proxy can pass the bytes through unchanged and keep
+  replies in order. It never buffers payloads.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import NamedTuple
+
+__all__ = [
+    "ProtocolError", "UpstreamProtocolError", "Request", "RequestParser", "Frame", "ReplyScanner",
+    "encode_command", "simple", "error", "bulk", "integer", "array", "null", "null_array",
+    "map_", "set_", "push", "verbatim",
+]
+
+KiB = 1024
+MiB = 1024 * KiB
+
+# Redis's defaults: proto-max-bulk-len (512 MB), PROTO_INLINE_MAX_SIZE (64 KB).
+DEFAULT_MAX_BULK = 512 * MiB
+DEFAULT_MAX_INLINE = 64 * KiB
+# Redis accepts up to INT_MAX arguments; it grows argv as arguments arrive, but a client may
+# still make it hold 2^31 small arguments. A proxy has no reason to: 1M arguments is far beyond
+# any real command (an MSET of 500k pairs), and smaller than what would exhaust memory.
+DEFAULT_MAX_ARGS = 1024 * 1024
+
+# What Redis allows a client that has not authenticated (networking.c, "authRequired(c)").
+PREAUTH_MAX_ARGS = 10
+PREAUTH_MAX_BULK = 16384
+
+_INT_MAX = 2**31 - 1
+_LLONG_MAX = 2**63 - 1
+_LLONG_MIN = -(2**63)
+_CRLF = b"\r\n"
+_tuple_new = tuple.__new__
+
+
+class ProtocolError(Exception):
+    """A client broke the protocol. `.reply` is the exact error line Redis sends for it, e.g.
+    ``b"-ERR Protocol error: invalid bulk length\\r\\n"``; the connection is closed after it."""
+
+    def __init__(self, message: bytes | str):
+        if isinstance(message, str):
+            message = message.encode()
+        self.message = message
+        self.reply = b"-ERR " + message + _CRLF
+        super().__init__(message.decode("utf-8", "backslashreplace"))
+
+
+class UpstreamProtocolError(Exception):
+    """The upstream sent bytes that are not RESP2/RESP3. The upstream connection is unusable."""
+
+
+def _err(condition: str) -> ProtocolError:
+    return ProtocolError("Protocol error: " + condition)
+
+
+def _string2ll(s: bytes) -> int | None:
+    """Redis's string2ll (src/util.c): a canonical decimal long long, else None.
+
+    No sign but '-', no leading zeros, no spaces, no "-0", fewer than 21 characters.
+    """
+    n = len(s)
+    if n == 0 or n >= 21:
+        return None
+    if s[0] == 45:  # '-'
+        digits = s[1:]
+        if not digits.isdigit() or digits[0] == 48:
+            return None
+        v = -int(digits)
+        return v if v >= _LLONG_MIN else None
+    if not s.isdigit() or (s[0] == 48 and n > 1):
+        return None
+    v = int(s)
+    return v if v <= _LLONG_MAX else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Client requests
+# ---------------------------------------------------------------------------------------------
+
+class Request(NamedTuple):
+    """One client command.
+
+    `args[0]` is the command name as sent. `raw` is the exact bytes of the multibulk frame the
+    client sent (every multibulk frame the parser accepts is canonical, so `raw ==
+    encode_command(args)`), and None for an inline command: forward `encode_command(args)`.
+    """
+    args: list[bytes]
+    raw: bytes | None
+
+
+@lru_cache(maxsize=None)
+def _header_tables(max_args: int, max_bulk: int) -> tuple[dict[bytes, int], dict[bytes, int]]:
+    """Lookup tables for the usual header lines ("*3", "$5") of frames that are within limits.
+
+    One dict lookup both validates a header line and converts it, which is what makes the fast
+    path fast. Lines that miss (longer values, errors) take the careful path.
+    """
+    counts = {b"*%d" % i: i for i in range(-1, min(max_args, 256) + 1)}
+    bulks = {b"$%d" % i: i for i in range(0, min(max_bulk, 1024) + 1)}
+    return counts, bulks
+
+
+# RequestParser states: what the bytes at `_pos` are.
+_IDLE = 0      # the start of a new request (or nothing)
+_COUNT = 1     # a multibulk's "*<count>" line, not complete yet
+_ARGLEN = 2    # a "$<len>" line of the multibulk in progress
+_ARGDATA = 3   # a bulk payload of `_bulklen` bytes and its CRLF
+_INLINE = 4    # an inline command line, not complete yet
+_STUCK = 5     # a line that can never end (see _find_line); waits for the too-big error
+
+
+class RequestParser:
+    """Strict, incremental parser of the requests a client sends (RESP multibulk and inline).
+
+    Feed it bytes with `feed(data)`; take requests with `next()` (one `Request` or None when no
+    complete request is buffered) or `drain()` (every complete request buffered, in order).
+
+    It accepts exactly what Redis 7.0 accepts and raises `ProtocolError` carrying Redis's reply
+    for anything else: "invalid multibulk length", "invalid bulk length", "expected '$', got 'X'",
+    "too big mbulk count string", "too big bulk count string", "too big inline request",
+    "unbalanced quotes in request", "unauthenticated multibulk length", "unauthenticated bulk
+    length". Beyond Redis, and stricter than it, where Redis would silently misread the stream:
+
+    * a header line must end with CRLF, not CR followed by anything ("invalid multibulk length" /
+      "invalid bulk length"), and a bulk payload must be followed by CRLF ("invalid bulk
+      length": the declared length was wrong);
+    * more than `max_args` arguments is "invalid multibulk length" (Redis: INT_MAX);
+    * the 64 KB line limits are applied as if the bytes had arrived one at a time, so the result
+      never depends on how the stream was split: a line longer than `max_inline` is too big even
+      when its end arrived in the same read.
+
+    Like Redis it skips empty inline lines and "*0" / "*-1" frames (no request), and treats a
+    NUL byte before a line's end as Redis's strchr() does: the line never ends, so the client
+    eventually gets the too-big error.
+
+    Before authentication (the initial state, deny by default) Redis's pre-auth caps apply: more
+    than 10 arguments or a bulk over 16384 bytes is a protocol error. Because those caps depend
+    on whether the previous command authenticated, an unauthenticated parser hands out one
+    request per `drain()` call; call `set_authenticated(True)` once AUTH/HELLO succeeded.
+
+    After a `ProtocolError` the parser is dead: every later call raises the same error.
+
+    Nothing is allocated from a declared size: arguments are sliced from received bytes only
+    once they have all arrived, and a header claiming 512 MB costs nothing until 512 MB come.
+    """
+
+    def __init__(self, max_bulk: int = DEFAULT_MAX_BULK, max_args: int = DEFAULT_MAX_ARGS,
+                 max_inline: int = DEFAULT_MAX_INLINE, *, authenticated: bool = False):
+        for name, value in (("max_bulk", max_bulk), ("max_args", max_args),
+                            ("max_inline", max_inline)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        self.max_bulk = max_bulk
+        self.max_args = max_args
+        self.max_inline = max_inline
+        # The receive buffer. Like h11's ReceiveBuffer it is consumed by advancing offsets
+        # (`_pos`, and `_start` for the request in progress), never by deleting bytes per
+        # request; consumed bytes are dropped only when new bytes arrive (`feed`). It is a
+        # `bytes` whenever possible, because slicing arguments out of bytes is one copy and
+        # the fast path runs on bytes only. When a small read extends a large incomplete
+        # request it becomes a bytearray, so appending stays amortised O(len(data)) instead of
+        # copying the incomplete request again on every read; it turns back into bytes when that
+        # request completes. Searches resume where the previous one stopped (`_scan`), so
+        # byte-at-a-time feeding is linear too.
+        self._buf: bytes | bytearray = b""
+        self._pos = 0          # first byte not parsed yet
+        self._start = 0        # first byte of the request in progress (state != _IDLE)
+        self._scan = 0         # where the search for the current line's end resumes
+        self._state = _IDLE
+        self._remaining = 0    # bulks still to come in the multibulk in progress
+        self._bulklen = 0      # length of the bulk payload expected at `_pos` (_ARGDATA)
+        self._stuck: ProtocolError | None = None
+        self._error: ProtocolError | None = None
+        self.set_authenticated(authenticated)
+
+    # -- public API ----------------------------------------------------------------------
+
+    def set_authenticated(self, authenticated: bool) -> None:
+        """Lift (True) or apply (False) Redis's pre-authentication caps for later requests."""
+        self.authenticated = bool(authenticated)
+        if self.authenticated:
+            self._counts, self._bulks = _header_tables(self.max_args, self.max_bulk)
+        else:
+            self._counts, self._bulks = _header_tables(min(self.max_args, PREAUTH_MAX_ARGS),
+                                                       min(self.max_bulk, PREAUTH_MAX_BULK))
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet handed out as requests."""
+        keep = self._pos if self._state == _IDLE else self._start
+        return len(self._buf) - keep
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Add received bytes. Parsing (and any `ProtocolError`) happens in next()/drain()."""
+        if self._error is not None:
+            raise self._error.with_traceback(None)
+        if not data:
+            return
+        buf = self._buf
+        keep = self._pos if self._state == _IDLE else self._start
+        left = len(buf) - keep
+        if left <= 0:
+            new = data if type(data) is bytes else bytes(data)
+        elif len(data) >= left:
+            # The new bytes pay for copying the leftover: amortised linear.
+            new = b"".join((memoryview(buf)[keep:], data))
+        else:
+            if type(buf) is bytes:
+                buf = bytearray(memoryview(buf)[keep:])
+            else:
+                # O(1): CPython drops a bytearray's head by moving its start (bpo-19087).
+                del buf[:keep]
+            buf += data
+            new = buf
+        self._buf = new
+        self._pos -= keep
+        self._start -= keep
+        self._scan -= keep
+
+    def next(self) -> Request | None:
+        """The next complete request, or None if none is buffered yet.
+
+        Raises ProtocolError if the next thing buffered is a protocol violation.
+        """
+        reqs = self._parse(1)
+        return reqs[0] if reqs else None
+
+    def drain(self) -> list[Request]:
+        """Every complete request buffered, in order ([] if none).
+
+        If the bytes after them violate the protocol, they are returned and the *next* call
+        raises the ProtocolError (as Redis runs the commands before a bad one, then replies with
+        the error). Before authentication it returns at most one request per call. So call it
+        until it returns [] (``while reqs := parser.drain(): ...``).
+        """
+        return self._parse(1 if not self.authenticated else 1 << 62)
+
+    # -- parsing -------------------------------------------------------------------------
+
+    def _parse(self, limit: int) -> list[Request]:
+        if self._error is not None:
+            raise self._error.with_traceback(None)
+        out: list[Request] = []
+        # One _batch per call at most: it splits the whole buffer, so calling it again after
+        # each request the careful path took would be quadratic.
+        batch = limit > 1
+        try:
+            while len(out) < limit:
+                if self._state == _IDLE and type(self._buf) is bytes:
+                    if batch:
+                        self._pos = self._batch(self._buf, self._pos, out)
+                        batch = False
+                    else:
+                        self._pos = self._fast(self._buf, self._pos, out, limit)
+                    if len(out) >= limit:
+                        break
+                if not self._careful(out):
+                    break
+        except ProtocolError as e:
+            self._error = e
+            self._buf = b""
+            self._pos = self._start = self._scan = 0
+            self._state = _IDLE
+            if not out:
+                raise
+        return out
+
+    def _batch(self, buf: bytes, pos: int, out: list[Request]) -> int:
+        """Parse complete, valid multibulk requests from `buf` at `pos` into `out`, fastest.
+
+        The hot path of drain(). bytes.split(CRLF) cuts the whole buffer into header lines and
+        payloads in C; a request "*n" is then the next 2n tokens, and it is valid exactly when
+        each header token is a "$<len>" line whose len is the length of the payload token after
+        it (a payload containing CRLF does not match, nor does any non-canonical header). The
+        checks run as C-level map()s over the request, not per argument in Python. At the first
+        request it cannot take whole it hands over to `_fast`, which continues from there.
+        """
+        tokens = buf.split(_CRLF) if pos == 0 else buf[pos:].split(_CRLF)
+        last = len(tokens) - 1   # tokens[last] is not followed by CRLF: incomplete
+        counts = self._counts
+        length = self._bulks.get
+        emit = out.append
+        i = 0
+        while i < last:
+            ctok = tokens[i]
+            n = counts.get(ctok)
+            if n is None:
+                n = self._count_ok(ctok)
+                if n is None:
+                    break
+            if n <= 0:
+                pos += len(ctok) + 2
+                i += 1
+                continue
+            k = i + 1 + 2 * n
+            if k > last:
+                break
+            heads = tokens[i + 1:k:2]
+            args = tokens[i + 2:k:2]
+            sizes = list(map(length, heads))
+            if sizes != list(map(len, args)):
+                if None not in sizes:
+                    break
+                # Lengths beyond the lookup table: check those headers one by one.
+                sizes = [size if size is not None else self._bulk_ok(head)
+                         for size, head in zip(sizes, heads)]
+                if sizes != list(map(len, args)):
+                    break
+            size = len(ctok) + 2 + sum(map(len, heads)) + sum(sizes) + 4 * n
+            emit(_tuple_new(Request, (args, buf[pos:pos + size])))
+            pos += size
+            i = k
+        return self._fast(buf, pos, out, 1 << 62)
+
+    def _fast(self, buf: bytes, pos: int, out: list[Request], limit: int) -> int:
+        """Parse complete, valid multibulk requests from `buf` at `pos` into `out`.
+
+        The hot path of next(), and where _batch stops: one bytes.find, one dict lookup and
+        two slices per argument. It stops,
+        returning the offset of the request it did not take, at anything unusual (an inline
+        command, an incomplete or invalid request, a header missing from the lookup tables),
+        which `_careful` then handles with exact errors and incremental state.
+        """
+        end = len(buf)
+        find = buf.find
+        counts = self._counts
+        bulks = self._bulks
+        emit = out.append
+        n_out = len(out)
+        while pos < end and n_out < limit:
+            r = find(_CRLF, pos, pos + 24)   # a valid count line is at most 21 bytes
+            if r < 0:
+                break
+            n = counts.get(buf[pos:r])
+            if n is None:
+                n = self._count_ok(buf[pos:r])
+                if n is None:
+                    break
+            p = r + 2
+            if n <= 0:
+                pos = p
+                continue
+            args: list[bytes] = []
+            add = args.append
+            for _ in range(n):
+                r = find(_CRLF, p, p + 24)
+                if r < 0:
+                    break
+                size = bulks.get(buf[p:r])
+                if size is None:
+                    size = self._bulk_ok(buf[p:r])
+                    if size is None:
+                        break
+                p = r + 2 + size
+                if buf[p:p + 2] != _CRLF:
+                    break
+                add(buf[r + 2:p])
+                p += 2
+            else:
+                emit(_tuple_new(Request, (args, buf[pos:p])))
+                n_out += 1
+                pos = p
+                continue
+            break
+        return pos
+
+    def _count_ok(self, line: bytes) -> int | None:
+        """The count of a "*<count>" line the fast path may take, else None (see _careful)."""
+        if not line or line[0] != 42:
+            return None
+        n = _string2ll(line[1:])
+        if n is None or n > min(self.max_args, _INT_MAX):
+            return None
+        if n > PREAUTH_MAX_ARGS and not self.authenticated:
+            return None
+        return n
+
+    def _bulk_ok(self, line: bytes) -> int | None:
+        """The length of a "$<len>" line the fast path may take, else None (see _careful)."""
+        if not line or line[0] != 36:
+            return None
+        n = _string2ll(line[1:])
+        if n is None or n < 0 or n > self.max_bulk:
+            return None
+        if n > PREAUTH_MAX_BULK and not self.authenticated:
+            return None
+        return n
+
+    def _careful(self, out: list[Request]) -> bool:
+        """Advance the state machine over at most one request, with Redis's exact checks.
+
+        Returns True if it took a request (appended to `out`, or skipped as Redis skips "*0"
+        and empty lines), False if it needs more bytes. Raises ProtocolError.
+        """
+        buf = self._buf
+        end = len(buf)
+        while True:
+            state = self._state
+            if state == _IDLE:
+                pos = self._pos
+                if pos >= end:
+                    return False
+                self._start = self._scan = pos
+                # As Redis: a request starting with '*' is multibulk, anything else inline.
+                state = self._state = _COUNT if buf[pos] == 42 else _INLINE
+
+            if state == _COUNT:
+                start = self._start
+                r = self._find_line(buf, b"\r", start, "too big mbulk count string")
+                if r < 0:
+                    return False
+                n = _string2ll(buf[start + 1:r])
+                if n is None or n > _INT_MAX:
+                    raise _err("invalid multibulk length")
+                if n > PREAUTH_MAX_ARGS and not self.authenticated:
+                    raise _err("unauthenticated multibulk length")
+                if n > self.max_args or buf[r + 1] != 10:
+                    raise _err("invalid multibulk length")
+                self._pos = self._scan = r + 2
+                if n <= 0:
+                    self._state = _IDLE
+                    return True
+                self._remaining = n
+                state = self._state = _ARGLEN
+
+            if state == _ARGLEN:
+                pos = self._pos
+                r = self._find_line(buf, b"\r", pos, "too big bulk count string")
+                if r < 0:
+                    return False
+                if buf[pos] != 36:
+                    got = buf[pos]
+                    # Redis's addReplyErrorFormat turns CR and LF into spaces.
+                    got = 32 if got in (10, 13) else got
+                    raise ProtocolError(b"Protocol error: expected '$', got '%c'" % got)
+                n = _string2ll(buf[pos + 1:r])
+                if n is None or n < 0 or n > self.max_bulk:
+                    raise _err("invalid bulk length")
+                if n > PREAUTH_MAX_BULK and not self.authenticated:
+                    raise _err("unauthenticated bulk length")
+                if buf[r + 1] != 10:
+                    raise _err("invalid bulk length")
+                self._bulklen = n
+                self._pos = r + 2
+                state = self._state = _ARGDATA
+
+            if state == _ARGDATA:
+                pos = self._pos
+                stop = pos + self._bulklen
+                if end < stop + 2:
+                    return False
+                if buf[stop] != 13 or buf[stop + 1] != 10:
+                    raise _err("invalid bulk length")
+                self._pos = self._scan = stop + 2
+                self._remaining -= 1
+                if self._remaining:
+                    self._state = _ARGLEN
+                    continue
+                self._take_frame(out)
+                return True
+
+            if state == _INLINE:
+                start = self._start
+                r = self._find_line(buf, b"\n", start, "too big inline request", need_next=False)
+                if r < 0:
+                    return False
+                stop = r - 1 if r > start and buf[r - 1] == 13 else r
+                args = _split_args(bytes(buf[start:stop]))
+                if args is None:
+                    raise _err("unbalanced quotes in request")
+                self._pos = r + 1
+                self._back_to_idle()
+                if args:
+                    out.append(_tuple_new(Request, (args, None)))
+                return True
+
+            if state == _STUCK:
+                if end - self._start > self.max_inline:
+                    raise self._stuck
+                return False
+
+    def _find_line(self, buf, sep: bytes, start: int, too_big: str, need_next: bool = True) -> int:
+        """Offset of the `sep` ending the line at `start`, or -1 if it has not arrived.
+
+        Emulates Redis reading byte by byte: it searches with strchr(), so a line whose end is
+        not within `max_inline` bytes is "too big" (raised here), and a NUL byte hides the end
+        (the line waits until it is too big: state _STUCK). With `need_next`, the byte after
+        `sep` must have arrived too (Redis needs "\\r" plus one byte).
+        """
+        end = len(buf)
+        limit = start + self.max_inline + 1
+        r = buf.find(sep, self._scan, limit)
+        if r >= 0:
+            if buf.find(b"\0", start, r) < 0:
+                if not need_next or r + 1 < end:
+                    return r
+                self._scan = r
+                return -1
+            if self._state == _ARGLEN:
+                self._start = start
+            self._stuck = _err(too_big)
+            self._state = _STUCK
+        elif end < limit:
+            self._scan = end
+            return -1
+        if end - start > self.max_inline:
+            raise _err(too_big)
+        return -1
+
+    def _take_frame(self, out: list[Request]) -> None:
+        """The multibulk at [_start, _pos) is complete and valid: emit it, go back to _IDLE."""
+        buf, start, stop = self._buf, self._start, self._pos
+        if type(buf) is bytes:
+            raw = buf[start:stop]   # the same object when the request is the whole buffer
+        else:
+            with memoryview(buf) as view:
+                raw = view[start:stop].tobytes()
+        self._back_to_idle()
+        del buf
+        # The frame is valid and within limits, so the fast path takes it whole.
+        one: list[Request] = []
+        self._fast(raw, 0, one, 1)
+        assert len(one) == 1, "a validated multibulk must parse"
+        out.append(one[0])
+
+    def _back_to_idle(self) -> None:
+        self._state = _IDLE
+        if type(self._buf) is not bytes:
+            # Leave bytearray mode: the rest is at most what recent feeds appended.
+            with memoryview(self._buf) as view:
+                self._buf = view[self._pos:].tobytes()
+            self._pos = self._start = self._scan = 0
+
+
+_ISSPACE = frozenset(b" \t\n\v\f\r")       # C isspace()
+_TOKEN_END = frozenset(b" \n\r\t\0")        # where sdssplitargs ends an unquoted token
+_HEXDIGITS = frozenset(b"0123456789abcdefABCDEF")
+_ESCAPES = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
+
+
+def _split_args(line: bytes) -> list[bytes] | None:
+    """Redis's sdssplitargs (src/sds.c): split an inline command; None on unbalanced quotes."""
+    if b'"' not in line and b"'" not in line and b"\v" not in line and b"\f" not in line:
+        # Without quotes, \v or \f, bytes.split() splits exactly where sdssplitargs does.
+        return line.split()
+    n = len(line)
+
+    def at(k: int) -> int:   # C reads the terminating NUL past the end
+        return line[k] if k < n else 0
+
+    args: list[bytes] = []
+    i = 0
+    while True:
+        while i < n and line[i] in _ISSPACE:
+            i += 1
+        if i >= n:
+            return args
+        current = bytearray()
+        in_dq = in_sq = done = False
+        while not done:
+            c = at(i)
+            if in_dq:
+                if c == 92 and at(i + 1) == 120 and at(i + 2) in _HEXDIGITS \
+                        and at(i + 3) in _HEXDIGITS:                     # \xHH
+                    current.append(int(line[i + 2:i + 4], 16))
+                    i += 3
+                elif c == 92 and at(i + 1):
+                    i += 1
+                    current.append(_ESCAPES.get(line[i], line[i]))
+                elif c == 34:
+                    # A closing quote must be followed by a space or by nothing.
+                    if at(i + 1) and at(i + 1) not in _ISSPACE:
+                        return None
+                    done = True
+                elif c == 0:
+                    return None
+                else:
+                    current.append(c)
+            elif in_sq:
+                if c == 92 and at(i + 1) == 39:
+                    i += 1
+                    current.append(39)
+                elif c == 39:
+                    if at(i + 1) and at(i + 1) not in _ISSPACE:
+                        return None
+                    done = True
+                elif c == 0:
+                    return None
+                else:
+                    current.append(c)
+            elif c in _TOKEN_END:
+                done = True
+            elif c == 34:
+                in_dq = True
+            elif c == 39:
+                in_sq = True
+            else:
+                current.append(c)
+            if at(i):
+                i += 1
+        args.append(bytes(current))
+
+
+# ---------------------------------------------------------------------------------------------
+# Upstream replies
+# ---------------------------------------------------------------------------------------------
+
+class Frame(NamedTuple):
+    """One top-level reply that ended inside the bytes passed to `ReplyScanner.feed`.
+
+    `end`: offset in that `data` just past the reply. `kind`: its type byte (b"+", b"-", b"$",
+    b"*", b">", ...; never b"|"). `head`: for an array or push reply, its first element when that
+    is a bulk or simple string of at most 32 bytes (e.g. b"message", b"subscribe"), else None.
+    """
+    end: int
+    kind: bytes
+    head: bytes | None
+
+
+_KIND = [bytes([i]) for i in range(256)]
+_HEAD_MAX = 32
+_LINE_MAX = 64                         # longest header line kept while it is incomplete
+_TEXT = frozenset(b"+-,(")             # line types whose length is unbounded
+_LENGTHS = {b"%d" % i: i for i in range(-1, 1025)}
+
+
+def _upstream_int(body: bytes, what: str) -> int:
+    n = _LENGTHS.get(body)
+    if n is None:
+        n = _string2ll(body)
+        if n is None:
+            raise UpstreamProtocolError(f"invalid {what} {bytes(body)[:40]!r}")
+    return n
+
+
+class ReplyScanner:
+    """Streaming frame counter over the bytes an upstream Redis sends (RESP2 and RESP3).
+
+    `feed(data)` returns a `Frame` for each top-level reply that ends inside `data`, in order.
+    It keeps only counters, a header line that is split across reads (at most 64 bytes) and up
+    to 32 bytes of a `head`: bulk payloads are skipped by length, so a 64 MB reply fed in many
+    pieces costs O(number of pieces). Nested aggregates of any depth are followed with a stack
+    of counters; maps and attributes count two items per entry; attributes (`|`) are skipped and
+    are not frames (they belong to the reply that follows them); push replies have kind b">".
+    Streamed RESP3 aggregates (`*?`, `$?`), which Redis never sends, are rejected.
+
+    Malformed bytes raise `UpstreamProtocolError`; after it the scanner is dead.
+    `resp3` records the protocol the connection speaks; every type is accepted either way.
+    """
+
+    def __init__(self, resp3: bool = False):
+        self.resp3 = resp3
+        self._left: list[int] = []      # items still expected by each open aggregate
+        self._isattr: list[bool] = []   # whether that aggregate is an attribute
+        self._kind = 0                  # type byte of the top-level reply in progress
+        self._head: bytes | None = None
+        self._want_head = False         # the next depth-1 item is a top-level array's first
+        self._skip = 0                  # bulk payload bytes still to skip, CRLF included
+        self._tail = b""                # the part of the bulk's trailing CRLF seen so far
+        self._capture: bytearray | None = None   # a bulk head being collected
+        self._line: bytearray | None = None      # an incomplete header line
+        self._line_long = False         # ... longer than _LINE_MAX (a text line, truncated)
+        self._line_cr = False           # ... whose last byte so far is CR
+        self._error: UpstreamProtocolError | None = None
+
+    @property
+    def idle(self) -> bool:
+        """True between top-level replies: nothing of a reply is pending."""
+        return not (self._left or self._skip or self._line is not None)
+
+    def feed(self, data: bytes) -> list[Frame]:
+        if self._error is not None:
+            raise self._error.with_traceback(None)
+        try:
+            return self._feed(data)
+        except UpstreamProtocolError as e:
+            self._error = e
+            raise
+
+    def _feed(self, data: bytes) -> list[Frame]:
+        frames: list[Frame] = []
+        n = len(data)
+        pos = 0
+        find = data.find
+        left = self._left
+        while pos < n:
+            if self._skip:
+                pos = self._skip_payload(data, pos, frames)
+                continue
+            if self._line is not None:
+                pos = self._finish_line(data, pos, frames)
+                continue
+            r = find(_CRLF, pos)
+            if r < 0:
+                self._start_line(data, pos)
+                break
+            if data[pos] == 36:
+                # The most common item: a bulk string entirely in `data` (inlined _header).
+                size = _LENGTHS.get(data[pos + 1:r], -1)
+                stop = r + 2 + size
+                if size >= 0 and data[stop:stop + 2] == _CRLF:
+                    if self._want_head and len(left) == 1:
+                        self._want_head = False
+                        if size <= _HEAD_MAX:
+                            self._head = data[r + 2:stop]
+                    pos = stop + 2
+                    if left and left[-1] > 1:
+                        left[-1] -= 1
+                    else:
+                        if not left:
+                            self._kind = 36
+                        self._done(pos, frames)
+                    continue
+            self._header(data[pos:r], r + 2, frames)
+            pos = r + 2
+        return frames
+
+    def _start_line(self, data: bytes, pos: int) -> None:
+        self._line = bytearray()
+        self._line_long = False
+        self._line_cr = False
+        self._add_line(data[pos:])
+
+    def _add_line(self, part: bytes) -> None:
+        line = self._line
+        room = _LINE_MAX - len(line)
+        if len(part) > room:
+            if (line[0] if line else part[0]) not in _TEXT:
+                raise UpstreamProtocolError(f"header line too long: {bytes(line + part[:40])!r}")
+            line += part[:max(room, 0)]
+            self._line_long = True
+        else:
+            line += part
+        self._line_cr = part[-1] == 13
+
+    def _finish_line(self, data: bytes, pos: int, frames: list[Frame]) -> int:
+        """Continue the incomplete header line with `data[pos:]`; return where reading goes on."""
+        if self._line_cr and data[pos] == 10:
+            line = self._line[:-1]
+            after = pos + 1
+        else:
+            r = data.find(_CRLF, pos)
+            if r < 0:
+                self._add_line(data[pos:])
+                return len(data)
+            line = self._line + data[pos:r] if not self._line_long else self._line
+            after = r + 2
+        if self._line_long:
+            line = line[:_LINE_MAX]
+        self._line = None
+        self._header(bytes(line), after, frames)
+        return after
+
+    def _header(self, line: bytes, end: int, frames: list[Frame]) -> None:
+        """A complete header line (CRLF excluded) that ends just before `end` in the data."""
+        if not line:
+            raise UpstreamProtocolError("empty line where a reply was expected")
+        t = line[0]
+        left = self._left
+        if t != 124:   # an attribute is not an item: it annotates the one after it
+            if not left:
+                self._kind = t
+            elif self._want_head and len(left) == 1:
+                self._want_head = False
+                if t == 43 and len(line) <= _HEAD_MAX + 1:
+                    self._head = line[1:]
+                elif t == 36:
+                    self._capture = bytearray()   # kept only if the bulk is short
+        if t == 43 or t == 45:             # + simple string, - error
+            self._done(end, frames)
+        elif t == 36 or t == 33 or t == 61:  # $ bulk, ! blob error, = verbatim
+            size = _upstream_int(line[1:], "bulk length")
+            if size < 0:
+                if size != -1 or t != 36:
+                    raise UpstreamProtocolError(f"invalid bulk length {line[:40]!r}")
+                self._capture = None
+                self._done(end, frames)
+            else:
+                if self._capture is not None and size > _HEAD_MAX:
+                    self._capture = None
+                self._skip = size + 2
+        elif t == 58:                      # : integer
+            _upstream_int(line[1:], "integer")
+            self._done(end, frames)
+        elif t == 42 or t == 37 or t == 126 or t == 62 or t == 124:  # * % ~ > |
+            count = _upstream_int(line[1:], "aggregate length")
+            if count <= 0:
+                if count < -1 or (count == -1 and t != 42):
+                    raise UpstreamProtocolError(f"invalid aggregate length {line[:40]!r}")
+                if t != 124:
+                    self._done(end, frames)
+                return
+            if t == 37 or t == 124:
+                count *= 2
+            if not left and (t == 42 or t == 62):
+                self._want_head = True
+            left.append(count)
+            self._isattr.append(t == 124)
+        elif t == 95:                      # _ null
+            if len(line) != 1:
+                raise UpstreamProtocolError(f"invalid null {line[:40]!r}")
+            self._done(end, frames)
+        elif t == 35:                      # # boolean
+            if line != b"#t" and line != b"#f":
+                raise UpstreamProtocolError(f"invalid boolean {line[:40]!r}")
+            self._done(end, frames)
+        elif t == 44 or t == 40:           # , double, ( big number
+            self._done(end, frames)
+        else:
+            raise UpstreamProtocolError(f"unknown reply type {line[:40]!r}")
+
+    def _skip_payload(self, data: bytes, pos: int, frames: list[Frame]) -> int:
+        left = self._skip
+        take = min(left, len(data) - pos)
+        stop = pos + take
+        payload_left = left - 2
+        if self._capture is not None and payload_left > 0:
+            self._capture += data[pos:pos + min(take, payload_left)]
+        if left - take < 2:   # this piece reaches the trailing CRLF
+            self._tail += data[pos + max(payload_left, 0):stop]
+        self._skip = left - take
+        if not self._skip:
+            if self._tail != _CRLF:
+                raise UpstreamProtocolError("bulk payload not followed by CRLF")
+            self._tail = b""
+            if self._capture is not None:
+                self._head = bytes(self._capture)
+                self._capture = None
+            self._done(stop, frames)
+        return stop
+
+    def _done(self, end: int, frames: list[Frame]) -> None:
+        """An item ended at `end`: count it, closing the aggregates it completes."""
+        left = self._left
+        while left:
+            left[-1] -= 1
+            if left[-1]:
+                return
+            left.pop()
+            if self._isattr.pop():
+                return   # an attribute is not an item of its parent
+        frames.append(_tuple_new(Frame, (end, _KIND[self._kind], self._head)))
+        self._head = None
+        self._want_head = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Encoders
+# ---------------------------------------------------------------------------------------------
+
+def _b(value: bytes | str | int) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, (bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return b"%d" % value
+    raise TypeError(f"cannot encode {type(value).__name__} as a RESP string")
+
+
+def encode_command(args) -> bytes:
+    """A command as the canonical multibulk every client sends (str is UTF-8, int decimal)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for a in args:
+        a = _b(a)
+        parts.append(b"$%d\r\n" % len(a))
+        parts.append(a)
+        parts.append(_CRLF)
+    return b"".join(parts)
+
+
+def simple(s: bytes | str) -> bytes:
+    """A simple string reply (+OK). It must not contain CR or LF."""
+    s = _b(s)
+    if b"\r" in s or b"\n" in s:
+        raise ValueError("a simple string cannot contain CR or LF")
+    return b"+" + s + _CRLF
+
+
+def error(s: bytes | str) -> bytes:
+    """An error reply from its text without the '-', e.g. error("ERR unknown command").
+
+    Like Redis's addReplyErrorFormat, CR and LF (which may come from client input) become spaces.
+    """
+    s = _b(s).replace(b"\r", b" ").replace(b"\n", b" ")
+    return b"-" + s + _CRLF
+
+
+def bulk(b: bytes | str | int | None, resp3: bool = False) -> bytes:
+    """A bulk string reply; None is the null bulk ($-1, or _ in RESP3)."""
+    if b is None:
+        return b"_\r\n" if resp3 else b"$-1\r\n"
+    b = _b(b)
+    return b"$%d\r\n%b\r\n" % (len(b), b)
+
+
+def integer(n: int) -> bytes:
+    return b":%d\r\n" % n
+
+
+def array(items: list[bytes]) -> bytes:
+    """An array reply of already encoded items."""
+    return b"*%d\r\n" % len(items) + b"".join(items)
+
+
+def null(resp3: bool = False) -> bytes:
+    """The null reply: RESP3 _, else the RESP2 null bulk $-1."""
+    return b"_\r\n" if resp3 else b"$-1\r\n"
+
+
+def null_array(resp3: bool = False) -> bytes:
+    """The null reply where RESP2 uses the null array *-1 (e.g. EXEC after a WATCH failed)."""
+    return b"_\r\n" if resp3 else b"*-1\r\n"
+
+
+def map_(pairs: list[tuple[bytes, bytes]], resp3: bool = False) -> bytes:
+    """A map reply of already encoded (key, value) pairs: RESP3 %, RESP2 a flat array."""
+    head = b"%%%d\r\n" % len(pairs) if resp3 else b"*%d\r\n" % (2 * len(pairs))
+    return head + b"".join(k + v for k, v in pairs)
+
+
+def set_(items: list[bytes], resp3: bool = False) -> bytes:
+    """A set reply of already encoded items: RESP3 ~, RESP2 an array."""
+    return (b"~%d\r\n" if resp3 else b"*%d\r\n") % len(items) + b"".join(items)
+
+
+def push(items: list[bytes], resp3: bool = False) -> bytes:
+    """An out-of-band push (pub/sub message) of encoded items: RESP3 >, RESP2 an array."""
+    return (b">%d\r\n" if resp3 else b"*%d\r\n") % len(items) + b"".join(items)
+
+
+def verbatim(text: bytes | str, resp3: bool = False, fmt: bytes = b"txt") -> bytes:
+    """A verbatim string (INFO, CLIENT INFO): RESP3 =, RESP2 a bulk string."""
+    text = _b(text)
+    if not resp3:
+        return bulk(text)
+    if len(fmt) != 3:
+        raise ValueError("a verbatim format is 3 bytes")
+    return b"=%d\r\n%b:%b\r\n" % (len(text) + 4, fmt, text)

@@ -1,0 +1,994 @@
+"""Redis ACL rules: `ACL SETUSER` tokens parsed into compiled users, and the judge. No I/O.
+
+`parse_user(name, rules) -> User` applies the tokens, in order, to a fresh user exactly as Redis 7.0's
+`ACL SETUSER` (src/acl.c ACLSetUser / ACLSetSelector) applies them to a user that does not exist yet:
+disabled, no passwords, no keys, no channels (Redis 7's default `acl-pubsub-default resetchannels`),
+no commands. Every token Redis accepts is accepted with the same effect, every token Redis refuses
+raises `RuleError(token, why)` with Redis's reason ("Syntax error", "Unknown command or category name
+in ACL", ...). Tokens are case-insensitive where Redis's are. Accepted:
+
+  on off nopass resetpass >password <password #<sha256 hex> !<sha256 hex>
+  ~pattern %R~pattern %W~pattern %RW~pattern allkeys resetkeys
+  &pattern allchannels resetchannels
+  +cmd -cmd +cmd|sub -cmd|sub +cmd|firstarg (+select|0: a first argument of a plain command)
+  +@category -@category allcommands nocommands
+  reset clearselectors (selector tokens ...) skip-sanitize-payload sanitize-payload
+
+`>password` is accepted here; whether a clear-text password may appear in a configuration is the
+config layer's decision. Password hashes are sha256 hex, as Redis stores them; `check_password`
+compares against every hash with `hmac.compare_digest`, without an early exit.
+
+Semantics reproduced from Redis 7.0 (tests/test_rules_oracle.py compares thousands of random rule
+sets and commands with the real server's ACL DRYRUN):
+
+* Allowing or blocking a container command (`+config`) applies to all its subcommands; `+@cat` and
+  `-@cat` apply to every command in the category and, for a container in it, to all its subcommands,
+  then to each subcommand that is itself in the category.
+* `+cmd|arg` on a command without subcommands allows that first argument (compared
+  case-insensitively) while the command's bit is off; `-cmd|arg` is an unknown command.
+* Keys: a key spec's flags decide which patterns apply: ACCESS needs a read (`%R`) pattern,
+  INSERT/DELETE/UPDATE a write (`%W`) pattern, both need a pattern with both, a key with none of
+  those flags (EXISTS, TYPE, ...) is checked against every pattern. `~*`/`allkeys` skip the check.
+* Channels: PUBLISH/SPUBLISH/SUBSCRIBE/SSUBSCRIBE channels are matched against the channel patterns
+  as globs; a PSUBSCRIBE pattern must equal one of the channel patterns literally.
+* Commands flagged `no_auth` (AUTH, HELLO, QUIT, RESET) pass the command check.
+* Selectors: the user may run a command if ANY selector (the root one or a `(...)` one) allows the
+  command together with all its keys and channels. The refusal reported is Redis's "relevant error":
+  the command, unless some selector got as far as a key or a channel (channel beats key, a later
+  argument beats an earlier one).
+
+Stricter than Redis (documented refusals, `Denial.kind` tells them apart from Redis's own):
+
+* kind "keyspace" — commands that reach beyond the keys they name are refused unless the selector
+  that allows them has `allkeys` (in addition to the command bit): KEYS, SCAN, RANDOMKEY, FLUSHALL,
+  FLUSHDB, SWAPDB, MOVE, COPY ... DB <other db>, SELECT <other db> (other than `judge(..., db=)`),
+  DEBUG, CONFIG *, MODULE *, MONITOR, SHUTDOWN, REPLICAOF, SLAVEOF, MIGRATE, CLIENT KILL,
+  CLIENT PAUSE, SYNC, PSYNC.
+* kind "script" — EVAL, EVALSHA, EVAL_RO, EVALSHA_RO, SCRIPT LOAD, FCALL, FCALL_RO, FUNCTION LOAD:
+  a script can touch any key and run any command under the proxy's upstream identity. When the
+  user has a script policy (`user.scripts`, see scripts.py) it decides, once the command bit and
+  the declared KEYS passed; without one only a selector with allkeys and every command may run
+  scripts. (Such a selector may run anything anyway, including PUBLISH from a script whatever its
+  channel patterns say.)
+* Tokens containing a NUL byte (other than `>`/`<` passwords) are refused; Redis would silently
+  cut them at the NUL. A PSUBSCRIBE pattern is compared with the whole allowed pattern; Redis's
+  `strcmp` would stop at a NUL in the channel.
+
+Rendering: `describe()` is Redis's ACL LIST text for the user (flags, `#hash`es, keys, channels, the
+command rules found by Redis's greedy category fit, then `(selector)`s), with single commands in
+name order where Redis uses its hash-table order. `to_acl_rules()` is `reset` followed by that
+text: applied with ACL SETUSER (or `parse_user`) it recreates an equivalent user.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass, replace
+from typing import Any, Iterable
+
+from . import errors
+from .glob import compile_pattern
+
+__all__ = ["RuleError", "Denial", "User", "parse_user", "parse_aclfile", "split_args",
+           "CATEGORY_ORDER"]
+
+# Redis 7.0 ACLCommandCategories, in its order (it decides ACL LIST's category fit).
+CATEGORY_ORDER = ("keyspace", "read", "write", "set", "sortedset", "list", "hash", "string",
+                  "bitmap", "hyperloglog", "geo", "stream", "pubsub", "admin", "fast", "slow",
+                  "blocking", "dangerous", "connection", "transaction", "scripting")
+
+# Key pattern permission flags (Redis ACL_READ_PERMISSION / ACL_WRITE_PERMISSION).
+READ = 1
+WRITE = 2
+ALL = READ | WRITE
+
+# ACLSetUserStringError() texts, by the errno Redis sets.
+ENOENT = "Unknown command or category name in ACL"
+EINVAL = "Syntax error"
+EEXIST = ("Adding a pattern after the * pattern (or the 'allkeys' flag) is not valid and does not "
+          "have any effect. Try 'resetkeys' to start with an empty list of patterns")
+EISDIR = ("Adding a pattern after the * pattern (or the 'allchannels' flag) is not valid and does "
+          "not have any effect. Try 'resetchannels' to start with an empty list of channels")
+ENODEV = "The password you are trying to remove from the user does not exist"
+EBADMSG = ("The password hash must be exactly 64 characters and contain only lowercase "
+           "hexadecimal characters")
+ECHILD = "Allowing first-arg of a subcommand is not supported"
+
+_HASH_RE = re.compile(rb"[0-9a-f]{64}")
+_C_SPACE = b" \t\n\v\f\r\0"   # isspace() in the C locale, plus NUL (ACLStringHasSpaces)
+
+_CHANNEL_COMMANDS = frozenset({"publish", "spublish", "subscribe", "ssubscribe", "psubscribe"})
+_SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "script|load",
+                              "fcall", "fcall_ro", "function|load"})
+_KEYSPACE_COMMANDS = frozenset({
+    "keys", "scan", "randomkey", "flushall", "flushdb", "swapdb", "move", "debug", "monitor",
+    "shutdown", "replicaof", "slaveof", "migrate", "client|kill", "client|pause", "sync", "psync",
+})
+_KEYSPACE_CONTAINERS = frozenset({"config", "module"})
+_INT_RE = re.compile(rb"-?[1-9][0-9]*|0")   # Redis string2ll: no sign '+', no leading zeros
+
+# Special handling codes, by command bit.
+_PLAIN, _KEYSPACE, _SCRIPT, _SELECT, _COPY = 0, 1, 2, 3, 4
+
+
+class RuleError(ValueError):
+    """An ACL rule Redis would refuse. `token` (redacted if it carries a password), `why` (Redis's
+    reason). `str()` is Redis's ACL SETUSER error text without the `ERR ` code."""
+
+    def __init__(self, token: str, why: str, line: int | None = None):
+        self.token = _redact(token)
+        self.why = why
+        self.line = line
+        if token is None:
+            text = why
+        else:
+            text = f"Error in ACL SETUSER modifier '{self.token}': {why}"
+        if line is not None:
+            text = f"line {line}: {text}"
+        super().__init__(text)
+
+
+def _redact(token: str | None) -> str | None:
+    """Never echo a clear-text password: `>secret` becomes `>***` (also inside a selector)."""
+    if token is None:
+        return None
+    words = token.split(" ")
+    out = []
+    for w in words:
+        core = w.lstrip("(")
+        if core[:1] in (">", "<"):
+            w = w[:len(w) - len(core)] + core[0] + "***" + (")" if core.endswith(")") else "")
+        out.append(w)
+    return " ".join(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Denials
+# ----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """Why `User.judge` refused a command.
+
+    kind    "command" | "key" | "channel" (Redis would refuse too) or "keyspace" | "script" (the
+            proxy is stricter than Redis, see the module docstring)
+    object  the command name (str) for command/keyspace/script, the key or channel (bytes)
+    reason  a short human explanation for logs and ACL LOG
+    command the table name of the refused command (`"config|set"`), used by the NOPERM text
+    user    the user's name, used by Redis 7.2's NOPERM text
+    """
+    kind: str
+    object: Any
+    reason: str
+    command: str = ""
+    user: str = ""
+
+    def reply(self, version: tuple, user: str | None = None) -> bytes:
+        """The exact NOPERM error line the upstream of `version` would send."""
+        who = self.user if user is None else user
+        if self.kind == "key":
+            return errors.noperm_key(version, who)
+        if self.kind == "channel":
+            return errors.noperm_channel(version, who)
+        name = self.command or (self.object if isinstance(self.object, str) else "")
+        return errors.noperm_command(version, who, name)
+
+    def dryrun_text(self, version: tuple = (7, 0, 0), user: str | None = None) -> str:
+        """The text ACL DRYRUN answers (a bulk string, not an error) for this refusal."""
+        who = self.user if user is None else user
+        prefix = f"User {who}" if tuple(version[:2]) >= (7, 2) else "This user"
+        if self.kind in ("key", "channel"):
+            obj = self.object.decode("utf-8", "surrogateescape") \
+                if isinstance(self.object, (bytes, bytearray)) else str(self.object)
+            return f"{prefix} has no permissions to access the '{obj}' {self.kind}"
+        name = self.command or str(self.object)
+        return f"{prefix} has no permissions to run the '{name}' command"
+
+
+# ----------------------------------------------------------------------------------------------
+# The command catalogue the rules are resolved against
+# ----------------------------------------------------------------------------------------------
+
+class _Catalog:
+    """What the rules need from commands.py, computed once per command table."""
+
+    def __init__(self, table, categories, in_category, keyflag) -> None:
+        self.table = table
+        self.keyflag = keyflag
+        by_name: dict[str, Any] = {}
+        self.by_category: dict[str, list] = {}
+        for cat in categories():
+            specs = list(in_category(cat))
+            self.by_category[cat] = specs
+            for spec in specs:
+                by_name[spec.name] = spec
+                for sub in spec.subcommands.values():
+                    by_name[sub.name] = sub
+        self.by_name = by_name
+        self.top = sorted((s for s in by_name.values() if s.parent is None), key=lambda s: s.name)
+        self.size = max(s.bit for s in by_name.values()) + 1
+        self.all_bits = frozenset(s.bit for s in by_name.values())
+        self.top_in_category = {cat: [s for s in specs if s.parent is None]
+                                for cat, specs in self.by_category.items()}
+        self.special = bytearray(self.size)
+        for spec in by_name.values():
+            name = spec.name
+            if name in _SCRIPT_COMMANDS:
+                code = _SCRIPT
+            elif name == "select":
+                code = _SELECT
+            elif name == "copy":
+                code = _COPY
+            elif name in _KEYSPACE_COMMANDS or name.split("|", 1)[0] in _KEYSPACE_CONTAINERS:
+                code = _KEYSPACE
+            else:
+                code = _PLAIN
+            self.special[spec.bit] = code
+        self.no_auth = frozenset(s.bit for s in by_name.values() if "no_auth" in s.flags)
+        self.channel_bits = frozenset(s.bit for s in by_name.values() if s.name in _CHANNEL_COMMANDS)
+        self.read_flags = int(keyflag.ACCESS)
+        self.write_flags = int(keyflag.INSERT) | int(keyflag.DELETE) | int(keyflag.UPDATE)
+        self.not_key = int(keyflag.NOT_KEY)
+
+    def lookup(self, name: bytes):
+        """Redis lookupCommandBySdsLogic, strict: `cmd` or `container|sub`, else None."""
+        parts = name.split(b"|")
+        if len(parts) > 2 or not parts[0]:
+            return None
+        try:
+            text = [p.decode("ascii").lower() for p in parts]
+        except UnicodeDecodeError:
+            return None
+        base = self.by_name.get(text[0])
+        if base is None or base.parent is not None:
+            return None
+        if len(parts) == 1:
+            return base
+        if not base.subcommands:
+            return None   # strict: `select|0` is not a command name
+        return self.by_name.get(text[0] + "|" + text[1])
+
+
+_CATALOGS: dict[int, _Catalog] = {}
+
+
+def _catalog(table=None) -> _Catalog:
+    from . import commands
+    if table is None or table is commands.TABLE:
+        table = commands.TABLE
+        key = id(table)
+        if key not in _CATALOGS:
+            _CATALOGS[key] = _Catalog(table, commands.categories, commands.commands_in_category,
+                                      commands.KeyFlag)
+        return _CATALOGS[key]
+    key = id(table)
+    if key not in _CATALOGS:
+        # A stand-in table (tests) carries the module-level functions as attributes.
+        _CATALOGS[key] = _Catalog(table, table.categories, table.commands_in_category,
+                                  table.KeyFlag)
+    return _CATALOGS[key]
+
+
+# ----------------------------------------------------------------------------------------------
+# Parsing: a mutable mirror of Redis's user and aclSelector structs
+# ----------------------------------------------------------------------------------------------
+
+class _SelectorState:
+    __slots__ = ("root", "allowed", "future", "allcommands", "firstargs", "allkeys", "patterns",
+                 "allchannels", "channels")
+
+    def __init__(self, root: bool) -> None:
+        self.root = root
+        self.allowed: set[int] = set()       # command bits
+        self.future = False                  # Redis's reserved "future commands" bit (+@all)
+        self.allcommands = False             # SELECTOR_FLAG_ALLCOMMANDS
+        self.firstargs: dict[int, list[bytes]] = {}
+        self.allkeys = False
+        self.patterns: list[list] = []       # [pattern bytes, READ|WRITE flags], in order
+        self.allchannels = False             # acl-pubsub-default resetchannels (Redis 7)
+        self.channels: list[bytes] = []
+
+    def copy(self) -> "_SelectorState":
+        new = _SelectorState(self.root)
+        new.allowed = set(self.allowed)
+        new.future, new.allcommands = self.future, self.allcommands
+        new.firstargs = {k: list(v) for k, v in self.firstargs.items()}
+        new.allkeys, new.allchannels = self.allkeys, self.allchannels
+        new.patterns = [list(p) for p in self.patterns]
+        new.channels = list(self.channels)
+        return new
+
+    # ACLSetSelectorCommandBit / ACLChangeSelectorPerm
+    def set_bit(self, bit: int, allow: bool) -> None:
+        if allow:
+            self.allowed.add(bit)
+        else:
+            self.allowed.discard(bit)
+            self.allcommands = False
+
+    def change_perm(self, spec, allow: bool) -> None:
+        self.set_bit(spec.bit, allow)
+        self.firstargs.pop(spec.bit, None)
+        for sub in spec.subcommands.values():
+            self.set_bit(sub.bit, allow)
+
+    def set_category(self, cat: "_Catalog", name: str, allow: bool) -> None:
+        for spec in cat.top_in_category[name]:
+            self.change_perm(spec, allow)
+        for spec in cat.by_category[name]:
+            if spec.parent is not None:
+                self.change_perm(spec, allow)
+
+    def all_commands(self, cat: "_Catalog", allow: bool) -> None:
+        self.allowed = set(cat.all_bits) if allow else set()
+        self.future = self.allcommands = allow
+        self.firstargs = {}
+
+
+
+def _lower(op: bytes) -> bytes:
+    return op.lower()   # ASCII-only, as strcasecmp in the C locale
+
+
+def _set_selector(sel: _SelectorState, op: bytes, cat: _Catalog) -> str | None:
+    """ACLSetSelector: apply one selector token. Returns None, or Redis's error reason."""
+    low = _lower(op)
+    if low in (b"allkeys", b"~*"):
+        sel.allkeys = True
+        sel.patterns = []
+    elif low == b"resetkeys":
+        sel.allkeys = False
+        sel.patterns = []
+    elif low in (b"allchannels", b"&*"):
+        sel.allchannels = True
+        sel.channels = []
+    elif low == b"resetchannels":
+        sel.allchannels = False
+        sel.channels = []
+    elif low in (b"allcommands", b"+@all"):
+        sel.all_commands(cat, True)
+    elif low in (b"nocommands", b"-@all"):
+        sel.all_commands(cat, False)
+    elif op[:1] in (b"~", b"%"):
+        if sel.allkeys:
+            return EEXIST
+        offset = 1
+        if op[:1] == b"%":
+            flags = 0
+            while offset < len(op):
+                c = op[offset:offset + 1].upper()
+                if c == b"R" and not flags & READ:
+                    flags |= READ
+                elif c == b"W" and not flags & WRITE:
+                    flags |= WRITE
+                elif c == b"~":
+                    offset += 1
+                    break
+                else:
+                    return EINVAL
+                offset += 1
+            if not flags:
+                return EINVAL
+        else:
+            flags = ALL
+        pattern = op[offset:]
+        if any(c in _C_SPACE for c in pattern):
+            return EINVAL
+        for existing in sel.patterns:
+            if existing[0] == pattern:
+                existing[1] |= flags
+                break
+        else:
+            sel.patterns.append([pattern, flags])
+    elif op[:1] == b"&":
+        if sel.allchannels:
+            return EISDIR
+        pattern = op[1:]
+        if any(c in _C_SPACE for c in pattern):
+            return EINVAL
+        if pattern not in sel.channels:
+            sel.channels.append(pattern)
+    elif op[:1] == b"+" and op[1:2] != b"@":
+        if b"|" not in op:
+            spec = cat.lookup(op[1:])
+            if spec is None:
+                return ENOENT
+            sel.change_perm(spec, True)
+        else:
+            base, _, sub = op[1:].rpartition(b"|")
+            spec = cat.lookup(base)
+            if spec is None:
+                return ENOENT
+            if spec.parent is not None:
+                return ECHILD
+            if not sub:
+                return EINVAL
+            if spec.subcommands:
+                spec = cat.lookup(op[1:])
+                if spec is None:
+                    return ENOENT
+                sel.change_perm(spec, True)
+            else:
+                args = sel.firstargs.setdefault(spec.bit, [])
+                if _lower(sub) not in (_lower(a) for a in args):
+                    args.append(sub)
+    elif op[:1] == b"-" and op[1:2] != b"@":
+        spec = cat.lookup(op[1:])
+        if spec is None:
+            return ENOENT
+        sel.change_perm(spec, False)
+    elif op[:1] in (b"+", b"-") and op[1:2] == b"@":
+        name = _lower(op[2:]).decode("ascii", "replace")
+        if name not in cat.by_category:
+            return ENOENT
+        sel.set_category(cat, name, op[:1] == b"+")
+    else:
+        return EINVAL
+    return None
+
+
+class _UserState:
+    __slots__ = ("enabled", "nopass", "sanitize", "skip_sanitize", "passwords", "selectors")
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self.nopass = False
+        self.sanitize = False
+        self.skip_sanitize = False
+        self.passwords: list[str] = []
+        self.selectors = [_SelectorState(root=True)]
+
+    def apply(self, op: bytes, cat: _Catalog) -> str | None:
+        """ACLSetUser: apply one token. Returns None, or Redis's error reason."""
+        if not op:
+            return None   # Redis: the empty string is a no-op
+        if b"\0" in op and op[:1] not in (b">", b"<", b"#", b"!"):
+            return EINVAL  # stricter than Redis, which would cut the token at the NUL
+        low = _lower(op)
+        if low == b"on":
+            self.enabled = True
+        elif low == b"off":
+            self.enabled = False
+        elif low == b"skip-sanitize-payload":
+            self.skip_sanitize, self.sanitize = True, False
+        elif low == b"sanitize-payload":
+            self.skip_sanitize, self.sanitize = False, True
+        elif low == b"nopass":
+            self.nopass = True
+            self.passwords = []
+        elif low == b"resetpass":
+            self.nopass = False
+            self.passwords = []
+        elif op[:1] in (b">", b"#"):
+            if op[:1] == b">":
+                digest = hashlib.sha256(op[1:]).hexdigest()
+            else:
+                if not _HASH_RE.fullmatch(op[1:]):
+                    return EBADMSG
+                digest = op[1:].decode("ascii")
+            if digest not in self.passwords:
+                self.passwords.append(digest)
+            self.nopass = False
+        elif op[:1] in (b"<", b"!"):
+            if op[:1] == b"<":
+                digest = hashlib.sha256(op[1:]).hexdigest()
+            else:
+                if not _HASH_RE.fullmatch(op[1:]):
+                    return EBADMSG
+                digest = op[1:].decode("ascii")
+            if digest not in self.passwords:
+                return ENODEV
+            self.passwords.remove(digest)
+        elif op[:1] == b"(" and op[-1:] == b")" and len(op) >= 2:
+            sel = _SelectorState(root=False)
+            inner = split_args(op[1:-1])
+            if inner is None:
+                return EINVAL
+            for sub in inner:
+                why = _set_selector(sel, sub, cat)
+                if why is not None:
+                    return why
+            self.selectors.append(sel)
+        elif low == b"clearselectors":
+            del self.selectors[1:]
+        elif low == b"reset":
+            self.nopass = False
+            self.passwords = []
+            root = self.selectors[0]
+            root.allkeys, root.patterns = False, []
+            root.allchannels, root.channels = False, []
+            self.enabled = False
+            self.skip_sanitize, self.sanitize = False, True
+            del self.selectors[1:]
+            root.all_commands(cat, False)
+        else:
+            return _set_selector(self.selectors[0], op, cat)
+        return None
+
+
+def split_args(line: bytes) -> list[bytes] | None:
+    """Redis's sdssplitargs(): split on whitespace, honouring "double" quotes (with \\n \\r \\t \\b
+    \\a \\\\ \\" and \\xHH escapes) and 'single' quotes (with \\'). None on unbalanced quotes or a
+    closing quote not followed by a space, as Redis."""
+    out: list[bytes] = []
+    i, n = 0, len(line)
+    while True:
+        while i < n and line[i] in b" \n\r\t\f\v":
+            i += 1
+        if i >= n:
+            return out
+        cur = bytearray()
+        inq = insq = False
+        while True:
+            if inq:
+                if i >= n:
+                    return None
+                c = line[i]
+                if c == 0x5C and i + 3 < n and line[i + 1] == 0x78 \
+                        and _ishex(line[i + 2]) and _ishex(line[i + 3]):
+                    cur.append(int(line[i + 2:i + 4], 16))
+                    i += 3
+                elif c == 0x5C and i + 1 < n:
+                    i += 1
+                    cur.append({0x6E: 10, 0x72: 13, 0x74: 9, 0x62: 8, 0x61: 7}.get(line[i], line[i]))
+                elif c == 0x22:
+                    if i + 1 < n and line[i + 1] not in b" \n\r\t\f\v":
+                        return None
+                    inq = False
+                    i += 1
+                    break
+                else:
+                    cur.append(c)
+            elif insq:
+                if i >= n:
+                    return None
+                c = line[i]
+                if c == 0x5C and i + 1 < n and line[i + 1] == 0x27:
+                    i += 1
+                    cur.append(0x27)
+                elif c == 0x27:
+                    if i + 1 < n and line[i + 1] not in b" \n\r\t\f\v":
+                        return None
+                    insq = False
+                    i += 1
+                    break
+                else:
+                    cur.append(c)
+            else:
+                if i >= n:
+                    break
+                c = line[i]
+                if c in b" \n\r\t":
+                    break
+                if c == 0x22:
+                    inq = True
+                elif c == 0x27:
+                    insq = True
+                else:
+                    cur.append(c)
+            i += 1
+        out.append(bytes(cur))
+
+
+def _ishex(c: int) -> bool:
+    return c in b"0123456789abcdefABCDEF"
+
+
+def _merge_selectors(tokens: list[bytes]) -> list[bytes]:
+    """ACLMergeSelectorArguments: `(a`, `b`, `c)` become the one token `(a b c)`."""
+    merged: list[bytes] = []
+    selector: bytes | None = None
+    for op in tokens:
+        # As in Redis, an opening token restarts the selector even inside an open one.
+        if op[:1] == b"(" and op[-1:] != b")":
+            selector = op
+            continue
+        if selector is not None:
+            selector += b" " + op
+            if op[-1:] == b")":
+                merged.append(selector)
+                selector = None
+            continue
+        merged.append(op)
+    if selector is not None:
+        first = selector.split(b" ", 1)[0].decode("utf-8", "surrogateescape")
+        raise RuleError(None, f"Unmatched parenthesis in acl selector starting at '{_redact(first)}'.")
+    return merged
+
+
+def _as_bytes(token: str | bytes) -> bytes:
+    if isinstance(token, str):
+        return token.encode("utf-8", "surrogateescape")
+    return bytes(token)
+
+
+def _as_text(b: bytes) -> str:
+    return b.decode("utf-8", "surrogateescape")
+
+
+def parse_user(name: str, rules: str | bytes | Iterable[str | bytes], table=None) -> "User":
+    """Compile ACL rules into a `User`, applying them to a fresh user as ACL SETUSER would.
+
+    `rules` is a list of tokens (one ACL SETUSER argument each; a selector may be one token
+    `(~a +get)` or spread over several, as Redis allows) or one string split like a redis.conf
+    line (sdssplitargs: whitespace, with quoting). `table` defaults to commands.TABLE (tests pass a
+    stand-in). Raises RuleError for the first token Redis would refuse.
+    """
+    if isinstance(rules, (str, bytes)):
+        tokens = split_args(_as_bytes(rules))
+        if tokens is None:
+            raise RuleError(None, "Unbalanced quotes in ACL rules")
+    else:
+        tokens = [_as_bytes(t) for t in rules]
+    cat = _catalog(table)
+    state = _UserState()
+    for op in _merge_selectors(tokens):
+        why = state.apply(op, cat)
+        if why is not None:
+            raise RuleError(_as_text(op), why)
+    return User(name, state, cat)
+
+
+def parse_aclfile(text: str) -> dict[str, list[str]]:
+    """Redis aclfile lines (`user <name> <rules...>`) to {name: tokens}, validated as ACL LOAD
+    validates them (ACLLoadFromFile): blank lines are skipped, anything else must start with the
+    keyword `user` (so comments are errors, as in Redis), names may not repeat, selectors may be
+    spread over several words, and every rule must parse. Raises RuleError naming the line."""
+    users: dict[str, list[str]] = {}
+    for lineno, raw in enumerate(text.split("\n"), start=1):
+        line = raw.strip(" \t\r\n")
+        if not line:
+            continue
+        argv = [a for a in line.split(" ") if a]
+        if argv[0] != "user" or len(argv) < 2:
+            raise RuleError(None, "should start with user keyword followed by the username",
+                            line=lineno)
+        name = argv[1]
+        if any(c in name for c in " \t\n\v\f\r\0"):
+            raise RuleError(None, f"username '{name}' contains invalid characters", line=lineno)
+        if name in users:
+            raise RuleError(None, f"Duplicate user '{name}' found", line=lineno)
+        try:
+            merged = _merge_selectors([_as_bytes(a) for a in argv[2:]])
+        except RuleError as e:
+            raise RuleError(None, e.why, line=lineno) from None
+        tokens = [_as_text(m.strip(b"\t\r\n")) for m in merged]
+        try:
+            parse_user(name, tokens)
+        except RuleError as e:
+            raise RuleError(e.token, e.why, line=lineno) from None
+        users[name] = tokens
+    return users
+
+
+# ----------------------------------------------------------------------------------------------
+# Compiled form
+# ----------------------------------------------------------------------------------------------
+
+class _PatternSet:
+    """Several globs as one test: a set of exact strings, one `startswith` tuple, the rest."""
+
+    __slots__ = ("exact", "prefixes", "nonempty", "globs")
+
+    def __init__(self, patterns: Iterable[bytes]) -> None:
+        exact, prefixes, globs = set(), [], []
+        nonempty = False
+        for p in patterns:
+            m = compile_pattern(p)
+            if m.kind == "exact":
+                exact.add(m.literal)
+            elif m.kind == "prefix":
+                prefixes.append(m.literal)
+            elif m.kind == "any":
+                nonempty = True
+            elif m.kind == "glob":
+                globs.append(m.match)
+        self.exact = frozenset(exact)
+        self.prefixes = tuple(prefixes)
+        self.nonempty = nonempty
+        self.globs = tuple(globs)
+
+    def match(self, s: bytes) -> bool:
+        if s in self.exact:
+            return True
+        if self.prefixes and s.startswith(self.prefixes):
+            return True
+        if self.nonempty and s:
+            return True
+        for g in self.globs:
+            if g(s):
+                return True
+        return False
+
+
+class _Selector:
+    """One compiled selector: a command bitmap, key pattern sets by needed flags, channels."""
+
+    __slots__ = ("bits", "firstargs", "allkeys", "keysets", "allchannels", "channels",
+                 "literal_channels", "everything", "state")
+
+    def __init__(self, state: _SelectorState, cat: _Catalog) -> None:
+        self.state = state
+        bits = bytearray(cat.size)
+        for b in state.allowed:
+            bits[b] = 1
+        for b in cat.no_auth:
+            bits[b] = 1   # CMD_NO_AUTH commands skip the command check
+        self.bits = bytes(bits)
+        self.firstargs = {b: frozenset(_lower(a) for a in args)
+                          for b, args in state.firstargs.items() if args}
+        self.allkeys = state.allkeys
+        # keysets[needed] holds the patterns whose flags include `needed` (0, READ, WRITE, ALL).
+        self.keysets = tuple(_PatternSet(p for p, f in state.patterns if f & needed == needed)
+                             for needed in range(4))
+        self.allchannels = state.allchannels
+        self.channels = _PatternSet(state.channels)
+        self.literal_channels = frozenset(state.channels)
+        self.everything = state.allkeys and cat.all_bits <= state.allowed
+
+
+class User:
+    """A compiled user. Immutable rules; `report_only` and `scripts` are set by the config layer.
+
+    name, enabled, nopass, report_only, scripts (a scripts.ScriptPolicy or None);
+    has_allkeys / allows_all_commands / unrestricted: some selector has allkeys / every command /
+    both; judge(); check_password(); check_key(); describe(); to_acl_rules().
+    """
+
+    def __init__(self, name: str, state: _UserState, cat: _Catalog) -> None:
+        self.name = name
+        self._state = state
+        self._cat = cat
+        self.enabled = state.enabled
+        self.nopass = state.nopass
+        self.report_only = False
+        self.scripts = None
+        self._hashes = tuple(h.encode("ascii") for h in state.passwords)
+        self._selectors = tuple(_Selector(s, cat) for s in state.selectors)
+        self.has_allkeys = any(s.allkeys for s in self._selectors)
+        self.allows_all_commands = any(cat.all_bits <= s.allowed for s in state.selectors)
+        self.unrestricted = any(s.everything for s in self._selectors)
+
+    def __repr__(self) -> str:
+        return f"<User {self.name} {self.describe()!r}>"
+
+    # -- authentication
+
+    def has_passwords(self) -> bool:
+        return bool(self._hashes)
+
+    def check_password(self, password: bytes) -> bool:
+        """Does sha256(password) equal one of the user's hashes? Constant time in the password and
+        in which hash matches (every hash is compared). `nopass` and `enabled` are the caller's
+        business, as in Redis's ACLCheckUserCredentials."""
+        digest = hashlib.sha256(password).hexdigest().encode("ascii")
+        ok = False
+        for h in self._hashes:
+            ok |= hmac.compare_digest(digest, h)
+        return ok
+
+    # -- the judge
+
+    def judge(self, spec, args: list[bytes], db: int | Iterable[int] = 0) -> Denial | None:
+        """None if the user may run `args` (resolved to `spec` by commands.TABLE.lookup), else the
+        Denial. `db` is the user's database (or a collection of allowed databases) for the SELECT
+        and COPY ... DB checks. May raise commands.KeyExtractionError from `spec.keys(args)`.
+
+        The arity must have been checked: the judge reads the arguments Redis would read.
+        """
+        bit = spec.bit
+        cat = self._cat
+        special = cat.special[bit]
+        keys = None
+        # Redis's "relevant error" (ACLCheckAllUserCommandPerm): the highest ACL_DENIED_* value
+        # (command 1, key 2, channel 4), then the highest argument index.
+        relevant = None      # (rank, index, kind, object)
+        stricter = None      # a Denial the proxy adds on top of Redis
+        for sel in self._selectors:
+            # 1. The command bit, or an allowed first argument.
+            if not sel.bits[bit]:
+                allowed_args = sel.firstargs.get(bit)
+                if allowed_args is None or len(args) < 2 or _lower(args[1]) not in allowed_args:
+                    if relevant is None:
+                        relevant = (1, 0, "command", spec.name)
+                    continue
+            # 2. Keys.
+            if not sel.allkeys and spec.has_keys:
+                if keys is None:
+                    keys = self._keys(spec, args)
+                failed = None
+                for i, (key, needed) in enumerate(keys):
+                    if not sel.keysets[needed].match(key):
+                        failed = (2, i, "key", key)
+                        break
+                if failed is not None:
+                    if relevant is None or failed[:2] > relevant[:2]:
+                        relevant = failed
+                    continue
+            # 3. Channels.
+            if not sel.allchannels and bit in cat.channel_bits:
+                failed = None
+                for i, (channel, is_pattern) in enumerate(spec.channels(args)):
+                    ok = (channel in sel.literal_channels) if is_pattern \
+                        else sel.channels.match(channel)
+                    if not ok:
+                        failed = (4, i, "channel", channel)
+                        break
+                if failed is not None:
+                    if relevant is None or failed[:2] > relevant[:2]:
+                        relevant = failed
+                    continue
+            # Redis would run it. 4. The proxy's stricter rules.
+            if special == _PLAIN:
+                return None
+            if special == _SCRIPT:
+                if self.scripts is not None:
+                    denial = self.scripts.judge(self, spec, args)
+                    if denial is None:
+                        return None
+                    return replace(denial, command=denial.command or spec.name,
+                                   user=denial.user or self.name)
+                if sel.everything:
+                    return None
+                stricter = stricter or Denial(
+                    "script", spec.name, "scripts are refused for users with restricted keys or "
+                    "commands unless allowlisted", spec.name, self.name)
+                continue
+            if sel.allkeys or not _reaches_beyond(special, args, db):
+                return None
+            stricter = stricter or Denial(
+                "keyspace", spec.name, f"{spec.name.replace('|', ' ').upper()} reaches beyond the "
+                "user's key patterns; it needs allkeys", spec.name, self.name)
+        if stricter is not None:
+            return stricter
+        rank, _, kind, obj = relevant
+        if kind == "command":
+            reason = f"the '{spec.name}' command is not allowed"
+        elif kind == "key":
+            reason = "the key matches none of the user's key patterns"
+        else:
+            reason = "the channel matches none of the user's channel patterns"
+        return Denial(kind, obj, reason, spec.name, self.name)
+
+    def _keys(self, spec, args) -> list[tuple[bytes, int]]:
+        cat = self._cat
+        out = []
+        for key, flags in spec.keys(args):
+            if flags & cat.not_key:
+                continue  # getKeysFromCommandWithSpecs(GET_KEYSPEC_DEFAULT) skips them
+            needed = (READ if flags & cat.read_flags else 0) | \
+                     (WRITE if flags & cat.write_flags else 0)
+            out.append((key, needed))
+        return out
+
+    def check_key(self, key: bytes, write: bool = False) -> bool:
+        """May some selector name `key` for reading (`write=False`: a read pattern) or for
+        writing (a write pattern)? allkeys selectors may name any key."""
+        needed = WRITE if write else READ
+        return any(s.allkeys or s.keysets[needed].match(key) for s in self._selectors)
+
+    def check_channel(self, channel: bytes, pattern: bool = False) -> bool:
+        """May some selector use `channel` (PUBLISH/SUBSCRIBE), or the PSUBSCRIBE `pattern`?"""
+        for s in self._selectors:
+            if s.allchannels:
+                return True
+            if (channel in s.literal_channels) if pattern else s.channels.match(channel):
+                return True
+        return False
+
+    # -- rendering
+
+    def describe(self) -> str:
+        """ACL LIST's text for the user (without the leading `user <name> `)."""
+        st = self._state
+        parts = []
+        if st.enabled:
+            parts.append("on")
+        else:
+            parts.append("off")
+        if st.nopass:
+            parts.append("nopass")
+        if st.skip_sanitize:
+            parts.append("skip-sanitize-payload")
+        if st.sanitize:
+            parts.append("sanitize-payload")
+        parts += ["#" + h for h in st.passwords]
+        text = " ".join(parts + [_describe_selector(st.selectors[0], self._cat)])
+        for sel in st.selectors[1:]:
+            text += f" ({_describe_selector(sel, self._cat)})"
+        return text
+
+    def to_acl_rules(self) -> str:
+        """ACL SETUSER tokens recreating this user (after `reset`, so that applying them to an
+        existing Redis user drops whatever it had)."""
+        return "reset " + self.describe()
+
+
+def _reaches_beyond(special: int, args: list[bytes], db) -> bool:
+    """Does this keyspace-wide command reach beyond the user's own keys / database?"""
+    if special == _KEYSPACE:
+        return True
+    allowed = {db} if isinstance(db, int) else db
+    if special == _SELECT:
+        return len(args) < 2 or not _is_db(args[1], allowed)
+    if special == _COPY:
+        for i in range(3, len(args)):
+            if _lower(args[i]) == b"db":
+                return i + 1 >= len(args) or not _is_db(args[i + 1], allowed)
+        return False
+    return False
+
+
+def _is_db(arg: bytes, allowed) -> bool:
+    return _INT_RE.fullmatch(arg) is not None and int(arg) in allowed
+
+
+# ----------------------------------------------------------------------------------------------
+# Rendering (ACLDescribeSelector / ACLDescribeSelectorCommandRules)
+# ----------------------------------------------------------------------------------------------
+
+def _describe_selector(sel: _SelectorState, cat: _Catalog) -> str:
+    parts = []
+    if sel.allkeys:
+        parts.append("~*")
+    else:
+        for pattern, flags in sel.patterns:
+            prefix = {ALL: "~", READ: "%R~", WRITE: "%W~"}[flags]
+            parts.append(prefix + _as_text(pattern))
+    if sel.allchannels:
+        parts.append("&*")
+    else:
+        parts.append("resetchannels")
+        parts += ["&" + _as_text(c) for c in sel.channels]
+    parts.append(_describe_commands(sel, cat))
+    return " ".join(parts)
+
+
+def _describe_commands(sel: _SelectorState, cat: _Catalog) -> str:
+    """Redis's greedy fit: start from +@all or -@all, add the categories that fit best, then
+    the single commands (and first arguments) that still differ."""
+    fake = _SelectorState(root=False)
+    if sel.future:
+        additive = False
+        rules = ["+@all"]
+        fake.all_commands(cat, True)
+    else:
+        additive = True
+        rules = ["-@all"]
+    temp = _SelectorState(root=False)
+    temp.allowed = set(sel.allowed)
+    applied: set[str] = set()
+    while True:
+        best, mindiff, maxsame = None, None, 0
+        for name in CATEGORY_ORDER:
+            if name in applied or name not in cat.by_category:
+                continue
+            specs = cat.by_category[name]
+            on = sum(1 for s in specs if s.bit in temp.allowed)
+            off = len(specs) - on
+            diff, same = (off, on) if additive else (on, off)
+            if same > diff and (mindiff is None or diff < mindiff
+                                or (diff == mindiff and same > maxsame)):
+                best, mindiff, maxsame = name, diff, same
+        if best is None:
+            break
+        fake.set_category(cat, best, additive)
+        temp.set_category(cat, best, not additive)
+        rules.append(("+@" if additive else "-@") + best)
+        applied.add(best)
+
+    def single(spec) -> None:
+        userbit = spec.bit in sel.allowed
+        if userbit != (spec.bit in fake.allowed):
+            rules.append(("+" if userbit else "-") + spec.name)
+            fake.change_perm(spec, userbit)
+        for sub in sorted(spec.subcommands.values(), key=lambda s: s.name):
+            single(sub)
+        if not userbit:
+            for arg in sel.firstargs.get(spec.bit, ()):
+                rules.append(f"+{spec.name}|{_as_text(arg)}")
+
+    for spec in cat.top:
+        single(spec)
+    return " ".join(rules)

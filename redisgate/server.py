@@ -1,0 +1,346 @@
+"""The asyncio/uvloop layer: it only moves bytes between sockets and ``session.Session``.
+
+One upstream connection per client connection, opened when the session asks for it (after the
+client authenticated). Writes are coalesced per event-loop turn: each ``data_received`` ends in at
+most one ``write`` per direction. Flow control: a client that does not read pauses its upstream,
+an upstream that does not drain pauses its client.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import signal
+import ssl
+from pathlib import Path
+
+from .config import Config, ConfigError, load_config
+from .gate import Gate, audit
+from .session import Session
+
+log = logging.getLogger("redisgate")
+_ids = itertools.count(1)
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """The upstream side of one client connection."""
+
+    def __init__(self, client: "ClientConnection"):
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        client.session.upstream_data(data)
+        client.pump()
+
+    def connection_lost(self, exc) -> None:
+        client = self.client
+        if client.upstream is self:
+            client.upstream = None
+            if not client.closed:
+                client.session.upstream_failed("connection lost")
+                client.pump()
+
+    def pause_writing(self):
+        self.client.transport.pause_reading()
+
+    def resume_writing(self):
+        if not self.client.closed:
+            self.client.transport.resume_reading()
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client: feeds the session, writes what it produced, opens the upstream on request."""
+
+    def __init__(self, proxy: "Proxy", listener_tls=None):
+        self.proxy = proxy
+        self.listener_tls = listener_tls
+        self.transport: asyncio.Transport | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.session: Session | None = None
+        self.closed = False
+        self._connecting = False
+        self.id = next(_ids)
+
+    def connection_made(self, transport):
+        self.transport = transport
+        proxy = self.proxy
+        peer = transport.get_extra_info("peername") or ("?", 0)
+        info = f"id={self.id} addr={peer[0]}:{peer[1]}"
+        cert_user = None
+        cert_verified = False
+        if self.listener_tls is not None:
+            cert = transport.get_extra_info("peercert")
+            if cert:
+                cert_verified = True
+                cert_user = self.listener_tls.user_for(cert, proxy.gate.cert_users)
+                identity = self.listener_tls.describe(cert)
+                info += f" cert={identity}"
+                audit.info("tls-client cert=%s user=%s client=%s", identity, cert_user or "-", info)
+        self.session = Session(proxy.gate, info, cert_user, cert_verified)
+        proxy.clients.add(self)
+        from . import metrics
+        metrics.connection_opened()
+        if len(proxy.clients) > proxy.gate.config.max_clients:
+            transport.write(b"-ERR max number of clients reached\r\n")
+            transport.close()
+            return
+        self.pump()
+
+    def data_received(self, data: bytes) -> None:
+        self.session.client_data(data)
+        self.pump()
+
+    def pump(self) -> None:
+        """Write what the session produced; open or close connections as it asked."""
+        s = self.session
+        if s.to_client:
+            out = s.to_client
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+        if s.to_upstream:
+            if self.upstream is not None and self.upstream.transport is not None:
+                out = s.to_upstream
+                self.upstream.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            s.to_upstream.clear()
+        if s.want_upstream and self.upstream is None and not self._connecting and not self.closed:
+            self._connecting = True
+            asyncio.ensure_future(self._connect())
+        if s.close and not self.closed:
+            self.transport.close()
+
+    async def _connect(self) -> None:
+        up = self.proxy.gate.config.upstream
+        loop = asyncio.get_running_loop()
+        try:
+            ssl_ctx, server_hostname = self.proxy.upstream_ssl()
+            _, protocol = await asyncio.wait_for(
+                loop.create_connection(lambda: UpstreamConnection(self), self.proxy.upstream_host,
+                                       self.proxy.upstream_port, ssl=ssl_ctx,
+                                       server_hostname=server_hostname),
+                up.connect_timeout)
+        except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
+            self._connecting = False
+            reason = "timed out" if isinstance(e, asyncio.TimeoutError) else \
+                (e.strerror or str(e)).lower() if isinstance(e, OSError) else "TLS error"
+            log.warning("upstream %s unreachable: %s", up.address, reason)
+            from . import metrics
+            metrics.inc("upstream_errors")
+            if not self.closed:
+                self.session.upstream_failed(reason)
+                self.pump()
+            return
+        self._connecting = False
+        if self.closed:
+            protocol.transport.close()
+            return
+        self.upstream = protocol
+        protocol.transport.set_write_buffer_limits(high=1 << 20)
+        self.session.connected()
+        self.pump()
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+        self.proxy.clients.discard(self)
+        from . import metrics
+        metrics.connection_closed()
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.close()
+        self.upstream = None
+
+    def pause_writing(self):
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.pause_reading()
+
+    def resume_writing(self):
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.resume_reading()
+
+
+class Proxy:
+    """Listeners, the shared Gate, reload on SIGHUP, and the upstream version probe."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.gate = Gate(config)
+        self.clients: set[ClientConnection] = set()
+        self.servers: list[asyncio.base_events.Server] = []
+        self.listener_tls: list = []
+        self.upstream_host = config.upstream.host
+        self.upstream_port = config.upstream.port
+        self._upstream_tls = None
+        self._build_tls()
+
+    # -- TLS
+
+    def _build_tls(self) -> None:
+        base = self.config.path.parent if self.config.path else Path(".")
+        self.listener_tls = []
+        for i, lst in enumerate(self.config.listeners):
+            if lst.tls:
+                from .tls import ListenerTLS
+                self.listener_tls.append(ListenerTLS(lst.tls, base, where=f"{lst.where}.tls"))
+            else:
+                self.listener_tls.append(None)
+        if self.config.upstream.tls:
+            from .tls import UpstreamTLS
+            self._upstream_tls = UpstreamTLS(self.config.upstream.tls, base, where="upstream.tls")
+
+    def upstream_ssl(self):
+        if self._upstream_tls is None:
+            return None, None
+        return self._upstream_tls.context, self._upstream_tls.server_name(self.upstream_host)
+
+    # -- lifecycle
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for lst, tls in zip(self.config.listeners, self.listener_tls):
+            if tls is None:
+                srv = await loop.create_server(lambda: ClientConnection(self), lst.host, lst.port,
+                                               reuse_address=True, backlog=1024)
+            else:
+                srv = await loop.create_server(lambda t=tls: ClientConnection(self, t), lst.host,
+                                               lst.port, reuse_address=True, backlog=1024,
+                                               ssl=tls.context,
+                                               ssl_handshake_timeout=tls.handshake_timeout)
+            self.servers.append(srv)
+            log.info("listening on %s:%d%s", lst.host, lst.port, " (TLS)" if tls else "")
+        await self.probe_upstream()
+
+    def bound_ports(self) -> list[int]:
+        return [s.sockets[0].getsockname()[1] for s in self.servers]
+
+    async def probe_upstream(self) -> None:
+        """Learn the upstream's Redis version, so that replies use its wording."""
+        if self.gate.config.upstream.version:
+            return
+        try:
+            version = await asyncio.wait_for(self._probe(), self.config.upstream.connect_timeout)
+        except Exception as e:   # noqa: BLE001 - any failure means "unknown for now"
+            log.warning("could not read the upstream Redis version (%s); assuming %s until it can",
+                        e.__class__.__name__ if not str(e) else e,
+                        ".".join(map(str, self.gate.upstream_version)))
+            asyncio.get_running_loop().call_later(5, lambda: asyncio.ensure_future(self.probe_upstream()))
+            return
+        self.gate.set_upstream_version(version)
+        log.info("upstream %s is Redis %s", self.config.upstream.address, ".".join(map(str, version)))
+
+    async def _probe(self) -> tuple[int, int, int]:
+        import hiredis
+        up = self.config.upstream
+        ssl_ctx, server_hostname = self.upstream_ssl()
+        reader, writer = await asyncio.open_connection(self.upstream_host, self.upstream_port,
+                                                       ssl=ssl_ctx, server_hostname=server_hostname)
+        try:
+            from .resp import encode_command
+            out = b""
+            if up.password is not None:
+                out += encode_command([b"AUTH", up.username.encode(), up.password] if up.username
+                                      else [b"AUTH", up.password])
+            out += encode_command([b"INFO", b"server"])
+            writer.write(out)
+            rd = hiredis.Reader()
+            replies = []
+            want = 2 if up.password is not None else 1
+            while len(replies) < want:
+                data = await reader.read(65536)
+                if not data:
+                    raise ConnectionError("closed")
+                rd.feed(data)
+                while (r := rd.gets()) is not False:
+                    replies.append(r)
+            info = replies[-1]
+            if isinstance(info, Exception):
+                raise RuntimeError(f"upstream answered {str(info)[:80]}")
+            for line in info.decode().splitlines():
+                if line.startswith("redis_version:"):
+                    parts = (line.split(":", 1)[1].strip().split(".") + ["0", "0"])[:3]
+                    return tuple(int(p) for p in parts)
+            raise RuntimeError("no redis_version in INFO")
+        finally:
+            writer.close()
+
+    def reload(self) -> bool:
+        """Re-read the config and TLS files. On any error the running state is kept."""
+        path = self.config.path
+        try:
+            config = load_config(path, allow_embedded=True)
+        except ConfigError as e:
+            for p in e.problems:
+                log.error("reload rejected: %s", p)
+            return False
+        if config.upstream.embedded:
+            config.upstream = self.config.upstream
+        if (config.upstream.host, config.upstream.port) != (self.upstream_host, self.upstream_port):
+            log.warning("reload: a new upstream address takes effect only after a restart")
+            config.upstream.host, config.upstream.port = self.upstream_host, self.upstream_port
+        for tls in self.listener_tls:
+            if tls is not None:
+                tls.reload()
+        if self._upstream_tls is not None:
+            self._upstream_tls.reload()
+        self.gate.reload(config)
+        self.config = config
+        for w in config.warnings:
+            log.warning("%s", w)
+        log.info("configuration reloaded: %d users", len(config.users))
+        return True
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Stop accepting, then close clients; bounded by ``timeout``."""
+        for srv in self.servers:
+            srv.close()
+        for c in list(self.clients):
+            if c.transport is not None:
+                c.transport.close()
+        for srv in self.servers:
+            try:
+                await asyncio.wait_for(srv.wait_closed(), timeout)
+            except asyncio.TimeoutError:
+                pass
+
+
+def _install_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:   # pragma: no cover - uvloop is a declared dependency
+        log.warning("uvloop is not installed; using the default asyncio loop")
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+async def serve(config: Config, ready=None, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGINT/SIGTERM (or ``stop`` is set). SIGHUP reloads config and certificates."""
+    proxy = Proxy(config)
+    await proxy.start()
+    if config.metrics_address:
+        from . import metrics
+        metrics.start_http(*config.metrics_address)
+        log.info("metrics on http://%s:%d/metrics", *config.metrics_address)
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, proxy.reload)
+    if config.pid_file:
+        Path(config.pid_file).write_text(f"{os.getpid()}\n")
+    if ready is not None:
+        ready(proxy)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await proxy.close()
+        if config.pid_file:
+            Path(config.pid_file).unlink(missing_ok=True)
+
+
+def run(config: Config, ready=None) -> None:
+    _install_uvloop()
+    asyncio.run(serve(config, ready))

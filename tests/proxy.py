@@ -1,0 +1,76 @@
+"""Run a real redisgate proxy for a test: in a background thread with its own uvloop loop.
+
+The proxy is the production code path (Proxy, ClientConnection, Session); only signal handling
+is left out because signals belong to the main thread.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import threading
+from pathlib import Path
+
+import redis
+import uvloop
+
+from redisgate.config import build_config
+from redisgate.server import Proxy
+from servers import free_port
+
+
+def pw_hash(password: str) -> str:
+    return "#" + hashlib.sha256(password.encode()).hexdigest()
+
+
+class ProxyRunner:
+    def __init__(self, raw_config: dict, base_dir: Path | None = None):
+        raw = dict(raw_config)
+        raw.setdefault("listen", f"127.0.0.1:{free_port()}")
+        self.config = build_config(raw, base_dir=base_dir or Path("."), allow_embedded=False)
+        self.port = self.config.listeners[0].port
+        self.proxy: Proxy | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self.loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.proxy = Proxy(self.config)
+            self.loop.run_until_complete(self.proxy.start())
+        except BaseException as e:  # surfaced to the test in start()
+            self._error = e
+            self._started.set()
+            return
+        self._started.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(self.proxy.close())
+        self.loop.close()
+
+    def start(self) -> "ProxyRunner":
+        self._thread.start()
+        self._started.wait(15)
+        if self._error:
+            raise self._error
+        return self
+
+    def call(self, fn, *args):
+        """Run fn(*args) on the proxy's loop thread and return its result."""
+        fut = asyncio.run_coroutine_threadsafe(_as_coro(fn, *args), self.loop)
+        return fut.result(10)
+
+    def stop(self) -> None:
+        if self.loop and self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+    def client(self, username=None, password=None, **kw) -> redis.Redis:
+        kw.setdefault("protocol", 2)   # redis-py 8 defaults to RESP3; tests ask for it explicitly
+        return redis.Redis(host="127.0.0.1", port=self.port, username=username, password=password,
+                           socket_timeout=10, **kw)
+
+
+async def _as_coro(fn, *args):
+    return fn(*args)

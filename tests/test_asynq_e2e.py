@@ -1,0 +1,297 @@
+"""The Asynq profiles end to end: `python -m redisgate serve` in front of Redis 7.0 and 5.0, each
+role's go-redis-shaped traffic through it, and what each role must be refused.
+
+Refusals proven here: a producer cannot dequeue, delete, or read task hashes of another queue; a
+worker cannot run an unknown script, FLUSHALL, SCRIPT FLUSH, or pass a key prefix of another
+queue in ARGV; the inspector cannot enqueue; nobody reaches keys outside asynq:.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+import asynq_workload as w
+from conftest import LEGACY_PASSWORD
+from servers import free_port, redis_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.skipif(not (ROOT / "redisgate" / "server.py").exists(),
+                                reason="redisgate/server.py does not exist yet")
+
+ROLES = ("producer", "worker", "scheduler", "inspector", "admin")
+PASSWORDS = {role: f"{role}-secret-{uuid.uuid4().hex[:6]}"
+             for role in ROLES + ("everywhere", "default")}
+
+
+def pw_hash(password: str) -> str:
+    return "#" + hashlib.sha256(password.encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def redis5():
+    """Legacy 5.0 with a RESP2 admin client (see asynq_workload.start_redis5)."""
+    if redis_binary("5") is None:
+        pytest.fail("legacy redis-server 5.0 is missing: run scripts/test.sh, which builds it")
+    srv = w.start_redis5(LEGACY_PASSWORD)
+    yield srv
+    srv.stop()
+
+
+class Gate:
+    """A `python -m redisgate serve --config FILE` subprocess on a free port."""
+
+    def __init__(self, tmp: Path, upstream: dict, queue: str):
+        self.port = free_port()
+        self.queue = queue
+        secret = upstream["password"]
+        users = {role: {"rules": f"on {pw_hash(PASSWORDS[role])}", "profile": f"asynq-{role}",
+                        "queues": [queue]} for role in ROLES}
+        users["everywhere"] = {"rules": f"on {pw_hash(PASSWORDS['everywhere'])}",
+                               "profile": "asynq-producer"}
+        # asynqmon's command line has no username: go-redis then sends HELLO 3 AUTH default <pw>.
+        users["default"] = {"rules": f"on {pw_hash(PASSWORDS['default'])}",
+                            "profile": "asynq-inspector"}
+        config = {
+            "listen": f"127.0.0.1:{self.port}",
+            "upstream": {**{k: v for k, v in upstream.items() if k != "password"},
+                         "password": "${REDIS_PASSWORD}"},
+            "users": users,
+        }
+        path = tmp / "redisgate.yaml"
+        path.write_text(yaml.safe_dump(config))
+        env = {**os.environ, "REDIS_PASSWORD": secret,
+               "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        self.log = open(tmp / "redisgate.log", "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "redisgate", "serve", "--config",
+                                      str(path)], cwd=str(ROOT), env=env, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redisgate exited: {(tmp / 'redisgate.log').read_text()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("redisgate did not listen within 15 s")
+
+    def connect(self, role: str, **kw) -> w.GoRedisConn:
+        return w.GoRedisConn(self.port, username=role, password=PASSWORDS[role], **kw)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="module", params=["7", "5"])
+def gate(request, tmp_path_factory):
+    srv = request.getfixturevalue({"7": "redis7", "5": "redis5"}[request.param])
+    g = Gate(tmp_path_factory.mktemp(f"gate{request.param}"), srv.upstream,
+             f"q-{uuid.uuid4().hex[:8]}")
+    g.srv = srv
+    g.release = "main" if request.param == "7" else "v0.24"   # archiveCmd needs Redis >= 6.2
+    yield g
+    g.stop()
+
+
+def refused(fn, *args) -> str:
+    """Run fn and return the NOPERM error text it must end with."""
+    with pytest.raises(w.ReplyError) as err:
+        fn(*args)
+    assert str(err.value).startswith("NOPERM"), str(err.value)
+    return str(err.value)
+
+
+# --- the handshake ----------------------------------------------------------------------------
+
+def test_go_redis_handshake_succeeds_for_every_role(gate):
+    for role in ROLES:
+        with gate.connect(role) as conn:
+            assert conn.call("ping") in (b"PONG", "PONG")
+
+
+def test_password_only_client_like_asynqmon_logs_in_as_default(gate):
+    with w.GoRedisConn(gate.port, password=PASSWORDS["default"]) as conn:
+        assert conn.handshake_log[0][0] == "hello"
+        w.queue_info(conn, gate.queue)
+        refused(w.enqueue, conn, gate.queue)
+
+
+def test_wrong_password_fails_the_go_redis_connection(gate):
+    with pytest.raises(w.ConnectFailed):
+        w.GoRedisConn(gate.port, username="worker", password="wrong")
+
+
+# --- each role's traffic works ----------------------------------------------------------------
+
+def test_producer_traffic_through_the_proxy(gate):
+    with gate.connect("producer") as conn:
+        msgs = w.producer_traffic(conn, gate.queue, gate.release)
+        msgs += w.batch_enqueue(conn, gate.queue, 3)
+    assert len(msgs) == 9
+    assert gate.srv.admin().exists(f"asynq:{{{gate.queue}}}:t:{msgs[0].id}") == 1
+
+
+def test_worker_traffic_through_the_proxy(gate):
+    q = gate.queue
+    with gate.connect("producer") as p:
+        for _ in range(5):
+            w.enqueue(p, q)
+        w.enqueue(p, q, group="agg")
+    with gate.connect("worker") as conn:
+        handled = w.worker_traffic(conn, q, gate.release)
+    assert {"done", "retry", "archive", "complete", "requeue"} <= set(handled)
+
+
+def test_worker_subscriber_and_admin_cancel_through_the_proxy(gate):
+    with gate.connect("worker") as sub, gate.connect("admin") as admin:
+        assert w.subscribe_cancel(sub)[:2] == [b"subscribe", b"asynq:cancel"]
+        assert w.subscriber_ping(sub) == (b"PONG" if sub.resp3 else [b"pong", b""])
+        assert w.cancel(admin, "task-1") == 1
+        assert sub.read() == [b"message", b"asynq:cancel", b"task-1"]
+
+
+def test_eval_fallback_after_the_script_cache_is_flushed(gate):
+    gate.srv.admin().script_flush()
+    with gate.connect("producer") as conn:
+        msg = w.enqueue(conn, gate.queue)           # EVALSHA -> NOSCRIPT -> EVAL body
+    assert gate.srv.admin().exists(f"asynq:{{{gate.queue}}}:t:{msg.id}") == 1
+
+
+def test_scheduler_traffic_through_the_proxy(gate):
+    with gate.connect("scheduler") as conn:
+        sid, entry = str(uuid.uuid4()), str(uuid.uuid4())
+        w.scheduler_heartbeat(conn, sid, [b"entry"])
+        w.scheduler_enqueue(conn, entry, gate.queue)
+        w.scheduler_shutdown(conn, sid, [entry])
+
+
+def test_inspector_and_admin_traffic_through_the_proxy(gate):
+    q = f"{gate.queue}"
+    with gate.connect("producer") as p:
+        msgs = w.producer_traffic(p, q, gate.release)
+    with gate.connect("inspector") as conn:
+        assert q.encode() in w.queues(conn)
+        w.queue_info(conn, q)
+        w.history(conn, q)
+        w.task_info(conn, q, msgs[0].id)
+        w.list_pending(conn, q)
+        w.list_active(conn, q, gate.release)
+        w.list_zset(conn, q, "scheduled")
+        w.group_stats(conn, q)
+        w.servers(conn)
+        w.scheduler_entries(conn)
+        w.redis_info(conn)
+    with gate.connect("admin") as conn:
+        w.pause(conn, q)
+        w.unpause(conn, q)
+        w.run_task(conn, q, msgs[2].id)
+        w.archive_task(conn, q, msgs[0].id)
+        w.run_all(conn, q, "archived")
+        w.delete_task(conn, q, msgs[1].id)
+        w.delete_all(conn, q, "scheduled")
+        # updateTaskPayloadCmd is allowlisted; its body is not stored, so Redis says NOSCRIPT.
+        sha = "a0bdc8d8212813666a7df7c612f4b6ee09df0b2d"
+        with pytest.raises(w.ReplyError, match="^NOSCRIPT"):
+            conn.call("evalsha", sha, 1, f"asynq:{{{q}}}:t:{msgs[3].id}", b"payload")
+
+
+# --- what each role is refused ----------------------------------------------------------------
+
+def test_producer_cannot_dequeue(gate):
+    q = gate.queue
+    with gate.connect("producer") as conn:
+        w.enqueue(conn, q)
+        refused(w.dequeue, conn, [q])
+
+
+def test_producer_cannot_delete_tasks(gate):
+    q = gate.queue
+    with gate.connect("producer") as conn:
+        msg = w.enqueue(conn, q)
+        refused(conn.call, "del", w.task_key(q, msg.id))
+        refused(w.delete_task, conn, q, msg.id)
+    assert gate.srv.admin().exists(w.task_key(q, msg.id)) == 1
+
+
+def test_producer_cannot_read_task_hashes_of_another_queue(gate):
+    with gate.connect("producer") as conn:
+        refused(conn.call, "hget", w.task_key("other", "1"), "msg")
+        refused(conn.call, "hgetall", w.task_key(gate.queue, "1"))
+        refused(w.enqueue, conn, "other")
+
+
+def test_worker_cannot_run_an_unknown_script(gate):
+    with gate.connect("worker") as conn:
+        text = refused(conn.call, "evalsha", "f" * 40, 1, f"asynq:{{{gate.queue}}}:pending")
+        refused(conn.call, "eval", "return redis.call('FLUSHALL')", 1,
+                f"asynq:{{{gate.queue}}}:pending")
+    assert "NOSCRIPT" not in text
+
+
+def test_worker_cannot_flushall_or_script_flush(gate):
+    admin = gate.srv.admin()
+    admin.set("outside:canary", "1")
+    sha = admin.script_load(w.SCRIPTS["enqueueCmd"].body)
+    with gate.connect("worker") as conn:
+        refused(conn.call, "flushall")
+        refused(conn.call, "script", "flush")
+    assert admin.get("outside:canary") == b"1"
+    assert admin.script_exists(sha) == [True]
+
+
+def test_worker_cannot_pass_a_key_prefix_of_another_queue(gate):
+    q = gate.queue
+    admin = gate.srv.admin()
+    with gate.connect("producer") as p:
+        w.enqueue(p, q)
+    pending = admin.llen(f"asynq:{{{q}}}:pending")
+    with gate.connect("worker") as conn:
+        s = w.SCRIPTS["dequeueCmd"]
+        keys = [w.qkey(q, k) for k in ("pending", "paused", "active", "lease")]
+        refused(conn.run, s, keys, [int(time.time()) + 30, "asynq:{other}:t:"])
+        refused(conn.run, s, keys, [int(time.time()) + 30, "session:"])
+    assert admin.llen(f"asynq:{{{q}}}:pending") == pending
+
+
+def test_worker_cannot_work_a_queue_it_is_not_scoped_to(gate):
+    with gate.connect("everywhere") as p:
+        w.enqueue(p, "elsewhere")
+    with gate.connect("worker") as conn:
+        refused(w.dequeue, conn, ["elsewhere"])
+
+
+def test_inspector_cannot_enqueue(gate):
+    with gate.connect("inspector") as conn:
+        refused(w.enqueue, conn, gate.queue)
+        refused(conn.run, w.SCRIPTS["enqueueCmd"],
+                [w.task_key(gate.queue, "x"), f"asynq:{{{gate.queue}}}:pending"], [b"m", "x", 1])
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_nobody_reaches_keys_outside_asynq(gate, role):
+    gate.srv.admin().set("outside:secret", "s3cret")
+    with gate.connect(role) as conn:
+        for args in (("get", "outside:secret"), ("set", "outside:secret", "x"),
+                     ("del", "outside:secret"), ("keys", "*"), ("scan", "0"),
+                     ("eval", w.SCRIPTS["enqueueCmd"].body, 2, "outside:t:1", "outside:pending",
+                      "m", "1", "1")):
+            refused(conn.call, *args)
+    assert gate.srv.admin().get("outside:secret") == b"s3cret"

@@ -1,0 +1,137 @@
+"""The session state machine without sockets: bytes in, bytes out, exact."""
+from __future__ import annotations
+
+from redisgate.config import build_config
+from redisgate.gate import Gate
+from redisgate.session import Session
+
+from proxy import pw_hash
+from wire import cmd
+
+
+def make_session(users=None, upstream=None, version=(7, 0, 15)):
+    users = users or {"u": f"on {pw_hash('pw')} ~k:* +get +set +ping +multi +exec +subscribe "
+                           "+unsubscribe +publish"}
+    cfg = build_config({"upstream": upstream or {"address": "127.0.0.1:1"}, "users": users})
+    gate = Gate(cfg, upstream_version=version)
+    return Session(gate, "test")
+
+
+def login(s: Session) -> None:
+    s.client_data(cmd("AUTH", "u", "pw"))
+    assert s.want_upstream
+    s.connected()
+    assert b"".join(s.to_client) == b"+OK\r\n"
+    s.to_client.clear()
+
+
+def out(buf: list) -> bytes:
+    data = b"".join(buf)
+    buf.clear()
+    return data
+
+
+def test_nothing_is_sent_upstream_before_authentication():
+    s = make_session()
+    s.client_data(cmd("GET", "k:1") + cmd("PING"))
+    assert out(s.to_client) == b"-NOAUTH Authentication required.\r\n" * 2
+    assert not s.want_upstream and not s.to_upstream
+
+
+def test_upstream_gets_the_proxys_credentials_not_the_clients(monkeypatch):
+    monkeypatch.setenv("GATE_PW", "gate-secret")
+    s = make_session(upstream={"address": "127.0.0.1:1", "username": "gate", "password": "${GATE_PW}"})
+    s.client_data(cmd("AUTH", "u", "pw") + cmd("GET", "k:1"))
+    s.connected()
+    sent = out(s.to_upstream)
+    assert sent == cmd("AUTH", "gate", "gate-secret") + cmd("GET", "k:1")
+    assert b"pw" not in sent.replace(b"gate-secret", b"")
+    # The AUTH reply waits until the proxy's own AUTH succeeded; its +OK is swallowed.
+    assert out(s.to_client) == b""
+    s.upstream_data(b"+OK\r\n$1\r\nv\r\n")
+    assert out(s.to_client) == b"+OK\r\n$1\r\nv\r\n"
+
+
+def test_forwarded_bytes_are_exactly_the_judged_bytes():
+    s = make_session()
+    login(s)
+    s.client_data(cmd("SET", "k:1", "v") + cmd("GET", "k:1"))
+    assert out(s.to_upstream) == cmd("SET", "k:1", "v") + cmd("GET", "k:1")
+
+
+def test_local_replies_interleave_in_command_order():
+    s = make_session()
+    login(s)
+    s.client_data(cmd("GET", "k:1") + cmd("GET", "other") + cmd("GET", "k:2"))
+    assert out(s.to_upstream) == cmd("GET", "k:1") + cmd("GET", "k:2")
+    assert out(s.to_client) == b""           # the denial waits for the first reply
+    s.upstream_data(b"$1\r")
+    assert out(s.to_client) == b"$1\r"       # a partial forwarded reply streams on
+    s.upstream_data(b"\na\r\n$1\r\nb\r\n")
+    data = out(s.to_client)
+    assert data.startswith(b"\na\r\n-NOPERM")
+    assert data.endswith(b"$1\r\nb\r\n")
+
+
+def test_denied_inside_multi_makes_exec_abort_and_discards_upstream():
+    s = make_session()
+    login(s)
+    s.client_data(cmd("MULTI") + cmd("SET", "k:1", "v") + cmd("GET", "nope") + cmd("EXEC"))
+    assert out(s.to_upstream) == cmd("MULTI") + cmd("SET", "k:1", "v") + b"*1\r\n$7\r\nDISCARD\r\n"
+    s.upstream_data(b"+OK\r\n+QUEUED\r\n+OK\r\n")
+    data = out(s.to_client)
+    assert data.startswith(b"+OK\r\n+QUEUED\r\n-NOPERM")
+    assert data.endswith(b"-EXECABORT Transaction discarded because of previous errors.\r\n")
+
+
+def test_resp2_messages_are_out_of_band_while_subscribed():
+    s = make_session(users={"u": f"on {pw_hash('pw')} &c +subscribe +ping +get ~k"})
+    login(s)
+    s.client_data(cmd("SUBSCRIBE", "c"))
+    s.upstream_data(b"*3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n")
+    assert out(s.to_client).startswith(b"*3\r\n$9\r\nsubscribe")
+    s.client_data(cmd("PING") + cmd("GET", "x"))      # the GET is denied locally
+    # A message arrives before the PING reply: it must not count as the PING's reply.
+    s.upstream_data(b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n")
+    assert out(s.to_client) == b"*3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n"
+    s.upstream_data(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n")
+    data = out(s.to_client)
+    assert data.startswith(b"*2\r\n$4\r\npong") and b"-NOPERM" in data
+
+
+def test_resp3_push_frames_pass_immediately():
+    s = make_session()
+    login(s)
+    s.client_data(cmd("GET", "k:1"))
+    s.upstream_data(b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n")
+    assert out(s.to_client).startswith(b">3")
+    s.upstream_data(b"_\r\n")
+    assert out(s.to_client) == b"_\r\n"
+
+
+def test_protocol_error_replies_and_closes_after_earlier_commands():
+    s = make_session()
+    login(s)
+    s.client_data(cmd("GET", "k:1") + b"*1\r\n$-3\r\n")
+    assert out(s.to_upstream) == cmd("GET", "k:1")
+    assert not s.close
+    s.upstream_data(b"$-1\r\n")
+    assert out(s.to_client) == b"$-1\r\n-ERR Protocol error: invalid bulk length\r\n"
+    assert s.close
+
+
+def test_upstream_failure_answers_pending_commands_in_order():
+    s = make_session()
+    s.client_data(cmd("AUTH", "u", "pw") + cmd("GET", "k:1") + cmd("GET", "zzz"))
+    s.upstream_failed("connection refused")
+    data = out(s.to_client)
+    assert data.startswith(b"+OK\r\n-ERR redisgate: upstream Redis unavailable (connection refused)")
+    assert data.endswith(b"this user has no permissions to access one of the keys used as arguments\r\n")
+    assert not s.close           # never connected: the client may try again
+
+
+def test_legacy_upstream_refuses_hello_3_so_clients_fall_back():
+    s = make_session(version=(5, 0, 6))
+    s.client_data(cmd("HELLO", "3", "AUTH", "u", "pw"))
+    assert out(s.to_client) == b"-NOPROTO unsupported protocol version\r\n"
+    assert s.user_entry is None
