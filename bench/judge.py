@@ -174,6 +174,19 @@ def bench_paths(n: int, reps: int) -> dict:
         if "cmds_per_s" in r:
             r["parse_only_cmds_per_s"] = n / po
 
+    # Where the time goes: TABLE.lookup + User.judge alone, per kind of command in the buffer.
+    kinds: dict[str, list] = {}
+    for args in cmds:
+        kind = args[0].decode() + (" " + args[1][:8].decode() if args[0] == b"evalsha" else "")
+        kinds.setdefault(kind, []).append(args)
+    breakdown = {}
+    for kind, group in kinds.items():
+        def one(group=group):
+            for args in group:
+                user.judge(TABLE.lookup(args), args, db=0)
+        breakdown[kind] = round(statistics.median(timed(one, reps)) / len(group) * 1e9)
+    results["drain"]["judge_ns_by_command"] = breakdown if "cmds_per_s" in results["drain"] else None
+
     try:
         results["session"] = bench_session(cfg, cmds, chunks, reps)
     except Exception as e:  # the session contract is the core's; report, don't crash
@@ -247,6 +260,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"{name:8} {r['cmds_per_s']:>12,.0f} commands/s  "
                       f"({1e9 / r['cmds_per_s']:.0f} ns/command)")
+        d = out["paths"].get("drain", {})
+        if d.get("parse_only_cmds_per_s"):
+            print(f"parse only {d['parse_only_cmds_per_s']:>10,.0f} commands/s")
+        for kind, ns in (d.get("judge_ns_by_command") or {}).items():
+            print(f"  lookup+judge {kind:<18} {ns:>7,} ns")
     return 0
 
 

@@ -289,6 +289,10 @@ def markdown(doc: dict) -> str:
             md.append(f"| {name}{' (default)' if name == judge.get('default_path') else ''} | "
                       f"{p['cmds_per_s']:,.0f} | {1e9 / p['cmds_per_s']:.0f} | "
                       f"{p.get('parse_only_cmds_per_s', 0):,.0f} |")
+        by_cmd = judge.get("paths", {}).get("drain", {}).get("judge_ns_by_command")
+        if by_cmd:
+            md += ["", "Lookup + judge alone, ns per command: " + ", ".join(
+                f"`{k}` {v:,}" for k, v in by_cmd.items()) + "."]
         for n in judge.get("notes", []):
             md.append(f"\n- {n}")
 

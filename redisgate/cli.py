@@ -133,7 +133,8 @@ _PASSWORD_WORDS = {"on", "off", "nopass", "resetpass", "reset"}
 
 
 def _permission_tokens(user) -> list[str]:
-    return [t for t in user.to_acl_rules().split()
+    from .config import tokenize_rules
+    return [t for t in tokenize_rules(user.to_acl_rules())
             if not t.startswith(_PASSWORD_TOKENS) and t not in _PASSWORD_WORDS]
 
 

@@ -162,6 +162,111 @@ class ClientConnection(asyncio.Protocol):
             self.upstream.transport.resume_reading()
 
 
+class _TLSTransport:
+    """What ClientConnection sees of a TLS connection: writes are encrypted by the engine."""
+
+    def __init__(self, raw: asyncio.Transport, engine):
+        self.raw = raw
+        self.engine = engine
+
+    def write(self, data: bytes) -> None:
+        self.engine.send(data)
+        self.raw.write(self.engine.data_to_send())
+
+    def close(self) -> None:
+        self.engine.close()
+        out = self.engine.data_to_send()
+        if out:
+            self.raw.write(out)
+        self.raw.close()
+
+    def get_extra_info(self, name, default=None):
+        if name == "peercert":
+            return self.engine.peercert
+        return self.raw.get_extra_info(name, default)
+
+    def pause_reading(self):
+        self.raw.pause_reading()
+
+    def resume_reading(self):
+        self.raw.resume_reading()
+
+    def is_closing(self) -> bool:
+        return self.raw.is_closing()
+
+
+class TLSClientConnection(asyncio.Protocol):
+    """A TLS listener's connection: the handshake runs here (in a sans-I/O TLSEngine), so that
+    every failed, garbage or slow handshake is seen, audited and closed; then it hands decrypted
+    bytes to a ClientConnection. (asyncio and uvloop hide failed handshakes from the app.)"""
+
+    def __init__(self, proxy: "Proxy", tls):
+        self.proxy = proxy
+        self.tls = tls
+        self.inner: ClientConnection | None = None
+        self.raw: asyncio.Transport | None = None
+
+    def connection_made(self, transport):
+        from .tls import TLSEngine
+        self.raw = transport
+        self.engine = TLSEngine(self.tls.context)   # the current context: a reload applies here
+        self.timer = asyncio.get_running_loop().call_later(self.tls.handshake_timeout, self._expire)
+
+    def data_received(self, data: bytes) -> None:
+        from .tls import TLSHandshakeError, TLSRecordError
+        engine = self.engine
+        try:
+            plain = engine.receive(data)
+        except (TLSHandshakeError, TLSRecordError) as e:
+            return self._fail(str(e))
+        out = engine.data_to_send()
+        if out:
+            self.raw.write(out)
+        if self.inner is None:
+            if not engine.handshake_done:
+                return
+            self.timer.cancel()
+            self.inner = ClientConnection(self.proxy, self.tls)
+            self.inner.connection_made(_TLSTransport(self.raw, engine))
+        if plain and not self.inner.closed:
+            self.inner.data_received(plain)
+        if engine.peer_closed:
+            self.raw.close()
+
+    def eof_received(self):
+        if self.inner is None:
+            from .tls import handshake_failure_reason
+            self._fail(handshake_failure_reason(ConnectionResetError(), self.engine.first_byte))
+        return False
+
+    def _expire(self) -> None:
+        if self.inner is None:
+            from .tls import handshake_failure_reason
+            self._fail(handshake_failure_reason(TimeoutError(), self.engine.first_byte))
+
+    def _fail(self, reason: str) -> None:
+        self.timer.cancel()
+        peer = self.raw.get_extra_info("peername") or ("?", 0)
+        audit.warning("tls-handshake-failed reason=%s client=addr=%s:%s", reason, peer[0], peer[1])
+        out = self.engine.data_to_send()   # the alert, if any
+        if out:
+            self.raw.write(out)
+        self.raw.close()
+
+    def connection_lost(self, exc) -> None:
+        self.timer.cancel()
+        if self.inner is not None:
+            self.inner.connection_lost(exc)
+
+    def pause_writing(self):
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self):
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+
 class Proxy:
     """Listeners, the shared Gate, reload on SIGHUP, and the upstream version probe."""
 
@@ -184,7 +289,9 @@ class Proxy:
         for i, lst in enumerate(self.config.listeners):
             if lst.tls:
                 from .tls import ListenerTLS
-                self.listener_tls.append(ListenerTLS(lst.tls, base, where=f"{lst.where}.tls"))
+                self.listener_tls.append(ListenerTLS(
+                    lst.tls, base, where=f"{lst.where}.tls",
+                    default_handshake_timeout=self.config.handshake_timeout))
             else:
                 self.listener_tls.append(None)
         if self.config.upstream.tls:
@@ -205,10 +312,8 @@ class Proxy:
                 srv = await loop.create_server(lambda: ClientConnection(self), lst.host, lst.port,
                                                reuse_address=True, backlog=1024)
             else:
-                srv = await loop.create_server(lambda t=tls: ClientConnection(self, t), lst.host,
-                                               lst.port, reuse_address=True, backlog=1024,
-                                               ssl=tls.context,
-                                               ssl_handshake_timeout=tls.handshake_timeout)
+                srv = await loop.create_server(lambda t=tls: TLSClientConnection(self, t), lst.host,
+                                               lst.port, reuse_address=True, backlog=1024)
             self.servers.append(srv)
             log.info("listening on %s:%d%s", lst.host, lst.port, " (TLS)" if tls else "")
         await self.probe_upstream()

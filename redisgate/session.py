@@ -152,7 +152,7 @@ class Session:
         entry = self.user_entry
         user = entry.user
         try:
-            denial = user.judge(spec, args, db=self.home_db)
+            denial = user.judge(spec, args, db=self._databases())
         except KeyExtractionError as e:
             return self._reject(e.reply)
         if denial is not None:
@@ -394,18 +394,16 @@ class Session:
         if default is not None and default.user.enabled and default.user.nopass and not self.cert_locked:
             self._login(default, via="nopass")
 
+    def _databases(self):
+        """The databases this user may SELECT (judged by rules: others need allkeys)."""
+        dbs = self.user_entry.databases
+        return dbs if dbs is not None else self.home_db
+
     def _cmd_select(self, spec, args, req) -> None:
-        try:
-            db = int(args[1])
-        except ValueError:
-            return self._reject(error("ERR value is not an integer or out of range"))
-        entry = self.user_entry
-        allowed = entry.databases if entry.databases is not None else {self.home_db}
-        if db not in allowed and not entry.user.has_allkeys:
-            self.gate.acl_log.add("keyspace", "multi" if self.multi else "toplevel", f"SELECT {db}",
-                                  self.username, self.client_info)
-            return self._reject(errors.noperm_db(self.gate.upstream_version, self.username, db))
-        self.db = db
+        # The judge has refused databases outside the user's list already; a malformed index
+        # (allowed only with allkeys) gets Redis's own error from upstream.
+        if args[1].isdigit():
+            self.db = int(args[1])
         self._forward(req)
 
     def _cmd_multi(self, spec, args, req) -> None:
@@ -532,7 +530,8 @@ class Session:
         if not spec.check_arity(len(cmd)):
             return self._local(error(f"ERR wrong number of arguments for '{spec.name}' command"))
         try:
-            denial = entry.user.judge(spec, cmd, db=self.home_db)
+            denial = entry.user.judge(spec, cmd, db=entry.databases if entry.databases is not None
+                                      else self.home_db)
         except KeyExtractionError as e:
             return self._local(e.reply)
         if denial is None:

@@ -356,8 +356,6 @@ def test_tls11_is_refused(gate):
             ctx.wrap_socket(raw)
 
 
-@pytest.mark.xfail(strict=True, reason="server.py uses create_server(ssl=...): asyncio and uvloop "
-                   "never report a failed handshake to the app, so it cannot audit one")
 def test_failed_handshakes_leave_an_audit_entry(gate):
     start = len(gate.log())
     assert _refused(gate, "expired")
