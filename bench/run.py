@@ -244,13 +244,17 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_judge:
         log("judge micro-benchmark")
         judge = run_helper("judge.py", ["--quick"] if args.quick else [], timeout=600)
-        log(f"  {json.dumps(judge)[:300]}")
+        log("  " + (judge.get("error") or ", ".join(
+            f"{k} {v['cmds_per_s']:,.0f}/s" if "cmds_per_s" in v else f"{k}: {v.get('error')}"
+            for k, v in judge["paths"].items())))
     if not args.skip_memory:
         log(f"memory: {args.memory_clients} idle authenticated clients")
         mem_targets = [t for t in ("pipe", "redisgate") if t in wanted]
         memory = run_helper("memory.py", ["--clients", str(args.memory_clients),
                                           "--targets", ",".join(mem_targets)], timeout=900)
-        log(f"  {json.dumps(memory)[:300]}")
+        log("  " + (memory.get("error") or ", ".join(
+            f"{k} {v['kib_per_client']:.1f} KiB/client" if "kib_per_client" in v
+            else f"{k}: {v.get('reason')}" for k, v in memory["targets"].items())))
     meta["duration_s"] = round(time.time() - started, 1)
     doc = report.build(meta, targets_info, [w.__dict__ for w in workloads], results, judge, memory)
     paths = report.write(doc, args.out)

@@ -35,7 +35,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         client = self.client
-        client.session.upstream_data(data)
+        try:
+            client.session.upstream_data(data)
+        except Exception:   # a bug must cost one connection, never the proxy
+            log.exception("internal error on the upstream of %s; closing it",
+                          client.session.client_info)
+            client.session.close = True
         client.pump()
 
     def connection_lost(self, exc) -> None:
@@ -93,7 +98,12 @@ class ClientConnection(asyncio.Protocol):
         self.pump()
 
     def data_received(self, data: bytes) -> None:
-        self.session.client_data(data)
+        try:
+            self.session.client_data(data)
+        except Exception:   # a bug must cost one connection, never the proxy
+            log.exception("internal error on %s; closing it", self.session.client_info)
+            self.transport.write(b"-ERR redisgate internal error; closing the connection\r\n")
+            self.session.close = True
         self.pump()
 
     def pump(self) -> None:
