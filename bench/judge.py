@@ -17,6 +17,8 @@ lease, HSET of a result, SADD asynq:queues, PING, plus the GET/SET a cache would
 * ``session`` — a logged-in `session.Session`: `client_data()` for the requests and
                 `upstream_data()` for one reply per command, i.e. the whole sans-I/O cost of the
                 proxy per command (routing and reply ordering included), without sockets.
+* ``... (GET/SET)`` — `drain` and `session` again over redis-benchmark's own SET/GET traffic,
+                to compare with the socket benchmarks' -P 16 numbers.
 
 Every path also verifies that the judge allowed every command (a denial would make the numbers
 meaningless). The result is the median of several timed repetitions after a warm-up.
@@ -107,6 +109,15 @@ def timed(fn, reps: int) -> list[float]:
     return times
 
 
+def getset_commands(n: int) -> list[list[bytes]]:
+    """redis-benchmark's own SET/GET traffic, for comparison with the socket benchmarks."""
+    out = []
+    for i in range(n):
+        key = b"key:%012d" % (i * 7919 % 100_000)
+        out.append([b"SET", key, b"xxx"] if i % 2 == 0 else [b"GET", key])
+    return out
+
+
 def bench_paths(n: int, reps: int) -> dict:
     from redisgate.commands import TABLE
     from redisgate.resp import RequestParser
@@ -119,12 +130,18 @@ def bench_paths(n: int, reps: int) -> dict:
     cfg = load_bench_config()
     user = cfg.users["bench"].user
     version = (7, 0, 15)
-    cmds = asynq_commands(n)
-    chunks = slices(encode(cmds))
     results: dict[str, dict] = {}
 
+    # Every request parser redisgate.resp offers is a path: RequestParser ("drain", "next") and
+    # any alternative class it may add later (e.g. a hiredis-backed one), named after the class.
+    import redisgate.resp as resp
+    alternatives = {name: cls for name, cls in vars(resp).items()
+                    if isinstance(cls, type) and cls is not RequestParser
+                    and name.endswith("RequestParser") and hasattr(cls, "drain")}
+    parser_cls = [RequestParser]
+
     def make_parser() -> RequestParser:
-        p = RequestParser(max_bulk=cfg.max_bulk, max_args=cfg.max_args)
+        p = parser_cls[0](max_bulk=cfg.max_bulk, max_args=cfg.max_args)
         p.set_authenticated(True)
         return p
 
@@ -139,40 +156,60 @@ def bench_paths(n: int, reps: int) -> dict:
                 counters[1] += 1
             counters[0] += 1
 
-    def run_drain(counters=None) -> None:
-        counters = counters if counters is not None else [0, 0]
-        p = make_parser()
-        for c in chunks:
-            p.feed(c)
-            judge_all(p.drain(), counters)
+    def measure(cmds: list[list[bytes]], suffix: str, with_next: bool) -> None:
+        chunks = slices(encode(cmds))
+        count = len(cmds)
 
-    def run_next(counters=None) -> None:
-        counters = counters if counters is not None else [0, 0]
-        p = make_parser()
-        for c in chunks:
-            p.feed(c)
-            while (req := p.next()) is not None:
-                judge_all((req,), counters)
+        def run_drain(counters=None) -> None:
+            counters = counters if counters is not None else [0, 0]
+            p = make_parser()
+            for c in chunks:
+                p.feed(c)
+                judge_all(p.drain(), counters)
 
-    def parse_only() -> None:
-        p = make_parser()
-        for c in chunks:
-            p.feed(c)
-            p.drain()
+        def run_next(counters=None) -> None:
+            counters = counters if counters is not None else [0, 0]
+            p = make_parser()
+            for c in chunks:
+                p.feed(c)
+                while (req := p.next()) is not None:
+                    judge_all((req,), counters)
 
-    for name, fn in (("drain", run_drain), ("next", run_next)):
-        counters = [0, 0]
-        fn(counters)
-        if counters[0] != n or counters[1]:
-            results[name] = {"error": f"{counters[1]} of {n} commands were refused or unknown; "
-                                      "the policy in bench/redisgate.yaml and the judge disagree"}
-            continue
-        t = statistics.median(timed(fn, reps))
-        results[name] = {"cmds_per_s": n / t, "seconds_per_pass": t}
-    po = statistics.median(timed(parse_only, reps))
-    for r in results.values():
-        if "cmds_per_s" in r:
-            r["parse_only_cmds_per_s"] = n / po
+        def parse_only() -> None:
+            p = make_parser()
+            for c in chunks:
+                p.feed(c)
+                p.drain()
+
+        po = count / statistics.median(timed(parse_only, reps))
+        paths = [("drain", run_drain)] + ([("next", run_next)] if with_next else [])
+        for name, fn in paths:
+            counters = [0, 0]
+            fn(counters)
+            if counters[0] != count or counters[1]:
+                results[name + suffix] = {
+                    "error": f"{counters[1]} of {count} commands were refused or unknown; "
+                             "the policy in bench/redisgate.yaml and the judge disagree"}
+                continue
+            t = statistics.median(timed(fn, reps))
+            results[name + suffix] = {"cmds_per_s": count / t, "seconds_per_pass": t,
+                                      "parse_only_cmds_per_s": po}
+        try:
+            results["session" + suffix] = bench_session(cfg, cmds, chunks, reps)
+        except Exception as e:  # the session contract is the core's; report, don't crash
+            results["session" + suffix] = {"error": f"{type(e).__name__}: {e}"}
+
+    cmds = asynq_commands(n)
+    measure(cmds, "", with_next=True)
+    measure(getset_commands(n), " (GET/SET)", with_next=False)
+    for name, cls in alternatives.items():
+        parser_cls[0] = cls
+        try:
+            measure(cmds, f" [{name}]", with_next=False)
+        except Exception as e:
+            results[f"drain [{name}]"] = {"error": f"{type(e).__name__}: {e}"}
+        results.pop(f"session [{name}]", None)   # the session always uses RequestParser
+    parser_cls[0] = RequestParser
 
     # Where the time goes: TABLE.lookup + User.judge alone, per kind of command in the buffer.
     kinds: dict[str, list] = {}
@@ -185,12 +222,8 @@ def bench_paths(n: int, reps: int) -> dict:
             for args in group:
                 user.judge(TABLE.lookup(args), args, db=0)
         breakdown[kind] = round(statistics.median(timed(one, reps)) / len(group) * 1e9)
-    results["drain"]["judge_ns_by_command"] = breakdown if "cmds_per_s" in results["drain"] else None
-
-    try:
-        results["session"] = bench_session(cfg, cmds, chunks, reps)
-    except Exception as e:  # the session contract is the core's; report, don't crash
-        results["session"] = {"error": f"{type(e).__name__}: {e}"}
+    if "cmds_per_s" in results["drain"]:
+        results["drain"]["judge_ns_by_command"] = breakdown
     return results
 
 
@@ -224,7 +257,7 @@ def bench_session(cfg, cmds, chunks, reps: int) -> dict:
         sent = sum(len(d) for d in s.to_upstream)
         for c in reply_chunks:
             s.upstream_data(c)
-        if sent == 0 or len(b"".join(s.to_client)) != 4 * n:
+        if sent == 0 or sum(len(d) for d in s.to_client) != 4 * n:
             raise RuntimeError("the session did not forward every command or return every reply")
 
     run()
@@ -256,13 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         for name, r in out["paths"].items():
             if "error" in r:
-                print(f"{name:8} unavailable: {r['error']}")
+                print(f"{name:18} unavailable: {r['error']}")
             else:
-                print(f"{name:8} {r['cmds_per_s']:>12,.0f} commands/s  "
+                print(f"{name:18} {r['cmds_per_s']:>12,.0f} commands/s  "
                       f"({1e9 / r['cmds_per_s']:.0f} ns/command)")
         d = out["paths"].get("drain", {})
         if d.get("parse_only_cmds_per_s"):
-            print(f"parse only {d['parse_only_cmds_per_s']:>10,.0f} commands/s")
+            print(f"{'parse only':18} {d['parse_only_cmds_per_s']:>10,.0f} commands/s")
         for kind, ns in (d.get("judge_ns_by_command") or {}).items():
             print(f"  lookup+judge {kind:<18} {ns:>7,} ns")
     return 0

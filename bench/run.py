@@ -98,6 +98,7 @@ def run_rounds(stack: Stack, targets: list[Target], workloads: list[Workload], r
                quick: bool, unavailable: dict[str, str]) -> list[dict]:
     results: list[dict] = []
     dead: set[str] = set()
+    timeouts: dict[str, int] = {}
     procs = {p.popen.pid: p for p in stack.procs}
     for r in range(rounds):
         log(f"round {r + 1}/{rounds}")
@@ -117,10 +118,17 @@ def run_rounds(stack: Stack, targets: list[Target], workloads: list[Workload], r
                 if res.status != "ok" and t.name in NA_ON_FAILURE:
                     res.status = "n/a"
                 proc = procs.get(t.pid)
+                timeouts[t.name] = timeouts.get(t.name, 0) + 1 if "did not finish" in res.reason else 0
                 if res.status != "ok" and proc is not None and not proc.alive():
                     dead.add(t.name)
                     unavailable[t.name] = (f"died during {w.id} in round {r + 1} "
                                            f"(exit {proc.popen.returncode}): {proc.tail()}")
+                    log(f"{t.name} target unavailable: {unavailable[t.name]}")
+                elif timeouts[t.name] >= 2:
+                    # Bounded run time: a target that hangs twice in a row is not waited on again.
+                    dead.add(t.name)
+                    unavailable[t.name] = (f"stopped answering: redis-benchmark timed out twice in "
+                                           f"a row (last: {w.id}, round {r + 1})")
                     log(f"{t.name} target unavailable: {unavailable[t.name]}")
                 results.append(res.to_json())
                 line.append(f"{t.name}={res.rps / 1000:.1f}k" if res.status == "ok"

@@ -12,6 +12,7 @@ Contract of the file (keys are a public contract; extend, never rename)::
       name: "<ACL rules>"             # or a mapping:
       name: {rules, profile, queues, scripts, report_only, learn, certificate,
              require_password, databases}
+      # scripts: [<sha1>, <script name>, <named set>, {sha1: <own script>, like: <script name>}]
     acl_file: users.acl               # more users, in Redis's aclfile format
     metrics: {address: 127.0.0.1:9121}
     limits: {max_clients, handshake_timeout, acl_log_max_len}
@@ -401,6 +402,7 @@ def _user(name: str, where: str, spec: Any, problems: list[str], warnings: list[
         profile_names = [profile_names]
     queues = spec.get("queues")
     scripts: set[str] = set()
+    custom_scripts: dict = {}              # own script SHA1 -> bound contract ({sha1, like})
     scripts_given = False
     profile_tokens: list[str] = []
     if queues is not None and (not isinstance(queues, list) or not all(isinstance(q, str) for q in queues)):
@@ -423,13 +425,15 @@ def _user(name: str, where: str, spec: Any, problems: list[str], warnings: list[
         from . import scripts as scriptmod
         listed = spec["scripts"]
         if not isinstance(listed, list):
-            problems.append(f"{where}.scripts: expected a list of SHA1 hex values or named sets")
+            problems.append(f"{where}.scripts: expected a list of SHA1 hex values, named sets "
+                            "or {sha1: ..., like: <script name>} mappings")
         else:
             try:
-                scripts |= scriptmod.expand_script_names([str(s) for s in listed])
+                listed_shas, custom_scripts = scriptmod.resolve_scripts(listed)
+                scripts |= listed_shas
                 scripts_given = True
-            except ValueError as e:
-                problems.append(f"{where}.scripts: {e}")
+            except scriptmod.ScriptListError as e:
+                problems.extend(e.lines(f"{where}.scripts"))
 
     # Profile tokens come first so that the user's own rules can narrow or extend them.
     try:
@@ -439,7 +443,7 @@ def _user(name: str, where: str, spec: Any, problems: list[str], warnings: list[
         return None
     if scripts_given:
         from . import scripts as scriptmod
-        user.scripts = scriptmod.ScriptPolicy(scripts)
+        user.scripts = scriptmod.ScriptPolicy(scripts, custom=custom_scripts)
     user.report_only = bool(spec.get("report_only", False))
 
     cert = spec.get("certificate")

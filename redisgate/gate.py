@@ -74,6 +74,7 @@ class Gate:
                                                        or (7, 0, 0))
         self.version_known = config.upstream.version is not None or upstream_version is not None
         self.acl_log = AclLog(config.acl_log_max_len)
+        self._available: dict = {}
         self.learners: dict[str, object] = {}
         self._index_certificates()
 
@@ -86,6 +87,7 @@ class Gate:
         self.acl_log.max_len = config.acl_log_max_len
         if config.upstream.version:
             self.upstream_version = config.upstream.version
+            self._available.clear()
         self._index_certificates()
         self.generation += 1
 
@@ -93,6 +95,15 @@ class Gate:
         if self.config.upstream.version is None:
             self.upstream_version = version
             self.version_known = True
+            self._available.clear()
+
+    def available(self, spec) -> bool:
+        """Whether the upstream's version has this command (memoised: it is on the hot path)."""
+        known = self._available.get(spec)
+        if known is None:
+            from .commands import available
+            known = self._available[spec] = available(spec, self.upstream_version)
+        return known
 
     def learner(self, name: str):
         """The Learner recording a learn-mode user's traffic (created on first use)."""

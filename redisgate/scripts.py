@@ -14,8 +14,13 @@ task keys from an ARGV prefix plus ids read from lists), so it pins the script i
   prefixes must also pass the user's key patterns (``user.check_key(key, write)``), because the
   script will read or write keys under them.
 
+* An operator's *own* script can be bound to a known script's contract: a ``scripts:`` entry
+  ``{sha1: <hex>, like: dequeueCmd}`` (``resolve_scripts``) allows that SHA1 and enforces the
+  ``dequeueCmd`` contract on it (KEYS shapes, one ``{Q}``, ARGV key prefixes) exactly as for
+  Asynq's own body. ``ScriptPolicy.custom`` holds these SHA1 -> contract bindings.
+
 The SHA1 values and the KEYS/ARGV layouts come from /work/shared/asynq/REDIS-USAGE.md (sections 4
-and 5); the script bodies in tests/asynq/ hash to them.
+and 5). The tests run their own scripts with those layouts (tests/asynq_lua/), bound this way.
 
 Queue identity is Redis's hash-tag rule: ``Q`` is the text between ``asynq:{`` and the first
 ``}``. A queue whose name contains ``}`` therefore never satisfies a contract (its keys would not
@@ -25,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 # --------------------------------------------------------------------------------------------
@@ -253,6 +258,12 @@ class ScriptContract:
     variadic: bool = False
     unchecked: str = ""
     min_argv: int = 0
+    own: bool = False           # an operator's own script bound to this layout (``like:``)
+
+    @property
+    def label(self) -> str:
+        """How denials name the script: ``dequeueCmd``, or ``own script like dequeueCmd``."""
+        return f"own script like {self.name}" if self.own else self.name
 
     @property
     def numkeys(self) -> int | None:
@@ -445,6 +456,144 @@ def script_sha1(body: bytes) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# Own scripts bound to a known contract ({sha1: ..., like: ...})
+# --------------------------------------------------------------------------------------------
+
+def contract_like(like: str) -> ScriptContract:
+    """The known contract named by a ``like:`` value.
+
+    ``like`` is a script name (``dequeueCmd``: the layout of its newest version, the one in
+    ``main``), a name at a release line (``archiveCmd@v0.24``: the 8-KEYS layout of v0.24), or
+    the SHA1 of a known script (exactly that version). Raises ``ValueError`` with the reason.
+    """
+    text = like.strip()
+    if _HEX40.fullmatch(text):
+        contract = KNOWN_SCRIPTS.get(text.lower())
+        if contract is None:
+            raise ValueError(f"{text!r} is not the SHA1 of a known Asynq script")
+        return contract
+    name, _, line = text.partition("@")
+    if name not in SCRIPT_NAMES:
+        raise ValueError(f"unknown script {text!r} (known: {', '.join(sorted(SCRIPT_NAMES))}; "
+                         f"optionally '<name>@<line>' with line in {', '.join(RELEASE_LINES)}, "
+                         "or the SHA1 of a known script)")
+    if line and line not in RELEASE_LINES:
+        raise ValueError(f"unknown Asynq release line {line!r} in {text!r} "
+                         f"(known: {', '.join(RELEASE_LINES)})")
+    wanted = RELEASE_LINES[line] if line else frozenset({"main"})
+    for c in _CONTRACTS:
+        if c.name == name and c.releases & wanted:
+            return c
+    raise ValueError(f"{name} does not exist in Asynq {line}")
+
+
+class BindError(ValueError):
+    """A bad ``{sha1, like}`` binding; ``field`` is the culprit: ``"sha1"`` or ``"like"``."""
+
+    def __init__(self, field_: str, why: str):
+        super().__init__(why)
+        self.field = field_
+
+
+def bind_script(sha1: str, like: str) -> ScriptContract:
+    """The contract of ``like`` (see ``contract_like``) for the own script ``sha1``.
+
+    Raises ``BindError`` for a malformed SHA1, a SHA1 that is one of Asynq's own scripts (its
+    contract is fixed; list it as a plain SHA1 instead), or an unknown ``like``.
+    """
+    if not isinstance(sha1, str) or not _HEX40.fullmatch(sha1.strip()):
+        raise BindError("sha1", f"expected a 40-hex SHA1, got {sha1!r}")
+    sha = sha1.strip().lower()
+    if sha in KNOWN_SCRIPTS:
+        raise BindError("sha1", f"{sha} is Asynq's own {KNOWN_SCRIPTS[sha].name}, which is "
+                                "already bound to its contract; list it as a plain SHA1")
+    try:
+        base = contract_like(like)
+    except ValueError as e:
+        raise BindError("like", str(e)) from None
+    # No releases: the binding belongs to no Asynq release, so no named set picks it up.
+    return replace(base, sha1=sha, releases=frozenset(), own=True)
+
+
+class ScriptListError(ValueError):
+    """Every problem of a ``scripts:`` list: ``problems`` holds ``(path, why)`` pairs, where
+    ``path`` is the position inside the list (``[2]``, ``[2].like``)."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        super().__init__("; ".join(f"scripts{path}: {why}" for path, why in problems))
+        self.problems = problems
+
+    def lines(self, where: str) -> list[str]:
+        """``<where><path>: <why>`` per problem, e.g. ``users.w.scripts[2].like: unknown ...``."""
+        return [f"{where}{path}: {why}" for path, why in self.problems]
+
+
+_BIND_KEYS = ("sha1", "like")
+
+
+def resolve_scripts(items) -> tuple[set[str], dict[str, ScriptContract]]:
+    """Resolve a user's ``scripts:`` list into (allowed SHA1s, own SHA1 -> bound contract).
+
+    Each item is what ``expand_script_names`` accepts (a SHA1, a script name, a named set), or a
+    mapping ``{sha1: <40 hex>, like: <known script>}``: an operator's own script that is
+    allowed and held to the contract of the script it is like. The bound SHA1s are in the
+    returned allowlist too. Raises ``ScriptListError`` listing every bad item.
+    """
+    if not isinstance(items, (list, tuple)):
+        raise ScriptListError([("", "expected a list of SHA1s, script or set names, or "
+                                    "{sha1: ..., like: ...} mappings")])
+    shas: set[str] = set()
+    custom: dict[str, ScriptContract] = {}
+    bound_at: dict[str, tuple[int, str]] = {}       # sha1 -> (item index, like as written)
+    problems: list[tuple[str, str]] = []
+    for i, item in enumerate(items):
+        if isinstance(item, dict):
+            unknown = [k for k in item if k not in _BIND_KEYS]
+            for key in unknown:
+                problems.append((f"[{i}].{key}", "unknown setting (known: like, sha1)"))
+            missing = [k for k in _BIND_KEYS if k not in item]
+            if missing:
+                problems.append((f"[{i}]", "an own script needs both 'sha1' and 'like' "
+                                           f"(missing: {', '.join(missing)})"))
+                continue
+            if unknown:
+                continue
+            sha, like = item["sha1"], item["like"]
+            if not isinstance(sha, str):
+                problems.append((f"[{i}].sha1", f"expected a 40-hex SHA1 string, got {sha!r} "
+                                                "(quote it in YAML)"))
+                continue
+            if not isinstance(like, str):
+                problems.append((f"[{i}].like", f"expected a script name, got {like!r}"))
+                continue
+            try:
+                contract = bind_script(sha, like)
+            except BindError as e:
+                problems.append((f"[{i}].{e.field}", str(e)))
+                continue
+            earlier = custom.get(contract.sha1)
+            if earlier is not None and earlier != contract:
+                j, earlier_like = bound_at[contract.sha1]
+                problems.append((f"[{i}].like", f"{contract.sha1} is already bound to "
+                                                f"{earlier_like!r} at [{j}]"))
+                continue
+            custom[contract.sha1] = contract
+            bound_at.setdefault(contract.sha1, (i, like.strip()))
+            shas.add(contract.sha1)
+        elif isinstance(item, (str, int)) and not isinstance(item, bool):
+            try:
+                shas |= expand_script_names([str(item)])
+            except ValueError as e:
+                problems.append((f"[{i}]", str(e)))
+        else:
+            problems.append((f"[{i}]", "expected a SHA1, a script or set name, or "
+                                       f"{{sha1: ..., like: ...}}, got {item!r}"))
+    if problems:
+        raise ScriptListError(problems)
+    return shas, custom
+
+
+# --------------------------------------------------------------------------------------------
 # Denials
 # --------------------------------------------------------------------------------------------
 
@@ -511,7 +660,10 @@ class ScriptPolicy:
       FCALL_RO are refused unless the matching ``allow_*`` flag is set;
     * for a SHA1 in ``contracts`` (the Asynq scripts) the call must honour the contract: the
       KEYS count and shapes, one ``{Q}`` across all KEYS, and each ARGV key prefix equal to the
-      one for that ``{Q}`` and allowed by ``user.check_key(prefix, write)``.
+      one for that ``{Q}`` and allowed by ``user.check_key(prefix, write)``;
+    * ``custom`` maps an operator's own script SHA1s to the contract they are bound to
+      (``resolve_scripts``): each of them is allowed, and held to that contract like the
+      original. A SHA1 in both ``contracts`` and ``custom`` takes the ``custom`` contract.
 
     ``allow_any_script`` lifts the SHA1 allowlist (contracts of known scripts still apply unless
     ``enforce_contracts`` is False); it is meant for users that already have ``+@all``.
@@ -524,18 +676,23 @@ class ScriptPolicy:
     allow_any_script: bool = False
     enforce_contracts: bool = True
     contracts: dict[str, ScriptContract] = field(default_factory=lambda: KNOWN_SCRIPTS)
+    custom: dict[str, ScriptContract] = field(default_factory=dict)
 
     def __post_init__(self):
-        shas = set()
-        for sha in self.allowed_shas:
+        def hex_of(sha) -> str:
             text = sha.decode() if isinstance(sha, bytes) else str(sha)
             if not _HEX40.fullmatch(text):
                 raise ValueError(f"not a SHA1 hex digest: {text!r}")
-            shas.add(text.lower())
+            return text.lower()
+
+        custom = {hex_of(sha): c for sha, c in self.custom.items()}
+        shas = {hex_of(sha) for sha in self.allowed_shas} | set(custom)
         self.allowed_shas = frozenset(shas)
+        self.custom = custom
         # Lookups happen on the wire bytes; keep a bytes view so the hot path never decodes.
         self._allowed = frozenset(s.encode() for s in shas)
         self._contracts = {sha.encode(): c for sha, c in self.contracts.items()}
+        self._contracts.update((sha.encode(), c) for sha, c in custom.items())
 
     def allows(self, sha1_hex: str | bytes) -> bool:
         """Whether a SHA1 (hex, any case) is on this allowlist."""
@@ -585,7 +742,7 @@ class ScriptPolicy:
 
     def _label(self, sha: bytes) -> str:
         contract = self._contracts.get(sha)
-        return f"{contract.name} ({sha.decode()})" if contract else sha.decode()
+        return f"{contract.label} ({sha.decode()})" if contract else sha.decode()
 
     def _judge_run(self, user, name: str, sha: bytes, args: list[bytes]):
         if not (self.allow_any_script or sha in self._allowed):
@@ -597,7 +754,7 @@ class ScriptPolicy:
         why = check_contract(contract, args, user)
         if why is None:
             return None
-        return make_denial(name, f"{name}: {contract.name} ({sha.decode()}) {why}")
+        return make_denial(name, f"{name}: {contract.label} ({sha.decode()}) {why}")
 
 
 def check_contract(contract: ScriptContract, args: list[bytes], user=None) -> str | None:

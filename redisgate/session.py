@@ -123,17 +123,62 @@ class Session:
                 break
             if not requests:
                 break
+            self._run(requests)
+        self._flush_held()
+
+    def _run(self, requests) -> None:
+        """Judge a batch. The common case (an ordinary command the user may run, nothing special
+        pending) is inlined here: a table lookup, an arity check, the judge, and the original bytes
+        appended for the upstream; consecutive ones share one reply slot."""
+        entry = self.user_entry
+        if entry is None or entry.learn or self.multi or not self.upstream_ready:
             for req in requests:
                 if self._dead:
-                    break
+                    return
                 self._handle(req)
-        self._flush_held()
+            return
+        lookup = TABLE.lookup
+        plain = _PLAIN
+        gate = self.gate
+        judge = entry.user.judge
+        db = self._databases()
+        up = self.to_upstream
+        n = 0
+        for i, req in enumerate(requests):
+            args = req.args
+            spec = lookup(args)
+            if (spec is not None and spec.name not in plain and gate.available(spec)
+                    and spec.check_arity(len(args)) and not spec.is_container):
+                try:
+                    denial = judge(spec, args, db=db)
+                except KeyExtractionError:
+                    denial = True
+                if denial is None:
+                    raw = req.raw
+                    up.append(raw if raw is not None else encode_command(args))
+                    n += 1
+                    continue
+            if n:
+                self._expect(FWD, n)
+                n = 0
+            if self._dead:
+                return
+            self._handle(req)
+            if self.user_entry is not entry or self.multi or not self.upstream_ready:
+                # State changed (AUTH, MULTI, RESET, ...): the careful path takes the rest.
+                for rest in requests[i + 1:]:
+                    if self._dead:
+                        return
+                    self._handle(rest)
+                return
+        if n:
+            self._expect(FWD, n)
 
     def _handle(self, req) -> None:
         args = req.args
         version = self.gate.upstream_version
         spec = TABLE.lookup(args)
-        if spec is None or (not available(spec, version) and spec.name not in _PROXY_ANSWERED
+        if spec is None or (not self.gate.available(spec) and spec.name not in _PROXY_ANSWERED
                             and not spec.name.startswith("acl")):
             return self._reject(errors.unknown_command(version, args))
         if spec.is_container:
@@ -708,3 +753,11 @@ _HANDLERS = {
     "punsubscribe": Session._cmd_unsubscribe,
     "sunsubscribe": Session._cmd_unsubscribe,
 }
+
+# Commands that never take the inlined path of Session._run: the ones handled above, and ACL.
+def _acl_names() -> set[str]:
+    acl = TABLE.lookup([b"acl"])
+    return {"acl"} | {sub.name for sub in acl.subcommands.values()}
+
+
+_PLAIN = frozenset(set(_LOCAL_FIRST) | set(_HANDLERS) | set(_UNSUPPORTED) | _acl_names())

@@ -1,4 +1,5 @@
-"""Asynq-shaped Redis traffic, byte for byte as go-redis v9.14.1 + Asynq send it.
+"""Asynq-shaped Redis traffic, byte for byte as go-redis v9.14.1 + Asynq send it, with our own
+Lua scripts.
 
 ``GoRedisConn`` is a raw-socket client that connects the way go-redis's ``initConn`` does
 (REDIS-USAGE.md §6): ``hello 3 auth <user> <pass>``; on an error reply ``auth <user> <pass>`` (or
@@ -8,14 +9,13 @@ connection); then the pipelined ``client setinfo LIB-NAME go-redis(,go1.22.0)`` 
 them. Scripts run as go-redis's ``Script.Run`` does: EVALSHA first, EVAL with the whole body
 after a NOSCRIPT error.
 
-The functions below each perform one Asynq operation (REDIS-USAGE.md §3) with the real script
-bodies from tests/asynq/. Task messages are opaque to every script, so a small JSON document
-stands in for Asynq's protobuf TaskMessage.
-
-``release`` picks the script versions: "main" (default), "v0.26", "v0.25" or "v0.24". archiveCmd
-from v0.25 on uses ``ZRANGE ... BYSCORE`` (Redis >= 6.2): use "v0.24" against Redis 5.0.
-memoryUsageCmd's main body and updateTaskPayloadCmd's body are not in tests/asynq/ (only their
-SHA1s are known), so queue_info always runs the v0.24.0-v0.26.0 memoryUsageCmd.
+The functions below each perform one Asynq operation (REDIS-USAGE.md §3). The scripts are
+redisgate's own (tests/asynq_lua/), written from the KEYS/ARGV layouts of REDIS-USAGE.md §4, so
+they are called exactly as Asynq calls its scripts but hash to other SHA1s: a proxy user runs
+them through ``scripts: [{sha1: <ours>, like: <Asynq's name>}]`` entries (``own_script_entries``),
+which bind each to the contract of the Asynq script it imitates. They run on Redis 5.0 and later
+(ZRANGEBYSCORE, never ZRANGE ... BYSCORE). Task messages are opaque to every script, so a small
+JSON document stands in for Asynq's protobuf TaskMessage.
 """
 from __future__ import annotations
 
@@ -29,7 +29,9 @@ from pathlib import Path
 
 import hiredis
 
-SCRIPT_DIR = Path(__file__).resolve().parent / "asynq"
+import asynq_reference
+
+SCRIPT_DIR = Path(__file__).resolve().parent / "asynq_lua"
 GO_REDIS_LIB_NAME = "go-redis(,go1.22.0)"
 GO_REDIS_LIB_VER = "9.14.1"
 MAX_INT64 = 9223372036854775807
@@ -49,8 +51,12 @@ class ConnectFailed(Exception):
 # Scripts
 # ------------------------------------------------------------------------------------------------
 
+_ASYNQ_MAIN = asynq_reference.expected_shas()["main"]
+
+
 @dataclass(frozen=True)
 class Script:
+    """One of our scripts. ``name`` is the Asynq script whose layout it has (its ``like``)."""
     name: str
     body: bytes
 
@@ -58,25 +64,46 @@ class Script:
     def sha(self) -> str:
         return hashlib.sha1(self.body).hexdigest()
 
+    @property
+    def asynq_sha(self) -> str:
+        """The SHA1 of Asynq's own script of that name at main (REDIS-USAGE.md §5): what
+        Asynq itself would send for this call."""
+        return _ASYNQ_MAIN[self.name]
+
 
 def load_scripts() -> dict[str, Script]:
-    """Every stored body by file stem (``archiveCmd``, ``archiveCmd-v0.24``, ...)."""
+    """Our scripts by the Asynq script name they imitate (the file stem)."""
     return {p.stem: Script(p.stem, p.read_bytes()) for p in sorted(SCRIPT_DIR.glob("*.lua"))}
 
 
 SCRIPTS = load_scripts()
 
-# Which stored body a release runs where the body differs between releases.
-_VARIANTS = {
-    "archiveCmd": {"v0.24": "archiveCmd-v0.24"},
-    "listLeaseExpiredCmd": {"v0.24": "listLeaseExpiredCmd-v0.24"},
-    "memoryUsageCmd": {"main": "memoryUsageCmd-v0.26.0", "v0.26": "memoryUsageCmd-v0.26.0",
-                       "v0.25": "memoryUsageCmd-v0.26.0", "v0.24": "memoryUsageCmd-v0.26.0"},
-}
+
+def script(name: str) -> Script:
+    return SCRIPTS[name]
 
 
-def script(name: str, release: str = "main") -> Script:
-    return SCRIPTS[_VARIANTS.get(name, {}).get(release, name)]
+def own_script_entries(names=None) -> list[dict]:
+    """``scripts:`` config entries ``{sha1, like}`` binding our scripts (all, or those named)
+    to the contracts of the Asynq scripts they imitate."""
+    wanted = sorted(SCRIPTS) if names is None else sorted(set(names) & set(SCRIPTS))
+    return [{"sha1": SCRIPTS[n].sha, "like": n} for n in wanted]
+
+
+def profile_script_names(*profiles: str) -> set[str]:
+    """The Asynq script names the built-in profiles allow (by their SHA1s)."""
+    from redisgate.profiles import load_profile
+    from redisgate.scripts import KNOWN_SCRIPTS
+    names: set[str] = set()
+    for profile in profiles:
+        names |= {KNOWN_SCRIPTS[sha].name for sha in load_profile(profile)[1]}
+    return names
+
+
+def entries_for_profiles(*profiles: str) -> list[dict]:
+    """The own-script entries a user of these profiles needs: one per script the profiles allow,
+    and no more (an inspector gets no own enqueue script)."""
+    return own_script_entries(profile_script_names(*profiles))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -221,7 +248,7 @@ class Msg:
 
 def enqueue(conn: GoRedisConn, queue: str, *, task_id: str | None = None, payload: bytes = b"",
             unique_ttl: int | None = None, process_in: int | None = None,
-            group: str | None = None, release: str = "main", published: set | None = None) -> Msg:
+            group: str | None = None, published: set | None = None) -> Msg:
     """Client.EnqueueContext: SADD asynq:queues (once per queue with ``published``), then one of
     the six enqueue scripts depending on ProcessIn / Group / Unique."""
     task_id = task_id or str(uuid.uuid4())
@@ -251,8 +278,7 @@ def enqueue(conn: GoRedisConn, queue: str, *, task_id: str | None = None, payloa
         else:
             n = conn.run(script("addToGroupCmd"), keys, [msg.encode(), task_id, int(now), group])
     elif unique_ttl is not None:
-        name = "enqueueUniqueCmd-v0.24.0" if release == "v0.24.0" else "enqueueUniqueCmd"
-        n = conn.run(SCRIPTS[name], [msg.unique_key, tkey, qkey(queue, "pending")],
+        n = conn.run(script("enqueueUniqueCmd"), [msg.unique_key, tkey, qkey(queue, "pending")],
                      [task_id, unique_ttl, msg.encode(), time.time_ns()])
     else:
         n = conn.run(script("enqueueCmd"), [tkey, qkey(queue, "pending")],
@@ -331,16 +357,14 @@ def retry(conn: GoRedisConn, msg: Msg, delay: int = 0, is_failure: bool = True):
                      MAX_INT64])
 
 
-def archive(conn: GoRedisConn, msg: Msg, release: str = "main"):
+def archive(conn: GoRedisConn, msg: Msg):
     q = msg.queue
     pday, fday, ptotal, ftotal = _stats_keys(q)
     now = int(time.time())
+    # v0.25+ layout: the bare task prefix is KEYS[9].
     keys = [task_key(q, msg.id), qkey(q, "active"), qkey(q, "lease"), qkey(q, "archived"),
-            pday, fday, ptotal, ftotal]
-    s = script("archiveCmd", release)
-    if s.name == "archiveCmd":
-        keys.append(qkey(q, "t:"))           # v0.25+: the bare task prefix as KEYS[9]
-    return conn.run(s, keys, [msg.id, msg.encode(), now, now - 90 * 24 * 3600, 10000,
+            pday, fday, ptotal, ftotal, qkey(q, "t:")]
+    return conn.run(script("archiveCmd"), keys, [msg.id, msg.encode(), now, now - 90 * 24 * 3600, 10000,
                               now + STATS_TTL, MAX_INT64])
 
 
@@ -418,10 +442,10 @@ def forward(conn: GoRedisConn, queue: str) -> int:
     return moved
 
 
-def recover(conn: GoRedisConn, queue: str, release: str = "main") -> list[Msg]:
+def recover(conn: GoRedisConn, queue: str) -> list[Msg]:
     """recoverer: listLeaseExpiredCmd (cutoff now - 30 s) and reclaimStateAggregationSetsCmd."""
     now = int(time.time())
-    raw = conn.run(script("listLeaseExpiredCmd", release), [qkey(queue, "lease")],
+    raw = conn.run(script("listLeaseExpiredCmd"), [qkey(queue, "lease")],
                    [now - LEASE_SECONDS, qkey(queue, "t:")])
     conn.run(script("reclaimStateAggregationSetsCmd"), [qkey(queue, "aggregation_sets")], [now])
     return [Msg.decode(r) for r in raw]
@@ -548,11 +572,11 @@ def list_pending(conn: GoRedisConn, queue: str):
                     [-20, -1, qkey(queue, "t:")])
 
 
-def list_active(conn: GoRedisConn, queue: str, release: str = "main"):
+def list_active(conn: GoRedisConn, queue: str):
     queue_exists(conn, queue)
     active = conn.run(script("listMessagesCmd"), [qkey(queue, "active")],
                       [-20, -1, qkey(queue, "t:")])
-    expired = conn.run(script("listLeaseExpiredCmd", release), [qkey(queue, "lease")],
+    expired = conn.run(script("listLeaseExpiredCmd"), [qkey(queue, "lease")],
                        [int(time.time()), qkey(queue, "t:")])
     return active, expired
 
@@ -658,6 +682,38 @@ def delete_all_pending(conn: GoRedisConn, queue: str):
     return conn.run(script("deleteAllPendingCmd"), [qkey(queue, "pending")], [qkey(queue, "t:")])
 
 
+def update_task_payload(conn: GoRedisConn, queue: str, task_id: str, payload: bytes):
+    """UpdateTaskPayload (v0.26+): queue check, getTaskInfoCmd, updateTaskPayloadCmd with the
+    task's message re-encoded around the new payload."""
+    queue_exists(conn, queue)
+    raw = task_info(conn, queue, task_id)[0]
+    msg = Msg.decode(raw)
+    msg.payload = payload.decode("latin-1")
+    return conn.run(script("updateTaskPayloadCmd"), [task_key(queue, task_id)], [msg.encode()])
+
+
+def run_all_aggregating(conn: GoRedisConn, queue: str, group: str):
+    queue_exists(conn, queue)
+    return conn.run(script("runAllAggregatingCmd"),
+                    [qkey(queue, f"g:{group}"), qkey(queue, "pending"), qkey(queue, "groups")],
+                    [qkey(queue, "t:"), group])
+
+
+def archive_all_aggregating(conn: GoRedisConn, queue: str, group: str):
+    queue_exists(conn, queue)
+    now = int(time.time())
+    return conn.run(script("archiveAllAggregatingCmd"),
+                    [qkey(queue, f"g:{group}"), qkey(queue, "archived"), qkey(queue, "groups")],
+                    [now, now - 90 * 86400, 10000, qkey(queue, "t:"), group])
+
+
+def delete_all_aggregating(conn: GoRedisConn, queue: str, group: str):
+    queue_exists(conn, queue)
+    return conn.run(script("deleteAllAggregatingCmd"),
+                    [qkey(queue, f"g:{group}"), qkey(queue, "groups")],
+                    [qkey(queue, "t:"), group])
+
+
 def delete_queue(conn: GoRedisConn, queue: str, force: bool = False):
     """DeleteQueue: queue check, removeQueue[Force]Cmd, then SREM asynq:queues."""
     queue_exists(conn, queue)
@@ -670,17 +726,33 @@ def delete_queue(conn: GoRedisConn, queue: str, force: bool = False):
 
 
 # ------------------------------------------------------------------------------------------------
+# x/rate semaphore
+# ------------------------------------------------------------------------------------------------
+
+def acquire(conn: GoRedisConn, scope: str, task_id: str, max_tokens: int = 2,
+            hold: int = 60) -> bool:
+    """Semaphore.Acquire: acquireCmd on asynq:sema:<scope>."""
+    now = int(time.time())
+    return conn.run(script("acquireCmd"), [f"asynq:sema:{scope}"],
+                    [max_tokens, now, now + hold, task_id]) == 1
+
+
+def release(conn: GoRedisConn, scope: str, task_id: str):
+    """Semaphore.Release: ZREM asynq:sema:<scope> <task id>."""
+    return conn.call("zrem", f"asynq:sema:{scope}", task_id)
+
+
+# ------------------------------------------------------------------------------------------------
 # Whole roles
 # ------------------------------------------------------------------------------------------------
 
-def producer_traffic(conn: GoRedisConn, queue: str, release: str = "main") -> list[Msg]:
+def producer_traffic(conn: GoRedisConn, queue: str) -> list[Msg]:
     """One of each enqueue path: plain, unique, scheduled, scheduled unique, group, group unique."""
     published: set = set()
     tag = uuid.uuid4().hex[:8]
     return [
-        enqueue(conn, queue, release=release, published=published),
-        enqueue(conn, queue, payload=f"u-{tag}".encode(), unique_ttl=60, release=release,
-                published=published),
+        enqueue(conn, queue, published=published),
+        enqueue(conn, queue, payload=f"u-{tag}".encode(), unique_ttl=60, published=published),
         enqueue(conn, queue, process_in=3600, published=published),
         enqueue(conn, queue, payload=f"su-{tag}".encode(), unique_ttl=60, process_in=3600,
                 published=published),
@@ -690,7 +762,7 @@ def producer_traffic(conn: GoRedisConn, queue: str, release: str = "main") -> li
     ]
 
 
-def worker_traffic(conn: GoRedisConn, queue: str, release: str = "main") -> dict:
+def worker_traffic(conn: GoRedisConn, queue: str) -> dict:
     """A worker's life against tasks already enqueued in ``queue``: heartbeat, dequeue, result,
     done / retry / archive / complete / requeue, forward, recover, janitor, aggregate, shutdown."""
     server = ServerIdentity()
@@ -708,14 +780,14 @@ def worker_traffic(conn: GoRedisConn, queue: str, release: str = "main") -> dict
         elif outcome == "retry":
             retry(conn, msg)
         elif outcome == "archive":
-            archive(conn, msg, release)
+            archive(conn, msg)
         elif outcome == "complete":
             mark_as_complete(conn, msg)
         else:
             requeue(conn, msg)
         handled[outcome] = msg.id
     handled["forwarded"] = forward(conn, queue)
-    handled["recovered"] = len(recover(conn, queue, release))
+    handled["recovered"] = len(recover(conn, queue))
     handled["janitor"] = janitor(conn, queue)
     handled["aggregated"] = len(aggregate(conn, queue, max_size=1))
     server_shutdown(conn, server)

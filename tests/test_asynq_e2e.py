@@ -1,9 +1,14 @@
 """The Asynq profiles end to end: `python -m redisgate serve` in front of Redis 7.0 and 5.0, each
 role's go-redis-shaped traffic through it, and what each role must be refused.
 
+The traffic runs our own scripts (tests/asynq_lua/), which have Asynq's KEYS/ARGV layouts but
+other SHA1s; each user is configured with its profile plus ``scripts: [{sha1, like}]`` entries
+binding the scripts of its role to the contracts of the Asynq scripts they imitate.
+
 Refusals proven here: a producer cannot dequeue, delete, or read task hashes of another queue; a
-worker cannot run an unknown script, FLUSHALL, SCRIPT FLUSH, or pass a key prefix of another
-queue in ARGV; the inspector cannot enqueue; nobody reaches keys outside asynq:.
+worker cannot run an unknown script (nor an own script bound only for another role), FLUSHALL,
+SCRIPT FLUSH, or pass a key prefix of another queue in ARGV (to an own script bound like
+dequeueCmd); the inspector cannot enqueue; nobody reaches keys outside asynq:.
 """
 from __future__ import annotations
 
@@ -54,12 +59,15 @@ class Gate:
         self.queue = queue
         secret = upstream["password"]
         users = {role: {"rules": f"on {pw_hash(PASSWORDS[role])}", "profile": f"asynq-{role}",
-                        "queues": [queue]} for role in ROLES}
+                        "queues": [queue], "scripts": w.entries_for_profiles(f"asynq-{role}")}
+                 for role in ROLES}
         users["everywhere"] = {"rules": f"on {pw_hash(PASSWORDS['everywhere'])}",
-                               "profile": "asynq-producer"}
+                               "profile": "asynq-producer",
+                               "scripts": w.entries_for_profiles("asynq-producer")}
         # asynqmon's command line has no username: go-redis then sends HELLO 3 AUTH default <pw>.
         users["default"] = {"rules": f"on {pw_hash(PASSWORDS['default'])}",
-                            "profile": "asynq-inspector"}
+                            "profile": "asynq-inspector",
+                            "scripts": w.entries_for_profiles("asynq-inspector")}
         config = {
             "listen": f"127.0.0.1:{self.port}",
             "upstream": {**{k: v for k, v in upstream.items() if k != "password"},
@@ -106,7 +114,6 @@ def gate(request, tmp_path_factory):
     g = Gate(tmp_path_factory.mktemp(f"gate{request.param}"), srv.upstream,
              f"q-{uuid.uuid4().hex[:8]}")
     g.srv = srv
-    g.release = "main" if request.param == "7" else "v0.24"   # archiveCmd needs Redis >= 6.2
     yield g
     g.stop()
 
@@ -143,7 +150,7 @@ def test_wrong_password_fails_the_go_redis_connection(gate):
 
 def test_producer_traffic_through_the_proxy(gate):
     with gate.connect("producer") as conn:
-        msgs = w.producer_traffic(conn, gate.queue, gate.release)
+        msgs = w.producer_traffic(conn, gate.queue)
         msgs += w.batch_enqueue(conn, gate.queue, 3)
     assert len(msgs) == 9
     assert gate.srv.admin().exists(f"asynq:{{{gate.queue}}}:t:{msgs[0].id}") == 1
@@ -156,7 +163,7 @@ def test_worker_traffic_through_the_proxy(gate):
             w.enqueue(p, q)
         w.enqueue(p, q, group="agg")
     with gate.connect("worker") as conn:
-        handled = w.worker_traffic(conn, q, gate.release)
+        handled = w.worker_traffic(conn, q)
     assert {"done", "retry", "archive", "complete", "requeue"} <= set(handled)
 
 
@@ -169,10 +176,16 @@ def test_worker_subscriber_and_admin_cancel_through_the_proxy(gate):
 
 
 def test_eval_fallback_after_the_script_cache_is_flushed(gate):
-    gate.srv.admin().script_flush()
+    admin = gate.srv.admin()
+    admin.script_flush()
+    sha = w.SCRIPTS["enqueueCmd"].sha
     with gate.connect("producer") as conn:
+        with pytest.raises(w.ReplyError, match="^NOSCRIPT"):
+            conn.call("evalsha", sha, 2, w.task_key(gate.queue, "probe"),
+                      f"asynq:{{{gate.queue}}}:pending", b"m", "probe", 1)
         msg = w.enqueue(conn, gate.queue)           # EVALSHA -> NOSCRIPT -> EVAL body
-    assert gate.srv.admin().exists(f"asynq:{{{gate.queue}}}:t:{msg.id}") == 1
+    assert admin.script_exists(sha) == [True]      # the EVAL went through and cached it
+    assert admin.exists(f"asynq:{{{gate.queue}}}:t:{msg.id}") == 1
 
 
 def test_scheduler_traffic_through_the_proxy(gate):
@@ -186,14 +199,14 @@ def test_scheduler_traffic_through_the_proxy(gate):
 def test_inspector_and_admin_traffic_through_the_proxy(gate):
     q = f"{gate.queue}"
     with gate.connect("producer") as p:
-        msgs = w.producer_traffic(p, q, gate.release)
+        msgs = w.producer_traffic(p, q)
     with gate.connect("inspector") as conn:
         assert q.encode() in w.queues(conn)
         w.queue_info(conn, q)
         w.history(conn, q)
         w.task_info(conn, q, msgs[0].id)
         w.list_pending(conn, q)
-        w.list_active(conn, q, gate.release)
+        w.list_active(conn, q)
         w.list_zset(conn, q, "scheduled")
         w.group_stats(conn, q)
         w.servers(conn)
@@ -207,10 +220,7 @@ def test_inspector_and_admin_traffic_through_the_proxy(gate):
         w.run_all(conn, q, "archived")
         w.delete_task(conn, q, msgs[1].id)
         w.delete_all(conn, q, "scheduled")
-        # updateTaskPayloadCmd is allowlisted; its body is not stored, so Redis says NOSCRIPT.
-        sha = "a0bdc8d8212813666a7df7c612f4b6ee09df0b2d"
-        with pytest.raises(w.ReplyError, match="^NOSCRIPT"):
-            conn.call("evalsha", sha, 1, f"asynq:{{{q}}}:t:{msgs[3].id}", b"payload")
+        assert w.update_task_payload(conn, q, msgs[4].id, b"new payload") == 1
 
 
 # --- what each role is refused ----------------------------------------------------------------
@@ -258,6 +268,7 @@ def test_worker_cannot_flushall_or_script_flush(gate):
 
 
 def test_worker_cannot_pass_a_key_prefix_of_another_queue(gate):
+    # Our dequeue script is bound like dequeueCmd for the worker: its contract holds for it.
     q = gate.queue
     admin = gate.srv.admin()
     with gate.connect("producer") as p:
@@ -268,6 +279,21 @@ def test_worker_cannot_pass_a_key_prefix_of_another_queue(gate):
         keys = [w.qkey(q, k) for k in ("pending", "paused", "active", "lease")]
         refused(conn.run, s, keys, [int(time.time()) + 30, "asynq:{other}:t:"])
         refused(conn.run, s, keys, [int(time.time()) + 30, "session:"])
+        refused(conn.call, "eval", s.body, 4, *keys, int(time.time()) + 30, "asynq:{other}:t:")
+        assert w.dequeue(conn, [q]) is not None     # the same script with its own prefix runs
+    assert admin.llen(f"asynq:{{{q}}}:pending") == pending - 1
+
+
+def test_worker_cannot_run_an_own_script_bound_only_for_another_role(gate):
+    q = gate.queue
+    admin = gate.srv.admin()
+    with gate.connect("producer") as p:
+        w.enqueue(p, q)
+    pending = admin.llen(f"asynq:{{{q}}}:pending")
+    with gate.connect("worker") as conn:
+        refused(w.delete_all_pending, conn, q)      # ours, bound like it for the admin only
+        s = w.SCRIPTS["deleteAllPendingCmd"]
+        refused(conn.call, "eval", s.body, 1, w.qkey(q, "pending"), w.qkey(q, "t:"))
     assert admin.llen(f"asynq:{{{q}}}:pending") == pending
 
 
@@ -279,10 +305,12 @@ def test_worker_cannot_work_a_queue_it_is_not_scoped_to(gate):
 
 
 def test_inspector_cannot_enqueue(gate):
+    keys = [w.task_key(gate.queue, "x"), f"asynq:{{{gate.queue}}}:pending"]
     with gate.connect("inspector") as conn:
         refused(w.enqueue, conn, gate.queue)
-        refused(conn.run, w.SCRIPTS["enqueueCmd"],
-                [w.task_key(gate.queue, "x"), f"asynq:{{{gate.queue}}}:pending"], [b"m", "x", 1])
+        refused(conn.run, w.SCRIPTS["enqueueCmd"], keys, [b"m", "x", 1])
+        refused(conn.call, "evalsha", w.SCRIPTS["enqueueCmd"].asynq_sha, 2, *keys, b"m", "x", 1)
+    assert gate.srv.admin().exists(keys[0]) == 0
 
 
 @pytest.mark.parametrize("role", ROLES)

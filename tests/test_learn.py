@@ -1,5 +1,9 @@
 """learn.py: key generalisation, and that learned rules allow exactly the traffic that taught
-them (replayed through rules.User.judge) and not the neighbouring queues."""
+them (replayed through rules.User.judge) and not the neighbouring queues.
+
+The traffic runs our own scripts (tests/asynq_lua/). Where a test needs Asynq's SHA1s (naming
+scripts, suggesting a built-in profile), ``as_asynq`` turns each script call into the EVALSHA
+that Asynq itself sends for it, using the reference SHA1 table."""
 from __future__ import annotations
 
 import uuid
@@ -195,21 +199,52 @@ def test_learned_rules_stay_inside_the_keys_seen(worker_run):
         assert user.judge(TABLE.lookup(args), args) is not None, args
 
 
-def test_summary_suggests_the_worker_profile_scoped_to_the_queue(worker_run):
-    q, learner, _ = worker_run
-    summary = learner.summary()
+_BY_SHA = {s.sha.encode(): s for s in w.SCRIPTS.values()}
+_BY_BODY = {s.body: s for s in w.SCRIPTS.values()}
+
+
+def as_asynq(sent: list[list[bytes]]) -> list[list[bytes]]:
+    """The commands as Asynq sends them: EVALSHA of our script, or EVAL of our body, becomes
+    EVALSHA of Asynq's SHA1 for the script it imitates (same KEYS and ARGV)."""
+    out = []
+    for args in sent:
+        head = args[0].lower()
+        found = _BY_SHA.get(args[1]) if head == b"evalsha" else \
+            _BY_BODY.get(args[1]) if head == b"eval" else None
+        out.append([b"evalsha", found.asynq_sha.encode(), *args[2:]] if found else args)
+    return out
+
+
+def learn(sent: list[list[bytes]]) -> Learner:
+    learner = Learner()
+    for args in sent:
+        learner.observe(TABLE.lookup(args), args)
+    return learner
+
+
+def test_summary_names_asynqs_scripts_and_suggests_the_worker_profile(worker_run):
+    q, _, sent = worker_run
+    summary = learn(as_asynq(sent)).summary()
     assert summary["suggestion"] == {"profile": "asynq-worker", "queues": [q]}
     assert summary["queues"] == [q]
     assert "dequeueCmd" in summary["scripts"].values()
 
 
+def test_own_scripts_are_listed_by_sha1_and_no_built_in_profile_is_suggested(worker_run):
+    # No built-in profile allows our SHA1s (they need {sha1, like} entries), so none fits.
+    _, learner, _ = worker_run
+    summary = learner.summary()
+    assert summary["scripts"][w.SCRIPTS["dequeueCmd"].sha] == "unknown script"
+    assert "suggestion" not in summary
+
+
 def test_producer_traffic_suggests_the_producer_profile(redis7):
     q = f"q-{uuid.uuid4().hex[:8]}"
-    learner = Learner()
-    with LearningConn(learner, redis7.port, username=UPSTREAM_USER,
+    with LearningConn(Learner(), redis7.port, username=UPSTREAM_USER,
                       password=UPSTREAM_PASSWORD) as conn:
         w.producer_traffic(conn, q)
-    assert learner.suggest_profile() == {"profile": "asynq-producer", "queues": [q]}
+    assert learn(as_asynq(conn.sent)).suggest_profile() == {"profile": "asynq-producer",
+                                                            "queues": [q]}
 
 
 def test_no_suggestion_for_traffic_outside_asynq():

@@ -1,5 +1,6 @@
-"""The built-in Asynq profiles: script sets per role and release, queue scoping, refused queue
-names, and that each role's real traffic (tests/asynq_workload.py, run against Redis 7.0 and
+"""The built-in Asynq profiles: script sets per role and release (checked against the SHA1
+table of REDIS-USAGE.md §5), queue scoping, refused queue names, and that each role's traffic
+(tests/asynq_workload.py with our own scripts bound ``like`` Asynq's, run against Redis 7.0 and
 5.0) passes its own profile's judge while the cross-role operations do not.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from conftest import LEGACY_PASSWORD, UPSTREAM_PASSWORD, UPSTREAM_USER
 from redisgate.commands import TABLE
 from redisgate.profiles import ProfileError, check_queue_name, describe, load_profile, profile_names
 from redisgate.rules import parse_user
-from redisgate.scripts import ScriptPolicy
+from redisgate.scripts import ScriptPolicy, resolve_scripts
 
 EXPECTED = asynq_reference.expected_shas()
 
@@ -170,9 +171,12 @@ def b(*args) -> list[bytes]:
 
 
 def user_for(profile: str, queues=None):
+    """A user of ``profile`` as the tests configure one: the profile, plus our own scripts
+    bound ``like`` the Asynq scripts that profile allows (w.entries_for_profiles)."""
     tokens, shas = load_profile(profile, queues)
     user = parse_user(profile, ["on", "nopass"] + tokens)
-    user.scripts = ScriptPolicy(shas)
+    _, custom = resolve_scripts(w.entries_for_profiles(profile))
+    user.scripts = ScriptPolicy(shas, custom=custom)
     return user
 
 
@@ -181,7 +185,8 @@ def judge(user, *args):
     return user.judge(TABLE.lookup(args), args)
 
 
-S = {name: s.sha for name, s in w.SCRIPTS.items()}
+S = {name: s.sha for name, s in w.SCRIPTS.items()}      # our scripts, as the workload sends them
+ASYNQ = EXPECTED["main"]                                # Asynq's own, by SHA1 only
 Q = "asynq:{default}:"
 O = "asynq:{other}:"
 
@@ -192,7 +197,11 @@ def dequeue(prefix=Q, keys_of=Q):
 
 
 def test_producer_cannot_dequeue():
-    assert judge(user_for("asynq-producer"), *dequeue()) is not None
+    # Refused on the keys (no active/lease patterns) and, were they allowed, on the script.
+    producer = user_for("asynq-producer")
+    assert judge(producer, *dequeue()) is not None
+    assert judge(producer, *(("evalsha", ASYNQ["dequeueCmd"]) + dequeue()[2:])) is not None
+    assert S["dequeueCmd"] not in producer.scripts.allowed_shas
 
 
 def test_producer_cannot_delete_tasks():
@@ -222,6 +231,10 @@ def test_producer_sadd_is_limited_to_the_queue_registry():
 def test_worker_cannot_run_an_unknown_script():
     d = judge(user_for("asynq-worker"), "evalsha", "f" * 40, 1, Q + "pending")
     assert d.kind == "script"
+    # Nor one of our scripts that is bound only for the admin.
+    d = judge(user_for("asynq-worker"), "evalsha", S["deleteAllPendingCmd"], 1, Q + "pending",
+              Q + "t:")
+    assert d.kind == "script" and "allowlist" in d.reason
 
 
 def test_worker_cannot_flushall_or_script_flush():
@@ -233,7 +246,8 @@ def test_worker_cannot_flushall_or_script_flush():
 def test_worker_cannot_pass_the_key_prefix_of_another_queue():
     worker = user_for("asynq-worker")
     assert judge(worker, *dequeue()) is None
-    assert judge(worker, *dequeue(prefix=O)).kind == "script"
+    d = judge(worker, *dequeue(prefix=O))
+    assert d.kind == "script" and "own script like dequeueCmd" in d.reason
 
 
 def test_worker_hset_is_limited_to_task_hashes():
@@ -301,30 +315,24 @@ def connect(upstream, user):
     return JudgedConn(user, upstream.port, password=LEGACY_PASSWORD)
 
 
-def release_for(upstream) -> str:
-    return "main" if upstream.version == "7" else "v0.24"   # archiveCmd needs Redis >= 6.2
-
-
 def test_producer_traffic_passes_the_scoped_producer_profile(any_upstream):
     q = f"q-{uuid.uuid4().hex[:8]}"
     with connect(any_upstream, user_for("asynq-producer", [q])) as conn:
-        msgs = w.producer_traffic(conn, q, release_for(any_upstream))
-        if any_upstream.version == "7":
-            msgs += w.batch_enqueue(conn, q, 3)
+        msgs = w.producer_traffic(conn, q)
+        msgs += w.batch_enqueue(conn, q, 3)
         assert conn.denied == []
     assert len(msgs) >= 6
 
 
 def test_worker_traffic_passes_the_scoped_worker_profile(any_upstream):
     q = f"q-{uuid.uuid4().hex[:8]}"
-    release = release_for(any_upstream)
     with connect(any_upstream, user_for("asynq-producer", [q])) as producer:
         for _ in range(5):
             w.enqueue(producer, q)
         w.enqueue(producer, q, group="g1")
         w.enqueue(producer, q, payload=b"u", unique_ttl=60)
     with connect(any_upstream, user_for("asynq-worker", [q])) as conn:
-        handled = w.worker_traffic(conn, q, release)
+        handled = w.worker_traffic(conn, q)
         assert {"done", "retry", "archive", "complete", "requeue"} <= set(handled)
         msg = w.dequeue(conn, [q])
         while msg is not None and not msg.unique_key:
@@ -356,16 +364,17 @@ def test_scheduler_traffic_passes_the_scheduler_profile(any_upstream):
 
 def test_inspector_and_admin_traffic_pass_their_profiles(any_upstream):
     q = f"q-{uuid.uuid4().hex[:8]}"
-    release = release_for(any_upstream)
     with connect(any_upstream, user_for("asynq-producer", [q])) as producer:
-        msgs = w.producer_traffic(producer, q, release)
+        msgs = w.producer_traffic(producer, q)
+        w.enqueue(producer, q, group="run")
+        w.enqueue(producer, q, group="arch")
     with connect(any_upstream, user_for("asynq-inspector", [q])) as conn:
         w.queues(conn)
         w.queue_info(conn, q)
         w.history(conn, q)
         w.task_info(conn, q, msgs[0].id)
         w.list_pending(conn, q)
-        w.list_active(conn, q, release)
+        w.list_active(conn, q)
         for state in ("scheduled", "retry", "archived", "completed"):
             w.list_zset(conn, q, state)
         w.group_stats(conn, q)
@@ -377,7 +386,11 @@ def test_inspector_and_admin_traffic_pass_their_profiles(any_upstream):
     with connect(any_upstream, user_for("asynq-admin", [q])) as conn:
         w.pause(conn, q)
         w.unpause(conn, q)
+        assert w.update_task_payload(conn, q, msgs[3].id, b"new payload") == 1
         w.run_task(conn, q, msgs[2].id)            # the scheduled one
+        assert w.run_all_aggregating(conn, q, "run") == 1
+        assert w.archive_all_aggregating(conn, q, "arch") == 1
+        w.delete_all_aggregating(conn, q, "none")
         w.run_all(conn, q, "scheduled")
         w.archive_task(conn, q, msgs[0].id)
         w.run_all(conn, q, "archived")
@@ -388,4 +401,13 @@ def test_inspector_and_admin_traffic_pass_their_profiles(any_upstream):
         w.delete_all_pending(conn, q)
         w.cancel(conn, msgs[0].id)
         assert w.delete_queue(conn, q, force=True) == 1
+        assert conn.denied == []
+
+
+def test_rate_traffic_passes_the_rate_profile(any_upstream):
+    with connect(any_upstream, user_for("asynq-rate")) as conn:
+        scope = f"s-{uuid.uuid4().hex[:8]}"
+        assert w.acquire(conn, scope, "t1", max_tokens=1)
+        assert not w.acquire(conn, scope, "t2", max_tokens=1)
+        assert w.release(conn, scope, "t1") == 1
         assert conn.denied == []
