@@ -132,10 +132,17 @@ _PASSWORD_TOKENS = ("#", ">", "<", "!")
 _PASSWORD_WORDS = {"on", "off", "nopass", "resetpass", "reset"}
 
 
-def _permission_tokens(user) -> list[str]:
+def _selectors(user) -> list[str]:
+    """The user's permissions as selectors: its root rules as one, then its own selectors
+    (Redis does not nest selectors). Passwords and on/off are left out."""
     from .config import tokenize_rules
-    return [t for t in tokenize_rules(user.to_acl_rules())
-            if not t.startswith(_PASSWORD_TOKENS) and t not in _PASSWORD_WORDS]
+    root, extra = [], []
+    for t in tokenize_rules(user.to_acl_rules()):
+        if t.startswith("("):
+            extra.append(t)
+        elif not t.startswith(_PASSWORD_TOKENS) and t not in _PASSWORD_WORDS:
+            root.append(t)
+    return [f"({' '.join(root)})"] + extra
 
 
 def cmd_acl_export(args) -> int:
@@ -152,8 +159,8 @@ def cmd_acl_export(args) -> int:
     if args.upstream_user:
         # Selectors are alternatives, so one selector per user gives exactly the union of their
         # permissions: the least the proxy's own identity needs (Redis 7+).
-        selectors = " ".join(f"({' '.join(_permission_tokens(e.user))})"
-                             for _, e in sorted(config.users.items()) if e.user.enabled)
+        selectors = " ".join(sel for _, e in sorted(config.users.items()) if e.user.enabled
+                             for sel in _selectors(e.user))
         out.append(f"# the proxy's upstream identity: set its password with ACL SETUSER "
                    f"{args.upstream_user} >... (never stored here)")
         line = f"{args.upstream_user} on resetkeys resetchannels nocommands {selectors}"

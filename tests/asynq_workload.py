@@ -364,8 +364,9 @@ def archive(conn: GoRedisConn, msg: Msg):
     # v0.25+ layout: the bare task prefix is KEYS[9].
     keys = [task_key(q, msg.id), qkey(q, "active"), qkey(q, "lease"), qkey(q, "archived"),
             pday, fday, ptotal, ftotal, qkey(q, "t:")]
-    return conn.run(script("archiveCmd"), keys, [msg.id, msg.encode(), now, now - 90 * 24 * 3600, 10000,
-                              now + STATS_TTL, MAX_INT64])
+    return conn.run(script("archiveCmd"), keys, [msg.id, msg.encode(), now,
+                                                 now - 90 * 24 * 3600, 10000, now + STATS_TTL,
+                                                 MAX_INT64])
 
 
 def requeue(conn: GoRedisConn, msg: Msg):

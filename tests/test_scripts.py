@@ -28,7 +28,7 @@ EXPECTED = asynq_reference.expected_shas()
 ASYNQ = EXPECTED["main"]                                 # Asynq's SHA1s at main, by name
 ASYNQ_V024 = EXPECTED["v0.24.1"]
 REFERENCE_NAMES = {sha: name for table in EXPECTED.values() for name, sha in table.items()}
-OWN = {name: s.sha for name, s in w.SCRIPTS.items()}    # our scripts' SHA1s, by the name they imitate
+OWN = {name: s.sha for name, s in w.SCRIPTS.items()}    # our SHA1s, by the name they imitate
 BODY = {name: s.body for name, s in w.SCRIPTS.items()}
 
 

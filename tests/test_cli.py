@@ -1,0 +1,201 @@
+"""The command line as a user runs it: python -m redisgate <verb> ..., real processes."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+import yaml
+
+from servers import free_port, redis_cli
+
+H = "#" + hashlib.sha256(b"pw").hexdigest()
+
+
+def rg(*args, input=None, timeout=30):
+    return subprocess.run([sys.executable, "-m", "redisgate", *args], input=input,
+                          capture_output=True, timeout=timeout)
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"exited: {proc.stderr.read().decode()}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("port never opened")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def write(tmp_path: Path, raw: dict) -> Path:
+    p = tmp_path / "redisgate.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+def test_hash_password_reads_stdin():
+    out = rg("hash-password", input=b"s3cret\n")
+    assert out.returncode == 0
+    assert out.stdout.decode().strip() == "#" + hashlib.sha256(b"s3cret").hexdigest()
+
+
+def test_hash_password_refuses_empty_input():
+    out = rg("hash-password", input=b"")
+    assert out.returncode == 1 and b"empty secret" in out.stderr
+
+
+def test_check_accepts_the_sample_config():
+    out = rg("check", "--config", "config/redisgate.yaml")
+    assert out.returncode == 0, out.stderr
+    assert b"OK (6 users" in out.stdout
+
+
+def test_check_lists_every_problem_and_exits_nonzero(tmp_path):
+    cfg = write(tmp_path, {"upstream": {"address": "127.0.0.1:6379"},
+                           "users": {"w": "on >plain ~a:* +get", "x": "on #zz +nosuch"}})
+    out = rg("check", "--config", str(cfg))
+    assert out.returncode == 1
+    err = out.stderr.decode()
+    assert "users.w.rules: a literal password" in err
+    assert "users.x.rules:" in err
+    assert "plain" not in err.replace("plaintext", "")
+
+
+def test_unknown_verb_is_a_usage_error():
+    out = rg("frobnicate")
+    assert out.returncode == 2
+
+
+def test_acl_export_lines_are_accepted_by_redis_7(tmp_path, redis7):
+    cfg = write(tmp_path, {"upstream": {"address": "127.0.0.1:6379"}, "users": {
+        "cache": f"on {H} ~cache:* %R~ro:* &news.* +@read +set -keys (+hset ~h:*)",
+        "worker": {"rules": f"on {H}", "profile": "asynq-worker"}}})
+    out = rg("acl", "export", "--config", str(cfg), "--upstream-user", "gate-union")
+    assert out.returncode == 0, out.stderr
+    lines = [ln for ln in out.stdout.decode().splitlines() if ln.startswith("ACL SETUSER")]
+    assert len(lines) == 3
+    admin = redis7.admin()
+    for line in lines:
+        from redisgate.config import tokenize_rules
+        tokens = tokenize_rules(line)[2:]
+        name = tokens[0]
+        assert admin.execute_command("ACL", "SETUSER", f"export-{name}", *tokens[1:]) == b"OK"
+    dry = lambda u, *c: admin.execute_command("ACL", "DRYRUN", f"export-{u}", *c)
+    assert dry("cache", "GET", "cache:1") == b"OK"
+    assert dry("cache", "SET", "ro:1", "x") != b"OK"
+    assert dry("gate-union", "GET", "cache:1") == b"OK"            # the union covers each user
+    assert dry("gate-union", "FLUSHALL") != b"OK"
+    for name in ("cache", "worker", "gate-union"):
+        admin.execute_command("ACL", "DELUSER", f"export-{name}")
+
+
+def test_serve_proxies_to_the_configured_upstream_and_reloads(tmp_path, redis7):
+    port = free_port()
+    raw = {"listen": f"127.0.0.1:{port}", "upstream": redis7.upstream,
+           "users": {"a": f"on {H} ~k:* +get +set +ping"}, "pid_file": "rg.pid"}
+    cfg = write(tmp_path, raw)
+    proc = subprocess.Popen([sys.executable, "-m", "redisgate", "serve", "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_port(port, proc)
+        out = subprocess.run([redis_cli(), "-p", str(port), "--user", "a", "--pass", "pw",
+                              "--no-auth-warning", "PING"], capture_output=True, text=True, timeout=10)
+        assert out.stdout.strip() == "PONG"
+        c = redis.Redis(port=port, username="a", password="pw", protocol=2)
+        assert c.ping()
+        # Add a user and remove `a`; reload through the pid file.
+        raw["users"] = {"b": f"on {H} ~k:* +ping"}
+        write(tmp_path, raw)
+        r = rg("reload", "--config", str(cfg))
+        assert r.returncode == 0, r.stderr
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert redis.Redis(port=port, username="b", password="pw", protocol=2).ping()
+                break
+            except redis.exceptions.AuthenticationError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        with pytest.raises(redis.exceptions.ConnectionError):
+            c.ping()     # `a` was removed: its connection is closed
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis(port=port, username="a", password="pw", protocol=2).ping()
+    finally:
+        stop(proc)
+    assert not (tmp_path / "rg.pid").exists()
+
+
+def test_reload_with_a_broken_config_keeps_the_running_one(tmp_path, redis7):
+    port = free_port()
+    raw = {"listen": f"127.0.0.1:{port}", "upstream": redis7.upstream,
+           "users": {"a": f"on {H} +ping"}, "pid_file": "rg.pid"}
+    cfg = write(tmp_path, raw)
+    proc = subprocess.Popen([sys.executable, "-m", "redisgate", "serve", "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_port(port, proc)
+        cfg.write_text("users: [broken")
+        assert rg("reload", "--pid-file", str(tmp_path / "rg.pid")).returncode == 0
+        time.sleep(0.5)
+        assert redis.Redis(port=port, username="a", password="pw", protocol=2).ping()
+    finally:
+        stop(proc)
+    assert b"reload rejected" in proc.stderr.read()
+
+
+def test_serve_without_upstream_starts_the_embedded_redis(tmp_path):
+    port = free_port()
+    cfg = write(tmp_path, {"listen": f"127.0.0.1:{port}", "users": {"a": f"on {H} ~k:* +set +get"}})
+    proc = subprocess.Popen([sys.executable, "-m", "redisgate", "serve", "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_port(port, proc)
+        c = redis.Redis(port=port, username="a", password="pw", protocol=2)
+        assert c.set("k:1", "v") and c.get("k:1") == b"v"
+    finally:
+        stop(proc)
+    assert b"embedded redis-server" in proc.stderr.read()
+
+
+def test_demo_prints_working_credentials(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "redisgate", "demo", "--port", str(port),
+                             "--dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_port(port, proc)
+        text = b""
+        while b"Ctrl-C" not in text:
+            text += os.read(proc.stdout.fileno(), 4096)
+        pw = re.search(rb"^  producer +(\S+)$", text, re.M).group(1).decode()
+        out = subprocess.run([redis_cli(), "-p", str(port), "--user", "producer", "--pass", pw,
+                              "--no-auth-warning", "PING"], capture_output=True, text=True, timeout=10)
+        assert out.stdout.strip() == "PONG"
+        out = subprocess.run([redis_cli(), "-p", str(port), "--user", "producer", "--pass", pw,
+                              "--no-auth-warning", "FLUSHALL"], capture_output=True, text=True, timeout=10)
+        assert "NOPERM" in out.stdout
+    finally:
+        stop(proc)
+    # The config keeps hashes and a secret-file reference, never a password.
+    config_text = (tmp_path / "redisgate.yaml").read_text()
+    assert pw not in config_text
