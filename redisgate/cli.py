@@ -84,12 +84,27 @@ def cmd_serve(args) -> int:
 
 
 def _write_learned(proxy, name: str, out: str) -> None:
+    """Write the rules `name` needed as a config `users:` entry, with the user's own `on` and
+    password hashes (hashes only), and what was learned as comments for a human."""
     learner = proxy.gate.learners.get(name)
     if learner is None:
         log.warning("learn: user %s sent no commands; nothing written", name)
         return
-    profile = {"users": {name: learner.profile()}}
-    Path(out).write_text(yaml.safe_dump(profile, sort_keys=False))
+    entry = proxy.gate.users.get(name)
+    learned = learner.profile()
+    creds = []
+    if entry is not None:
+        from .config import tokenize_rules
+        creds = [t for t in tokenize_rules(entry.user.to_acl_rules())
+                 if t.startswith("#") or t in ("on", "nopass")]
+    user = {"rules": " ".join(creds + [learned["rules"]]).strip()}
+    if learned["scripts"]:
+        user["scripts"] = learned["scripts"]
+    summary = yaml.safe_dump(learner.summary(), sort_keys=False).rstrip().splitlines()
+    text = (f"# Learned by `redisgate learn` from {learner.observed} commands of user {name}.\n"
+            "# What was seen:\n" + "".join(f"#   {line}\n" for line in summary) +
+            yaml.safe_dump({"users": {name: user}}, sort_keys=False))
+    Path(out).write_text(text)
     log.info("learn: wrote the rules %s needed to %s", name, out)
 
 

@@ -199,3 +199,50 @@ def test_demo_prints_working_credentials(tmp_path):
     # The config keeps hashes and a secret-file reference, never a password.
     config_text = (tmp_path / "redisgate.yaml").read_text()
     assert pw not in config_text
+
+
+def _learn_traffic(c: redis.Redis) -> None:
+    assert c.ping()
+    c.set("app:{default}:t:123", "v")
+    assert c.get("app:{default}:t:123") == b"v"
+    c.hset("asynq:{default}:t:abc", "f", "v")
+    c.publish("asynq:cancel", "abc")
+    assert c.eval("return redis.call('LLEN', KEYS[1])", 1, "asynq:{default}:pending") == 0
+
+
+def test_learn_writes_rules_that_let_the_same_workload_pass_and_nothing_else(tmp_path, redis7):
+    port = free_port()
+    raw = {"listen": f"127.0.0.1:{port}", "upstream": redis7.upstream,
+           "users": {"w": {"rules": f"on {H}"}}}       # no permissions: learn forwards anyway
+    cfg = write(tmp_path, raw)
+    out = tmp_path / "learned.yaml"
+    proc = subprocess.Popen([sys.executable, "-m", "redisgate", "learn", "--config", str(cfg),
+                             "--user", "w", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_port(port, proc)
+        _learn_traffic(redis.Redis(port=port, username="w", password="pw", protocol=2))
+    finally:
+        stop(proc)
+    learned = yaml.safe_load(out.read_text())
+    assert learned["users"]["w"]["rules"].startswith(f"on {H}")
+
+    port2 = free_port()
+    cfg2 = tmp_path / "enforced.yaml"
+    cfg2.write_text(yaml.safe_dump({"listen": f"127.0.0.1:{port2}", "upstream": redis7.upstream,
+                                    "users": learned["users"]}))
+    proc = subprocess.Popen([sys.executable, "-m", "redisgate", "serve", "--config", str(cfg2)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_port(port2, proc)
+        c = redis.Redis(port=port2, username="w", password="pw", protocol=2)
+        _learn_traffic(c)
+        c.set("app:{default}:t:456", "other id, same shape")
+        for refused in (lambda: c.flushall(), lambda: c.get("other"),
+                        lambda: c.hset("asynq:{other}:t:1", "f", "v"),
+                        lambda: c.publish("elsewhere", "x"),
+                        lambda: c.eval("return 2", 0)):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                refused()
+    finally:
+        stop(proc)
