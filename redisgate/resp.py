@@ -508,6 +508,8 @@ class RequestParser:
                 self._scan = r
                 return -1
             if self._state == _ARGLEN:
+                # The request can never complete: keep only this line, which is all the
+                # too-big check still needs (as Redis's qb_pos, it counts from the line).
                 self._start = start
             self._stuck = _err(too_big)
             self._state = _STUCK
@@ -531,7 +533,8 @@ class RequestParser:
         # The frame is valid and within limits, so the fast path takes it whole.
         one: list[Request] = []
         self._fast(raw, 0, one, 1)
-        assert len(one) == 1, "a validated multibulk must parse"
+        if len(one) != 1:
+            raise RuntimeError("resp: a validated multibulk did not parse")   # a bug, not input
         out.append(one[0])
 
     def _back_to_idle(self) -> None:
@@ -680,6 +683,8 @@ class ReplyScanner:
         return not (self._left or self._skip or self._line is not None)
 
     def feed(self, data: bytes) -> list[Frame]:
+        """The top-level replies that end inside `data`, in order (`Frame.end` is an offset in
+        `data`). Raises UpstreamProtocolError on bytes that are not RESP."""
         if self._error is not None:
             raise self._error.with_traceback(None)
         try:
