@@ -108,9 +108,9 @@ class Gate:
         self.log.close()
 
 
-@pytest.fixture(scope="module", params=["7", "5"])
+@pytest.fixture(scope="module", params=["7", "6.2", "5"])
 def gate(request, tmp_path_factory):
-    srv = request.getfixturevalue({"7": "redis7", "5": "redis5"}[request.param])
+    srv = request.getfixturevalue({"7": "redis7", "6.2": "redis62", "5": "redis5"}[request.param])
     g = Gate(tmp_path_factory.mktemp(f"gate{request.param}"), srv.upstream,
              f"q-{uuid.uuid4().hex[:8]}")
     g.srv = srv
