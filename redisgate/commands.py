@@ -329,6 +329,16 @@ def _xread_getkeys(args: list) -> list:
     return [(args[i], 0) for i in range(streams_pos + 1, argc - num)]
 
 
+# `keys.single_key = (pos, flags, most)`, on the `keys` of a spec that has it, is what the judge's
+# fast path reads instead of calling `keys`: whenever pos < len(args) <= most, `keys(args)` is
+# exactly [(args[pos], flags)]. Key-spec commands with one plain key get it from `_fast_path`;
+# the getkeys procs below whose plain form is a single key get it from here.
+_ANY_ARGC = 1 << 62
+_PLAIN_SHAPES = {
+    "set": (1, _OW | _UPDATE, 3),   # SET key value: no GET option, see _set_getkeys
+}
+
+
 def _set_getkeys(args: list) -> list:
     for a in args[3:]:
         if _cl(a) == b"get":
@@ -697,6 +707,7 @@ def _fast_path(real: tuple, slow: Callable[[list], list]):
                 if len(args) > pos:
                     return [(args[pos], flags)]
                 return slow(args)
+            single.single_key = (pos, flags, _ANY_ARGC)
             return single
         if fk == "range" and fa < 0 and not fc:
             lastkey, step = fa, fb
@@ -710,7 +721,7 @@ def _fast_path(real: tuple, slow: Callable[[list], list]):
         if fk == "keynum" and fa == 0 and fb == 1 and fc == 1:
             first = pos + 1
 
-            def keynum(args: list) -> list:
+            def plain_keys(args: list) -> list | None:
                 if len(args) > pos:
                     n = args[pos]
                     # only a plain positive decimal takes this path; anything else (leading zero,
@@ -718,8 +729,17 @@ def _fast_path(real: tuple, slow: Callable[[list], list]):
                     if 0 < len(n) < 10 and n.isdigit() and n[0] != 0x30:
                         last = first + int(n)
                         if last <= len(args):
-                            return [(a, flags) for a in args[first:last]]
+                            return args[first:last]
+                return None
+
+            def keynum(args: list) -> list:
+                keys = plain_keys(args)
+                if keys is not None:
+                    return [(a, flags) for a in keys]
                 return slow(args)
+            # For the judge's fast path: the keys alone, all with these flags, or None (then
+            # call keys()).
+            keynum.plain_keys = (plain_keys, flags)
             return keynum
     if len(real) == 2 and all(k[1] == "index" and k[4] == "range" and k[5] == 0
                               and not k[0] & _INCOMPLETE for k in real):
@@ -802,6 +822,8 @@ def _compile_keys(spec: CommandSpec):
         keys = fast(real, checked) or checked
     else:
         keys = fast(real, generic) or generic
+    if name in _PLAIN_SHAPES:
+        keys.single_key = _PLAIN_SHAPES[name]
     return redis_keys, keys, True
 
 
@@ -907,6 +929,9 @@ def commands_in_category(cat: str) -> list[CommandSpec]:
     return list(TABLE._by_category.get(cat.lower().lstrip("@"), ()))
 
 
+_AVAILABLE: dict[tuple, dict] = {}
+
+
 def available(spec: CommandSpec, version: tuple) -> bool:
     """Whether a server of `version` (e.g. (6, 2, 14) or (5, 0)) knows this command.
 
@@ -914,9 +939,21 @@ def available(spec: CommandSpec, version: tuple) -> bool:
     with `since` for versions between or before them. Subcommands: the parent is available and the
     subcommand's documented `since` is not newer than the server.
     """
+    # Asked per command on the request path: answered from a table per version, built once.
+    try:
+        known = _AVAILABLE[version]
+    except KeyError:
+        known = _AVAILABLE[version] = {s: _available(s, version) for s in TABLE.by_bit}
+    except TypeError:   # an unhashable version (a list)
+        return _available(spec, tuple(version))
+    answer = known.get(spec)
+    return _available(spec, version) if answer is None else answer
+
+
+def _available(spec: CommandSpec, version: tuple) -> bool:
     v = tuple(version[:3]) + (0,) * (3 - len(version[:3]))
     if spec.parent is not None:
-        return spec.since <= v and available(spec.parent, v)
+        return spec.since <= v and _available(spec.parent, v)
     if v >= _parse_version(TABLE.version.rsplit(".", 1)[0]):
         return True
     for lv in sorted(TABLE.legacy, reverse=True):

@@ -75,6 +75,9 @@ class Gate:
         self.version_known = config.upstream.version is not None or upstream_version is not None
         self.acl_log = AclLog(config.acl_log_max_len)
         self._available: dict = {}
+        # session.py's memo for its inlined path, per user: command name (as sent) -> how to
+        # judge it. It depends on the users and the upstream's version: cleared when they change.
+        self.fast_commands: dict = {}
         self.learners: dict[str, object] = {}
         self._index_certificates()
 
@@ -84,6 +87,7 @@ class Gate:
     def reload(self, config: Config) -> None:
         self.config = config
         self.users = config.users
+        self.fast_commands.clear()
         self.acl_log.max_len = config.acl_log_max_len
         if config.upstream.version:
             self.upstream_version = config.upstream.version
@@ -96,6 +100,7 @@ class Gate:
             self.upstream_version = version
             self.version_known = True
             self._available.clear()
+            self.fast_commands.clear()
 
     def available(self, spec) -> bool:
         """Whether the upstream's version has this command (memoised: it is on the hot path)."""

@@ -14,10 +14,12 @@ parsed requests and reply frame boundaries come out, and the encoders return byt
 from __future__ import annotations
 
 from functools import lru_cache
+from itertools import accumulate, chain
 from typing import NamedTuple
 
 __all__ = [
-    "ProtocolError", "UpstreamProtocolError", "Request", "RequestParser", "Frame", "ReplyScanner",
+    "ProtocolError", "UpstreamProtocolError", "Request", "Batch", "RequestParser", "Frame",
+    "ReplyScanner",
     "encode_command", "simple", "error", "bulk", "integer", "array", "null", "null_array",
     "map_", "set_", "push", "verbatim",
 ]
@@ -99,6 +101,53 @@ class Request(NamedTuple):
     raw: bytes | None
 
 
+class Batch(NamedTuple):
+    """Complete requests taken from a parser's buffer in one step (`RequestParser.take_batch`).
+
+    `args[j]` is request j's argument list (`args[j][0]` the command name as sent). The requests
+    are canonical multibulk frames lying back to back in the buffer, so the exact bytes of
+    requests j0..j1-1 are one slice of it: `raw(j0, j1)`, which for the whole batch of a whole
+    read is the read itself, not a copy. `request(j)` is request j as `drain()` returns it.
+    `rest` is how many bytes the parser still held after the batch when it was taken (0: the
+    batch was everything, there is nothing more to parse until the next feed()).
+    """
+    args: list[list[bytes]]
+    buf: bytes
+    start: int              # where request 0 starts in buf
+    stop: int               # where the last request ends
+    rest: int
+    tokens: list[bytes]     # buf[start:...].split(CRLF): the batch is its first tokens
+
+    def _offset(self, j: int) -> int:
+        """Where request j starts in the buffer (j == len(args): where the batch ends)."""
+        args = self.args
+        if j <= 0:
+            return self.start
+        if j >= len(args):
+            return self.stop
+        # Request m is 1 + 2 * len(args[m]) tokens ("*n", then "$len" and payload per argument),
+        # each followed by CRLF.
+        t = j + 2 * sum(map(len, args[:j]))
+        return self.start + sum(map(len, self.tokens[:t])) + 2 * t
+
+    def raw(self, j0: int = 0, j1: int | None = None) -> bytes:
+        """The exact bytes of requests j0 .. j1-1 (default: to the end)."""
+        if not j0 and j1 is None:
+            return self.buf[self.start:self.stop]
+        start = self._offset(j0)
+        stop = self.stop if j1 is None else self._offset(j1)
+        return self.buf[start:stop]   # bytes: the buffer itself when that is all of it
+
+    def request(self, j: int) -> Request:
+        return _tuple_new(Request, (self.args[j], self.raw(j, j + 1)))
+
+    @classmethod
+    def of(cls, request: Request) -> "Batch":
+        """A batch of one multibulk request (`request.raw` is not None)."""
+        raw = request.raw
+        return _tuple_new(cls, ([request.args], raw, 0, len(raw), 0, None))
+
+
 @lru_cache(maxsize=None)
 def _header_tables(max_args: int, max_bulk: int) -> tuple[dict[bytes, int], dict[bytes, int]]:
     """Lookup tables for the usual header lines ("*3", "$5") of frames that are within limits.
@@ -110,6 +159,8 @@ def _header_tables(max_args: int, max_bulk: int) -> tuple[dict[bytes, int], dict
     bulks = {b"$%d" % i: i for i in range(0, min(max_bulk, 1024) + 1)}
     return counts, bulks
 
+
+_WINDOW = 8192   # bytes RequestParser.take_batch() splits at a time
 
 # RequestParser states: what the bytes at `_pos` are.
 _IDLE = 0      # the start of a new request (or nothing)
@@ -211,8 +262,11 @@ class RequestParser:
         keep = self._pos if self._state == _IDLE else self._start
         left = len(buf) - keep
         if left <= 0:
-            new = data if type(data) is bytes else bytes(data)
-        elif len(data) >= left:
+            # Everything before was consumed (the usual case): the new bytes are the buffer.
+            self._buf = data if type(data) is bytes else bytes(data)
+            self._pos = self._start = self._scan = 0
+            return
+        if len(data) >= left:
             # The new bytes pay for copying the leftover: amortised linear.
             new = b"".join((memoryview(buf)[keep:], data))
         else:
@@ -233,6 +287,8 @@ class RequestParser:
 
         Raises ProtocolError if the next thing buffered is a protocol violation.
         """
+        if self._state == _IDLE and self._pos >= len(self._buf) and self._error is None:
+            return None
         reqs = self._parse(1)
         return reqs[0] if reqs else None
 
@@ -244,7 +300,94 @@ class RequestParser:
         the error). Before authentication it returns at most one request per call. So call it
         until it returns [] (``while reqs := parser.drain(): ...``).
         """
+        if self._state == _IDLE and self._pos >= len(self._buf) and self._error is None:
+            return []   # nothing buffered (the usual second call after a whole read)
         return self._parse(1 if not self.authenticated else 1 << 62)
+
+    def take_batch(self) -> Batch | None:
+        """The run of complete requests at the head of the buffer, consumed, as one `Batch`; or
+        None when the next request is not for this fast path: nothing or only part of a request
+        is buffered, it is an inline command, not canonical, larger than the window, or a
+        protocol error, or the parser is not authenticated (see drain()). The requests are the
+        ones drain() would return first, and drain() / next() carry on after them; take_batch()
+        never raises: what it leaves, next() parses (or refuses) with Redis's exact checks.
+
+        bytes.split(CRLF) cuts the buffer into header lines and payloads in C. A request "*n"
+        is then the next 2n tokens, and it is valid exactly when each header token is a "$<len>"
+        line whose len is the length of the payload token after it (a payload containing CRLF
+        does not match, nor does any non-canonical header). Requests of two or three arguments
+        are checked as they come; longer ones once for the whole run, with two C-level map()s
+        (and only when that fails one by one, to find the first bad one). "*0" / "*-1" end the
+        run (drain() skips them). The last token is never taken: no CRLF follows it.
+        """
+        if self._state != _IDLE or not self.authenticated or self._error is not None:
+            return None
+        buf, pos = self._buf, self._pos
+        if pos >= len(buf) or type(buf) is not bytes:
+            return None
+        # At most a window of the buffer: split() searches every byte for CRLF (about 0.7 ns a
+        # byte, 12 us for a 16 KB value), where next() skips payloads by their length. So a
+        # request larger than the window goes to next() (a look at its headers tells), and a
+        # long pipeline comes in batches.
+        end = len(buf)      # where the bytes split end
+        if end - pos <= _WINDOW:
+            tokens = buf.split(_CRLF) if pos == 0 else buf[pos:].split(_CRLF)
+        elif not self._fits(buf, pos, _WINDOW):
+            return None
+        else:
+            end = pos + _WINDOW
+            tokens = buf[pos:end].split(_CRLF)
+        last = len(tokens) - 1     # never taken: no CRLF follows it (yet)
+        counts = self._counts.get
+        length = self._bulks.get
+        out: list[list[bytes]] = []
+        emit = out.append
+        heads = None     # of the longer requests, checked after the loop
+        i = 0
+        while i < last:
+            n = counts(tokens[i])
+            if n is None:
+                n = self._count_ok(tokens[i])
+                if n is None:
+                    break
+            k = i + 1 + 2 * n
+            if n <= 0 or k > last:
+                break
+            if n == 2:
+                # GET, INCR, DEL k, ...: the most common sizes are checked right here.
+                _, h0, a0, h1, a1 = tokens[i:k]
+                if length(h0) == len(a0) and length(h1) == len(a1):
+                    emit([a0, a1])
+                    i = k
+                    continue
+            elif n == 3:
+                _, h0, a0, h1, a1, h2, a2 = tokens[i:k]
+                if length(h0) == len(a0) and length(h1) == len(a1) and length(h2) == len(a2):
+                    emit([a0, a1, a2])
+                    i = k
+                    continue
+            if heads is None:
+                heads, payloads = [], []
+            args = tokens[i + 2:k:2]
+            emit(args)
+            payloads.append(args)
+            heads += tokens[i + 1:k:2]
+            i = k
+        if heads is not None and \
+                list(map(length, heads)) != list(map(len, chain.from_iterable(payloads))):
+            out, i = self._split_checked(tokens, out)
+        if not out:
+            return None
+        # Where the batch ends, counted from whichever side has fewer tokens: usually nothing
+        # but the incomplete last token (b"" after a whole read) follows the batch.
+        if i == last:
+            stop = end - len(tokens[last])
+        elif last - i < i:
+            stop = end - sum(map(len, tokens[i:])) - 2 * (last - i)
+        else:
+            stop = pos + sum(map(len, tokens[:i])) + 2 * i
+        self._pos = stop
+        return _tuple_new(Batch, (out, buf, pos, stop, len(buf) - stop, tokens))
 
     # -- parsing -------------------------------------------------------------------------
 
@@ -279,49 +422,42 @@ class RequestParser:
     def _batch(self, buf: bytes, pos: int, out: list[Request]) -> int:
         """Parse complete, valid multibulk requests from `buf` at `pos` into `out`, fastest.
 
-        The hot path of drain(). bytes.split(CRLF) cuts the whole buffer into header lines and
-        payloads in C; a request "*n" is then the next 2n tokens, and it is valid exactly when
-        each header token is a "$<len>" line whose len is the length of the payload token after
-        it (a payload containing CRLF does not match, nor does any non-canonical header). The
-        checks run as C-level map()s over the request, not per argument in Python. At the first
-        request it cannot take whole it hands over to `_fast`, which continues from there.
+        The hot path of drain() (`buf` and `pos` are the parser's own): take_batch() takes the
+        whole requests, then each one's raw bytes are sliced by the lengths of its tokens. At
+        the first request it cannot take whole it hands over to `_fast`, which continues.
         """
-        tokens = buf.split(_CRLF) if pos == 0 else buf[pos:].split(_CRLF)
-        last = len(tokens) - 1   # tokens[last] is not followed by CRLF: incomplete
-        counts = self._counts
-        length = self._bulks.get
         emit = out.append
+        while (batch := self.take_batch()) is not None:   # a window at a time
+            args = batch.args
+            # ends[k - 1] + 2 * k: where token k starts, relative to pos (one C-level pass).
+            ends = list(accumulate(map(len, batch.tokens[:2 * sum(map(len, args)) + len(args)])))
+            t = 0
+            start = pos
+            for a in args:
+                t += 1 + 2 * len(a)
+                stop = pos + ends[t - 1] + 2 * t
+                emit(_tuple_new(Request, (a, buf[start:stop])))
+                start = stop
+            pos = start
+        return self._fast(buf, pos, out, 1 << 62)
+
+    def _split_checked(self, tokens: list[bytes], found: list[list[bytes]]):
+        """take_batch()'s run when the header check over all of it failed: the requests before
+        the first invalid one (lengths beyond the lookup table are checked with `_bulk_ok`)."""
+        length = self._bulks.get
         i = 0
-        while i < last:
-            ctok = tokens[i]
-            n = counts.get(ctok)
-            if n is None:
-                n = self._count_ok(ctok)
-                if n is None:
-                    break
-            if n <= 0:
-                pos += len(ctok) + 2
-                i += 1
-                continue
-            k = i + 1 + 2 * n
-            if k > last:
-                break
-            heads = tokens[i + 1:k:2]
-            args = tokens[i + 2:k:2]
-            sizes = list(map(length, heads))
+        for j, args in enumerate(found):
+            k = i + 1 + 2 * len(args)
+            sizes = [length(h) for h in tokens[i + 1:k:2]]
             if sizes != list(map(len, args)):
                 if None not in sizes:
-                    break
-                # Lengths beyond the lookup table: check those headers one by one.
+                    return found[:j], i
                 sizes = [size if size is not None else self._bulk_ok(head)
-                         for size, head in zip(sizes, heads)]
+                         for size, head in zip(sizes, tokens[i + 1:k:2])]
                 if sizes != list(map(len, args)):
-                    break
-            size = len(ctok) + 2 + sum(map(len, heads)) + sum(sizes) + 4 * n
-            emit(_tuple_new(Request, (args, buf[pos:pos + size])))
-            pos += size
+                    return found[:j], i
             i = k
-        return self._fast(buf, pos, out, 1 << 62)
+        return found, i
 
     def _fast(self, buf: bytes, pos: int, out: list[Request], limit: int) -> int:
         """Parse complete, valid multibulk requests from `buf` at `pos` into `out`.
@@ -374,6 +510,31 @@ class RequestParser:
                 continue
             break
         return pos
+
+    def _fits(self, buf: bytes, pos: int, room: int) -> bool:
+        """False if the multibulk request at `pos` ends beyond `room` bytes, as far as its
+        header lines tell (read with find(), payloads skipped by length); True otherwise, also
+        when they tell nothing (then the request is not for the fast paths anyway)."""
+        find = buf.find
+        r = find(_CRLF, pos, pos + 24)
+        n = self._counts.get(buf[pos:r]) if r >= 0 else None
+        if not n or n < 0:
+            return True
+        p = r + 2
+        stop = pos + room
+        for _ in range(n):
+            r = find(_CRLF, p, p + 24)
+            if r < 0:
+                return True
+            size = self._bulks.get(buf[p:r])
+            if size is None:
+                size = self._bulk_ok(buf[p:r])
+                if size is None:
+                    return True
+            p = r + 4 + size
+            if p > stop:
+                return False
+        return True
 
     def _count_ok(self, line: bytes) -> int | None:
         """The count of a "*<count>" line the fast path may take, else None (see _careful)."""
@@ -682,53 +843,104 @@ class ReplyScanner:
         """True between top-level replies: nothing of a reply is pending."""
         return not (self._left or self._skip or self._line is not None)
 
+    def count_flat(self, data: bytes, most: int) -> tuple[int, int]:
+        """The whole flat replies at the head of `data`, at most `most`: (how many, where they
+        end). Flat: simple strings, errors, integers and bulk strings of at most 1024 bytes,
+        complete in `data`, while no reply is pending from earlier bytes. It stops at anything
+        else (or a malformed reply). feed() would give one Frame for each of them, ending at the
+        same offsets, and would leave the scanner as it is (between replies): so a caller that
+        needs only the count (the proxy's common case: replies passed on as they come) may
+        skip feeding `data[:end]`, and feed() the rest. The scanner is not changed.
+        """
+        if self._error is not None or self._left or self._skip or self._line is not None:
+            return 0, 0
+        find = data.find
+        get = _LENGTHS.get
+        n = len(data)
+        pos = count = 0
+        while count < most and pos < n:
+            r = find(_CRLF, pos)
+            if r < 0:
+                break
+            t = data[pos]
+            if t == 36:   # $
+                size = get(data[pos + 1:r])
+                if size is None:
+                    break
+                if size < 0:   # -1: the null bulk
+                    end = r + 2
+                else:
+                    end = r + 4 + size
+                    if data[end - 2:end] != _CRLF:
+                        break
+            elif t == 43 or t == 45:   # + -
+                end = r + 2
+            elif t == 58:              # :
+                body = data[pos + 1:r]
+                # A count or a length: up to 18 digits without a leading zero is a valid long
+                # long; the rest (a sign, 19 digits, junk) is string2ll's to judge.
+                if not (body.isdigit() and len(body) < 19 and (body[0] != 48 or len(body) == 1)) \
+                        and _string2ll(body) is None:
+                    break
+                end = r + 2
+            else:
+                break
+            pos = end
+            count += 1
+        return count, pos
+
     def feed(self, data: bytes) -> list[Frame]:
         """The top-level replies that end inside `data`, in order (`Frame.end` is an offset in
         `data`). Raises UpstreamProtocolError on bytes that are not RESP."""
         if self._error is not None:
             raise self._error.with_traceback(None)
-        try:
-            return self._feed(data)
-        except UpstreamProtocolError as e:
-            self._error = e
-            raise
-
-    def _feed(self, data: bytes) -> list[Frame]:
         frames: list[Frame] = []
+        emit = frames.append
         n = len(data)
         pos = 0
         find = data.find
         left = self._left
-        while pos < n:
-            if self._skip:
-                pos = self._skip_payload(data, pos, frames)
-                continue
-            if self._line is not None:
-                pos = self._finish_line(data, pos, frames)
-                continue
-            r = find(_CRLF, pos)
-            if r < 0:
-                self._start_line(data, pos)
-                break
-            if data[pos] == 36:
-                # The most common item: a bulk string entirely in `data` (inlined _header).
-                size = _LENGTHS.get(data[pos + 1:r], -1)
-                stop = r + 2 + size
-                if size >= 0 and data[stop:stop + 2] == _CRLF:
-                    if self._want_head and len(left) == 1:
-                        self._want_head = False
-                        if size <= _HEAD_MAX:
-                            self._head = data[r + 2:stop]
-                    pos = stop + 2
-                    if left and left[-1] > 1:
-                        left[-1] -= 1
-                    else:
-                        if not left:
-                            self._kind = 36
-                        self._done(pos, frames)
+        try:
+            while pos < n:
+                if self._skip:
+                    pos = self._skip_payload(data, pos, frames)
                     continue
-            self._header(data[pos:r], r + 2, frames)
-            pos = r + 2
+                if self._line is not None:
+                    pos = self._finish_line(data, pos, frames)
+                    continue
+                r = find(_CRLF, pos)
+                if r < 0:
+                    self._start_line(data, pos)
+                    break
+                t = data[pos]
+                if t == 36:
+                    # The most common item: a bulk string entirely in `data` (inlined _header).
+                    size = _LENGTHS.get(data[pos + 1:r], -1)
+                    stop = r + 2 + size
+                    if size >= 0 and data[stop:stop + 2] == _CRLF:
+                        pos = stop + 2
+                        if not left:   # a whole reply (inlined _done)
+                            emit(_tuple_new(Frame, (pos, b"$", None)))
+                            continue
+                        if self._want_head and len(left) == 1:
+                            self._want_head = False
+                            if size <= _HEAD_MAX:
+                                self._head = data[r + 2:stop]
+                        if left[-1] > 1:
+                            left[-1] -= 1
+                        else:
+                            self._done(pos, frames)
+                        continue
+                elif not left and (t == 43 or t == 45):
+                    # A whole simple string or error reply, +OK above all (inlined _header, _done).
+                    pos = r + 2
+                    emit(_tuple_new(Frame, (pos, _KIND[t], None)))
+                    continue
+                self._header(data[pos:r], r + 2, frames)
+                pos = r + 2
+        except UpstreamProtocolError as e:
+            self._error = e
+            raise
         return frames
 
     def _start_line(self, data: bytes, pos: int) -> None:

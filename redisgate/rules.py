@@ -65,6 +65,7 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass, replace
+from itertools import repeat
 from typing import Any, Iterable
 
 from . import errors
@@ -107,9 +108,11 @@ _KEYSPACE_COMMANDS = frozenset({
 })
 _KEYSPACE_CONTAINERS = frozenset({"config", "module"})
 _INT_RE = re.compile(rb"-?[1-9][0-9]*|0")   # Redis string2ll: no sign '+', no leading zeros
+_startswith = bytes.startswith
 
 # Special handling codes, by command bit.
 _PLAIN, _KEYSPACE, _SCRIPT, _SELECT, _COPY = 0, 1, 2, 3, 4
+_UNCOMPILED = object()   # User._fast: not compiled yet
 
 
 class RuleError(ValueError):
@@ -230,6 +233,20 @@ class _Catalog:
         self.read_flags = int(keyflag.ACCESS)
         self.write_flags = int(keyflag.INSERT) | int(keyflag.DELETE) | int(keyflag.UPDATE)
         self.not_key = int(keyflag.NOT_KEY)
+        self._needed: dict[int, int] = {}
+
+    def needed(self, flags: int) -> int:
+        """The pattern permission a key with these key-spec flags needs (READ, WRITE, both, or 0
+        for a key checked against every pattern); -1 for NOT_KEY (not checked at all)."""
+        n = self._needed.get(flags)
+        if n is None:
+            if flags & self.not_key:
+                n = -1   # getKeysFromCommandWithSpecs(GET_KEYSPEC_DEFAULT) skips them
+            else:
+                n = (READ if flags & self.read_flags else 0) | \
+                    (WRITE if flags & self.write_flags else 0)
+            self._needed[flags] = n
+        return n
 
     def lookup(self, name: bytes):
         """Redis lookupCommandBySdsLogic, strict: `cmd` or `container|sub`, else None."""
@@ -749,6 +766,55 @@ class User:
         self.has_allkeys = any(s.allkeys for s in self._selectors)
         self.allows_all_commands = any(cat.all_bits <= s.allowed for s in state.selectors)
         self.unrestricted = any(s.everything for s in self._selectors)
+        # judge()'s shortcut per command bit, compiled when the command is first judged.
+        self._fast: list = [_UNCOMPILED] * cat.size
+
+    def _compile_fast(self, spec):
+        """The shortcut for judge()'s common outcome "allowed" for `spec`, or None.
+
+        It stands for the first selector with the command's bit (where the walk would first
+        look at keys). True: the selector allows the command outright (its bit, allkeys or a command without
+        keys, no channels, nothing stricter to check). (pos, most, prefixes, exact, match):
+        while pos < len(args) <= most the command's one key is args[pos] (`spec.keys.single_key`),
+        and the selector lets it through if `match(key)`; `prefixes` and `exact` are match's
+        plain-prefix and exact-name parts, tried first because they are one C call each.
+        (sel, script, plain, prefixes, match): check every
+        key against that selector's patterns (`plain(args)`, from `spec.keys.plain_keys`, gives
+        the keys when they all need the permission `prefixes`/`match` are for; else keys());
+        then a plain command is allowed, a script command goes to the script policy as the
+        general walk would send it. Only "allowed" is ever concluded here: anything else takes
+        the general walk, which produces the exact denial. So every entry stands for a selector
+        that the general walk would also stop at, with the same result.
+        """
+        cat = self._cat
+        bit = spec.bit
+        special = cat.special[bit]
+        if bit in cat.channel_bits or special not in (_PLAIN, _SCRIPT):
+            return None
+        for sel in self._selectors:
+            # The first selector that may pass the command check is where the walk first
+            # extracts keys (which may raise KeyExtractionError): the shortcut starts there.
+            if sel.bits[bit]:
+                break
+            if bit in sel.firstargs:
+                return None   # passes or not on the first argument: the walk decides
+        else:
+            return None
+        if special == _PLAIN and (sel.allkeys or not spec.has_keys):
+            return True
+        shape = getattr(spec.keys, "single_key", None)
+        needed = cat.needed(shape[1]) if shape is not None else -1
+        if special == _PLAIN and needed >= 0:
+            ps = sel.keysets[needed]
+            return (shape[0], shape[2], ps.prefixes, ps.exact, ps.match)
+        # A script command goes to the policy at the first selector whose keys pass (if a key
+        # fails here a later selector may pass: walk then); a plain one is allowed.
+        plain = getattr(spec.keys, "plain_keys", None)
+        needed = cat.needed(plain[1]) if plain is not None else -1
+        if needed >= 0:
+            ps = sel.keysets[needed]
+            return (sel, special == _SCRIPT, plain[0], ps.prefixes, ps.match)
+        return (sel, special == _SCRIPT, None, (), None)
 
     def __repr__(self) -> str:
         return f"<User {self.name} {self.describe()!r}>"
@@ -777,6 +843,74 @@ class User:
 
         The arity must have been checked: the judge reads the arguments Redis would read.
         """
+        # The hot path: most commands are allowed by a shortcut compiled per user (_compile_fast).
+        fast = self._fast[spec.bit]
+        if fast is _UNCOMPILED:
+            fast = self._fast[spec.bit] = self._compile_fast(spec)
+        if fast is not None:
+            if fast is True:
+                return None
+            if type(fast[0]) is int:
+                pos, most, prefixes, exact, match = fast
+                if pos < len(args) <= most:
+                    key = args[pos]
+                    if key.startswith(prefixes) or key in exact or match(key):
+                        return None
+            else:
+                sel, script, plain, prefixes, match = fast
+                keys = plain(args) if plain is not None else None
+                if keys is not None:
+                    # All the keys share one permission (EVALSHA's KEYS): C-level checks.
+                    ok = sel.allkeys or all(map(_startswith, keys, repeat(prefixes))) \
+                        or all(map(match, keys))
+                else:
+                    ok = sel.allkeys or self._keys_match(sel, spec, args)
+                if ok:
+                    if not script:
+                        return None
+                    if self.scripts is not None:
+                        denial = self.scripts.judge(self, spec, args)
+                        if denial is None:
+                            return None
+                        return replace(denial, command=denial.command or spec.name,
+                                       user=denial.user or self.name)
+        return self._walk(spec, args, db)
+
+    def shortcut(self, spec):
+        """How judge() decides `spec` on its fast path, for callers that inline it: None (the
+        general walk), True (allowed: judge() returns None whatever the arguments), or
+        (pos, most, prefixes, exact, match): allowed when pos < len(args) <= most and args[pos]
+        starts with one of `prefixes`, is in `exact` or passes `match`; otherwise ask judge().
+        Anything else: ask judge()."""
+        fast = self._fast[spec.bit]
+        if fast is _UNCOMPILED:
+            fast = self._fast[spec.bit] = self._compile_fast(spec)
+        return fast
+
+    def _keys_match(self, sel: _Selector, spec, args: list[bytes]) -> bool:
+        """Do all the command's keys pass this selector's patterns?"""
+        cat = self._cat
+        sets = sel.keysets
+        last = None
+        for key, flags in spec.keys(args):
+            if flags != last:   # a command's keys mostly share their flags
+                last = flags
+                needed = cat.needed(flags)
+                if needed >= 0:
+                    ps = sets[needed]
+                    prefixes, match = ps.prefixes, ps.match
+            if needed >= 0 and not key.startswith(prefixes) and not match(key):
+                return False
+        return True
+
+    def _script_verdict(self, spec, args: list[bytes]) -> Denial | None:
+        denial = self.scripts.judge(self, spec, args)
+        if denial is None:
+            return None
+        return replace(denial, command=denial.command or spec.name, user=denial.user or self.name)
+
+    def _walk(self, spec, args: list[bytes], db) -> Denial | None:
+        """judge() the general way: every selector in order, Redis's "relevant error"."""
         bit = spec.bit
         cat = self._cat
         special = cat.special[bit]
@@ -824,11 +958,7 @@ class User:
                 return None
             if special == _SCRIPT:
                 if self.scripts is not None:
-                    denial = self.scripts.judge(self, spec, args)
-                    if denial is None:
-                        return None
-                    return replace(denial, command=denial.command or spec.name,
-                                   user=denial.user or self.name)
+                    return self._script_verdict(spec, args)
                 if sel.everything:
                     return None
                 stricter = stricter or Denial(
@@ -852,21 +982,22 @@ class User:
         return Denial(kind, obj, reason, spec.name, self.name)
 
     def _keys(self, spec, args) -> list[tuple[bytes, int]]:
-        cat = self._cat
+        needed_of = self._cat.needed
         out = []
         for key, flags in spec.keys(args):
-            if flags & cat.not_key:
-                continue  # getKeysFromCommandWithSpecs(GET_KEYSPEC_DEFAULT) skips them
-            needed = (READ if flags & cat.read_flags else 0) | \
-                     (WRITE if flags & cat.write_flags else 0)
-            out.append((key, needed))
+            needed = needed_of(flags)
+            if needed >= 0:
+                out.append((key, needed))
         return out
 
     def check_key(self, key: bytes, write: bool = False) -> bool:
         """May some selector name `key` for reading (`write=False`: a read pattern) or for
         writing (a write pattern)? allkeys selectors may name any key."""
         needed = WRITE if write else READ
-        return any(s.allkeys or s.keysets[needed].match(key) for s in self._selectors)
+        for s in self._selectors:
+            if s.allkeys or s.keysets[needed].match(key):
+                return True
+        return False
 
     def check_channel(self, channel: bytes, pattern: bool = False) -> bool:
         """May some selector use `channel` (PUBLISH/SUBSCRIBE), or the PSUBSCRIBE `pattern`?"""

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field, replace
+from operator import itemgetter
 from typing import Iterable
 
 # --------------------------------------------------------------------------------------------
@@ -633,6 +634,7 @@ def _show(value: bytes, limit: int = 80) -> str:
 # --------------------------------------------------------------------------------------------
 
 _RUN = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro"})
+_EVALSHA = frozenset({"evalsha", "evalsha_ro"})
 _FUNCTION_CALLS = frozenset({"fcall", "fcall_ro"})
 
 
@@ -693,6 +695,18 @@ class ScriptPolicy:
         self._allowed = frozenset(s.encode() for s in shas)
         self._contracts = {sha.encode(): c for sha, c in self.contracts.items()}
         self._contracts.update((sha.encode(), c) for sha, c in custom.items())
+        # EVALSHA's hot path, by SHA1 exactly as go-redis sends it (lowercase hex): True (allowed,
+        # no contract) or a compiled contract check (see _FastContract). Anything else, or a check
+        # that cannot say yes, takes the general path, which gives the exact denial.
+        self._evalsha: dict[bytes, object] = {}
+        for sha in self._allowed:
+            contract = self._contracts.get(sha) if self.enforce_contracts else None
+            if contract is None:
+                self._evalsha[sha] = True
+            else:
+                fast = _FastContract.compile(contract)
+                if fast is not None:
+                    self._evalsha[sha] = fast
 
     def allows(self, sha1_hex: str | bytes) -> bool:
         """Whether a SHA1 (hex, any case) is on this allowlist."""
@@ -706,6 +720,11 @@ class ScriptPolicy:
         that are not script commands, and script commands too short to run (Redis answers their
         arity error), return ``None``: they are not this policy's business.
         """
+        if len(args) > 2:
+            fast = self._evalsha.get(args[1])
+            if fast is not None and getattr(spec, "name", None) in _EVALSHA \
+                    and (fast is True or fast.honoured(args, user)):
+                return None
         name = _command_name(spec, args)
         if name in _RUN:
             if len(args) < 3:
@@ -803,6 +822,113 @@ def check_contract(contract: ScriptContract, args: list[bytes], user=None) -> st
             return (f"ARGV[{p.index}] ({p.label}) '{_show(value)}': this user may not {access} "
                     "keys under it")
     return None
+
+
+class _FastContract:
+    """A compiled ``check_contract(contract, args, user) is None`` for the common call shape.
+
+    ``honoured(args, user)`` is True only if ``check_contract`` would return None; False means
+    "not this shape, or broken": the caller then runs ``check_contract`` for the verdict and its
+    reason. The shape: numkeys written canonically, KEYS that are all ``asynq:{Q}:...`` queue
+    keys (one suffix per position for suffix tails), enough ARGV. Per queue name the expected
+    key names and ARGV prefixes are built once (``_per_queue``, bounded: queue names come from
+    clients), so a call costs one tuple comparison for the fixed key names and a
+    ``startswith`` per task or stats key.
+    """
+
+    __slots__ = ("contract", "numkeys", "n", "need", "shapes", "prefixes", "_per_queue")
+
+    MAX_QUEUES = 64
+
+    @classmethod
+    def compile(cls, contract: ScriptContract) -> "_FastContract | None":
+        if contract.variadic or not contract.keys:
+            return None
+        for shape in contract.keys:
+            if type(shape) is not QueueKey or (shape.tail is not None and len(shape.suffixes) != 1):
+                return None
+        return cls(contract)
+
+    def __init__(self, contract: ScriptContract):
+        self.contract = contract
+        self.n = len(contract.keys)
+        self.numkeys = b"%d" % self.n
+        self.need = 3 + self.n + max([p.index for p in contract.prefixes] + [contract.min_argv])
+        self.shapes = contract.keys
+        self.prefixes = contract.prefixes
+        self._per_queue: dict[bytes, tuple] = {}
+
+    def _build(self, q: bytes) -> tuple:
+        """What a call for queue q must look like: (the KEYS positions with one possible name,
+        as an itemgetter, and those names; the other exact positions with their possible
+        names; the positions with a suffix tail: (index, prefix, is_date); the ARGV prefixes:
+        (index, expected value, write); the dates seen valid; per user, whether the user may use
+        those ARGV prefixes)."""
+        head = _QUEUE_HEAD + q + b"}:"
+        one, names, several, tails = [], [], [], []
+        for i, shape in enumerate(self.shapes, 3):
+            if shape.tail is not None:
+                tails.append((i, head + shape.suffixes[0], shape.tail == "date"))
+            elif len(shape.suffixes) == 1:
+                one.append(i)
+                names.append(head + shape.suffixes[0])
+            else:
+                several.append((i, frozenset(head + s for s in shape.suffixes)))
+        if len(one) > 1:
+            exact = (itemgetter(*one), tuple(names))
+        elif one:
+            exact = (itemgetter(one[0]), names[0])
+        else:
+            exact = None
+        argv = tuple((3 + self.n + p.index - 1, head + p.suffix, p.write) for p in self.prefixes)
+        per = self._per_queue
+        if len(per) >= self.MAX_QUEUES:
+            per.clear()
+        entry = per[q] = (exact, tuple(several), tuple(tails), argv, set(), {})
+        return entry
+
+    def honoured(self, args: list[bytes], user) -> bool:
+        if args[2] != self.numkeys or len(args) < self.need:
+            return False
+        k0 = args[3]   # its queue: queue_of(), inlined
+        close = k0.find(b"}", 7)
+        if close <= 7 or not k0.startswith(_QUEUE_HEAD):
+            return False
+        entry = self._per_queue.get(k0[7:close])
+        if entry is None:
+            split = queue_of(k0)
+            if split is None:
+                return False
+            entry = self._build(split[0])
+        exact, several, tails, argv, dates, user_may = entry
+        if exact is not None and exact[0](args) != exact[1]:
+            return False
+        for index, names in several:
+            if args[index] not in names:
+                return False
+        for index, prefix, date in tails:
+            key = args[index]
+            if not key.startswith(prefix) or len(key) <= len(prefix):
+                return False
+            if date and key not in dates:
+                # The day's stats key: the date changes once a day, so remember the good ones.
+                if not _DATE.fullmatch(key, len(prefix)):
+                    return False
+                if len(dates) >= 8:
+                    dates.clear()
+                dates.add(key)
+        if argv:
+            for index, expected, write in argv:
+                if args[index] != expected:
+                    return False
+            try:
+                may = user_may.get(user)
+            except TypeError:   # a stand-in user object that cannot be a dict key
+                return all(_user_may(user, e, w) for _, e, w in argv)
+            if may is None:
+                may = user_may[user] = all(_user_may(user, e, w) for _, e, w in argv)
+            return may
+        return True
 
 
 def _user_may(user, prefix: bytes, write: bool) -> bool:

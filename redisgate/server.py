@@ -35,18 +35,20 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         client = self.client
+        session = client.session
         try:
-            client.session.upstream_data(data)
+            session.upstream_data(data)
         except Exception:   # a bug must cost one connection, never the proxy
             log.exception("internal error on the upstream of %s; closing it",
-                          client.session.client_info)
-            client.session.close = True
+                          session.client_info)
+            session.close = True
         client.pump()
 
     def connection_lost(self, exc) -> None:
         client = self.client
         if client.upstream is self:
             client.upstream = None
+            client.upstream_write = None
             if not client.closed:
                 client.session.upstream_failed("connection lost")
                 client.pump()
@@ -68,6 +70,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.upstream: UpstreamConnection | None = None
         self.session: Session | None = None
+        self.upstream_write = None    # the upstream transport's write(), once connected
         self.closed = False
         self._connecting = False
         self.id = next(_ids)
@@ -98,27 +101,29 @@ class ClientConnection(asyncio.Protocol):
         self.pump()
 
     def data_received(self, data: bytes) -> None:
+        session = self.session
         try:
-            self.session.client_data(data)
+            session.client_data(data)
         except Exception:   # a bug must cost one connection, never the proxy
-            log.exception("internal error on %s; closing it", self.session.client_info)
+            log.exception("internal error on %s; closing it", session.client_info)
             self.transport.write(b"-ERR redisgate internal error; closing the connection\r\n")
-            self.session.close = True
+            session.close = True
         self.pump()
 
     def pump(self) -> None:
         """Write what the session produced; open or close connections as it asked."""
         s = self.session
-        if s.to_client:
-            out = s.to_client
+        out = s.to_client
+        if out:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
-        if s.to_upstream:
-            if self.upstream is not None and self.upstream.transport is not None:
-                out = s.to_upstream
-                self.upstream.transport.write(out[0] if len(out) == 1 else b"".join(out))
-            s.to_upstream.clear()
-        if s.want_upstream and self.upstream is None and not self._connecting and not self.closed:
+        out = s.to_upstream
+        if out:
+            write = self.upstream_write
+            if write is not None:
+                write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+        if self.upstream is None and s.want_upstream and not self._connecting and not self.closed:
             self._connecting = True
             asyncio.ensure_future(self._connect())
         if s.close and not self.closed:
@@ -150,6 +155,7 @@ class ClientConnection(asyncio.Protocol):
             protocol.transport.close()
             return
         self.upstream = protocol
+        self.upstream_write = protocol.transport.write
         protocol.transport.set_write_buffer_limits(high=1 << 20)
         self.session.connected()
         self.pump()
@@ -162,6 +168,7 @@ class ClientConnection(asyncio.Protocol):
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.close()
         self.upstream = None
+        self.upstream_write = None
 
     def pause_writing(self):
         if self.upstream is not None and self.upstream.transport is not None:

@@ -25,8 +25,8 @@ from collections import deque
 from . import errors
 from .commands import TABLE, KeyExtractionError, available
 from .gate import Gate, audit
-from .resp import (ProtocolError, ReplyScanner, RequestParser, array, bulk, encode_command,
-                   error, integer, map_, simple)
+from .resp import (Batch, ProtocolError, ReplyScanner, RequestParser, array, bulk,
+                   encode_command, error, integer, map_, simple)
 
 log = logging.getLogger("redisgate.session")
 
@@ -56,6 +56,10 @@ _ACL_MUTATIONS = {"acl|setuser", "acl|deluser", "acl|load", "acl|save"}
 
 OK = b"+OK\r\n"
 DUMMY_HASH = bytes(32)
+
+# Session._inline's key positions that are not positions.
+NO_KEY = -1   # allowed whatever the arguments
+ASK = -2      # ask the judge
 
 
 class Session:
@@ -109,70 +113,126 @@ class Session:
             return
         if self._generation != self.gate.generation:
             self._refresh_user()
-        self.parser.feed(data)
         parser = self.parser
+        parser.feed(data)
         while not self._dead:
-            # Before authentication drain() hands out one request at a time, so that what
-            # follows an AUTH is parsed and judged with that AUTH's outcome.
+            # Whole requests at the head of the buffer come as one batch (authenticated clients
+            # only); anything else one request at a time, so that what follows an AUTH or a
+            # RESET is parsed and judged with its outcome.
+            batch = parser.take_batch()
+            if batch is not None:
+                self._run(batch)
+                if batch.rest:
+                    continue
+                break
             try:
-                requests = parser.drain()
+                req = parser.next()
             except ProtocolError as e:
                 self._local(e.reply)
                 self._close_after()
                 self._dead = True
                 break
-            if not requests:
+            if req is None:
                 break
-            self._run(requests)
-        self._flush_held()
+            if req.raw is None:   # an inline command
+                self._handle(req)
+            else:
+                self._run(Batch.of(req))
+        if self._held:
+            self._flush_held()
 
-    def _run(self, requests) -> None:
-        """Judge a batch. The common case (an ordinary command the user may run, nothing special
-        pending) is inlined here: a table lookup, an arity check, the judge, and the original bytes
-        appended for the upstream; consecutive ones share one reply slot."""
+    def _run(self, batch) -> None:
+        """Judge a batch (resp.Batch). The common case, an ordinary command the user may run with
+        nothing special pending, is inlined here: a memoised name lookup, the arity, the judge.
+        Consecutive allowed requests are forwarded as one slice of what the client sent (the
+        client's read itself when all of it passes) and share one reply slot."""
         entry = self.user_entry
+        count = len(batch.args)
         if entry is None or entry.learn or self.multi or not self.upstream_ready:
-            for req in requests:
+            for j in range(count):
                 if self._dead:
                     return
-                self._handle(req)
+                self._handle(batch.request(j))
             return
-        lookup = TABLE.lookup
-        plain = _PLAIN
-        gate = self.gate
-        judge = entry.user.judge
-        db = self._databases()
-        up = self.to_upstream
-        n = 0
-        for i, req in enumerate(requests):
-            args = req.args
-            spec = lookup(args)
-            if (spec is not None and spec.name not in plain and gate.available(spec)
-                    and spec.check_arity(len(args)) and not spec.is_container):
-                try:
-                    denial = judge(spec, args, db=db)
-                except KeyExtractionError:
-                    denial = True
-                if denial is None:
-                    raw = req.raw
-                    up.append(raw if raw is not None else encode_command(args))
-                    n += 1
+        user = entry.user
+        known = self.gate.fast_commands.get(user)
+        if known is None:
+            known = self.gate.fast_commands[user] = {}
+        lookup = known.get
+        judge = None   # and db: looked up at the first command that needs them
+        j0 = 0         # the first request not forwarded yet
+        for j, args in enumerate(batch.args):
+            inline = lookup(args[0])
+            if inline is None:
+                inline = self._inline(args, known)
+            # (spec, fewest, most arguments, key position or NO_KEY / ASK, prefixes, exact,
+            # match): see _inline. Anything outside the fast shape goes to _handle.
+            if inline is not None and inline[1] <= len(args) <= inline[2]:
+                pos = inline[3]
+                if pos >= 0:
+                    key = args[pos]
+                    if key.startswith(inline[4]) or key in inline[5] or inline[6](key):
+                        continue
+                elif pos == NO_KEY:
                     continue
-            if n:
-                self._expect(FWD, n)
-                n = 0
+                else:
+                    if judge is None:
+                        judge, db = user.judge, self._databases()
+                    try:
+                        if judge(inline[0], args, db) is None:
+                            continue
+                    except KeyExtractionError:
+                        pass
+            # Not for the inlined path: forward the allowed run before it, then the careful way.
+            if j > j0:
+                self.to_upstream.append(batch.raw(j0, j))
+                self._expect(FWD, j - j0)
+            j0 = j + 1
             if self._dead:
                 return
-            self._handle(req)
+            self._handle(batch.request(j))
             if self.user_entry is not entry or self.multi or not self.upstream_ready:
                 # State changed (AUTH, MULTI, RESET, ...): the careful path takes the rest.
-                for rest in requests[i + 1:]:
+                for k in range(j + 1, count):
                     if self._dead:
                         return
-                    self._handle(rest)
+                    self._handle(batch.request(k))
                 return
-        if n:
-            self._expect(FWD, n)
+        if j0 < count:
+            self.to_upstream.append(batch.raw(j0) if j0 else batch.buf[batch.start:batch.stop])
+            slots = self.slots   # _expect(FWD, ...), inlined
+            if slots and slots[-1][0] == FWD:
+                slots[-1][1] += count - j0
+            else:
+                slots.append([FWD, count - j0, None])
+
+    def _inline(self, args, known: dict):
+        """How `_run` judges this command inline, or None when it must go to `_handle` (answered
+        or watched here, a container, unknown to the upstream): (spec, fewest, most, pos,
+        prefixes, exact, match). fewest..most is the arity, narrowed to where the user's judge
+        has a shortcut (rules.User.shortcut); pos is NO_KEY (allowed with any arguments), ASK
+        (call the judge), or where the one key is, allowed when it starts with one of
+        `prefixes`, is in `exact` or passes `match`. Memoised in `known` (the user's, on the
+        gate) per name as sent."""
+        spec = TABLE.lookup(args)
+        if spec is None or spec.is_container or spec.name in _PLAIN \
+                or not self.gate.available(spec):
+            return None
+        a = spec.arity
+        fewest, most = (a, a) if a >= 0 else (-a, 1 << 62)
+        shortcut = self.user_entry.user.shortcut(spec)
+        if shortcut is True:
+            inline = (spec, fewest, most, NO_KEY, (), (), None)
+        elif type(shortcut) is tuple and type(shortcut[0]) is int:
+            pos, upto, prefixes, exact, match = shortcut
+            inline = (spec, max(fewest, pos + 1), min(most, upto), pos, prefixes, exact, match)
+        else:
+            inline = (spec, fewest, most, ASK, (), (), None)
+        if spec.parent is None and len(known) < 1024:
+            # Not subcommands: their spec depends on args[1] as well. The bound: names come from
+            # clients, in any mix of cases.
+            known[args[0]] = inline
+        return inline
 
     def _handle(self, req) -> None:
         args = req.args
@@ -641,13 +701,31 @@ class Session:
 
     def upstream_data(self, data: bytes) -> None:
         """Route upstream replies to the client, interleaving local replies in command order."""
+        out = self.to_client
+        slots = self.slots
+        if slots and slots[0][0] == FWD and not self.sub_active and self._partial is None:
+            # The common case: `data` is whole flat replies to the forwarded commands at the
+            # head. They are only counted, not made into frames, and `data` passes through as
+            # it came: what the loop below would do, frame by frame. Anything else, the loop.
+            slot = slots[0]
+            count, end = self.scanner.count_flat(data, slot[1])
+            if count and end == len(data):
+                out.append(data)
+                left = slot[1] = slot[1] - count
+                if not left:
+                    slots.popleft()
+                    while slots and slots[0][0] >= LOCAL:
+                        s = slots.popleft()
+                        if s[0] == LOCAL:
+                            out.append(s[2])
+                        else:
+                            self.close = True
+                return
         try:
             frames = self.scanner.feed(data)
         except Exception as e:   # UpstreamProtocolError: the stream can no longer be trusted
             log.error("upstream protocol error: %s", e)
             return self.upstream_failed("protocol error")
-        out = self.to_client
-        slots = self.slots
         pos = 0          # start of the current frame in data
         run = 0          # start of bytes to pass through that are not yet in `out`
         for frame in frames:

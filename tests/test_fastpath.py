@@ -1,0 +1,427 @@
+"""The hot path's shortcuts decide exactly what the general code decides.
+
+Each shortcut (resp.RequestParser.take_batch, ReplyScanner.count_flat, rules.User's compiled
+verdicts, scripts' compiled contracts, commands' `single_key` / `plain_keys` shapes, session's
+inlined judging and reply pass-through) exists only for speed; these tests run random inputs
+through the shortcut and through the general code and require the same bytes, frames and
+verdicts. The general code itself is proven elsewhere (against real Redis where it matters).
+"""
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+from unittest.mock import patch
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from redisgate import resp, scripts
+from redisgate.commands import TABLE, KeyExtractionError
+from redisgate.config import build_config
+from redisgate.gate import Gate
+from redisgate.resp import ReplyScanner, RequestParser, encode_command
+from redisgate.rules import parse_user, RuleError
+from redisgate.scripts import KNOWN_SCRIPTS, QueueKey, ScriptPolicy, check_contract
+from redisgate.session import DROP, FWD, Session
+
+from proxy import pw_hash
+from test_resp_fuzz import ARGS, SIZES, VALUES, mutated_commands, pieces
+from test_rules_oracle import _command, _rule_set
+from wire import cmd
+
+FUZZ = settings(max_examples=300, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+# --- resp: take_batch is drain() in one piece --------------------------------------------------
+
+def by_drain(chunks):
+    p = RequestParser(authenticated=True)
+    got = []
+    try:
+        for c in chunks:
+            p.feed(c)
+            while reqs := p.drain():
+                got += [(r.args, r.raw) for r in reqs]
+    except Exception as e:   # noqa: BLE001 - the same error either way
+        return got, type(e), getattr(e, "reply", None)
+    return got, None, None
+
+
+def by_batches(chunks):
+    """As the session reads: take_batch() while it gives something, else next()."""
+    p = RequestParser(authenticated=True)
+    got = []
+    try:
+        for c in chunks:
+            p.feed(c)
+            while True:
+                batch = p.take_batch()
+                if batch is not None:
+                    raws = [batch.request(j).raw for j in range(len(batch.args))]
+                    assert batch.raw() == b"".join(raws)
+                    for j0 in range(len(raws)):
+                        for j1 in range(j0, len(raws) + 1):
+                            assert batch.raw(j0, j1) == b"".join(raws[j0:j1])
+                    got += list(zip(batch.args, raws))
+                    assert batch.rest == p.buffered
+                    continue
+                req = p.next()
+                if req is None:
+                    break
+                got.append((req.args, req.raw))
+    except Exception as e:   # noqa: BLE001
+        return got, type(e), getattr(e, "reply", None)
+    return got, None, None
+
+
+@FUZZ
+@given(mutated_commands(), SIZES, st.sampled_from([8192, 7, 24, 64]))
+def test_take_batch_gives_what_drain_gives(data, sizes, window):
+    with patch.object(resp, "_WINDOW", window):   # the window split() looks at
+        assert by_batches([data]) == by_drain([data])
+        assert by_batches(pieces(data, sizes)) == by_drain(pieces(data, sizes))
+
+
+@FUZZ
+@given(st.lists(ARGS, min_size=1, max_size=8), SIZES)
+def test_take_batch_of_valid_pipelines(commands, sizes):
+    data = b"".join(encode_command(a) for a in commands)
+    want = [(a, encode_command(a)) for a in commands]
+    assert by_batches([data]) == (want, None, None)
+    assert by_batches(pieces(data, sizes)) == (want, None, None)
+
+
+def test_take_batch_of_a_whole_read_forwards_the_read_itself():
+    data = cmd("SET", "k", "v") + cmd("GET", "k") + cmd("HSET", "h", "f", "v", "g", "w")
+    p = RequestParser(authenticated=True)
+    p.feed(data)
+    batch = p.take_batch()
+    assert [a[0] for a in batch.args] == [b"SET", b"GET", b"HSET"]
+    assert batch.raw() is data and batch.rest == 0
+
+
+def test_take_batch_stops_where_the_careful_path_must_take_over():
+    big = b"x" * 2000    # a length beyond the lookup table
+    data = cmd("GET", "a") + b"*0\r\n" + cmd("GET", "b") + cmd("SET", "c", big) + b"PING\r\n"
+    p = RequestParser(authenticated=True)
+    p.feed(data)
+    assert p.take_batch().args == [[b"GET", b"a"]]
+    assert p.take_batch() is None                 # "*0": drain() skips it
+    assert [r.args for r in p.drain()] == [[b"GET", b"b"], [b"SET", b"c", big], [b"PING"]]
+
+
+def test_take_batch_takes_values_beyond_the_lookup_tables():
+    big = b"v" * 2000
+    data = cmd("SET", "k", big) + cmd("GET", "k") + cmd("HSET", "h", "f", big)
+    p = RequestParser(authenticated=True)
+    p.feed(data)
+    batch = p.take_batch()
+    assert batch.args == [[b"SET", b"k", big], [b"GET", b"k"], [b"HSET", b"h", b"f", big]]
+    assert batch.raw() is data and batch.raw(1, 2) == cmd("GET", "k")
+
+
+def test_take_batch_leaves_requests_larger_than_its_window_to_next():
+    huge = b"v" * 16384     # not searched for CRLF: next() skips it by its length
+    data = cmd("GET", "a") * 3 + cmd("SET", "k", huge) + cmd("GET", "b") * 1000
+    p = RequestParser(authenticated=True)
+    p.feed(data)
+    assert len(p.take_batch().args) == 3
+    assert p.take_batch() is None
+    assert p.next().args == [b"SET", b"k", huge]
+    taken = []
+    while (batch := p.take_batch()) is not None:
+        taken += batch.args
+        assert len(batch.raw()) <= 8192
+    assert taken == [[b"GET", b"b"]] * 1000 and p.buffered == 0
+
+
+def test_take_batch_waits_for_authentication_and_never_raises():
+    p = RequestParser()
+    p.feed(cmd("AUTH", "u", "p") + cmd("GET", "k"))
+    assert p.take_batch() is None                 # before AUTH: one request at a time
+    p = RequestParser(authenticated=True)
+    p.feed(cmd("GET", "k") + b"*1\r\n$x\r\n")
+    assert p.take_batch().args == [[b"GET", b"k"]]
+    assert p.take_batch() is None
+    assert p.buffered == 8
+
+
+# --- resp: count_flat counts what feed() would frame --------------------------------------------
+
+@FUZZ
+@given(st.lists(VALUES, min_size=1, max_size=6), SIZES, st.integers(0, 8))
+def test_count_flat_then_feed_frames_what_feed_frames(values, sizes, most):
+    data = b"".join(v for v, _ in values)
+    whole = [f.end for f in ReplyScanner().feed(data)]
+    for chunks in ([data], pieces(data, sizes)):
+        scanner, ends, base = ReplyScanner(), [], 0
+        for chunk in chunks:
+            taken, end = scanner.count_flat(chunk, most)
+            assert taken == 0 or end > 0
+            ends += whole[len(ends):len(ends) + taken]
+            assert not taken or ends[-1] == base + end
+            ends += [base + end + f.end for f in scanner.feed(chunk[end:])]
+            base += len(chunk)
+        assert ends == whole
+
+
+def test_count_flat_leaves_the_scanner_as_it_was():
+    s = ReplyScanner()
+    s.feed(b"*2\r\n$1\r\na\r\n")      # an array in progress: nothing is flat now
+    state = repr(vars(s))
+    assert s.count_flat(b"+OK\r\n", 5) == (0, 0) and repr(vars(s)) == state
+    assert s.feed(b"+OK\r\n")[0].kind == b"*"
+    state = repr(vars(s))
+    assert s.count_flat(b"+OK\r\n:1\r\n", 5) == (2, 9) and repr(vars(s)) == state
+    assert [f.end for f in s.feed(b"+OK\r\n:1\r\n")] == [5, 9]
+
+
+def test_count_flat_stops_at_anything_but_flat_replies():
+    s = ReplyScanner()
+    data = b"+OK\r\n:12345678901\r\n$3\r\nabc\r\n$-1\r\n-ERR x\r\n*1\r\n$1\r\na\r\n"
+    assert s.count_flat(data, 99) == (5, data.index(b"*1"))
+    assert s.count_flat(b"$5\r\nab", 9) == (0, 0)
+    assert s.count_flat(b":x\r\n", 9) == (0, 0)          # malformed: feed() raises for it
+
+
+# --- commands: single_key shapes are what keys() returns ----------------------------------------
+
+def test_single_key_shapes_match_key_extraction():
+    rng = random.Random(7)
+    pool = [b"k", b"GET", b"STORE", b"1", b"-1", b"x", b"BY", b"STREAMS"]
+    checked = 0
+    for spec in TABLE:
+        shape = getattr(spec.keys, "single_key", None)
+        if shape is None:
+            continue
+        pos, flags, most = shape
+        for _ in range(20):
+            n = rng.randint(pos + 1, min(most, pos + 8))
+            args = [spec.name.encode()] + [rng.choice(pool) for _ in range(n - 1)]
+            if not spec.check_arity(len(args)):
+                continue
+            assert spec.keys(args) == [(args[pos], flags)], (spec.name, args)
+            checked += 1
+    assert checked > 1000
+
+
+# --- rules: the compiled verdicts are the walk's ------------------------------------------------
+
+def outcome(fn, *a):
+    try:
+        d = fn(*a)
+    except KeyExtractionError as e:
+        return "raises", e.reply
+    return None if d is None else (d.kind, d.object, d.reason, d.command, d.user)
+
+
+def test_judge_shortcuts_agree_with_the_general_walk():
+    rng = random.Random(20240601)
+    judged = shortcut_allowed = 0
+    for _ in range(400):
+        try:
+            user = parse_user("u", _rule_set(rng))
+        except RuleError:
+            continue
+        for _ in range(40):
+            args = _command(rng)
+            spec = TABLE.lookup(args)
+            fast = outcome(user.judge, spec, args, 0)
+            assert fast == outcome(user._walk, spec, args, 0), (user.describe(), args)
+            judged += 1
+            short = user.shortcut(spec)
+            if short is True or (type(short) is tuple and type(short[0]) is int
+                                 and short[0] < len(args) <= short[1]
+                                 and (args[short[0]].startswith(short[2])
+                                      or args[short[0]] in short[3] or short[4](args[short[0]]))):
+                shortcut_allowed += 1
+                assert fast is None, (user.describe(), args)
+    assert judged > 10000 and shortcut_allowed > 500
+
+
+# --- scripts: compiled contracts say yes only where check_contract does -------------------------
+
+def _key(shape, head: bytes, rng: random.Random) -> bytes:
+    if isinstance(shape, QueueKey):
+        suffix = rng.choice(shape.suffixes)
+        tail = {None: b"", "any": b"t%d" % rng.randint(0, 99), "date": b"2024-05-31"}[shape.tail]
+        return head + suffix + tail
+    if isinstance(shape, scripts.TaggedKey):
+        return shape.prefix + b"{h1}"
+    if isinstance(shape, scripts.PrefixedKey):
+        return shape.prefix + b"x"
+    if isinstance(shape, scripts.ExactKey):
+        return rng.choice(shape.names)
+    return _key(rng.choice(shape.shapes), head, rng)   # AnyOf
+
+
+def _valid_call(contract, q: bytes, rng: random.Random) -> list[bytes]:
+    head = b"asynq:{" + q + b"}:"
+    keys = [_key(shape, head, rng) for shape in contract.keys]
+    need = max([p.index for p in contract.prefixes] + [contract.min_argv, 1])
+    argv = [b"%d" % rng.randint(0, 9) for _ in range(need + rng.randint(0, 2))]
+    for p in contract.prefixes:
+        argv[p.index - 1] = head + p.suffix
+    return [b"evalsha", contract.sha1.encode(), b"%d" % len(keys)] + keys + argv
+
+
+def _mutate(args: list[bytes], rng: random.Random) -> list[bytes]:
+    args = list(args)
+    for _ in range(rng.randint(1, 3)):
+        i = rng.randrange(2, len(args))
+        choice = rng.random()
+        if choice < 0.3:
+            args[i] = args[i].replace(b"default", rng.choice([b"other", b"", b"de}f"]))
+        elif choice < 0.5:
+            args[i] = args[i][:rng.randint(0, len(args[i]))]
+        elif choice < 0.6:
+            args[i] = rng.choice([b"02", b"x", b"-1", b"99"])
+        elif choice < 0.7 and len(args) > 4:
+            del args[rng.randrange(3, len(args))]
+        elif choice < 0.8:
+            args[i] = args[i] + rng.choice([b"x", b":", b"-13"])
+        else:
+            args[i] = args[i].upper()
+    return args
+
+
+def test_compiled_contracts_agree_with_check_contract():
+    rng = random.Random(5)
+    users = [parse_user("w", "on nopass ~asynq:{default}:* +@all"),
+             parse_user("r", "on nopass %R~asynq:{default}:* +@all"),
+             parse_user("a", "on nopass allkeys +@all"),
+             SimpleNamespace(has_allkeys=False, check_key=lambda key, write=False: not write)]
+    fast_yes = 0
+    for contract in KNOWN_SCRIPTS.values():
+        fast = scripts._FastContract.compile(contract)
+        if fast is None:
+            assert contract.variadic or any(
+                type(s) is not QueueKey or (s.tail and len(s.suffixes) > 1) for s in contract.keys)
+            continue
+        for _ in range(60):
+            q = rng.choice([b"default", b"default", b"critical", b"q:1"])
+            args = _valid_call(contract, q, rng)
+            if rng.random() < 0.6:
+                args = _mutate(args, rng)
+            for user in users:
+                honoured = fast.honoured(args, user)
+                if honoured:
+                    fast_yes += 1
+                    assert check_contract(contract, args, user) is None, (contract.name, args)
+                elif args[2] == b"%d" % len(contract.keys) and \
+                        check_contract(contract, args, user) is None:
+                    # the fast shape covers every well-formed call with canonical numkeys
+                    raise AssertionError((contract.name, args))
+    assert fast_yes > 1000
+
+
+def test_policy_fast_path_gives_the_general_paths_verdict():
+    rng = random.Random(11)
+    user = parse_user("w", "on nopass ~asynq:{default}:* ~asynq:{critical}:* -@all +evalsha "
+                           "+evalsha_ro +eval")
+    user.scripts = ScriptPolicy(allowed_shas=list(KNOWN_SCRIPTS)[:40])
+    bare = ScriptPolicy(allowed_shas=list(KNOWN_SCRIPTS)[:40])
+    bare._evalsha = {}                            # the same policy without its fast path
+    for contract in KNOWN_SCRIPTS.values():
+        for _ in range(20):
+            args = _valid_call(contract, rng.choice([b"default", b"critical", b"low"]), rng)
+            if rng.random() < 0.5:
+                args = _mutate(args, rng)
+            if rng.random() < 0.2:
+                args[0] = b"evalsha_ro"
+            spec = TABLE.lookup(args)
+            got = user.scripts.judge(user, spec, args)
+            want = bare.judge(user, spec, args)
+            assert (got is None) == (want is None) and (got is None or got == want), args
+
+
+# --- session: the inlined path does what the careful path does ----------------------------------
+
+USERS = {
+    "u": f"on {pw_hash('pw')} ~k:* ~asynq:{{default}}:* %R~r:* &ch -@all +get +set +mget +del "
+         "+ping +multi +exec +select +client|setname +hset +evalsha +subscribe +unsubscribe "
+         "+publish +object|encoding",
+}
+POOL = [
+    ["GET", "k:1"], ["get", "k:2"], ["GET", "x"], ["SET", "k:1", "v"], ["SET", "r:1", "v"],
+    ["SET", "k:1", "v", "GET"], ["GET", "r:2"], ["MGET", "k:1", "k:2"], ["MGET", "k:1", "x"],
+    ["DEL", "k:1"], ["PING"], ["ping", "hi"], ["GET"], ["SET", "k:1"], ["NOSUCH"],
+    ["MULTI"], ["EXEC"], ["SELECT", "0"], ["SELECT", "1"], ["CLIENT", "SETNAME", "n"],
+    ["CLIENT", "NOSUCH"], ["HSET", "k:h", "f", "v"], ["HSET", "x", "f", "v"], ["INCR", "k:1"],
+    ["OBJECT", "ENCODING", "k:1"], ["PUBLISH", "ch", "m"], ["PUBLISH", "no", "m"],
+    ["EVALSHA", "98d28b42650870a743450ffda9791e9e19c6991b", "2", "asynq:{default}:t:1",
+     "asynq:{default}:pending", "m", "1", "2"],
+]
+
+
+def make(upstream=None):
+    cfg = build_config({"upstream": upstream or {"address": "127.0.0.1:1"}, "users": USERS})
+    s = Session(Gate(cfg, upstream_version=(7, 0, 15)), "t")
+    s.client_data(cmd("AUTH", "u", "pw"))
+    s.connected()
+    s.to_client.clear()
+    return s
+
+
+def careful(s: Session) -> Session:
+    """The same session without its shortcuts: every request through _handle, every reply
+    through the frame loop."""
+    s._inline = lambda args, known: None
+    s.scanner.count_flat = lambda data, most: (0, 0)
+    return s
+
+
+def drive(s: Session, reads: list[bytes], reply_sizes: list[int]) -> tuple:
+    sent = []
+    for data in reads:
+        s.client_data(data)
+        sent.append(b"".join(s.to_upstream))
+        s.to_upstream.clear()
+    # One reply per forwarded command (and per setup command of the proxy's own), split across
+    # reads as given.
+    n = sum(slot[1] for slot in s.slots if slot[0] in (FWD, DROP))
+    replies = b"".join(b":%d\r\n" % i if i % 3 else b"$2\r\nv%d\r\n" % (i % 10)
+                       for i in range(n))
+    got = []
+    for piece in pieces(replies, reply_sizes):
+        s.upstream_data(piece)
+        got.append(b"".join(s.to_client))
+        s.to_client.clear()
+    return sent, b"".join(got), s.close, [list(x) for x in s.slots]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(range(len(POOL))), min_size=1, max_size=6),
+                min_size=1, max_size=4), SIZES)
+def test_inlined_session_path_matches_the_careful_path(reads, reply_sizes):
+    data = [b"".join(cmd(*POOL[i]) for i in read) for read in reads]
+    assert drive(make(), data, reply_sizes) == drive(careful(make()), data, reply_sizes)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(range(len(POOL))), min_size=1, max_size=6),
+                min_size=1, max_size=3), SIZES)
+def test_inlined_path_matches_behind_the_proxys_own_setup_replies(reads, reply_sizes):
+    # The proxy's AUTH and SELECT to the upstream: their replies are swallowed (DROP slots).
+    up = {"address": "127.0.0.1:1", "password": "secret", "db": 2}
+    data = [b"".join(cmd(*POOL[i]) for i in read) for read in reads]
+    assert drive(make(up), data, reply_sizes) == drive(careful(make(up)), data, reply_sizes)
+
+
+def test_garbage_after_good_replies_fails_the_upstream_as_the_careful_path_does():
+    for s in (make(), careful(make())):
+        s.client_data(cmd("GET", "k:1") + cmd("GET", "k:2") + cmd("GET", "k:3"))
+        s.upstream_data(b"$1\r\na\r\n+OK\r\n?what\r\n")
+        assert s.close and b"".join(s.to_client) == \
+            b"-ERR redisgate: upstream Redis unavailable (protocol error)\r\n" * 3
+
+
+def test_inlined_path_forwards_the_clients_read_itself():
+    s = make()
+    data = cmd("SET", "k:1", "v") + cmd("GET", "k:1") + cmd("PING")
+    s.client_data(data)
+    assert s.to_upstream == [data] and s.to_upstream[0] is data
+    reply = b"+OK\r\n$1\r\nv\r\n+PONG\r\n"
+    s.upstream_data(reply)
+    assert s.to_client == [reply] and s.to_client[0] is reply and not s.slots
