@@ -54,11 +54,10 @@ class UpstreamConnection(asyncio.Protocol):
                 client.pump()
 
     def pause_writing(self):
-        self.client.transport.pause_reading()
+        self.client.hold_input("upstream", True)
 
     def resume_writing(self):
-        if not self.client.closed:
-            self.client.transport.resume_reading()
+        self.client.hold_input("upstream", False)
 
 
 class ClientConnection(asyncio.Protocol):
@@ -72,6 +71,9 @@ class ClientConnection(asyncio.Protocol):
         self.session: Session | None = None
         self.upstream_write = None    # the upstream transport's write(), once connected
         self.closed = False
+        self._holds: set[str] = set()   # why reading the client is paused (see hold_input)
+        self._reading_held = False
+        self._output_paused = False
         self._connecting = False
         self.id = next(_ids)
 
@@ -117,6 +119,8 @@ class ClientConnection(asyncio.Protocol):
         if out:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
+            if self._output_paused and self.transport.get_write_buffer_size() > OUTPUT_LIMIT:
+                self.hold_input("output", True)
         out = s.to_upstream
         if out:
             write = self.upstream_write
@@ -171,12 +175,36 @@ class ClientConnection(asyncio.Protocol):
         self.upstream_write = None
 
     def pause_writing(self):
+        # The client reads slower than replies come: stop reading the upstream's replies...
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.pause_reading()
+        self._output_paused = True
 
     def resume_writing(self):
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.resume_reading()
+        self._output_paused = False
+        self.hold_input("output", False)
+
+    def hold_input(self, reason: str, hold: bool) -> None:
+        """Stop (or resume) reading the client while any reason holds: the upstream cannot take
+        more commands, or replies the proxy answers itself pile up unread (past OUTPUT_LIMIT)."""
+        if hold:
+            self._holds.add(reason)
+        else:
+            self._holds.discard(reason)
+        if self.closed or self.transport is None:
+            return
+        if self._holds and not self._reading_held:
+            self._reading_held = True
+            self.transport.pause_reading()
+        elif not self._holds and self._reading_held:
+            self._reading_held = False
+            self.transport.resume_reading()
+
+
+# ...and when even locally answered replies pile up unread beyond this, stop reading the client.
+OUTPUT_LIMIT = 32 << 20
 
 
 class _TLSTransport:
@@ -196,6 +224,9 @@ class _TLSTransport:
         if out:
             self.raw.write(out)
         self.raw.close()
+
+    def get_write_buffer_size(self) -> int:
+        return self.raw.get_write_buffer_size()
 
     def get_extra_info(self, name, default=None):
         if name == "peercert":

@@ -23,7 +23,7 @@ import os
 from collections import deque
 
 from . import errors
-from .commands import TABLE, KeyExtractionError, available
+from .commands import TABLE, KeyExtractionError, sort_pattern_option, available
 from .gate import Gate, audit
 from .resp import (Batch, ProtocolError, ReplyScanner, RequestParser, array, bulk,
                    encode_command, error, integer, map_, simple)
@@ -526,6 +526,16 @@ class Session:
             self._forward(req)
         self.multi = self.multi_dirty = False
 
+    def _cmd_sort(self, spec, args, req) -> None:
+        """SORT/SORT_RO BY <pattern with *> and GET read keys no key spec names. Redis 7 refuses
+        them to users without full key access inside SORT; older upstreams do not, so the proxy
+        does, with Redis 7's reply."""
+        if not self.user_entry.user.has_allkeys:
+            refusal = sort_pattern_option(args)
+            if refusal is not None:
+                return self._reject(refusal)
+        self._forward(req)
+
     def _cmd_discard(self, spec, args, req) -> None:
         self.multi = self.multi_dirty = False
         self._forward(req)
@@ -821,6 +831,8 @@ _LOCAL_FIRST = {
 }
 _HANDLERS = {
     "select": Session._cmd_select,
+    "sort": Session._cmd_sort,
+    "sort_ro": Session._cmd_sort,
     "multi": Session._cmd_multi,
     "exec": Session._cmd_exec,
     "discard": Session._cmd_discard,

@@ -12,7 +12,7 @@ from wire import Wire
 
 USERS = {
     "app": f"on {pw_hash('pw')} ~app:* %R~shared:* &app.* +@read +@write +@pubsub -@dangerous "
-           "+ping +acl|whoami +acl|log +acl|cat +select +multi +exec",
+           "+ping +acl|whoami +acl|log +acl|cat +select +multi +exec +sort +sort_ro",
     "ops": f"on {pw_hash('pw')} allkeys allchannels +@all",
     "audit": {"rules": f"on {pw_hash('pw')} ~app:* +get", "report_only": True},
 }
@@ -122,3 +122,24 @@ def test_report_only_user_is_forwarded_but_logged(proxies):
     ops = proxies["5"].client("ops", "pw")
     log = ops.execute_command("ACL", "LOG", "10")
     assert any(dict(zip(e[0::2], e[1::2]))[b"username"] == b"audit" for e in log)
+
+
+@pytest.mark.parametrize("line", [
+    ["SORT", "app:l", "BY", "app:w_*"],
+    ["SORT", "app:l", "GET", "app:o_*"],
+    ["SORT_RO", "app:l", "GET", "#"],
+])
+def test_sort_by_get_patterns_need_full_key_access_on_every_version(proxies, redis7, line):
+    admin = redis7.admin()
+    admin.execute_command("ACL", "SETUSER", "sorter", "on", ">p", "~app:*", "+@read", "+@write")
+    with pytest.raises(redis.exceptions.ResponseError) as direct:
+        redis7.client(username="sorter", password="p").execute_command(*line)
+    admin.execute_command("ACL", "DELUSER", "sorter")
+    for name in ("7", "5"):
+        if line[0] == "SORT_RO" and name == "5":
+            continue
+        with pytest.raises(redis.exceptions.ResponseError) as via_proxy:
+            proxies[name].client("app", "pw").execute_command(*line)
+        assert str(via_proxy.value) == str(direct.value)
+    # With full key access the same line runs.
+    assert proxies["5"].client("ops", "pw").execute_command("SORT", "app:l", "BY", "nosort") == []

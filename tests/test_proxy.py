@@ -459,3 +459,26 @@ def test_asyncio_client_pipeline(env):
         return r
     r = asyncio.run(main())
     assert r[0] is True and r[1] == b"1" and isinstance(r[2], redis.exceptions.NoPermissionError)
+
+
+def test_a_client_that_never_reads_its_refusals_is_no_longer_read(env, monkeypatch):
+    """Local replies piling up unread past OUTPUT_LIMIT pause reading that client (bounded memory)."""
+    import redisgate.server as server
+    monkeypatch.setattr(server, "OUTPUT_LIMIT", 1 << 20)
+    s = socket.create_connection(("127.0.0.1", env.port))
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.sendall(cmd("AUTH", "producer", PASSWORDS["producer"]))
+    time.sleep(0.2)
+    chunk = cmd("GET", "denied:key") * 2000
+    s.settimeout(0.5)
+    sent = 0
+    try:
+        while sent < 64 << 20:
+            s.sendall(chunk)
+            sent += len(chunk)
+    except socket.timeout:
+        pass
+    assert sent < 64 << 20, "the proxy kept reading a client that does not read"
+    sizes = env.call(lambda: [c.transport.get_write_buffer_size() for c in env.proxy.clients])
+    assert max(sizes) < 8 << 20
+    s.close()
