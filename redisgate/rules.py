@@ -477,26 +477,22 @@ class _UserState:
         elif low == b"resetpass":
             self.nopass = False
             self.passwords = []
-        elif op[:1] in (b">", b"#"):
-            if op[:1] == b">":
+        elif op[:1] in (b">", b"#", b"<", b"!"):
+            # >pw / #hash add a password, <pw / !hash remove one; clear text is hashed at once.
+            if op[:1] in (b">", b"<"):
                 digest = hashlib.sha256(op[1:]).hexdigest()
-            else:
-                if not _HASH_RE.fullmatch(op[1:]):
-                    return EBADMSG
+            elif _HASH_RE.fullmatch(op[1:]):
                 digest = op[1:].decode("ascii")
-            if digest not in self.passwords:
-                self.passwords.append(digest)
-            self.nopass = False
-        elif op[:1] in (b"<", b"!"):
-            if op[:1] == b"<":
-                digest = hashlib.sha256(op[1:]).hexdigest()
             else:
-                if not _HASH_RE.fullmatch(op[1:]):
-                    return EBADMSG
-                digest = op[1:].decode("ascii")
-            if digest not in self.passwords:
+                return EBADMSG
+            if op[:1] in (b">", b"#"):
+                if digest not in self.passwords:
+                    self.passwords.append(digest)
+                self.nopass = False
+            elif digest not in self.passwords:
                 return ENODEV
-            self.passwords.remove(digest)
+            else:
+                self.passwords.remove(digest)
         elif op[:1] == b"(" and op[-1:] == b")" and len(op) >= 2:
             sel = _SelectorState(root=False)
             inner = split_args(op[1:-1])

@@ -25,6 +25,12 @@ def rg(*args, input=None, timeout=30):
                           capture_output=True, timeout=timeout)
 
 
+def start(*args) -> subprocess.Popen:
+    """`python -m redisgate <args>` in the background; stop() it."""
+    return subprocess.Popen([sys.executable, "-m", "redisgate", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
 def wait_port(port: int, proc: subprocess.Popen, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -115,8 +121,7 @@ def test_serve_proxies_to_the_configured_upstream_and_reloads(tmp_path, redis7):
     raw = {"listen": f"127.0.0.1:{port}", "upstream": redis7.upstream,
            "users": {"a": f"on {H} ~k:* +get +set +ping"}, "pid_file": "rg.pid"}
     cfg = write(tmp_path, raw)
-    proc = subprocess.Popen([sys.executable, "-m", "redisgate", "serve", "--config", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = start("serve", "--config", cfg)
     try:
         wait_port(port, proc)
         out = subprocess.run([redis_cli(), "-p", str(port), "--user", "a", "--pass", "pw",
@@ -151,8 +156,7 @@ def test_reload_with_a_broken_config_keeps_the_running_one(tmp_path, redis7):
     raw = {"listen": f"127.0.0.1:{port}", "upstream": redis7.upstream,
            "users": {"a": f"on {H} +ping"}, "pid_file": "rg.pid"}
     cfg = write(tmp_path, raw)
-    proc = subprocess.Popen([sys.executable, "-m", "redisgate", "serve", "--config", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = start("serve", "--config", cfg)
     try:
         wait_port(port, proc)
         cfg.write_text("users: [broken")
@@ -167,8 +171,7 @@ def test_reload_with_a_broken_config_keeps_the_running_one(tmp_path, redis7):
 def test_serve_without_upstream_starts_the_embedded_redis(tmp_path):
     port = free_port()
     cfg = write(tmp_path, {"listen": f"127.0.0.1:{port}", "users": {"a": f"on {H} ~k:* +set +get"}})
-    proc = subprocess.Popen([sys.executable, "-m", "redisgate", "serve", "--config", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = start("serve", "--config", cfg)
     try:
         wait_port(port, proc)
         c = redis.Redis(port=port, username="a", password="pw", protocol=2)
@@ -180,8 +183,7 @@ def test_serve_without_upstream_starts_the_embedded_redis(tmp_path):
 
 def test_demo_prints_working_credentials(tmp_path):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "redisgate", "demo", "--port", str(port),
-                             "--dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = start("demo", "--port", port, "--dir", tmp_path)
     try:
         wait_port(port, proc)
         text = b""
@@ -216,9 +218,7 @@ def test_learn_writes_rules_that_let_the_same_workload_pass_and_nothing_else(tmp
            "users": {"w": {"rules": f"on {H}"}}}       # no permissions: learn forwards anyway
     cfg = write(tmp_path, raw)
     out = tmp_path / "learned.yaml"
-    proc = subprocess.Popen([sys.executable, "-m", "redisgate", "learn", "--config", str(cfg),
-                             "--user", "w", "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = start("learn", "--config", cfg, "--user", "w", "--out", out)
     try:
         wait_port(port, proc)
         _learn_traffic(redis.Redis(port=port, username="w", password="pw", protocol=2))
@@ -231,8 +231,7 @@ def test_learn_writes_rules_that_let_the_same_workload_pass_and_nothing_else(tmp
     cfg2 = tmp_path / "enforced.yaml"
     cfg2.write_text(yaml.safe_dump({"listen": f"127.0.0.1:{port2}", "upstream": redis7.upstream,
                                     "users": learned["users"]}))
-    proc = subprocess.Popen([sys.executable, "-m", "redisgate", "serve", "--config", str(cfg2)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = start("serve", "--config", cfg2)
     try:
         wait_port(port2, proc)
         c = redis.Redis(port=port2, username="w", password="pw", protocol=2)
