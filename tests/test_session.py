@@ -135,3 +135,35 @@ def test_legacy_upstream_refuses_hello_3_so_clients_fall_back():
     s.client_data(cmd("HELLO", "3", "AUTH", "u", "pw"))
     assert out(s.to_client) == b"-NOPROTO unsupported protocol version\r\n"
     assert s.user_entry is None
+
+
+# ---------------------------------------------------------------- never a crash
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_NAMES = st.sampled_from([b"GET", b"set", b"AUTH", b"HELLO", b"MULTI", b"EXEC", b"SUBSCRIBE",
+                          b"unsubscribe", b"SELECT", b"ACL", b"CLIENT", b"EVAL", b"RESET", b"QUIT",
+                          b"PING", b"nosuch", b"SORT", b"XREAD", b"DISCARD", b"WATCH"])
+_ARGS = st.lists(st.one_of(st.binary(max_size=12), st.sampled_from(
+    [b"k:1", b"u", b"pw", b"3", b"0", b"AUTH", b"STREAMS", b"BY", b"*", b"LOG", b"WHOAMI"])),
+    max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_NAMES, _ARGS), max_size=12), st.binary(max_size=64), st.data())
+def test_any_command_sequence_and_reply_bytes_never_raise(commands, garbage, data):
+    s = make_session()
+    stream = b"".join(cmd(name, *args) for name, args in commands) + garbage
+    cut = data.draw(st.integers(0, len(stream)))
+    s.client_data(stream[:cut])
+    if s.want_upstream:
+        s.connected()
+    s.client_data(stream[cut:])
+    # Whatever Redis answers (here: a plausible mix), the session routes it without raising.
+    replies = data.draw(st.lists(st.sampled_from(
+        [b"+OK\r\n", b"-ERR x\r\n", b":1\r\n", b"$1\r\nv\r\n", b"*0\r\n", b"_\r\n", b"+QUEUED\r\n",
+         b"*3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n", b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n"]),
+        max_size=20))
+    for r in replies:
+        s.upstream_data(r)
+    assert isinstance(b"".join(s.to_client), bytes)
