@@ -11,7 +11,7 @@ Contract of the file (keys are a public contract; extend, never rename)::
     users:
       name: "<ACL rules>"             # or a mapping:
       name: {rules, profile, queues, scripts, report_only, learn, certificate,
-             require_password, databases}
+             require_password, databases, confine_scan}
       # scripts: [<sha1>, <script name>, <named set>, {sha1: <own script>, like: <script name>}]
     acl_file: users.acl               # more users, in Redis's aclfile format
     metrics: {address: 127.0.0.1:9121}
@@ -34,7 +34,7 @@ _REF = re.compile(r"\$\{([^}]*)\}")
 _KNOWN_TOP = {"listen", "upstream", "users", "acl_file", "metrics", "limits", "pid_file", "log"}
 _KNOWN_UPSTREAM = {"address", "username", "password", "db", "tls", "version", "connect_timeout"}
 _KNOWN_USER = {"rules", "profile", "profiles", "queues", "scripts", "report_only", "learn",
-               "certificate", "require_password", "databases"}
+               "certificate", "require_password", "databases", "confine_scan"}
 _KNOWN_LIMITS = {"max_clients", "handshake_timeout", "acl_log_max_len", "max_bulk", "max_args"}
 
 
@@ -80,6 +80,7 @@ class UserEntry:
     require_password: bool = False
     databases: frozenset[int] | None = None  # None: only upstream.db (or any, with allkeys)
     learn: bool = False
+    confine_scan: bool = False              # SCAN/KEYS allowed, confined to the one key prefix
 
 
 @dataclass
@@ -467,5 +468,14 @@ def _user(name: str, where: str, spec: Any, problems: list[str], warnings: list[
     if user.enabled and not user.nopass and not user.has_passwords() and cert is None:
         warnings.append(f"{where}: user is 'on' but has no password, nopass or certificate; "
                         "nobody can log in as it")
+    confine_scan = bool(spec.get("confine_scan", False))
+    if confine_scan and not any(user.read_prefix(s) for s in _scan_specs()):
+        problems.append(f"{where}.confine_scan: needs rules whose readable keys are exactly one "
+                        "plain prefix pattern (e.g. ~tenant1:*) and that allow SCAN or KEYS")
     return UserEntry(name=name, user=user, certificate=cert, require_password=require_password,
-                     databases=dbs, learn=bool(spec.get("learn", False)))
+                     databases=dbs, learn=bool(spec.get("learn", False)), confine_scan=confine_scan)
+
+
+def _scan_specs():
+    from .commands import TABLE
+    return [TABLE.lookup([b"scan"]), TABLE.lookup([b"keys"])]

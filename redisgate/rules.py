@@ -43,7 +43,8 @@ Stricter than Redis (documented refusals, `Denial.kind` tells them apart from Re
   that allows them has `allkeys` (in addition to the command bit): KEYS, SCAN, RANDOMKEY, FLUSHALL,
   FLUSHDB, SWAPDB, MOVE, COPY ... DB <other db>, SELECT <other db> (other than `judge(..., db=)`),
   DEBUG, CONFIG *, MODULE *, MONITOR, SHUTDOWN, REPLICAOF, SLAVEOF, MIGRATE, CLIENT KILL,
-  CLIENT PAUSE, SYNC, PSYNC.
+  CLIENT PAUSE, SYNC, PSYNC. (The session may still run SCAN/KEYS for a `confine_scan` user,
+  rewritten to the user's one key prefix: see confine.py and `read_prefix`.)
 * kind "script" — EVAL, EVALSHA, EVAL_RO, EVALSHA_RO, SCRIPT LOAD, FCALL, FCALL_RO, FUNCTION LOAD:
   a script can touch any key and run any command under the proxy's upstream identity. When the
   user has a script policy (`user.scripts`, see scripts.py) it decides, once the command bit and
@@ -985,6 +986,19 @@ class User:
             if needed >= 0:
                 out.append((key, needed))
         return out
+
+    def read_prefix(self, spec) -> bytes | None:
+        """The one key prefix this user may read with `spec`, when its rules come down to exactly
+        that: a single selector allowing the command whose readable keys are one plain `prefix*`
+        pattern. What `confine.py` needs to confine SCAN/KEYS; None otherwise."""
+        if len(self._selectors) != 1:
+            return None
+        sel = self._selectors[0]
+        keys = sel.keysets[1]   # patterns with READ
+        if not sel.bits[spec.bit] or sel.allkeys or keys.exact or keys.globs or keys.nonempty \
+                or len(keys.prefixes) != 1:
+            return None
+        return keys.prefixes[0]
 
     def check_key(self, key: bytes, write: bool = False) -> bool:
         """May some selector name `key` for reading (`write=False`: a read pattern) or for

@@ -24,8 +24,9 @@ from collections import deque
 
 from . import errors
 from .commands import TABLE, KeyExtractionError, sort_pattern_option, available
+from .confine import confine
 from .gate import Gate, audit
-from .resp import (Batch, ProtocolError, ReplyScanner, RequestParser, array, bulk,
+from .resp import (Batch, ProtocolError, ReplyScanner, Request, RequestParser, array, bulk,
                    encode_command, error, integer, map_, simple)
 
 log = logging.getLogger("redisgate.session")
@@ -260,6 +261,12 @@ class Session:
             denial = user.judge(spec, args, db=self._databases())
         except KeyExtractionError as e:
             return self._reject(e.reply)
+        if denial is not None and denial.kind == "keyspace" and entry.confine_scan \
+                and name in ("scan", "keys"):
+            confined = confine(name, args, user.read_prefix(spec))
+            if confined is not None:
+                denial = None
+                req = Request(confined, None)   # re-encoded: it may carry an added MATCH
         if denial is not None:
             self._record_denial(denial, spec)
             if not (user.report_only or entry.learn):
