@@ -3,7 +3,8 @@
 One upstream connection per client connection, opened when the session asks for it (after the
 client authenticated). Writes are coalesced per event-loop turn: each ``data_received`` ends in at
 most one ``write`` per direction. Flow control: a client that does not read pauses its upstream,
-an upstream that does not drain pauses its client.
+an upstream that does not drain pauses its client, and a client that lets more than OUTPUT_LIMIT
+of replies pile up unread (e.g. refusals the proxy answers itself) is no longer read.
 """
 from __future__ import annotations
 
