@@ -11,7 +11,8 @@ Contract of the file (keys are a public contract; extend, never rename)::
     users:
       name: "<ACL rules>"             # or a mapping:
       name: {rules, profile, queues, scripts, report_only, learn, certificate,
-             require_password, databases, confine_scan}
+             require_password, databases, confine_scan,
+             allow_flush, allow_kill, allow_debug, allow_function, allow_any_script}
       # scripts: [<sha1>, <script name>, <named set>, {sha1: <own script>, like: <script name>}]
     acl_file: users.acl               # more users, in Redis's aclfile format
     metrics: {address: 127.0.0.1:9121}
@@ -33,8 +34,10 @@ import yaml
 _REF = re.compile(r"\$\{([^}]*)\}")
 _KNOWN_TOP = {"listen", "upstream", "users", "acl_file", "metrics", "limits", "pid_file", "log"}
 _KNOWN_UPSTREAM = {"address", "username", "password", "db", "tls", "version", "connect_timeout"}
+# Script permissions beyond the allowlist (the names the script denials mention).
+_SCRIPT_FLAGS = ("allow_flush", "allow_kill", "allow_debug", "allow_function", "allow_any_script")
 _KNOWN_USER = {"rules", "profile", "profiles", "queues", "scripts", "report_only", "learn",
-               "certificate", "require_password", "databases", "confine_scan"}
+               "certificate", "require_password", "databases", "confine_scan", *_SCRIPT_FLAGS}
 _KNOWN_LIMITS = {"max_clients", "handshake_timeout", "acl_log_max_len", "max_bulk", "max_args"}
 
 
@@ -442,9 +445,17 @@ def _user(name: str, where: str, spec: Any, problems: list[str], warnings: list[
     except rules.RuleError as e:
         problems.append(f"{where}.rules: {e}")
         return None
+    flags = {}
+    for flag in _SCRIPT_FLAGS:
+        value = spec.get(flag, False)
+        if not isinstance(value, bool):
+            problems.append(f"{where}.{flag}: expected true or false, got {value!r}")
+        elif value:
+            flags[flag] = True
+            scripts_given = True
     if scripts_given:
         from . import scripts as scriptmod
-        user.scripts = scriptmod.ScriptPolicy(scripts, custom=custom_scripts)
+        user.scripts = scriptmod.ScriptPolicy(scripts, custom=custom_scripts, **flags)
     user.report_only = bool(spec.get("report_only", False))
 
     cert = spec.get("certificate")

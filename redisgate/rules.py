@@ -101,8 +101,10 @@ _HASH_RE = re.compile(rb"[0-9a-f]{64}")
 _C_SPACE = b" \t\n\v\f\r\0"   # isspace() in the C locale, plus NUL (ACLStringHasSpaces)
 
 _CHANNEL_COMMANDS = frozenset({"publish", "spublish", "subscribe", "ssubscribe", "psubscribe"})
+# Running, loading or managing server-side code: decided by the user's script policy (scripts.py),
+# or, without one, allowed only to users with allkeys and every command.
 _SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "script|load",
-                              "fcall", "fcall_ro", "function|load"})
+                              "script|flush", "script|kill", "script|debug", "fcall", "fcall_ro"})
 _KEYSPACE_COMMANDS = frozenset({
     "keys", "scan", "randomkey", "flushall", "flushdb", "swapdb", "move", "debug", "monitor",
     "shutdown", "replicaof", "slaveof", "migrate", "client|kill", "client|pause", "sync", "psync",
@@ -169,14 +171,20 @@ class Denial:
     user: str = ""
 
     def reply(self, version: tuple, user: str | None = None) -> bytes:
-        """The exact NOPERM error line the upstream of `version` would send."""
+        """The exact NOPERM error line the upstream of `version` would send; for kind "script"
+        (a refusal of redisgate's own) the reason follows, after a colon."""
         who = self.user if user is None else user
         if self.kind == "key":
             return errors.noperm_key(version, who)
         if self.kind == "channel":
             return errors.noperm_channel(version, who)
         name = self.command or (self.object if isinstance(self.object, str) else "")
-        return errors.noperm_command(version, who, name)
+        line = errors.noperm_command(version, who, name)
+        if self.kind == "script" and self.reason:
+            # A refusal Redis would not make: say why (the script allowlist, a contract, a flag).
+            why = self.reason.replace("\r", " ").replace("\n", " ")
+            line = line[:-2] + b": " + why.encode("utf-8", "backslashreplace") + b"\r\n"
+        return line
 
     def dryrun_text(self, version: tuple = (7, 0, 0), user: str | None = None) -> str:
         """The text ACL DRYRUN answers (a bulk string, not an error) for this refusal."""
@@ -218,7 +226,7 @@ class _Catalog:
         self.special = bytearray(self.size)
         for spec in by_name.values():
             name = spec.name
-            if name in _SCRIPT_COMMANDS:
+            if name in _SCRIPT_COMMANDS or name.startswith("function|"):
                 code = _SCRIPT
             elif name == "select":
                 code = _SELECT

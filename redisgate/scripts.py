@@ -608,8 +608,8 @@ class ScriptDenial:
     user: str = ""
 
     def reply(self, version: tuple = (7, 0, 0), user: str | None = None) -> bytes:
-        return f"-NOPERM this user has no permissions to run the '{self.command}' command\r\n" \
-            .encode()
+        return f"-NOPERM this user has no permissions to run the '{self.command}' command: " \
+            f"{self.reason}\r\n".encode()
 
 
 def make_denial(command: str, reason: str):

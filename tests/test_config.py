@@ -125,3 +125,16 @@ def test_missing_upstream_means_embedded_unless_required():
     assert cfg.upstream.embedded
     assert "upstream: required (no embedded default here)" in problems(
         {"users": {"u": f"on {H}"}}, allow_embedded=False)
+
+
+def test_script_permission_flags_reach_the_script_policy():
+    cfg = build_config({"upstream": "127.0.0.1:6379", "users": {
+        "ops": {"rules": f"on {H} allkeys +@all", "allow_flush": True, "allow_function": True}}})
+    policy = cfg.users["ops"].user.scripts
+    assert policy.allow_flush and policy.allow_function and not policy.allow_kill
+
+
+def test_script_permission_flag_must_be_boolean():
+    msgs = problems({"upstream": "127.0.0.1:6379",
+                     "users": {"u": {"rules": f"on {H}", "allow_flush": "yes"}}})
+    assert msgs == ["users.u.allow_flush: expected true or false, got 'yes'"]

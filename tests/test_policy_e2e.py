@@ -15,6 +15,8 @@ USERS = {
            "+ping +acl|whoami +acl|log +acl|cat +select +multi +exec +sort +sort_ro",
     "ops": f"on {pw_hash('pw')} allkeys allchannels +@all",
     "audit": {"rules": f"on {pw_hash('pw')} ~app:* +get", "report_only": True},
+    "scripter": {"rules": f"on {pw_hash('pw')} ~app:* +script|flush +script|kill +evalsha",
+                 "allow_flush": True},
 }
 
 # A mix of commands each policy allows or refuses for `app`, including stricter-than-Redis ones.
@@ -111,7 +113,7 @@ def test_acl_commands_need_the_users_permission(proxies):
     with pytest.raises(redis.exceptions.NoPermissionError):
         c.execute_command("ACL", "USERS")
     ops = proxies["7"].client("ops", "pw")
-    assert sorted(ops.execute_command("ACL", "USERS")) == [b"app", b"audit", b"ops"]
+    assert sorted(ops.execute_command("ACL", "USERS")) == [b"app", b"audit", b"ops", b"scripter"]
     assert any(line.startswith(b"user app on") for line in ops.execute_command("ACL", "LIST"))
 
 
@@ -143,3 +145,11 @@ def test_sort_by_get_patterns_need_full_key_access_on_every_version(proxies, red
         assert str(via_proxy.value) == str(direct.value)
     # With full key access the same line runs.
     assert proxies["5"].client("ops", "pw").execute_command("SORT", "app:l", "BY", "nosort") == []
+
+
+def test_script_flush_needs_the_explicit_allow_flag(proxies):
+    c = proxies["5"].client("scripter", "pw")
+    assert c.execute_command("SCRIPT", "FLUSH") in (True, b"OK")
+    with pytest.raises(redis.exceptions.NoPermissionError) as e:
+        c.execute_command("SCRIPT", "KILL")
+    assert "allow_kill" in str(e.value)

@@ -437,8 +437,9 @@ def test_a_script_policy_refusal_is_completed_with_the_command_and_user():
     u.scripts = RecordingPolicy(Denial("script", b"abc", "not allowlisted"))
     d = judge(u, "EVALSHA", "a" * 40, "0")
     assert (d.kind, d.command, d.user) == ("script", "evalsha", "u")
+    # The reason follows Redis's wording: the issue asks for a NOPERM that says why.
     assert d.reply((6, 2, 14)) == (b"-NOPERM this user has no permissions to run the 'evalsha' "
-                                   b"command or its subcommand\r\n")
+                                   b"command or its subcommand: not allowlisted\r\n")
 
 
 # ------------------------------------------------------------------ denials
