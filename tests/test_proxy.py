@@ -32,9 +32,9 @@ USERS = {
 }
 
 
-@pytest.fixture(scope="module", params=["7", "5"])
+@pytest.fixture(scope="module", params=["7", "6.2", "5"])
 def env(request):
-    srv = request.getfixturevalue({"7": "redis7", "5": "redis5"}[request.param])
+    srv = request.getfixturevalue({"7": "redis7", "6.2": "redis62", "5": "redis5"}[request.param])
     runner = ProxyRunner({"upstream": srv.upstream, "users": USERS}).start()
     runner.srv = srv
     runner.version = request.param
