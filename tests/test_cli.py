@@ -245,3 +245,27 @@ def test_learn_writes_rules_that_let_the_same_workload_pass_and_nothing_else(tmp
                 refused()
     finally:
         stop(proc)
+
+
+def test_metrics_endpoint_counts_denials_and_auth_failures(tmp_path, redis7):
+    import urllib.request
+    port, mport = free_port(), free_port()
+    cfg = write(tmp_path, {"listen": f"127.0.0.1:{port}", "upstream": redis7.upstream,
+                           "users": {"a": f"on {H} ~k:* +get"},
+                           "metrics": {"address": f"127.0.0.1:{mport}"}})
+    proc = start("serve", "--config", cfg)
+    try:
+        wait_port(port, proc)
+        c = redis.Redis(port=port, username="a", password="pw", protocol=2)
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            c.get("other")
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis(port=port, username="a", password="bad", protocol=2).ping()
+        text = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
+    finally:
+        stop(proc)
+    assert 'redisgate_commands_denied_total{kind="key",mode="denied",user="a"} 1.0' in text
+    # redis-py retries a failed connection, so there is at least one failure, maybe more.
+    failures = re.search(r'redisgate_auth_failures_total\{user="a"\} (\S+)', text)
+    assert failures and float(failures.group(1)) >= 1
+    assert "redisgate_connections_active" in text
