@@ -61,6 +61,8 @@ class Gate:
         users = {role: {"rules": f"on {pw_hash(PASSWORDS[role])}", "profile": f"asynq-{role}",
                         "queues": [queue], "scripts": w.entries_for_profiles(f"asynq-{role}")}
                  for role in ROLES}
+        # The worker's Asynq uses DB 2 too: go-redis sends SELECT 2, which must then succeed.
+        users["worker"]["databases"] = [0, 2]
         users["everywhere"] = {"rules": f"on {pw_hash(PASSWORDS['everywhere'])}",
                                "profile": "asynq-producer",
                                "scripts": w.entries_for_profiles("asynq-producer")}
@@ -139,6 +141,16 @@ def test_password_only_client_like_asynqmon_logs_in_as_default(gate):
         assert conn.handshake_log[0][0] == "hello"
         w.queue_info(conn, gate.queue)
         refused(w.enqueue, conn, gate.queue)
+
+
+def test_select_of_a_listed_database_succeeds_and_any_other_fails_the_connection(gate):
+    with gate.connect("worker", db=2) as conn:
+        assert ("select", b"OK") in conn.handshake_log or ("select", "OK") in conn.handshake_log
+        assert conn.call("ping") in (b"PONG", "PONG")
+    with pytest.raises(w.ConnectFailed):
+        gate.connect("worker", db=3)
+    with pytest.raises(w.ConnectFailed):
+        gate.connect("producer", db=2)
 
 
 def test_wrong_password_fails_the_go_redis_connection(gate):
