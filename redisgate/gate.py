@@ -72,7 +72,6 @@ class Gate:
         self.generation = 0
         self.upstream_version: tuple[int, int, int] = (config.upstream.version or upstream_version
                                                        or (7, 0, 0))
-        self.version_known = config.upstream.version is not None or upstream_version is not None
         self.acl_log = AclLog(config.acl_log_max_len)
         self._available: dict = {}
         # session.py's memo for its inlined path, per user: command name (as sent) -> how to
@@ -98,7 +97,6 @@ class Gate:
     def set_upstream_version(self, version: tuple[int, int, int]) -> None:
         if self.config.upstream.version is None:
             self.upstream_version = version
-            self.version_known = True
             self._available.clear()
             self.fast_commands.clear()
 

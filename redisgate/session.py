@@ -17,17 +17,19 @@ commands wait for one confirmation per channel.
 """
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import os
+import time
 from collections import deque
 
 from . import errors
-from .commands import TABLE, KeyExtractionError, sort_pattern_option, available
+from .commands import TABLE, KeyExtractionError, sort_pattern_option
 from .confine import confine
 from .gate import Gate, audit
 from .resp import (Batch, ProtocolError, ReplyScanner, Request, RequestParser, array, bulk,
-                   encode_command, error, integer, map_, simple)
+                   encode_command, error, integer, map_)
 
 log = logging.getLogger("redisgate.session")
 
@@ -352,7 +354,8 @@ class Session:
             if entry.certificate is not None and entry.name != self.cert_user:
                 ok = False      # a certificate-bound user needs its certificate as well
         else:
-            hmac.compare_digest(DUMMY_HASH, DUMMY_HASH)   # same work for unknown users
+            # The same hashing and comparison as for a known user, so timing tells no names.
+            hmac.compare_digest(hashlib.sha256(password).digest(), DUMMY_HASH)
         if self.cert_locked:
             ok = False
         if not ok:
@@ -383,8 +386,7 @@ class Session:
         context = "multi" if self.multi else "toplevel"
         obj = denial.object if isinstance(denial.object, str) else \
             denial.object.decode("utf-8", "backslashreplace")
-        reason = {"command": "command", "key": "key", "channel": "channel"}.get(denial.kind, denial.kind)
-        self.gate.acl_log.add(reason, context, obj, self.username, self.client_info)
+        self.gate.acl_log.add(denial.kind, context, obj, self.username, self.client_info)
         mode = "report-only" if self.user_entry.user.report_only or self.user_entry.learn else "denied"
         audit.info("%s user=%s command=%s kind=%s object=%.128s reason=%s client=%s", mode,
                    self.username, spec.name, denial.kind, obj, denial.reason, self.client_info)
@@ -506,9 +508,9 @@ class Session:
         if default is not None and default.user.enabled and default.user.nopass and not self.cert_locked:
             self._login(default, via="nopass")
 
-    def _databases(self):
-        """The databases this user may SELECT (judged by rules: others need allkeys)."""
-        dbs = self.user_entry.databases
+    def _databases(self, entry=None):
+        """The databases a user (the logged-in one by default) may SELECT; others need allkeys."""
+        dbs = (entry or self.user_entry).databases
         return dbs if dbs is not None else self.home_db
 
     def _cmd_select(self, spec, args, req) -> None:
@@ -622,8 +624,7 @@ class Session:
                 return self._local(error("ERR value is out of range, must be positive"))
         else:
             count = 10
-        import time as _time
-        now = int(_time.time() * 1000)
+        now = int(time.time() * 1000)
         newer = self.gate.upstream_version >= (7, 2, 0)
         items = []
         for e in list(log_.entries)[:count]:
@@ -646,14 +647,12 @@ class Session:
             return self._local(error(f"ERR User '{name}' not found"))
         cmd = args[3:]
         spec = TABLE.lookup(cmd)
-        version = self.gate.upstream_version
-        if spec is None or spec.is_container or not available(spec, version):
+        if spec is None or spec.is_container or not self.gate.available(spec):
             return self._local(error(f"ERR Command '{cmd[0].decode('utf-8', 'replace')}' not found"))
         if not spec.check_arity(len(cmd)):
             return self._local(error(f"ERR wrong number of arguments for '{spec.name}' command"))
         try:
-            denial = entry.user.judge(spec, cmd, db=entry.databases if entry.databases is not None
-                                      else self.home_db)
+            denial = entry.user.judge(spec, cmd, db=self._databases(entry))
         except KeyExtractionError as e:
             return self._local(e.reply)
         if denial is None:
@@ -691,7 +690,6 @@ class Session:
         tries again). One that was lost takes the client connection with it, as a Redis restart
         would: its transaction, subscriptions and database are gone.
         """
-        lost = self.upstream_ready
         self.upstream_ready = False
         self.want_upstream = False
         self._held.clear()
@@ -712,7 +710,7 @@ class Session:
         for s in self.subs.values():
             s.clear()
         self.sub_active = False
-        if lost or self.upstream_ever:
+        if self.upstream_ever:
             self.close = True
             self._dead = True
 
