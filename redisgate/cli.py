@@ -184,11 +184,6 @@ def cmd_acl_export(args) -> int:
     return 0
 
 
-def cmd_certs(args, rest: list[str]) -> int:
-    from . import certs
-    return certs.main(rest)
-
-
 def cmd_reload(args) -> int:
     pid_file = args.pid_file
     if pid_file is None:
@@ -316,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "certs":
-        return cmd_certs(None, argv[1:])
+        # certs has its own argument parser (certs.main); the entry above is only for --help.
+        from . import certs
+        return certs.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

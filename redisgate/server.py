@@ -146,8 +146,12 @@ class ClientConnection(asyncio.Protocol):
                 up.connect_timeout)
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
             self._connecting = False
-            reason = "timed out" if isinstance(e, asyncio.TimeoutError) else \
-                (e.strerror or str(e)).lower() if isinstance(e, OSError) else "TLS error"
+            if isinstance(e, asyncio.TimeoutError):
+                reason = "timed out"
+            elif isinstance(e, ssl.SSLError):   # an OSError too: test it first
+                reason = f"TLS error: {(e.reason or str(e)).lower()}"
+            else:
+                reason = (e.strerror or str(e)).lower()
             log.warning("upstream %s unreachable: %s", up.address, reason)
             from . import metrics
             metrics.inc("upstream_errors")
