@@ -6,6 +6,10 @@ Compares, on one buffer of N pipelined commands:
   hiredis+ the same validation as a scan that slices nothing, then hiredis.Reader builds the
            argument lists ("validate, then use": hiredis never sees unchecked input, so its
            leniency and its preallocation from declared sizes cannot be reached)
+  proof    the other order ("use, then prove"): hiredis parses first, then C-level counts prove
+           that the bytes it consumed were the canonical multibulk encoding of what it returned
+           (see HiredisThenProof); not airtight against hiredis's array preallocation on hostile
+           declared sizes, so a measurement of the best case only
   hiredis  hiredis.Reader alone: lenient, no raw bytes, unsafe on hostile input; a lower bound
 
 Run: python bench/resp_parse.py [N]
@@ -14,6 +18,8 @@ from __future__ import annotations
 
 import sys
 import timeit
+from itertools import accumulate, chain, repeat
+from operator import add
 
 import hiredis
 
@@ -78,6 +84,71 @@ class HiredisAfterScan(RequestParser):
         return self._fast(buf, pos, out, limit)
 
 
+# Canonical header lengths, "*<n>\r\n" and "$<len>\r\n" plus the payload's CRLF.
+_CL = [len(b"*%d\r\n" % n) for n in range(100)]
+_HL = [len(b"$%d\r\n" % n) + 2 for n in range(1 << 16)]
+
+
+class HiredisThenProof(RequestParser):
+    """hiredis parses a region that ends at a frame boundary (hiredis then holds nothing), and
+    counts made in C prove what it returned is what the strict parser would: the region is the
+    canonical encoding of lists of bytes. hiredis reads every aggregate type as a list and
+    `+`, `=` (verbatim) elements as bytes, and skips the two bytes after a bulk unchecked; every
+    other type fails the join. A verbatim element hides a ':' of its format, a `+` element lacks
+    its '$', a `>`/`~`/`|` frame its '*', a non-CRLF pair after a payload its CRLF (unless the
+    payload ends in CR: refused here), a non-canonical header adds bytes: so the counts below
+    hold exactly for canonical input. One gap it does not close: hiredis preallocates arrays
+    from their declared size before the elements arrive."""
+
+    def _batch(self, buf, pos, out):
+        end = len(buf)
+        reader = hiredis.Reader()
+        reader.feed(buf, pos, end - pos)
+        got = []
+        while (x := reader.gets()) is not False:
+            got.append(x)
+        if reader.has_data():
+            # Not a boundary: retry up to the last "\r\n*" (a boundary, or hiredis holds data).
+            cut = buf.rfind(b"\r\n*", pos, end) + 2
+            if cut <= pos + 2:
+                return self._fast(buf, pos, out, 1 << 62)
+            end = cut
+            reader = hiredis.Reader()
+            reader.feed(buf, pos, end - pos)
+            got = []
+            while (x := reader.gets()) is not False:
+                got.append(x)
+            if reader.has_data():
+                return self._fast(buf, pos, out, 1 << 62)
+        try:
+            if not got or set(map(type, got)) != {list}:
+                raise TypeError
+            counts = list(map(len, got))
+            flat = list(chain.from_iterable(got))
+            joined = b"\0".join(flat)                 # TypeError unless every element is bytes
+            lens = list(map(len, flat))
+            widths = list(map(add, map(_HL.__getitem__, lens), lens))   # IndexError: too long
+            heads = list(map(_CL.__getitem__, counts)) if min(counts) > 0 else None
+        except (TypeError, IndexError):
+            return self._fast(buf, pos, out, 1 << 62)
+        nargs = len(flat)
+        if heads is None or sum(heads) + sum(widths) != end - pos \
+                or buf.count(b"*", pos, end) != len(got) + joined.count(b"*") \
+                or buf.count(b"$", pos, end) != nargs + joined.count(b"$") \
+                or buf.count(b":", pos, end) != joined.count(b":") \
+                or buf.count(_CRLF, pos, end) != len(got) + 2 * nargs + joined.count(_CRLF) \
+                or b"\r\0" in joined or flat[-1].endswith(b"\r"):
+            return self._fast(buf, pos, out, 1 << 62)
+        # Where each request ends: its header plus its arguments' widths, accumulated in C.
+        arg_end = list(accumulate(widths))
+        stops = list(map(add, accumulate(heads),
+                         map(arg_end.__getitem__, map((-1).__add__, accumulate(counts)))))
+        starts = [0] + stops[:-1]
+        raws = map(buf.__getitem__, map(slice, map(pos.__add__, starts), map(pos.__add__, stops)))
+        out += map(_tuple_new, repeat(Request, len(got)), zip(got, raws))
+        return self._fast(buf, end, out, 1 << 62)
+
+
 CHUNK = 64 * 1024   # what one socket read typically hands the protocol
 
 
@@ -106,12 +177,13 @@ def bench(name, commands, n):
         assert got == count
 
     p1, p2 = RequestParser(authenticated=True), HiredisAfterScan(authenticated=True)
-    p1.feed(buf), p2.feed(buf)
-    assert p1.drain() == p2.drain()
+    p3 = HiredisThenProof(authenticated=True)
+    p1.feed(buf), p2.feed(buf), p3.feed(buf)
+    assert p1.drain() == p2.drain() == p3.drain()
     print(f"{name}: {count} pipelined commands of {len(buf) / count:.0f} bytes, "
           f"fed in {CHUNK // 1024} KiB reads")
     for label, fn in (("python  ", run(RequestParser)), ("hiredis+", run(HiredisAfterScan)),
-                      ("hiredis ", hiredis_alone)):
+                      ("proof   ", run(HiredisThenProof)), ("hiredis ", hiredis_alone)):
         best = min(timeit.repeat(fn, number=1, repeat=7))
         print(f"  {label} {count / best / 1e6:6.2f} M commands/s  ({best / count * 1e9:5.0f} ns each)")
 
@@ -120,3 +192,6 @@ if __name__ == "__main__":
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
     bench("EVALSHA (asynq dequeue shape)", [EVALSHA], n)
     bench("SET/GET", SETGET, n)
+    sys.path.insert(0, __file__.rsplit("/", 1)[0])
+    from judge import asynq_commands
+    bench("judge.py's Asynq mix", asynq_commands(9), n)

@@ -116,6 +116,9 @@ _startswith = bytes.startswith
 # Special handling codes, by command bit.
 _PLAIN, _KEYSPACE, _SCRIPT, _SELECT, _COPY = 0, 1, 2, 3, 4
 _UNCOMPILED = object()   # User._fast: not compiled yet
+_BY_SHA = 2          # _compile_fast: a script command judged by its SHA1 first
+_EVALSHA_NAMES = frozenset({"evalsha", "evalsha_ro"})
+_NO_CHECKS: dict = {}
 
 
 class RuleError(ValueError):
@@ -813,13 +816,17 @@ class User:
             ps = sel.keysets[needed]
             return (shape[0], shape[2], ps.prefixes, ps.exact, ps.match)
         # A script command goes to the policy at the first selector whose keys pass (if a key
-        # fails here a later selector may pass: walk then); a plain one is allowed.
+        # fails here a later selector may pass: walk then); a plain one is allowed. EVALSHA
+        # and EVALSHA_RO are marked _BY_SHA: judge() tries the policy's compiled check for the
+        # SHA1 itself (ScriptPolicy.judge's own first step) before calling the policy.
+        script = (_BY_SHA if spec.name in _EVALSHA_NAMES else True) if special == _SCRIPT \
+            else False
         plain = getattr(spec.keys, "plain_keys", None)
         needed = cat.needed(plain[1]) if plain is not None else -1
         if needed >= 0:
             ps = sel.keysets[needed]
-            return (sel, special == _SCRIPT, plain[0], ps.prefixes, ps.match)
-        return (sel, special == _SCRIPT, None, (), None)
+            return (sel, script, plain[0], ps.prefixes, ps.match)
+        return (sel, script, None, (), None)
 
     def __repr__(self) -> str:
         return f"<User {self.name} {self.describe()!r}>"
@@ -873,8 +880,16 @@ class User:
                 if ok:
                     if not script:
                         return None
-                    if self.scripts is not None:
-                        denial = self.scripts.judge(self, spec, args)
+                    scripts = self.scripts
+                    if scripts is not None:
+                        if script is _BY_SHA:
+                            # The arity check guarantees args[1]; `by_sha` maps an allowed SHA1
+                            # as sent to True (no contract) or its compiled contract (a policy
+                            # without one is only asked).
+                            check = getattr(scripts, "by_sha", _NO_CHECKS).get(args[1])
+                            if check is True or (check is not None and check.honoured(args, self)):
+                                return None
+                        denial = scripts.judge(self, spec, args)
                         if denial is None:
                             return None
                         return replace(denial, command=denial.command or spec.name,

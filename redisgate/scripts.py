@@ -698,15 +698,15 @@ class ScriptPolicy:
         # EVALSHA's hot path, by SHA1 exactly as go-redis sends it (lowercase hex): True (allowed,
         # no contract) or a compiled contract check (see _FastContract). Anything else, or a check
         # that cannot say yes, takes the general path, which gives the exact denial.
-        self._evalsha: dict[bytes, object] = {}
+        self.by_sha: dict[bytes, object] = {}
         for sha in self._allowed:
             contract = self._contracts.get(sha) if self.enforce_contracts else None
             if contract is None:
-                self._evalsha[sha] = True
+                self.by_sha[sha] = True
             else:
                 fast = _FastContract.compile(contract)
                 if fast is not None:
-                    self._evalsha[sha] = fast
+                    self.by_sha[sha] = fast
 
     def allows(self, sha1_hex: str | bytes) -> bool:
         """Whether a SHA1 (hex, any case) is on this allowlist."""
@@ -721,7 +721,7 @@ class ScriptPolicy:
         arity error), return ``None``: they are not this policy's business.
         """
         if len(args) > 2:
-            fast = self._evalsha.get(args[1])
+            fast = self.by_sha.get(args[1])
             if fast is not None and getattr(spec, "name", None) in _EVALSHA \
                     and (fast is True or fast.honoured(args, user)):
                 return None

@@ -318,11 +318,13 @@ def test_compiled_contracts_agree_with_check_contract():
 
 def test_policy_fast_path_gives_the_general_paths_verdict():
     rng = random.Random(11)
-    user = parse_user("w", "on nopass ~asynq:{default}:* ~asynq:{critical}:* -@all +evalsha "
-                           "+evalsha_ro +eval")
+    rules = "on nopass ~asynq:{default}:* ~asynq:{critical}:* -@all +evalsha +evalsha_ro +eval"
+    user = parse_user("w", rules)
     user.scripts = ScriptPolicy(allowed_shas=list(KNOWN_SCRIPTS)[:40])
     bare = ScriptPolicy(allowed_shas=list(KNOWN_SCRIPTS)[:40])
-    bare._evalsha = {}                            # the same policy without its fast path
+    bare.by_sha = {}                              # the same policy without its fast path
+    slow_user = parse_user("w", rules)            # User.judge's shortcut then finds no check
+    slow_user.scripts = bare
     for contract in KNOWN_SCRIPTS.values():
         for _ in range(20):
             args = _valid_call(contract, rng.choice([b"default", b"critical", b"low"]), rng)
@@ -334,6 +336,8 @@ def test_policy_fast_path_gives_the_general_paths_verdict():
             got = user.scripts.judge(user, spec, args)
             want = bare.judge(user, spec, args)
             assert (got is None) == (want is None) and (got is None or got == want), args
+            if spec.check_arity(len(args)):
+                assert user.judge(spec, args) == slow_user.judge(spec, args), args
 
 
 # --- session: the inlined path does what the careful path does ----------------------------------
