@@ -166,6 +166,20 @@ def test_count_flat_then_feed_frames_what_feed_frames(values, sizes, most):
         assert ends == whole
 
 
+@FUZZ
+@given(VALUES, st.integers(2, 40), st.integers(0, 48), st.integers(0, 8))
+def test_count_flat_counts_a_repeated_reply_as_feed_frames_it(value, times, most, cut):
+    # The same reply `times` times, maybe followed by an incomplete copy (a read ending in it).
+    tail = value[0][:min(cut, len(value[0]) - 1)]
+    ends = [f.end for f in ReplyScanner().feed(value[0] * times)]
+    taken, end = ReplyScanner().count_flat(value[0] * times + tail, most)
+    assert taken <= min(most, times) and (not taken or ends[taken - 1] == end)
+    flat = value[0][:1] == value[1] and (value[1] in (b"+", b"-", b":") or
+                                         (value[1] == b"$" and len(value[0]) <= 1024))
+    if flat and times <= most:
+        assert (taken, end) == (times, ends[-1])
+
+
 def test_count_flat_leaves_the_scanner_as_it_was():
     s = ReplyScanner()
     s.feed(b"*2\r\n$1\r\na\r\n")      # an array in progress: nothing is flat now
