@@ -100,25 +100,26 @@ class HiredisThenProof(RequestParser):
     hold exactly for canonical input. One gap it does not close: hiredis preallocates arrays
     from their declared size before the elements arrive."""
 
-    def _batch(self, buf, pos, out):
-        end = len(buf)
+    @staticmethod
+    def _hiredis(buf, pos, end):
+        """Everything hiredis makes of buf[pos:end], and whether it was left holding bytes."""
         reader = hiredis.Reader()
         reader.feed(buf, pos, end - pos)
         got = []
         while (x := reader.gets()) is not False:
             got.append(x)
-        if reader.has_data():
+        return got, reader.has_data()
+
+    def _batch(self, buf, pos, out):
+        end = len(buf)
+        got, partial = self._hiredis(buf, pos, end)
+        if partial:
             # Not a boundary: retry up to the last "\r\n*" (a boundary, or hiredis holds data).
-            cut = buf.rfind(b"\r\n*", pos, end) + 2
-            if cut <= pos + 2:
+            end = buf.rfind(b"\r\n*", pos, end) + 2
+            if end <= pos + 2:
                 return self._fast(buf, pos, out, 1 << 62)
-            end = cut
-            reader = hiredis.Reader()
-            reader.feed(buf, pos, end - pos)
-            got = []
-            while (x := reader.gets()) is not False:
-                got.append(x)
-            if reader.has_data():
+            got, partial = self._hiredis(buf, pos, end)
+            if partial:
                 return self._fast(buf, pos, out, 1 << 62)
         try:
             if not got or set(map(type, got)) != {list}:
