@@ -90,9 +90,9 @@ def _addr(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-async def serve(listen: tuple[str, int], upstream: tuple[str, int]) -> None:
+async def serve_until_signal(server) -> None:
+    """Serve with `server` until SIGTERM or SIGINT (also bench/muxpipe.py's)."""
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Client(upstream), *listen, backlog=4096)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -100,18 +100,30 @@ async def serve(listen: tuple[str, int], upstream: tuple[str, int]) -> None:
         await stop.wait()
 
 
+def run(main_coro) -> None:
+    """Run a coroutine on uvloop (on asyncio's own loop if uvloop is missing: still a floor,
+    only a slower one)."""
+    try:
+        import uvloop
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main_coro)
+
+
+async def serve(listen: tuple[str, int], upstream: tuple[str, int]) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: Client(upstream), *listen, backlog=4096)
+    await serve_until_signal(server)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--listen", required=True, help="host:port to accept clients on")
     ap.add_argument("--upstream", required=True, help="host:port of Redis")
     args = ap.parse_args()
-    try:
-        import uvloop
-        loop_factory = uvloop.new_event_loop
-    except ImportError:  # still a floor, only a slower one
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(_addr(args.listen), _addr(args.upstream)))
+    run(serve(_addr(args.listen), _addr(args.upstream)))
 
 
 if __name__ == "__main__":

@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from collections import deque
+
+from bytepipe import _addr, run, serve_until_signal   # bench/ is sys.path[0] when run as a script
 
 HIGH_WATER = 1024 * 1024         # link write buffer before its clients are paused
 LOW_WATER = 256 * 1024
@@ -290,11 +291,6 @@ def _first_frame_end(b: bytes) -> int:
     return p if p <= len(b) else -1
 
 
-def _addr(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
 async def serve(args) -> None:
     loop = asyncio.get_running_loop()
     links = []
@@ -312,11 +308,7 @@ async def serve(args) -> None:
     turn = iter(range(1 << 62))
     server = await loop.create_server(
         lambda: Client(links[next(turn) % len(links)], count), *_addr(args.listen), backlog=4096)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    async with server:
-        await stop.wait()
+    await serve_until_signal(server)
 
 
 def main() -> None:
@@ -329,14 +321,7 @@ def main() -> None:
                     help="soon: one link write per loop turn; now: one per client read")
     ap.add_argument("--count", choices=tuple(COUNTERS), default="walk",
                     help="how commands in a client read are counted (see the docstring)")
-    args = ap.parse_args()
-    try:
-        import uvloop
-        loop_factory = uvloop.new_event_loop
-    except ImportError:
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(args))
+    run(serve(ap.parse_args()))
 
 
 if __name__ == "__main__":
