@@ -7,7 +7,7 @@ Every problem is reported as ``<where>: <why>``, where ``<where>`` is the dotted
 Contract of the file (keys are a public contract; extend, never rename)::
 
     listen: 127.0.0.1:6380            # or a list of {address, tls: {...}}
-    upstream: {address, username, password, db, tls, version, connect_timeout}
+    upstream: {address, username, password, db, tls, version, connect_timeout, multiplex}
     users:
       name: "<ACL rules>"             # or a mapping:
       name: {rules, profile, queues, scripts, report_only, learn, certificate,
@@ -33,7 +33,10 @@ import yaml
 
 _REF = re.compile(r"\$\{([^}]*)\}")
 _KNOWN_TOP = {"listen", "upstream", "users", "acl_file", "metrics", "limits", "pid_file", "log"}
-_KNOWN_UPSTREAM = {"address", "username", "password", "db", "tls", "version", "connect_timeout"}
+_KNOWN_UPSTREAM = {"address", "username", "password", "db", "tls", "version", "connect_timeout",
+                   "multiplex"}
+# upstream.multiplex: at most this many shared links (twemproxy keeps one).
+MAX_SHARED_LINKS = 64
 # Script permissions beyond the allowlist (the names the script denials mention).
 _SCRIPT_FLAGS = ("allow_flush", "allow_kill", "allow_debug", "allow_function", "allow_any_script")
 _KNOWN_USER = {"rules", "profile", "profiles", "queues", "scripts", "report_only", "learn",
@@ -67,6 +70,8 @@ class Upstream:
     tls: dict | None = None
     version: tuple[int, int, int] | None = None   # overrides the probe
     connect_timeout: float = 5.0
+    # Shared upstream links for stateless commands (server.SharedLink); 0: one link per client.
+    multiplex: int = 0
     embedded: bool = False                  # no upstream configured: start a local redis-server
 
     @property
@@ -340,6 +345,16 @@ def _upstream(value: Any, problems: list[str], warnings: list[str], base_dir: Pa
         problems.append("upstream.connect_timeout: expected a positive number of seconds")
     else:
         up.connect_timeout = float(timeout)
+    mux = value.get("multiplex", 0)
+    if mux is True:
+        mux = 1
+    if mux is False or mux is None:
+        mux = 0
+    if not isinstance(mux, int) or not 0 <= mux <= MAX_SHARED_LINKS:
+        problems.append(f"upstream.multiplex: expected the number of shared links, 0 (off) to "
+                        f"{MAX_SHARED_LINKS}, or true/false, got {mux!r}")
+    else:
+        up.multiplex = mux
     return up
 
 

@@ -77,6 +77,7 @@ class Gate:
         # session.py's memo for its inlined path, per user: command name (as sent) -> how to
         # judge it. It depends on the users and the upstream's version: cleared when they change.
         self.fast_commands: dict = {}
+        self.fast_shared: dict = {}   # the same for clients on a shared link: shareable commands
         self.learners: dict[str, object] = {}
         self._index_certificates()
 
@@ -87,6 +88,7 @@ class Gate:
         self.config = config
         self.users = config.users
         self.fast_commands.clear()
+        self.fast_shared.clear()
         self.acl_log.max_len = config.acl_log_max_len
         if config.upstream.version:
             self.upstream_version = config.upstream.version
@@ -99,6 +101,7 @@ class Gate:
             self.upstream_version = version
             self._available.clear()
             self.fast_commands.clear()
+            self.fast_shared.clear()
 
     def available(self, spec) -> bool:
         """Whether the upstream's version has this command (memoised: it is on the hot path)."""

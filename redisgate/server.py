@@ -1,8 +1,11 @@
 """The asyncio/uvloop layer: it only moves bytes between sockets and ``session.Session``.
 
 One upstream connection per client connection, opened when the session asks for it (after the
-client authenticated). Writes are coalesced per event-loop turn: each ``data_received`` ends in at
-most one ``write`` per direction. Flow control: a client that does not read pauses its upstream,
+client authenticated); or, with ``upstream.multiplex: N``, N shared links (``SharedLink``) that
+carry every client's stateless commands until a client needs a connection of its own (see
+session.Session.shared and mux.Demux). Writes are coalesced per event-loop turn: each
+``data_received`` ends in at most one ``write`` per direction, and a shared link writes what all
+its clients sent in one turn at once. Flow control: a client that does not read pauses its upstream,
 an upstream that does not drain pauses its client, and a client that lets more than OUTPUT_LIMIT
 of replies pile up unread (e.g. refusals the proxy answers itself) is no longer read.
 """
@@ -18,6 +21,8 @@ from pathlib import Path
 
 from .config import Config, ConfigError, load_config
 from .gate import Gate, audit
+from .mux import Demux
+from .resp import UpstreamProtocolError, encode_command
 from .session import Session
 
 log = logging.getLogger("redisgate")
@@ -61,6 +66,171 @@ class UpstreamConnection(asyncio.Protocol):
         self.client.hold_input("upstream", False)
 
 
+_SETUP = object()   # the owner of a shared link's own AUTH / SELECT replies
+
+
+class _LinkConnection(asyncio.Protocol):
+    """The protocol of one connection of a SharedLink; events of an old connection are ignored."""
+
+    def __init__(self, link: "SharedLink"):
+        self.link = link
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.link.connection_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.link.conn is self:
+            self.link.data_received(data)
+
+    def connection_lost(self, exc) -> None:
+        if self.link.conn is self:
+            self.link.fail("connection lost", established=True)
+
+    def pause_writing(self):
+        if self.link.conn is self:
+            self.link.pause_writing()
+
+    def resume_writing(self):
+        if self.link.conn is self:
+            self.link.resume_writing()
+
+
+class SharedLink:
+    """One upstream connection that many clients' stateless commands share (upstream.multiplex).
+
+    It authenticates as the proxy, like every upstream connection; clients' commands are written
+    in the order their sessions produced them, at most once per event-loop turn, and `Demux`
+    hands each client its replies. Opened on first use, and again after it was lost."""
+
+    def __init__(self, proxy: "Proxy"):
+        self.proxy = proxy
+        self.conn: _LinkConnection | None = None
+        self.demux = Demux()
+        self.out: list[bytes] = []     # written at the end of this loop turn (or once connected)
+        self.ready = False
+        self.connecting = False
+        self.clients: set[ClientConnection] = set()   # attached: they may have replies due
+        self._flush_soon = False
+        self._paused = False
+
+    def send(self, client: "ClientConnection", data: bytes, replies: int) -> None:
+        self.demux.sent(client, replies)
+        self.out.append(data)
+        if self.ready:
+            if not self._flush_soon:
+                self._flush_soon = True
+                asyncio.get_running_loop().call_soon(self.flush)
+        elif not self.connecting:
+            self.connecting = True
+            asyncio.ensure_future(self._connect())
+
+    def flush(self) -> None:
+        self._flush_soon = False
+        out = self.out
+        if out and self.ready:
+            self.conn.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+
+    async def _connect(self) -> None:
+        proxy = self.proxy
+        up = proxy.gate.config.upstream
+        loop = asyncio.get_running_loop()
+        try:
+            ssl_ctx, server_hostname = proxy.upstream_ssl()
+            await asyncio.wait_for(
+                loop.create_connection(lambda: _LinkConnection(self), proxy.upstream_host, proxy.upstream_port,
+                                       ssl=ssl_ctx, server_hostname=server_hostname),
+                up.connect_timeout)
+        except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
+            self.connecting = False
+            reason = _connect_failure(e)
+            log.warning("upstream %s unreachable: %s", up.address, reason)
+            from . import metrics
+            metrics.inc("upstream_errors")
+            self.fail(reason, established=False)
+
+    def connection_made(self, conn: _LinkConnection) -> None:
+        self.conn = conn
+        conn.transport.set_write_buffer_limits(high=1 << 20)
+        self.connecting = False
+        up = self.proxy.gate.config.upstream
+        setup = []
+        if up.password is not None:
+            setup.append(encode_command([b"AUTH", up.username.encode(), up.password]
+                                        if up.username else [b"AUTH", up.password]))
+        if up.db:
+            setup.append(encode_command([b"SELECT", str(up.db).encode()]))
+        if setup:   # the proxy's own commands go first: their replies come first
+            self.demux.due.appendleft([_SETUP, len(setup)])
+            self.out[:0] = setup
+        self.ready = True
+        self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            parts = self.demux.received(data)
+        except UpstreamProtocolError as e:
+            log.error("upstream protocol error on a shared link: %s", e)
+            return self.fail("protocol error", established=True)
+        for i, (owner, chunk, replies) in enumerate(parts):
+            if owner is _SETUP:
+                if b"\r\n-" in b"\r\n" + chunk:   # an error line: AUTH or SELECT refused
+                    text = chunk[chunk.find(b"-") + 1:].split(b"\r\n", 1)[0]
+                    log.error("upstream refused the proxy's setup on a shared link: %s",
+                              text.decode("utf-8", "replace")[:200])
+                    # What Redis answered after it (NOAUTH...) goes nowhere: the owners get
+                    # the proxy's error instead.
+                    return self.fail("upstream authentication or database selection failed",
+                                     established=False, also=[p[0] for p in parts[i + 1:]])
+                continue
+            owner.shared_replies(chunk, replies)
+
+    def fail(self, reason: str, established: bool, also: list = ()) -> None:
+        """The link is unusable: every client with replies due gets errors for them (and, if the
+        link had been working, is closed, as by a Redis restart); the next send reconnects."""
+        conn, self.conn = self.conn, None
+        self.ready = self.connecting = False
+        self.out.clear()
+        if conn is not None:
+            conn.transport.close()
+        owners = list(also)
+        owners += [o for o in self.demux.forget() if o not in owners]
+        for owner in owners:
+            if owner is not _SETUP:
+                owner.shared_link_failed(reason, established)
+        if self._paused:
+            self.resume_writing()
+
+    def detach(self, client: "ClientConnection") -> None:
+        self.clients.discard(client)
+        if self._paused:
+            client.hold_input("upstream", False)
+
+    def pause_writing(self):
+        self._paused = True
+        for c in list(self.clients):
+            c.hold_input("upstream", True)
+
+    def resume_writing(self):
+        self._paused = False
+        for c in list(self.clients):
+            c.hold_input("upstream", False)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.fail("proxy shutting down", established=True)
+
+
+def _connect_failure(e: Exception) -> str:
+    if isinstance(e, asyncio.TimeoutError):
+        return "timed out"
+    if isinstance(e, ssl.SSLError):   # an OSError too: test it first
+        return f"TLS error: {(e.reason or str(e)).lower()}"
+    return (e.strerror or str(e)).lower()
+
+
 class ClientConnection(asyncio.Protocol):
     """One client: feeds the session, writes what it produced, opens the upstream on request."""
 
@@ -77,6 +247,10 @@ class ClientConnection(asyncio.Protocol):
         self._output_paused = False
         self._connecting = False
         self.id = next(_ids)
+        self.link: SharedLink | None = None   # while attached to a shared link
+        self.accounted = 0                    # the session's `expected` already sent on it
+        self.due = 0                          # replies still due on it
+        self._await_drain = False             # own upstream ready, shared replies still due
 
     def connection_made(self, transport):
         self.transport = transport
@@ -124,9 +298,19 @@ class ClientConnection(asyncio.Protocol):
                 self.hold_input("output", True)
         out = s.to_upstream
         if out:
-            write = self.upstream_write
-            if write is not None:
-                write(out[0] if len(out) == 1 else b"".join(out))
+            link = self.link
+            if link is None and (s.shared or s.expected != self.accounted):
+                # (A client that has just left the link sends its last shared commands here.)
+                link = self.link = self.proxy.shared_link(self)
+            if link is not None:
+                replies = s.expected - self.accounted
+                self.accounted = s.expected
+                self.due += replies
+                link.send(self, out[0] if len(out) == 1 else b"".join(out), replies)
+            else:
+                write = self.upstream_write
+                if write is not None:
+                    write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
         if self.upstream is None and s.want_upstream and not self._connecting and not self.closed:
             self._connecting = True
@@ -146,12 +330,7 @@ class ClientConnection(asyncio.Protocol):
                 up.connect_timeout)
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
             self._connecting = False
-            if isinstance(e, asyncio.TimeoutError):
-                reason = "timed out"
-            elif isinstance(e, ssl.SSLError):   # an OSError too: test it first
-                reason = f"TLS error: {(e.reason or str(e)).lower()}"
-            else:
-                reason = (e.strerror or str(e)).lower()
+            reason = _connect_failure(e)
             log.warning("upstream %s unreachable: %s", up.address, reason)
             from . import metrics
             metrics.inc("upstream_errors")
@@ -166,12 +345,59 @@ class ClientConnection(asyncio.Protocol):
         self.upstream = protocol
         self.upstream_write = protocol.transport.write
         protocol.transport.set_write_buffer_limits(high=1 << 20)
+        if self.link is not None and self.due:
+            self._await_drain = True   # the client's shared replies first (shared_replies)
+            return
+        self._leave_link()
         self.session.connected()
         self.pump()
+
+    # -- on a shared link
+
+    def shared_replies(self, data: bytes, replies: int) -> None:
+        """Bytes from the shared link that belong to this client; `replies` of them ended."""
+        self.due -= replies
+        if self.closed:
+            if not self.due:
+                self._leave_link()
+            return
+        session = self.session
+        try:
+            session.upstream_data(data)
+        except Exception:   # a bug must cost one connection, never the proxy
+            log.exception("internal error on the shared upstream of %s; closing it",
+                          session.client_info)
+            session.close = True
+        if not self.due and not session.shared:
+            self._leave_link()
+            if self._await_drain:
+                self._await_drain = False
+                session.connected()
+        self.pump()
+
+    def shared_link_failed(self, reason: str, established: bool) -> None:
+        self.due = 0
+        self._leave_link()
+        if self.closed:
+            return
+        session = self.session
+        if established:
+            session.upstream_ever = True   # replies were lost in flight: as a Redis restart
+        session.upstream_failed(reason)
+        if self._await_drain:
+            self._await_drain = False
+        self.pump()
+
+    def _leave_link(self) -> None:
+        if self.link is not None:
+            self.link.detach(self)
+            self.link = None
 
     def connection_lost(self, exc) -> None:
         self.closed = True
         self.proxy.clients.discard(self)
+        if self.link is not None and not self.due:
+            self._leave_link()   # (with replies due, the link still routes them here)
         from . import metrics
         metrics.connection_closed()
         if self.upstream is not None and self.upstream.transport is not None:
@@ -183,6 +409,10 @@ class ClientConnection(asyncio.Protocol):
         # The client reads slower than replies come: stop reading the upstream's replies...
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.pause_reading()
+        if self.session.shared or self.link is not None:
+            # ...or, on a shared link that others use, stop taking the client's commands: no
+            # more replies than those due can pile up.
+            self.hold_input("shared-output", True)
         self._output_paused = True
 
     def resume_writing(self):
@@ -190,6 +420,7 @@ class ClientConnection(asyncio.Protocol):
             self.upstream.transport.resume_reading()
         self._output_paused = False
         self.hold_input("output", False)
+        self.hold_input("shared-output", False)
 
     def hold_input(self, reason: str, hold: bool) -> None:
         """Stop (or resume) reading the client while any reason holds: the upstream cannot take
@@ -331,6 +562,8 @@ class Proxy:
         self.listener_tls: list = []
         self.upstream_host = config.upstream.host
         self.upstream_port = config.upstream.port
+        # upstream.multiplex takes effect at start (a reload keeps these links).
+        self.links = [SharedLink(self) for _ in range(config.upstream.multiplex)]
         self._upstream_tls = None
         self._build_tls()
 
@@ -370,6 +603,13 @@ class Proxy:
             self.servers.append(srv)
             log.info("listening on %s:%d%s", lst.host, lst.port, " (TLS)" if tls else "")
         await self.probe_upstream()
+
+    def shared_link(self, client: ClientConnection) -> SharedLink:
+        link = self.links[client.id % len(self.links)]
+        link.clients.add(client)
+        if link._paused:
+            client.hold_input("upstream", True)
+        return link
 
     def bound_ports(self) -> list[int]:
         return [s.sockets[0].getsockname()[1] for s in self.servers]
@@ -457,6 +697,8 @@ class Proxy:
         for c in list(self.clients):
             if c.transport is not None:
                 c.transport.close()
+        for link in self.links:
+            link.close()
         for srv in self.servers:
             try:
                 await asyncio.wait_for(srv.wait_closed(), timeout)

@@ -82,6 +82,10 @@ class Session:
         self.want_upstream = False    # the I/O layer opens the upstream connection when set
         self.upstream_ready = False
         self.upstream_ever = False    # an upstream connection was established at some point
+        # On a shared upstream link (upstream.multiplex): stateless commands only; anything else
+        # moves the client to a connection of its own (_leave_shared), for good.
+        self.shared = False
+        self.expected = 0             # replies asked of the shared link so far (its accounting)
         self._held: list[bytes] = []  # bytes for the upstream while it is being opened
         self._partial: bytearray | None = None   # a swallowed frame split across reads
         self._dead = False
@@ -158,9 +162,10 @@ class Session:
                 self._handle(batch.request(j))
             return
         user = entry.user
-        known = self.gate.fast_commands.get(user)
+        memo = self.gate.fast_shared if self.shared else self.gate.fast_commands
+        known = memo.get(user)
         if known is None:
-            known = self.gate.fast_commands[user] = {}
+            known = memo[user] = {}
         lookup = known.get
         judge = None   # and db: looked up at the first command that needs them
         j0 = 0         # the first request not forwarded yet
@@ -189,7 +194,7 @@ class Session:
             # Not for the inlined path: forward the allowed run before it, then the careful way.
             if j > j0:
                 self.to_upstream.append(batch.raw(j0, j))
-                self._expect(FWD, j - j0)
+                self._expect(FWD, j - j0)   # (counts `expected` when shared)
             j0 = j + 1
             if self._dead:
                 return
@@ -208,6 +213,8 @@ class Session:
                 slots[-1][1] += count - j0
             else:
                 slots.append([FWD, count - j0, None])
+            if self.shared:
+                self.expected += count - j0
 
     def _inline(self, args, known: dict):
         """How `_run` judges this command inline, or None when it must go to `_handle` (answered
@@ -219,7 +226,7 @@ class Session:
         gate) per name as sent."""
         spec = TABLE.lookup(args)
         if spec is None or spec.is_container or spec.name in _PLAIN \
-                or not self.gate.available(spec):
+                or not self.gate.available(spec) or (self.shared and not shareable(spec)):
             return None
         a = spec.arity
         fewest, most = (a, a) if a >= 0 else (-a, 1 << 62)
@@ -283,7 +290,7 @@ class Session:
             return handler(self, spec, args, req)
         if name.startswith("acl|"):
             return self._acl(spec, args)
-        self._forward(req)
+        self._forward(req, shared_ok=shareable(spec))
 
     # -- results
 
@@ -305,24 +312,39 @@ class Session:
         else:
             self.close = True
 
-    def _forward(self, req, kind: int = FWD, n: int = 1, payload=None) -> None:
-        self._send_upstream(req.raw if req.raw is not None else encode_command(req.args))
+    def _forward(self, req, kind: int = FWD, n: int = 1, payload=None,
+                 shared_ok: bool = False) -> None:
+        self._send_upstream(req.raw if req.raw is not None else encode_command(req.args),
+                            shared_ok)
         self._expect(kind, n, payload)
 
     def _expect(self, kind: int, n: int, payload=None) -> None:
+        if self.shared:
+            self.expected += n   # only FWD gets here while shared: one reply per command
         slots = self.slots
         if kind == FWD and slots and slots[-1][0] == FWD:
             slots[-1][1] += n
         else:
             slots.append([kind, n, payload])
 
-    def _send_upstream(self, data: bytes) -> None:
+    def _send_upstream(self, data: bytes, shared_ok: bool = False) -> None:
+        if self.shared and not shared_ok:
+            self._leave_shared()
         if self.upstream_ready:
             self.to_upstream.append(data)
         else:
             if not self.want_upstream:
                 self._open_upstream()
             self._held.append(data)
+
+    def _leave_shared(self) -> None:
+        """The client needs a connection of its own (MULTI, SELECT, HELLO, a blocking command,
+        ...). What it sent so far is on the shared link; what comes now waits in `_held` until
+        the I/O layer has the new connection and every shared reply is in (then `connected()`):
+        so commands run, and replies come back, in the order sent."""
+        self.shared = False
+        self.upstream_ready = False
+        self._open_upstream()
 
     def _flush_held(self) -> None:
         if self.upstream_ready and self._held:
@@ -337,7 +359,13 @@ class Session:
         self.parser.set_authenticated(True)
         audit.info("login user=%s via=%s client=%s", entry.name, via, self.client_info)
         if not self.upstream_ready and not self.want_upstream:
-            self._open_upstream()
+            if self.gate.config.upstream.multiplex and not self.upstream_ever \
+                    and not self.resp3 and self.db == self.home_db:
+                # A fresh RESP2 connection has no state: a shared link will do (the I/O layer
+                # picks it when the first command comes).
+                self.shared = self.upstream_ready = True
+            else:
+                self._open_upstream()
 
     def _authenticate(self, username: bytes | None, password: bytes) -> bytes | None:
         """Check credentials; log in on success. Returns the error reply on failure."""
@@ -452,7 +480,7 @@ class Session:
         else:
             if setname is not None:
                 self._send_upstream(encode_command([b"CLIENT", b"SETNAME", setname]))
-                self._expect(DROP, 1)
+                self._expect(DROP, 1)   # (never shared: the send above left the link)
             ver = ".".join(map(str, version)).encode()
             self._local(map_([(bulk(b"server"), bulk(b"redis")), (bulk(b"version"), bulk(ver)),
                               (bulk(b"proto"), integer(2)), (bulk(b"id"), integer(0)),
@@ -466,7 +494,9 @@ class Session:
 
     def _cmd_reset(self, args) -> None:
         """RESET: the client starts over; the upstream connection keeps the proxy's identity."""
-        if self.upstream_ready or self.want_upstream:
+        if self.shared:
+            reply = b"+RESET\r\n"   # a shared client has no connection state to reset
+        elif self.upstream_ready or self.want_upstream:
             if self.gate.upstream_version >= (6, 2, 0):
                 self._send_upstream(b"*1\r\n$5\r\nRESET\r\n")
                 self._expect(FWD, 1)
@@ -543,7 +573,7 @@ class Session:
             refusal = sort_pattern_option(args)
             if refusal is not None:
                 return self._reject(refusal)
-        self._forward(req)
+        self._forward(req, shared_ok=True)
 
     def _cmd_discard(self, spec, args, req) -> None:
         self.multi = self.multi_dirty = False
@@ -713,6 +743,8 @@ class Session:
         if self.upstream_ever:
             self.close = True
             self._dead = True
+        elif self.shared:
+            self.upstream_ready = True   # the next command tries the shared link again
 
     def upstream_data(self, data: bytes) -> None:
         """Route upstream replies to the client, interleaving local replies in command order."""
@@ -856,3 +888,26 @@ def _acl_names() -> set[str]:
 
 
 _PLAIN = frozenset(set(_LOCAL_FIRST) | set(_HANDLERS) | set(_UNSUPPORTED) | _acl_names())
+
+
+# What may travel on a shared upstream link: commands with one reply that neither read nor change
+# the connection's state and never block it for the others. Connection commands (CLIENT, SELECT,
+# WAIT, READONLY, ...), blocking ones (BLPOP, XREAD, ...; XREAD even without BLOCK), MULTI/WATCH,
+# subscriptions and admin commands (CONFIG, DEBUG, ...) need a connection of the client's own.
+_STATEFUL_CATEGORIES = frozenset({"connection", "blocking", "transaction"})
+_STATELESS_CONNECTION = frozenset({"ping", "echo"})
+_shareable: dict[str, bool] = {}
+
+
+def shareable(spec) -> bool:
+    known = _shareable.get(spec.name)
+    if known is None:
+        name = spec.name
+        known = _shareable[name] = name not in _PLAIN and (
+            name in _STATELESS_CONNECTION or name == "command" or name.startswith("command|")
+            or not (spec.categories & _STATEFUL_CATEGORIES
+                    or spec.flags & {"blocking", "admin", "pubsub"}
+                    or (spec.parent is not None and spec.parent.name == "client")))
+        if name in ("publish", "spublish") or name.startswith("pubsub|"):
+            _shareable[name] = known = True
+    return known

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import threading
 from pathlib import Path
 
@@ -26,6 +27,10 @@ class ProxyRunner:
     def __init__(self, raw_config: dict, base_dir: Path | None = None):
         raw = dict(raw_config)
         raw.setdefault("listen", f"127.0.0.1:{free_port()}")
+        # REDISGATE_TEST_MULTIPLEX=N runs every proxy of the suite on N shared upstream links.
+        mux = os.environ.get("REDISGATE_TEST_MULTIPLEX")
+        if mux and isinstance(raw.get("upstream"), dict) and "multiplex" not in raw["upstream"]:
+            raw["upstream"] = dict(raw["upstream"], multiplex=int(mux))
         self.config = build_config(raw, base_dir=base_dir or Path("."), allow_embedded=False)
         self.port = self.config.listeners[0].port
         self.proxy: Proxy | None = None

@@ -32,12 +32,15 @@ USERS = {
 }
 
 
-@pytest.fixture(scope="module", params=["7", "6.2", "5"])
+@pytest.fixture(scope="module", params=["7", "6.2", "5", "7+multiplex", "5+multiplex"])
 def env(request):
-    srv = request.getfixturevalue({"7": "redis7", "6.2": "redis62", "5": "redis5"}[request.param])
-    runner = ProxyRunner({"upstream": srv.upstream, "users": USERS}).start()
+    # "+multiplex": the same tests with stateless commands on shared upstream links.
+    version, _, mux = request.param.partition("+")
+    srv = request.getfixturevalue({"7": "redis7", "6.2": "redis62", "5": "redis5"}[version])
+    upstream = dict(srv.upstream, multiplex=2) if mux else srv.upstream
+    runner = ProxyRunner({"upstream": upstream, "users": USERS}).start()
     runner.srv = srv
-    runner.version = request.param
+    runner.version = version
     yield runner
     runner.stop()
 

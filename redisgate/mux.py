@@ -1,0 +1,107 @@
+"""Reply routing for a shared upstream link: which client each reply belongs to. No I/O.
+
+With ``upstream.multiplex`` many clients' stateless commands travel on one upstream connection,
+as in twemproxy: fewer connections for Redis, and one write and one read for many clients'
+commands. Redis answers every command on a connection in order, so it is enough to remember, in
+order, whose commands were written and how many replies each run of them asks for (``sent``);
+``received`` then cuts the reply stream at those counts and says whose bytes are whose.
+
+Only commands with exactly one reply and no effect on the connection go on a shared link (see
+session.Session.shared); a client that needs anything else leaves the link for a connection of
+its own, after its last shared reply has arrived.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+from .resp import ReplyScanner, UpstreamProtocolError
+
+
+class Demux:
+    """The owners of the replies still due on one shared link, oldest first."""
+
+    def __init__(self) -> None:
+        self.due: deque[list] = deque()   # [owner, replies still due], in the order sent
+        self.scanner = ReplyScanner()
+
+    @property
+    def pending(self) -> int:
+        """Replies still due, all owners together."""
+        return sum(entry[1] for entry in self.due)
+
+    def sent(self, owner, replies: int) -> None:
+        """`owner`'s commands asking for `replies` replies were written after everything before."""
+        if replies <= 0:
+            return
+        due = self.due
+        if due and due[-1][0] is owner:
+            due[-1][1] += replies
+        else:
+            due.append([owner, replies])
+
+    def received(self, data: bytes) -> list[tuple[object, bytes, int]]:
+        """Cut `data` (the next bytes from the link) by owner: [(owner, bytes, replies ended in
+        them)], in order. The bytes of a reply that is not complete yet go to its owner too (the
+        owner's own scanner waits for the rest), counted 0 until the read that ends it.
+
+        Raises UpstreamProtocolError on malformed replies or replies nobody asked for: the link
+        can no longer be trusted.
+        """
+        out: list[tuple[object, bytes, int]] = []
+        due = self.due
+        scanner = self.scanner
+        size = len(data)
+        pos = 0
+        while pos < size:
+            if not due:
+                raise UpstreamProtocolError("a reply on the shared link that no client asked for")
+            entry = due[0]
+            view = data if pos == 0 else data[pos:]
+            # Flat replies (OK, integers, short bulks) are counted in C, without frames.
+            count, end = scanner.count_flat(view, entry[1])
+            if count == entry[1]:
+                out.append((entry[0], view[:end] if end < len(view) else view, count))
+                due.popleft()
+                pos += end
+                continue
+            if end == len(view):
+                entry[1] -= count
+                out.append((entry[0], view, count))
+                return out
+            # Something else comes first (an array, a long bulk, a reply split across reads):
+            # walk the frames of the rest of this read.
+            entry[1] -= count
+            return self._walk(data, pos, pos + end, count, out)
+        return out
+
+    def _walk(self, data: bytes, start: int, base: int, counted: int, out: list) -> list:
+        """received() from `base` on, frame by frame; the head owner's bytes begin at `start`
+        and `counted` of its replies ended between `start` and `base`."""
+        due = self.due
+        for frame in self.scanner.feed(data[base:] if base else data):
+            if not due:
+                raise UpstreamProtocolError("a reply on the shared link that no client asked for")
+            entry = due[0]
+            entry[1] -= 1
+            counted += 1
+            if not entry[1]:
+                end = base + frame.end
+                out.append((entry[0], data[start:end], counted))
+                due.popleft()
+                start, counted = end, 0
+        if start < len(data):
+            if not due:
+                raise UpstreamProtocolError("a reply on the shared link that no client asked for")
+            out.append((due[0][0], data[start:] if start else data, counted))
+        return out
+
+    def forget(self) -> list:
+        """The link is gone: the owners that were still due replies (each once), oldest first."""
+        owners, seen = [], set()
+        for owner, _ in self.due:
+            if id(owner) not in seen:
+                seen.add(id(owner))
+                owners.append(owner)
+        self.due.clear()
+        self.scanner = ReplyScanner()
+        return owners
