@@ -340,29 +340,35 @@ class Stack:
             raise Unavailable(f"`redisgate certs --out` did not write {', '.join(missing)}")
         return ca, cert, key
 
-    def render_redisgate_config(self, port: int, tls: dict | None) -> Path:
-        """bench/redisgate.yaml with the run's ports filled in; with `tls` the one listener is TLS."""
+    def render_redisgate_config(self, port: int, tls: dict | None, multiplex: int | None = None,
+                                name: str = "redisgate") -> Path:
+        """bench/redisgate.yaml with the run's ports filled in; with `tls` the one listener is TLS;
+        `multiplex` overrides upstream.multiplex."""
         import yaml
 
         text = (BENCH_DIR / "redisgate.yaml").read_text()
         text = text.replace("@LISTEN_PORT@", str(port)).replace("@REDIS_PORT@", str(self.redis_port))
-        if tls:
+        if tls or multiplex is not None:
             doc = yaml.safe_load(text)
-            doc["listen"] = [{"address": f"127.0.0.1:{port}",
-                              "tls": {"cert": str(tls["cert"]), "key": str(tls["key"])}}]
+            if tls:
+                doc["listen"] = [{"address": f"127.0.0.1:{port}",
+                                  "tls": {"cert": str(tls["cert"]), "key": str(tls["key"])}}]
+            if multiplex is not None:
+                doc["upstream"]["multiplex"] = multiplex
             text = "# rendered by bench/targets.py from bench/redisgate.yaml\n" + yaml.safe_dump(
                 doc, sort_keys=False, width=200)
-        conf = self.dir / ("redisgate-tls.yaml" if tls else "redisgate.yaml")
+        conf = self.dir / f"{name}.yaml"
         conf.write_text(text)
         return conf
 
-    def start_redisgate(self, tls: bool = False) -> Target:
+    def start_redisgate(self, tls: bool = False, multiplex: int | None = None,
+                        name: str | None = None) -> Target:
         """redisgate serving bench/redisgate.yaml (target `redisgate`), or the same policy on a
         TLS listener in a second process (target `redisgate-tls`).
 
         Raises Unavailable("...") when the package, the `serve` command, the certificates, the
         config or the listener is not there (yet)."""
-        name = "redisgate-tls" if tls else "redisgate"
+        name = name or ("redisgate-tls" if tls else "redisgate")
         why = have_redisgate_serve()
         if why:
             raise Unavailable(why)
@@ -374,7 +380,7 @@ class Stack:
             tls_info = {"cert": cert, "key": key}
             ctx = ssl.create_default_context(cafile=str(ca))
             ctx.check_hostname = False   # only the chain is checked here; redis-benchmark checks it too
-        conf = self.render_redisgate_config(port, tls_info)
+        conf = self.render_redisgate_config(port, tls_info, multiplex, name)
         env = dict(os.environ, REDISGATE_BENCH_UPSTREAM_PASSWORD=UPSTREAM_PASSWORD,
                    PYTHONPATH=str(REPO_DIR) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         argv = [sys.executable, "-m", "redisgate", "serve", "--config", str(conf)]

@@ -39,15 +39,16 @@ class Demux:
         else:
             due.append([owner, replies])
 
-    def received(self, data: bytes) -> list[tuple[object, bytes, int]]:
+    def received(self, data: bytes) -> list[tuple[object, bytes, int, bool]]:
         """Cut `data` (the next bytes from the link) by owner: [(owner, bytes, replies ended in
-        them)], in order. The bytes of a reply that is not complete yet go to its owner too (the
-        owner's own scanner waits for the rest), counted 0 until the read that ends it.
+        them, whether the bytes end where a reply ends)], in order. The bytes of a reply that is
+        not complete yet go to its owner too (the owner's own scanner waits for the rest),
+        counted 0 until the read that ends it.
 
         Raises UpstreamProtocolError on malformed replies or replies nobody asked for: the link
         can no longer be trusted.
         """
-        out: list[tuple[object, bytes, int]] = []
+        out: list[tuple[object, bytes, int, bool]] = []
         due = self.due
         scanner = self.scanner
         size = len(data)
@@ -56,22 +57,21 @@ class Demux:
             if not due:
                 raise UpstreamProtocolError("a reply on the shared link that no client asked for")
             entry = due[0]
-            view = data if pos == 0 else data[pos:]
-            # Flat replies (OK, integers, short bulks) are counted in C, without frames.
-            count, end = scanner.count_flat(view, entry[1])
+            # Flat replies (OK, integers, short bulks) are counted without frames.
+            count, end = scanner.count_flat(data, entry[1], pos)
             if count == entry[1]:
-                out.append((entry[0], view[:end] if end < len(view) else view, count))
+                out.append((entry[0], data if end - pos == size else data[pos:end], count, True))
                 due.popleft()
-                pos += end
+                pos = end
                 continue
-            if end == len(view):
+            if end == size:
                 entry[1] -= count
-                out.append((entry[0], view, count))
+                out.append((entry[0], data if not pos else data[pos:], count, True))
                 return out
             # Something else comes first (an array, a long bulk, a reply split across reads):
             # walk the frames of the rest of this read.
             entry[1] -= count
-            return self._walk(data, pos, pos + end, count, out)
+            return self._walk(data, pos, end, count, out)
         return out
 
     def _walk(self, data: bytes, start: int, base: int, counted: int, out: list) -> list:
@@ -86,13 +86,13 @@ class Demux:
             counted += 1
             if not entry[1]:
                 end = base + frame.end
-                out.append((entry[0], data[start:end], counted))
+                out.append((entry[0], data[start:end], counted, True))
                 due.popleft()
                 start, counted = end, 0
         if start < len(data):
             if not due:
                 raise UpstreamProtocolError("a reply on the shared link that no client asked for")
-            out.append((due[0][0], data[start:] if start else data, counted))
+            out.append((due[0][0], data[start:] if start else data, counted, False))
         return out
 
     def forget(self) -> list:

@@ -843,21 +843,23 @@ class ReplyScanner:
         """True between top-level replies: nothing of a reply is pending."""
         return not (self._left or self._skip or self._line is not None)
 
-    def count_flat(self, data: bytes, most: int) -> tuple[int, int]:
-        """The whole flat replies at the head of `data`, at most `most`: (how many, where they
-        end). Flat: simple strings, errors, integers and bulk strings of at most 1024 bytes,
-        complete in `data`, while no reply is pending from earlier bytes. It stops at anything
-        else (or a malformed reply). feed() would give one Frame for each of them, ending at the
-        same offsets, and would leave the scanner as it is (between replies): so a caller that
-        needs only the count (the proxy's common case: replies passed on as they come) may
-        skip feeding `data[:end]`, and feed() the rest. The scanner is not changed.
+    def count_flat(self, data: bytes, most: int, start: int = 0) -> tuple[int, int]:
+        """The whole flat replies at the head of `data` (from `start`), at most `most`: (how
+        many, the offset where they end). Flat: simple strings, errors, integers and bulk strings
+        of at most 1024 bytes, complete in `data`, while no reply is pending from earlier bytes.
+        It stops at anything else (or a malformed reply). feed() would give one Frame for each
+        of them, ending at the same offsets, and would leave the scanner as it is (between
+        replies): so a caller that needs only the count (the proxy's common case: replies passed
+        on as they come) may skip feeding `data[start:end]`, and feed() the rest. The scanner is
+        not changed.
         """
         if self._error is not None or self._left or self._skip or self._line is not None:
-            return 0, 0
+            return 0, start
         find = data.find
         get = _LENGTHS.get
         n = len(data)
-        pos = count = 0
+        pos = start
+        count = 0
         while count < most and pos < n:
             r = find(_CRLF, pos)
             if r < 0:
@@ -887,11 +889,13 @@ class ReplyScanner:
                 break
             pos = end
             count += 1
-            if count == 1 and end < n and not (n % end) and n // end <= most \
-                    and data == data[:end] * (n // end):
-                # The rest is this reply again (a pipeline of SETs: "+OK\r\n" each): one
-                # comparison in C counts them all.
-                return n // end, n
+            if count == 1 and most > 1 and end < n:
+                size = end - start
+                k = min(most, (n - start) // size)
+                if k > 1 and data[start:start + size * k] == data[start:end] * k:
+                    # What follows is this reply again (a pipeline of SETs: "+OK\r\n" each):
+                    # one comparison in C counts them all.
+                    return k, start + size * k
         return count, pos
 
     def feed(self, data: bytes) -> list[Frame]:

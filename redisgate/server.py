@@ -174,7 +174,7 @@ class SharedLink:
         except UpstreamProtocolError as e:
             log.error("upstream protocol error on a shared link: %s", e)
             return self.fail("protocol error", established=True)
-        for i, (owner, chunk, replies) in enumerate(parts):
+        for i, (owner, chunk, replies, whole) in enumerate(parts):
             if owner is _SETUP:
                 if b"\r\n-" in b"\r\n" + chunk:   # an error line: AUTH or SELECT refused
                     text = chunk[chunk.find(b"-") + 1:].split(b"\r\n", 1)[0]
@@ -185,7 +185,7 @@ class SharedLink:
                     return self.fail("upstream authentication or database selection failed",
                                      established=False, also=[p[0] for p in parts[i + 1:]])
                 continue
-            owner.shared_replies(chunk, replies)
+            owner.shared_replies(chunk, replies, whole)
 
     def fail(self, reason: str, established: bool, also: list = ()) -> None:
         """The link is unusable: every client with replies due gets errors for them (and, if the
@@ -354,8 +354,9 @@ class ClientConnection(asyncio.Protocol):
 
     # -- on a shared link
 
-    def shared_replies(self, data: bytes, replies: int) -> None:
-        """Bytes from the shared link that belong to this client; `replies` of them ended."""
+    def shared_replies(self, data: bytes, replies: int, whole: bool) -> None:
+        """Bytes from the shared link that belong to this client: `replies` replies ended in
+        them, and if `whole`, nothing but those replies (the link counted them already)."""
         self.due -= replies
         if self.closed:
             if not self.due:
@@ -363,7 +364,10 @@ class ClientConnection(asyncio.Protocol):
             return
         session = self.session
         try:
-            session.upstream_data(data)
+            if whole:
+                session.upstream_replies(data, replies)
+            else:
+                session.upstream_data(data)
         except Exception:   # a bug must cost one connection, never the proxy
             log.exception("internal error on the shared upstream of %s; closing it",
                           session.client_info)

@@ -754,20 +754,9 @@ class Session:
             # The common case: `data` is whole flat replies to the forwarded commands at the
             # head. They are only counted, not made into frames, and `data` passes through as
             # it came: what the loop below would do, frame by frame. Anything else, the loop.
-            slot = slots[0]
-            count, end = self.scanner.count_flat(data, slot[1])
+            count, end = self.scanner.count_flat(data, slots[0][1])
             if count and end == len(data):
-                out.append(data)
-                left = slot[1] = slot[1] - count
-                if not left:
-                    slots.popleft()
-                    while slots and slots[0][0] >= LOCAL:
-                        s = slots.popleft()
-                        if s[0] == LOCAL:
-                            out.append(s[2])
-                        else:
-                            self.close = True
-                return
+                return self._pass_replies(data, count)
         try:
             frames = self.scanner.feed(data)
         except Exception as e:   # UpstreamProtocolError: the stream can no longer be trusted
@@ -839,6 +828,33 @@ class Session:
             out.append(data)
         elif run < len(data):
             out.append(data[run:])
+
+    def upstream_replies(self, data: bytes, count: int) -> None:
+        """upstream_data() for bytes known to be exactly `count` whole replies (a shared link
+        counted them): while they all answer the forwarded commands at the head, they pass
+        without being counted again."""
+        slots = self.slots
+        if slots and slots[0][0] == FWD and slots[0][1] >= count and not self.sub_active \
+                and self._partial is None and self.scanner.idle:
+            return self._pass_replies(data, count)
+        self.upstream_data(data)
+
+    def _pass_replies(self, data: bytes, count: int) -> None:
+        """`data`, `count` whole replies to the FWD slot at the head, goes to the client as it
+        came; then the local replies that waited for them."""
+        slots = self.slots
+        out = self.to_client
+        out.append(data)
+        slot = slots[0]
+        left = slot[1] = slot[1] - count
+        if not left:
+            slots.popleft()
+            while slots and slots[0][0] >= LOCAL:
+                s = slots.popleft()
+                if s[0] == LOCAL:
+                    out.append(s[2])
+                else:
+                    self.close = True
 
     def _setup_failed(self, what: str, data: bytes, start: int, end: int) -> None:
         text = bytes(data[start + 1:end]).strip().decode("utf-8", "replace")[:200]

@@ -178,6 +178,18 @@ def test_count_flat_counts_a_repeated_reply_as_feed_frames_it(value, times, most
                                          (value[1] == b"$" and len(value[0]) <= 1024))
     if flat and times <= most:
         assert (taken, end) == (times, ends[-1])
+    if flat and most:
+        # ...and a run of them that goes on past `most` (a shared link: other clients' replies).
+        assert (taken, end) == (min(most, times), ends[min(most, times) - 1])
+
+
+@FUZZ
+@given(st.lists(VALUES, min_size=1, max_size=6), st.binary(max_size=12), st.integers(0, 8))
+def test_count_flat_from_an_offset_is_count_flat_of_the_rest(values, before, most):
+    data = b"".join(v for v, _ in values)
+    taken, end = ReplyScanner().count_flat(data, most)
+    assert ReplyScanner().count_flat(before + data, most, len(before)) == \
+        (taken, end + len(before))
 
 
 def test_count_flat_leaves_the_scanner_as_it_was():

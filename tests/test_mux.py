@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from redisgate.config import ConfigError, build_config
 from redisgate.mux import Demux
-from redisgate.resp import UpstreamProtocolError
+from redisgate.resp import ReplyScanner, UpstreamProtocolError
 from redisgate.session import Session, shareable
 from redisgate.commands import TABLE
 from redisgate.gate import Gate
@@ -52,8 +52,12 @@ def test_demux_gives_every_owner_exactly_its_replies(runs, cuts):
     order = []
     points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
     for a, b in zip(points, points[1:]):
-        for owner, chunk, replies in d.received(stream[a:b]):
+        for owner, chunk, replies, whole in d.received(stream[a:b]):
             who = owners.index(owner)
+            if whole:   # the owner's bytes so far end where one of its replies ends
+                scanner = ReplyScanner()
+                scanner.feed(got.get(who, b"") + chunk)
+                assert scanner.idle
             got[who] = got.get(who, b"") + chunk
             counted += replies
             if not order or order[-1] != who:
