@@ -109,7 +109,10 @@ class Batch(NamedTuple):
     requests j0..j1-1 are one slice of it: `raw(j0, j1)`, which for the whole batch of a whole
     read is the read itself, not a copy. `request(j)` is request j as `drain()` returns it.
     `rest` is how many bytes the parser still held after the batch when it was taken (0: the
-    batch was everything, there is nothing more to parse until the next feed()).
+    batch was everything, there is nothing more to parse until the next feed()). `same`: when
+    it is not 0, requests 0 .. same-1 are one layout, token for token (the same command name and
+    the same "*n" and "$len" headers: a homogeneous pipeline), so request j's argument i is
+    `tokens[j * width + 2 + 2 * i]` with width = 1 + 2 * len(args[0]).
     """
     args: list[list[bytes]]
     buf: bytes
@@ -117,6 +120,7 @@ class Batch(NamedTuple):
     stop: int               # where the last request ends
     rest: int
     tokens: list[bytes]     # buf[start:...].split(CRLF): the batch is its first tokens
+    same: int = 0
 
     def _offset(self, j: int) -> int:
         """Where request j starts in the buffer (j == len(args): where the batch ends)."""
@@ -127,7 +131,10 @@ class Batch(NamedTuple):
             return self.stop
         # Request m is 1 + 2 * len(args[m]) tokens ("*n", then "$len" and payload per argument),
         # each followed by CRLF.
-        t = j + 2 * sum(map(len, args[:j]))
+        if j <= self.same:
+            t = j * args.width
+        else:
+            t = j + 2 * sum(map(len, args[:j]))
         return self.start + sum(map(len, self.tokens[:t])) + 2 * t
 
     def raw(self, j0: int = 0, j1: int | None = None) -> bytes:
@@ -145,7 +152,7 @@ class Batch(NamedTuple):
     def of(cls, request: Request) -> "Batch":
         """A batch of one multibulk request (`request.raw` is not None)."""
         raw = request.raw
-        return _tuple_new(cls, ([request.args], raw, 0, len(raw), 0, None))
+        return _tuple_new(cls, ([request.args], raw, 0, len(raw), 0, None, 0))
 
 
 @lru_cache(maxsize=None)
@@ -340,10 +347,11 @@ class RequestParser:
         last = len(tokens) - 1     # never taken: no CRLF follows it (yet)
         counts = self._counts.get
         length = self._bulks.get
-        out: list[list[bytes]] = []
+        same, i = self._same_layout(tokens, last) if last >= _SAME_MIN * 5 else (0, 0)
+        run_end = i
+        out: list[list[bytes]] = []   # after the homogeneous run, if any
         emit = out.append
         heads = None     # of the longer requests, checked after the loop
-        i = 0
         while i < last:
             n = counts(tokens[i])
             if n is None:
@@ -375,8 +383,8 @@ class RequestParser:
             i = k
         if heads is not None and \
                 list(map(length, heads)) != list(map(len, chain.from_iterable(payloads))):
-            out, i = self._split_checked(tokens, out)
-        if not out:
+            out, i = self._split_checked(tokens, out, run_end)
+        if not out and not same:
             return None
         # Where the batch ends, counted from whichever side has fewer tokens: usually nothing
         # but the incomplete last token (b"" after a whole read) follows the batch.
@@ -387,7 +395,37 @@ class RequestParser:
         else:
             stop = pos + sum(map(len, tokens[:i])) + 2 * i
         self._pos = stop
-        return _tuple_new(Batch, (out, buf, pos, stop, len(buf) - stop, tokens))
+        if same:
+            out = RunArgs(tokens, same, run_end // same, out)
+        return _tuple_new(Batch, (out, buf, pos, stop, len(buf) - stop, tokens, same))
+
+    def _same_layout(self, tokens: list[bytes], last: int) -> tuple[int, int]:
+        """take_batch()'s shortcut for a homogeneous pipeline: (m, m * width) when the first m
+        requests (all the whole ones, m >= _SAME_MIN) are the first one's command with as many
+        arguments, and every payload is as long as its "$len" header says; else (0, 0). Each
+        check covers the m requests with one strided slice: its cost is per read, not per
+        request."""
+        n = self._counts.get(tokens[0])
+        if not n or n < 0:
+            return 0, 0
+        width = 1 + 2 * n
+        m = last // width
+        if m < _SAME_MIN:
+            return 0, 0
+        end = m * width
+        length = self._bulks.get
+        if tokens[0:end:width].count(tokens[0]) != m or tokens[2:end:width].count(tokens[2]) != m \
+                or tokens[1:end:width].count(tokens[1]) != m or length(tokens[1]) != len(tokens[2]):
+            return 0, 0
+        for h in range(3, width, 2):
+            heads = tokens[h:end:width]
+            size = length(heads[0])
+            if size is not None and heads.count(heads[0]) == m:   # one length: the usual case
+                if list(map(len, tokens[h + 1:end:width])).count(size) != m:
+                    return 0, 0
+            elif list(map(length, heads)) != list(map(len, tokens[h + 1:end:width])):
+                return 0, 0
+        return m, end
 
     # -- parsing -------------------------------------------------------------------------
 
@@ -441,11 +479,11 @@ class RequestParser:
             pos = start
         return self._fast(buf, pos, out, 1 << 62)
 
-    def _split_checked(self, tokens: list[bytes], found: list[list[bytes]]):
-        """take_batch()'s run when the header check over all of it failed: the requests before
-        the first invalid one (lengths beyond the lookup table are checked with `_bulk_ok`)."""
+    def _split_checked(self, tokens: list[bytes], found: list[list[bytes]], i: int = 0):
+        """take_batch()'s run (from token i) when the header check over all of it failed: the
+        requests before the first invalid one (lengths beyond the lookup table are checked with
+        `_bulk_ok`)."""
         length = self._bulks.get
-        i = 0
         for j, args in enumerate(found):
             k = i + 1 + 2 * len(args)
             sizes = [length(h) for h in tokens[i + 1:k:2]]
@@ -711,6 +749,50 @@ _ISSPACE = frozenset(b" \t\n\v\f\r")       # C isspace()
 _TOKEN_END = frozenset(b" \n\r\t\0")        # where sdssplitargs ends an unquoted token
 _HEXDIGITS = frozenset(b"0123456789abcdefABCDEF")
 _ESCAPES = {ord("n"): 10, ord("r"): 13, ord("t"): 9, ord("b"): 8, ord("a"): 7}
+
+
+# take_batch() looks for a homogeneous run (Batch.same) in reads of at least this many requests.
+_SAME_MIN = 4
+
+
+class RunArgs:
+    """Batch.args of a batch that starts with a homogeneous run (Batch.same): the run's argument
+    lists are made from the tokens only when asked for (the session's fast path does not ask
+    when the whole run is allowed). A read-only sequence; `tail` holds the requests after it."""
+    __slots__ = ("tokens", "same", "width", "tail", "_all")
+
+    def __init__(self, tokens: list[bytes], same: int, width: int, tail: list[list[bytes]]):
+        self.tokens, self.same, self.width, self.tail = tokens, same, width, tail
+        self._all = None
+
+    def first(self) -> list[bytes]:
+        return self.tokens[2:self.width:2]
+
+    def column(self, i: int) -> list[bytes]:
+        """Argument i of every request of the run."""
+        return self.tokens[2 + 2 * i:self.same * self.width:self.width]
+
+    def _list(self) -> list[list[bytes]]:
+        if self._all is None:
+            end, width = self.same * self.width, self.width
+            self._all = list(map(list, zip(*[self.tokens[p:end:width]
+                                             for p in range(2, width, 2)]))) + self.tail
+        return self._all
+
+    def __len__(self) -> int:
+        return self.same + len(self.tail)
+
+    def __getitem__(self, j):
+        return self._list()[j]
+
+    def __iter__(self):
+        return iter(self._list())
+
+    def __eq__(self, other) -> bool:
+        return self._list() == list(other)
+
+    def __repr__(self) -> str:
+        return repr(self._list())
 
 
 def _split_args(line: bytes) -> list[bytes] | None:

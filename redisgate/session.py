@@ -23,6 +23,7 @@ import logging
 import os
 import time
 from collections import deque
+from itertools import repeat
 
 from . import errors
 from .commands import TABLE, KeyExtractionError, sort_pattern_option
@@ -169,7 +170,19 @@ class Session:
         lookup = known.get
         judge = None   # and db: looked up at the first command that needs them
         j0 = 0         # the first request not forwarded yet
-        for j, args in enumerate(batch.args):
+        run = batch.args
+        if batch.same:
+            # A homogeneous pipeline: one name, one arity, so one verdict for the command and
+            # the keys of all of it checked in one pass; anything short of all-allowed is
+            # judged one by one below.
+            args = run.first()
+            inline = lookup(args[0]) or self._inline(args, known)
+            if inline is not None and inline[1] <= len(args) <= inline[2]:
+                pos = inline[3]
+                if pos == NO_KEY or pos >= 0 and inline[4] and \
+                        all(map(bytes.startswith, run.column(pos), repeat(inline[4]))):
+                    run = run.tail
+        for j, args in enumerate(run, count - len(run)):
             inline = lookup(args[0])
             if inline is None:
                 inline = self._inline(args, known)

@@ -83,6 +83,40 @@ def test_take_batch_gives_what_drain_gives(data, sizes, window):
         assert by_batches(pieces(data, sizes)) == by_drain(pieces(data, sizes))
 
 
+def by_next(chunks):
+    """The reference: next() alone (its `_fast` and `_careful` paths never use take_batch)."""
+    p = RequestParser(authenticated=True)
+    got = []
+    try:
+        for c in chunks:
+            p.feed(c)
+            while (req := p.next()) is not None:
+                got.append((req.args, req.raw))
+    except Exception as e:   # noqa: BLE001
+        return got, type(e), getattr(e, "reply", None)
+    return got, None, None
+
+
+_FRAME_EDITS = [
+    lambda f: f, lambda f: f, lambda f: f.replace(b"$1\r\nv", b"$2\r\nv", 1),
+    lambda f: f.replace(b"\r\nv\r\n", b"\r\nv\r\n\r\n", 1), lambda f: f.replace(b"$", b"$0", 1),
+    lambda f: f.replace(b"*3", b"*03", 1), lambda f: f.replace(b"k:", b"k\r\n", 1),
+    lambda f: f.replace(b"$3\r\nSET", b"$3\r\nGET", 1), lambda f: f[:-3],
+    lambda f: f.replace(b"$1\r\nv", b"$-1", 1), lambda f: f.replace(b"\r\n", b"\n", 1),
+]
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.integers(0, 999), st.sampled_from(range(len(_FRAME_EDITS)))),
+                min_size=4, max_size=30), SIZES, st.sampled_from([8192, 64]))
+def test_take_batch_of_homogeneous_pipelines_with_one_odd_frame(frames, sizes, window):
+    # Batch.same's strided checks against next(): runs of SETs with the odd broken frame.
+    data = b"".join(_FRAME_EDITS[e](cmd("SET", f"k:{i:03d}", "v")) for i, e in frames)
+    with patch.object(resp, "_WINDOW", window):
+        assert by_batches([data]) == by_next([data])
+        assert by_batches(pieces(data, sizes)) == by_next(pieces(data, sizes))
+
+
 @FUZZ
 @given(st.lists(ARGS, min_size=1, max_size=8), SIZES)
 def test_take_batch_of_valid_pipelines(commands, sizes):
@@ -437,6 +471,39 @@ def test_inlined_path_matches_behind_the_proxys_own_setup_replies(reads, reply_s
     up = {"address": "127.0.0.1:1", "password": "secret", "db": 2}
     data = [b"".join(cmd(*POOL[i]) for i in read) for read in reads]
     assert drive(make(up), data, reply_sizes) == drive(careful(make(up)), data, reply_sizes)
+
+
+HOMOGENEOUS = [["GET", "@"], ["get", "@"], ["SET", "@", "v"], ["HSET", "@", "f", "v"], ["DEL", "@"],
+               ["MGET", "@", "k:2"], ["PING"], ["SELECT", "0"], ["OBJECT", "ENCODING", "@"],
+               ["EVALSHA", "98d28b42650870a743450ffda9791e9e19c6991b", "2", "@",
+                "asynq:{default}:pending", "m", "1", "2"]]
+KEYS = st.sampled_from(["k:1", "k:22", "x", "r:1", "asynq:{default}:t:1", "k:\r\n", "kk"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(HOMOGENEOUS), st.lists(KEYS, min_size=4, max_size=24), SIZES,
+       st.sampled_from([0, 1]))
+def test_homogeneous_pipelines_match_the_careful_path(template, keys, reply_sizes, multiplex):
+    # One command, many keys, in one read: take_batch's Batch.same and _run's one-pass key check.
+    data = [b"".join(cmd(*[k if a == "@" else a for a in template]) for k in keys)]
+    up = {"address": "127.0.0.1:1", "multiplex": multiplex}
+    assert drive(make(up), data, reply_sizes) == drive(careful(make(up)), data, reply_sizes)
+
+
+def test_a_homogeneous_read_is_one_batch():
+    from redisgate.resp import RequestParser
+    p = RequestParser(authenticated=True)
+    data = b"".join(cmd("SET", f"k:{i}", "v" * i) for i in range(8)) + cmd("GET", "k:1")
+    p.feed(data + b"*2\r\n$3")
+    batch = p.take_batch()
+    assert batch.same == 8 and len(batch.args) == 9 and batch.raw() == data
+    assert batch.args[3] == [b"SET", b"k:3", b"vvv"]
+    p = RequestParser(authenticated=True)
+    p.feed(b"".join(cmd("SET", f"k:{i}", "v") for i in range(3)) + cmd("SET", "k:3", "vv"))
+    assert p.take_batch().same == 4
+    p = RequestParser(authenticated=True)
+    p.feed(b"".join(cmd("SET", f"k:{i}", "v") for i in range(3)) + cmd("GET", "k:3", "vv"))
+    assert p.take_batch().same == 0   # another name: not one layout
 
 
 def test_garbage_after_good_replies_fails_the_upstream_as_the_careful_path_does():
