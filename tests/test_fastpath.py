@@ -9,6 +9,7 @@ verdicts. The general code itself is proven elsewhere (against real Redis where 
 from __future__ import annotations
 
 import random
+from itertools import accumulate
 from types import SimpleNamespace
 from unittest.mock import patch
 
@@ -224,6 +225,39 @@ def test_count_flat_from_an_offset_is_count_flat_of_the_rest(values, before, mos
     taken, end = ReplyScanner().count_flat(data, most)
     assert ReplyScanner().count_flat(before + data, most, len(before)) == \
         (taken, end + len(before))
+
+
+INTEGER_LINES = st.one_of(st.integers(0, 10**18).map(lambda i: b":%d\r\n" % i),
+                         st.integers(-10**6, -1).map(lambda i: b":%d\r\n" % i),
+                         st.sampled_from([b":007\r\n", b":\r\n", b":1x\r\n", b":1:2\r\n",
+                                          b":99999999999999999999\r\n", b"+OK\r\n", b"$1\r\n:\r\n"]))
+
+
+@FUZZ
+@given(st.lists(INTEGER_LINES, min_size=1, max_size=30), st.integers(0, 40), st.integers(0, 30),
+       st.booleans())
+def test_count_flat_of_integer_runs_counts_what_feed_frames(lines, most, cut, offset):
+    # LPUSH / INCR pipelines: a run of integers counted at once, with the odd line in it that is
+    # not a valid integer reply (feed() raises there, or frames something else).
+    body = b"".join(lines)
+    body = body[:len(body) - cut]
+    base = 4 if offset else 0
+    data = b"+x\r\n" * offset + body
+    taken, end = ReplyScanner().count_flat(data, most, base)
+    ends, pos = [], 0
+    for line in lines:    # the frames of the longest run of whole lines feed() takes
+        if pos + len(line) > len(body):
+            break
+        try:
+            ends = [base + f.end for f in ReplyScanner().feed(body[:pos + len(line)])]
+        except Exception:   # noqa: BLE001 - not RESP from here on
+            break
+        pos += len(line)
+    assert taken <= min(most, len(ends)) and (not taken or ends[taken - 1] == end)
+    valid = all(line[:1] == b":" and line[1:-2].isdigit() and len(line) <= 21 and
+                (line[1:2] != b"0" or line == b":0\r\n") for line in lines)
+    if valid and not cut:
+        assert (taken, end) == (min(most, len(lines)), ends[min(most, len(lines)) - 1] if most else base)
 
 
 def test_count_flat_leaves_the_scanner_as_it_was():
