@@ -179,9 +179,13 @@ class Session:
             inline = lookup(args[0]) or self._inline(args, known)
             if inline is not None and inline[1] <= len(args) <= inline[2]:
                 pos = inline[3]
-                if pos == NO_KEY or pos >= 0 and inline[4] and \
-                        all(map(bytes.startswith, run.column(pos), repeat(inline[4]))):
+                if pos == NO_KEY:
                     run = run.tail
+                elif pos >= 0:
+                    keys = run.column(pos)
+                    if inline[4] and all(map(bytes.startswith, keys, repeat(inline[4]))) \
+                            or inline[5].issuperset(keys):
+                        run = run.tail
         for j, args in enumerate(run, count - len(run)):
             inline = lookup(args[0])
             if inline is None:

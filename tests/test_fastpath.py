@@ -437,7 +437,7 @@ def test_policy_fast_path_gives_the_general_paths_verdict():
 # --- session: the inlined path does what the careful path does ----------------------------------
 
 USERS = {
-    "u": f"on {pw_hash('pw')} ~k:* ~asynq:{{default}}:* %R~r:* &ch -@all +get +set +mget +del "
+    "u": f"on {pw_hash('pw')} ~k:* ~asynq:{{default}}:* %R~r:* ~mylist &ch -@all +get +set +mget +del "
          "+ping +multi +exec +select +client|setname +hset +evalsha +subscribe +unsubscribe "
          "+publish +object|encoding",
 }
@@ -511,7 +511,7 @@ HOMOGENEOUS = [["GET", "@"], ["get", "@"], ["SET", "@", "v"], ["HSET", "@", "f",
                ["MGET", "@", "k:2"], ["PING"], ["SELECT", "0"], ["OBJECT", "ENCODING", "@"],
                ["EVALSHA", "98d28b42650870a743450ffda9791e9e19c6991b", "2", "@",
                 "asynq:{default}:pending", "m", "1", "2"]]
-KEYS = st.sampled_from(["k:1", "k:22", "x", "r:1", "asynq:{default}:t:1", "k:\r\n", "kk"])
+KEYS = st.sampled_from(["k:1", "k:22", "x", "r:1", "asynq:{default}:t:1", "k:\r\n", "kk", "mylist"])
 
 
 @settings(max_examples=200, deadline=None)
