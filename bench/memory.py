@@ -75,7 +75,10 @@ def measure(name: str, clients: int) -> dict:
     with Stack() as stack:
         try:
             stack.start_redis()
-            target = stack.start_pipe() if name == "pipe" else stack.start_redisgate(tls=False)
+            # multiplex: 0, so that every idle client holds an upstream connection of its own
+            # (the worst case; on a shared link an idle client holds none).
+            target = stack.start_pipe() if name == "pipe" else \
+                stack.start_redisgate(tls=False, multiplex=0)
         except Unavailable as e:
             return {"reason": f"{name} target unavailable: {e}"}
         # Warm up: one full connect/auth/ping/close cycle so lazily imported code and the

@@ -11,7 +11,7 @@ import json
 import statistics
 from pathlib import Path
 
-TARGET_ORDER = ["direct", "twemproxy", "pipe", "redisgate", "redisgate-tls"]
+TARGET_ORDER = ["direct", "twemproxy", "pipe", "redisgate", "redisgate-dedicated", "redisgate-tls"]
 BASES = ["direct", "pipe", "twemproxy", "redisgate"]
 
 # (id, title, workload, baseline, op, threshold)
@@ -116,6 +116,9 @@ def checks(summary: dict, targets: dict, judge: dict | None, memory: dict | None
                 note = "redisgate target unavailable (see Targets)"
             else:
                 note = entry.get("reason") or f"no {base} run of {w} in the same round"
+        dedicated = summary.get(w, {}).get("redisgate-dedicated", {}).get(f"x_{base}")
+        if dedicated is not None:
+            note = (note + "; " if note else "") + f"redisgate-dedicated (multiplex: 0): {dedicated:.2f}×"
         out.append({"id": cid, "title": title, "value": value, "unit": "×", "op": op,
                     "threshold": thr, "result": _verdict(value, op, thr), "note": note})
 
@@ -276,11 +279,14 @@ def markdown(doc: dict) -> str:
 
     md += ["", "## Ratios (median of same-round ratios)", "",
            "| workload | redisgate ÷ direct | redisgate ÷ pipe | redisgate ÷ twemproxy | "
-           "pipe ÷ direct | twemproxy ÷ direct |", "|---|---|---|---|---|---|"]
+           "dedicated ÷ pipe | dedicated ÷ twemproxy | pipe ÷ direct | twemproxy ÷ direct |",
+           "|---|---|---|---|---|---|---|---|"]
     for w, entries in summary.items():
         rg, pipe, tw = entries.get("redisgate", {}), entries.get("pipe", {}), entries.get("twemproxy", {})
+        ded = entries.get("redisgate-dedicated", {})
         md.append(f"| {wl[w]['title']} | {_x(rg.get('x_direct'))} | {_x(rg.get('x_pipe'))} | "
-                  f"{_x(rg.get('x_twemproxy'))} | {_x(pipe.get('x_direct'))} | {_x(tw.get('x_direct'))} |")
+                  f"{_x(rg.get('x_twemproxy'))} | {_x(ded.get('x_pipe'))} | {_x(ded.get('x_twemproxy'))} | "
+                  f"{_x(pipe.get('x_direct'))} | {_x(tw.get('x_direct'))} |")
 
     md += ["", "## Latency (ms, median of per-round percentiles)", "",
            "| workload | " + " | ".join(f"{t} p50 / p99" for t in present) + " |",
@@ -368,7 +374,8 @@ def chart(doc: dict, path: Path) -> str | None:
     wl = {w["id"]: w["title"] for w in doc["workloads"]}
     present = [t for t in TARGET_ORDER if any(t in e for e in summary.values())]
     colors = {"direct": "#4c72b0", "twemproxy": "#dd8452", "pipe": "#8c8c8c",
-              "redisgate": "#c44e52", "redisgate-tls": "#937860"}
+              "redisgate": "#c44e52", "redisgate-dedicated": "#da8bc3",
+              "redisgate-tls": "#937860"}
     ws = [w for w in summary if any(e.get("rps") for e in summary[w].values())]
     fig = plt.figure(figsize=(15, 10))
     ax = fig.add_subplot(2, 1, 1)
