@@ -112,11 +112,19 @@ class SharedLink:
         self.ready = False
         self.connecting = False
         self.clients: set[ClientConnection] = set()   # attached: they may have replies due
+        self.due = 0                   # clients' replies still due, all together
         self._flush_soon = False
         self._paused = False
 
     def send(self, client: "ClientConnection", data: bytes, replies: int) -> None:
         self.demux.sent(client, replies)
+        idle = not self.due
+        self.due += replies
+        if idle and self.ready and not self.out:
+            # Nothing in flight: nobody to wait for (one client alone pays no extra turn). A
+            # busy link collects the turn's commands and writes them at once.
+            self.conn.transport.write(data)
+            return
         self.out.append(data)
         if self.ready:
             if not self._flush_soon:
@@ -185,6 +193,7 @@ class SharedLink:
                     return self.fail("upstream authentication or database selection failed",
                                      established=False, also=[p[0] for p in parts[i + 1:]])
                 continue
+            self.due -= replies
             owner.shared_replies(chunk, replies, whole)
 
     def fail(self, reason: str, established: bool, also: list = ()) -> None:
@@ -192,6 +201,7 @@ class SharedLink:
         link had been working, is closed, as by a Redis restart); the next send reconnects."""
         conn, self.conn = self.conn, None
         self.ready = self.connecting = False
+        self.due = 0
         self.out.clear()
         if conn is not None:
             conn.transport.close()
