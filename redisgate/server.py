@@ -142,21 +142,9 @@ class SharedLink:
             out.clear()
 
     async def _connect(self) -> None:
-        proxy = self.proxy
-        up = proxy.gate.config.upstream
-        loop = asyncio.get_running_loop()
-        try:
-            ssl_ctx, server_hostname = proxy.upstream_ssl()
-            await asyncio.wait_for(
-                loop.create_connection(lambda: _LinkConnection(self), proxy.upstream_host, proxy.upstream_port,
-                                       ssl=ssl_ctx, server_hostname=server_hostname),
-                up.connect_timeout)
-        except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
+        protocol, reason = await open_upstream(self.proxy, lambda: _LinkConnection(self))
+        if protocol is None:
             self.connecting = False
-            reason = _connect_failure(e)
-            log.warning("upstream %s unreachable: %s", up.address, reason)
-            from . import metrics
-            metrics.inc("upstream_errors")
             self.fail(reason, established=False)
 
     def connection_made(self, conn: _LinkConnection) -> None:
@@ -231,6 +219,26 @@ class SharedLink:
     def close(self) -> None:
         if self.conn is not None:
             self.fail("proxy shutting down", established=True)
+
+
+async def open_upstream(proxy: "Proxy", factory):
+    """Connect to the upstream (TLS if configured, within connect_timeout): (protocol, None), or
+    (None, why) after logging and counting the failure."""
+    up = proxy.gate.config.upstream
+    loop = asyncio.get_running_loop()
+    try:
+        ssl_ctx, server_hostname = proxy.upstream_ssl()
+        _, protocol = await asyncio.wait_for(
+            loop.create_connection(factory, proxy.upstream_host, proxy.upstream_port,
+                                   ssl=ssl_ctx, server_hostname=server_hostname),
+            up.connect_timeout)
+    except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
+        reason = _connect_failure(e)
+        log.warning("upstream %s unreachable: %s", up.address, reason)
+        from . import metrics
+        metrics.inc("upstream_errors")
+        return None, reason
+    return protocol, None
 
 
 def _connect_failure(e: Exception) -> str:
@@ -329,21 +337,9 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
 
     async def _connect(self) -> None:
-        up = self.proxy.gate.config.upstream
-        loop = asyncio.get_running_loop()
-        try:
-            ssl_ctx, server_hostname = self.proxy.upstream_ssl()
-            _, protocol = await asyncio.wait_for(
-                loop.create_connection(lambda: UpstreamConnection(self), self.proxy.upstream_host,
-                                       self.proxy.upstream_port, ssl=ssl_ctx,
-                                       server_hostname=server_hostname),
-                up.connect_timeout)
-        except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
+        protocol, reason = await open_upstream(self.proxy, lambda: UpstreamConnection(self))
+        if protocol is None:
             self._connecting = False
-            reason = _connect_failure(e)
-            log.warning("upstream %s unreachable: %s", up.address, reason)
-            from . import metrics
-            metrics.inc("upstream_errors")
             if not self.closed:
                 self.session.upstream_failed(reason)
                 self.pump()
