@@ -13,9 +13,21 @@ parsed requests and reply frame boundaries come out, and the encoders return byt
 """
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from itertools import accumulate, chain
+from operator import itemgetter
+from struct import Struct
 from typing import NamedTuple
+
+# The C version of take_batch()'s scan (setup.py builds it; optional). REDISGATE_PURE_PYTHON=1
+# turns it off, so the Python path can be run and compared on a machine that has both.
+try:
+    from ._speedups import scan as _c_scan
+except ImportError:   # not compiled here: the Python path does the same
+    _c_scan = None
+if os.environ.get("REDISGATE_PURE_PYTHON"):
+    _c_scan = None
 
 __all__ = [
     "ProtocolError", "UpstreamProtocolError", "Request", "Batch", "RequestParser", "Frame",
@@ -119,8 +131,9 @@ class Batch(NamedTuple):
     start: int              # where request 0 starts in buf
     stop: int               # where the last request ends
     rest: int
-    tokens: list[bytes]     # buf[start:...].split(CRLF): the batch is its first tokens
+    tokens: list[bytes] | None   # buf[start:...].split(CRLF): the batch is its first tokens
     same: int = 0
+    ends: bytes | None = None    # from the C scan (instead of tokens): where each request ends
 
     def _offset(self, j: int) -> int:
         """Where request j starts in the buffer (j == len(args): where the batch ends)."""
@@ -129,6 +142,8 @@ class Batch(NamedTuple):
             return self.start
         if j >= len(args):
             return self.stop
+        if self.ends is not None:
+            return _END.unpack_from(self.ends, _END.size * (j - 1))[0]
         # Request m is 1 + 2 * len(args[m]) tokens ("*n", then "$len" and payload per argument),
         # each followed by CRLF.
         if j <= self.same:
@@ -152,7 +167,7 @@ class Batch(NamedTuple):
     def of(cls, request: Request) -> "Batch":
         """A batch of one multibulk request (`request.raw` is not None)."""
         raw = request.raw
-        return _tuple_new(cls, ([request.args], raw, 0, len(raw), 0, None, 0))
+        return _tuple_new(cls, ([request.args], raw, 0, len(raw), 0, None, 0, None))
 
 
 @lru_cache(maxsize=None)
@@ -249,9 +264,11 @@ class RequestParser:
         self.authenticated = bool(authenticated)
         if self.authenticated:
             self._counts, self._bulks = _header_tables(self.max_args, self.max_bulk)
+            self._cscan = _c_scan   # (only authenticated: the pre-auth caps are the careful path's)
         else:
             self._counts, self._bulks = _header_tables(min(self.max_args, PREAUTH_MAX_ARGS),
                                                        min(self.max_bulk, PREAUTH_MAX_BULK))
+            self._cscan = None
 
     @property
     def buffered(self) -> int:
@@ -332,6 +349,18 @@ class RequestParser:
         buf, pos = self._buf, self._pos
         if pos >= len(buf) or type(buf) is not bytes:
             return None
+        if self._cscan is not None:
+            # The same scan in C (_speedups.c): it walks headers and skips payloads by length, so
+            # it needs no window, and makes the argument lists directly.
+            found = self._cscan(buf, pos, min(self.max_args, _INT_MAX), self.max_bulk)
+            if found is None:
+                return None
+            out, ends, same, stop = found
+            self._pos = stop
+            if same:
+                out = ListRun(out)
+                out.same = same
+            return _tuple_new(Batch, (out, buf, pos, stop, len(buf) - stop, None, same, ends))
         # At most a window of the buffer: split() searches every byte for CRLF (about 0.7 ns a
         # byte, 12 us for a 16 KB value), where next() skips payloads by their length. So a
         # request larger than the window goes to next() (a look at its headers tells), and a
@@ -397,7 +426,7 @@ class RequestParser:
         self._pos = stop
         if same:
             out = RunArgs(tokens, same, run_end // same, out)
-        return _tuple_new(Batch, (out, buf, pos, stop, len(buf) - stop, tokens, same))
+        return _tuple_new(Batch, (out, buf, pos, stop, len(buf) - stop, tokens, same, None))
 
     def _same_layout(self, tokens: list[bytes], last: int) -> tuple[int, int]:
         """take_batch()'s shortcut for a homogeneous pipeline: (m, m * width) when the first m
@@ -467,6 +496,13 @@ class RequestParser:
         emit = out.append
         while (batch := self.take_batch()) is not None:   # a window at a time
             args = batch.args
+            if batch.ends is not None:
+                start = pos
+                for a, stop in zip(args, memoryview(batch.ends).cast("n")):
+                    emit(_tuple_new(Request, (a, buf[start:stop])))
+                    start = stop
+                pos = start
+                continue
             # ends[k - 1] + 2 * k: where token k starts, relative to pos (one C-level pass).
             ends = list(accumulate(map(len, batch.tokens[:2 * sum(map(len, args)) + len(args)])))
             t = 0
@@ -776,6 +812,26 @@ def _count_integers(data: bytes, start: int, most: int) -> tuple[int, int] | Non
             or body.count(b":0") != lines.count(b":0"):   # no leading zeros: as string2ll
         return None
     return count, start + len(body) + 2
+
+
+class ListRun(list):
+    """Batch.args from the C scan when a homogeneous run heads the batch (Batch.same): the
+    argument lists, with RunArgs's first(), column() and tail."""
+    __slots__ = ("same",)
+
+    def first(self) -> list[bytes]:
+        return self[0]
+
+    def column(self, i: int) -> list[bytes]:
+        """Argument i of every request of the run."""
+        return list(map(itemgetter(i), self[:self.same]))
+
+    @property
+    def tail(self) -> list[list[bytes]]:
+        return self[self.same:]
+
+
+_END = Struct("n")   # Batch.ends: one native Py_ssize_t per request
 
 
 class RunArgs:

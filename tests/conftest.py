@@ -57,3 +57,21 @@ def redis5():
 def any_upstream(request):
     """Parametrises a test over Redis 7.0 (ACL user upstream) and legacy 5.0 (requirepass)."""
     return request.getfixturevalue({"7": "redis7", "5": "redis5", "6.2": "redis62"}[request.param])
+
+
+@pytest.fixture(scope="module", params=["c", "python"])
+def both_scans(request):
+    """Runs a module's tests with take_batch's C scan (redisgate._speedups) and with its Python
+    twin. Such modules say `pytestmark = pytest.mark.usefixtures("both_scans")`. (Module scope:
+    hypothesis refuses function-scoped fixtures.)"""
+    from redisgate import resp
+    scan = None
+    if request.param == "c":
+        try:
+            from redisgate._speedups import scan
+        except ImportError:
+            pytest.skip("redisgate._speedups is not built here")
+    saved = resp._c_scan
+    resp._c_scan = scan
+    yield request.param
+    resp._c_scan = saved

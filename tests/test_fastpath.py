@@ -13,6 +13,7 @@ from itertools import accumulate
 from types import SimpleNamespace
 from unittest.mock import patch
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,6 +30,9 @@ from proxy import pw_hash
 from test_resp_fuzz import ARGS, SIZES, VALUES, mutated_commands, pieces
 from test_rules_oracle import _command, _rule_set
 from wire import cmd
+
+# Every test here runs with the C scan and with its Python twin (conftest.both_scans).
+pytestmark = pytest.mark.usefixtures("both_scans")
 
 FUZZ = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -157,9 +161,11 @@ def test_take_batch_takes_values_beyond_the_lookup_tables():
 
 
 def test_take_batch_leaves_requests_larger_than_its_window_to_next():
+    # The Python scan only (the C scan skips payloads by length and has no window).
     huge = b"v" * 16384     # not searched for CRLF: next() skips it by its length
     data = cmd("GET", "a") * 3 + cmd("SET", "k", huge) + cmd("GET", "b") * 1000
-    p = RequestParser(authenticated=True)
+    with patch.object(resp, "_c_scan", None):
+        p = RequestParser(authenticated=True)
     p.feed(data)
     assert len(p.take_batch().args) == 3
     assert p.take_batch() is None
@@ -169,6 +175,51 @@ def test_take_batch_leaves_requests_larger_than_its_window_to_next():
         taken += batch.args
         assert len(batch.raw()) <= 8192
     assert taken == [[b"GET", b"b"]] * 1000 and p.buffered == 0
+
+
+def test_the_c_scan_takes_large_values_and_long_pipelines_in_one_batch():
+    try:
+        from redisgate._speedups import scan
+    except ImportError:
+        pytest.skip("redisgate._speedups is not built here")
+    huge = b"v" * 16384
+    data = cmd("GET", "a") * 3 + cmd("SET", "k", huge) + cmd("GET", "b") * 1000
+    with patch.object(resp, "_c_scan", scan):
+        p = RequestParser(authenticated=True)
+    p.feed(data)
+    batch = p.take_batch()
+    assert batch.args[3] == [b"SET", b"k", huge] and len(batch.args) == 1004
+    assert batch.raw() is data and batch.raw(3, 4) == cmd("SET", "k", huge) and p.buffered == 0
+
+
+def test_the_c_scan_allocates_nothing_from_declared_sizes():
+    # What a hostile client declares costs nothing until the bytes are there, and a number
+    # beyond the limits (or beyond 64 bits) ends the scan: the careful parser answers it.
+    try:
+        from redisgate._speedups import scan
+    except ImportError:
+        pytest.skip("redisgate._speedups is not built here")
+    for data in (b"*1048576\r\n$1\r\na\r\n", b"*1\r\n$536870912\r\nxx", b"*1048577\r\n",
+                 b"*99999999999999999999999\r\n", b"*1\r\n$99999999999999999999999\r\n",
+                 b"*1\r\n$-1\r\n", b"*-1\r\n", b"*0\r\n", b"*+1\r\n", b"*1 \r\n", b"*1\r",
+                 b"*1\r\n$1\r\nab\r\n", b"*1\r\n$1\r\na\n\n", b"", b"*", b"$1\r\na\r\n"):
+        assert scan(data, 0, 1 << 20, 512 << 20) is None, data
+    assert scan(cmd("GET", "a"), 0, 1, 512) is None          # more arguments than max_args
+    assert scan(cmd("GET", "abc"), 0, 2, 2) is None          # a bulk longer than max_bulk
+    assert scan(cmd("GET", "a"), 99, 2, 2) is None and scan(cmd("GET", "a"), -1, 2, 2) is None
+
+
+@FUZZ
+@given(st.binary(max_size=300), st.integers(0, 40))
+def test_the_c_scan_never_fails_on_any_bytes(data, pos):
+    try:
+        from redisgate._speedups import scan
+    except ImportError:
+        return
+    found = scan(data, pos, 16, 64)
+    if found is not None:
+        args, ends, same, stop = found
+        assert args and pos < stop <= len(data) and b"".join(map(encode_command, args)) == data[pos:stop]
 
 
 def test_take_batch_waits_for_authentication_and_never_raises():

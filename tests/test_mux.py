@@ -21,6 +21,9 @@ from proxy import ProxyRunner, pw_hash
 from servers import free_port
 from wire import Wire, cmd
 
+# Every test here runs with the C scan and with its Python twin (conftest.both_scans).
+pytestmark = pytest.mark.usefixtures("both_scans")
+
 # ---------------------------------------------------------------- Demux
 
 _leaf = st.one_of(

@@ -15,6 +15,9 @@ from redisgate.resp import (Frame, ProtocolError, ReplyScanner, Request, Request
                             UpstreamProtocolError, encode_command)
 from servers import RedisServer
 
+# Every test here runs with the C scan and with its Python twin (conftest.both_scans).
+pytestmark = pytest.mark.usefixtures("both_scans")
+
 MiB = 1024 * 1024
 
 

@@ -6,12 +6,16 @@ else. Likewise for the reply scanner and UpstreamProtocolError.
 """
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from redisgate import resp
 from redisgate.resp import (ProtocolError, ReplyScanner, RequestParser, UpstreamProtocolError,
                             encode_command)
+
+# Every test here runs with the C scan and with its Python twin (conftest.both_scans).
+pytestmark = pytest.mark.usefixtures("both_scans")
 
 FUZZ = settings(max_examples=300, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

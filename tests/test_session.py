@@ -1,12 +1,17 @@
 """The session state machine without sockets: bytes in, bytes out, exact."""
 from __future__ import annotations
 
+import pytest
+
 from redisgate.config import build_config
 from redisgate.gate import Gate
 from redisgate.session import Session
 
 from proxy import pw_hash
 from wire import cmd
+
+# Every test here runs with the C scan and with its Python twin (conftest.both_scans).
+pytestmark = pytest.mark.usefixtures("both_scans")
 
 
 def make_session(users=None, upstream=None, version=(7, 0, 15)):
@@ -139,6 +144,7 @@ def test_legacy_upstream_refuses_hello_3_so_clients_fall_back():
 
 # ---------------------------------------------------------------- never a crash
 
+import pytest
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
 _NAMES = st.sampled_from([b"GET", b"set", b"AUTH", b"HELLO", b"MULTI", b"EXEC", b"SUBSCRIBE",

@@ -1,0 +1,192 @@
+/* redisgate._speedups: the request parser's hot loop in C (optional; resp.py has the same
+ * logic in Python and uses it when this module is not built).
+ *
+ * scan(buf, pos, max_args, max_bulk) takes the run of whole canonical multibulk requests that
+ * starts at buf[pos]: "*<n>\r\n" then n times "$<len>\r\n<len bytes>\r\n", every number written
+ * the one way Redis's string2ll accepts (no sign, no leading zero), 1 <= n <= max_args,
+ * 0 <= len <= max_bulk. It stops at the first request that is not whole or not of that form
+ * ("*0", inline commands, anything Redis would refuse or read differently): the caller's
+ * careful parser takes it from there with Redis's exact checks. It never raises on input.
+ *
+ * Returns None when no request was taken, else (args, ends, same, stop):
+ *   args  list of lists of bytes, one per request (args[j][0] the command name as sent);
+ *   ends  bytes holding one native Py_ssize_t per request: where request j ends in buf;
+ *   same  how many requests at the head share the first one's argument count and command name
+ *         (byte for byte), when that is at least SAME_MIN; else 0;
+ *   stop  where the last request ends.
+ *
+ * Nothing is allocated from a declared size: a request is first walked without allocating,
+ * and its objects are made only once all of its bytes are known to be there.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+#define SAME_MIN 4
+
+/* A canonical non-negative decimal at p (before end) followed by CRLF, at most `limit`.
+ * Returns the position after the CRLF and sets *value, or NULL when the bytes are not that
+ * (or not all there yet). */
+static const char *
+number_line(const char *p, const char *end, Py_ssize_t limit, Py_ssize_t *value)
+{
+    const char *start = p;
+    Py_ssize_t v = 0;
+    if (p >= end)
+        return NULL;
+    if (*p == '0') {
+        p++;
+    } else {
+        while (p < end && *p >= '0' && *p <= '9') {
+            int digit = *p - '0';
+            if (digit > limit || v > (limit - digit) / 10)   /* v * 10 + digit > limit */
+                return NULL;
+            v = v * 10 + digit;
+            p++;
+        }
+        if (p == start)
+            return NULL;
+    }
+    if (end - p < 2 || p[0] != '\r' || p[1] != '\n')
+        return NULL;
+    *value = v;
+    return p + 2;
+}
+
+/* Walks one request at p; returns where it ends (and its argument count), or NULL. */
+static const char *
+walk(const char *p, const char *end, Py_ssize_t max_args, Py_ssize_t max_bulk, Py_ssize_t *argc)
+{
+    Py_ssize_t n, len, i;
+    if (p >= end || *p != '*')
+        return NULL;
+    p = number_line(p + 1, end, max_args, &n);
+    if (p == NULL || n < 1)
+        return NULL;
+    for (i = 0; i < n; i++) {
+        if (p >= end || *p != '$')
+            return NULL;
+        p = number_line(p + 1, end, max_bulk, &len);
+        if (p == NULL || end - p < len + 2 || p[len] != '\r' || p[len + 1] != '\n')
+            return NULL;
+        p += len + 2;
+    }
+    *argc = n;
+    return p;
+}
+
+/* The argument list of the request at p that walk() accepted (it ends at `end`). */
+static PyObject *
+build(const char *p, const char *end, Py_ssize_t argc, Py_ssize_t max_bulk)
+{
+    Py_ssize_t i, len;
+    PyObject *list = PyList_New(argc);
+    if (list == NULL)
+        return NULL;
+    p = (const char *)memchr(p, '\n', end - p) + 1;   /* past "*<n>\r\n" */
+    for (i = 0; i < argc; i++) {
+        PyObject *arg;
+        p = number_line(p + 1, end, max_bulk, &len);   /* walk() proved it is there */
+        arg = PyBytes_FromStringAndSize(p, len);
+        if (arg == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, arg);
+        p += len + 2;
+    }
+    return list;
+}
+
+static PyObject *
+scan(PyObject *module, PyObject *args)
+{
+    PyObject *buf, *reqs = NULL, *ends_bytes = NULL, *result = NULL;
+    Py_ssize_t pos, max_args, max_bulk, argc, first_argc = 0, same = 0, count = 0, cap = 0;
+    Py_ssize_t *ends = NULL;
+    const char *base, *p, *end, *first_name = NULL;
+    Py_ssize_t first_len = 0;
+    int in_run = 1;
+
+    if (!PyArg_ParseTuple(args, "O!nnn:scan", &PyBytes_Type, &buf, &pos, &max_args, &max_bulk))
+        return NULL;
+    base = PyBytes_AS_STRING(buf);
+    end = base + PyBytes_GET_SIZE(buf);
+    if (pos < 0 || pos >= PyBytes_GET_SIZE(buf) || max_args < 1 || max_bulk < 0)
+        Py_RETURN_NONE;
+    p = base + pos;
+    reqs = PyList_New(0);
+    if (reqs == NULL)
+        return NULL;
+    while (p < end) {
+        const char *next = walk(p, end, max_args, max_bulk, &argc);
+        PyObject *req;
+        if (next == NULL)
+            break;
+        req = build(p, next, argc, max_bulk);
+        if (req == NULL || PyList_Append(reqs, req) < 0) {
+            Py_XDECREF(req);
+            goto done;
+        }
+        Py_DECREF(req);
+        if (count == cap) {
+            Py_ssize_t *grown;
+            cap = cap ? cap * 2 : 64;
+            grown = PyMem_Realloc(ends, cap * sizeof(Py_ssize_t));
+            if (grown == NULL) {
+                PyErr_NoMemory();
+                goto done;
+            }
+            ends = grown;
+        }
+        ends[count++] = next - base;
+        if (in_run) {
+            PyObject *name = PyList_GET_ITEM(req, 0);
+            if (count == 1) {
+                first_argc = argc;
+                first_name = PyBytes_AS_STRING(name);
+                first_len = PyBytes_GET_SIZE(name);
+                same = 1;
+            } else if (argc == first_argc && PyBytes_GET_SIZE(name) == first_len
+                       && memcmp(PyBytes_AS_STRING(name), first_name, first_len) == 0) {
+                same++;
+            } else {
+                in_run = 0;
+            }
+        }
+        p = next;
+    }
+    if (count == 0) {
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
+    ends_bytes = PyBytes_FromStringAndSize((const char *)ends, count * sizeof(Py_ssize_t));
+    if (ends_bytes == NULL)
+        goto done;
+    result = Py_BuildValue("(OOnn)", reqs, ends_bytes, same >= SAME_MIN ? same : 0,
+                           ends[count - 1]);
+done:
+    PyMem_Free(ends);
+    Py_XDECREF(ends_bytes);
+    Py_DECREF(reqs);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"scan", scan, METH_VARARGS,
+     "scan(buf, pos, max_args, max_bulk) -> None | (args, ends, same, stop): the whole canonical "
+     "multibulk requests at buf[pos:]; see the module source for the contract."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "redisgate._speedups",
+    "The request parser's hot loop in C (resp.RequestParser.take_batch).", -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,9 @@
+"""Only the optional C accelerator lives here; everything else is in pyproject.toml.
+
+redisgate._speedups is the request parser's hot loop in C. It is optional: where it cannot be
+compiled (no C compiler or no Python headers) the install goes on and redisgate.resp uses the
+same logic in Python.
+"""
+from setuptools import Extension, setup
+
+setup(ext_modules=[Extension("redisgate._speedups", ["redisgate/_speedups.c"], optional=True)])
