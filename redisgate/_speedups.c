@@ -25,16 +25,14 @@
 #define SAME_MIN 4
 
 /* A canonical non-negative decimal at p (before end) followed by CRLF, at most `limit`.
- * Returns the position after the CRLF and sets *value, or NULL when the bytes are not that
- * (or not all there yet). */
+ * Returns the position after the CRLF and sets *value, or NULL when the bytes are not that;
+ * then *more is set if they could still become that: they stop short, valid so far. */
 static const char *
-number_line(const char *p, const char *end, Py_ssize_t limit, Py_ssize_t *value)
+number_line(const char *p, const char *end, Py_ssize_t limit, Py_ssize_t *value, int *more)
 {
     const char *start = p;
     Py_ssize_t v = 0;
-    if (p >= end)
-        return NULL;
-    if (*p == '0') {
+    if (p < end && *p == '0') {
         p++;
     } else {
         while (p < end && *p >= '0' && *p <= '9') {
@@ -44,30 +42,47 @@ number_line(const char *p, const char *end, Py_ssize_t limit, Py_ssize_t *value)
             v = v * 10 + digit;
             p++;
         }
-        if (p == start)
+        if (p == start && p < end)
             return NULL;
     }
-    if (end - p < 2 || p[0] != '\r' || p[1] != '\n')
+    if (end - p < 2) {
+        *more = p == end || p[0] == '\r';
+        return NULL;
+    }
+    if (p[0] != '\r' || p[1] != '\n')
         return NULL;
     *value = v;
     return p + 2;
 }
 
-/* Walks one request at p; returns where it ends (and its argument count), or NULL. */
+/* Walks one request at p; returns where it ends (and its argument count), or NULL: then *more
+ * says whether the bytes are the beginning of such a request, valid so far. */
 static const char *
-walk(const char *p, const char *end, Py_ssize_t max_args, Py_ssize_t max_bulk, Py_ssize_t *argc)
+walk(const char *p, const char *end, Py_ssize_t max_args, Py_ssize_t max_bulk, Py_ssize_t *argc,
+     int *more)
 {
     Py_ssize_t n, len, i;
-    if (p >= end || *p != '*')
+    *more = 0;
+    if (p >= end || *p != '*') {
+        *more = p >= end;
         return NULL;
-    p = number_line(p + 1, end, max_args, &n);
+    }
+    p = number_line(p + 1, end, max_args, &n, more);
     if (p == NULL || n < 1)
         return NULL;
     for (i = 0; i < n; i++) {
-        if (p >= end || *p != '$')
+        if (p >= end || *p != '$') {
+            *more = p >= end;
             return NULL;
-        p = number_line(p + 1, end, max_bulk, &len);
-        if (p == NULL || end - p < len + 2 || p[len] != '\r' || p[len + 1] != '\n')
+        }
+        p = number_line(p + 1, end, max_bulk, &len, more);
+        if (p == NULL)
+            return NULL;
+        if (end - p < len + 2) {
+            *more = end - p <= len || p[len] == '\r';
+            return NULL;
+        }
+        if (p[len] != '\r' || p[len + 1] != '\n')
             return NULL;
         p += len + 2;
     }
@@ -80,13 +95,14 @@ static PyObject *
 build(const char *p, const char *end, Py_ssize_t argc, Py_ssize_t max_bulk)
 {
     Py_ssize_t i, len;
+    int more;
     PyObject *list = PyList_New(argc);
     if (list == NULL)
         return NULL;
     p = (const char *)memchr(p, '\n', end - p) + 1;   /* past "*<n>\r\n" */
     for (i = 0; i < argc; i++) {
         PyObject *arg;
-        p = number_line(p + 1, end, max_bulk, &len);   /* walk() proved it is there */
+        p = number_line(p + 1, end, max_bulk, &len, &more);   /* walk() proved it is there */
         arg = PyBytes_FromStringAndSize(p, len);
         if (arg == NULL) {
             Py_DECREF(list);
@@ -106,7 +122,7 @@ scan(PyObject *module, PyObject *args)
     Py_ssize_t *ends = NULL;
     const char *base, *p, *end, *first_name = NULL;
     Py_ssize_t first_len = 0;
-    int in_run = 1;
+    int in_run = 1, more;
 
     if (!PyArg_ParseTuple(args, "O!nnn:scan", &PyBytes_Type, &buf, &pos, &max_args, &max_bulk))
         return NULL;
@@ -119,7 +135,7 @@ scan(PyObject *module, PyObject *args)
     if (reqs == NULL)
         return NULL;
     while (p < end) {
-        const char *next = walk(p, end, max_args, max_bulk, &argc);
+        const char *next = walk(p, end, max_args, max_bulk, &argc, &more);
         PyObject *req;
         if (next == NULL)
             break;
@@ -173,10 +189,34 @@ done:
     return result;
 }
 
+/* pending(buf, pos, max_args, max_bulk) -> bool: the bytes at buf[pos:] are the beginning of
+ * one request scan() would take, not whole yet (the caller may wait for the rest and scan it
+ * then, instead of feeding it to the careful parser). */
+static PyObject *
+pending(PyObject *module, PyObject *args)
+{
+    PyObject *buf;
+    Py_ssize_t pos, max_args, max_bulk, argc;
+    const char *base;
+    int more = 0;
+
+    if (!PyArg_ParseTuple(args, "O!nnn:pending", &PyBytes_Type, &buf, &pos, &max_args, &max_bulk))
+        return NULL;
+    if (pos < 0 || pos >= PyBytes_GET_SIZE(buf) || max_args < 1 || max_bulk < 0)
+        Py_RETURN_FALSE;
+    base = PyBytes_AS_STRING(buf);
+    if (walk(base + pos, base + PyBytes_GET_SIZE(buf), max_args, max_bulk, &argc, &more) != NULL)
+        Py_RETURN_FALSE;   /* whole: not pending */
+    return PyBool_FromLong(more);
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
      "scan(buf, pos, max_args, max_bulk) -> None | (args, ends, same, stop): the whole canonical "
      "multibulk requests at buf[pos:]; see the module source for the contract."},
+    {"pending", pending, METH_VARARGS,
+     "pending(buf, pos, max_args, max_bulk) -> bool: buf[pos:] begins a request scan() would "
+     "take, and it is not whole yet."},
     {NULL, NULL, 0, NULL},
 };
 

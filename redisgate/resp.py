@@ -23,9 +23,9 @@ from typing import NamedTuple
 # The C version of take_batch()'s scan (setup.py builds it; optional). REDISGATE_PURE_PYTHON=1
 # turns it off, so the Python path can be run and compared on a machine that has both.
 try:
-    from ._speedups import scan as _c_scan
+    from ._speedups import pending as _c_pending, scan as _c_scan
 except ImportError:   # not compiled here: the Python path does the same
-    _c_scan = None
+    _c_scan = _c_pending = None
 if os.environ.get("REDISGATE_PURE_PYTHON"):
     _c_scan = None
 
@@ -183,6 +183,9 @@ def _header_tables(max_args: int, max_bulk: int) -> tuple[dict[bytes, int], dict
 
 
 _WINDOW = 8192   # bytes RequestParser.take_batch() splits at a time
+# next() leaves a request that is still arriving to the C scan up to this size; a larger one
+# goes through the careful state machine, which never reads a byte twice.
+_PENDING = 64 * 1024
 
 # RequestParser states: what the bytes at `_pos` are.
 _IDLE = 0      # the start of a new request (or nothing)
@@ -311,8 +314,16 @@ class RequestParser:
 
         Raises ProtocolError if the next thing buffered is a protocol violation.
         """
-        if self._state == _IDLE and self._pos >= len(self._buf) and self._error is None:
-            return None
+        if self._state == _IDLE and self._error is None:
+            buf, pos = self._buf, self._pos
+            if pos >= len(buf):
+                return None
+            if self._cscan is not None and type(buf) is bytes and len(buf) - pos <= _PENDING \
+                    and _c_pending(buf, pos, min(self.max_args, _INT_MAX), self.max_bulk):
+                # The start of a request the C scan will take whole once the rest has come
+                # (a pipeline cut by the read size): wait for it, rather than carry it through
+                # the careful state machine.
+                return None
         reqs = self._parse(1)
         return reqs[0] if reqs else None
 

@@ -870,6 +870,13 @@ class User:
                         return None
             else:
                 sel, script, plain, prefixes, match = fast
+                if script is _BY_SHA and plain is not None:
+                    # EVALSHA of a script with a compiled contract: one call checks the call's
+                    # shape and, memoised per user and queue, that its KEYS pass the patterns.
+                    check = getattr(self.scripts, "by_sha", _NO_CHECKS).get(args[1])
+                    if check is not None and check is not True \
+                            and check.honoured(args, self, fast):
+                        return None
                 keys = plain(args) if plain is not None else None
                 if keys is not None:
                     # All the keys share one permission (EVALSHA's KEYS): C-level checks.

@@ -884,10 +884,30 @@ class _FastContract:
         per = self._per_queue
         if len(per) >= self.MAX_QUEUES:
             per.clear()
-        entry = per[q] = (exact, tuple(several), tuple(tails), argv, set(), {})
+        entry = per[q] = (exact, tuple(several), tuple(tails), argv, set(), {}, {})
         return entry
 
-    def honoured(self, args: list[bytes], user) -> bool:
+    @staticmethod
+    def _covers(entry: tuple, keys: tuple) -> bool:
+        """Whether every KEYS name a call for this queue may hold passes the key patterns of
+        `keys` (rules.User's shortcut for the command: (selector, _, _, plain prefixes, match)):
+        each fixed name, and every name under each tail prefix (the prefix starts with one of
+        the plain prefixes)."""
+        sel, _, _, prefixes, match = keys
+        if sel.allkeys:
+            return True
+        exact, several, tails = entry[0], entry[1], entry[2]
+        names = [] if exact is None else \
+            list(exact[1]) if type(exact[1]) is tuple else [exact[1]]
+        for _, options in several:
+            names += options
+        return all(n.startswith(prefixes) or match(n) for n in names) \
+            and all(prefix.startswith(prefixes) for _, prefix, _ in tails)
+
+    def honoured(self, args: list[bytes], user, keys: tuple | None = None) -> bool:
+        """(See the class.) With `keys`, the user's judge shortcut for this command (see
+        _covers), True also says that every KEYS name passes the shortcut's key patterns: the
+        caller may skip checking them one by one. False: ask check_contract, and check the keys."""
         if args[2] != self.numkeys or len(args) < self.need:
             return False
         k0 = args[3]   # its queue: queue_of(), inlined
@@ -900,7 +920,17 @@ class _FastContract:
             if split is None:
                 return False
             entry = self._build(split[0])
-        exact, several, tails, argv, dates, user_may = entry
+        exact, several, tails, argv, dates, user_may, covered = entry
+        if keys is not None:
+            # Memoised by the shortcut itself (one per user and command: EVALSHA and EVALSHA_RO
+            # need other permissions), held so that its id stays its own.
+            memo = covered.get(id(keys))
+            if memo is None or memo[0] is not keys:
+                if len(covered) >= self.MAX_QUEUES:
+                    covered.clear()
+                memo = covered[id(keys)] = (keys, self._covers(entry, keys))
+            if not memo[1]:
+                return False
         if exact is not None and exact[0](args) != exact[1]:
             return False
         for index, names in several:

@@ -485,6 +485,39 @@ def test_policy_fast_path_gives_the_general_paths_verdict():
                 assert user.judge(spec, args) == slow_user.judge(spec, args), args
 
 
+def test_evalsha_key_coverage_memo_gives_the_general_paths_verdict():
+    # User.judge lets a compiled contract vouch for an EVALSHA's KEYS (memoised per user, command
+    # and queue). Read-only, write-only, partial and non-prefix patterns, EVALSHA and EVALSHA_RO
+    # mixed on the same user objects: the verdicts are those of the policy without the shortcut.
+    rng = random.Random(12)
+    patterns = ["~asynq:{default}:*", "%R~asynq:{default}:*", "%W~asynq:{default}:*",
+                "~asynq:{default}:t:* ~asynq:{default}:pending", "~asynq:{def*}:*",
+                "%R~asynq:{default}:* %W~asynq:{default}:t:*", "~asynq:{critical}:* %R~asynq:*",
+                "allkeys", "~asynq:{default}:active ~asynq:{default}:lease"]
+    shas = list(KNOWN_SCRIPTS)
+    allowed = 0
+    for keys in patterns:
+        rules = f"on nopass {keys} -@all +evalsha +evalsha_ro"
+        user, slow_user = parse_user("w", rules), parse_user("w", rules)
+        user.scripts = ScriptPolicy(allowed_shas=shas)
+        slow_user.scripts = ScriptPolicy(allowed_shas=shas)
+        slow_user.scripts.by_sha = {}
+        for _ in range(600):
+            contract = KNOWN_SCRIPTS[rng.choice(shas)]
+            args = _valid_call(contract, rng.choice([b"default", b"default", b"critical"]), rng)
+            if rng.random() < 0.2:
+                args = _mutate(args, rng)
+            if rng.random() < 0.5:
+                args[0] = b"evalsha_ro"
+            spec = TABLE.lookup(args)
+            if not spec.check_arity(len(args)):
+                continue
+            got = outcome(user.judge, spec, args, 0)
+            assert got == outcome(slow_user.judge, spec, args, 0), (keys, args)
+            allowed += got is None
+    assert allowed > 500
+
+
 # --- session: the inlined path does what the careful path does ----------------------------------
 
 USERS = {
