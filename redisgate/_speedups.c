@@ -210,6 +210,96 @@ pending(PyObject *module, PyObject *args)
     return PyBool_FromLong(more);
 }
 
+/* Whether p[0:n] is a long long as Redis's string2ll reads it: an optional '-', digits, no
+ * leading zero, not "-0", fewer than 21 characters, within range. */
+static int
+is_ll(const char *p, Py_ssize_t n)
+{
+    unsigned long long v = 0, limit = 9223372036854775807ULL;
+    Py_ssize_t i = 0;
+    if (n == 0 || n >= 21)
+        return 0;
+    if (p[0] == '-') {
+        limit += 1;   /* -2^63 */
+        i = 1;
+        if (n == 1 || p[1] == '0')
+            return 0;
+    } else if (p[0] == '0') {
+        return n == 1;
+    }
+    for (; i < n; i++) {
+        unsigned d;
+        if (p[i] < '0' || p[i] > '9')
+            return 0;
+        d = (unsigned)(p[i] - '0');
+        if (v > (limit - d) / 10)
+            return 0;
+        v = v * 10 + d;
+    }
+    return 1;
+}
+
+/* count_flat(data, most, start) -> (count, end): how many whole flat replies (simple strings,
+ * errors, integers, bulk strings of at most 1024 bytes, the null bulk) lie back to back in
+ * data from `start`, at most `most`, and where they end. It stops at anything else. The same
+ * as the loop of resp.ReplyScanner.count_flat, which checks the scanner's state first. */
+static PyObject *
+count_flat(PyObject *module, PyObject *args)
+{
+    PyObject *data;
+    Py_ssize_t most, start, count = 0;
+    const char *base, *p, *end;
+
+    if (!PyArg_ParseTuple(args, "O!nn:count_flat", &PyBytes_Type, &data, &most, &start))
+        return NULL;
+    base = PyBytes_AS_STRING(data);
+    end = base + PyBytes_GET_SIZE(data);
+    if (start < 0 || start > PyBytes_GET_SIZE(data))
+        return Py_BuildValue("(nn)", (Py_ssize_t)0, start);
+    p = base + start;
+    while (count < most && p < end) {
+        const char *cr = p + 1, *next;
+        for (;;) {   /* the line's CRLF */
+            cr = memchr(cr, '\r', end - cr);
+            if (cr == NULL || cr + 1 >= end || cr[1] == '\n')
+                break;
+            cr++;
+        }
+        if (cr == NULL || cr + 1 >= end)
+            break;
+        if (*p == '$') {
+            Py_ssize_t n = cr - p - 1, size = 0, i;
+            if (n == 2 && p[1] == '-' && p[2] == '1') {
+                next = cr + 2;
+            } else {
+                if (n < 1 || n > 4 || (p[1] == '0' && n > 1))
+                    break;
+                for (i = 1; i <= n; i++) {
+                    if (p[i] < '0' || p[i] > '9')
+                        break;
+                    size = size * 10 + (p[i] - '0');
+                }
+                if (i <= n || size > 1024)
+                    break;
+                next = cr + 4 + size;
+                if (next > end || next[-2] != '\r' || next[-1] != '\n')
+                    break;
+            }
+        } else if (*p == '+' || *p == '-') {
+            next = cr + 2;
+        } else if (*p == ':') {
+            if (!is_ll(p + 1, cr - p - 1))
+                break;
+            next = cr + 2;
+        } else {
+            break;
+        }
+        p = next;
+        count++;
+    }
+    return Py_BuildValue("(nn)", count, (Py_ssize_t)(p - base));
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
      "scan(buf, pos, max_args, max_bulk) -> None | (args, ends, same, stop): the whole canonical "
@@ -217,6 +307,9 @@ static PyMethodDef methods[] = {
     {"pending", pending, METH_VARARGS,
      "pending(buf, pos, max_args, max_bulk) -> bool: buf[pos:] begins a request scan() would "
      "take, and it is not whole yet."},
+    {"count_flat", count_flat, METH_VARARGS,
+     "count_flat(data, most, start) -> (count, end): the whole flat replies at data[start:], at "
+     "most `most` (see resp.ReplyScanner.count_flat)."},
     {NULL, NULL, 0, NULL},
 };
 

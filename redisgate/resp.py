@@ -20,14 +20,15 @@ from operator import itemgetter
 from struct import Struct
 from typing import NamedTuple
 
-# The C version of take_batch()'s scan (setup.py builds it; optional). REDISGATE_PURE_PYTHON=1
-# turns it off, so the Python path can be run and compared on a machine that has both.
+# C versions of take_batch()'s scan and of count_flat()'s loop (setup.py builds them; optional).
+# REDISGATE_PURE_PYTHON=1 turns them off, so the Python twins can be run and compared on a
+# machine that has both.
 try:
-    from ._speedups import pending as _c_pending, scan as _c_scan
-except ImportError:   # not compiled here: the Python path does the same
-    _c_scan = _c_pending = None
+    from ._speedups import count_flat as _c_count_flat, pending as _c_pending, scan as _c_scan
+except ImportError:   # not compiled here: the Python twins do the same
+    _c_scan = _c_pending = _c_count_flat = None
 if os.environ.get("REDISGATE_PURE_PYTHON"):
-    _c_scan = None
+    _c_scan = _c_count_flat = None
 
 __all__ = [
     "ProtocolError", "UpstreamProtocolError", "Request", "Batch", "RequestParser", "Frame",
@@ -1027,6 +1028,8 @@ class ReplyScanner:
         """
         if self._error is not None or self._left or self._skip or self._line is not None:
             return 0, start
+        if _c_count_flat is not None and type(data) is bytes:
+            return _c_count_flat(data, most, start)
         if most >= _INT_RUN_MIN and data[start:start + 1] == b":":
             taken = _count_integers(data, start, most)
             if taken is not None:

@@ -61,17 +61,18 @@ def any_upstream(request):
 
 @pytest.fixture(scope="module", params=["c", "python"])
 def both_scans(request):
-    """Runs a module's tests with take_batch's C scan (redisgate._speedups) and with its Python
-    twin. Such modules say `pytestmark = pytest.mark.usefixtures("both_scans")`. (Module scope:
-    hypothesis refuses function-scoped fixtures.)"""
+    """Runs a module's tests with the C parts of resp.py (redisgate._speedups: take_batch's scan,
+    count_flat's loop) and with their Python twins. Such modules say
+    `pytestmark = pytest.mark.usefixtures("both_scans")`. (Module scope: hypothesis refuses
+    function-scoped fixtures.)"""
     from redisgate import resp
-    scan = None
+    scan = count_flat = None
     if request.param == "c":
         try:
-            from redisgate._speedups import scan
+            from redisgate._speedups import count_flat, scan
         except ImportError:
             pytest.skip("redisgate._speedups is not built here")
-    saved = resp._c_scan
-    resp._c_scan = scan
+    saved = resp._c_scan, resp._c_count_flat
+    resp._c_scan, resp._c_count_flat = scan, count_flat
     yield request.param
-    resp._c_scan = saved
+    resp._c_scan, resp._c_count_flat = saved

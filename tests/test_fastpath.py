@@ -311,6 +311,30 @@ def test_count_flat_of_integer_runs_counts_what_feed_frames(lines, most, cut, of
         assert (taken, end) == (min(most, len(lines)), ends[min(most, len(lines)) - 1] if most else base)
 
 
+_REPLY_PIECES = [b"+OK\r\n", b"-ERR x\r\n", b":0\r\n", b":-0\r\n", b":01\r\n", b":-1\r\n",
+                 b":9223372036854775807\r\n", b":9223372036854775808\r\n",
+                 b":-9223372036854775808\r\n", b":-9223372036854775809\r\n", b":\r\n",
+                 b":12345678901234567890\r\n", b"$-1\r\n", b"$0\r\n\r\n", b"$3\r\nabc\r\n",
+                 b"$3\r\nab\r\r\n", b"$03\r\nabc\r\n", b"$1024\r\n" + b"v" * 1024 + b"\r\n",
+                 b"$1025\r\n" + b"v" * 1025 + b"\r\n", b"+a\rb\r\n", b"+\r\r\n", b"*1\r\n",
+                 b"_\r\n", b"\r\n", b"+x", b"$3\r\nab", b"-", b"$-2\r\n"]
+
+
+@FUZZ
+@given(st.lists(st.sampled_from(_REPLY_PIECES), max_size=12), st.integers(0, 14),
+       st.integers(0, 5), st.binary(max_size=3))
+def test_the_c_count_flat_counts_what_the_python_loop_counts(pieces_, most, start, junk):
+    try:
+        from redisgate._speedups import count_flat
+    except ImportError:
+        return
+    data = junk[:start] + b"".join(pieces_)
+    start = min(start, len(junk))
+    with patch.object(resp, "_c_count_flat", None):
+        want = ReplyScanner().count_flat(data, most, start)
+    assert count_flat(data, most, start) == want
+
+
 def test_count_flat_leaves_the_scanner_as_it_was():
     s = ReplyScanner()
     s.feed(b"*2\r\n$1\r\na\r\n")      # an array in progress: nothing is flat now
