@@ -729,6 +729,10 @@ async def serve(config: Config, ready=None, stop: asyncio.Event | None = None) -
     """Run until SIGINT/SIGTERM (or ``stop`` is set). SIGHUP reloads config and certificates."""
     proxy = Proxy(config)
     await proxy.start()
+    from . import resp
+    if resp._c_scan is None:
+        log.warning("redisgate._speedups is not built (or REDISGATE_PURE_PYTHON is set): the "
+                    "request parser runs as pure Python (slower: see bench/README.md)")
     if config.metrics_address:
         from . import metrics
         metrics.start_http(*config.metrics_address)
