@@ -78,7 +78,7 @@ walk(const char *p, const char *end, Py_ssize_t max_args, Py_ssize_t max_bulk, P
         p = number_line(p + 1, end, max_bulk, &len, more);
         if (p == NULL)
             return NULL;
-        if (end - p < len + 2) {
+        if (end - p - 2 < len) {   /* (len + 2 could overflow) */
             *more = end - p <= len || p[len] == '\r';
             return NULL;
         }

@@ -14,6 +14,7 @@ parsed requests and reply frame boundaries come out, and the encoders return byt
 from __future__ import annotations
 
 import os
+import sys
 from functools import lru_cache
 from itertools import accumulate, chain
 from operator import itemgetter
@@ -53,6 +54,7 @@ PREAUTH_MAX_ARGS = 10
 PREAUTH_MAX_BULK = 16384
 
 _INT_MAX = 2**31 - 1
+_SSIZE_MAX = sys.maxsize   # the largest Py_ssize_t (the C scan's limits)
 _LLONG_MAX = 2**63 - 1
 _LLONG_MIN = -(2**63)
 _CRLF = b"\r\n"
@@ -269,6 +271,8 @@ class RequestParser:
         if self.authenticated:
             self._counts, self._bulks = _header_tables(self.max_args, self.max_bulk)
             self._cscan = _c_scan   # (only authenticated: the pre-auth caps are the careful path's)
+            # Its limits, as C's Py_ssize_t can hold them (a larger limit is no limit anyway).
+            self._climits = (min(self.max_args, _INT_MAX), min(self.max_bulk, _SSIZE_MAX))
         else:
             self._counts, self._bulks = _header_tables(min(self.max_args, PREAUTH_MAX_ARGS),
                                                        min(self.max_bulk, PREAUTH_MAX_BULK))
@@ -320,7 +324,7 @@ class RequestParser:
             if pos >= len(buf):
                 return None
             if self._cscan is not None and type(buf) is bytes and len(buf) - pos <= _PENDING \
-                    and _c_pending(buf, pos, min(self.max_args, _INT_MAX), self.max_bulk):
+                    and _c_pending(buf, pos, *self._climits):
                 # The start of a request the C scan will take whole once the rest has come
                 # (a pipeline cut by the read size): wait for it, rather than carry it through
                 # the careful state machine.
@@ -364,7 +368,7 @@ class RequestParser:
         if self._cscan is not None:
             # The same scan in C (_speedups.c): it walks headers and skips payloads by length, so
             # it needs no window, and makes the argument lists directly.
-            found = self._cscan(buf, pos, min(self.max_args, _INT_MAX), self.max_bulk)
+            found = self._cscan(buf, pos, *self._climits)
             if found is None:
                 return None
             out, ends, same, stop = found

@@ -209,6 +209,18 @@ def test_the_c_scan_allocates_nothing_from_declared_sizes():
     assert scan(cmd("GET", "a"), 99, 2, 2) is None and scan(cmd("GET", "a"), -1, 2, 2) is None
 
 
+def test_limits_beyond_what_c_holds_are_no_limit():
+    p = RequestParser(max_bulk=10**30, max_args=10**30, authenticated=True)
+    p.feed(cmd("SET", "k", "v") + b"*1\r\n$99999999999999999999\r\n")
+    assert p.take_batch().args == [[b"SET", b"k", b"v"]]
+    try:
+        p.next()
+    except resp.ProtocolError as e:   # as Redis: the number does not fit a long long
+        assert e.reply == b"-ERR Protocol error: invalid bulk length\r\n"
+    else:
+        raise AssertionError("a bulk length beyond 64 bits was accepted")
+
+
 @FUZZ
 @given(st.binary(max_size=300), st.integers(0, 40))
 def test_the_c_scan_never_fails_on_any_bytes(data, pos):
@@ -455,6 +467,18 @@ def _mutate(args: list[bytes], rng: random.Random) -> list[bytes]:
     return args
 
 
+def _random_call(contract, queues: list[bytes], rng: random.Random, mutate: float,
+                 ro: float) -> list[bytes]:
+    """A valid call of `contract` for one of `queues`, mutated with probability `mutate`, sent
+    as EVALSHA_RO with probability `ro`."""
+    args = _valid_call(contract, rng.choice(queues), rng)
+    if rng.random() < mutate:
+        args = _mutate(args, rng)
+    if rng.random() < ro:
+        args[0] = b"evalsha_ro"
+    return args
+
+
 def test_compiled_contracts_agree_with_check_contract():
     rng = random.Random(5)
     users = [parse_user("w", "on nopass ~asynq:{default}:* +@all"),
@@ -496,11 +520,7 @@ def test_policy_fast_path_gives_the_general_paths_verdict():
     slow_user.scripts = bare
     for contract in KNOWN_SCRIPTS.values():
         for _ in range(20):
-            args = _valid_call(contract, rng.choice([b"default", b"critical", b"low"]), rng)
-            if rng.random() < 0.5:
-                args = _mutate(args, rng)
-            if rng.random() < 0.2:
-                args[0] = b"evalsha_ro"
+            args = _random_call(contract, [b"default", b"critical", b"low"], rng, 0.5, 0.2)
             spec = TABLE.lookup(args)
             got = user.scripts.judge(user, spec, args)
             want = bare.judge(user, spec, args)
@@ -528,11 +548,7 @@ def test_evalsha_key_coverage_memo_gives_the_general_paths_verdict():
         slow_user.scripts.by_sha = {}
         for _ in range(600):
             contract = KNOWN_SCRIPTS[rng.choice(shas)]
-            args = _valid_call(contract, rng.choice([b"default", b"default", b"critical"]), rng)
-            if rng.random() < 0.2:
-                args = _mutate(args, rng)
-            if rng.random() < 0.5:
-                args[0] = b"evalsha_ro"
+            args = _random_call(contract, [b"default", b"default", b"critical"], rng, 0.2, 0.5)
             spec = TABLE.lookup(args)
             if not spec.check_arity(len(args)):
                 continue
