@@ -1,5 +1,7 @@
-/* redisgate._speedups: the request parser's hot loop in C (optional; resp.py has the same
- * logic in Python and uses it when this module is not built).
+/* redisgate._speedups: resp.py's hot loops in C (optional: resp.py has the same logic in
+ * Python, its "twins", and uses them when this module is not built). Three functions, no I/O:
+ * scan() for RequestParser.take_batch(), pending() for RequestParser.next(), count_flat() for
+ * ReplyScanner.count_flat(). Each is fuzzed against its twin in tests/test_fastpath.py.
  *
  * scan(buf, pos, max_args, max_bulk) takes the run of whole canonical multibulk requests that
  * starts at buf[pos]: "*<n>\r\n" then n times "$<len>\r\n<len bytes>\r\n", every number written
@@ -315,7 +317,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "redisgate._speedups",
-    "The request parser's hot loop in C (resp.RequestParser.take_batch).", -1, methods,
+    "resp.py's hot loops in C (see the source for the contracts).", -1, methods,
 };
 
 PyMODINIT_FUNC

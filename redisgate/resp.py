@@ -347,8 +347,9 @@ class RequestParser:
     def take_batch(self) -> Batch | None:
         """The run of complete requests at the head of the buffer, consumed, as one `Batch`; or
         None when the next request is not for this fast path: nothing or only part of a request
-        is buffered, it is an inline command, not canonical, larger than the window, or a
-        protocol error, or the parser is not authenticated (see drain()). The requests are the
+        is buffered, it is an inline command, not canonical, larger than the window (the Python
+        scan's; the C one has none), or a protocol error, or the parser is not authenticated
+        (see drain()). The requests are the
         ones drain() would return first, and drain() / next() carry on after them; take_batch()
         never raises: what it leaves, next() parses (or refuses) with Redis's exact checks.
 

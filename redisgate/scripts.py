@@ -839,6 +839,7 @@ class _FastContract:
     __slots__ = ("contract", "numkeys", "n", "need", "shapes", "prefixes", "_per_queue")
 
     MAX_QUEUES = 64
+    MAX_SHORTCUTS = 1024   # users x (EVALSHA, EVALSHA_RO) remembered per queue
 
     @classmethod
     def compile(cls, contract: ScriptContract) -> "_FastContract | None":
@@ -926,7 +927,7 @@ class _FastContract:
             # need other permissions), held so that its id stays its own.
             memo = covered.get(id(keys))
             if memo is None or memo[0] is not keys:
-                if len(covered) >= self.MAX_QUEUES:
+                if len(covered) >= self.MAX_SHORTCUTS:
                     covered.clear()
                 memo = covered[id(keys)] = (keys, self._covers(entry, keys))
             if not memo[1]:
