@@ -1,8 +1,10 @@
 """How fast does resp.RequestParser parse pipelined commands? (a measurement, not a test)
 
 Compares, on one buffer of N pipelined commands:
-  python   RequestParser.drain(): the strict pure-Python parser (validates, slices args and raw);
-           its batch path splits each read on CRLF in C and checks lengths with map()
+  strict   RequestParser.drain() with the C scan (redisgate/_speedups.c), as the proxy runs it
+           (validates, makes the argument lists; drain() then slices each raw request)
+  python   the same with the C scan turned off: the strict pure-Python parser; its batch path
+           splits each read on CRLF in C and checks lengths with map()
   hiredis+ the same validation as a scan that slices nothing, then hiredis.Reader builds the
            argument lists ("validate, then use": hiredis never sees unchecked input, so its
            leniency and its preallocation from declared sizes cannot be reached)
@@ -24,6 +26,7 @@ from operator import add
 import hiredis
 
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
+from redisgate import resp  # noqa: E402
 from redisgate.resp import RequestParser, Request, encode_command, _CRLF, _tuple_new  # noqa: E402
 
 SHA = b"a1b2c3d4e5f60718293a4b5c6d7e8f9012345678"
@@ -158,9 +161,14 @@ def bench(name, commands, n):
     count = (n // len(commands)) * len(commands)
     chunks = [buf[i:i + CHUNK] for i in range(0, len(buf), CHUNK)]
 
-    def run(parser_class):
+    def run(parser_class, c_scan=None):
         def fn():
-            p = parser_class(authenticated=True)
+            saved = resp._c_scan
+            resp._c_scan = c_scan    # read when the parser is made
+            try:
+                p = parser_class(authenticated=True)
+            finally:
+                resp._c_scan = saved
             got = 0
             for chunk in chunks:
                 p.feed(chunk)
@@ -183,8 +191,11 @@ def bench(name, commands, n):
     assert p1.drain() == p2.drain() == p3.drain()
     print(f"{name}: {count} pipelined commands of {len(buf) / count:.0f} bytes, "
           f"fed in {CHUNK // 1024} KiB reads")
-    for label, fn in (("python  ", run(RequestParser)), ("hiredis+", run(HiredisAfterScan)),
-                      ("proof   ", run(HiredisThenProof)), ("hiredis ", hiredis_alone)):
+    rows = [("python  ", run(RequestParser)), ("hiredis+", run(HiredisAfterScan)),
+            ("proof   ", run(HiredisThenProof)), ("hiredis ", hiredis_alone)]
+    if resp._c_scan is not None:
+        rows.insert(0, ("strict  ", run(RequestParser, resp._c_scan)))
+    for label, fn in rows:
         best = min(timeit.repeat(fn, number=1, repeat=7))
         print(f"  {label} {count / best / 1e6:6.2f} M commands/s  ({best / count * 1e9:5.0f} ns each)")
 
