@@ -15,6 +15,7 @@ import pytest
 import redis
 import yaml
 
+from redisgate import resp
 from servers import free_port, redis_cli
 
 H = "#" + hashlib.sha256(b"pw").hexdigest()
@@ -149,6 +150,31 @@ def test_serve_proxies_to_the_configured_upstream_and_reloads(tmp_path, redis7):
     finally:
         stop(proc)
     assert not (tmp_path / "rg.pid").exists()
+    if resp._c_scan is not None:   # built here: the C parser is the one in use, no warning
+        assert b"pure Python" not in proc.stderr.read()
+
+
+def test_serve_without_the_c_module_warns_and_proxies_in_pure_python(tmp_path, redis7):
+    # REDISGATE_PURE_PYTHON=1 is what a machine without a C compiler runs: same behaviour.
+    port = free_port()
+    cfg = write(tmp_path, {"listen": f"127.0.0.1:{port}", "upstream": redis7.upstream,
+                           "users": {"a": f"on {H} ~k:* +get +set +ping"}})
+    proc = subprocess.Popen([sys.executable, "-m", "redisgate", "serve", "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ, REDISGATE_PURE_PYTHON="1"))
+    try:
+        wait_port(port, proc)
+        c = redis.Redis(port=port, username="a", password="pw", protocol=2)
+        pipe = c.pipeline(transaction=False)
+        for i in range(200):
+            pipe.set(f"k:{i}", i)
+            pipe.get(f"k:{i}")
+        assert pipe.execute() == [True, b"0"] + [x for i in range(1, 200) for x in (True, b"%d" % i)]
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            c.get("other")
+    finally:
+        stop(proc)
+    assert b"runs as pure Python" in proc.stderr.read()
 
 
 def test_reload_with_a_broken_config_keeps_the_running_one(tmp_path, redis7):
