@@ -195,6 +195,22 @@ class Matcher:
         self._min = sum(seg.width for seg in segments)
         self.match = self._match_glob
 
+    def covers_prefix(self, prefix: bytes) -> bool:
+        """True if every subject that starts with `prefix` (non-empty) matches. A sufficient
+        test: False also where it cannot tell. A glob `X*` (its last item an unescaped star)
+        covers `prefix` when X matches some beginning of `prefix`: the star then matches the
+        rest, whatever follows (`asynq:{*}:*` covers `asynq:{default}:t:`)."""
+        if not prefix:
+            return False
+        if self.kind == "any":
+            return True
+        if self.kind == "prefix":
+            return prefix.startswith(self.literal)
+        if self.kind == "glob" and self._tail is not None and self._tail.width == 0:
+            head = Matcher(self.pattern[:-1])
+            return any(head.match(prefix[:k]) for k in range(1, len(prefix) + 1))
+        return False
+
     def _match_glob(self, s: bytes) -> bool:
         n = len(s)
         if n == 0:

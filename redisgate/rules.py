@@ -694,7 +694,7 @@ def parse_aclfile(text: str) -> dict[str, list[str]]:
 class _PatternSet:
     """Several globs as one test: a set of exact strings, one `startswith` tuple, the rest."""
 
-    __slots__ = ("exact", "prefixes", "nonempty", "globs")
+    __slots__ = ("exact", "prefixes", "nonempty", "globs", "matchers")
 
     def __init__(self, patterns: Iterable[bytes]) -> None:
         exact, prefixes, globs = set(), [], []
@@ -708,11 +708,21 @@ class _PatternSet:
             elif m.kind == "any":
                 nonempty = True
             elif m.kind == "glob":
-                globs.append(m.match)
+                globs.append(m)
         self.exact = frozenset(exact)
         self.prefixes = tuple(prefixes)
         self.nonempty = nonempty
-        self.globs = tuple(globs)
+        self.matchers = tuple(globs)
+        self.globs = tuple(m.match for m in globs)
+
+    def covers_prefix(self, prefix: bytes) -> bool:
+        """True if every key that starts with `prefix` (non-empty) passes (a sufficient test,
+        see glob.Matcher.covers_prefix)."""
+        if not prefix:
+            return False
+        if self.nonempty or (self.prefixes and prefix.startswith(self.prefixes)):
+            return True
+        return any(m.covers_prefix(prefix) for m in self.matchers)
 
     def match(self, s: bytes) -> bool:
         if s in self.exact:
@@ -786,9 +796,10 @@ class User:
         while pos < len(args) <= most the command's one key is args[pos] (`spec.keys.single_key`),
         and the selector lets it through if `match(key)`; `prefixes` and `exact` are match's
         plain-prefix and exact-name parts, tried first because they are one C call each.
-        (sel, script, plain, prefixes, match): check every
+        (sel, script, plain, prefixes, match, keyset): check every
         key against that selector's patterns (`plain(args)`, from `spec.keys.plain_keys`, gives
-        the keys when they all need the permission `prefixes`/`match` are for; else keys());
+        the keys when they all need the permission `prefixes`/`match` are for, and `keyset` is
+        the pattern set they come from; else keys());
         then a plain command is allowed, a script command goes to the script policy as the
         general walk would send it. Only "allowed" is ever concluded here: anything else takes
         the general walk, which produces the exact denial. So every entry stands for a selector
@@ -825,8 +836,8 @@ class User:
         needed = cat.needed(plain[1]) if plain is not None else -1
         if needed >= 0:
             ps = sel.keysets[needed]
-            return (sel, script, plain[0], ps.prefixes, ps.match)
-        return (sel, script, None, (), None)
+            return (sel, script, plain[0], ps.prefixes, ps.match, ps)
+        return (sel, script, None, (), None, None)
 
     def __repr__(self) -> str:
         return f"<User {self.name} {self.describe()!r}>"
@@ -869,7 +880,7 @@ class User:
                     if key.startswith(prefixes) or key in exact or match(key):
                         return None
             else:
-                sel, script, plain, prefixes, match = fast
+                sel, script, plain, prefixes, match, _ = fast
                 if script is _BY_SHA and plain is not None:
                     # EVALSHA of a script with a compiled contract: one call checks the call's
                     # shape and, memoised per user and queue, that its KEYS pass the patterns.

@@ -891,19 +891,20 @@ class _FastContract:
     @staticmethod
     def _covers(entry: tuple, keys: tuple) -> bool:
         """Whether every KEYS name a call for this queue may hold passes the key patterns of
-        `keys` (rules.User's shortcut for the command: (selector, _, _, plain prefixes, match)):
-        each fixed name, and every name under each tail prefix (the prefix starts with one of
-        the plain prefixes)."""
-        sel, _, _, prefixes, match = keys
+        `keys` (rules.User's shortcut for the command: (selector, _, _, _, _, key pattern set)):
+        each fixed name, and every name under each tail prefix."""
+        sel, keyset = keys[0], keys[5]
         if sel.allkeys:
             return True
+        if keyset is None:
+            return False
         exact, several, tails = entry[0], entry[1], entry[2]
         names = [] if exact is None else \
             list(exact[1]) if type(exact[1]) is tuple else [exact[1]]
         for _, options in several:
             names += options
-        return all(n.startswith(prefixes) or match(n) for n in names) \
-            and all(prefix.startswith(prefixes) for _, prefix, _ in tails)
+        return all(map(keyset.match, names)) \
+            and all(keyset.covers_prefix(prefix) for _, prefix, _ in tails)
 
     def honoured(self, args: list[bytes], user, keys: tuple | None = None) -> bool:
         """(See the class.) With `keys`, the user's judge shortcut for this command (see

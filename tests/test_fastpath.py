@@ -558,6 +558,29 @@ def test_evalsha_key_coverage_memo_gives_the_general_paths_verdict():
     assert allowed > 500
 
 
+def test_profile_users_evalsha_keys_are_vouched_for_by_the_contract():
+    # asynq-worker without `queues:` has glob patterns (~asynq:{*}:*), not plain prefixes: the
+    # contract still vouches for every task key under asynq:{q}:t: (glob.covers_prefix), and
+    # not for a user whose patterns leave some KEYS out.
+    cfg = build_config({"upstream": {"address": "127.0.0.1:1"}, "users": {
+        "w": {"rules": "on nopass", "profile": "asynq-worker"},
+        "narrow": {"rules": "on nopass", "profile": "asynq-worker", "queues": ["critical"]}}})
+    checked = 0
+    for name, want in (("w", True), ("narrow", False)):
+        user = cfg.users[name].user
+        for contract in KNOWN_SCRIPTS.values():
+            sha = contract.sha1.encode()
+            fast = user.scripts.by_sha.get(sha)
+            if fast is None or fast is True or contract.name != "dequeueCmd":
+                continue
+            args = _valid_call(contract, b"default", random.Random(1))
+            spec = TABLE.lookup(args)
+            assert fast.honoured(args, user, user.shortcut(spec)) is want, (name, contract.sha1)
+            assert (user.judge(spec, args) is None) is want
+            checked += 1
+    assert checked >= 2
+
+
 # --- session: the inlined path does what the careful path does ----------------------------------
 
 USERS = {

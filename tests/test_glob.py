@@ -234,6 +234,29 @@ def test_matches_the_c_transcription(pattern, subjects):
 # ---------------------------------------------------------------- against Redis 7 itself
 
 # ACL patterns cannot contain whitespace or NUL; `~*` is the allkeys flag, not a pattern.
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(_PATTERN_BYTES, max_size=8).map(bytes).flatmap(
+           lambda p: st.sampled_from([p, p + b"*", p + b"*"])),   # mostly `X*`, where it can say yes
+       st.lists(_SUBJECT_BYTES, min_size=1, max_size=6).map(bytes),
+       st.lists(st.lists(_SUBJECT_BYTES, max_size=6).map(bytes), min_size=1, max_size=8))
+def test_covers_prefix_is_never_wrong(pattern, prefix, rests):
+    # The script contracts' key shortcut trusts it for every key under a prefix: where it says
+    # yes, Redis's own function must match every such key (the C transcription is the witness).
+    if compile_pattern(pattern).covers_prefix(prefix):
+        for rest in [b""] + rests:
+            assert _stringmatchlen(pattern, prefix + rest), (pattern, prefix, rest)
+
+
+def test_covers_prefix_sees_through_a_leading_glob():
+    assert compile_pattern(b"asynq:{*}:*").covers_prefix(b"asynq:{default}:t:")
+    assert compile_pattern(b"asynq:{def*}:*").covers_prefix(b"asynq:{default}:t:")
+    assert compile_pattern(b"asynq:*").covers_prefix(b"asynq:{x}:")
+    assert not compile_pattern(b"asynq:{*}:lease").covers_prefix(b"asynq:{default}:t:")
+    assert not compile_pattern(b"asynq:\\*").covers_prefix(b"asynq:")   # an escaped star
+    assert not compile_pattern(b"k[ab]*").covers_prefix(b"kc")
+    assert not compile_pattern(b"*").covers_prefix(b"")
+
+
 _ACL_PATTERN_BYTES = st.sampled_from(list(b"ab*?[]^-\\:{}") + [0xFF, 0x80, 0x7F])
 _KEY_BYTES = st.sampled_from(list(b"ab]^-\\*?[:{} ") + [0xFF, 0x80, 0x7F, 0x00])
 
