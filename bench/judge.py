@@ -21,9 +21,9 @@ lease, HSET of a result, SADD asynq:queues, PING, plus the GET/SET a cache would
 * ``next``    — the same with `RequestParser.next()` one request at a time.
 * ``... (GET/SET)`` — `drain` and `session` again over redis-benchmark's own SET/GET traffic,
                 to compare with the socket benchmarks' -P 16 numbers.
-* ``... [pure Python]`` — `session` and `drain` again with the C scan of `take_batch()`
-                (redisgate/_speedups.c) turned off: the parsing path of a machine where it is not
-                built.
+* ``... [pure Python]`` — `session` and `drain` again with the C module
+                (redisgate/_speedups.c: take_batch()'s scan, count_flat()) turned off: the path of
+                a machine where it is not built.
 
 Every path also verifies that the judge allowed every command (a denial would make the numbers
 meaningless). The result is the median of several timed repetitions after a warm-up.
@@ -207,13 +207,13 @@ def bench_paths(n: int, reps: int) -> dict:
     cmds = asynq_commands(n)
     measure(cmds, "", with_next=True)
     measure(getset_commands(n), " (GET/SET)", with_next=False)
-    c_scan = resp._c_scan
-    if c_scan is not None:                # the same without the C scan (resp.py's Python twin)
-        resp._c_scan = None
+    c_parts = resp._c_scan, resp._c_count_flat
+    if c_parts[0] is not None:            # the same without the C module (resp.py's twins)
+        resp._c_scan = resp._c_count_flat = None
         try:
             measure(cmds, " [pure Python]", with_next=False)
         finally:
-            resp._c_scan = c_scan
+            resp._c_scan, resp._c_count_flat = c_parts
     for name, cls in alternatives.items():
         parser_cls[0] = cls
         try:
