@@ -881,11 +881,14 @@ class User:
                         return None
             else:
                 sel, script, plain, prefixes, match, _ = fast
-                if script is _BY_SHA and plain is not None:
-                    # EVALSHA of a script with a compiled contract: one call checks the call's
-                    # shape and, memoised per user and queue, that its KEYS pass the patterns.
+                check = None
+                if script is _BY_SHA:
+                    # The arity check guarantees args[1]; `by_sha` maps an allowed SHA1 as sent
+                    # to True (no contract) or its compiled contract (a policy without one is
+                    # only asked). With a contract, one call checks the call's shape and,
+                    # memoised per user and queue, that its KEYS pass the patterns.
                     check = getattr(self.scripts, "by_sha", _NO_CHECKS).get(args[1])
-                    if check is not None and check is not True \
+                    if plain is not None and check is not None and check is not True \
                             and check.honoured(args, self, fast):
                         return None
                 keys = plain(args) if plain is not None else None
@@ -900,13 +903,8 @@ class User:
                         return None
                     scripts = self.scripts
                     if scripts is not None:
-                        if script is _BY_SHA:
-                            # The arity check guarantees args[1]; `by_sha` maps an allowed SHA1
-                            # as sent to True (no contract) or its compiled contract (a policy
-                            # without one is only asked).
-                            check = getattr(scripts, "by_sha", _NO_CHECKS).get(args[1])
-                            if check is True or (check is not None and check.honoured(args, self)):
-                                return None
+                        if check is True or (check is not None and check.honoured(args, self)):
+                            return None
                         denial = scripts.judge(self, spec, args)
                         if denial is None:
                             return None
