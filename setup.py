@@ -1,9 +1,15 @@
 """Only the optional C accelerator lives here; everything else is in pyproject.toml.
 
-redisgate._speedups is the request parser's hot loop in C. It is optional: where it cannot be
+redisgate._speedups is the request parser's hot loops in C, redisgate._lane a client connection's
+steady state (see their sources). Both are optional: where it cannot be
 compiled (no C compiler or no Python headers) the install goes on and redisgate.resp uses the
 same logic in Python.
 """
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("redisgate._speedups", ["redisgate/_speedups.c"], optional=True)])
+setup(ext_modules=[
+    Extension("redisgate._speedups", ["redisgate/_speedups.c"], depends=["redisgate/_respscan.h"],
+              optional=True),
+    Extension("redisgate._lane", ["redisgate/_lane.c"], depends=["redisgate/_respscan.h"],
+              optional=True),
+])

@@ -87,8 +87,7 @@ class Gate:
     def reload(self, config: Config) -> None:
         self.config = config
         self.users = config.users
-        self.fast_commands.clear()
-        self.fast_shared.clear()
+        self.forget_fast()
         self.acl_log.max_len = config.acl_log_max_len
         if config.upstream.version:
             self.upstream_version = config.upstream.version
@@ -100,8 +99,16 @@ class Gate:
         if self.config.upstream.version is None:
             self.upstream_version = version
             self._available.clear()
-            self.fast_commands.clear()
-            self.fast_shared.clear()
+            self.forget_fast()
+
+    def forget_fast(self) -> None:
+        """Drop the per-user memos of Session._run. Each one is emptied, not only let go: the C
+        lanes (redisgate._lane) hold them, and an empty memo sends their next command to the
+        Python path, which sees the new generation."""
+        for memo in (self.fast_commands, self.fast_shared):
+            for known in memo.values():
+                known.clear()
+            memo.clear()
 
     def available(self, spec) -> bool:
         """Whether the upstream's version has this command (memoised: it is on the hot path)."""

