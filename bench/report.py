@@ -101,59 +101,72 @@ def _verdict(value: float | None, op: str, threshold: float) -> str:
     return "PASS" if ok else "FAIL"
 
 
+# The redisgate configurations every throughput and latency check is made for: the default (a
+# link per client) and upstream.multiplex: 1. Each gets its own rows; the first is `redisgate`.
+CHECKED_TARGETS = [("redisgate", ""), ("redisgate-mux", "-mux")]
+
+
 def checks(summary: dict, targets: dict, judge: dict | None, memory: dict | None) -> list[dict]:
     out = []
-    rg = targets.get("redisgate", {})
-    rg_missing = None if rg.get("available") else rg.get("reason", "not run")
+    for target, suffix in CHECKED_TARGETS:
+        out += _target_checks(summary, targets, target, suffix)
+    out += _other_checks(judge, memory)
+    return out
+
+
+def _target_checks(summary: dict, targets: dict, target: str, suffix: str) -> list[dict]:
+    """The ratio and -c 1 latency checks for one redisgate target (ids get `suffix`)."""
+    out = []
+    tg = targets.get(target, {})
+    missing = None if tg.get("available") else tg.get("reason", "not run")
+
+    def named(title: str) -> str:
+        return title.replace("redisgate", target, 1)
+
     for cid, title, w, base, op, thr in RATIO_CHECKS:
-        entry = summary.get(w, {}).get("redisgate", {})
+        entry = summary.get(w, {}).get(target, {})
         value = entry.get(f"x_{base}")
         note = ""
         if value is None:
             if w not in summary:
                 note = f"workload {w} was not run (--workloads)"
-            elif rg_missing and not entry:
-                note = "redisgate target unavailable (see Targets)"
+            elif missing and not entry:
+                note = f"{target} target unavailable (see Targets)"
             else:
                 note = entry.get("reason") or f"no {base} run of {w} in the same round"
-        mux = summary.get(w, {}).get("redisgate-mux", {}).get(f"x_{base}")
-        if mux is not None:
-            note = (note + "; " if note else "") + f"redisgate-mux (multiplex: 1): {mux:.2f}×"
-        out.append({"id": cid, "title": title, "value": value, "unit": "×", "op": op,
-                    "threshold": thr, "result": _verdict(value, op, thr), "note": note})
+        out.append({"id": cid + suffix, "title": named(title), "value": value, "unit": "×",
+                    "op": op, "threshold": thr, "result": _verdict(value, op, thr), "note": note})
 
-    per_round, of_medians = _added_ratio(summary, "get_c1", "redisgate")
-    rg_added = summary.get("get_c1", {}).get("redisgate", {}).get("added_p50_ms")
+    per_round, of_medians = _added_ratio(summary, "get_c1", target)
+    added = summary.get("get_c1", {}).get(target, {}).get("added_p50_ms")
     pipe_added = summary.get("get_c1", {}).get("pipe", {}).get("added_p50_ms")
-    note = ""
     if per_round is None:
-        note = ("redisgate target unavailable (see Targets)" if rg_missing
-                else "needs ok GET -c 1 runs of direct, pipe and redisgate with pipe adding > 0 ms")
+        note = (f"{target} target unavailable (see Targets)" if missing
+                else f"needs ok GET -c 1 runs of direct, pipe and {target} with pipe adding > 0 ms")
     else:
-        note = (f"added p50: redisgate {rg_added * 1000:.0f} µs, pipe {pipe_added * 1000:.0f} µs "
+        note = (f"added p50: {target} {added * 1000:.0f} µs, pipe {pipe_added * 1000:.0f} µs "
                 "(8 µs histogram buckets)"
                 + (f"; ratio of medians {of_medians:.2f}" if of_medians is not None else ""))
-    mux_ratio, _ = _added_ratio(summary, "get_c1", "redisgate-mux")
-    if mux_ratio is not None:
-        note += f"; redisgate-mux (multiplex: 1): {mux_ratio:.2f}×"
-    out.append({"id": "c1_latency", "title": "GET -c 1: redisgate's added p50 ≤ 1.15× the byte pipe's",
+    out.append({"id": "c1_latency" + suffix,
+                "title": named("GET -c 1: redisgate's added p50 ≤ 1.15× the byte pipe's"),
                 "value": per_round, "unit": "×", "op": "<=", "threshold": LATENCY_LIMIT,
                 "result": _verdict(per_round, "<=", LATENCY_LIMIT), "note": note})
 
-    mean_ratio, mean_of_medians = _added_ratio(summary, "get_c1", "redisgate",
-                                               key="added_mean_by_round")
-    mux_mean, _ = _added_ratio(summary, "get_c1", "redisgate-mux", key="added_mean_by_round")
-    rg_mean = summary.get("get_c1", {}).get("redisgate", {}).get("added_mean_ms")
+    mean_ratio, _ = _added_ratio(summary, "get_c1", target, key="added_mean_by_round")
+    mean = summary.get("get_c1", {}).get(target, {}).get("added_mean_ms")
     pipe_mean = summary.get("get_c1", {}).get("pipe", {}).get("added_mean_ms")
-    out.append({"id": "c1_latency_mean",
-                "title": "GET -c 1: redisgate's added mean latency (1/rps) ≤ 1.15× the byte pipe's",
+    out.append({"id": "c1_latency_mean" + suffix,
+                "title": named("GET -c 1: redisgate's added mean latency (1/rps) ≤ 1.15× the byte pipe's"),
                 "value": mean_ratio, "unit": "×", "op": "<=", "threshold": LATENCY_LIMIT,
                 "result": _verdict(mean_ratio, "<=", LATENCY_LIMIT),
-                "note": (f"added mean: redisgate {rg_mean * 1000:.1f} µs, pipe {pipe_mean * 1000:.1f} µs; "
+                "note": (f"added mean: {target} {mean * 1000:.1f} µs, pipe {pipe_mean * 1000:.1f} µs; "
                          "exact, where p50 has redis-benchmark's 8 µs buckets"
-                         + (f"; redisgate-mux (multiplex: 1): {mux_mean:.2f}×" if mux_mean else "")
                          if mean_ratio is not None else note)})
+    return out
 
+
+def _other_checks(judge: dict | None, memory: dict | None) -> list[dict]:
+    out = []
     jv, jnote = None, ""
     if judge is None:
         jnote = "skipped"

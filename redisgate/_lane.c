@@ -1,6 +1,6 @@
-/* redisgate._lane: the steady state of one client connection with a dedicated upstream link,
- * in C. Optional: without it every byte takes the Python path (server.ClientConnection ->
- * session.Session), which decides the same things.
+/* redisgate._lane: the steady state of one client connection in C, on its own upstream link or on
+ * a shared one. Optional: without it every byte takes the Python path (server.ClientConnection ->
+ * session.Session, mux.Demux), which decides the same things.
  *
  * Why: with one client waiting on each reply (redis-benchmark -c 1, a lone worker), the proxy's
  * cost is not its hot instruction count but its Python frames and objects, which run cold
@@ -8,25 +8,36 @@
  *
  * A Lane stands for a session that Python "armed" (server.ClientConnection.arm_lane): logged in,
  * nothing pending but forwarded commands (their reply count is `due`), nothing buffered, no
- * transaction, no subscription, a dedicated upstream. While armed:
+ * transaction, no subscription. While armed:
  *
- *   client_data(data)    passes `data` to the upstream as it came when it is whole canonical
- *                        requests (scan()'s form, within the parser's limits) that the session's
- *                        own inline judge would pass: each name is in `known` (Session._inline's
+ *   client_data(data)    forwards `data` as it came when it is whole canonical requests
+ *                        (scan()'s form, within the parser's limits) that the session's own
+ *                        inline judge would pass: each name is in `known` (Session._inline's
  *                        memo for the user, the very same dict) with an entry whose arity fits
  *                        and whose one key, if any, starts with one of its prefixes, is in its
- *                        exact set or passes its match. Then due += how many.
- *   upstream_data(data)  passes `data` to the client when it is nothing but whole flat replies
- *                        to due commands (count_flat()'s form). Then due -= how many.
+ *                        exact set or passes its match. Then due += how many. On a dedicated
+ *                        link it writes the upstream; on a shared one (`link`, `owner`) it does
+ *                        what ClientConnection.pump and SharedLink.send do.
+ *   upstream_data(data)  (dedicated link) passes `data` to the client when it is nothing but
+ *                        whole flat replies to due commands (count_flat()'s form); due -= how
+ *                        many.
  *
- * Anything else goes, untouched and whole, to the Python callable given for it (client_slow /
- * upstream_slow), which takes the due count back first (disarm()) and re-arms when it is done.
- * The lane never decides anything the Python path would decide otherwise: it only concludes
- * "forward" from an entry Python computed, and gives up on everything else. The memo being
- * cleared (a config reload, a new upstream version) makes every name a miss, so a reload is
- * seen at the next command.
+ * A Router is a shared link connection's data_received: it routes the flat replies at the head
+ * of the link's Demux to clients whose lanes are armed on that link, keeping the Demux's books.
+ *
+ * Anything else goes, untouched and whole (a Router: the rest of the read), to the Python
+ * callable given for it, which takes the due count back first (ClientConnection.disarm_lane)
+ * and re-arms when it is done. The C side never decides anything the Python path would decide
+ * otherwise: it only concludes "forward" from an entry Python computed, and "this client's
+ * reply" from books Python keeps; it gives up on everything else. The memo being cleared (a
+ * config reload, a new upstream version: Gate.forget_fast) makes every name a miss, so a
+ * reload is seen at the next command.
  */
 #include "_respscan.h"
+
+/* Attribute names of server.SharedLink, mux.Demux and server.ClientConnection (interned). */
+static PyObject *s_due, *s_ready, *s_out, *s_demux, *s_conn, *s_transport, *s_write, *s_send,
+    *s_clean, *s_lane, *s_append, *s_popleft;
 
 typedef struct {
     PyObject_HEAD
@@ -35,6 +46,9 @@ typedef struct {
     PyObject *client_write;     /* while armed */
     PyObject *client_slow;
     PyObject *upstream_slow;
+    PyObject *link;             /* on a shared link, while armed: the server.SharedLink... */
+    PyObject *owner;            /* ...and the ClientConnection, which its Demux knows */
+    PyObject *queue;            /* ...and the Demux's queue (link.demux.due, kept for life) */
     Py_ssize_t due;             /* replies still due to commands the lane forwarded */
     Py_ssize_t max_args, max_bulk;
     Py_ssize_t passed;          /* requests the lane forwarded (a statistic for tests) */
@@ -46,6 +60,9 @@ lane_release(Lane *self)
     Py_CLEAR(self->known);
     Py_CLEAR(self->upstream_write);
     Py_CLEAR(self->client_write);
+    Py_CLEAR(self->link);
+    Py_CLEAR(self->owner);
+    Py_CLEAR(self->queue);
 }
 
 static int
@@ -54,6 +71,9 @@ lane_traverse(Lane *self, visitproc visit, void *arg)
     Py_VISIT(self->known);
     Py_VISIT(self->upstream_write);
     Py_VISIT(self->client_write);
+    Py_VISIT(self->link);
+    Py_VISIT(self->owner);
+    Py_VISIT(self->queue);
     Py_VISIT(self->client_slow);
     Py_VISIT(self->upstream_slow);
     return 0;
@@ -96,15 +116,19 @@ lane_init(Lane *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
-/* arm(known, upstream_write, client_write, due, max_args, max_bulk) */
+/* arm(known, upstream_write, client_write, due, max_args, max_bulk[, link, owner]) */
 static PyObject *
 lane_arm(Lane *self, PyObject *args)
 {
-    PyObject *known, *upstream_write, *client_write;
+    PyObject *known, *upstream_write, *client_write, *link = NULL, *owner = NULL;
     Py_ssize_t due, max_args, max_bulk;
-    if (!PyArg_ParseTuple(args, "O!OOnnn:arm", &PyDict_Type, &known, &upstream_write,
-                          &client_write, &due, &max_args, &max_bulk))
+    if (!PyArg_ParseTuple(args, "O!OOnnn|OO:arm", &PyDict_Type, &known, &upstream_write,
+                          &client_write, &due, &max_args, &max_bulk, &link, &owner))
         return NULL;
+    if ((link == NULL) != (owner == NULL) || link == Py_None || owner == Py_None) {
+        PyErr_SetString(PyExc_TypeError, "Lane.arm: a shared link needs its owner, and no None");
+        return NULL;
+    }
     if (self->known != NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Lane.arm: already armed (disarm() first)");
         return NULL;
@@ -116,9 +140,22 @@ lane_arm(Lane *self, PyObject *args)
     Py_INCREF(known);
     Py_INCREF(upstream_write);
     Py_INCREF(client_write);
+    if (link != NULL) {
+        PyObject *demux = PyObject_GetAttr(link, s_demux);
+        if (demux == NULL)
+            return NULL;
+        self->queue = PyObject_GetAttr(demux, s_due);
+        Py_DECREF(demux);
+        if (self->queue == NULL)
+            return NULL;
+    }
+    Py_XINCREF(link);
+    Py_XINCREF(owner);
     self->known = known;
     self->upstream_write = upstream_write;
     self->client_write = client_write;
+    self->link = link;
+    self->owner = owner;
     self->due = due;
     self->max_args = max_args;
     self->max_bulk = max_bulk;
@@ -203,6 +240,119 @@ passes(PyObject *entry, const char *req, const char *end, Py_ssize_t argc, Py_ss
     return ok;
 }
 
+/* A Python int attribute as a Py_ssize_t (-1 with an exception set if it is not one). */
+static Py_ssize_t
+int_attr(PyObject *obj, PyObject *name)
+{
+    Py_ssize_t v;
+    PyObject *o = PyObject_GetAttr(obj, name);
+    if (o == NULL)
+        return -1;
+    v = PyLong_Check(o) ? PyLong_AsSsize_t(o) : -1;
+    if (v == -1 && !PyErr_Occurred())
+        PyErr_SetString(PyExc_TypeError, "redisgate._lane: expected a non-negative int");
+    Py_DECREF(o);
+    return v;
+}
+
+static int
+set_int_attr(PyObject *obj, PyObject *name, Py_ssize_t v)
+{
+    int rc;
+    PyObject *o = PyLong_FromSsize_t(v);
+    if (o == NULL)
+        return -1;
+    rc = PyObject_SetAttr(obj, name, o);
+    Py_DECREF(o);
+    return rc;
+}
+
+/* mux.Demux.sent(owner, count) on the Demux's deque of [owner, replies due]. */
+static int
+demux_sent(PyObject *queue, PyObject *owner, Py_ssize_t count)
+{
+    Py_ssize_t n = PyObject_Length(queue);
+    PyObject *entry, *r;
+    if (n < 0)
+        return -1;
+    if (n > 0) {
+        PyObject *last = PySequence_GetItem(queue, n - 1);
+        if (last == NULL)
+            return -1;
+        if (PyList_CheckExact(last) && PyList_GET_SIZE(last) == 2
+                && PyList_GET_ITEM(last, 0) == owner) {
+            Py_ssize_t due = PyLong_AsSsize_t(PyList_GET_ITEM(last, 1));
+            PyObject *now;
+            if (due == -1 && PyErr_Occurred()) {
+                Py_DECREF(last);
+                return -1;
+            }
+            now = PyLong_FromSsize_t(due + count);
+            if (now == NULL || PyList_SetItem(last, 1, now) < 0) {
+                Py_DECREF(last);
+                return -1;
+            }
+            Py_DECREF(last);
+            return 0;
+        }
+        Py_DECREF(last);
+    }
+    entry = Py_BuildValue("[On]", owner, count);
+    if (entry == NULL)
+        return -1;
+    r = PyObject_CallMethodOneArg(queue, s_append, entry);
+    Py_DECREF(entry);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+/* Forwarded commands on a shared link: what ClientConnection.pump and SharedLink.send do. An
+ * idle, connected link (nothing in flight, nothing queued) is written at once, after its Demux
+ * learnt whose replies come next; a busy or connecting one is SharedLink.send's business. */
+static PyObject *
+shared_send(Lane *self, PyObject *data, Py_ssize_t count)
+{
+    PyObject *link = self->link, *queue = self->queue, *ready = NULL, *out = NULL;
+    PyObject *conn = NULL, *transport = NULL, *r = NULL;
+    Py_ssize_t total;
+    int idle;
+
+    Py_INCREF(link);   /* (the calls below run Python code that could disarm the lane) */
+    Py_INCREF(queue);
+    total = int_attr(link, s_due);
+    if (total < 0)
+        goto done;
+    ready = PyObject_GetAttr(link, s_ready);
+    out = PyObject_GetAttr(link, s_out);
+    if (ready == NULL || out == NULL)
+        goto done;
+    idle = total == 0 && ready == Py_True && PyList_CheckExact(out) && PyList_GET_SIZE(out) == 0;
+    if (!idle) {
+        PyObject *n = PyLong_FromSsize_t(count);
+        if (n != NULL)
+            r = PyObject_CallMethodObjArgs(link, s_send, self->owner, data, n, NULL);
+        Py_XDECREF(n);
+        goto done;
+    }
+    if (demux_sent(queue, self->owner, count) < 0
+            || set_int_attr(link, s_due, count) < 0
+            || (conn = PyObject_GetAttr(link, s_conn)) == NULL
+            || (transport = PyObject_GetAttr(conn, s_transport)) == NULL)
+        goto done;
+    r = PyObject_CallMethodOneArg(transport, s_write, data);
+done:
+    Py_XDECREF(transport);
+    Py_XDECREF(conn);
+    Py_XDECREF(out);
+    Py_XDECREF(ready);
+    Py_DECREF(queue);
+    Py_DECREF(link);
+    if (r == NULL)
+        return NULL;
+    Py_DECREF(r);
+    Py_RETURN_NONE;
+}
+
 static PyObject *
 lane_client_data(Lane *self, PyObject *data)
 {
@@ -251,6 +401,8 @@ lane_client_data(Lane *self, PyObject *data)
     Py_XDECREF(entry);
     self->due += count;
     self->passed += count;
+    if (self->link != NULL)
+        return shared_send(self, data, count);
     r = PyObject_CallOneArg(self->upstream_write, data);
     if (r == NULL)
         return NULL;
@@ -300,6 +452,12 @@ lane_get_due(Lane *self, void *closure)
 }
 
 static PyObject *
+lane_get_shared(Lane *self, void *closure)
+{
+    return PyBool_FromLong(self->link != NULL);
+}
+
+static PyObject *
 lane_get_passed(Lane *self, void *closure)
 {
     return PyLong_FromSsize_t(self->passed);
@@ -309,6 +467,7 @@ static PyGetSetDef lane_getset[] = {
     {"armed", (getter)lane_get_armed, NULL, "whether the lane is taking traffic", NULL},
     {"due", (getter)lane_get_due, NULL, "replies still due to commands the lane forwarded", NULL},
     {"passed", (getter)lane_get_passed, NULL, "requests the lane has forwarded", NULL},
+    {"shared", (getter)lane_get_shared, NULL, "armed on a shared upstream link", NULL},
     {NULL},
 };
 
@@ -339,16 +498,256 @@ static PyTypeObject LaneType = {
     .tp_getset = lane_getset,
 };
 
+/* Router: the data_received of a shared link's connection (server._LinkConnection). While the
+ * replies at the head of the link's Demux belong to clients whose lanes are armed on it, and are
+ * whole flat replies, it hands each client its bytes and keeps the Demux's books (its queue, the
+ * link's `due`) as Demux.received and SharedLink.data_received would. From the first reply it
+ * cannot place that way, the rest of the read goes to the Python path (`slow`). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *link;    /* server.SharedLink */
+    PyObject *conn;    /* the _LinkConnection this router reads for */
+    PyObject *slow;
+    PyObject *demux;   /* link.demux and its queue: a link keeps both for life */
+    PyObject *queue;
+} Router;
+
+static int
+router_traverse(Router *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->link);
+    Py_VISIT(self->conn);
+    Py_VISIT(self->slow);
+    Py_VISIT(self->demux);
+    Py_VISIT(self->queue);
+    return 0;
+}
+
+static int
+router_clear(Router *self)
+{
+    Py_CLEAR(self->link);
+    Py_CLEAR(self->conn);
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->demux);
+    Py_CLEAR(self->queue);
+    return 0;
+}
+
+static void
+router_dealloc(Router *self)
+{
+    PyObject_GC_UnTrack(self);
+    router_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+router_init(Router *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *link, *conn, *slow, *demux, *queue;
+    static char *kwlist[] = {"link", "conn", "slow", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO:Router", kwlist, &link, &conn, &slow))
+        return -1;
+    if (!PyCallable_Check(slow)) {
+        PyErr_SetString(PyExc_TypeError, "Router: the slow path must be callable");
+        return -1;
+    }
+    demux = PyObject_GetAttr(link, s_demux);
+    if (demux == NULL)
+        return -1;
+    queue = PyObject_GetAttr(demux, s_due);
+    if (queue == NULL) {
+        Py_DECREF(demux);
+        return -1;
+    }
+    router_clear(self);
+    Py_INCREF(link);
+    Py_INCREF(conn);
+    Py_INCREF(slow);
+    self->link = link;
+    self->conn = conn;
+    self->slow = slow;
+    self->demux = demux;
+    self->queue = queue;
+    return 0;
+}
+
+/* Routes the whole flat replies at the head of data[pos:] to the head entry of `queue` if its
+ * owner's lane is armed on this link: returns the new pos (unchanged when it could not), or -1
+ * with an exception set. *stop is set when nothing more may be routed in C. */
+static Py_ssize_t
+route_head(Router *self, PyObject *data, Py_ssize_t pos, PyObject *queue, int *stop)
+{
+    const char *base = PyBytes_AS_STRING(data), *end = base + PyBytes_GET_SIZE(data), *next;
+    PyObject *entry = NULL, *lane_obj = NULL, *chunk = NULL, *r = NULL;
+    Lane *lane;
+    Py_ssize_t n, count = 0, total, result = -1;
+
+    *stop = 1;
+    n = PyObject_Length(queue);
+    if (n <= 0)
+        return n < 0 ? -1 : pos;   /* (nobody is due replies: the Python path says so) */
+    entry = PySequence_GetItem(queue, 0);
+    if (entry == NULL)
+        return -1;
+    if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) != 2) {
+        result = pos;
+        goto done;
+    }
+    lane_obj = PyObject_GetAttr(PyList_GET_ITEM(entry, 0), s_lane);
+    if (lane_obj == NULL) {   /* (the link's own setup commands have no lane) */
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+            goto done;
+        PyErr_Clear();
+        result = pos;
+        goto done;
+    }
+    lane = (Lane *)lane_obj;
+    n = PyLong_AsSsize_t(PyList_GET_ITEM(entry, 1));
+    if (n == -1 && PyErr_Occurred())
+        goto done;
+    if (!Py_IS_TYPE(lane_obj, &LaneType) || lane->known == NULL || lane->link != self->link
+            || lane->owner != PyList_GET_ITEM(entry, 0) || n <= 0) {
+        result = pos;
+        goto done;
+    }
+    next = flat_run(base + pos, end, n, &count);
+    if (count == 0 || count > lane->due) {
+        result = pos;
+        goto done;
+    }
+    total = int_attr(self->link, s_due);
+    if (total < 0)
+        goto done;
+    if (count == n) {
+        r = PyObject_CallMethodNoArgs(queue, s_popleft);
+        if (r == NULL)
+            goto done;
+        Py_CLEAR(r);
+    } else {
+        PyObject *left = PyLong_FromSsize_t(n - count);
+        if (left == NULL || PyList_SetItem(entry, 1, left) < 0)
+            goto done;
+    }
+    if (set_int_attr(self->link, s_due, total - count) < 0)
+        goto done;
+    lane->due -= count;
+    if (pos == 0 && next == end) {
+        chunk = data;
+        Py_INCREF(chunk);
+    } else {
+        chunk = PyBytes_FromStringAndSize(base + pos, next - (base + pos));
+        if (chunk == NULL)
+            goto done;
+    }
+    r = PyObject_CallOneArg(lane->client_write, chunk);
+    if (r == NULL)
+        goto done;
+    Py_CLEAR(r);
+    result = next - base;
+    *stop = count < n;   /* what follows (if anything) is not a flat reply of this owner's */
+done:
+    Py_XDECREF(chunk);
+    Py_XDECREF(lane_obj);
+    Py_XDECREF(entry);
+    return result;
+}
+
+static PyObject *
+router_data_received(Router *self, PyObject *data)
+{
+    PyObject *current = NULL, *clean = NULL, *rest, *r;
+    Py_ssize_t pos = 0, size;
+    int stop = 0;
+
+    if (self->slow == NULL || self->queue == NULL)   /* (cleared by the collector) */
+        Py_RETURN_NONE;
+    if (self->link == NULL || !PyBytes_CheckExact(data))
+        return PyObject_CallOneArg(self->slow, data);
+    Py_INCREF(self);   /* (a write may run Python code) */
+    size = PyBytes_GET_SIZE(data);
+    if ((current = PyObject_GetAttr(self->link, s_conn)) == NULL
+            || (clean = PyObject_GetAttr(self->demux, s_clean)) == NULL)
+        goto error;
+    if (current == self->conn && clean == Py_True) {
+        while (pos < size && !stop) {
+            pos = route_head(self, data, pos, self->queue, &stop);
+            if (pos < 0)
+                goto error;
+        }
+    }
+    Py_DECREF(current);
+    Py_DECREF(clean);
+    if (pos == size) {
+        Py_DECREF(self);
+        Py_RETURN_NONE;
+    }
+    if (pos == 0) {
+        rest = data;
+        Py_INCREF(rest);
+    } else {
+        rest = PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + pos, size - pos);
+        if (rest == NULL) {
+            Py_DECREF(self);
+            return NULL;
+        }
+    }
+    r = PyObject_CallOneArg(self->slow, rest);
+    Py_DECREF(rest);
+    Py_DECREF(self);
+    return r;
+error:
+    Py_XDECREF(current);
+    Py_XDECREF(clean);
+    Py_DECREF(self);
+    return NULL;
+}
+
+static PyMethodDef router_methods[] = {
+    {"data_received", (PyCFunction)router_data_received, METH_O,
+     "data_received(data): bytes from the shared link (a Protocol's data_received)."},
+    {NULL},
+};
+
+static PyTypeObject RouterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "redisgate._lane.Router",
+    .tp_basicsize = sizeof(Router),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Reply routing of a shared link for clients whose lanes are armed; see _lane.c.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)router_init,
+    .tp_dealloc = (destructor)router_dealloc,
+    .tp_traverse = (traverseproc)router_traverse,
+    .tp_clear = (inquiry)router_clear,
+    .tp_methods = router_methods,
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "redisgate._lane",
     "The steady state of one client connection in C (see the source for the contract).", -1,
 };
 
+static int
+intern(PyObject **slot, const char *name)
+{
+    *slot = PyUnicode_InternFromString(name);
+    return *slot == NULL ? -1 : 0;
+}
+
 PyMODINIT_FUNC
 PyInit__lane(void)
 {
     PyObject *m;
-    if (PyType_Ready(&LaneType) < 0)
+    if (intern(&s_due, "due") < 0 || intern(&s_ready, "ready") < 0 || intern(&s_out, "out") < 0
+            || intern(&s_demux, "demux") < 0 || intern(&s_conn, "conn") < 0
+            || intern(&s_transport, "transport") < 0 || intern(&s_write, "write") < 0
+            || intern(&s_send, "send") < 0 || intern(&s_clean, "clean") < 0
+            || intern(&s_lane, "lane") < 0 || intern(&s_append, "append") < 0
+            || intern(&s_popleft, "popleft") < 0)
+        return NULL;
+    if (PyType_Ready(&LaneType) < 0 || PyType_Ready(&RouterType) < 0)
         return NULL;
     m = PyModule_Create(&module);
     if (m == NULL)
@@ -356,6 +755,12 @@ PyInit__lane(void)
     Py_INCREF(&LaneType);
     if (PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0) {
         Py_DECREF(&LaneType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&RouterType);
+    if (PyModule_AddObject(m, "Router", (PyObject *)&RouterType) < 0) {
+        Py_DECREF(&RouterType);
         Py_DECREF(m);
         return NULL;
     }

@@ -21,8 +21,13 @@ class Demux:
     """The owners of the replies still due on one shared link, oldest first."""
 
     def __init__(self) -> None:
-        self.due: deque[list] = deque()   # [owner, replies still due], in the order sent
+        # [owner, replies still due], in the order sent. Cleared, never replaced: the C side
+        # (redisgate._lane) keeps a reference to it.
+        self.due: deque[list] = deque()
         self.scanner = ReplyScanner()
+        # No reply is half read (the scanner is idle): the C router (redisgate._lane) may count
+        # the next bytes without frames. Kept as a plain attribute because C reads it.
+        self.clean = True
 
     @property
     def pending(self) -> int:
@@ -89,6 +94,7 @@ class Demux:
                 out.append((entry[0], data[start:end], counted, True))
                 due.popleft()
                 start, counted = end, 0
+        self.clean = self.scanner.idle
         if start < len(data):
             if not due:
                 raise UpstreamProtocolError("a reply on the shared link that no client asked for")
@@ -104,4 +110,5 @@ class Demux:
                 owners.append(owner)
         self.due.clear()
         self.scanner = ReplyScanner()
+        self.clean = True
         return owners

@@ -26,13 +26,14 @@ from .resp import UpstreamProtocolError, encode_command
 from .session import Session
 
 # A client connection's steady state in C (setup.py builds it; optional, and off with
-# REDISGATE_PURE_PYTHON=1): see _lane.c and ClientConnection.arm_lane.
+# REDISGATE_PURE_PYTHON=1, or REDISGATE_NO_LANE=1 for this part alone): see _lane.c and
+# ClientConnection.arm_lane.
 try:
-    from ._lane import Lane
+    from ._lane import Lane, Router
 except ImportError:   # not compiled here: every byte takes the Python path
-    Lane = None
-if os.environ.get("REDISGATE_PURE_PYTHON"):
-    Lane = None
+    Lane = Router = None
+if os.environ.get("REDISGATE_PURE_PYTHON") or os.environ.get("REDISGATE_NO_LANE"):
+    Lane = Router = None
 
 log = logging.getLogger("redisgate")
 _ids = itertools.count(1)
@@ -78,6 +79,10 @@ class _LinkConnection(asyncio.Protocol):
     def __init__(self, link: "SharedLink"):
         self.link = link
         self.transport: asyncio.Transport | None = None
+        if Router is not None and Lane is not None:
+            # Replies for clients whose C lanes are armed on the link are routed in C; the
+            # rest of a read comes to this class's data_received.
+            self.data_received = Router(link, self, self.data_received).data_received
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -110,7 +115,7 @@ class SharedLink:
     def __init__(self, proxy: "Proxy"):
         self.proxy = proxy
         self.conn: _LinkConnection | None = None
-        self.demux = Demux()
+        self.demux = Demux()           # for life: the C side (redisgate._lane) keeps it
         self.out: list[bytes] = []     # written at the end of this loop turn (or once connected)
         self.ready = False
         self.connecting = False
@@ -333,12 +338,29 @@ class ClientConnection(asyncio.Protocol):
         """Take the session back from the C lane (before anything else touches it)."""
         lane = self.lane
         if lane is not None and lane.armed:
-            self.session.lane_returned(lane.disarm())
+            shared = lane.shared
+            due = lane.disarm()
+            self.session.lane_returned(due)
+            if shared:
+                self.due += due   # (while armed, the lane kept the link's count for this client)
 
     def arm_lane(self) -> None:
-        """Hand the steady state to the C lane when the session is in it (see _lane.c)."""
-        if self.closed or self.link is not None or self._await_drain \
-                or self.upstream_write is None or self.lane.armed:
+        """Hand the steady state to the C lane when the session is in it (see _lane.c): on
+        its own upstream connection, or on a shared link (whose replies to it the link's
+        Router then routes in C)."""
+        if self.closed or self._await_drain or self.lane.armed:
+            return
+        link = self.link
+        if link is not None:
+            if Router is None:
+                return
+            handed = self.session.lane_handover(on_link=self.due)
+            if handed is not None:
+                self.lane.arm(handed[0], None, self.transport.write, handed[1],
+                              *self.session.parser._climits, link, self)
+                self.due = 0
+            return
+        if self.upstream_write is None:
             return
         handed = self.session.lane_handover()
         if handed is not None:
@@ -405,6 +427,8 @@ class ClientConnection(asyncio.Protocol):
     def shared_replies(self, data: bytes, replies: int, whole: bool) -> None:
         """Bytes from the shared link that belong to this client: `replies` replies ended in
         them, and if `whole`, nothing but those replies (the link counted them already)."""
+        if self.lane is not None:
+            self.disarm_lane()
         self.due -= replies
         if self.closed:
             if not self.due:
@@ -428,6 +452,8 @@ class ClientConnection(asyncio.Protocol):
         self.pump()
 
     def shared_link_failed(self, reason: str, established: bool) -> None:
+        if self.lane is not None:
+            self.disarm_lane()
         self.due = 0
         self._leave_link()
         if self.closed:

@@ -765,14 +765,16 @@ class Session:
 
     # -- the C lane (redisgate._lane, driven by server.ClientConnection)
 
-    def lane_handover(self):
+    def lane_handover(self, on_link: int | None = None):
         """(known, due) when the session is in the C lane's steady state, handing it the replies
-        due to forwarded commands; else None. The steady state: logged in (not learning), a
-        dedicated upstream ready, no transaction or subscription, nothing buffered or held,
-        nothing pending but forwarded commands. `known` is _run's memo for the user: the lane
-        forwards exactly what _run's inline path would forward with it."""
+        due to forwarded commands; else None. The steady state: logged in (not learning), an
+        upstream ready, no transaction or subscription, nothing buffered or held, nothing
+        pending but forwarded commands. On a shared link (`on_link`: the replies due on it, which
+        must be those same replies) the memo is the shared one. `known` is _run's memo for the
+        user: the lane forwards exactly what _run's inline path would forward with it."""
         entry = self.user_entry
-        if entry is None or entry.learn or self.multi or not self.upstream_ready or self.shared \
+        if entry is None or entry.learn or self.multi or not self.upstream_ready \
+                or self.shared != (on_link is not None) \
                 or self._dead or self.close or self.sub_active or self._partial is not None \
                 or self._held or self.to_client or self.to_upstream \
                 or self._generation != self.gate.generation or not self.scanner.idle \
@@ -781,11 +783,15 @@ class Session:
         slots = self.slots
         if slots and (len(slots) > 1 or slots[0][0] != FWD):
             return None
-        memo = self.gate.fast_commands
+        due = slots[0][1] if slots else 0
+        if on_link is not None and on_link != due:
+            return None
+        memo = self.gate.fast_shared if self.shared else self.gate.fast_commands
         known = memo.get(entry.user)
         if known is None:
             known = memo[entry.user] = {}
-        return known, (slots.popleft()[1] if slots else 0)
+        slots.clear()
+        return known, due
 
     def lane_returned(self, due: int) -> None:
         """The lane let go: `due` replies to commands it forwarded come before anything else."""

@@ -375,3 +375,170 @@ def test_an_armed_connection_whose_upstream_dies_is_closed_as_by_a_redis_restart
         assert conn.lane is None   # let go of when the connection closed
     finally:
         runner.stop()
+
+
+# ---------------------------------------------------------------- shared links: Lane + Router
+
+class FakeLink:
+    """What a Lane and a Router read of server.SharedLink (attributes only)."""
+
+    def __init__(self):
+        from redisgate.mux import Demux
+        self.demux = Demux()
+        self.due = 0
+        self.ready = True
+        self.out = []
+        self.written = []
+        self.sent = []
+        self.conn = self
+        self.transport = self
+
+    def write(self, data):      # (conn.transport.write)
+        self.written.append(data)
+
+    def send(self, owner, data, replies):   # SharedLink.send's busy path
+        self.sent.append((owner, data, replies))
+        self.demux.sent(owner, replies)
+        self.due += replies
+
+
+class FakeOwner:
+    """A ClientConnection as the Router sees it: its `lane`."""
+
+    def __init__(self, link, due=0):
+        self.rec = Recorder()
+        self.lane = self.rec.lane
+        self.lane.arm(KNOWN, None, self.rec.client.append, due, 1024, 1 << 20, link, self)
+
+
+def test_a_shared_lane_writes_an_idle_link_at_once_and_tells_its_demux():
+    link = FakeLink()
+    a = FakeOwner(link)
+    a.lane.client_data(cmd("GET", "k:1") + cmd("GET", "k:2"))
+    assert link.written == [cmd("GET", "k:1") + cmd("GET", "k:2")] and link.sent == []
+    assert list(link.demux.due) == [[a, 2]] and link.due == 2 and a.lane.due == 2
+    # Busy now: SharedLink.send queues it (and counts it).
+    a.lane.client_data(cmd("GET", "k:3"))
+    assert link.sent == [(a, cmd("GET", "k:3"), 1)]
+    assert list(link.demux.due) == [[a, 3]] and link.due == 3 and a.lane.due == 3
+
+
+def test_the_router_routes_flat_replies_to_armed_lanes_and_leaves_the_rest_to_python():
+    link = FakeLink()
+    slow = []
+    router = _lane.Router(link, link, slow.append)
+    a, b = FakeOwner(link, due=2), FakeOwner(link, due=1)
+    link.demux.sent(a, 2)
+    link.demux.sent(b, 1)
+    link.demux.sent(a, 0)
+    setup = object()
+    link.demux.sent(setup, 1)
+    link.due = 4
+    router.data_received(b"+OK\r\n$1\r\nx\r\n:1\r\n+OK\r\n")
+    assert a.rec.client == [b"+OK\r\n$1\r\nx\r\n"] and b.rec.client == [b":1\r\n"]
+    assert slow == [b"+OK\r\n"]          # the setup reply: the Python path's
+    assert list(link.demux.due) == [[setup, 1]] and link.due == 1
+    assert a.lane.due == 0 and b.lane.due == 0
+
+
+@pytest.mark.parametrize("reply", [
+    b"*1\r\n$1\r\nx\r\n",        # an array
+    b"$1\r\n",                   # cut short
+    b"$2000\r\n" + b"x" * 2000 + b"\r\n",
+])
+def test_the_router_stops_at_a_reply_it_cannot_count(reply):
+    link = FakeLink()
+    slow = []
+    router = _lane.Router(link, link, slow.append)
+    a = FakeOwner(link, due=2)
+    link.demux.sent(a, 2)
+    link.due = 2
+    router.data_received(b"+OK\r\n" + reply)
+    assert a.rec.client == [b"+OK\r\n"] and slow == [reply]
+    assert list(link.demux.due) == [[a, 1]] and link.due == 1 and a.lane.due == 1
+
+
+def test_the_router_leaves_disarmed_owners_half_read_replies_and_old_connections_to_python():
+    link = FakeLink()
+    slow = []
+    router = _lane.Router(link, link, slow.append)
+    a = FakeOwner(link, due=1)
+    link.demux.sent(a, 1)
+    link.due = 1
+    link.demux.clean = False                 # a reply half read by the Python path
+    router.data_received(b"+OK\r\n")
+    link.demux.clean = True
+    link.conn = object()                     # a reconnect: this router's connection is old
+    router.data_received(b"+OK\r\n")
+    link.conn = link
+    a.lane.disarm()
+    router.data_received(b"+OK\r\n")
+    assert slow == [b"+OK\r\n"] * 3 and a.rec.client == []
+    other = FakeLink()                       # armed on another link
+    b = FakeOwner(other, due=1)
+    link.demux.due.clear()
+    link.demux.sent(b, 1)
+    router.data_received(b"+OK\r\n")
+    assert b.rec.client == [] and len(slow) == 4
+
+
+def test_the_router_never_routes_more_than_a_lane_is_due():
+    link = FakeLink()
+    slow = []
+    router = _lane.Router(link, link, slow.append)
+    a = FakeOwner(link, due=1)
+    link.demux.sent(a, 3)                    # inconsistent books: the Python path sorts it out
+    link.due = 3
+    router.data_received(b"+OK\r\n+OK\r\n")
+    assert a.rec.client == [] and slow == [b"+OK\r\n+OK\r\n"]
+
+
+def test_on_a_shared_link_the_lane_answers_what_the_python_path_answers(redis7, monkeypatch):
+    """The same conversations on a shared link (upstream.multiplex: 1) with and without lanes,
+    while another client keeps the link busy with its own traffic (so replies interleave)."""
+    import threading
+    made = []
+
+    def recorded_lane(*args):
+        made.append(Lane(*args))
+        return made[-1]
+    runner = ProxyRunner({"upstream": dict(redis7.upstream, multiplex=1), "users": USERS}).start()
+    stop = threading.Event()
+    noise_errors = []
+
+    def noise():
+        try:
+            w = Wire(runner.port)
+            assert w.call("AUTH", "app", "pw") == b"OK"
+            n = 0
+            while not stop.is_set():
+                w.send(cmd("INCR", "k:noise") * 5 + cmd("GET", "k:noise"))
+                got = w.read(6)
+                assert got[:5] == list(range(n + 1, n + 6)) and got[5] == b"%d" % (n + 5)
+                n += 5
+        except Exception as e:   # noqa: BLE001 - reported below
+            noise_errors.append(e)
+    try:
+        for seed in range(2000, 2025):
+            monkeypatch.setattr(server, "Lane", None)
+            _fresh(redis7)
+            t = threading.Thread(target=noise)
+            t.start()
+            expected = _conversation(runner.port, seed)
+            stop.set()
+            t.join(10)
+            stop.clear()
+            monkeypatch.setattr(server, "Lane", recorded_lane)
+            _fresh(redis7)
+            t = threading.Thread(target=noise)
+            t.start()
+            got = _conversation(runner.port, seed)
+            stop.set()
+            t.join(10)
+            stop.clear()
+            assert got == expected, f"seed {seed}"
+            assert not noise_errors, noise_errors
+    finally:
+        stop.set()
+        runner.stop()
+    assert sum(lane.passed for lane in made) > 100
