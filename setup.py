@@ -1,9 +1,8 @@
-"""Only the optional C accelerator lives here; everything else is in pyproject.toml.
+"""Only the optional C accelerators live here; everything else is in pyproject.toml.
 
 redisgate._speedups is the request parser's hot loops in C, redisgate._lane a client connection's
-steady state (see their sources). Both are optional: where it cannot be
-compiled (no C compiler or no Python headers) the install goes on and redisgate.resp uses the
-same logic in Python.
+steady state (see their sources). Both are optional: where they cannot be compiled (no C compiler
+or no Python headers) the install goes on and the Python code does the same, more slowly.
 """
 from setuptools import Extension, setup
 

@@ -37,7 +37,7 @@
 
 /* Attribute names of server.SharedLink, mux.Demux and server.ClientConnection (interned). */
 static PyObject *s_due, *s_ready, *s_out, *s_demux, *s_conn, *s_transport, *s_write, *s_send,
-    *s_clean, *s_lane, *s_append, *s_popleft;
+    *s_clean, *s_lane, *s_append, *s_popleft, *s_flush_soon;
 
 typedef struct {
     PyObject_HEAD
@@ -308,7 +308,9 @@ demux_sent(PyObject *queue, PyObject *owner, Py_ssize_t count)
 
 /* Forwarded commands on a shared link: what ClientConnection.pump and SharedLink.send do. An
  * idle, connected link (nothing in flight, nothing queued) is written at once, after its Demux
- * learnt whose replies come next; a busy or connecting one is SharedLink.send's business. */
+ * learnt whose replies come next; on a busy one whose flush is already scheduled for this loop
+ * turn the bytes join the queue; anything else (the turn's first queued bytes, a link still
+ * connecting) is SharedLink.send's business. */
 static PyObject *
 shared_send(Lane *self, PyObject *data, Py_ssize_t count)
 {
@@ -327,6 +329,21 @@ shared_send(Lane *self, PyObject *data, Py_ssize_t count)
     if (ready == NULL || out == NULL)
         goto done;
     idle = total == 0 && ready == Py_True && PyList_CheckExact(out) && PyList_GET_SIZE(out) == 0;
+    if (!idle && ready == Py_True && PyList_CheckExact(out)) {
+        PyObject *soon = PyObject_GetAttr(link, s_flush_soon);
+        int queued = soon == Py_True;
+        Py_XDECREF(soon);
+        if (soon == NULL)
+            goto done;
+        if (queued) {
+            if (demux_sent(queue, self->owner, count) < 0 || set_int_attr(link, s_due, total + count) < 0
+                    || PyList_Append(out, data) < 0)
+                goto done;
+            r = Py_None;
+            Py_INCREF(r);
+            goto done;
+        }
+    }
     if (!idle) {
         PyObject *n = PyLong_FromSsize_t(count);
         if (n != NULL)
@@ -745,7 +762,7 @@ PyInit__lane(void)
             || intern(&s_transport, "transport") < 0 || intern(&s_write, "write") < 0
             || intern(&s_send, "send") < 0 || intern(&s_clean, "clean") < 0
             || intern(&s_lane, "lane") < 0 || intern(&s_append, "append") < 0
-            || intern(&s_popleft, "popleft") < 0)
+            || intern(&s_popleft, "popleft") < 0 || intern(&s_flush_soon, "_flush_soon") < 0)
         return NULL;
     if (PyType_Ready(&LaneType) < 0 || PyType_Ready(&RouterType) < 0)
         return NULL;

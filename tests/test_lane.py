@@ -355,7 +355,8 @@ def test_a_reload_reaches_an_armed_connection_at_its_next_command(redis7):
 
 
 def test_an_armed_connection_whose_upstream_dies_is_closed_as_by_a_redis_restart(redis7):
-    runner = ProxyRunner({"upstream": redis7.upstream, "users": USERS}).start()
+    # (A dedicated link: a lost shared link closes only the clients with replies in flight.)
+    runner = ProxyRunner({"upstream": dict(redis7.upstream, multiplex=0), "users": USERS}).start()
     try:
         w = Wire(runner.port)
         assert w.call("AUTH", "app", "pw") == b"OK"
@@ -388,6 +389,7 @@ class FakeLink:
         self.due = 0
         self.ready = True
         self.out = []
+        self._flush_soon = False
         self.written = []
         self.sent = []
         self.conn = self
@@ -417,10 +419,21 @@ def test_a_shared_lane_writes_an_idle_link_at_once_and_tells_its_demux():
     a.lane.client_data(cmd("GET", "k:1") + cmd("GET", "k:2"))
     assert link.written == [cmd("GET", "k:1") + cmd("GET", "k:2")] and link.sent == []
     assert list(link.demux.due) == [[a, 2]] and link.due == 2 and a.lane.due == 2
-    # Busy now: SharedLink.send queues it (and counts it).
+    # Busy now: SharedLink.send queues it (and counts it), and schedules the turn's flush...
     a.lane.client_data(cmd("GET", "k:3"))
     assert link.sent == [(a, cmd("GET", "k:3"), 1)]
     assert list(link.demux.due) == [[a, 3]] and link.due == 3 and a.lane.due == 3
+    # ...after which the turn's other bytes join the queue in C.
+    link._flush_soon = True
+    b = FakeOwner(link)
+    b.lane.client_data(cmd("SET", "k:4", "v"))
+    a.lane.client_data(cmd("PING"))
+    assert link.out == [cmd("SET", "k:4", "v"), cmd("PING")] and len(link.sent) == 1
+    assert list(link.demux.due) == [[a, 3], [b, 1], [a, 1]] and link.due == 5
+    # A link that is connecting is SharedLink.send's, whatever else holds.
+    link.ready = False
+    a.lane.client_data(cmd("PING"))
+    assert link.sent[-1] == (a, cmd("PING"), 1) and len(link.out) == 2
 
 
 def test_the_router_routes_flat_replies_to_armed_lanes_and_leaves_the_rest_to_python():
