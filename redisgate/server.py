@@ -310,27 +310,24 @@ class ClientConnection(asyncio.Protocol):
         self.pump()
 
     def data_received(self, data: bytes) -> None:
-        session = self.session
-        if self.lane is not None:
-            self.disarm_lane()
-        try:
-            session.client_data(data)
-        except Exception:   # a bug must cost one connection, never the proxy
-            log.exception("internal error on %s; closing it", session.client_info)
-            self.transport.write(b"-ERR redisgate internal error; closing the connection\r\n")
-            session.close = True
-        self.pump()
+        self._feed(self.session.client_data, data, upstream=False)
 
     def upstream_data(self, data: bytes) -> None:
         """Bytes from this client's own upstream connection."""
+        self._feed(self.session.upstream_data, data, upstream=True)
+
+    def _feed(self, step, data: bytes, upstream: bool) -> None:
+        """Give bytes to the session (`step`), the lane disarmed first; then pump()."""
         session = self.session
         if self.lane is not None:
             self.disarm_lane()
         try:
-            session.upstream_data(data)
+            step(data)
         except Exception:   # a bug must cost one connection, never the proxy
-            log.exception("internal error on the upstream of %s; closing it",
-                          session.client_info)
+            log.exception("internal error on %s%s; closing it",
+                          "the upstream of " if upstream else "", session.client_info)
+            if not upstream:
+                self.transport.write(b"-ERR redisgate internal error; closing the connection\r\n")
             session.close = True
         self.pump()
 

@@ -309,6 +309,18 @@ def _clients(runner):
     return runner.call(lambda: list(runner.proxy.clients))
 
 
+def _armed_client(runner):
+    """A logged-in raw client after a few GETs of a missing key, and its (armed) connection."""
+    w = Wire(runner.port)
+    assert w.call("AUTH", "app", "pw") == b"OK"
+    assert w.call("DEL", "k:1") in (0, 1)
+    for _ in range(5):
+        assert w.call("GET", "k:1") is None
+    [conn] = _clients(runner)
+    assert runner.call(lambda: conn.lane.armed)
+    return w, conn
+
+
 def test_the_lane_carries_the_steady_state_and_lets_go_for_anything_else(redis7):
     runner = ProxyRunner({"upstream": redis7.upstream, "users": USERS}).start()
     try:
@@ -336,13 +348,7 @@ def test_the_lane_carries_the_steady_state_and_lets_go_for_anything_else(redis7)
 def test_a_reload_reaches_an_armed_connection_at_its_next_command(redis7):
     runner = ProxyRunner({"upstream": redis7.upstream, "users": USERS}).start()
     try:
-        w = Wire(runner.port)
-        assert w.call("AUTH", "app", "pw") == b"OK"
-        assert w.call("DEL", "k:1") in (0, 1)
-        for _ in range(5):
-            assert w.call("GET", "k:1") is None
-        [conn] = _clients(runner)
-        assert runner.call(lambda: conn.lane.armed)
+        w, conn = _armed_client(runner)
         cfg = build_config({"listen": f"127.0.0.1:{runner.port}", "upstream": redis7.upstream,
                             "users": {"app": f"on {pw_hash('pw')} ~other:* +get"}},
                            base_dir=Path("."), allow_embedded=False)
@@ -358,13 +364,7 @@ def test_an_armed_connection_whose_upstream_dies_is_closed_as_by_a_redis_restart
     # (A dedicated link: a lost shared link closes only the clients with replies in flight.)
     runner = ProxyRunner({"upstream": dict(redis7.upstream, multiplex=0), "users": USERS}).start()
     try:
-        w = Wire(runner.port)
-        assert w.call("AUTH", "app", "pw") == b"OK"
-        assert w.call("DEL", "k:1") in (0, 1)
-        for _ in range(5):
-            assert w.call("GET", "k:1") is None
-        [conn] = _clients(runner)
-        assert runner.call(lambda: conn.lane.armed)
+        w, conn = _armed_client(runner)
         # Kill the proxy's upstream connection from Redis's side.
         admin = redis7.admin()
         ids = [c["id"] for c in admin.client_list() if c.get("cmd") in ("get", "auth")
@@ -531,25 +531,21 @@ def test_on_a_shared_link_the_lane_answers_what_the_python_path_answers(redis7, 
                 n += 5
         except Exception as e:   # noqa: BLE001 - reported below
             noise_errors.append(e)
+    def noisy_conversation(lane, seed: int) -> bytes:
+        monkeypatch.setattr(server, "Lane", lane)   # for the connections made from now on
+        _fresh(redis7)
+        t = threading.Thread(target=noise)
+        t.start()
+        try:
+            return _conversation(runner.port, seed)
+        finally:
+            stop.set()
+            t.join(10)
+            stop.clear()
     try:
         for seed in range(2000, 2025):
-            monkeypatch.setattr(server, "Lane", None)
-            _fresh(redis7)
-            t = threading.Thread(target=noise)
-            t.start()
-            expected = _conversation(runner.port, seed)
-            stop.set()
-            t.join(10)
-            stop.clear()
-            monkeypatch.setattr(server, "Lane", recorded_lane)
-            _fresh(redis7)
-            t = threading.Thread(target=noise)
-            t.start()
-            got = _conversation(runner.port, seed)
-            stop.set()
-            t.join(10)
-            stop.clear()
-            assert got == expected, f"seed {seed}"
+            expected = noisy_conversation(None, seed)
+            assert noisy_conversation(recorded_lane, seed) == expected, f"seed {seed}"
             assert not noise_errors, noise_errors
     finally:
         stop.set()
