@@ -319,8 +319,7 @@ class ClientConnection(asyncio.Protocol):
     def _feed(self, step, data: bytes, upstream: bool) -> None:
         """Give bytes to the session (`step`), the lane disarmed first; then pump()."""
         session = self.session
-        if self.lane is not None:
-            self.disarm_lane()
+        self.disarm_lane()
         try:
             step(data)
         except Exception:   # a bug must cost one connection, never the proxy
@@ -349,8 +348,6 @@ class ClientConnection(asyncio.Protocol):
             return
         link = self.link
         if link is not None:
-            if Router is None:
-                return
             handed = self.session.lane_handover(on_link=self.due)
             if handed is not None:
                 self.lane.arm(handed[0], None, self.transport.write, handed[1],
@@ -424,8 +421,7 @@ class ClientConnection(asyncio.Protocol):
     def shared_replies(self, data: bytes, replies: int, whole: bool) -> None:
         """Bytes from the shared link that belong to this client: `replies` replies ended in
         them, and if `whole`, nothing but those replies (the link counted them already)."""
-        if self.lane is not None:
-            self.disarm_lane()
+        self.disarm_lane()
         self.due -= replies
         if self.closed:
             if not self.due:
@@ -449,8 +445,7 @@ class ClientConnection(asyncio.Protocol):
         self.pump()
 
     def shared_link_failed(self, reason: str, established: bool) -> None:
-        if self.lane is not None:
-            self.disarm_lane()
+        self.disarm_lane()
         self.due = 0
         self._leave_link()
         if self.closed:
