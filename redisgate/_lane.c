@@ -194,7 +194,7 @@ passes(PyObject *entry, const char *req, const char *end, Py_ssize_t argc, Py_ss
     Py_ssize_t fewest, most, pos, klen, i;
     PyObject *prefixes, *exact, *match, *key;
     const char *k;
-    int ok;
+    int ok, has_exact;
 
     if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 7)
         return 0;
@@ -223,14 +223,13 @@ passes(PyObject *entry, const char *req, const char *end, Py_ssize_t argc, Py_ss
     }
     exact = PyTuple_GET_ITEM(entry, 5);
     match = PyTuple_GET_ITEM(entry, 6);
-    if (!(PyAnySet_Check(exact) && PySet_GET_SIZE(exact) > 0) && match == Py_None)
+    has_exact = PyAnySet_Check(exact) && PySet_GET_SIZE(exact) > 0;
+    if (!has_exact && match == Py_None)
         return 0;
     key = PyBytes_FromStringAndSize(k, klen);
     if (key == NULL)
         return -1;
-    ok = 0;
-    if (PyAnySet_Check(exact) && PySet_GET_SIZE(exact) > 0)
-        ok = PySet_Contains(exact, key);
+    ok = has_exact ? PySet_Contains(exact, key) : 0;
     if (ok == 0 && match != Py_None) {
         PyObject *r = PyObject_CallOneArg(match, key);
         ok = r == NULL ? -1 : PyObject_IsTrue(r);

@@ -436,6 +436,18 @@ def test_a_shared_lane_writes_an_idle_link_at_once_and_tells_its_demux():
     assert link.sent[-1] == (a, cmd("PING"), 1) and len(link.out) == 2
 
 
+def _routed(due: int):
+    """A fake link, its Router (whose slow path records), and one owner armed on the link that
+    is due `due` replies, as the link's books say too."""
+    link = FakeLink()
+    slow = []
+    router = _lane.Router(link, link, slow.append)
+    owner = FakeOwner(link, due=due)
+    link.demux.sent(owner, due)
+    link.due = due
+    return link, slow, router, owner
+
+
 def test_the_router_routes_flat_replies_to_armed_lanes_and_leaves_the_rest_to_python():
     link = FakeLink()
     slow = []
@@ -460,24 +472,14 @@ def test_the_router_routes_flat_replies_to_armed_lanes_and_leaves_the_rest_to_py
     b"$2000\r\n" + b"x" * 2000 + b"\r\n",
 ])
 def test_the_router_stops_at_a_reply_it_cannot_count(reply):
-    link = FakeLink()
-    slow = []
-    router = _lane.Router(link, link, slow.append)
-    a = FakeOwner(link, due=2)
-    link.demux.sent(a, 2)
-    link.due = 2
+    link, slow, router, a = _routed(2)
     router.data_received(b"+OK\r\n" + reply)
     assert a.rec.client == [b"+OK\r\n"] and slow == [reply]
     assert list(link.demux.due) == [[a, 1]] and link.due == 1 and a.lane.due == 1
 
 
 def test_the_router_leaves_disarmed_owners_half_read_replies_and_old_connections_to_python():
-    link = FakeLink()
-    slow = []
-    router = _lane.Router(link, link, slow.append)
-    a = FakeOwner(link, due=1)
-    link.demux.sent(a, 1)
-    link.due = 1
+    link, slow, router, a = _routed(1)
     link.demux.clean = False                 # a reply half read by the Python path
     router.data_received(b"+OK\r\n")
     link.demux.clean = True
