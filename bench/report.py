@@ -11,7 +11,7 @@ import json
 import statistics
 from pathlib import Path
 
-TARGET_ORDER = ["direct", "twemproxy", "pipe", "redisgate", "redisgate-mux", "redisgate-tls"]
+TARGET_ORDER = ["direct", "twemproxy", "pipe", "redisgate", "redisgate-dedicated", "redisgate-tls"]
 BASES = ["direct", "pipe", "twemproxy", "redisgate"]
 
 # (id, title, workload, baseline, op, threshold)
@@ -101,9 +101,10 @@ def _verdict(value: float | None, op: str, threshold: float) -> str:
     return "PASS" if ok else "FAIL"
 
 
-# The redisgate configurations every throughput and latency check is made for: the default (a
-# link per client) and upstream.multiplex: 1. Each gets its own rows; the first is `redisgate`.
-CHECKED_TARGETS = [("redisgate", ""), ("redisgate-mux", "-mux")]
+# The redisgate configurations every throughput and latency check is made for: bench/redisgate.yaml
+# (upstream.multiplex: 1, as twemproxy) and the default, a link per client. Each gets its own rows;
+# the first is `redisgate`.
+CHECKED_TARGETS = [("redisgate", ""), ("redisgate-dedicated", "-dedicated")]
 
 
 def checks(summary: dict, targets: dict, judge: dict | None, memory: dict | None) -> list[dict]:
@@ -297,11 +298,11 @@ def markdown(doc: dict) -> str:
 
     md += ["", "## Ratios (median of same-round ratios)", "",
            "| workload | redisgate ÷ direct | redisgate ÷ pipe | redisgate ÷ twemproxy | "
-           "mux ÷ pipe | mux ÷ twemproxy | pipe ÷ direct | twemproxy ÷ direct |",
+           "dedicated ÷ pipe | dedicated ÷ twemproxy | pipe ÷ direct | twemproxy ÷ direct |",
            "|---|---|---|---|---|---|---|---|"]
     for w, entries in summary.items():
         rg, pipe, tw = entries.get("redisgate", {}), entries.get("pipe", {}), entries.get("twemproxy", {})
-        ded = entries.get("redisgate-mux", {})
+        ded = entries.get("redisgate-dedicated", {})
         md.append(f"| {wl[w]['title']} | {_x(rg.get('x_direct'))} | {_x(rg.get('x_pipe'))} | "
                   f"{_x(rg.get('x_twemproxy'))} | {_x(ded.get('x_pipe'))} | {_x(ded.get('x_twemproxy'))} | "
                   f"{_x(pipe.get('x_direct'))} | {_x(tw.get('x_direct'))} |")
@@ -392,7 +393,7 @@ def chart(doc: dict, path: Path) -> str | None:
     wl = {w["id"]: w["title"] for w in doc["workloads"]}
     present = [t for t in TARGET_ORDER if any(t in e for e in summary.values())]
     colors = {"direct": "#4c72b0", "twemproxy": "#dd8452", "pipe": "#8c8c8c",
-              "redisgate": "#c44e52", "redisgate-mux": "#da8bc3",
+              "redisgate": "#c44e52", "redisgate-dedicated": "#da8bc3",
               "redisgate-tls": "#937860"}
     ws = [w for w in summary if any(e.get("rps") for e in summary[w].values())]
     fig = plt.figure(figsize=(15, 10))

@@ -31,7 +31,7 @@ from targets import (BENCH_DIR, NUTCRACKER, REDIS_BENCHMARK, REDIS_SERVER, REPO_
 from workloads import (BIG_KEYSPACE, BY_ID, KEYSPACE, WORKLOADS, Result, Workload,  # noqa: E402
                        run_one)
 
-ALL_TARGETS = ["direct", "twemproxy", "pipe", "redisgate", "redisgate-mux", "redisgate-tls"]
+ALL_TARGETS = ["direct", "twemproxy", "pipe", "redisgate", "redisgate-dedicated", "redisgate-tls"]
 # twemproxy failing a workload means it does not support it (EVALSHA routing, AUTH forms, ...);
 # any other target failing one is an error worth a look.
 NA_ON_FAILURE = {"twemproxy"}
@@ -67,14 +67,15 @@ def start_targets(stack: Stack, wanted: list[str]) -> tuple[list[Target], dict[s
         ready.append(direct)
     starters = {"twemproxy": stack.start_twemproxy, "pipe": stack.start_pipe,
                 "redisgate": lambda: stack.start_redisgate(tls=False),
-                # The same policy with upstream.multiplex: 1: stateless commands of every
-                # client share one upstream link, as in twemproxy.
-                "redisgate-mux": lambda: stack.start_redisgate(multiplex=1, name="redisgate-mux"),
+                # The same policy with upstream.multiplex: 0 (redisgate's default): an upstream
+                # connection per client.
+                "redisgate-dedicated": lambda: stack.start_redisgate(
+                    multiplex=0, name="redisgate-dedicated"),
                 "redisgate-tls": lambda: stack.start_redisgate(tls=True)}
     for name in ALL_TARGETS[1:]:
         if name not in wanted:
             continue
-        if name in ("redisgate-tls", "redisgate-mux") and "redisgate" in unavailable:
+        if name in ("redisgate-tls", "redisgate-dedicated") and "redisgate" in unavailable:
             unavailable[name] = "skipped: the plaintext redisgate target is unavailable"
             log(f"{name} target unavailable: {unavailable[name]}")
             continue

@@ -103,7 +103,7 @@ is_ll(const char *p, Py_ssize_t n)
 }
 
 /* The flat replies back to back from p (simple strings, errors, integers, bulk strings of at
- * most 1024 bytes, the null bulk), at most `most`: returns where they end, *counted how many. */
+ * most 1024 bytes, the null bulk, RESP3's null), at most `most`: returns where they end, *counted how many. */
 static const char *
 flat_run(const char *p, const char *end, Py_ssize_t most, Py_ssize_t *counted)
 {
@@ -137,6 +137,10 @@ flat_run(const char *p, const char *end, Py_ssize_t most, Py_ssize_t *counted)
                     break;
             }
         } else if (*p == '+' || *p == '-') {
+            next = cr + 2;
+        } else if (*p == '_') {   /* RESP3's null: nothing else on the line */
+            if (cr != p + 1)
+                break;
             next = cr + 2;
         } else if (*p == ':') {
             if (!is_ll(p + 1, cr - p - 1))

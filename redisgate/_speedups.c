@@ -145,9 +145,9 @@ pending(PyObject *module, PyObject *args)
 }
 
 /* count_flat(data, most, start) -> (count, end): how many whole flat replies (simple strings,
- * errors, integers, bulk strings of at most 1024 bytes, the null bulk) lie back to back in
- * data from `start`, at most `most`, and where they end. It stops at anything else. The same
- * as the loop of resp.ReplyScanner.count_flat, which checks the scanner's state first. */
+ * errors, integers, bulk strings of at most 1024 bytes, the null bulk, RESP3's null) lie back
+ * to back in data from `start`, at most `most`, and where they end. It stops at anything else.
+ * The same as the loop of resp.ReplyScanner.count_flat, which checks the scanner's state first. */
 static PyObject *
 count_flat(PyObject *module, PyObject *args)
 {

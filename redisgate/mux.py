@@ -86,6 +86,9 @@ class Demux:
         for frame in self.scanner.feed(data[base:] if base else data):
             if not due:
                 raise UpstreamProtocolError("a reply on the shared link that no client asked for")
+            if frame.kind == b">":
+                # Nothing on a shared link subscribes or tracks keys: a push is nobody's reply.
+                raise UpstreamProtocolError("a push message on the shared link")
             entry = due[0]
             entry[1] -= 1
             counted += 1

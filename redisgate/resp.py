@@ -1023,8 +1023,8 @@ class ReplyScanner:
 
     def count_flat(self, data: bytes, most: int, start: int = 0) -> tuple[int, int]:
         """The whole flat replies at the head of `data` (from `start`), at most `most`: (how
-        many, the offset where they end). Flat: simple strings, errors, integers and bulk strings
-        of at most 1024 bytes, complete in `data`, while no reply is pending from earlier bytes.
+        many, the offset where they end). Flat: simple strings, errors, integers, bulk strings
+        of at most 1024 bytes and RESP3's null, complete in `data`, while no reply is pending from earlier bytes.
         It stops at anything else (or a malformed reply). feed() would give one Frame for each
         of them, ending at the same offsets, and would leave the scanner as it is (between
         replies): so a caller that needs only the count (the proxy's common case: replies passed
@@ -1060,6 +1060,10 @@ class ReplyScanner:
                     if data[end - 2:end] != _CRLF:
                         break
             elif t == 43 or t == 45:   # + -
+                end = r + 2
+            elif t == 95:              # _ (RESP3's null)
+                if r != pos + 1:
+                    break
                 end = r + 2
             elif t == 58:              # :
                 body = data[pos + 1:r]

@@ -22,7 +22,7 @@ from pathlib import Path
 from .config import Config, ConfigError, load_config
 from .gate import Gate, audit
 from .mux import Demux
-from .resp import UpstreamProtocolError, encode_command
+from .resp import ReplyScanner, UpstreamProtocolError, encode_command
 from .session import Session
 
 # A client connection's steady state in C (setup.py builds it; optional, and off with
@@ -112,8 +112,9 @@ class SharedLink:
     in the order their sessions produced them, at most once per event-loop turn, and `Demux`
     hands each client its replies. Opened on first use, and again after it was lost."""
 
-    def __init__(self, proxy: "Proxy"):
+    def __init__(self, proxy: "Proxy", resp3: bool = False):
         self.proxy = proxy
+        self.resp3 = resp3             # speaks RESP3 (HELLO 3 at set-up), for RESP3 clients
         self.conn: _LinkConnection | None = None
         self.demux = Demux()           # for life: the C side (redisgate._lane) keeps it
         self.out: list[bytes] = []     # written at the end of this loop turn (or once connected)
@@ -166,6 +167,9 @@ class SharedLink:
                                         if up.username else [b"AUTH", up.password]))
         if up.db:
             setup.append(encode_command([b"SELECT", str(up.db).encode()]))
+        if self.resp3:
+            setup.append(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n")
+        self._setup_replies = ReplyScanner()
         if setup:   # the proxy's own commands go first: their replies come first
             self.demux.due.appendleft([_SETUP, len(setup)])
             self.out[:0] = setup
@@ -180,8 +184,15 @@ class SharedLink:
             return self.fail("protocol error", established=True)
         for i, (owner, chunk, replies, whole) in enumerate(parts):
             if owner is _SETUP:
-                if b"\r\n-" in b"\r\n" + chunk:   # an error line: AUTH or SELECT refused
-                    text = chunk[chunk.find(b"-") + 1:].split(b"\r\n", 1)[0]
+                # Framed, not searched: HELLO's map may hold module arguments that look like
+                # error lines.
+                start, refused = 0, None
+                for frame in self._setup_replies.feed(chunk):
+                    if frame.kind in (b"-", b"!") and refused is None:
+                        refused = chunk[start:frame.end]
+                    start = frame.end
+                if refused is not None:   # AUTH, SELECT or HELLO refused
+                    text = refused[1:].split(b"\r\n", 2)[1 if refused[:1] == b"!" else 0]
                     log.error("upstream refused the proxy's setup on a shared link: %s",
                               text.decode("utf-8", "replace")[:200])
                     # What Redis answered after it (NOAUTH...) goes nowhere: the owners get
@@ -636,8 +647,10 @@ class Proxy:
         self.listener_tls: list = []
         self.upstream_host = config.upstream.host
         self.upstream_port = config.upstream.port
-        # upstream.multiplex takes effect at start (a reload keeps these links).
+        # upstream.multiplex takes effect at start (a reload keeps these links). RESP2 and
+        # RESP3 clients (go-redis) share links that speak their protocol.
         self.links = [SharedLink(self) for _ in range(config.upstream.multiplex)]
+        self.links3 = [SharedLink(self, resp3=True) for _ in range(config.upstream.multiplex)]
         self._upstream_tls = None
         self._build_tls()
 
@@ -679,7 +692,8 @@ class Proxy:
         await self.probe_upstream()
 
     def shared_link(self, client: ClientConnection) -> SharedLink:
-        link = self.links[client.id % len(self.links)]
+        links = self.links3 if client.session.resp3 else self.links
+        link = links[client.id % len(links)]
         link.clients.add(client)
         if link._paused:
             client.hold_input("upstream", True)
@@ -771,7 +785,7 @@ class Proxy:
         for c in list(self.clients):
             if c.transport is not None:
                 c.transport.close()
-        for link in self.links:
+        for link in self.links + self.links3:
             link.close()
         for srv in self.servers:
             try:

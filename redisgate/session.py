@@ -362,6 +362,10 @@ class Session:
         self.shared = False
         self.upstream_ready = False
         self._open_upstream()
+        if self.resp3:
+            # It spoke RESP3 on a RESP3 link; its own connection must too.
+            self._held.append(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n")
+            self.slots.append([DROP, 1, "protocol selection"])
 
     def _flush_held(self) -> None:
         if self.upstream_ready and self._held:
@@ -377,9 +381,9 @@ class Session:
         audit.info("login user=%s via=%s client=%s", entry.name, via, self.client_info)
         if not self.upstream_ready and not self.want_upstream:
             if self.gate.config.upstream.multiplex and not self.upstream_ever \
-                    and not self.resp3 and self.db == self.home_db:
-                # A fresh RESP2 connection has no state: a shared link will do (the I/O layer
-                # picks it when the first command comes).
+                    and self.db == self.home_db:
+                # A fresh connection has no state: a shared link will do. The I/O layer picks
+                # one that speaks the client's protocol when the first command comes.
                 self.shared = self.upstream_ready = True
             else:
                 self._open_upstream()
@@ -486,13 +490,18 @@ class Session:
         if setname is not None and not _valid_client_name(setname):
             return self._local(error("ERR Client names cannot contain spaces, newlines or "
                                      "special characters."))
+        was_resp3 = self.resp3
         if proto is not None:
             self.resp3 = proto == 3
         if version >= (6, 0, 0):
             fwd = [b"HELLO"] + ([str(proto).encode()] if proto else [])
             if setname is not None:
                 fwd += [b"SETNAME", setname]
-            self._send_upstream(encode_command(fwd))
+            # On a shared link HELLO changes nothing when the link already speaks the protocol,
+            # or the client has sent nothing yet (its first command picks a link that does:
+            # go-redis's handshake). A name, or a switch after use, needs a connection of its own.
+            self._send_upstream(encode_command(fwd), shared_ok=setname is None and (
+                self.resp3 == was_resp3 or not self.expected))
             self._expect(FWD, 1)
         else:
             if setname is not None:
@@ -511,8 +520,13 @@ class Session:
 
     def _cmd_reset(self, args) -> None:
         """RESET: the client starts over; the upstream connection keeps the proxy's identity."""
-        if self.shared:
+        if self.shared and not self.resp3:
             reply = b"+RESET\r\n"   # a shared client has no connection state to reset
+        elif self.shared:
+            # Back to RESP2, off its RESP3 link: a fresh connection of its own has nothing to reset.
+            self.resp3 = False
+            self._leave_shared()
+            reply = b"+RESET\r\n"
         elif self.upstream_ready or self.want_upstream:
             if self.gate.upstream_version >= (6, 2, 0):
                 self._send_upstream(b"*1\r\n$5\r\nRESET\r\n")

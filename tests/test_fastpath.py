@@ -272,7 +272,7 @@ def test_count_flat_counts_a_repeated_reply_as_feed_frames_it(value, times, most
     ends = [f.end for f in ReplyScanner().feed(value[0] * times)]
     taken, end = ReplyScanner().count_flat(value[0] * times + tail, most)
     assert taken <= min(most, times) and (not taken or ends[taken - 1] == end)
-    flat = value[0][:1] == value[1] and (value[1] in (b"+", b"-", b":") or
+    flat = value[0][:1] == value[1] and (value[1] in (b"+", b"-", b":", b"_") or
                                          (value[1] == b"$" and len(value[0]) <= 1024))
     if flat and times <= most:
         assert (taken, end) == (times, ends[-1])

@@ -12,6 +12,7 @@ import socket
 import time
 from pathlib import Path
 
+import hiredis
 import pytest
 
 from redisgate import server
@@ -240,9 +241,9 @@ def _plain_request(rnd: random.Random) -> bytes:
     return cmd("PING")
 
 
-def _conversation(port: int, seed: int) -> bytes:
+def _conversation(port: int, seed: int, resp3: bool = False) -> bytes:
     """Send a random conversation, in runs of whole requests or cut anywhere; everything the
-    proxy answered, as bytes."""
+    proxy answered (after HELLO's reply, which names a connection), as bytes."""
     rnd = random.Random(seed)
     requests = []
     while len(requests) < 60:
@@ -254,7 +255,13 @@ def _conversation(port: int, seed: int) -> bytes:
     sock = socket.create_connection(("127.0.0.1", port), 10)
     got = bytearray()
     try:
-        sock.sendall(cmd("AUTH", "app", "pw"))
+        if resp3:
+            sock.sendall(cmd("HELLO", "3", "AUTH", "app", "pw"))
+            reader = hiredis.Reader()
+            while reader.gets() is False:
+                reader.feed(sock.recv(65536))
+        else:
+            sock.sendall(cmd("AUTH", "app", "pw"))
         i = 0
         while i < len(requests):
             run = rnd.randint(1, 8)
@@ -284,8 +291,9 @@ def _fresh(redis_server) -> None:
     redis_server.admin().flushall()
 
 
-@pytest.mark.parametrize("seed_base", [0, 1000])
-def test_the_lane_answers_byte_for_byte_what_the_python_path_answers(redis7, monkeypatch, seed_base):
+@pytest.mark.parametrize("seed_base, resp3", [(0, False), (1000, True)])
+def test_the_lane_answers_byte_for_byte_what_the_python_path_answers(redis7, monkeypatch,
+                                                                    seed_base, resp3):
     made = []
 
     def recorded_lane(*args):
@@ -296,10 +304,10 @@ def test_the_lane_answers_byte_for_byte_what_the_python_path_answers(redis7, mon
         for seed in range(seed_base, seed_base + 25):
             monkeypatch.setattr(server, "Lane", None)      # connections made now have no lane
             _fresh(redis7)
-            expected = _conversation(runner.port, seed)
+            expected = _conversation(runner.port, seed, resp3)
             monkeypatch.setattr(server, "Lane", recorded_lane)
             _fresh(redis7)
-            assert _conversation(runner.port, seed) == expected, f"seed {seed}"
+            assert _conversation(runner.port, seed, resp3) == expected, f"seed {seed}"
     finally:
         runner.stop()
     assert len(made) == 25 and sum(lane.passed for lane in made) > 100
@@ -508,9 +516,12 @@ def test_the_router_never_routes_more_than_a_lane_is_due():
     assert a.rec.client == [] and slow == [b"+OK\r\n+OK\r\n"]
 
 
-def test_on_a_shared_link_the_lane_answers_what_the_python_path_answers(redis7, monkeypatch):
+@pytest.mark.parametrize("seeds, resp3", [(range(2000, 2015), False), (range(2100, 2115), True)])
+def test_on_a_shared_link_the_lane_answers_what_the_python_path_answers(redis7, monkeypatch,
+                                                                       seeds, resp3):
     """The same conversations on a shared link (upstream.multiplex: 1) with and without lanes,
-    while another client keeps the link busy with its own traffic (so replies interleave)."""
+    while another client keeps the link busy with its own traffic (so replies interleave). RESP3
+    clients (HELLO 3, as go-redis) share a RESP3 link, and the noise is on it too."""
     import threading
     made = []
 
@@ -524,7 +535,10 @@ def test_on_a_shared_link_the_lane_answers_what_the_python_path_answers(redis7, 
     def noise():
         try:
             w = Wire(runner.port)
-            assert w.call("AUTH", "app", "pw") == b"OK"
+            if resp3:
+                w.call("HELLO", "3", "AUTH", "app", "pw")
+            else:
+                assert w.call("AUTH", "app", "pw") == b"OK"
             n = 0
             while not stop.is_set():
                 w.send(cmd("INCR", "k:noise") * 5 + cmd("GET", "k:noise"))
@@ -539,13 +553,13 @@ def test_on_a_shared_link_the_lane_answers_what_the_python_path_answers(redis7, 
         t = threading.Thread(target=noise)
         t.start()
         try:
-            return _conversation(runner.port, seed)
+            return _conversation(runner.port, seed, resp3)
         finally:
             stop.set()
             t.join(10)
             stop.clear()
     try:
-        for seed in range(2000, 2025):
+        for seed in seeds:
             expected = noisy_conversation(None, seed)
             assert noisy_conversation(recorded_lane, seed) == expected, f"seed {seed}"
             assert not noise_errors, noise_errors

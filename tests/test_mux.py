@@ -90,6 +90,14 @@ def test_demux_refuses_replies_nobody_asked_for():
         d.received(b"!garbage\r\n")
 
 
+def test_demux_refuses_push_messages():
+    # Nothing on a shared link subscribes or tracks keys; a push would shift every reply after it.
+    d = Demux()
+    d.sent("a", 1)
+    with pytest.raises(UpstreamProtocolError):
+        d.received(b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nx\r\n:1\r\n")
+
+
 def test_demux_forget_lists_each_waiting_owner_once():
     d = Demux()
     for who in ("a", "b", "a", "c"):
@@ -131,10 +139,12 @@ def test_a_fresh_client_goes_on_the_shared_link_without_a_handshake():
     assert replies.startswith(b"+OK\r\n$1\r\nv\r\n-NOPERM ") and replies.endswith(b"\r\n+PONG\r\n")
 
 
-@pytest.mark.parametrize("stateful", [
-    cmd("MULTI"), cmd("SELECT", "0"), cmd("BLPOP", "q:1", "0"), cmd("HELLO", "3"),
+@pytest.mark.parametrize("stateful, own_setup", [
+    (cmd("MULTI"), b""), (cmd("SELECT", "0"), b""), (cmd("BLPOP", "q:1", "0"), b""),
+    # A protocol switch after use: its own connection speaks RESP3 from the start.
+    (cmd("HELLO", "3"), cmd("HELLO", "3")),
 ])
-def test_a_stateful_command_moves_the_client_to_its_own_connection(stateful):
+def test_a_stateful_command_moves_the_client_to_its_own_connection(stateful, own_setup):
     s = shared_session()
     s.client_data(cmd("INCR", "k:n") + stateful + cmd("GET", "k:n"))
     # INCR went to the shared link; what follows waits for the client's own connection...
@@ -145,8 +155,56 @@ def test_a_stateful_command_moves_the_client_to_its_own_connection(stateful):
     assert b"".join(s.to_client) == b":1\r\n"
     s.to_client.clear()
     s.connected()                            # ...which starts with the proxy's own AUTH
-    assert b"".join(s.to_upstream) == cmd("AUTH", "gate-secret") + stateful + cmd("GET", "k:n")
+    assert b"".join(s.to_upstream) == \
+        cmd("AUTH", "gate-secret") + own_setup + stateful + cmd("GET", "k:n")
     assert s.expected == 1                   # nothing more was asked of the shared link
+
+
+def fresh_session():
+    cfg = build_config({"upstream": {"address": "127.0.0.1:1", "password": "${MUX_TEST_PW}",
+                                     "multiplex": 1}, "users": {"u": USER}})
+    return Session(Gate(cfg, upstream_version=(7, 0, 15)), "test")
+
+
+def test_go_redis_handshake_keeps_the_client_on_a_shared_link():
+    # HELLO 3 AUTH, CLIENT SETINFO twice (answered here), then work: what every go-redis v9
+    # connection sends (Asynq). HELLO goes on the link: its first command picks a RESP3 one.
+    s = fresh_session()
+    s.client_data(cmd("HELLO", "3", "AUTH", "u", "pw")
+                  + cmd("CLIENT", "SETINFO", "LIB-NAME", "go-redis(,go1.22.5)")
+                  + cmd("CLIENT", "SETINFO", "LIB-VER", "9.14.1") + cmd("GET", "k:1"))
+    assert s.shared and s.resp3 and s.upstream_ready and not s.want_upstream
+    assert b"".join(s.to_upstream) == cmd("HELLO", "3") + cmd("GET", "k:1")
+    assert s.expected == 2
+    s.upstream_data(b"%1\r\n$5\r\nproto\r\n:3\r\n_\r\n")
+    replies = b"".join(s.to_client)
+    assert replies.startswith(b"%1\r\n$5\r\nproto\r\n:3\r\n-ERR unknown subcommand 'SETINFO'")
+    assert replies.endswith(b"\r\n_\r\n") and replies.count(b"-ERR unknown subcommand") == 2
+
+
+def test_hello_with_a_name_needs_a_connection_of_its_own():
+    s = fresh_session()
+    s.client_data(cmd("HELLO", "3", "AUTH", "u", "pw", "SETNAME", "worker-1"))
+    assert not s.shared and s.want_upstream and not s.to_upstream
+    s.connected()
+    assert b"".join(s.to_upstream) == cmd("AUTH", "gate-secret") + cmd("HELLO", "3") + \
+        cmd("HELLO", "3", "SETNAME", "worker-1")
+
+
+def test_reset_takes_a_resp3_client_off_its_resp3_link():
+    s = shared_session()
+    s.client_data(cmd("HELLO", "3") + cmd("GET", "k:1") + cmd("RESET") + cmd("AUTH", "u", "pw")
+                  + cmd("GET", "k:1"))
+    assert b"".join(s.to_upstream) == cmd("HELLO", "3") + cmd("GET", "k:1")
+    assert s.expected == 2 and not s.shared and not s.resp3 and s.want_upstream
+    s.to_upstream.clear()
+    s.upstream_data(b"%1\r\n$5\r\nproto\r\n:3\r\n_\r\n")   # the shared replies
+    assert b"".join(s.to_client) == b"%1\r\n$5\r\nproto\r\n:3\r\n_\r\n"
+    s.to_client.clear()
+    s.connected()   # a RESP2 connection of its own: nothing to reset on it, no HELLO 3
+    assert b"".join(s.to_upstream) == cmd("AUTH", "gate-secret") + cmd("GET", "k:1")
+    s.upstream_data(b"+OK\r\n$-1\r\n")   # (the local replies wait for its AUTH's, in order)
+    assert b"".join(s.to_client) == b"+RESET\r\n+OK\r\n$-1\r\n"
 
 
 def test_reset_on_a_shared_link_is_answered_by_the_proxy():
@@ -184,9 +242,9 @@ def test_multiplex_setting_is_checked():
 USERS = {"u": f"on {pw_hash('pw')} ~k:* ~q:* +@all -@dangerous"}
 
 
-@pytest.fixture(params=["7", "5"])
+@pytest.fixture(params=["7", "6.2", "5"])
 def muxed(request):
-    srv = request.getfixturevalue({"7": "redis7", "5": "redis5"}[request.param])
+    srv = request.getfixturevalue({"7": "redis7", "6.2": "redis62", "5": "redis5"}[request.param])
     runner = ProxyRunner({"upstream": dict(srv.upstream, multiplex=1), "users": USERS}).start()
     runner.srv = srv
     yield runner
@@ -293,3 +351,51 @@ def test_unreachable_upstream_with_multiplex(redis7):
         assert "upstream Redis unavailable" in str(w.call("GET", "k:1"))
     finally:
         runner.stop()
+
+
+def _handshake(port: int, resp3_upstream: bool) -> Wire:
+    """go-redis v9's connection set-up (REDIS-USAGE.md section 6): HELLO 3 AUTH, or AUTH after
+    the error a legacy upstream gives; then CLIENT SETINFO twice, whose errors it ignores."""
+    w = Wire(port)
+    hello = w.call("HELLO", "3", "AUTH", "u", "pw")
+    if resp3_upstream:
+        assert hello[b"proto"] == 3 if isinstance(hello, dict) else 3 in hello
+    else:
+        assert "NOPROTO" in str(hello)
+        assert w.call("AUTH", "u", "pw") == b"OK"
+    w.send(cmd("CLIENT", "SETINFO", "LIB-NAME", "go-redis(,go1.22.5)")
+           + cmd("CLIENT", "SETINFO", "LIB-VER", "9.14.1"))
+    w.read(2)
+    return w
+
+
+def test_go_redis_clients_share_links_of_their_protocol(muxed):
+    resp3 = muxed.srv.version != "5"
+    before = _proxy_links(muxed.srv)
+    plain = Wire(muxed.port)   # a RESP2 client alongside: it gets RESP2, from a link of its own kind
+    assert plain.call("AUTH", "u", "pw") == b"OK"
+    wires = [_handshake(muxed.port, resp3) for _ in range(6)]
+    for i, w in enumerate(wires + [plain]):
+        start = len(w.raw_log)
+        w.send(cmd("DEL", f"k:h:{i}") + cmd("HSET", f"k:h:{i}", "f", str(i))
+               + cmd("HGETALL", f"k:h:{i}") + cmd("GET", "k:missing"))
+        w.read(4)
+        raw = bytes(w.raw_log[start:])
+        if resp3 and w is not plain:
+            assert raw.endswith(b"%%1\r\n$1\r\nf\r\n$1\r\n%d\r\n_\r\n" % i)
+        else:
+            assert raw.endswith(b"*2\r\n$1\r\nf\r\n$1\r\n%d\r\n$-1\r\n" % i)
+    links = [c for c in muxed.srv.admin().client_list() if c.get("cmd") != "client|list"
+             and c.get("name") != "admin"]
+    assert len(links) - before <= (2 if resp3 else 1)
+    if muxed.srv.version == "7":   # (CLIENT LIST shows the protocol since 7.0)
+        assert {"2", "3"} <= {c.get("resp") for c in links}
+    # A transaction takes one off the link, to a connection that still speaks its protocol.
+    w = wires[0]
+    start = len(w.raw_log)
+    w.send(cmd("MULTI") + cmd("HGETALL", "k:h:0") + cmd("EXEC"))
+    assert w.read(3)[:2] == [b"OK", b"QUEUED"]
+    assert bytes(w.raw_log[start:]).endswith(
+        b"*1\r\n%1\r\n$1\r\nf\r\n$1\r\n0\r\n" if resp3 else b"*1\r\n*2\r\n$1\r\nf\r\n$1\r\n0\r\n")
+    for w in wires + [plain]:
+        w.close()
