@@ -124,6 +124,8 @@ class SharedLink:
         self.due = 0                   # clients' replies still due, all together
         self._flush_soon = False
         self._paused = False
+        self.waiting = 0               # bytes in `out` while the link is being opened
+        self._held_back: set[ClientConnection] = set()   # paused for that (WAITING_LIMIT)
 
     def send(self, client: "ClientConnection", data: bytes, replies: int) -> None:
         self.demux.sent(client, replies)
@@ -139,7 +141,13 @@ class SharedLink:
             if not self._flush_soon:
                 self._flush_soon = True
                 asyncio.get_running_loop().call_soon(self.flush)
-        elif not self.connecting:
+            return
+        # Waiting for the link to be (re)opened: bounded, as a connected link bounds it.
+        self.waiting += len(data)
+        if self.waiting > WAITING_LIMIT:
+            self._held_back.add(client)
+            client.hold_input("link-connecting", True)
+        if not self.connecting:
             self.connecting = True
             asyncio.ensure_future(self._connect())
 
@@ -175,6 +183,13 @@ class SharedLink:
             self.out[:0] = setup
         self.ready = True
         self.flush()
+        self._release_waiting()
+
+    def _release_waiting(self) -> None:
+        self.waiting = 0
+        held, self._held_back = self._held_back, set()
+        for client in held:
+            client.hold_input("link-connecting", False)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -212,6 +227,7 @@ class SharedLink:
         self.out.clear()
         if conn is not None:
             conn.transport.close()
+        self._release_waiting()
         owners = list(also)
         owners += [o for o in self.demux.forget() if o not in owners]
         for owner in owners:
@@ -222,6 +238,9 @@ class SharedLink:
 
     def detach(self, client: "ClientConnection") -> None:
         self.clients.discard(client)
+        if client in self._held_back:
+            self._held_back.discard(client)
+            client.hold_input("link-connecting", False)
         if self._paused:
             client.hold_input("upstream", False)
 
@@ -397,6 +416,11 @@ class ClientConnection(asyncio.Protocol):
                 if write is not None:
                     write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
+        waiting = s.held_bytes()
+        if waiting or "connecting" in self._holds:
+            # Commands waiting for the upstream connection being opened: bounded, as a
+            # connected upstream bounds them (TCP pushes back on the client meanwhile).
+            self.hold_input("connecting", waiting > WAITING_LIMIT)
         if self.upstream is None and s.want_upstream and not self._connecting and not self.closed:
             self._connecting = True
             asyncio.ensure_future(self._connect())
@@ -526,6 +550,9 @@ class ClientConnection(asyncio.Protocol):
 
 # ...and when even locally answered replies pile up unread beyond this, stop reading the client.
 OUTPUT_LIMIT = 32 << 20
+# Commands held while an upstream connection or shared link is being opened: past this, stop
+# reading the client (or the link's senders) until it is open or has failed.
+WAITING_LIMIT = 4 << 20
 
 
 class _TLSTransport:

@@ -367,6 +367,10 @@ class Session:
             self._held.append(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n")
             self.slots.append([DROP, 1, "protocol selection"])
 
+    def held_bytes(self) -> int:
+        """Bytes waiting for an upstream connection being opened (the I/O layer bounds them)."""
+        return sum(map(len, self._held))
+
     def _flush_held(self) -> None:
         if self.upstream_ready and self._held:
             self.to_upstream.extend(self._held)

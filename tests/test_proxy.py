@@ -464,6 +464,52 @@ def test_asyncio_client_pipeline(env):
     assert r[0] is True and r[1] == b"1" and isinstance(r[2], redis.exceptions.NoPermissionError)
 
 
+@pytest.mark.parametrize("multiplex", [0, 1])
+def test_commands_waiting_for_an_upstream_being_opened_are_bounded(monkeypatch, multiplex):
+    """While the upstream connection (or the shared link) is still being opened, a client's
+    commands wait in the proxy; past WAITING_LIMIT the proxy stops reading that client."""
+    import redisgate.server as server
+    monkeypatch.setattr(server, "WAITING_LIMIT", 1 << 20)
+    # An upstream whose accept queue is full: the kernel drops further SYNs, so connecting hangs.
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(0)
+    fillers = []
+    for _ in range(2):
+        f = socket.socket()
+        f.setblocking(False)
+        f.connect_ex(hung.getsockname())
+        fillers.append(f)
+    time.sleep(0.1)
+    runner = ProxyRunner({"upstream": {"address": "127.0.0.1:%d" % hung.getsockname()[1],
+                                       "connect_timeout": 4, "multiplex": multiplex},
+                          "users": USERS}).start()
+    s = socket.create_connection(("127.0.0.1", runner.port))
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        s.sendall(cmd("AUTH", "producer", PASSWORDS["producer"]))
+        time.sleep(0.2)
+        chunk = cmd("SET", "asynq:k", "v" * 1000) * 100
+        s.settimeout(0.5)
+        sent = 0
+        try:
+            while sent < 64 << 20:
+                s.sendall(chunk)
+                sent += len(chunk)
+        except socket.timeout:
+            pass
+        assert sent < 32 << 20, "the proxy kept reading commands it could not send"
+        waiting = runner.call(lambda: [sum(map(len, c.session._held)) for c in runner.proxy.clients]
+                              + [sum(map(len, link.out)) for link in runner.proxy.links])
+        assert max(waiting) < 4 << 20
+    finally:
+        s.close()
+        runner.stop()
+        for f in fillers:
+            f.close()
+        hung.close()
+
+
 def test_a_client_that_never_reads_its_refusals_is_no_longer_read(env, monkeypatch):
     """Local replies piling up unread past OUTPUT_LIMIT pause reading that client (bounded memory)."""
     import redisgate.server as server
