@@ -15,9 +15,12 @@
  *                        inline judge would pass: each name is in `known` (Session._inline's
  *                        memo for the user, the very same dict) with an entry whose arity fits
  *                        and whose one key, if any, starts with one of its prefixes, is in its
- *                        exact set or passes its match. Then due += how many. On a dedicated
- *                        link it writes the upstream; on a shared one (`link`, `owner`) it does
- *                        what ClientConnection.pump and SharedLink.send do.
+ *                        exact set or passes its match; an EVALSHA entry (session.SCRIPT)
+ *                        holds the forms of the calls the judge allowed, per SHA1 and queue
+ *                        (Session._lane_script), and the call must fit one (script_passes).
+ *                        Then due += how many. On a dedicated link it writes the upstream; on
+ *                        a shared one (`link`, `owner`) it does what ClientConnection.pump and
+ *                        SharedLink.send do.
  *   upstream_data(data)  (dedicated link) passes `data` to the client when it is nothing but
  *                        whole flat replies to due commands (count_flat()'s form); due -= how
  *                        many.
@@ -186,6 +189,111 @@ argument(const char *p, const char *end, Py_ssize_t i, Py_ssize_t max_bulk, Py_s
     }
 }
 
+/* A borrowed item of a dict, looked up by the bytes p[0:n]; NULL with or without an error. */
+static PyObject *
+dict_item(PyObject *dict, const char *p, Py_ssize_t n)
+{
+    PyObject *item, *key = PyBytes_FromStringAndSize(p, n);
+    if (key == NULL)
+        return NULL;
+    item = PyDict_GetItemWithError(dict, key);
+    Py_DECREF(key);
+    return item;
+}
+
+/* Whether p[0:10] is a YYYY-MM-DD date as scripts._DATE reads it (ASCII digits). */
+static int
+is_date(const char *p)
+{
+    int i;
+    for (i = 0; i < 10; i++) {
+        if (i == 4 || i == 7 ? p[i] != '-' : (p[i] < '0' || p[i] > '9'))
+            return 0;
+    }
+    return 1;
+}
+
+/* The kinds of check in scripts._FastContract.lane_form. */
+enum { LANE_EXACT, LANE_ONE_OF, LANE_PREFIX, LANE_DATE };
+#define SCRIPT_MAX_ARGS 64
+
+/* session.SCRIPT: an EVALSHA passes when the entry's memo ({SHA1: {queue: form}}, filled by
+ * Session._lane_script from calls the judge allowed) has a form for its SHA1 and KEYS[1]'s
+ * queue, and the call fits it: numkeys as written there, enough arguments, and each check of
+ * scripts._FastContract.lane_form. Nothing here runs Python code, so the borrowed memo items
+ * stay valid. 1, 0 or -1 as passes(). */
+static int
+script_passes(PyObject *shas, const char *req, const char *end, Py_ssize_t argc,
+              Py_ssize_t max_bulk)
+{
+    const char *arg[SCRIPT_MAX_ARGS], *p, *close;
+    Py_ssize_t len[SCRIPT_MAX_ARGS], i, need;
+    PyObject *per, *form, *numkeys, *checks;
+    int more;
+
+    if (!PyDict_CheckExact(shas) || argc < 4 || argc > SCRIPT_MAX_ARGS)
+        return 0;
+    p = (const char *)memchr(req, '\n', end - req) + 1;   /* past "*<n>\r\n"; walk() proved it all */
+    for (i = 0; i < argc; i++) {
+        p = number_line(p + 1, end, max_bulk, &len[i], &more);
+        arg[i] = p;
+        p += len[i] + 2;
+    }
+    per = dict_item(shas, arg[1], len[1]);
+    if (per == NULL || !PyDict_CheckExact(per))
+        return PyErr_Occurred() ? -1 : 0;
+    /* KEYS[1]'s queue: asynq:{<queue>}..., up to the first '}' (as Session._lane_script) */
+    if (len[3] < 9 || memcmp(arg[3], "asynq:{", 7) != 0)
+        return 0;
+    close = (const char *)memchr(arg[3] + 7, '}', len[3] - 7);
+    if (close == NULL || close == arg[3] + 7)
+        return 0;
+    form = dict_item(per, arg[3] + 7, close - arg[3] - 7);
+    if (form == NULL || !PyTuple_CheckExact(form) || PyTuple_GET_SIZE(form) != 3)
+        return PyErr_Occurred() ? -1 : 0;
+    numkeys = PyTuple_GET_ITEM(form, 0);
+    need = PyLong_AsSsize_t(PyTuple_GET_ITEM(form, 1));
+    checks = PyTuple_GET_ITEM(form, 2);
+    if (need == -1 && PyErr_Occurred())
+        return -1;
+    if (!PyBytes_CheckExact(numkeys) || PyBytes_GET_SIZE(numkeys) != len[2]
+            || memcmp(PyBytes_AS_STRING(numkeys), arg[2], len[2]) != 0
+            || argc < need || !PyTuple_CheckExact(checks))
+        return 0;
+    for (i = 0; i < PyTuple_GET_SIZE(checks); i++) {
+        PyObject *check = PyTuple_GET_ITEM(checks, i), *value;
+        Py_ssize_t index, kind, vlen, j;
+        int ok = 0;
+        if (!PyTuple_CheckExact(check) || PyTuple_GET_SIZE(check) != 3)
+            return 0;
+        index = PyLong_AsSsize_t(PyTuple_GET_ITEM(check, 0));
+        kind = PyLong_AsSsize_t(PyTuple_GET_ITEM(check, 1));
+        if (PyErr_Occurred())
+            return -1;
+        if (index < 0 || index >= argc)
+            return 0;
+        value = PyTuple_GET_ITEM(check, 2);
+        if (kind == LANE_ONE_OF) {
+            if (!PyTuple_CheckExact(value))
+                return 0;
+            for (j = 0; j < PyTuple_GET_SIZE(value) && !ok; j++) {
+                PyObject *name = PyTuple_GET_ITEM(value, j);
+                ok = PyBytes_CheckExact(name) && PyBytes_GET_SIZE(name) == len[index]
+                    && memcmp(PyBytes_AS_STRING(name), arg[index], len[index]) == 0;
+            }
+        } else if (PyBytes_CheckExact(value)) {
+            vlen = PyBytes_GET_SIZE(value);
+            ok = len[index] >= vlen && memcmp(PyBytes_AS_STRING(value), arg[index], vlen) == 0
+                && (kind == LANE_EXACT ? len[index] == vlen
+                    : kind == LANE_PREFIX ? len[index] > vlen
+                    : kind == LANE_DATE && len[index] == vlen + 10 && is_date(arg[index] + vlen));
+        }
+        if (!ok)
+            return 0;
+    }
+    return 1;
+}
+
 /* 1 if the entry (Session._inline's tuple) lets this request through, 0 if the lane must give
  * up on it, -1 on a Python error. */
 static int
@@ -207,6 +315,8 @@ passes(PyObject *entry, const char *req, const char *end, Py_ssize_t argc, Py_ss
         return 0;
     if (pos == -1)          /* session.NO_KEY: allowed whatever the arguments */
         return 1;
+    if (pos == -3)          /* session.SCRIPT: as the judge allowed before, per SHA1 and queue */
+        return script_passes(PyTuple_GET_ITEM(entry, 4), req, end, argc, max_bulk);
     if (pos < 0 || pos >= argc)   /* session.ASK: the judge decides */
         return 0;
     k = argument(req, end, pos, max_bulk, &klen);

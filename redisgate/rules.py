@@ -923,6 +923,24 @@ class User:
             fast = self._fast[spec.bit] = self._compile_fast(spec)
         return fast
 
+    def judges_by_sha(self, spec) -> bool:
+        """Whether judge() decides `spec` (EVALSHA/EVALSHA_RO) by the SHA1's compiled contract
+        first: the calls lane_script() can describe."""
+        fast = self.shortcut(spec)
+        return type(fast) is tuple and fast[1] is _BY_SHA and fast[2] is not None
+
+    def lane_script(self, spec, args: list[bytes]):
+        """For redisgate._lane, after judge() allowed `args` (EVALSHA/EVALSHA_RO) on its
+        compiled path: scripts.lane_form's (queue, form), which lets the C lane pass this
+        script's calls for that queue as judge() would; None if judge() took another path."""
+        if len(args) < 4 or not self.judges_by_sha(spec):
+            return None
+        fast = self.shortcut(spec)
+        check = getattr(self.scripts, "by_sha", _NO_CHECKS).get(args[1])
+        if check is None or check is True:
+            return None
+        return check.lane_form(args, self, fast)
+
     def _keys_match(self, sel: _Selector, spec, args: list[bytes]) -> bool:
         """Do all the command's keys pass this selector's patterns?"""
         cat = self._cat

@@ -67,6 +67,8 @@ _ADMIN = frozenset({"admin"})
 
 _QUEUE_HEAD = b"asynq:{"
 _DATE = re.compile(rb"\d{4}-\d{2}-\d{2}")
+# The kinds of check in _FastContract.lane_form's flattened form (redisgate/_lane.c reads them).
+LANE_EXACT, LANE_ONE_OF, LANE_PREFIX, LANE_DATE = 0, 1, 2, 3
 
 
 def queue_of(key: bytes) -> tuple[bytes, bytes] | None:
@@ -961,6 +963,31 @@ class _FastContract:
                 may = user_may[user] = all(_user_may(user, e, w) for _, e, w in argv)
             return may
         return True
+
+    def lane_form(self, args: list[bytes], user, keys: tuple):
+        """For redisgate._lane: when ``honoured(args, user, keys)``, the call's queue and what
+        every call for that queue must look like to be honoured the same way: (queue, (numkeys,
+        fewest arguments, ((index, kind, value), ...))), kinds LANE_EXACT (args[index] == value),
+        LANE_ONE_OF (args[index] in the tuple value), LANE_PREFIX (starts with value and is
+        longer), LANE_DATE (value, then a YYYY-MM-DD date). The user's permissions for that
+        queue's names and ARGV prefixes were part of the verdict, so the form holds for this
+        user and shortcut only. None when the call does not take honoured's path."""
+        if not self.honoured(args, user, keys):
+            return None
+        q = queue_of(args[3])[0]
+        head = _QUEUE_HEAD + q + b"}:"
+        checks = []
+        for i, shape in enumerate(self.shapes, 3):
+            if shape.tail is not None:
+                kind = LANE_DATE if shape.tail == "date" else LANE_PREFIX
+                checks.append((i, kind, head + shape.suffixes[0]))
+            elif len(shape.suffixes) == 1:
+                checks.append((i, LANE_EXACT, head + shape.suffixes[0]))
+            else:
+                checks.append((i, LANE_ONE_OF, tuple(head + x for x in shape.suffixes)))
+        for p in self.prefixes:
+            checks.append((3 + self.n + p.index - 1, LANE_EXACT, head + p.suffix))
+        return q, (self.numkeys, self.need, tuple(checks))
 
 
 def _user_may(user, prefix: bytes, write: bool) -> bool:

@@ -330,6 +330,7 @@ class ClientConnection(asyncio.Protocol):
                 info += f" cert={identity}"
                 audit.info("tls-client cert=%s user=%s client=%s", identity, cert_user or "-", info)
         self.session = Session(proxy.gate, info, cert_user, cert_verified)
+        self.session.lane_scripts = self.lane is not None
         proxy.clients.add(self)
         from . import metrics
         metrics.connection_opened()

@@ -64,6 +64,8 @@ DUMMY_HASH = bytes(32)
 # Session._inline's key positions that are not positions.
 NO_KEY = -1   # allowed whatever the arguments
 ASK = -2      # ask the judge
+SCRIPT = -3   # ask the judge (EVALSHA by a compiled contract); the C lane reads the forms of
+              # calls it allowed, per SHA1 and queue, from the entry (see _lane_script)
 
 
 class Session:
@@ -100,6 +102,9 @@ class Session:
         self.resp3 = False
         self.multi = False
         self.multi_dirty = False
+        # Set by the I/O layer when a C lane (redisgate._lane) reads the memos: then allowed
+        # EVALSHA calls leave their forms there (_lane_script).
+        self.lane_scripts = False
         self.home_db = cfg.upstream.db
         self.db = self.home_db
         self.subs = {"chan": set(), "pat": set(), "shard": set()}
@@ -205,6 +210,8 @@ class Session:
                         judge, db = user.judge, self._databases()
                     try:
                         if judge(inline[0], args, db) is None:
+                            if pos == SCRIPT:
+                                self._lane_script(inline, args)
                             continue
                     except KeyExtractionError:
                         pass
@@ -238,7 +245,8 @@ class Session:
         or watched here, a container, unknown to the upstream): (spec, fewest, most, pos,
         prefixes, exact, match). fewest..most is the arity, narrowed to where the user's judge
         has a shortcut (rules.User.shortcut); pos is NO_KEY (allowed with any arguments), ASK
-        (call the judge), or where the one key is, allowed when it starts with one of
+        (call the judge), SCRIPT (call the judge; `prefixes` is then the {SHA1: {queue: form}}
+        memo of _lane_script), or where the one key is, allowed when it starts with one of
         `prefixes`, is in `exact` or passes `match`. Memoised in `known` (the user's, on the
         gate) per name as sent."""
         spec = TABLE.lookup(args)
@@ -253,6 +261,8 @@ class Session:
         elif type(shortcut) is tuple and type(shortcut[0]) is int:
             pos, upto, prefixes, exact, match = shortcut
             inline = (spec, max(fewest, pos + 1), min(most, upto), pos, prefixes, exact, match)
+        elif self.user_entry.user.judges_by_sha(spec):
+            inline = (spec, fewest, most, SCRIPT, {}, (), None)
         else:
             inline = (spec, fewest, most, ASK, (), (), None)
         if spec.parent is None and len(known) < 1024:
@@ -260,6 +270,33 @@ class Session:
             # clients, in any mix of cases.
             known[args[0]] = inline
         return inline
+
+    def _lane_script(self, inline, args) -> None:
+        """An EVALSHA the judge allowed: unless known, remember in its memo entry what calls of
+        that script for that queue must look like (rules.User.lane_script), so that the C lane
+        forwards them as the judge would. Bounded: SHA1s are the allowed ones, queues at most 64
+        per SHA1."""
+        if not self.lane_scripts or len(args) < 4:
+            return
+        k0 = args[3]
+        close = k0.find(b"}", 7)
+        if close <= 7:
+            return
+        q = k0[7:close]   # (the C lane finds it the same way)
+        shas = inline[4]
+        per = shas.get(args[1])
+        if per is None:
+            if len(shas) >= 64:   # (allow_any_script: SHA1s from clients)
+                shas.clear()
+            per = shas[args[1]] = {}
+        elif q in per:
+            return
+        elif len(per) >= 64:
+            per.clear()
+        form = self.user_entry.user.lane_script(inline[0], args)
+        if form is not None and form[0] == q:
+            per[q] = form[1]
+        # (None: this call did not take the compiled path. Not remembered: the next one may.)
 
     def _handle(self, req) -> None:
         args = req.args

@@ -173,6 +173,106 @@ def test_bad_arguments_and_errors_are_exceptions_not_crashes():
     assert odd.up == [] and len(odd.slow_client) == 2
 
 
+# ---------------------------------------------------------------- EVALSHA (session.SCRIPT)
+
+_Q = b"asynq:{default}:"
+_SHA_ENQUEUE = b"98d28b42650870a743450ffda9791e9e19c6991b"   # Asynq v0.26's scripts
+_SHA_DEQUEUE = b"a8153319360adc71cdc370107f8ab9786f204765"
+_SHA_DONE = b"1241eaa1c73409baaf1fea0c08d203a4911bda15"
+_WORKER = {"rules": f"on {pw_hash('pw')}", "profile": ["asynq-worker", "asynq-producer"],
+           "queues": ["default", "critical"]}
+
+
+def _asynq_calls(tid: bytes, q: bytes = _Q, date: bytes = b"2024-05-31") -> list[list[bytes]]:
+    """enqueue, dequeue and done as go-redis sends them (bench/judge.py's shapes)."""
+    task = q + b"t:" + tid
+    return [
+        [b"evalsha", _SHA_ENQUEUE, b"2", task, q + b"pending", b"msg", tid, b"1717171717000000000"],
+        [b"evalsha", _SHA_DEQUEUE, b"4", q + b"pending", q + b"paused", q + b"active",
+         q + b"lease", b"1717171747", q + b"t:"],
+        [b"evalsha", _SHA_DONE, b"5", q + b"active", q + b"lease", task, q + b"processed:" + date,
+         q + b"processed", tid, b"1725000000", b"9223372036854775807"],
+    ]
+
+
+def _scripted_session():
+    """A logged-in session of an Asynq worker+producer user, which has judged one call of each
+    script for queue `default` (so its memo holds their forms), and its memo."""
+    from redisgate.gate import Gate
+    from redisgate.session import Session
+    cfg = build_config({"upstream": {"address": "127.0.0.1:1"}, "users": {"w": _WORKER}})
+    s = Session(Gate(cfg, upstream_version=(7, 0, 15)), "test")
+    s.lane_scripts = True
+    s.client_data(cmd("AUTH", "w", "pw"))
+    s.connected()
+    calls = b"".join(cmd(*c) for c in _asynq_calls(b"%036d" % 0))
+    s.client_data(calls)
+    assert b"".join(s.to_upstream) == calls and s.to_client == [b"+OK\r\n"]   # (AUTH's reply)
+    return s, s.gate.fast_commands[s.user_entry.user]
+
+
+def test_the_lane_passes_evalsha_calls_of_the_scripts_and_queues_the_judge_allowed():
+    s, known = _scripted_session()
+    r = Recorder()
+    r.arm(known)
+    calls = b"".join(cmd(*c) for c in _asynq_calls(b"%036d" % 7, date=b"2024-06-01"))
+    r.lane.client_data(calls)
+    assert r.up == [calls] and r.lane.passed == 3
+    # Queue `critical` is allowed too, but no call for it was judged yet: the judge decides.
+    other = b"".join(cmd(*c) for c in _asynq_calls(b"1", q=b"asynq:{critical}:"))
+    r.lane.client_data(other)
+    assert r.slow_client == [other]
+    # Once it has, that queue's calls pass as well.
+    s.client_data(other)
+    r.lane.client_data(other)
+    assert r.up == [calls, other]
+
+
+def _mutations(rnd: random.Random, args: list[bytes]) -> list[bytes]:
+    args = list(args)
+    i = rnd.randrange(1, len(args) + 1)
+    pick = rnd.random()
+    if pick < 0.15 and i < len(args):
+        del args[i]
+    elif pick < 0.25:
+        args.insert(i, rnd.choice([b"x", b"asynq:{default}:pending", b""]))
+    elif i < len(args):
+        a = args[i]
+        args[i] = rnd.choice([
+            a[:-1], a + b"x", a.upper(), b"", b"0" + a, a.replace(b"default", b"critical"),
+            a.replace(b"default", b"other"), a.replace(b"default", b"def}ault"),
+            a.replace(b"{default}", b"{}"), a.replace(b"-", b"/"), a.replace(b"05", b"5"),
+            a.replace(b"2024", b"\xef\xbc\x92024"), a.replace(b":t:", b":t"), a + b"-01",
+            a.replace(b"asynq:", b"asynq;"), rnd.choice([b"1", b"2", b"3", b"4", b"5", b"-2"]),
+        ])
+    return args
+
+
+def test_the_lane_never_passes_an_evalsha_the_judge_would_refuse():
+    """Random mutations of allowed calls (other queues, cut or extended names, dates, numkeys,
+    argument counts): whatever the lane forwards, the judge allows."""
+    from redisgate.commands import TABLE
+    s, known = _scripted_session()
+    user = s.user_entry.user
+    rnd = random.Random(4)
+    passed = refused = 0
+    for n in range(3000):
+        base = rnd.choice(_asynq_calls(b"%036d" % rnd.randrange(10**6),
+                                       date=rnd.choice([b"2024-05-31", b"2031-12-01"])))
+        args = base if n % 10 == 0 else _mutations(rnd, base)
+        r = Recorder()
+        r.arm(known)
+        r.lane.client_data(cmd(*args))
+        if r.up:
+            passed += 1
+            spec = TABLE.lookup(args)
+            assert spec is not None and spec.check_arity(len(args))
+            assert user.judge(spec, args, 0) is None, args
+        else:
+            refused += 1
+    assert passed > 300 and refused > 1000
+
+
 # ---------------------------------------------------------------- end to end, with and without
 
 USERS = {
@@ -567,3 +667,24 @@ def test_on_a_shared_link_the_lane_answers_what_the_python_path_answers(redis7, 
         stop.set()
         runner.stop()
     assert sum(lane.passed for lane in made) > 100
+
+
+@pytest.mark.parametrize("multiplex", [0, 1])
+def test_asynq_scripts_take_the_lane_once_judged(redis7, multiplex):
+    runner = ProxyRunner({"upstream": dict(redis7.upstream, multiplex=multiplex),
+                          "users": {"w": _WORKER}}).start()
+    try:
+        w = Wire(runner.port)
+        w.call("HELLO", "3", "AUTH", "w", "pw")     # go-redis's handshake
+        for i in range(20):
+            w.send(b"".join(cmd(*c) for c in _asynq_calls(b"%036d" % i)))
+            assert all("NOSCRIPT" in str(r) for r in w.read(3))   # (Redis has not loaded them)
+        [conn] = _clients(runner)
+        assert runner.call(lambda: conn.lane.passed) >= 50
+        # Another queue's keys, or a date that is not one: refused, by the proxy.
+        for bad in (_asynq_calls(b"1", q=b"asynq:{other}:")[1],
+                    _asynq_calls(b"1", date=b"2024-05-3x")[2]):
+            assert "NOPERM" in str(w.call(*bad))
+        assert "NOSCRIPT" in str(w.call(*_asynq_calls(b"2")[1]))
+    finally:
+        runner.stop()
