@@ -464,6 +464,22 @@ def test_asyncio_client_pipeline(env):
     assert r[0] is True and r[1] == b"1" and isinstance(r[2], redis.exceptions.NoPermissionError)
 
 
+def _flood(s: socket.socket, chunk: bytes) -> int:
+    """Log in as producer, then send `chunk` again and again without reading, until 64 MiB are
+    sent or the proxy stops reading for half a second: the bytes sent."""
+    s.sendall(cmd("AUTH", "producer", PASSWORDS["producer"]))
+    time.sleep(0.2)
+    s.settimeout(0.5)
+    sent = 0
+    try:
+        while sent < 64 << 20:
+            s.sendall(chunk)
+            sent += len(chunk)
+    except socket.timeout:
+        pass
+    return sent
+
+
 @pytest.mark.parametrize("multiplex", [0, 1])
 def test_commands_waiting_for_an_upstream_being_opened_are_bounded(monkeypatch, multiplex):
     """While the upstream connection (or the shared link) is still being opened, a client's
@@ -487,17 +503,7 @@ def test_commands_waiting_for_an_upstream_being_opened_are_bounded(monkeypatch, 
     s = socket.create_connection(("127.0.0.1", runner.port))
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
-        s.sendall(cmd("AUTH", "producer", PASSWORDS["producer"]))
-        time.sleep(0.2)
-        chunk = cmd("SET", "asynq:k", "v" * 1000) * 100
-        s.settimeout(0.5)
-        sent = 0
-        try:
-            while sent < 64 << 20:
-                s.sendall(chunk)
-                sent += len(chunk)
-        except socket.timeout:
-            pass
+        sent = _flood(s, cmd("SET", "asynq:k", "v" * 1000) * 100)
         assert sent < 32 << 20, "the proxy kept reading commands it could not send"
         waiting = runner.call(lambda: [sum(map(len, c.session._held)) for c in runner.proxy.clients]
                               + [sum(map(len, link.out)) for link in runner.proxy.links])
@@ -516,17 +522,7 @@ def test_a_client_that_never_reads_its_refusals_is_no_longer_read(env, monkeypat
     monkeypatch.setattr(server, "OUTPUT_LIMIT", 1 << 20)
     s = socket.create_connection(("127.0.0.1", env.port))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    s.sendall(cmd("AUTH", "producer", PASSWORDS["producer"]))
-    time.sleep(0.2)
-    chunk = cmd("GET", "denied:key") * 2000
-    s.settimeout(0.5)
-    sent = 0
-    try:
-        while sent < 64 << 20:
-            s.sendall(chunk)
-            sent += len(chunk)
-    except socket.timeout:
-        pass
+    sent = _flood(s, cmd("GET", "denied:key") * 2000)
     assert sent < 64 << 20, "the proxy kept reading a client that does not read"
     sizes = env.call(lambda: [c.transport.get_write_buffer_size() for c in env.proxy.clients])
     assert max(sizes) < 8 << 20
