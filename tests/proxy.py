@@ -52,6 +52,12 @@ class ProxyRunner:
         self._started.set()
         self.loop.run_forever()
         self.loop.run_until_complete(self.proxy.close())
+        # What asyncio.run does at the end (redisgate.server.run): cancel what is still pending,
+        # such as a connection attempt to an upstream that does not answer.
+        pending = asyncio.all_tasks(self.loop)
+        for task in pending:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         self.loop.close()
 
     def start(self) -> "ProxyRunner":
