@@ -1024,12 +1024,12 @@ class ReplyScanner:
     def count_flat(self, data: bytes, most: int, start: int = 0) -> tuple[int, int]:
         """The whole flat replies at the head of `data` (from `start`), at most `most`: (how
         many, the offset where they end). Flat: simple strings, errors, integers, bulk strings
-        of at most 1024 bytes and RESP3's null, complete in `data`, while no reply is pending from earlier bytes.
-        It stops at anything else (or a malformed reply). feed() would give one Frame for each
-        of them, ending at the same offsets, and would leave the scanner as it is (between
-        replies): so a caller that needs only the count (the proxy's common case: replies passed
-        on as they come) may skip feeding `data[start:end]`, and feed() the rest. The scanner is
-        not changed.
+        of at most 1024 bytes and RESP3's null, complete in `data`, while no reply is pending
+        from earlier bytes. It stops at anything else (or a malformed reply). feed() would give
+        one Frame for each of them, ending at the same offsets, and would leave the scanner as
+        it is (between replies): so a caller that needs only the count (the proxy's common case:
+        replies passed on as they come) may skip feeding `data[start:end]`, and feed() the rest.
+        The scanner is not changed.
         """
         if self._error is not None or self._left or self._skip or self._line is not None:
             return 0, start
