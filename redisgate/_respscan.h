@@ -102,57 +102,18 @@ is_ll(const char *p, Py_ssize_t n)
     return 1;
 }
 
-/* The flat replies back to back from p (simple strings, errors, integers, bulk strings of at
- * most 1024 bytes, the null bulk, RESP3's null), at most `most`: returns where they end, *counted how many. */
+/* The CR of the first CRLF at or after p (before end), or NULL when there is none yet. */
 static const char *
-flat_run(const char *p, const char *end, Py_ssize_t most, Py_ssize_t *counted)
+line_end(const char *p, const char *end)
 {
-    Py_ssize_t count = 0;
-    while (count < most && p < end) {
-        const char *cr = p + 1, *next;
-        for (;;) {   /* the line's CRLF */
-            cr = memchr(cr, '\r', end - cr);
-            if (cr == NULL || cr + 1 >= end || cr[1] == '\n')
-                break;
-            cr++;
-        }
-        if (cr == NULL || cr + 1 >= end)
-            break;
-        if (*p == '$') {
-            Py_ssize_t n = cr - p - 1, size = 0, i;
-            if (n == 2 && p[1] == '-' && p[2] == '1') {
-                next = cr + 2;
-            } else {
-                if (n < 1 || n > 4 || (p[1] == '0' && n > 1))
-                    break;
-                for (i = 1; i <= n; i++) {
-                    if (p[i] < '0' || p[i] > '9')
-                        break;
-                    size = size * 10 + (p[i] - '0');
-                }
-                if (i <= n || size > 1024)
-                    break;
-                next = cr + 4 + size;
-                if (next > end || next[-2] != '\r' || next[-1] != '\n')
-                    break;
-            }
-        } else if (*p == '+' || *p == '-') {
-            next = cr + 2;
-        } else if (*p == '_') {   /* RESP3's null: nothing else on the line */
-            if (cr != p + 1)
-                break;
-            next = cr + 2;
-        } else if (*p == ':') {
-            if (!is_ll(p + 1, cr - p - 1))
-                break;
-            next = cr + 2;
-        } else {
-            break;
-        }
-        p = next;
-        count++;
+    for (;;) {
+        p = (const char *)memchr(p, '\r', end - p);
+        if (p == NULL || p + 1 >= end)
+            return NULL;
+        if (p[1] == '\n')
+            return p;
+        p++;
     }
-    *counted = count;
-    return p;
 }
+
 #endif

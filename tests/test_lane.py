@@ -74,6 +74,17 @@ def test_armed_lane_forwards_allowed_requests_as_they_came_and_passes_their_repl
     assert r.lane.disarm() == 2 and not r.lane.armed and r.lane.due == 0
 
 
+def test_armed_lane_passes_any_whole_reply_due():
+    # Arrays, maps and long bulks too (an Asynq dequeue, HGETALL in RESP3, a 16 KB GET).
+    r = Recorder()
+    r.arm(KNOWN, due=3)
+    replies = [b"*2\r\n$3\r\nmsg\r\n:17\r\n", b"%1\r\n+f\r\n_\r\n",
+               b"$2000\r\n" + b"x" * 2000 + b"\r\n"]
+    for data in replies:
+        r.lane.upstream_data(data)
+    assert r.client == replies and r.slow_up == [] and r.lane.due == 0
+
+
 @pytest.mark.parametrize("data", [
     cmd("GET", "z:1"),                                   # key outside every pattern
     cmd("GET", "k:1") + cmd("GET", "z:1"),               # one bad request spoils the read
@@ -109,11 +120,12 @@ def test_limits_are_the_parsers():
 
 
 @pytest.mark.parametrize("data", [
-    b"*1\r\n$1\r\nx\r\n",           # an array: not flat
     b"$1\r\nx\r\n" * 3,             # more replies than due
     b"$1\r\nx\r\n$1\r\n",           # a reply cut short
-    b">2\r\n$1\r\na\r\n$1\r\nb\r\n",  # a RESP3 push
-    b"$2000\r\n" + b"x" * 2000 + b"\r\n",   # a long bulk (count_flat's limit)
+    b"*2\r\n$1\r\nx\r\n",           # an array cut short
+    b">2\r\n$1\r\na\r\n$1\r\nb\r\n",  # a RESP3 push (tracking, pub/sub): not a reply
+    b"$01\r\nx\r\n",                # not canonical
+    b"$2000\r\n" + b"x" * 1999,      # a long bulk still arriving
 ])
 def test_replies_the_lane_cannot_count_go_to_the_slow_path(data):
     r = Recorder()
@@ -575,9 +587,10 @@ def test_the_router_routes_flat_replies_to_armed_lanes_and_leaves_the_rest_to_py
 
 
 @pytest.mark.parametrize("reply", [
-    b"*1\r\n$1\r\nx\r\n",        # an array
     b"$1\r\n",                   # cut short
-    b"$2000\r\n" + b"x" * 2000 + b"\r\n",
+    b"*2\r\n$1\r\nx\r\n",        # an array cut short
+    b">2\r\n$1\r\na\r\n$1\r\nb\r\n",   # a push: nobody's reply
+    b"|1\r\n+a\r\n+b\r\n+c\r\n",      # an attribute (Redis sends none)
 ])
 def test_the_router_stops_at_a_reply_it_cannot_count(reply):
     link, slow, router, a = _routed(2)
