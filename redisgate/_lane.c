@@ -22,7 +22,7 @@
  *                        a shared one (`link`, `owner`) it does what ClientConnection.pump and
  *                        SharedLink.send do.
  *   upstream_data(data)  (dedicated link) passes `data` to the client when it is nothing but
- *                        whole replies to due commands (reply_run(): any canonical reply but
+ *                        whole replies to due commands (reply_end(): any canonical reply but
  *                        a push or an attribute); due -= how many.
  *
  * A Router is a shared link connection's data_received: it routes the whole replies at the head
@@ -542,87 +542,6 @@ error:
     return NULL;
 }
 
-/* Where the whole reply at p ends, or NULL: not whole before end, not in its canonical form,
- * a push or an attribute (not replies to a command), a blob error or verbatim string (not
- * worth it), or nested deeper than `depth`. Canonical RESP frames one way only, so a reply this
- * accepts ends where resp.ReplyScanner.feed() ends it (tests/test_lane.py checks that). */
-static const char *
-reply_end(const char *p, const char *end, int depth)
-{
-    const char *cr, *q;
-    Py_ssize_t n, i;
-    int more;
-
-    if (end - p < 3)
-        return NULL;
-    switch (*p) {
-    case '+': case '-': case ',': case '(':
-        cr = line_end(p + 1, end);
-        return cr == NULL ? NULL : cr + 2;
-    case ':':
-        cr = line_end(p + 1, end);
-        return cr == NULL || !is_ll(p + 1, cr - p - 1) ? NULL : cr + 2;
-    case '_':
-        return p[1] == '\r' && p[2] == '\n' ? p + 3 : NULL;
-    case '#':
-        return end - p >= 4 && (p[1] == 't' || p[1] == 'f') && p[2] == '\r' && p[3] == '\n'
-            ? p + 4 : NULL;
-    case '$':
-        if (end - p >= 5 && memcmp(p, "$-1\r\n", 5) == 0)
-            return p + 5;
-        q = number_line(p + 1, end, PY_SSIZE_T_MAX / 2, &n, &more);
-        if (q == NULL || end - q - 2 < n || q[n] != '\r' || q[n + 1] != '\n')
-            return NULL;
-        return q + n + 2;
-    case '*': case '%': case '~':
-        if (*p == '*' && end - p >= 5 && memcmp(p, "*-1\r\n", 5) == 0)
-            return p + 5;
-        if (depth <= 0)
-            return NULL;
-        q = number_line(p + 1, end, (Py_ssize_t)1 << 30, &n, &more);
-        if (q == NULL)
-            return NULL;
-        if (*p == '%')
-            n *= 2;
-        for (i = 0; i < n && q != NULL; i++)
-            q = reply_end(q, end, depth - 1);
-        return q;
-    default:
-        return NULL;
-    }
-}
-
-/* The whole replies back to back from p (reply_end's), at most `most`: returns where they end,
- * *counted how many. */
-static const char *
-reply_run(const char *p, const char *end, Py_ssize_t most, Py_ssize_t *counted)
-{
-    Py_ssize_t count = 0;
-    while (count < most && p < end) {
-        const char *next = reply_end(p, end, 16);
-        if (next == NULL)
-            break;
-        p = next;
-        count++;
-    }
-    *counted = count;
-    return p;
-}
-
-/* count_replies(data, most) -> (count, end): reply_run over bytes, for the tests. */
-static PyObject *
-count_replies(PyObject *module, PyObject *args)
-{
-    PyObject *data;
-    Py_ssize_t most, count;
-    const char *base, *stop;
-    if (!PyArg_ParseTuple(args, "O!n:count_replies", &PyBytes_Type, &data, &most))
-        return NULL;
-    base = PyBytes_AS_STRING(data);
-    stop = reply_run(base, base + PyBytes_GET_SIZE(data), most, &count);
-    return Py_BuildValue("nn", count, (Py_ssize_t)(stop - base));
-}
-
 static PyObject *
 lane_upstream_data(Lane *self, PyObject *data)
 {
@@ -634,7 +553,7 @@ lane_upstream_data(Lane *self, PyObject *data)
         goto slow;
     base = PyBytes_AS_STRING(data);
     end = base + PyBytes_GET_SIZE(data);
-    if (reply_run(base, end, self->due, &count) != end || count == 0)
+    if (run_of(reply_end, base, end, self->due, &count) != end || count == 0)
         goto slow;
     self->due -= count;
     r = PyObject_CallOneArg(self->client_write, data);
@@ -707,7 +626,7 @@ static PyTypeObject LaneType = {
 
 /* Router: the data_received of a shared link's connection (server._LinkConnection). While the
  * replies at the head of the link's Demux belong to clients whose lanes are armed on it, and are
- * whole replies (reply_run), it hands each client its bytes and keeps the Demux's books (its queue, the
+ * whole replies (reply_end), it hands each client its bytes and keeps the Demux's books (its queue, the
  * link's `due`) as Demux.received and SharedLink.data_received would. From the first reply it
  * cannot place that way, the rest of the read goes to the Python path (`slow`). */
 typedef struct {
@@ -819,7 +738,7 @@ route_head(Router *self, PyObject *data, Py_ssize_t pos, PyObject *queue, int *s
         result = pos;
         goto done;
     }
-    next = reply_run(base + pos, end, n, &count);
+    next = run_of(reply_end, base + pos, end, n, &count);
     if (count == 0 || count > lane->due) {
         result = pos;
         goto done;
@@ -931,16 +850,9 @@ static PyTypeObject RouterType = {
     .tp_methods = router_methods,
 };
 
-static PyMethodDef module_functions[] = {
-    {"count_replies", count_replies, METH_VARARGS,
-     "count_replies(data, most) -> (count, end): the whole replies the lane would pass."},
-    {NULL},
-};
-
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "redisgate._lane",
     "The steady state of one client connection in C (see the source for the contract).", -1,
-    module_functions,
 };
 
 static int

@@ -116,4 +116,79 @@ line_end(const char *p, const char *end)
     }
 }
 
+/* Where the whole reply at p ends, or NULL: not whole before end, not in its canonical form,
+ * a push or an attribute (not replies to a command), a blob error or verbatim string (not
+ * worth it), or nested deeper than `depth`. Canonical RESP frames one way only, so a reply this
+ * accepts ends where resp.ReplyScanner.feed() ends it (tests/test_fastpath.py checks that). */
+static const char *
+reply_within(const char *p, const char *end, int depth)
+{
+    const char *cr, *q;
+    Py_ssize_t n, i;
+    int more;
+
+    if (end - p < 3)
+        return NULL;
+    switch (*p) {
+    case '+': case '-': case ',': case '(':
+        cr = line_end(p + 1, end);
+        return cr == NULL ? NULL : cr + 2;
+    case ':':
+        cr = line_end(p + 1, end);
+        return cr == NULL || !is_ll(p + 1, cr - p - 1) ? NULL : cr + 2;
+    case '_':
+        return p[1] == '\r' && p[2] == '\n' ? p + 3 : NULL;
+    case '#':
+        return end - p >= 4 && (p[1] == 't' || p[1] == 'f') && p[2] == '\r' && p[3] == '\n'
+            ? p + 4 : NULL;
+    case '$':
+        if (end - p >= 5 && memcmp(p, "$-1\r\n", 5) == 0)
+            return p + 5;
+        q = number_line(p + 1, end, PY_SSIZE_T_MAX / 2, &n, &more);
+        if (q == NULL || end - q - 2 < n || q[n] != '\r' || q[n + 1] != '\n')
+            return NULL;
+        return q + n + 2;
+    case '*': case '%': case '~':
+        if (*p == '*' && end - p >= 5 && memcmp(p, "*-1\r\n", 5) == 0)
+            return p + 5;
+        if (depth <= 0)
+            return NULL;
+        q = number_line(p + 1, end, (Py_ssize_t)1 << 30, &n, &more);
+        if (q == NULL)
+            return NULL;
+        if (*p == '%')
+            n *= 2;
+        for (i = 0; i < n && q != NULL; i++)
+            q = reply_within(q, end, depth - 1);
+        return q;
+    default:
+        return NULL;
+    }
+}
+
+/* reply_within(), nested at most 16 deep: the whole replies the C lane passes. */
+static const char *
+reply_end(const char *p, const char *end)
+{
+    return reply_within(p, end, 16);
+}
+
+/* One reply at p: where it ends, or NULL when it is not one of the kind asked for. */
+typedef const char *(*reply_at)(const char *p, const char *end);
+
+/* The replies back to back from p that `one` accepts, at most `most`: returns where they end,
+ * *counted how many. */
+static const char *
+run_of(reply_at one, const char *p, const char *end, Py_ssize_t most, Py_ssize_t *counted)
+{
+    Py_ssize_t count = 0;
+    const char *next;
+    while (count < most && p < end && (next = one(p, end)) != NULL) {
+        p = next;
+        count++;
+    }
+    *counted = count;
+    return p;
+}
+
 #endif

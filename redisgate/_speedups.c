@@ -1,7 +1,8 @@
 /* redisgate._speedups: resp.py's hot loops in C (optional: resp.py has the same logic in
  * Python, its "twins", and uses them when this module is not built). Three functions, no I/O:
  * scan() for RequestParser.take_batch(), pending() for RequestParser.next(), count_flat() for
- * ReplyScanner.count_flat(). Each is fuzzed against its twin in tests/test_fastpath.py.
+ * ReplyScanner.count_flat(). Each is fuzzed against its twin in tests/test_fastpath.py. A
+ * fourth, count_replies(), exposes the reply walker of the C lane (_lane.c) to those tests.
  *
  * scan(buf, pos, max_args, max_bulk) takes the run of whole canonical multibulk requests that
  * starts at buf[pos]: "*<n>\r\n" then n times "$<len>\r\n<len bytes>\r\n", every number written
@@ -144,74 +145,72 @@ pending(PyObject *module, PyObject *args)
     return PyBool_FromLong(more);
 }
 
-/* The flat replies back to back from p (simple strings, errors, integers, bulk strings of at
- * most 1024 bytes, the null bulk, RESP3's null), at most `most`: returns where they end,
- * *counted how many. */
+/* The flat reply at p (a simple string, error, integer, bulk string of at most 1024 bytes, the
+ * null bulk, RESP3's null): where it ends, or NULL. */
 static const char *
-flat_run(const char *p, const char *end, Py_ssize_t most, Py_ssize_t *counted)
+flat_end(const char *p, const char *end)
 {
-    Py_ssize_t count = 0;
-    while (count < most && p < end) {
-        const char *cr = line_end(p + 1, end), *next;
-        if (cr == NULL)
-            break;
-        if (*p == '$') {
-            Py_ssize_t n = cr - p - 1, size = 0, i;
-            if (n == 2 && p[1] == '-' && p[2] == '1') {
-                next = cr + 2;
-            } else {
-                if (n < 1 || n > 4 || (p[1] == '0' && n > 1))
-                    break;
-                for (i = 1; i <= n; i++) {
-                    if (p[i] < '0' || p[i] > '9')
-                        break;
-                    size = size * 10 + (p[i] - '0');
-                }
-                if (i <= n || size > 1024)
-                    break;
-                next = cr + 4 + size;
-                if (next > end || next[-2] != '\r' || next[-1] != '\n')
-                    break;
-            }
-        } else if (*p == '+' || *p == '-') {
-            next = cr + 2;
-        } else if (*p == '_') {   /* RESP3's null: nothing else on the line */
-            if (cr != p + 1)
-                break;
-            next = cr + 2;
-        } else if (*p == ':') {
-            if (!is_ll(p + 1, cr - p - 1))
-                break;
-            next = cr + 2;
-        } else {
-            break;
+    const char *cr = line_end(p + 1, end);
+    if (cr == NULL)
+        return NULL;
+    if (*p == '$') {
+        Py_ssize_t n = cr - p - 1, size = 0, i;
+        const char *next;
+        if (n == 2 && p[1] == '-' && p[2] == '1')
+            return cr + 2;
+        if (n < 1 || n > 4 || (p[1] == '0' && n > 1))
+            return NULL;
+        for (i = 1; i <= n; i++) {
+            if (p[i] < '0' || p[i] > '9')
+                return NULL;
+            size = size * 10 + (p[i] - '0');
         }
-        p = next;
-        count++;
+        if (size > 1024)
+            return NULL;
+        next = cr + 4 + size;
+        return next > end || next[-2] != '\r' || next[-1] != '\n' ? NULL : next;
     }
-    *counted = count;
-    return p;
+    if (*p == '+' || *p == '-')
+        return cr + 2;
+    if (*p == '_')   /* RESP3's null: nothing else on the line */
+        return cr == p + 1 ? cr + 2 : NULL;
+    if (*p == ':')
+        return is_ll(p + 1, cr - p - 1) ? cr + 2 : NULL;
+    return NULL;
 }
 
-/* count_flat(data, most, start) -> (count, end): how many whole flat replies (simple strings,
- * errors, integers, bulk strings of at most 1024 bytes, the null bulk, RESP3's null) lie back
+/* (count, end) of run_of(one) over data[start:], at most `most`. */
+static PyObject *
+counted(PyObject *args, const char *format, reply_at one)
+{
+    PyObject *data;
+    Py_ssize_t most, start = 0, count = 0;
+    const char *base, *p;
+
+    if (!PyArg_ParseTuple(args, format, &PyBytes_Type, &data, &most, &start))
+        return NULL;
+    base = PyBytes_AS_STRING(data);
+    if (start < 0 || start > PyBytes_GET_SIZE(data))
+        return Py_BuildValue("(nn)", (Py_ssize_t)0, start);
+    p = run_of(one, base + start, base + PyBytes_GET_SIZE(data), most, &count);
+    return Py_BuildValue("(nn)", count, (Py_ssize_t)(p - base));
+}
+
+/* count_flat(data, most, start) -> (count, end): how many whole flat replies (flat_end) lie back
  * to back in data from `start`, at most `most`, and where they end. It stops at anything else.
  * The same as the loop of resp.ReplyScanner.count_flat, which checks the scanner's state first. */
 static PyObject *
 count_flat(PyObject *module, PyObject *args)
 {
-    PyObject *data;
-    Py_ssize_t most, start, count = 0;
-    const char *base, *p, *end;
+    return counted(args, "O!nn:count_flat", flat_end);
+}
 
-    if (!PyArg_ParseTuple(args, "O!nn:count_flat", &PyBytes_Type, &data, &most, &start))
-        return NULL;
-    base = PyBytes_AS_STRING(data);
-    end = base + PyBytes_GET_SIZE(data);
-    if (start < 0 || start > PyBytes_GET_SIZE(data))
-        return Py_BuildValue("(nn)", (Py_ssize_t)0, start);
-    p = flat_run(base + start, end, most, &count);
-    return Py_BuildValue("(nn)", count, (Py_ssize_t)(p - base));
+/* count_replies(data, most[, start]) -> (count, end): the same for any whole reply the C lane
+ * passes (_respscan.h's reply_end), for the tests. */
+static PyObject *
+count_replies(PyObject *module, PyObject *args)
+{
+    return counted(args, "O!n|n:count_replies", reply_end);
 }
 
 static PyMethodDef methods[] = {
@@ -224,6 +223,8 @@ static PyMethodDef methods[] = {
     {"count_flat", count_flat, METH_VARARGS,
      "count_flat(data, most, start) -> (count, end): the whole flat replies at data[start:], at "
      "most `most` (see resp.ReplyScanner.count_flat)."},
+    {"count_replies", count_replies, METH_VARARGS,
+     "count_replies(data, most[, start]) -> (count, end): the whole replies the C lane passes."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -366,7 +366,7 @@ def test_count_flat_stops_at_anything_but_flat_replies():
     assert s.count_flat(b":x\r\n", 9) == (0, 0)          # malformed: feed() raises for it
 
 
-# --- _lane: count_replies frames what feed() frames ---------------------------------------------
+# --- _lane's reply walker (_speedups.count_replies) frames what feed() frames ------------------
 
 def _c_ends(count_replies, data: bytes) -> list[int]:
     """Where each reply the C lane would pass ends, one at a time."""
@@ -392,9 +392,9 @@ def _framed(data: bytes):
        st.binary(max_size=3), st.integers(0, 2))
 def test_the_lanes_replies_end_where_feed_ends_them(values, most, at, junk, how):
     try:
-        from redisgate._lane import count_replies
+        from redisgate._speedups import count_replies
     except ImportError:
-        pytest.skip("redisgate._lane is not built here")
+        pytest.skip("redisgate._speedups is not built here")
     data = b"".join(v for v, _ in values)
     if how:   # corrupt it: bytes inserted, or replaced
         at = min(at, len(data))
@@ -429,9 +429,9 @@ _RESP_COMMON = st.recursive(
 @given(st.lists(_RESP_COMMON, min_size=1, max_size=8), st.integers(1, 9), SIZES)
 def test_the_lane_passes_every_whole_reply_redis_sends_commands(replies, most, sizes):
     try:
-        from redisgate._lane import count_replies
+        from redisgate._speedups import count_replies
     except ImportError:
-        pytest.skip("redisgate._lane is not built here")
+        pytest.skip("redisgate._speedups is not built here")
     data = b"".join(replies)
     ends = list(accumulate(map(len, replies)))
     assert count_replies(data, most) == (min(most, len(ends)), ends[min(most, len(ends)) - 1])
