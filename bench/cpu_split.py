@@ -1,0 +1,126 @@
+"""Where the CPU goes: per request, the proxy's, Redis's and redis-benchmark's, side by side.
+
+The full run (run.py) says how fast each target is; this says why. For each workload and target,
+in interleaved rounds, it runs redis-benchmark and reads from /proc, per request:
+
+* the target process's user and system CPU, and its voluntary / involuntary context switches;
+* Redis's CPU (the same Redis behind every target) and redis-benchmark's (rusage of children);
+* the share of the two cores nobody used (1 - all three CPUs / (2 x wall time)): time the three
+  processes spent waiting for each other.
+
+    python bench/cpu_split.py                                # SET/GET -P 16, 3 rounds
+    python bench/cpu_split.py --workloads get_c1 --rounds 8 --requests 20000
+    python bench/cpu_split.py --targets twemproxy,redisgate --workloads set_p16
+
+Targets: twemproxy, pipe, redisgate (bench/redisgate.yaml: a shared link), redisgate-dedicated
+(the same with a connection per client). Workloads: set_p16, get_p16, set_p1, get_p1, get_c1.
+Medians over rounds are printed at the end; nothing is written to bench/results/.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from targets import REDIS_BENCHMARK, Stack  # noqa: E402
+
+WORKLOADS = {   # id: (redis-benchmark test, clients, pipeline)
+    "set_p16": ("set", 50, 16), "get_p16": ("get", 50, 16),
+    "set_p1": ("set", 50, 1), "get_p1": ("get", 50, 1), "get_c1": ("get", 1, 1),
+}
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
+
+
+def proc_switches(pid: int) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of a process so far."""
+    found = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if "ctxt_switches" in line:
+                name, value = line.split(":")
+                found[name.strip()] = int(value)
+    return found["voluntary_ctxt_switches"], found["nonvoluntary_ctxt_switches"]
+
+
+def children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def measure(target, redis_pid: int, workload: str, requests: int) -> dict:
+    test, clients, pipeline = WORKLOADS[workload]
+    n = requests * pipeline
+    cpu0, sw0, redis0, bench0 = (proc_cpu(target.pid), proc_switches(target.pid),
+                                 sum(proc_cpu(redis_pid)), children_cpu())
+    out = subprocess.run([REDIS_BENCHMARK, *target.benchmark_args(), "-t", test, "-c", str(clients),
+                          "-P", str(pipeline), "-n", str(n), "-r", "100000", "--csv", "-q"],
+                         capture_output=True, text=True, timeout=600)
+    cpu1, sw1, redis1, bench1 = (proc_cpu(target.pid), proc_switches(target.pid),
+                                 sum(proc_cpu(redis_pid)), children_cpu())
+    rps = float(out.stdout.strip().splitlines()[-1].split(",")[1].strip('"'))
+    us = 1e6 / n
+    user, system = (cpu1[0] - cpu0[0]) * us, (cpu1[1] - cpu0[1]) * us
+    redis, bench = (redis1 - redis0) * us, (bench1 - bench0) * us
+    wall = 1e6 / rps   # µs per request, by redis-benchmark's clock
+    return {"rps": rps, "user": user, "sys": system, "redis": redis, "bench": bench,
+            "idle": max(0.0, 1 - (user + system + redis + bench) / (2 * wall)),
+            "vol": (sw1[0] - sw0[0]) * 1000 / n, "invol": (sw1[1] - sw0[1]) * 1000 / n}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--targets", default="twemproxy,pipe,redisgate,redisgate-dedicated")
+    ap.add_argument("--workloads", default="set_p16,get_p16")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--requests", type=int, default=60000,
+                    help="requests per run, times the pipeline depth")
+    args = ap.parse_args(argv)
+    workloads = args.workloads.split(",")
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown:
+        ap.error(f"unknown workload(s): {', '.join(unknown)} (known: {', '.join(WORKLOADS)})")
+    results: dict[tuple[str, str], list[dict]] = {}
+    with Stack() as stack:
+        redis = stack.start_redis()
+        starters = {"twemproxy": stack.start_twemproxy, "pipe": stack.start_pipe,
+                    "redisgate": lambda: stack.start_redisgate(),
+                    "redisgate-dedicated": lambda: stack.start_redisgate(
+                        multiplex=0, name="redisgate-dedicated")}
+        bad = [t for t in args.targets.split(",") if t not in starters]
+        if bad:
+            ap.error(f"unknown target(s): {', '.join(bad)} (known: {', '.join(starters)})")
+        targets = [starters[t]() for t in args.targets.split(",")]
+        for rnd in range(args.rounds):
+            order = targets if rnd % 2 == 0 else targets[::-1]
+            for workload in workloads:
+                for target in order:
+                    m = measure(target, redis.pid, workload, args.requests)
+                    results.setdefault((workload, target.name), []).append(m)
+                    print(f"round {rnd + 1} {workload:8} {target.name:20} {m['rps']:>10,.0f}/s  "
+                          f"proxy {m['user']:.2f}+{m['sys']:.2f} µs  redis {m['redis']:.2f}  "
+                          f"bench {m['bench']:.2f}  idle {m['idle']:.0%}  "
+                          f"switches/1k {m['vol']:.1f}/{m['invol']:.1f}", flush=True)
+    print("\nmedians over rounds (CPU in µs per request; switches per 1,000 requests)")
+    for (workload, name), runs in results.items():
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        print(f"{workload:8} {name:20} {med['rps']:>10,.0f}/s  proxy user {med['user']:.2f} "
+              f"sys {med['sys']:.2f}  redis {med['redis']:.2f}  bench {med['bench']:.2f}  "
+              f"idle {med['idle']:.0%}  switches {med['vol']:.1f}/{med['invol']:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
