@@ -9,12 +9,14 @@ in interleaved rounds, it runs redis-benchmark and reads from /proc, per request
   processes spent waiting for each other.
 
     python bench/cpu_split.py                                # SET/GET -P 16, 3 rounds
-    python bench/cpu_split.py --workloads get_c1 --rounds 8 --requests 20000
+    python bench/cpu_split.py --workloads get_c1 --rounds 8 --requests 20000 \
+        --targets direct,pipe,redisgate,redisgate-dedicated        # added latency at -c 1
     python bench/cpu_split.py --targets twemproxy,redisgate --workloads set_p16
 
-Targets: twemproxy, pipe, redisgate (bench/redisgate.yaml: a shared link), redisgate-dedicated
-(the same with a connection per client). Workloads: set_p16, get_p16, set_p1, get_p1, get_c1.
-Medians over rounds are printed at the end; nothing is written to bench/results/.
+Targets: direct (Redis alone), twemproxy, pipe, redisgate (bench/redisgate.yaml: a shared link),
+redisgate-dedicated (the same with a connection per client). Workloads: set_p16, get_p16,
+set_p1, get_p1, get_c1. Medians over rounds are printed at the end; nothing is written to
+bench/results/.
 """
 from __future__ import annotations
 
@@ -63,19 +65,20 @@ def children_cpu() -> float:
 def measure(target, redis_pid: int, workload: str, requests: int) -> dict:
     test, clients, pipeline = WORKLOADS[workload]
     n = requests * pipeline
-    cpu0, sw0, redis0, bench0 = (proc_cpu(target.pid), proc_switches(target.pid),
-                                 sum(proc_cpu(redis_pid)), children_cpu())
+    proxy = target.pid if target.pid != redis_pid else None   # (direct: no proxy)
+    own = (lambda: (proc_cpu(proxy), proc_switches(proxy))) if proxy else \
+        (lambda: ((0.0, 0.0), (0, 0)))
+    (cpu0, sw0), redis0, bench0 = own(), sum(proc_cpu(redis_pid)), children_cpu()
     out = subprocess.run([REDIS_BENCHMARK, *target.benchmark_args(), "-t", test, "-c", str(clients),
                           "-P", str(pipeline), "-n", str(n), "-r", "100000", "--csv", "-q"],
                          capture_output=True, text=True, timeout=600)
-    cpu1, sw1, redis1, bench1 = (proc_cpu(target.pid), proc_switches(target.pid),
-                                 sum(proc_cpu(redis_pid)), children_cpu())
+    (cpu1, sw1), redis1, bench1 = own(), sum(proc_cpu(redis_pid)), children_cpu()
     rps = float(out.stdout.strip().splitlines()[-1].split(",")[1].strip('"'))
     us = 1e6 / n
     user, system = (cpu1[0] - cpu0[0]) * us, (cpu1[1] - cpu0[1]) * us
     redis, bench = (redis1 - redis0) * us, (bench1 - bench0) * us
     wall = 1e6 / rps   # µs per request, by redis-benchmark's clock
-    return {"rps": rps, "user": user, "sys": system, "redis": redis, "bench": bench,
+    return {"rps": rps, "wall": wall, "user": user, "sys": system, "redis": redis, "bench": bench,
             "idle": max(0.0, 1 - (user + system + redis + bench) / (2 * wall)),
             "vol": (sw1[0] - sw0[0]) * 1000 / n, "invol": (sw1[1] - sw0[1]) * 1000 / n}
 
@@ -95,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[tuple[str, str], list[dict]] = {}
     with Stack() as stack:
         redis = stack.start_redis()
-        starters = {"twemproxy": stack.start_twemproxy, "pipe": stack.start_pipe,
+        starters = {"direct": lambda: redis, "twemproxy": stack.start_twemproxy,
+                    "pipe": stack.start_pipe,
                     "redisgate": lambda: stack.start_redisgate(),
                     "redisgate-dedicated": lambda: stack.start_redisgate(
                         multiplex=0, name="redisgate-dedicated")}
@@ -113,10 +117,16 @@ def main(argv: list[str] | None = None) -> int:
                           f"proxy {m['user']:.2f}+{m['sys']:.2f} µs  redis {m['redis']:.2f}  "
                           f"bench {m['bench']:.2f}  idle {m['idle']:.0%}  "
                           f"switches/1k {m['vol']:.1f}/{m['invol']:.1f}", flush=True)
-    print("\nmedians over rounds (CPU in µs per request; switches per 1,000 requests)")
+    print("\nmedians over rounds (CPU in µs per request; switches per 1,000 requests; with "
+          "direct, the time per request each target adds to direct Redis's, same round)")
     for (workload, name), runs in results.items():
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-        print(f"{workload:8} {name:20} {med['rps']:>10,.0f}/s  proxy user {med['user']:.2f} "
+        direct = results.get((workload, "direct"))
+        added = ""
+        if direct and name != "direct":
+            adds = statistics.median(r["wall"] - d["wall"] for r, d in zip(runs, direct))
+            added = f"  adds {adds:.1f} µs"
+        print(f"{workload:8} {name:20} {med['rps']:>10,.0f}/s{added}  proxy user {med['user']:.2f} "
               f"sys {med['sys']:.2f}  redis {med['redis']:.2f}  bench {med['bench']:.2f}  "
               f"idle {med['idle']:.0%}  switches {med['vol']:.1f}/{med['invol']:.1f}")
     return 0
