@@ -923,19 +923,26 @@ class User:
             fast = self._fast[spec.bit] = self._compile_fast(spec)
         return fast
 
-    def judges_by_sha(self, spec) -> bool:
-        """Whether judge() decides `spec` (EVALSHA/EVALSHA_RO) by the SHA1's compiled contract
-        first: the calls lane_script() can describe."""
+    def _by_sha_shortcut(self, spec):
+        """The shortcut with which judge() decides `spec` (EVALSHA/EVALSHA_RO) by the SHA1's
+        compiled contract first, or None when it does not."""
         fast = self.shortcut(spec)
-        return type(fast) is tuple and fast[1] is _BY_SHA and fast[2] is not None
+        return fast if type(fast) is tuple and fast[1] is _BY_SHA and fast[2] is not None \
+            else None
+
+    def judges_by_sha(self, spec) -> bool:
+        """Whether judge() decides `spec` by the SHA1's compiled contract first: the calls
+        lane_script() can describe."""
+        return self._by_sha_shortcut(spec) is not None
 
     def lane_script(self, spec, args: list[bytes]):
         """For redisgate._lane, after judge() allowed `args` (EVALSHA/EVALSHA_RO) on its
-        compiled path: scripts.lane_form's (queue, form), which lets the C lane pass this
-        script's calls for that queue as judge() would; None if judge() took another path."""
-        if len(args) < 4 or not self.judges_by_sha(spec):
+        compiled path: scripts._FastContract.lane_form's form of this script's calls for the
+        queue of KEYS[1], which lets the C lane pass them as judge() would; None if judge()
+        took another path."""
+        fast = self._by_sha_shortcut(spec)
+        if fast is None or len(args) < 4:
             return None
-        fast = self.shortcut(spec)
         check = getattr(self.scripts, "by_sha", _NO_CHECKS).get(args[1])
         if check is None or check is True:
             return None

@@ -965,9 +965,9 @@ class _FastContract:
         return True
 
     def lane_form(self, args: list[bytes], user, keys: tuple):
-        """For redisgate._lane: when ``honoured(args, user, keys)``, the call's queue and what
-        every call for that queue must look like to be honoured the same way: (queue, (numkeys,
-        fewest arguments, ((index, kind, value), ...))), kinds LANE_EXACT (args[index] == value),
+        """For redisgate._lane: when ``honoured(args, user, keys)``, what every call for the
+        queue of KEYS[1] (``queue_of``) must look like to be honoured the same way: (numkeys,
+        fewest arguments, ((index, kind, value), ...)), kinds LANE_EXACT (args[index] == value),
         LANE_ONE_OF (args[index] in the tuple value), LANE_PREFIX (starts with value and is
         longer), LANE_DATE (value, then a YYYY-MM-DD date). The user's permissions for that
         queue's names and ARGV prefixes were part of the verdict, so the form holds for this
@@ -987,7 +987,7 @@ class _FastContract:
                 checks.append((i, LANE_ONE_OF, tuple(head + x for x in shape.suffixes)))
         for p in self.prefixes:
             checks.append((3 + self.n + p.index - 1, LANE_EXACT, head + p.suffix))
-        return q, (self.numkeys, self.need, tuple(checks))
+        return self.numkeys, self.need, tuple(checks)
 
 
 def _user_may(user, prefix: bytes, write: bool) -> bool:

@@ -31,6 +31,7 @@ from .confine import confine
 from .gate import Gate, audit
 from .resp import (Batch, ProtocolError, ReplyScanner, Request, RequestParser, array, bulk,
                    encode_command, error, integer, map_)
+from .scripts import queue_of
 
 log = logging.getLogger("redisgate.session")
 
@@ -278,11 +279,10 @@ class Session:
         per SHA1."""
         if not self.lane_scripts or len(args) < 4:
             return
-        k0 = args[3]
-        close = k0.find(b"}", 7)
-        if close <= 7:
+        queue = queue_of(args[3])
+        if queue is None:
             return
-        q = k0[7:close]   # (the C lane finds it the same way)
+        q = queue[0]   # (the C lane finds it the same way: up to the first "}")
         shas = inline[4]
         per = shas.get(args[1])
         if per is None:
@@ -294,8 +294,8 @@ class Session:
         elif len(per) >= 64:
             per.clear()
         form = self.user_entry.user.lane_script(inline[0], args)
-        if form is not None and form[0] == q:
-            per[q] = form[1]
+        if form is not None:
+            per[q] = form
         # (None: this call did not take the compiled path. Not remembered: the next one may.)
 
     def _handle(self, req) -> None:
