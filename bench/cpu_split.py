@@ -12,6 +12,8 @@ in interleaved rounds, it runs redis-benchmark and reads from /proc, per request
     python bench/cpu_split.py --workloads get_c1 --rounds 8 --requests 20000 \
         --targets direct,pipe,redisgate,redisgate-dedicated        # added latency at -c 1
     python bench/cpu_split.py --targets twemproxy,redisgate --workloads set_p16
+    python bench/cpu_split.py --targets twemproxy,redisgate --workloads set_p16 --rounds 0 \
+        --syscalls                       # syscalls per client batch, under strace -c (slowed)
 
 Targets: direct (Redis alone), twemproxy, pipe, redisgate (bench/redisgate.yaml: a shared link),
 redisgate-dedicated (the same with a connection per client). Workloads: set_p16, get_p16,
@@ -23,9 +25,12 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -83,6 +88,34 @@ def measure(target, redis_pid: int, workload: str, requests: int) -> dict:
             "vol": (sw1[0] - sw0[0]) * 1000 / n, "invol": (sw1[1] - sw0[1]) * 1000 / n}
 
 
+def count_syscalls(target, workload: str, requests: int) -> None:
+    """One more run of `workload` with `strace -c` on the target: its syscalls per client batch
+    (one batch = `pipeline` requests of one client). strace slows the process, so only the
+    counts mean anything, not the throughput."""
+    test, clients, pipeline = WORKLOADS[workload]
+    batches = requests
+    report = Path(f"/tmp/redisgate-strace-{os.getpid()}-{target.name}.txt")
+    tracer = subprocess.Popen(["strace", "-c", "-f", "-p", str(target.pid), "-o", str(report)],
+                              stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.0)   # attached to every thread before the load starts
+        subprocess.run([REDIS_BENCHMARK, *target.benchmark_args(), "-t", test, "-c", str(clients),
+                        "-P", str(pipeline), "-n", str(batches * pipeline), "-r", "100000", "-q"],
+                       capture_output=True, timeout=600)
+    finally:
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(timeout=30)
+    rows = []
+    for line in report.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+            rows.append((int(parts[3]), parts[-1]))
+    report.unlink(missing_ok=True)
+    rows.sort(reverse=True)
+    print(f"syscalls {workload} {target.name:20} per client batch: " + ", ".join(
+        f"{name} {calls / batches:.2f}" for calls, name in rows[:5]), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--targets", default="twemproxy,pipe,redisgate,redisgate-dedicated")
@@ -90,8 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--requests", type=int, default=60000,
                     help="requests per run, times the pipeline depth")
+    ap.add_argument("--syscalls", action="store_true",
+                    help="then one run per proxy and workload under strace -c (needs strace)")
     args = ap.parse_args(argv)
     workloads = args.workloads.split(",")
+    if args.syscalls and shutil.which("strace") is None:
+        ap.error("--syscalls needs strace")
     unknown = [w for w in workloads if w not in WORKLOADS]
     if unknown:
         ap.error(f"unknown workload(s): {', '.join(unknown)} (known: {', '.join(WORKLOADS)})")
@@ -117,6 +154,13 @@ def main(argv: list[str] | None = None) -> int:
                           f"proxy {m['user']:.2f}+{m['sys']:.2f} µs  redis {m['redis']:.2f}  "
                           f"bench {m['bench']:.2f}  idle {m['idle']:.0%}  "
                           f"switches/1k {m['vol']:.1f}/{m['invol']:.1f}", flush=True)
+        if args.syscalls:
+            for workload in workloads:
+                for target in targets:
+                    if target is not redis:
+                        count_syscalls(target, workload, args.requests)
+    if not results:
+        return 0
     print("\nmedians over rounds (CPU in µs per request; switches per 1,000 requests; with "
           "direct, the time per request each target adds to direct Redis's, same round)")
     for (workload, name), runs in results.items():
