@@ -30,6 +30,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -93,8 +94,10 @@ def count_syscalls(target, workload: str, requests: int) -> None:
     (one batch = `pipeline` requests of one client). strace slows the process, so only the
     counts mean anything, not the throughput."""
     test, clients, pipeline = WORKLOADS[workload]
-    batches = requests
-    report = Path(f"/tmp/redisgate-strace-{os.getpid()}-{target.name}.txt")
+    batches = requests   # --requests counts client batches: it is multiplied by the pipeline
+    fd, name = tempfile.mkstemp(prefix="redisgate-strace-", suffix=".txt")
+    os.close(fd)
+    report = Path(name)
     tracer = subprocess.Popen(["strace", "-c", "-f", "-p", str(target.pid), "-o", str(report)],
                               stderr=subprocess.DEVNULL)
     try:
@@ -105,12 +108,17 @@ def count_syscalls(target, workload: str, requests: int) -> None:
     finally:
         tracer.send_signal(signal.SIGINT)
         tracer.wait(timeout=30)
+    text = report.read_text()
+    report.unlink(missing_ok=True)
+    if tracer.returncode not in (0, -signal.SIGINT) or not text.strip():
+        print(f"syscalls {workload} {target.name:20} strace could not attach "
+              f"(exit {tracer.returncode}; ptrace restricted?)", flush=True)
+        return
     rows = []
-    for line in report.read_text().splitlines():
+    for line in text.splitlines():
         parts = line.split()
         if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
             rows.append((int(parts[3]), parts[-1]))
-    report.unlink(missing_ok=True)
     rows.sort(reverse=True)
     print(f"syscalls {workload} {target.name:20} per client batch: " + ", ".join(
         f"{name} {calls / batches:.2f}" for calls, name in rows[:5]), flush=True)
