@@ -68,15 +68,19 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def measure(target, redis_pid: int, workload: str, requests: int) -> dict:
+def benchmark_argv(target, workload: str, requests: int) -> list[str]:
     test, clients, pipeline = WORKLOADS[workload]
-    n = requests * pipeline
+    return [REDIS_BENCHMARK, *target.benchmark_args(), "-t", test, "-c", str(clients),
+            "-P", str(pipeline), "-n", str(requests), "-r", "100000", "-q"]
+
+
+def measure(target, redis_pid: int, workload: str, requests: int) -> dict:
+    n = requests * WORKLOADS[workload][2]
     proxy = target.pid if target.pid != redis_pid else None   # (direct: no proxy)
     own = (lambda: (proc_cpu(proxy), proc_switches(proxy))) if proxy else \
         (lambda: ((0.0, 0.0), (0, 0)))
     (cpu0, sw0), redis0, bench0 = own(), sum(proc_cpu(redis_pid)), children_cpu()
-    out = subprocess.run([REDIS_BENCHMARK, *target.benchmark_args(), "-t", test, "-c", str(clients),
-                          "-P", str(pipeline), "-n", str(n), "-r", "100000", "--csv", "-q"],
+    out = subprocess.run(benchmark_argv(target, workload, n) + ["--csv"],
                          capture_output=True, text=True, timeout=600)
     (cpu1, sw1), redis1, bench1 = own(), sum(proc_cpu(redis_pid)), children_cpu()
     rps = float(out.stdout.strip().splitlines()[-1].split(",")[1].strip('"'))
@@ -93,7 +97,7 @@ def count_syscalls(target, workload: str, requests: int) -> None:
     """One more run of `workload` with `strace -c` on the target: its syscalls per client batch
     (one batch = `pipeline` requests of one client). strace slows the process, so only the
     counts mean anything, not the throughput."""
-    test, clients, pipeline = WORKLOADS[workload]
+    pipeline = WORKLOADS[workload][2]
     batches = requests   # --requests counts client batches: it is multiplied by the pipeline
     fd, name = tempfile.mkstemp(prefix="redisgate-strace-", suffix=".txt")
     os.close(fd)
@@ -102,8 +106,7 @@ def count_syscalls(target, workload: str, requests: int) -> None:
                               stderr=subprocess.DEVNULL)
     try:
         time.sleep(1.0)   # attached to every thread before the load starts
-        subprocess.run([REDIS_BENCHMARK, *target.benchmark_args(), "-t", test, "-c", str(clients),
-                        "-P", str(pipeline), "-n", str(batches * pipeline), "-r", "100000", "-q"],
+        subprocess.run(benchmark_argv(target, workload, batches * pipeline),
                        capture_output=True, timeout=600)
     finally:
         tracer.send_signal(signal.SIGINT)
