@@ -838,8 +838,9 @@ async def serve(config: Config, ready=None, stop: asyncio.Event | None = None) -
     from . import resp
     if resp._c_scan is None or Lane is None:
         log.warning("redisgate._speedups or redisgate._lane is not built (or "
-                    "REDISGATE_PURE_PYTHON is set): the request parser or the connections' "
-                    "steady state runs as pure Python (slower: see bench/README.md)")
+                    "REDISGATE_PURE_PYTHON or REDISGATE_NO_LANE is set): the request parser or "
+                    "the connections' steady state runs as pure Python (slower: see "
+                    "bench/README.md)")
     if config.metrics_address:
         from . import metrics
         metrics.start_http(*config.metrics_address)
