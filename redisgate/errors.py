@@ -26,7 +26,7 @@ from __future__ import annotations
 __all__ = [
     "era", "error_line", "noauth", "wrongpass", "unknown_command", "unknown_subcommand",
     "wrong_arity", "noperm_command", "noperm_key", "noperm_channel", "noperm_db", "noproto",
-    "execabort", "noauth_hello", "not_in_multi",
+    "execabort", "noauth_hello", "not_in_multi", "legacy_hello",
 ]
 
 Version = tuple  # (major, minor[, patch])
@@ -96,9 +96,23 @@ def unknown_command(version: Version, args: list[bytes]) -> bytes:
                       + listed)
 
 
+def legacy_hello(version: Version, args: list[bytes]) -> bytes:
+    """HELLO sent to a proxy in front of Redis < 6.0, which has no HELLO: that version's
+    `unknown_command` reply, except that the arguments from the first `AUTH` on (compared as
+    Redis's strcasecmp would: case-insensitive, up to a NUL byte) are left out, so credentials
+    are never echoed. The reply still starts with ``ERR unknown command``, the prefix go-redis
+    v9.0.x (Asynq v0.24) requires before it falls back to RESP2 + AUTH."""
+    shown = [args[0]]
+    for arg in args[1:]:
+        if _c(arg).lower() == b"auth":
+            break
+        shown.append(arg)
+    return unknown_command(version, shown)
+
+
 # Redis < 7 had no subcommand table: each container command answered an unknown subcommand itself.
 # Most used addReplySubcommandSyntaxError(); 5.0's CLIENT and MEMORY dropped the final period and
-# 5.0's XINFO had its own text. CLUSTER on a non-cluster server refuses before looking at it.
+# 5.0's XINFO had its own text when no key followed. CLUSTER on a non-cluster server refuses before looking at it.
 _LEGACY_SUBCOMMAND_QUIRKS_5 = {
     b"CLIENT": b"Unknown subcommand or wrong number of arguments for '%s'. Try CLIENT HELP",
     b"MEMORY": b"Unknown subcommand or wrong number of arguments for '%s'. Try MEMORY HELP",
@@ -121,7 +135,9 @@ def unknown_subcommand(version: Version, args: list[bytes]) -> bytes:
                           + b" HELP.")
     if container == b"CLUSTER":
         return error_line(b"This instance has cluster support disabled")
-    if e == "5" and container in _LEGACY_SUBCOMMAND_QUIRKS_5:
+    if e == "5" and container in _LEGACY_SUBCOMMAND_QUIRKS_5 and (container != b"XINFO"
+                                                                 or len(args) < 3):
+        # (5.0's XINFO with a key looks the key up, then answers the common text below.)
         return error_line(_LEGACY_SUBCOMMAND_QUIRKS_5[container].replace(b"%s", _c(sub)))
     return error_line(b"Unknown subcommand or wrong number of arguments for '" + _c(sub)
                       + b"'. Try " + container + b" HELP.")

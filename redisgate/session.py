@@ -26,7 +26,7 @@ from collections import deque
 from itertools import repeat
 
 from . import errors
-from .commands import TABLE, KeyExtractionError, sort_pattern_option
+from .commands import TABLE, KeyExtractionError, _string2ll, sort_pattern_option
 from .confine import confine
 from .gate import Gate, audit
 from .resp import (Batch, ProtocolError, ReplyScanner, Request, RequestParser, array, bulk,
@@ -304,16 +304,20 @@ class Session:
         spec = TABLE.lookup(args)
         if spec is None or (not self.gate.available(spec) and spec.name not in _PROXY_ANSWERED
                             and not spec.name.startswith("acl")):
+            if spec is not None and spec.parent is not None and self.gate.available(spec.parent):
+                # A subcommand newer than the upstream (CLIENT INFO on 5.0): its container's error.
+                return self._reject(errors.unknown_subcommand(version, args))
             return self._reject(errors.unknown_command(version, args))
         if spec.is_container:
             if not spec.check_arity(len(args)):
                 return self._reject(errors.wrong_arity(version, spec.name))
             return self._reject(errors.unknown_subcommand(version, args))
         if not spec.check_arity(len(args)):
-            return self._reject(errors.wrong_arity(version, spec.name))
+            return self._reject(errors.wrong_arity(version, spec.name, args))
         name = spec.name
-        if self.user_entry is None and "no_auth" not in spec.flags:
-            return self._reject(errors.noauth())
+        if self.user_entry is None and ("no_auth" not in spec.flags
+                                        or (name == "reset" and version < (7, 0, 0))):
+            return self._reject(errors.noauth())   # (RESET needs a login before 7.0)
         if name in _LOCAL_FIRST:
             # AUTH, HELLO, QUIT, RESET: allowed for everyone (no_auth), never forwarded as sent.
             return _LOCAL_FIRST[name](self, args)
@@ -495,64 +499,65 @@ class Session:
 
     def _cmd_hello(self, args) -> None:
         version = self.gate.upstream_version
+        if version < (6, 0, 0):
+            # Redis < 6 has no HELLO, whatever its arguments (HELLO 2 included): its own
+            # unknown-command error, which go-redis and redis-py take as "fall back to RESP2 +
+            # AUTH", minus the credentials. Refused like any unknown command: inside MULTI it
+            # dooms the transaction, and commands behind it are judged as before.
+            return self._reject(errors.legacy_hello(version, args))
         if self.multi:
             return self._reject(errors.not_in_multi())
+        # Redis 6.2/7.0's helloCommand, step by step: the protocol (string2ll), then each option
+        # in order, acting at once: an AUTH logs in (or fails) there and then, a SETNAME is
+        # checked there; a later error leaves an earlier login (and name) in place.
         proto = None
         if len(args) >= 2:
-            try:
-                proto = int(args[1])
-            except ValueError:
+            proto = _string2ll(args[1])
+            if proto is None:
                 return self._local(error("ERR Protocol version is not an integer or out of range"))
             if proto < 2 or proto > 3:
                 return self._local(errors.noproto())
-        creds = setname = None
+        setname = None
         i = 2
         while i < len(args):
-            opt = args[i].lower()
+            opt = args[i].split(b"\0", 1)[0]   # a C string: strcasecmp stops at a NUL
             more = len(args) - i - 1
-            if opt == b"auth" and more >= 2:
-                creds = (args[i + 1], args[i + 2])
+            if opt.lower() == b"auth" and more >= 2:
+                err = self._authenticate(args[i + 1], args[i + 2])
+                if err is not None:
+                    return self._hello_failed(err, setname)
                 i += 3
-            elif opt == b"setname" and more >= 1:
+            elif opt.lower() == b"setname" and more >= 1:
+                if not _valid_client_name(args[i + 1]):
+                    return self._hello_failed(error("ERR Client names cannot contain spaces, "
+                                                    "newlines or special characters."), setname)
                 setname = args[i + 1]
                 i += 2
             else:
-                return self._local(error(f"ERR Syntax error in HELLO option "
-                                         f"'{args[i].decode('utf-8', 'replace')}'"))
-        if version < (6, 0, 0) and proto == 3:
-            # A legacy upstream cannot speak RESP3; the error makes go-redis fall back to AUTH.
-            return self._local(errors.noproto())
-        if creds is not None:
-            err = self._authenticate(*creds)
-            if err is not None:
-                return self._local(err)
+                return self._hello_failed(
+                    error(b"ERR Syntax error in HELLO option '" + opt + b"'"), setname)
         if self.user_entry is None:
             return self._local(errors.noauth_hello())
-        if setname is not None and not _valid_client_name(setname):
-            return self._local(error("ERR Client names cannot contain spaces, newlines or "
-                                     "special characters."))
         was_resp3 = self.resp3
         if proto is not None:
             self.resp3 = proto == 3
-        if version >= (6, 0, 0):
-            fwd = [b"HELLO"] + ([str(proto).encode()] if proto else [])
-            if setname is not None:
-                fwd += [b"SETNAME", setname]
-            # On a shared link HELLO changes nothing when the link already speaks the protocol,
-            # or the client has sent nothing yet (its first command picks a link that does:
-            # go-redis's handshake). A name, or a switch after use, needs a connection of its own.
-            self._send_upstream(encode_command(fwd), shared_ok=setname is None and (
-                self.resp3 == was_resp3 or not self.expected))
-            self._expect(FWD, 1)
-        else:
-            if setname is not None:
-                self._send_upstream(encode_command([b"CLIENT", b"SETNAME", setname]))
-                self._expect(DROP, 1)   # (never shared: the send above left the link)
-            ver = ".".join(map(str, version)).encode()
-            self._local(map_([(bulk(b"server"), bulk(b"redis")), (bulk(b"version"), bulk(ver)),
-                              (bulk(b"proto"), integer(2)), (bulk(b"id"), integer(0)),
-                              (bulk(b"mode"), bulk(b"standalone")), (bulk(b"role"), bulk(b"master")),
-                              (bulk(b"modules"), array([]))], False))
+        fwd = [b"HELLO"] + ([str(proto).encode()] if proto else [])
+        if setname is not None:
+            fwd += [b"SETNAME", setname]
+        # On a shared link HELLO changes nothing when the link already speaks the protocol,
+        # or the client has sent nothing yet (its first command picks a link that does:
+        # go-redis's handshake). A name, or a switch after use, needs a connection of its own.
+        self._send_upstream(encode_command(fwd), shared_ok=setname is None and (
+            self.resp3 == was_resp3 or not self.expected))
+        self._expect(FWD, 1)
+
+    def _hello_failed(self, reply: bytes, setname: bytes | None) -> None:
+        """HELLO stopped at an option: as in Redis, a name set by an earlier SETNAME stays (on
+        a logged-in connection; before login the proxy has no connection to name)."""
+        if setname is not None and self.user_entry is not None:
+            self._send_upstream(encode_command([b"CLIENT", b"SETNAME", setname]))
+            self._expect(DROP, 1)
+        self._local(reply)
 
     def _cmd_quit(self, args) -> None:
         self._local(OK)

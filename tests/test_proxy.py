@@ -139,7 +139,8 @@ def test_go_redis_handshake(env):
     w = Wire(env.port)
     hello = w.call("HELLO", "3", "AUTH", "producer", PASSWORDS["producer"])
     if env.version == "5":
-        assert str(hello).startswith("NOPROTO")
+        # Redis 5's own reply to HELLO, without the credentials (go-redis v9.0 needs its prefix).
+        assert str(hello) == "ERR unknown command `HELLO`, with args beginning with: `3`, "
         assert w.call("AUTH", "producer", PASSWORDS["producer"]) == b"OK"
     else:
         assert hello[b"proto"] == 3 and hello[b"server"] == b"redis"
@@ -166,11 +167,17 @@ def test_hello_3_gives_resp3_replies_end_to_end(env):
 
 def test_hello_without_auth_when_unauthenticated_gets_noauth(env):
     w = Wire(env.port)
+    if env.version == "5":
+        assert str(w.call("HELLO", "2")) == "ERR unknown command `HELLO`, with args beginning with: `2`, "
+        return
     assert str(w.call("HELLO", "2")).startswith("NOAUTH HELLO must be called with the client already")
 
 
 def test_hello_bad_protocol_version(env):
     w = Wire(env.port)
+    if env.version == "5":
+        assert str(w.call("HELLO", "4")) == "ERR unknown command `HELLO`, with args beginning with: `4`, "
+        return
     assert str(w.call("HELLO", "4")) == "NOPROTO unsupported protocol version"
     assert str(w.call("HELLO", "x")) == "ERR Protocol version is not an integer or out of range"
 
@@ -178,8 +185,13 @@ def test_hello_bad_protocol_version(env):
 def test_hello_2_with_auth_answers_server_map(env):
     w = Wire(env.port)
     r = w.call("HELLO", "2", "AUTH", "producer", PASSWORDS["producer"], "SETNAME", "w1")
+    if env.version == "5":
+        # As Redis 5 answers any HELLO; the credentials and what follows them are left out.
+        assert str(r) == "ERR unknown command `HELLO`, with args beginning with: `2`, "
+        assert str(w.call("CLIENT", "GETNAME")) == "NOAUTH Authentication required."
+        return
     assert isinstance(r, list) and r[0] == b"server"
-    assert w.call("CLIENT", "GETNAME") == b"w1" or env.version == "5"
+    assert w.call("CLIENT", "GETNAME") == b"w1"
 
 
 # ---------------------------------------------------------------- judging

@@ -136,10 +136,54 @@ def test_upstream_failure_answers_pending_commands_in_order():
 
 
 def test_legacy_upstream_refuses_hello_3_so_clients_fall_back():
+    """Redis 5 has no HELLO: its own unknown-command error, the prefix go-redis v9.0 needs to fall
+    back, with the credentials left out. Nothing logs in, nothing reaches the upstream."""
     s = make_session(version=(5, 0, 6))
     s.client_data(cmd("HELLO", "3", "AUTH", "u", "pw"))
-    assert out(s.to_client) == b"-NOPROTO unsupported protocol version\r\n"
-    assert s.user_entry is None
+    assert out(s.to_client) == b"-ERR unknown command `HELLO`, with args beginning with: `3`, \r\n"
+    assert s.user_entry is None and not s.want_upstream
+    s.client_data(cmd("AUTH", "u", "pw") + cmd("PING"))   # the fallback
+    assert s.user_entry is not None
+
+
+@pytest.mark.parametrize("args, shown", [
+    ((b"HELLO",), b""),
+    ((b"HELLO", b"2"), b"`2`, "),
+    ((b"hello", b"3"), b"`3`, "),
+    ((b"HELLO", b"4"), b"`4`, "),
+    ((b"HELLO", b"x"), b"`x`, "),
+    ((b"HELLO", b"3", b"SETNAME", b"n1"), b"`3`, `SETNAME`, `n1`, "),
+    ((b"HELLO", b"3", b"SETNAME", b"n1", b"AUTH", b"u", b"pw"), b"`3`, `SETNAME`, `n1`, "),
+    ((b"HELLO", b"3", b"aUtH", b"u", b"pw", b"SETNAME", b"n1"), b"`3`, "),
+    ((b"HELLO", b"3", b"AUTH\0junk", b"u", b"pw"), b"`3`, "),     # strcasecmp stops at the NUL
+    ((b"HELLO", b"AUTH", b"u", b"pw"), b""),
+    ((b"HELLO", b"3", b"AUTH"), b"`3`, "),
+    ((b"HELLO", b"3", b"AUTHX", b"u"), b"`3`, `AUTHX`, `u`, "),
+], ids=repr)
+def test_legacy_hello_any_form_is_unknown_and_never_echoes_credentials(args, shown):
+    name = args[0].decode()
+    for logged_in in (False, True):
+        s = make_session(version=(5, 0, 6))
+        if logged_in:
+            login(s)
+        s.client_data(cmd(*args))
+        assert out(s.to_client) == (b"-ERR unknown command `" + name.encode()
+                                    + b"`, with args beginning with: " + shown + b"\r\n")
+        assert not s.to_upstream and (s.user_entry is not None) == logged_in
+
+
+def test_legacy_hello_in_multi_dooms_the_transaction_and_pipelines_are_judged_as_before():
+    s = make_session(version=(5, 0, 6))
+    s.client_data(cmd("HELLO", "3", "AUTH", "u", "pw") + cmd("GET", "k:1"))
+    assert out(s.to_client) == (b"-ERR unknown command `HELLO`, with args beginning with: `3`, \r\n"
+                                b"-NOAUTH Authentication required.\r\n")
+    login(s)
+    s.client_data(cmd("MULTI") + cmd("HELLO", "2") + cmd("EXEC"))
+    assert out(s.to_upstream) == cmd("MULTI") + cmd("DISCARD")
+    s.upstream_data(b"+OK\r\n+OK\r\n")
+    assert out(s.to_client) == (b"+OK\r\n-ERR unknown command `HELLO`, with args beginning with: "
+                                b"`2`, \r\n-EXECABORT Transaction discarded because of previous "
+                                b"errors.\r\n")
 
 
 # ---------------------------------------------------------------- never a crash
