@@ -367,9 +367,10 @@ class Pair:
     proxy_port: int
 
 
-@pytest.fixture(scope="module", params=VERSIONS)
+@pytest.fixture(scope="module", params=VERSIONS + [v + "+multiplex" for v in VERSIONS])
 def pair(request):
-    version = request.param
+    # "+multiplex": the proxy with `upstream.multiplex: 1` (stateless commands on a shared link).
+    version, _, mux = request.param.partition("+")
     if redis_binary(version) is None:
         pytest.fail(f"redis-server {version} is missing: run scripts/test.sh")
     srv = RedisServer(version, password=DEFAULT_PW).start()
@@ -381,6 +382,8 @@ def pair(request):
         upstream = {"address": f"127.0.0.1:{srv.port}", "username": "full", "password": FULL_PW}
         users = {"default": f"on {pw_hash(DEFAULT_PW)} {FULL}",
                  "full": f"on {pw_hash(FULL_PW)} {FULL}"}
+    if mux:
+        upstream["multiplex"] = 1
     runner = ProxyRunner({"upstream": upstream, "users": users}).start()
     yield Pair(version, srv.port, runner.port)
     runner.stop()
@@ -467,6 +470,8 @@ def test_local_replies_equal_the_upstream_versions_own(pair):
         pre_d, direct = _run(pair.direct_port, pair.version, case)
         pre_p, proxied = _run(pair.proxy_port, pair.version, case)
         assert pre_d == pre_p == ([b"+OK\r\n"] if case.login else []), case.name
+        for secret in (FULL_PW, DEFAULT_PW, "wrong-pw"):   # whatever Redis itself echoes
+            assert not any(secret.encode() in r for r in proxied), (case.name, proxied)
         same = _normalised(case, direct) == _normalised(case, proxied)
         listed = _listed(case, pair.version)
         if not same and not listed:
