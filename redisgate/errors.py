@@ -112,7 +112,8 @@ def legacy_hello(version: Version, args: list[bytes]) -> bytes:
 
 # Redis < 7 had no subcommand table: each container command answered an unknown subcommand itself.
 # Most used addReplySubcommandSyntaxError(); 5.0's CLIENT and MEMORY dropped the final period and
-# 5.0's XINFO had its own text when no key followed. CLUSTER on a non-cluster server refuses before looking at it.
+# 5.0's XINFO had its own text when no key followed. CLUSTER on a non-cluster server refuses before
+# looking at it.
 _LEGACY_SUBCOMMAND_QUIRKS_5 = {
     b"CLIENT": b"Unknown subcommand or wrong number of arguments for '%s'. Try CLIENT HELP",
     b"MEMORY": b"Unknown subcommand or wrong number of arguments for '%s'. Try MEMORY HELP",

@@ -147,7 +147,8 @@ def test_go_redis_handshake_ends_logged_in_on_its_database(env, line, db, client
         hello_reply = hs.log[0][1]
         if env.version == "5":
             # Redis 5's own reply to HELLO, credentials left out: every go-redis v9 falls back.
-            assert str(hello_reply) == "ERR unknown command `hello`, with args beginning with: `3`, "
+            assert str(hello_reply) == \
+                "ERR unknown command `hello`, with args beginning with: `3`, "
         else:
             assert not isinstance(hello_reply, hiredis.ReplyError), hs.log
         if client_name:

@@ -311,7 +311,8 @@ def test_legacy_hello_without_credentials_is_redis5s_own_reply(redis5, args):
 
 @pytest.mark.parametrize("args, shown", [
     ([b"hello", b"3", b"auth", b"u", b"secret"], [b"hello", b"3"]),
-    ([b"HELLO", b"3", b"SETNAME", b"w1", b"AUTH", b"u", b"secret"], [b"HELLO", b"3", b"SETNAME", b"w1"]),
+    ([b"HELLO", b"3", b"SETNAME", b"w1", b"AUTH", b"u", b"secret"],
+     [b"HELLO", b"3", b"SETNAME", b"w1"]),
     ([b"HELLO", b"AuTh\x00x", b"secret"], [b"HELLO"]),
     ([b"HELLO", b"3", b"AUTH"], [b"HELLO", b"3"]),
 ])

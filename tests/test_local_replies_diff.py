@@ -57,7 +57,8 @@ def _hello_cases() -> list[Case]:
     """HELLO in every form: protocol argument x options x logged in or not, then two commands
     that show the connection's state afterwards (protocol, name, authentication)."""
     protos = {"none": [], "2": ["2"], "3": ["3"], "4": ["4"], "0": ["0"], "neg": ["-1"],
-              "x": ["x"], "empty": [""], "3.0": ["3.0"], "big": ["99999999999999999999"]}
+              "x": ["x"], "empty": [""], "3.0": ["3.0"], "big": ["99999999999999999999"],
+              "03": ["03"], "+3": ["+3"], "-0": ["-0"], "2nul": ["2\0"]}
     options = {
         "": [],
         "auth": ["AUTH", "full", FULL_PW],
@@ -73,19 +74,23 @@ def _hello_cases() -> list[Case]:
         "auth-twice": ["AUTH", "nobody", "x", "AUTH", "full", FULL_PW],
         "bogus": ["FOO"],
         "setname-short": ["SETNAME"],
+        "setname-empty": ["SETNAME", ""],
+        "setname-nul": ["SETNAME", "a\0b"],
+        "auth-nul": ["AUTH\0x", "full", FULL_PW],
+        "auth-then-bogus": ["AUTH", "full", FULL_PW, "FOO"],
+        "auth-then-bad-name": ["AUTH", "full", FULL_PW, "SETNAME", "bad name"],
+        "auth-setname-bogus": ["AUTH", "full", FULL_PW, "SETNAME", "n5", "FOO"],
+        "auth-then-wrong": ["AUTH", "full", FULL_PW, "AUTH", "nobody", "x"],
+        "setname-twice": ["SETNAME", "a", "SETNAME", "b", "AUTH", "full", FULL_PW],
     }
     after = (("CLIENT", "GETNAME"), ("GET", "diff:missing"))
     cases = []
     for pname, p in protos.items():
         for oname, o in options.items():
-            if o and not p:
-                # HELLO AUTH ...: the option in the protocol's place
-                p_ = []
-            else:
-                p_ = p
+            # (protocol "none" with options: `HELLO AUTH ...`, the option in the protocol's place)
             for login in (False, True):
                 name = f"hello[{pname}{'+' + oname if oname else ''}]{'' if login else '-preauth'}"
-                cases.append(_c(name, ["HELLO", *p_, *o], *after, login=login,
+                cases.append(_c(name, ["HELLO", *p, *o], *after, login=login,
                                 normalise=("hello_id",)))
     cases.append(_c("hello-setname-then-noauth", ["HELLO", "3", "SETNAME", "n4"], ["PING"],
                     ["AUTH", "full", FULL_PW], ["CLIENT", "GETNAME"], login=False,
@@ -109,8 +114,8 @@ def _auth_cases() -> list[Case]:
     cases = []
     for fname, f in forms.items():
         for login in (False, True):
-            cases.append(_c(f"auth[{fname}]{'' if login else '-preauth'}", f, ("GET", "diff:missing"),
-                            login=login))
+            cases.append(_c(f"auth[{fname}]{'' if login else '-preauth'}", f,
+                            ("GET", "diff:missing"), login=login))
     return cases
 
 
@@ -216,9 +221,11 @@ def _newer_cases() -> list[Case]:
 def _multi_cases() -> list[Case]:
     out = []
     for name, c in (("unknown", ["FROB", "a"]), ("arity", ["GET"]), ("hello", ["HELLO"]),
-                    ("hello-3", ["HELLO", "3"]), ("hello-2-auth", ["HELLO", "2", "AUTH", "full", FULL_PW]),
+                    ("hello-3", ["HELLO", "3"]),
+                    ("hello-2-auth", ["HELLO", "2", "AUTH", "full", FULL_PW]),
                     ("auth", ["AUTH", "full", FULL_PW]), ("auth-pw", ["AUTH", DEFAULT_PW]),
-                    ("acl-whoami", ["ACL", "WHOAMI"]), ("client-setinfo", ["CLIENT", "SETINFO", "LIB-VER", "1"]),
+                    ("acl-whoami", ["ACL", "WHOAMI"]),
+                    ("client-setinfo", ["CLIENT", "SETINFO", "LIB-VER", "1"]),
                     ("client-bogus", ["CLIENT", "FROB"]), ("config-bogus", ["CONFIG", "FROB"])):
         out.append(_c(f"multi-{name}", ["MULTI"], c, ["EXEC"], ["GET", "diff:missing"]))
     out.append(_c("multi-reset", ["MULTI"], ["SET", "diff:k", "v"], ["RESET"], ["GET", "diff:k"]))
@@ -335,7 +342,8 @@ DELIBERATE = {
         "hello[*+auth]*", "hello[*+auth-lower]*", "hello[*+auth-default]*",
         "hello[*+auth-wrong]*", "hello[*+auth-nobody]*", "hello[*+auth-short]*",
         "hello[*+auth-setname]*", "hello[*+setname-auth]*", "hello[*+auth-twice]*",
-        "multi-hello-2-auth"), twin=_hello_cut_at_auth),
+        "hello[*+auth-nul]*", "hello[*+auth-then-*]*", "hello[*+auth-setname-bogus]*",
+        "hello[*+setname-twice]*", "multi-hello-2-auth"), twin=_hello_cut_at_auth),
     "acl-in-front-of-redis-5": Deliberate(("5",), _ACL_ANY, (
         "acl-whoami", "acl-cat", "acl-cat-keyspace", "acl-cat-connection", "acl-cat-bogus",
         "acl-dryrun-get", "acl-dryrun-nobody", "acl-dryrun-unknown", "acl-dryrun-arity",

@@ -168,7 +168,8 @@ def test_hello_3_gives_resp3_replies_end_to_end(env):
 def test_hello_without_auth_when_unauthenticated_gets_noauth(env):
     w = Wire(env.port)
     if env.version == "5":
-        assert str(w.call("HELLO", "2")) == "ERR unknown command `HELLO`, with args beginning with: `2`, "
+        assert str(w.call("HELLO", "2")) == \
+            "ERR unknown command `HELLO`, with args beginning with: `2`, "
         return
     assert str(w.call("HELLO", "2")).startswith("NOAUTH HELLO must be called with the client already")
 
@@ -176,7 +177,8 @@ def test_hello_without_auth_when_unauthenticated_gets_noauth(env):
 def test_hello_bad_protocol_version(env):
     w = Wire(env.port)
     if env.version == "5":
-        assert str(w.call("HELLO", "4")) == "ERR unknown command `HELLO`, with args beginning with: `4`, "
+        assert str(w.call("HELLO", "4")) == \
+            "ERR unknown command `HELLO`, with args beginning with: `4`, "
         return
     assert str(w.call("HELLO", "4")) == "NOPROTO unsupported protocol version"
     assert str(w.call("HELLO", "x")) == "ERR Protocol version is not an integer or out of range"
