@@ -12,8 +12,9 @@ with the reply to `hello 3 auth <user> <pass>`:
   `client setinfo LIB-NAME go-redis(,goX)` and `client setinfo LIB-VER 9.x.y` whose error
   replies are ignored.
 - v9.14 (Asynq v0.25+, REDIS-USAGE.md section 6): `hello 3 auth u p [setname n]`; on any error
-  reply a separate `auth` (an error fails), then the pipeline (`select`, `client setname`),
-  then the CLIENT SETINFO pipeline (errors ignored).
+  reply a separate `auth` (an error fails), then the pipeline (`select`, and `client setname`
+  whenever a name is set, even one HELLO carried), then the CLIENT SETINFO pipeline (errors
+  ignored).
 
 Each is replayed against redisgate (a dedicated upstream connection per client, and
 `upstream.multiplex: 1`), with the version's own fallback rule applied to the replies actually
@@ -62,8 +63,9 @@ GO_REDIS = [
 
 @dataclass
 class Handshake:
-    """What a client sent and got, command by command, for the failure message."""
+    """What a client sent and got, command by command, and each write's bytes."""
     log: list = field(default_factory=list)
+    writes: list = field(default_factory=list)
 
 
 def _go_redis_connect(port: int, line: GoRedis, db: int, client_name: str,
@@ -72,7 +74,9 @@ def _go_redis_connect(port: int, line: GoRedis, db: int, client_name: str,
     hs = Handshake()
 
     def pipeline(commands):
-        w.send(b"".join(cmd(*c) for c in commands))
+        data = b"".join(cmd(*c) for c in commands)
+        hs.writes.append(data)
+        w.send(data)
         replies = w.read(len(commands))
         hs.log.extend(zip(commands, replies))
         return replies
@@ -99,7 +103,7 @@ def _go_redis_connect(port: int, line: GoRedis, db: int, client_name: str,
                 raise ConnectFailed(f"{line.name}: failed to authenticate: {r}")
     if db > 0:
         commands.append(["select", str(db)])
-    if client_name and not (line.setname_in_hello and auth):
+    if client_name:   # (v9.14 sends it even when its HELLO carried the name)
         commands.append(["client", "setname", client_name])
     if commands:
         for c, r in zip(commands, pipeline(commands)):
@@ -156,6 +160,32 @@ def test_go_redis_handshake_ends_logged_in_on_its_database(env, line, db, client
         _assert_logged_in_on(env, w, hs, db, f"{line.name}-{db}-{env.version}")
     finally:
         w.close()
+
+
+# What each line writes in front of Redis 5 (and so through redisgate in front of it), with
+# Username "asynq", DB 2, ClientName "worker-1": one entry per write (a pipeline is one write).
+_HELLO = b"*5\r\n$5\r\nhello\r\n$1\r\n3\r\n$4\r\nauth\r\n$5\r\nasynq\r\n$12\r\nhandshake-pw\r\n"
+_AUTH = b"*3\r\n$4\r\nauth\r\n$5\r\nasynq\r\n$12\r\nhandshake-pw\r\n"
+_SELECT = b"*2\r\n$6\r\nselect\r\n$1\r\n2\r\n"
+_SETNAME = b"*3\r\n$6\r\nclient\r\n$7\r\nsetname\r\n$8\r\nworker-1\r\n"
+_SETINFO = (b"*4\r\n$6\r\nclient\r\n$7\r\nsetinfo\r\n$8\r\nLIB-NAME\r\n"
+            b"$19\r\ngo-redis(,go1.22.5)\r\n"
+            b"*4\r\n$6\r\nclient\r\n$7\r\nsetinfo\r\n$7\r\nLIB-VER\r\n$%d\r\n%s\r\n")
+LEGACY_WRITES = {
+    "v9.0.3": [_HELLO, _AUTH + _SELECT + _SETNAME],
+    "v9.7.0": [_HELLO, _AUTH + _SELECT + _SETNAME, _SETINFO % (5, b"9.7.0")],
+    "v9.14.1": [b"*7" + _HELLO[2:] + b"$7\r\nsetname\r\n$8\r\nworker-1\r\n",
+                _AUTH, _SELECT + _SETNAME, _SETINFO % (6, b"9.14.1")],
+}
+
+
+@pytest.mark.parametrize("line", GO_REDIS, ids=lambda g: g.name)
+def test_go_redis_writes_in_front_of_redis_5(env, line):
+    if env.version != "5":
+        pytest.skip("the fallback path: Redis 5")
+    w, hs = _go_redis_connect(env.port, line, 2, "worker-1")
+    w.close()
+    assert hs.writes == LEGACY_WRITES[line.name]
 
 
 @pytest.mark.parametrize("line", GO_REDIS, ids=lambda g: g.name)
