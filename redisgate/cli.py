@@ -122,7 +122,9 @@ def cmd_check(args) -> int:
     upstream = "embedded redis-server" if config.upstream.embedded else config.upstream.address
     try:
         from .server import Proxy
-        Proxy(config)   # builds the TLS contexts: unreadable certificates are found here
+        proxy = Proxy(config)   # builds the TLS contexts: unreadable certificates are found here
+        for w in proxy.tls_warnings():
+            print(f"warning: {w}", file=sys.stderr)
     except (ValueError, OSError) as e:
         print(f"{args.config}: {e}", file=sys.stderr)
         return 1

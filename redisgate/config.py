@@ -84,7 +84,8 @@ class UserEntry:
     """One configured user: the compiled rules plus the options around them."""
     name: str
     user: Any                               # rules.User
-    certificate: dict | None = None         # {cn|san_dns|san_uri: value}
+    certificate: dict | None = None         # {cn|san_dns|san_uri: value[, ca: absolute path]}
+    certificate_ca: tuple | None = None     # the certificates in certificate.ca (x509.Certificate)
     require_password: bool = False
     databases: frozenset[int] | None = None  # None: only upstream.db (or any, with allkeys)
     learn: bool = False
@@ -474,15 +475,29 @@ def _user(name: str, where: str, spec: Any, problems: list[str], warnings: list[
     user.report_only = bool(spec.get("report_only", False))
 
     cert = spec.get("certificate")
+    cert_ca = None
     if cert is not None:
-        if (not isinstance(cert, dict) or len(cert) != 1
-                or next(iter(cert)) not in {"cn", "san_dns", "san_uri"}):
+        selectors = [k for k in cert if k != "ca"] if isinstance(cert, dict) else []
+        if (not isinstance(cert, dict) or len(selectors) != 1
+                or selectors[0] not in {"cn", "san_dns", "san_uri"}):
             problems.append(f"{where}.certificate: expected exactly one of {{cn: ...}}, "
-                            "{san_dns: ...}, {san_uri: ...}")
+                            "{san_dns: ...}, {san_uri: ...} (and optionally ca: <file>)")
             cert = None
+        elif cert.get("ca") is not None:
+            from .tls import load_binding_ca
+            cert = dict(cert)
+            cert_ca = load_binding_ca(cert["ca"], base_dir, f"{where}.certificate.ca", problems)
+            if cert_ca is None:
+                cert = None
+            else:
+                cert["ca"] = str(cert_ca[0])
+                cert_ca = cert_ca[1]
     require_password = bool(spec.get("require_password", False))
     if require_password and cert is None:
         problems.append(f"{where}.require_password: only meaningful with 'certificate'")
+    elif require_password and not user.has_passwords():
+        warnings.append(f"{where}.require_password: the user has no password ('nopass' does not "
+                        "count here); nobody can log in as it")
     dbs = spec.get("databases")
     if dbs is not None:
         if not isinstance(dbs, list) or not all(isinstance(d, int) and not isinstance(d, bool)
@@ -498,7 +513,8 @@ def _user(name: str, where: str, spec: Any, problems: list[str], warnings: list[
     if confine_scan and not any(user.read_prefix(s) for s in _scan_specs()):
         problems.append(f"{where}.confine_scan: needs rules whose readable keys are exactly one "
                         "plain prefix pattern (e.g. ~tenant1:*) and that allow SCAN or KEYS")
-    return UserEntry(name=name, user=user, certificate=cert, require_password=require_password,
+    return UserEntry(name=name, user=user, certificate=cert, certificate_ca=cert_ca,
+                     require_password=require_password,
                      databases=dbs, learn=bool(spec.get("learn", False)), confine_scan=confine_scan)
 
 

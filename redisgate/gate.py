@@ -83,6 +83,28 @@ class Gate:
 
     def _index_certificates(self) -> None:
         self.cert_users = {name: e.certificate for name, e in self.users.items() if e.certificate}
+        self.bound_users = [e for e in self.users.values() if e.certificate is not None]
+
+    def certificate_identity(self, peercert, chain=(), description: str = ""):
+        """A verified client certificate as a login.CertIdentity, mapped to its user."""
+        from .login import CertIdentity
+        cert = CertIdentity(peercert=peercert, chain=tuple(chain), description=description)
+        return self.remap_certificate(cert)
+
+    def remap_certificate(self, cert):
+        """`cert` mapped to the one user whose binding it satisfies now (None: nobody; also when
+        several match, or when its listener no longer trusts its CA)."""
+        from dataclasses import replace
+        from .login import map_certificate
+        if not cert.trusted:
+            return replace(cert, user=None) if cert.user is not None else cert
+        names = map_certificate(cert.peercert, cert.chain, self.bound_users)
+        if len(names) > 1:
+            logging.getLogger("redisgate.tls").warning(
+                "client certificate %s matches several users (%s); granting none",
+                cert.description or "?", ", ".join(sorted(names)))
+        user = names[0] if len(names) == 1 else None
+        return cert if user == cert.user else replace(cert, user=user)
 
     def reload(self, config: Config) -> None:
         self.config = config

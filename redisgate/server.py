@@ -319,17 +319,17 @@ class ClientConnection(asyncio.Protocol):
         proxy = self.proxy
         peer = transport.get_extra_info("peername") or ("?", 0)
         info = f"id={self.id} addr={peer[0]}:{peer[1]}"
-        cert_user = None
-        cert_verified = False
+        identity = None
         if self.listener_tls is not None:
             cert = transport.get_extra_info("peercert")
             if cert:
-                cert_verified = True
-                cert_user = self.listener_tls.user_for(cert, proxy.gate.cert_users)
-                identity = self.listener_tls.describe(cert)
-                info += f" cert={identity}"
-                audit.info("tls-client cert=%s user=%s client=%s", identity, cert_user or "-", info)
-        self.session = Session(proxy.gate, info, cert_user, cert_verified)
+                described = self.listener_tls.describe(cert)
+                identity = proxy.gate.certificate_identity(
+                    cert, transport.get_extra_info("verified_chain") or (), described)
+                info += f" cert={described}"
+                audit.info("tls-client cert=%s user=%s client=%s", described,
+                           identity.user or "-", info)
+        self.session = Session(proxy.gate, info, identity)
         self.session.lane_scripts = self.lane is not None
         proxy.clients.add(self)
         from . import metrics
@@ -342,6 +342,17 @@ class ClientConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._feed(self.session.client_data, data, upstream=False)
+
+    def reloaded(self) -> None:
+        """The configuration was reloaded: the session re-checks its user now (not at its next
+        command), with whether this listener's current client CA still trusts its certificate."""
+        if self.closed or self.session is None:
+            return
+        cert = self.session.cert
+        trusted = True
+        if cert is not None:
+            trusted = self.listener_tls is not None and self.listener_tls.trusts(cert.chain)
+        self._feed(lambda _: self.session.reloaded(trusted), b"", upstream=False)
 
     def upstream_data(self, data: bytes) -> None:
         """Bytes from this client's own upstream connection."""
@@ -580,6 +591,8 @@ class _TLSTransport:
     def get_extra_info(self, name, default=None):
         if name == "peercert":
             return self.engine.peercert
+        if name == "verified_chain":
+            return self.engine.verified_chain
         return self.raw.get_extra_info(name, default)
 
     def pause_reading(self):
@@ -717,6 +730,8 @@ class Proxy:
                                                lst.port, reuse_address=True, backlog=1024)
             self.servers.append(srv)
             log.info("listening on %s:%d%s", lst.host, lst.port, " (TLS)" if tls else "")
+        for w in self.tls_warnings():
+            log.warning("%s", w)
         await self.probe_upstream()
 
     def shared_link(self, client: ClientConnection) -> SharedLink:
@@ -794,17 +809,92 @@ class Proxy:
         if (config.upstream.host, config.upstream.port) != (self.upstream_host, self.upstream_port):
             log.warning("reload: a new upstream address takes effect only after a restart")
             config.upstream.host, config.upstream.port = self.upstream_host, self.upstream_port
-        for tls in self.listener_tls:
-            if tls is not None:
-                tls.reload()
-        if self._upstream_tls is not None:
-            self._upstream_tls.reload()
+        tls = self._reload_tls(config)
+        if tls is None:
+            log.error("reload rejected: the TLS settings above cannot be applied; users, rules and "
+                      "TLS settings stay as they were")
+            return False
+        listeners, upstream_tls = tls
+        for old, (new, where) in zip(self.listener_tls, listeners):
+            if old is None or new is old:
+                continue
+            changed = old.adopt(new)
+            log.info("%s: TLS certificate reloaded from %s", old.where, old.cert_path)
+            if changed:
+                log.info("%s: %s changed; applies to new connections", where, ", ".join(changed))
+        if upstream_tls is not None:
+            changed = self._upstream_tls.changed_settings(upstream_tls)
+            self._upstream_tls = upstream_tls
+            log.info("upstream.tls: TLS files reloaded%s", f"; {', '.join(changed)} changed, "
+                     "applies to new upstream connections" if changed else "")
         self.gate.reload(config)
         self.config = config
-        for w in config.warnings:
+        for w in config.warnings + self.tls_warnings():
             log.warning("%s", w)
-        log.info("configuration reloaded: %d users", len(config.users))
+        closed = 0
+        for client in list(self.clients):
+            was = client.session is None or client.session._dead
+            client.reloaded()
+            closed += not was and client.session._dead
+        log.info("configuration reloaded: %d users%s", len(config.users),
+                 f"; {closed} connections closed by the re-check" if closed else "")
         return True
+
+    def _reload_tls(self, config: Config):
+        """The reloaded config's TLS, built in full before anything changes: ([(ListenerTLS or
+        None, where)] per running listener, UpstreamTLS or None), or None after logging every
+        problem. Listeners keep their addresses (a changed list takes effect after a restart);
+        a listener that would switch between plain and TLS, or an upstream between plain and
+        TLS, refuses the reload."""
+        from .tls import ListenerTLS, TLSConfigError, UpstreamTLS
+        base = config.path.parent if config.path else Path(".")
+        by_address = {(lst.host, lst.port): lst for lst in config.listeners}
+        running = [(lst.host, lst.port) for lst in self.config.listeners]
+        if set(by_address) != set(running):
+            log.warning("reload: listeners added, removed or moved take effect only after a restart")
+        ok = True
+        listeners = []
+        for (address, old) in zip(running, self.listener_tls):
+            lst = by_address.get(address)
+            if lst is None:
+                listeners.append((None, None))
+                continue
+            if bool(lst.tls) != (old is not None):
+                log.error("%s.tls: switching the listener %s:%d between plain and TLS needs a "
+                          "restart", lst.where, *address)
+                ok = False
+                continue
+            if old is None:
+                listeners.append((None, None))
+                continue
+            try:
+                listeners.append((ListenerTLS(lst.tls, base, where=old.where,
+                                              default_handshake_timeout=config.handshake_timeout),
+                                  f"{lst.where}.tls"))
+            except TLSConfigError as e:
+                log.error("%s: TLS reload failed, still using the previous certificate: %s",
+                          old.where, "; ".join(e.problems))
+                ok = False
+        upstream_tls = None
+        if bool(config.upstream.tls) != (self._upstream_tls is not None):
+            log.error("upstream.tls: switching the upstream between plain and TLS needs a restart")
+            ok = False
+        elif config.upstream.tls:
+            try:
+                upstream_tls = UpstreamTLS(config.upstream.tls, base, where="upstream.tls")
+            except TLSConfigError as e:
+                log.error("upstream.tls: TLS reload failed, still using the previous files: %s",
+                          "; ".join(e.problems))
+                ok = False
+        if not ok:
+            return None
+        # (A listener whose address left the config keeps running as it was.)
+        return [(new, where) if new is not None else (old, None)
+                for (new, where), old in zip(listeners, self.listener_tls)], upstream_tls
+
+    def tls_warnings(self) -> list[str]:
+        from .tls import ca_scope_warnings
+        return ca_scope_warnings(self.listener_tls, self.gate.users)
 
     async def close(self, timeout: float = 5.0) -> None:
         """Stop accepting, then close clients; bounded by ``timeout``."""

@@ -17,8 +17,6 @@ commands wait for one confirmation per channel.
 """
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import os
 import time
@@ -29,6 +27,7 @@ from . import errors
 from .commands import TABLE, KeyExtractionError, _string2ll, sort_pattern_option
 from .confine import confine
 from .gate import Gate, audit
+from .login import CertIdentity, Method, Via, automatic_candidate, decide_login
 from .resp import (Batch, ProtocolError, ReplyScanner, Request, RequestParser, array, bulk,
                    encode_command, error, integer, map_)
 from .scripts import queue_of
@@ -60,7 +59,6 @@ _PROXY_ANSWERED = {"hello", "reset", "auth", "quit"}
 _ACL_MUTATIONS = {"acl|setuser", "acl|deluser", "acl|load", "acl|save"}
 
 OK = b"+OK\r\n"
-DUMMY_HASH = bytes(32)
 
 # Session._inline's key positions that are not positions.
 NO_KEY = -1   # allowed whatever the arguments
@@ -72,8 +70,7 @@ SCRIPT = -3   # ask the judge (EVALSHA by a compiled contract); the C lane reads
 class Session:
     """One client connection's protocol state. See the module docstring for the contract."""
 
-    def __init__(self, gate: Gate, client_info: str = "", cert_user: str | None = None,
-                 cert_verified: bool = False):
+    def __init__(self, gate: Gate, client_info: str = "", cert: CertIdentity | None = None):
         self.gate = gate
         self.client_info = client_info
         cfg = gate.config
@@ -96,10 +93,11 @@ class Session:
 
         self.user_entry = None
         self.username: str | None = None
+        self.login_method: Method | None = None   # what let the user in (for the reload re-check)
         self._generation = gate.generation
-        self.cert_user = cert_user
-        # A verified certificate that maps to no user gets no access at all.
-        self.cert_locked = cert_verified and cert_user is None
+        # The verified client certificate (mapped to its user by the gate), None without one.
+        # Every login goes through login.decide_login with it.
+        self.cert = cert
         self.resp3 = False
         self.multi = False
         self.multi_dirty = False
@@ -111,13 +109,7 @@ class Session:
         self.subs = {"chan": set(), "pat": set(), "shard": set()}
         self.sub_active = False       # RESP2 subscribed mode, as confirmed by the upstream
 
-        entry = gate.users.get(cert_user) if cert_user else None
-        if entry is not None and entry.user.enabled and not entry.require_password:
-            self._login(entry, via="certificate")
-        elif cert_user is None and not self.cert_locked:
-            default = gate.users.get("default")
-            if default is not None and default.user.enabled and default.user.nopass:
-                self._login(default, via="nopass")
+        self._auto_login(Via.CONNECT)
 
     # ------------------------------------------------------------------ client side
 
@@ -419,9 +411,25 @@ class Session:
 
     # -- authentication
 
-    def _login(self, entry, via: str) -> None:
+    @property
+    def cert_user(self) -> str | None:
+        """The user the connection's certificate maps to (None: no certificate, or nobody)."""
+        return self.cert.user if self.cert is not None else None
+
+    def _auto_login(self, via: Via) -> None:
+        """The login without credentials, at connect and after RESET: the certificate's user, else
+        a nopass `default` (login.decide_login says whether)."""
+        entry = automatic_candidate(self.gate.users, self.cert)
+        if entry is None:
+            return
+        result = decide_login(entry, password=None, via=via, cert=self.cert)
+        if result.ok:
+            self._login(entry, via=result.method.value, method=result.method)
+
+    def _login(self, entry, via: str, method: Method | None = None) -> None:
         self.user_entry = entry
         self.username = entry.name
+        self.login_method = method
         self.parser.set_authenticated(True)
         audit.info("login user=%s via=%s client=%s", entry.name, via, self.client_info)
         if not self.upstream_ready and not self.want_upstream:
@@ -433,42 +441,50 @@ class Session:
             else:
                 self._open_upstream()
 
-    def _authenticate(self, username: bytes | None, password: bytes) -> bytes | None:
-        """Check credentials; log in on success. Returns the error reply on failure."""
+    def _authenticate(self, username: bytes | None, password: bytes,
+                      via: Via = Via.AUTH) -> bytes | None:
+        """Check credentials (login.decide_login); log in on success. Returns the error reply on
+        failure: the same one whatever the reason."""
         version = self.gate.upstream_version
         name = (username or b"default").decode("utf-8", "replace")
         entry = self.gate.users.get(name)
         if username is None and entry is not None and entry.user.nopass and entry.user.enabled:
             return error("ERR AUTH <password> called without any password configured for the "
                          "default user. Are you sure your configuration is correct?")
-        ok = False
-        if entry is not None:
-            ok = entry.user.check_password(password)
-            ok = (ok or entry.user.nopass) and entry.user.enabled
-            if entry.certificate is not None and entry.name != self.cert_user:
-                ok = False      # a certificate-bound user needs its certificate as well
-        else:
-            # The same hashing and comparison as for a known user, so timing tells no names.
-            hmac.compare_digest(hashlib.sha256(password).digest(), DUMMY_HASH)
-        if self.cert_locked:
-            ok = False
-        if not ok:
+        result = decide_login(entry, password=password, via=via, cert=self.cert)
+        if not result.ok:
             self.gate.acl_log.add("auth", "toplevel", "AUTH", name, self.client_info)
             audit.warning("auth-failed user=%s client=%s", name, self.client_info)
             _metric("auth_failures", name)
             return errors.wrongpass(version)
-        self._login(entry, via="password")
+        self._login(entry, via=result.method.value, method=result.method)
         return None
 
+    def reloaded(self, cert_trusted: bool = True) -> None:
+        """The configuration was reloaded (called by the I/O layer for every open connection;
+        also done at the next command). `cert_trusted`: whether the listener's current client CA
+        still vouches for the connection's certificate."""
+        if self.cert is not None and not cert_trusted and self.cert.trusted:
+            from dataclasses import replace
+            self.cert = replace(self.cert, trusted=False)
+        self._refresh_user()
+
     def _refresh_user(self) -> None:
+        """After a reload: the certificate is mapped again, and the session keeps its user only if
+        login.decide_login would still let it in by the route it took; else it is closed."""
         self._generation = self.gate.generation
-        if self.user_entry is None:
+        if self.cert is not None:
+            self.cert = self.gate.remap_certificate(self.cert)
+        if self.user_entry is None or self._dead:
             return
         entry = self.gate.users.get(self.username)
-        if entry is None or not entry.user.enabled:
-            audit.info("disconnect user=%s reason=removed-or-disabled-by-reload client=%s",
-                       self.username, self.client_info)
+        result = decide_login(entry, password=None, via=Via.RELOAD, cert=self.cert,
+                              proven=self.login_method)
+        if not result.ok:
+            audit.info("disconnect user=%s reason=reload:%s client=%s", self.username,
+                       result.outcome.value, self.client_info)
             self.user_entry = None
+            self.parser.set_authenticated(False)
             self._close_after()
             self._dead = True
         else:
@@ -523,7 +539,7 @@ class Session:
             opt = args[i].split(b"\0", 1)[0]   # a C string: strcasecmp stops at a NUL
             more = len(args) - i - 1
             if opt.lower() == b"auth" and more >= 2:
-                err = self._authenticate(args[i + 1], args[i + 2])
+                err = self._authenticate(args[i + 1], args[i + 2], via=Via.HELLO)
                 if err is not None:
                     return self._hello_failed(err, setname)
                 i += 3
@@ -610,10 +626,9 @@ class Session:
             audit.info("logout user=%s via=RESET client=%s", self.username, self.client_info)
         self.user_entry = None
         self.username = None
+        self.login_method = None
         self.parser.set_authenticated(False)
-        default = self.gate.users.get("default")
-        if default is not None and default.user.enabled and default.user.nopass and not self.cert_locked:
-            self._login(default, via="nopass")
+        self._auto_login(Via.RESET)
 
     def _databases(self, entry=None):
         """The databases a user (the logged-in one by default) may SELECT; others need allkeys."""

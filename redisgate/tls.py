@@ -10,8 +10,11 @@ Contracts
   loads its files; any problem raises `TLSConfigError` (a `ValueError`) whose `.problems` are
   ``<where>.<key>: <why>`` lines. `.context` is the *current* server context; `.reload()` rebuilds
   it from the same files and returns True, or logs one line naming the file and the reason and
-  keeps the previous context (returns False). Only files are reloaded; the settings themselves
-  (`client_cert`, `min_version`, `ciphers`) stay as built. `client_cert` defaults to `optional`
+  keeps the previous context (returns False): only files. A configuration reload builds a new
+  `ListenerTLS` from the new settings and the running one `.adopt()`s it (every setting and file
+  then applies to new handshakes; server.Proxy.reload refuses the whole reload when one cannot be
+  built). `.client_cas` are the certificates of `client_ca`; `.trusts(chain)` re-checks a
+  connection's verified chain against them. `client_cert` defaults to `optional`
   when `client_ca` is set, else `none`. TLS session tickets are off (see `_build`).
   `.user_for(peercert, users)` and `.describe(peercert)` are the module functions below.
 * Two ways for a listener to pick up a reloaded context for new handshakes while established
@@ -185,13 +188,29 @@ def _load_chain(ctx: ssl.SSLContext, cert_path: Path, key_path: Path, where: str
     return leaf
 
 
-def _load_ca(ctx: ssl.SSLContext, ca_path: Path, where_key: str) -> None:
-    _load_certificates(ca_path, where_key)
+def _load_ca(ctx: ssl.SSLContext, ca_path: Path, where_key: str) -> list[x509.Certificate]:
+    cas = _load_certificates(ca_path, where_key)
     try:
         ctx.load_verify_locations(cafile=ca_path)
     except (ssl.SSLError, OSError) as e:
         raise TLSConfigError([f"{where_key}: OpenSSL rejected {ca_path}: "
                               f"{getattr(e, 'reason', None) or e}"]) from None
+    return cas
+
+
+def load_binding_ca(value: Any, base_dir, where: str,
+                    problems: list[str]) -> tuple[Path, tuple[x509.Certificate, ...]] | None:
+    """A user binding's `ca: <file>`: (resolved path, its certificates), or None after adding a
+    ``<where>: <why>`` line to `problems`."""
+    if not isinstance(value, str) or not value.strip():
+        problems.append(f"{where}: expected the path of a PEM file of CA certificates")
+        return None
+    path = _resolve(base_dir, value)
+    try:
+        return path, tuple(_load_certificates(path, where))
+    except TLSConfigError as e:
+        problems.extend(e.problems)
+        return None
 
 
 class _PasswordNeeded(Exception):
@@ -254,11 +273,35 @@ class ListenerTLS:
         if problems:
             raise TLSConfigError(problems)
         self._context = self._build()
+        self.client_cas = self._built_cas
+
+    SETTINGS = ("cert_path", "key_path", "client_ca_path", "client_cert", "min_version", "ciphers",
+                "handshake_timeout")
 
     @property
     def context(self) -> ssl.SSLContext:
         """The context new handshakes must use (replaced by a successful `reload`)."""
         return self._context
+
+    def adopt(self, new: "ListenerTLS") -> list[str]:
+        """Take over the settings and context of `new` (built from the reloaded config for the
+        same listener): every setting applies to new handshakes, established connections keep
+        theirs. Returns the names of the settings that changed."""
+        changed = [name.removesuffix("_path") for name in self.SETTINGS
+                   if getattr(self, name) != getattr(new, name)]
+        for name in self.SETTINGS:
+            setattr(self, name, getattr(new, name))
+        ctx = new._context
+        ctx.sni_callback = self._use_current   # (it named `new`, which is dropped)
+        self._context = ctx
+        self.client_cas = new.client_cas
+        return changed
+
+    def trusts(self, chain) -> bool:
+        """Whether this listener's current `client_ca` vouches for a verified chain (leaf first):
+        the reload re-check of connections accepted under an earlier CA file."""
+        from .login import chain_trusted_by
+        return bool(self.client_cas) and chain_trusted_by(chain, self.client_cas)
 
     @property
     def files(self) -> list[Path]:
@@ -281,6 +324,7 @@ class ListenerTLS:
                       self.where, "; ".join(e.problems))
             return False
         self._context = ctx
+        self.client_cas = self._built_cas
         log.info("%s: TLS certificate reloaded from %s", self.where, self.cert_path)
         return True
 
@@ -300,8 +344,9 @@ class ListenerTLS:
                                       f"{self.ciphers!r}"]) from None
         leaf = _load_chain(ctx, self.cert_path, self.key_path, self.where)
         _warn_validity(leaf, self.cert_path, self.where)
+        self._built_cas: tuple[x509.Certificate, ...] = ()
         if self.client_ca_path is not None:
-            _load_ca(ctx, self.client_ca_path, f"{self.where}.client_ca")
+            self._built_cas = tuple(_load_ca(ctx, self.client_ca_path, f"{self.where}.client_ca"))
         ctx.verify_mode = CLIENT_CERT_MODES[self.client_cert]
         ctx.sni_callback = self._use_current
         return ctx
@@ -356,10 +401,18 @@ class UpstreamTLS:
             log.warning("%s.insecure_skip_verify is true: the upstream Redis certificate is NOT "
                         "verified; anyone on the network path can impersonate it", where)
 
+    SETTINGS = ("ca_path", "cert_path", "key_path", "configured_server_name", "insecure",
+                "min_version")
+
     @property
     def context(self) -> ssl.SSLContext:
         """The context new upstream connections must use."""
         return self._context
+
+    def changed_settings(self, new: "UpstreamTLS") -> list[str]:
+        names = {"ca_path": "ca", "cert_path": "cert", "key_path": "key",
+                 "configured_server_name": "server_name", "insecure": "insecure_skip_verify"}
+        return [names.get(n, n) for n in self.SETTINGS if getattr(self, n) != getattr(new, n)]
 
     def server_name(self, host: str | None = None) -> str | None:
         """The name to send as SNI and check the certificate against: `server_name` if set,
@@ -456,6 +509,26 @@ def describe_peer(peercert: Mapping | None) -> str:
     return " ".join(parts) or "certificate without CN or SAN"
 
 
+def ca_scope_warnings(listeners, users: Mapping[str, Any]) -> list[str]:
+    """`check` and serve warnings: listeners (ListenerTLS or None) that trust different client
+    CAs make every binding without `ca` reachable from each of them."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    trusted = {}
+    for lst in listeners:
+        if lst is not None and lst.client_cas:
+            trusted.setdefault(frozenset(c.public_bytes(Encoding.DER) for c in lst.client_cas),
+                               []).append(lst.where.removesuffix(".tls"))
+    if len(trusted) < 2:
+        return []
+    wheres = " and ".join(", ".join(w) for w in trusted.values())
+    return [f"users.{name}.certificate: listeners trust different client CAs ({wheres}) and "
+            f"this binding names none, so a certificate from any of them can log in as {name}; "
+            "add ca: <file of the CA meant for it>"
+            for name, entry in users.items()
+            if entry.certificate is not None and entry.certificate.get("ca") is None]
+
+
 def validate_selector(selector: Any, where: str) -> list[str]:
     """Problems with a `users.NAME.certificate` mapping (empty list when it is fine)."""
     if (not isinstance(selector, Mapping) or len(selector) != 1
@@ -536,6 +609,22 @@ class TLSEngine:
     def peercert(self) -> dict | None:
         """The verified peer certificate (`getpeercert()`), None without one."""
         return self._obj.getpeercert() if self.handshake_done else None
+
+    @property
+    def verified_chain(self) -> tuple:
+        """The verified peer chain, leaf first (objects with `public_bytes`, or DER bytes); only
+        the leaf's DER where this Python offers no verified chain; () without a certificate."""
+        if not self.handshake_done or not self._obj.getpeercert():
+            return ()
+        getter = getattr(self._obj, "get_verified_chain", None) or getattr(
+            getattr(self._obj, "_sslobj", None), "get_verified_chain", None)   # 3.13 / 3.10+
+        if getter is not None:
+            try:
+                return tuple(getter())
+            except (ssl.SSLError, ValueError, AttributeError):
+                pass
+        leaf = self._obj.getpeercert(binary_form=True)
+        return (leaf,) if leaf else ()
 
     @property
     def version(self) -> str | None:
