@@ -1,8 +1,9 @@
 """Proxy-wide state that every session consults: users, the upstream's version, the ACL log.
 
 Pure data and bookkeeping; no sockets. A config reload swaps ``users`` and bumps ``generation`` so
-that sessions re-resolve their user (a removed or disabled user loses its connections, as with
-Redis's ACL DELUSER).
+that sessions re-check their user with login.decide_login (a removed or disabled user, or one its
+certificate no longer maps to, loses its connections, as with Redis's ACL DELUSER). The gate also
+maps verified client certificates to users (`certificate_identity`, `remap_certificate`).
 """
 from __future__ import annotations
 

@@ -85,7 +85,7 @@ class CertIdentity:
     """A client certificate that the listener verified.
 
     `peercert`: `getpeercert()`'s dict. `chain`: the verified chain, leaf first, as DER bytes or
-    objects with `public_bytes(1)` (CPython's `_ssl.Certificate`); empty when unknown. `user`: the
+    objects with `public_bytes` (CPython's `_ssl.Certificate`); empty when unknown. `user`: the
     user it maps to (`map_certificate`), None for nobody. `trusted`: False once a reload removed
     every CA of its chain from its listener's `client_ca` (it then maps to nobody).
     """
@@ -150,7 +150,10 @@ def automatic_candidate(users: Mapping[str, Any], cert: CertIdentity | None):
 # ---------------------------------------------------------------------------- certificates
 
 def _der(cert) -> bytes:
-    return cert if isinstance(cert, (bytes, bytearray)) else cert.public_bytes(1)  # ENCODING_DER
+    if isinstance(cert, (bytes, bytearray)):
+        return bytes(cert)
+    from ssl import _ssl   # (CPython's certificate objects: public_bytes(ENCODING_DER))
+    return cert.public_bytes(_ssl.ENCODING_DER)
 
 
 def chain_trusted_by(chain: Iterable, cas) -> bool:

@@ -834,7 +834,13 @@ class Proxy:
         closed = 0
         for client in list(self.clients):
             was = client.session is None or client.session._dead
-            client.reloaded()
+            try:
+                client.reloaded()
+            except Exception:   # a bug must cost one connection, never the reload
+                log.exception("internal error re-checking %s after the reload; closing it",
+                              client.session.client_info)
+                client.transport.close()
+                continue
             closed += not was and client.session._dead
         log.info("configuration reloaded: %d users%s", len(config.users),
                  f"; {closed} connections closed by the re-check" if closed else "")
@@ -924,6 +930,9 @@ def _install_uvloop() -> None:
 async def serve(config: Config, ready=None, stop: asyncio.Event | None = None) -> None:
     """Run until SIGINT/SIGTERM (or ``stop`` is set). SIGHUP reloads config and certificates."""
     proxy = Proxy(config)
+    loop = asyncio.get_running_loop()
+    # Before start(): a SIGHUP while it probes the upstream must reload, not end the process.
+    loop.add_signal_handler(signal.SIGHUP, proxy.reload)
     await proxy.start()
     from . import resp
     if resp._c_scan is None or Lane is None:
@@ -935,11 +944,9 @@ async def serve(config: Config, ready=None, stop: asyncio.Event | None = None) -
         from . import metrics
         metrics.start_http(*config.metrics_address)
         log.info("metrics on http://%s:%d/metrics", *config.metrics_address)
-    loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, proxy.reload)
     if config.pid_file:
         Path(config.pid_file).write_text(f"{os.getpid()}\n")
     if ready is not None:

@@ -514,19 +514,30 @@ def ca_scope_warnings(listeners, users: Mapping[str, Any]) -> list[str]:
     CAs make every binding without `ca` reachable from each of them."""
     from cryptography.hazmat.primitives.serialization import Encoding
 
+    from .login import chain_trusted_by
+
     trusted = {}
     for lst in listeners:
         if lst is not None and lst.client_cas:
             trusted.setdefault(frozenset(c.public_bytes(Encoding.DER) for c in lst.client_cas),
                                []).append(lst.where.removesuffix(".tls"))
-    if len(trusted) < 2:
-        return []
+    out = []
     wheres = " and ".join(", ".join(w) for w in trusted.values())
-    return [f"users.{name}.certificate: listeners trust different client CAs ({wheres}) and "
-            f"this binding names none, so a certificate from any of them can log in as {name}; "
-            "add ca: <file of the CA meant for it>"
-            for name, entry in users.items()
-            if entry.certificate is not None and entry.certificate.get("ca") is None]
+    for name, entry in users.items():
+        if entry.certificate is None:
+            continue
+        cas = getattr(entry, "certificate_ca", None)
+        if entry.certificate.get("ca") is None:
+            if len(trusted) > 1:
+                out.append(f"users.{name}.certificate: listeners trust different client CAs "
+                           f"({wheres}) and this binding names none, so a certificate from any "
+                           f"of them can log in as {name}; add ca: <file of the CA meant for it>")
+        elif cas and not any(chain_trusted_by([c.public_bytes(Encoding.DER) for c in cas],
+                                              lst.client_cas)
+                             for lst in listeners if lst is not None and lst.client_cas):
+            out.append(f"users.{name}.certificate.ca: no TLS listener's client_ca trusts this CA; "
+                       "nobody can log in with its certificates")
+    return out
 
 
 def validate_selector(selector: Any, where: str) -> list[str]:

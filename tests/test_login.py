@@ -365,7 +365,14 @@ def test_check_warns_when_listeners_trust_different_cas_and_a_binding_names_none
     warnings = ca_scope_warnings([None, L("listen[1].tls", one), L("listen[2].tls", two)], users)
     assert len(warnings) == 1 and warnings[0].startswith("users.bob.certificate: listeners trust "
                                                           "different client CAs")
-    assert ca_scope_warnings([L("listen[1].tls", one), L("listen[2].tls", one)], users) == []
+    assert ca_scope_warnings([L("listen[1].tls", one), L("listen[2].tls", two)], {
+        n: users[n] for n in ("eve",)}) == []
+    assert ca_scope_warnings([L("listen[1].tls", one), L("listen[2].tls", one)], {
+        n: users[n] for n in ("bob",)}) == []
+    # A binding's CA that no listener trusts: nobody can log in with it.
+    assert ca_scope_warnings([L("listen[1].tls", one)], users) == [
+        "users.eve.certificate.ca: no TLS listener's client_ca trusts this CA; nobody can log in "
+        "with its certificates"]
 
 
 def test_several_matching_bindings_map_to_nobody(pki, caplog):
