@@ -686,6 +686,8 @@ class Proxy:
         self.clients: set[ClientConnection] = set()
         self.servers: list[asyncio.base_events.Server] = []
         self.listener_tls: list = []
+        # The listeners served (with listener_tls, index for index): a reload keeps them.
+        self.listeners = list(config.listeners)
         self.upstream_host = config.upstream.host
         self.upstream_port = config.upstream.port
         # upstream.multiplex takes effect at start (a reload keeps these links). RESP2 and
@@ -721,7 +723,7 @@ class Proxy:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        for lst, tls in zip(self.config.listeners, self.listener_tls):
+        for lst, tls in zip(self.listeners, self.listener_tls):
             if tls is None:
                 srv = await loop.create_server(lambda: ClientConnection(self), lst.host, lst.port,
                                                reuse_address=True, backlog=1024)
@@ -855,7 +857,7 @@ class Proxy:
         from .tls import ListenerTLS, TLSConfigError, UpstreamTLS
         base = config.path.parent if config.path else Path(".")
         by_address = {(lst.host, lst.port): lst for lst in config.listeners}
-        running = [(lst.host, lst.port) for lst in self.config.listeners]
+        running = [(lst.host, lst.port) for lst in self.listeners]
         if set(by_address) != set(running):
             log.warning("reload: listeners added, removed or moved take effect only after a restart")
         ok = True
