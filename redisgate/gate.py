@@ -83,7 +83,6 @@ class Gate:
         self._index_certificates()
 
     def _index_certificates(self) -> None:
-        self.cert_users = {name: e.certificate for name, e in self.users.items() if e.certificate}
         self.bound_users = [e for e in self.users.values() if e.certificate is not None]
 
     def certificate_identity(self, peercert, chain=(), description: str = ""):
