@@ -30,6 +30,7 @@ names one, its CA); `CertIdentity` carries the result with the certificate.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from dataclasses import dataclass, field
@@ -160,15 +161,17 @@ def chain_trusted_by(chain: Iterable, cas) -> bool:
     """Whether one of `cas` (x509.Certificate objects, e.g. a binding's `ca` file) vouches for a
     verified chain (leaf first): a certificate of the chain is one of them, or was issued by one
     of them (issuer name and signature checked: a renewed CA with the same key still counts)."""
+    cas = tuple(cas)
+    if not cas:
+        return False
+    ders = [_der(item) for item in chain]
+    ca_ders = _ders_of(cas)
+    if any(der in ca_ders for der in ders):
+        return True      # (the usual case, and cheap: the chain's root is in the file)
     from cryptography import x509
     from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.serialization import Encoding
 
-    ca_ders = {c.public_bytes(Encoding.DER) for c in cas}
-    for item in chain:
-        der = _der(item)
-        if der in ca_ders:
-            return True
+    for der in ders:
         try:
             cert = x509.load_der_x509_certificate(der)
         except ValueError:
@@ -182,6 +185,12 @@ def chain_trusted_by(chain: Iterable, cas) -> bool:
             except (InvalidSignature, ValueError, TypeError):
                 continue
     return False
+
+
+@functools.lru_cache(maxsize=64)
+def _ders_of(cas: tuple) -> frozenset:
+    from cryptography.hazmat.primitives.serialization import Encoding
+    return frozenset(c.public_bytes(Encoding.DER) for c in cas)
 
 
 def binding_matches(peercert: Mapping | None, chain: tuple, binding: Mapping[str, Any],
