@@ -426,7 +426,7 @@ class Session:
         if result.ok:
             self._login(entry, via=result.method.value, method=result.method)
 
-    def _login(self, entry, via: str, method: Method | None = None) -> None:
+    def _login(self, entry, via: str, *, method: Method) -> None:
         self.user_entry = entry
         self.username = entry.name
         self.login_method = method

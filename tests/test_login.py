@@ -382,3 +382,34 @@ def test_several_matching_bindings_map_to_nobody(pki, caplog):
         assert identity(gate, pki, "match").user is None
     assert "matches several users" in caplog.text
     assert map_certificate(None, (), gate.bound_users) == []
+
+
+# ---------------------------------------------------------------------------- one decision
+
+def test_every_login_path_goes_through_decide_login(pki, monkeypatch):
+    import redisgate.session as session_mod
+    seen = []
+    real = session_mod.decide_login
+
+    def spy(entry, **kw):
+        seen.append(kw["via"])
+        return real(entry, **kw)
+    monkeypatch.setattr(session_mod, "decide_login", spy)
+    gate = make_gate({"default": f"on nopass {RULES}", "app": f"on {pw_hash(PW)} {RULES}"})
+    s = Session(gate, "test")
+    s.client_data(cmd("AUTH", "app", PW))
+    s.client_data(cmd("HELLO", "2", "AUTH", "app", PW))
+    s.client_data(cmd("RESET"))
+    gate.reload(gate.config)
+    s.client_data(cmd("PING"))
+    assert seen == [Via.CONNECT, Via.AUTH, Via.HELLO, Via.RESET, Via.RELOAD]
+
+
+def test_the_session_makes_no_login_decision_of_its_own():
+    """Passwords, bindings and require_password are read in login.py only (the next login path
+    must call decide_login rather than grow its own checks)."""
+    import inspect
+    import redisgate.session as session_mod
+    source = inspect.getsource(session_mod)
+    for word in ("check_password", ".certificate", "require_password", "compare_digest"):
+        assert word not in source, word
