@@ -36,6 +36,13 @@ Contracts
   `SSLObject.getpeercert()` for a *verified* certificate. Exact matching only: no wildcards, the
   subject must carry exactly one CN, DNS names compare case-insensitively. A certificate that
   matches several users matches none (deny by default).
+* `load_binding_ca(value, base_dir, where, problems)` reads a user binding's `ca:` file;
+  `ca_scope_warnings(listeners, users)`: `check`'s warnings about bindings without `ca` when
+  listeners trust different client CAs, and about a binding `ca` no listener trusts. Which user
+  a certificate maps to (selector plus `ca`) is decided in login.py (`map_certificate`).
+* `TLSEngine.verified_chain`: the client's verified chain, leaf first (CPython 3.10+'s
+  `get_verified_chain`; only the leaf where it is missing), for binding CAs and the reload
+  re-check of a connection's CA.
 * `handshake_failure_reason(exc, first_byte)` turns whatever a failed handshake raised into a short,
   secret-free reason for the audit log.
 """
