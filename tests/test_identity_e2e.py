@@ -10,7 +10,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
 
 import pytest
 import yaml
