@@ -1,28 +1,31 @@
 #!/usr/bin/env bash
 # The one command that sets up a fresh Debian machine for the tests and runs the whole suite:
 #   bash scripts/test.sh [pytest args...]
-# It installs Debian's redis-server 7.0 / redis-tools / openssl (apt), the Python package with its
-# test extras (pip; this compiles the optional C modules redisgate/_speedups.c and _lane.c with
-# the machine's gcc), and builds legacy Redis 5.0.6 once (cached under ~/.cache/redisgate/redis5).
+# It installs Debian's redis-server 7.0 / redis-tools / openssl (apt), makes the virtual
+# environment .venv/ in the checkout (scripts/venv.sh: python3-venv, gcc and python3-dev from apt
+# where missing), installs the Python package with its test extras into it (pip; this compiles
+# the optional C modules redisgate/_speedups.c and _lane.c with the machine's gcc), builds legacy
+# Redis 5.0.6 once (cached under ~/.cache/redisgate/redis5), and runs pytest from the venv.
+# PYTHON=/path/to/python3 picks the interpreter the venv is made from.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-SUDO=""
-[ "$(id -u)" = 0 ] || SUDO="sudo"
 need_apt=""
 [ -x /usr/bin/redis-server ] || need_apt=1
 [ -x /usr/bin/redis-cli ] || need_apt=1
 [ -x /usr/bin/redis-benchmark ] || need_apt=1
 command -v openssl >/dev/null || need_apt=1
 if [ -n "$need_apt" ]; then
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
   echo "== installing redis-server, redis-tools, openssl (apt)"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server redis-tools openssl >/dev/null
 fi
 
-PY="${PYTHON:-python3}"
-echo "== installing redisgate with its test dependencies (pip)"
-"$PY" -m pip install -q --disable-pip-version-check -e ".[test]"
+# The venv (.venv/), with redisgate and its test extras installed in it: sets $PY.
+REDISGATE_EXTRAS="[test]" . scripts/venv.sh
+export PATH="$VENV/bin:$PATH"   # subprocesses of the tests find the venv's python and redisgate
 # The C modules (redisgate/_speedups.c: the parser's hot loops; _lane.c: a connection's steady
 # state) are optional for users: without a compiler the Python code does the same. The suite
 # tests both, so say loudly when the C side would be skipped, and in CI (CI=true) refuse to pass
