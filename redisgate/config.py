@@ -15,7 +15,9 @@ Contract of the file (keys are a public contract; extend, never rename)::
              allow_flush, allow_kill, allow_debug, allow_function, allow_any_script}
       # scripts: [<sha1>, <script name>, <named set>, {sha1: <own script>, like: <script name>}]
     acl_file: users.acl               # more users, in Redis's aclfile format
-    metrics: {address: 127.0.0.1:9121}
+    metrics: {address: 127.0.0.1:9121}  # the same listener as admin.listen
+    admin: {listen: 127.0.0.1:9121}     # HTTP: /metrics, /healthz, /readyz (redisgate.admin)
+    shutdown: {grace: 10s}              # SIGTERM: time for in-flight replies; durations 10s/500ms/5m/10
     limits: {max_clients, handshake_timeout, acl_log_max_len}
     pid_file: /run/redisgate.pid
     log: {level: info}
@@ -32,7 +34,8 @@ from typing import Any
 import yaml
 
 _REF = re.compile(r"\$\{([^}]*)\}")
-_KNOWN_TOP = {"listen", "upstream", "users", "acl_file", "metrics", "limits", "pid_file", "log"}
+_KNOWN_TOP = {"listen", "upstream", "users", "acl_file", "metrics", "limits", "pid_file", "log",
+              "admin", "shutdown"}
 _KNOWN_UPSTREAM = {"address", "username", "password", "db", "tls", "version", "connect_timeout",
                    "multiplex"}
 # upstream.multiplex: at most this many shared links (twemproxy keeps one).
@@ -106,6 +109,8 @@ class Config:
     max_args: int = 1024 * 1024
     pid_file: str | None = None
     log_level: str = "info"
+    admin_listen: tuple[str, int] | None = None   # admin.listen, or the older metrics.address
+    shutdown_grace: float = 10.0                  # shutdown.grace, seconds
     warnings: list[str] = field(default_factory=list)
 
 
@@ -124,6 +129,22 @@ def parse_address(text: Any, where: str, problems: list[str]) -> tuple[str, int]
         problems.append(f"{where}: port must be 1-65535, got {port!r}")
         return None
     return host, int(port)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)?")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any, where: str, problems: list[str]) -> float | None:
+    """``10s``, ``500ms``, ``5m``, ``1h`` or a plain number of seconds; never negative."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value >= 0:
+            return float(value)
+    elif isinstance(value, str) and (m := _DURATION.fullmatch(value.strip())):
+        return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    problems.append(f"{where}: expected a duration such as 10s, 500ms, 5m or a number of "
+                    f"seconds, got {value!r}")
+    return None
 
 
 def resolve_refs(text: str, where: str, problems: list[str], base_dir: Path) -> str | None:
@@ -243,6 +264,7 @@ def build_config(raw: Any, *, base_dir: Path = Path("."), path: Path | None = No
             problems.append("metrics: expected {address: host:port}")
         else:
             cfg.metrics_address = parse_address(metrics["address"], "metrics.address", problems)
+    _admin(raw, cfg, problems)
     limits = raw.get("limits") or {}
     if not isinstance(limits, dict):
         problems.append("limits: expected a mapping")
@@ -267,6 +289,29 @@ def build_config(raw: Any, *, base_dir: Path = Path("."), path: Path | None = No
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def _admin(raw: dict, cfg: Config, problems: list[str]) -> None:
+    """``admin: {listen}`` (``metrics: {address}`` names the same listener) and ``shutdown``."""
+    admin = raw.get("admin")
+    if admin is not None:
+        if not isinstance(admin, dict) or set(admin) != {"listen"}:
+            problems.append("admin: expected {listen: host:port}")
+        else:
+            cfg.admin_listen = parse_address(admin["listen"], "admin.listen", problems)
+            if cfg.metrics_address and cfg.admin_listen and cfg.metrics_address != cfg.admin_listen:
+                problems.append("admin.listen: metrics.address names the same (one) HTTP "
+                                "listener with another address; keep one of them")
+    if cfg.admin_listen is None:
+        cfg.admin_listen = cfg.metrics_address
+    shutdown = raw.get("shutdown")
+    if shutdown is not None:
+        if not isinstance(shutdown, dict) or set(shutdown) - {"grace"}:
+            problems.append("shutdown: expected {grace: <duration>}")
+        elif "grace" in shutdown:
+            grace = parse_duration(shutdown["grace"], "shutdown.grace", problems)
+            if grace is not None:
+                cfg.shutdown_grace = grace
 
 
 def _listeners(value: Any, problems: list[str]) -> list[Listener]:

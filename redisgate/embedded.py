@@ -6,13 +6,18 @@ can try the proxy on a machine with no Redis. It listens on 127.0.0.1 only, with
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+
+PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
 
 
 def redis_server_binary() -> str:
@@ -37,6 +42,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _die_with_parent(parent: int):
+    """The child's preexec_fn: the kernel sends it SIGTERM when the proxy dies, even by SIGKILL
+    (Linux; elsewhere stop() and the proxy's own shutdown end it)."""
+    prctl = None
+    if sys.platform.startswith("linux"):
+        try:   # looked up here, in the parent: no dlopen between fork and exec
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            pass
+
+    def preexec() -> None:
+        if prctl is not None and prctl(PR_SET_PDEATHSIG, signal.SIGTERM) == 0 \
+                and os.getppid() != parent:   # the proxy died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+    return preexec
+
+
 class EmbeddedRedis:
     """A private redis-server child process; ``stop()`` (or exit) ends it."""
 
@@ -53,8 +75,10 @@ class EmbeddedRedis:
         with os.fdopen(fd, "w") as f:
             f.write(f"port {self.port}\nbind 127.0.0.1\nsave \"\"\nappendonly no\n"
                     f"dir {self.dir}\nrequirepass {self.password.decode()}\n")
+        # (The death signal is tied to the thread that forks: start() runs on the main thread.)
         self.proc = subprocess.Popen([redis_server_binary(), conf], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+                                     stderr=subprocess.DEVNULL,
+                                     preexec_fn=_die_with_parent(os.getpid()))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

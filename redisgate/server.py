@@ -290,6 +290,8 @@ def _connect_failure(e: Exception) -> str:
 class ClientConnection(asyncio.Protocol):
     """One client: feeds the session, writes what it produced, opens the upstream on request."""
 
+    draining = False   # shutting down: what the client sends now is read and dropped (drain())
+
     def __init__(self, proxy: "Proxy", listener_tls=None):
         self.proxy = proxy
         self.listener_tls = listener_tls
@@ -341,6 +343,8 @@ class ClientConnection(asyncio.Protocol):
         self.pump()
 
     def data_received(self, data: bytes) -> None:
+        if self.draining:
+            return
         self._feed(self.session.client_data, data, upstream=False)
 
     def reloaded(self) -> None:
@@ -559,6 +563,38 @@ class ClientConnection(asyncio.Protocol):
             self._reading_held = False
             self.transport.resume_reading()
 
+    # -- graceful shutdown (Proxy.close)
+
+    def drain(self) -> None:
+        """Shutdown began: commands read so far still get their replies; what the client sends
+        from now on is read and dropped (read, so that closing never meets unread input and
+        resets the connection under replies still on their way)."""
+        self.draining = True
+        self.disarm_lane()
+        self.lane = None          # never armed again: every reply is counted in Python now
+        self._holds.clear()
+        if self._reading_held and not self.closed:
+            self._reading_held = False
+            self.transport.resume_reading()
+
+    def owes_replies(self) -> bool:
+        """Replies still due to commands read before drain() (a blocked BLPOP stays owed)."""
+        s = self.session
+        return not self.closed and not s.close and not s._dead and bool(s.slots or s._held or self.due)
+
+    def finish(self) -> None:
+        """Nothing owed: end the connection after the replies written so far. A plain TCP client
+        gets an EOF (half close) and is read, and what it sends dropped, until it closes."""
+        if self.closed:
+            return
+        transport = self.transport
+        # (uvloop's transports are no asyncio.Transport subclass; _TLSTransport has no EOF of
+        # its own: its close() sends TLS's close_notify)
+        if getattr(transport, "can_write_eof", None) is not None and transport.can_write_eof():
+            transport.write_eof()
+        else:
+            transport.close()
+
 
 # ...and when even locally answered replies pile up unread beyond this, stop reading the client.
 OUTPUT_LIMIT = 32 << 20
@@ -694,6 +730,7 @@ class Proxy:
         # RESP3 clients (go-redis) share links that speak their protocol.
         self.links = [SharedLink(self) for _ in range(config.upstream.multiplex)]
         self.links3 = [SharedLink(self, resp3=True) for _ in range(config.upstream.multiplex)]
+        self.shutting_down = False   # set the moment SIGTERM/SIGINT arrives (/readyz says 503)
         self._upstream_tls = None
         self._build_tls()
 
@@ -904,10 +941,36 @@ class Proxy:
         from .tls import ca_scope_warnings
         return ca_scope_warnings(self.listener_tls, self.gate.users)
 
-    async def close(self, timeout: float = 5.0) -> None:
-        """Stop accepting, then close clients; bounded by ``timeout``."""
+    async def close(self, timeout: float = 0.0) -> None:
+        """Stop, gracefully within ``timeout`` seconds (serve() gives shutdown.grace; 0: close
+        every connection at once): stop accepting; let
+        every client's commands read so far get their replies (new input is dropped); then end
+        each connection (EOF first: see ClientConnection.finish); whatever is still open at the
+        deadline (e.g. blocked in BLPOP) is closed."""
+        self.shutting_down = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         for srv in self.servers:
             srv.close()
+        for c in list(self.clients):
+            c.drain()
+        finished: set[ClientConnection] = set()
+        linger = None   # when every client had its replies: a moment to close its side
+        while self.clients and loop.time() < deadline:
+            for c in list(self.clients):
+                if c not in finished and not c.owes_replies():
+                    finished.add(c)
+                    c.finish()
+            if linger is None and finished >= self.clients:
+                linger = min(deadline, loop.time() + 0.5)
+            if linger is not None and loop.time() >= linger:
+                break
+            await asyncio.sleep(0.02)
+        if self.clients:
+            owed = sum(1 for c in self.clients if c.owes_replies())
+            if owed:
+                log.warning("shutdown: %d connection(s) still waiting for replies after %.3gs; "
+                            "closing them", owed, timeout)
         for c in list(self.clients):
             if c.transport is not None:
                 c.transport.close()
@@ -915,7 +978,7 @@ class Proxy:
             link.close()
         for srv in self.servers:
             try:
-                await asyncio.wait_for(srv.wait_closed(), timeout)
+                await asyncio.wait_for(srv.wait_closed(), max(1.0, deadline - loop.time()))
             except asyncio.TimeoutError:
                 pass
 
@@ -930,11 +993,29 @@ def _install_uvloop() -> None:
 
 
 async def serve(config: Config, ready=None, stop: asyncio.Event | None = None) -> None:
-    """Run until SIGINT/SIGTERM (or ``stop`` is set). SIGHUP reloads config and certificates."""
+    """Run until SIGINT/SIGTERM (or ``stop`` is set), then stop gracefully within
+    ``shutdown.grace`` (Proxy.close); a second SIGINT/SIGTERM exits at once. SIGHUP reloads
+    config and certificates."""
     proxy = Proxy(config)
     loop = asyncio.get_running_loop()
-    # Before start(): a SIGHUP while it probes the upstream must reload, not end the process.
+    stop = stop or asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            log.warning("%s again: exiting at once", signal.Signals(signum).name)
+            if config.pid_file:
+                Path(config.pid_file).unlink(missing_ok=True)
+            os._exit(128 + signum)
+        log.info("%s: shutting down (grace %.3gs)", signal.Signals(signum).name,
+                 proxy.config.shutdown_grace)
+        proxy.shutting_down = True
+        stop.set()
+
+    # Before start(): a SIGHUP while it probes the upstream must reload, not end the process;
+    # a SIGTERM then stops it as gracefully as later.
     loop.add_signal_handler(signal.SIGHUP, proxy.reload)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
     await proxy.start()
     from . import resp
     if resp._c_scan is None or Lane is None:
@@ -942,13 +1023,11 @@ async def serve(config: Config, ready=None, stop: asyncio.Event | None = None) -
                     "REDISGATE_PURE_PYTHON or REDISGATE_NO_LANE is set): the request parser or "
                     "the connections' steady state runs as pure Python (slower: see "
                     "bench/README.md)")
-    if config.metrics_address:
-        from . import metrics
-        metrics.start_http(*config.metrics_address)
-        log.info("metrics on http://%s:%d/metrics", *config.metrics_address)
-    stop = stop or asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    admin = None
+    if config.admin_listen:
+        from .admin import Admin
+        admin = Admin(proxy, *config.admin_listen)
+        admin.start()
     if config.pid_file:
         Path(config.pid_file).write_text(f"{os.getpid()}\n")
     if ready is not None:
@@ -957,9 +1036,13 @@ async def serve(config: Config, ready=None, stop: asyncio.Event | None = None) -
         await stop.wait()
     finally:
         log.info("shutting down")
-        await proxy.close()
+        # (proxy.config: a reload may have changed shutdown.grace)
+        await proxy.close(proxy.config.shutdown_grace)
+        if admin is not None:
+            await admin.stop()
         if config.pid_file:
             Path(config.pid_file).unlink(missing_ok=True)
+        log.info("stopped")
 
 
 def run(config: Config, ready=None) -> None:
