@@ -29,6 +29,9 @@ base_version="$("$BASE_PY" -c 'import sys; print(sys.version)')"
 if [ -x "$VENV/bin/python" ] && [ "$("$VENV/bin/python" -c 'import sys; print(sys.version)' 2>/dev/null)" != "$base_version" ]; then
   echo "== $VENV was made from another Python; making it again"
   rm -rf "$VENV"
+elif [ -e "$VENV" ] && ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+  echo "== $VENV is incomplete (no pip: an earlier attempt without python3-venv?); making it again"
+  rm -rf "$VENV"
 fi
 if [ ! -x "$VENV/bin/python" ]; then
   echo "== creating the virtual environment $VENV ($BASE_PY)"
