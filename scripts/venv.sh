@@ -56,5 +56,16 @@ if ! command -v gcc >/dev/null || [ ! -f "$("$PY" -c 'import sysconfig; print(sy
   fi
 fi
 
-echo "== installing redisgate${REDISGATE_EXTRAS:-} into $VENV (pip)"
-"$PY" -m pip install -q --disable-pip-version-check -e ".${REDISGATE_EXTRAS:-}"
+# pip runs again only when what it installs changed (the dependencies, or the C sources: then the
+# modules are compiled again), other extras are asked for, or a compiled module went missing.
+stamp="$VENV/.redisgate-installed"   # "<hash of the inputs> <extras>"
+want_hash="$(cat pyproject.toml setup.py redisgate/*.c redisgate/*.h | sha256sum | cut -d' ' -f1)"
+have="$(cat "$stamp" 2>/dev/null || true)"
+if [ "${have%% *}" != "$want_hash" ] \
+   || { [ -n "${REDISGATE_EXTRAS:-}" ] && [ "${have#* }" != "${REDISGATE_EXTRAS:-}" ]; } \
+   || ! ls redisgate/_speedups.*.so redisgate/_lane.*.so >/dev/null 2>&1; then
+  echo "== installing redisgate${REDISGATE_EXTRAS:-} into $VENV (pip)"
+  rm -f "$stamp"
+  "$PY" -m pip install -q --disable-pip-version-check -e ".${REDISGATE_EXTRAS:-}"
+  echo "$want_hash ${REDISGATE_EXTRAS:-}" > "$stamp"
+fi
