@@ -262,3 +262,47 @@ def test_embedded_redis_stops_with_the_proxy(tmp_path, verb, how):
             assert proc.returncode == 0
     finally:
         reap(proc)
+
+
+def test_sigterm_drains_a_tls_client(tmp_path, redis7):
+    """On a TLS listener the drain ends with TLS's close_notify: the client still gets every
+    reply to what the proxy had read."""
+    import ssl
+    subprocess.run([sys.executable, "-m", "redisgate", "certs", "--out", str(tmp_path / "pki")],
+                   check=True, capture_output=True, timeout=60)
+    port = free_port()
+    cfg = write(tmp_path, {"listen": [{"address": f"127.0.0.1:{port}",
+                                       "tls": {"cert": "pki/server.crt", "key": "pki/server.key"}}],
+                           "upstream": redis7.upstream, "users": {"a": f"on {H} ~t:* +incr"}})
+    redis7.admin().delete("t:1")
+    proc = start("serve", "--config", cfg)
+    try:
+        wait_port(port, proc)
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "pki" / "ca.crt"))
+        s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), 5), server_hostname="localhost")
+        s.sendall(b"*3\r\n$4\r\nAUTH\r\n$1\r\na\r\n$2\r\npw\r\n")
+        reader = hiredis.Reader()
+        replies: list = []
+
+        def read_until(n):
+            while len(replies) < n:
+                data = s.recv(65536)
+                if not data:
+                    return False
+                reader.feed(data)
+                while (r := reader.gets()) is not False:
+                    replies.append(r)
+            return True
+
+        assert read_until(1) and replies == [b"OK"]
+        s.sendall(b"*2\r\n$4\r\nINCR\r\n$3\r\nt:1\r\n" * 2000)
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        read_until(10 ** 9)   # to the clean end
+        s.close()
+        assert proc.wait(15) == 0
+    finally:
+        reap(proc)
+    got = replies[1:]
+    assert got == list(range(1, len(got) + 1)) and got
+    assert int(redis7.admin().get("t:1")) == len(got)
