@@ -35,6 +35,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Iterator
 
+from . import options
+
 __all__ = [
     "KeyFlag", "KeyExtractionError", "CommandSpec", "CommandTable", "KeySpec", "TABLE",
     "commands_in_category", "categories", "available", "sort_pattern_option",
@@ -88,10 +90,8 @@ def _err(text: str) -> bytes:
 
 # --- C semantics the extraction depends on -------------------------------------------------------
 
-def _cl(arg: bytes) -> bytes:
-    """An argument as `strcasecmp` sees it: cut at the first NUL, lower-cased (ASCII only)."""
-    i = arg.find(b"\0")
-    return (arg if i < 0 else arg[:i]).lower()
+# `strcasecmp(arg, "word")` is `_cl(arg) == b"word"`: every option word below goes through it.
+_cl = options.word
 
 
 _LL = re.compile(rb"0|-?[1-9][0-9]*")

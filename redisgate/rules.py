@@ -71,6 +71,8 @@ from typing import Any, Iterable
 
 from . import errors
 from .glob import compile_pattern
+from .options import parse_options, word
+from .secret_config import config_get_reveals_secret
 
 __all__ = ["RuleError", "Denial", "User", "parse_user", "parse_aclfile", "split_args",
            "CATEGORY_ORDER"]
@@ -114,7 +116,7 @@ _INT_RE = re.compile(rb"-?[1-9][0-9]*|0")   # Redis string2ll: no sign '+', no l
 _startswith = bytes.startswith
 
 # Special handling codes, by command bit.
-_PLAIN, _KEYSPACE, _SCRIPT, _SELECT, _COPY = 0, 1, 2, 3, 4
+_PLAIN, _KEYSPACE, _SCRIPT, _SELECT, _COPY, _CONFIG_GET = 0, 1, 2, 3, 4, 5
 _UNCOMPILED = object()   # User._fast: not compiled yet
 _BY_SHA = 2          # _compile_fast: a script command judged by its SHA1 first
 _EVALSHA_NAMES = frozenset({"evalsha", "evalsha_ro"})
@@ -183,7 +185,7 @@ class Denial:
             return errors.noperm_channel(version, who)
         name = self.command or (self.object if isinstance(self.object, str) else "")
         line = errors.noperm_command(version, who, name)
-        if self.kind == "script" and self.reason:
+        if self.kind in ("script", "secret") and self.reason:
             # A refusal Redis would not make: say why (the script allowlist, a contract, a flag).
             why = self.reason.replace("\r", " ").replace("\n", " ")
             line = line[:-2] + b": " + why.encode("utf-8", "backslashreplace") + b"\r\n"
@@ -235,6 +237,8 @@ class _Catalog:
                 code = _SELECT
             elif name == "copy":
                 code = _COPY
+            elif name == "config|get":
+                code = _CONFIG_GET
             elif name in _KEYSPACE_COMMANDS or name.split("|", 1)[0] in _KEYSPACE_CONTAINERS:
                 code = _KEYSPACE
             else:
@@ -984,7 +988,7 @@ class User:
             # 1. The command bit, or an allowed first argument.
             if not sel.bits[bit]:
                 allowed_args = sel.firstargs.get(bit)
-                if allowed_args is None or len(args) < 2 or _lower(args[1]) not in allowed_args:
+                if allowed_args is None or len(args) < 2 or word(args[1]) not in allowed_args:
                     if relevant is None:
                         relevant = (1, 0, "command", spec.name)
                     continue
@@ -1025,6 +1029,13 @@ class User:
                 stricter = stricter or Denial(
                     "script", spec.name, "scripts are refused for users with restricted keys or "
                     "commands unless allowlisted", spec.name, self.name)
+                continue
+            if special == _CONFIG_GET and config_get_reveals_secret(args[2:]):
+                # Refused for every user, allkeys and report-only included (session.py).
+                stricter = stricter or Denial(
+                    "secret", spec.name, "CONFIG GET would reveal the credentials redisgate "
+                    "uses upstream (a *pass* parameter, masterauth or masteruser)", spec.name,
+                    self.name)
                 continue
             if sel.allkeys or not _reaches_beyond(special, args, db):
                 return None
@@ -1112,17 +1123,33 @@ class User:
 
 def _reaches_beyond(special: int, args: list[bytes], db) -> bool:
     """Does this keyspace-wide command reach beyond the user's own keys / database?"""
-    if special == _KEYSPACE:
+    if special in (_KEYSPACE, _CONFIG_GET):
         return True
     allowed = {db} if isinstance(db, int) else db
     if special == _SELECT:
         return len(args) < 2 or not _is_db(args[1], allowed)
     if special == _COPY:
-        for i in range(3, len(args)):
-            if _lower(args[i]) == b"db":
-                return i + 1 >= len(args) or not _is_db(args[i + 1], allowed)
-        return False
+        dbs = copy_db_operands(args)
+        # Only the last DB is written into, but every one is parsed first: anything but a plain
+        # allowed integer is refused here even where Redis would then refuse it too.
+        return bool(dbs) and (not _is_db(dbs[-1], allowed)
+                              or any(_INT_RE.fullmatch(d) is None for d in dbs))
     return False
+
+
+_COPY_OPTIONS = {b"replace": 0, b"db": 1}
+
+
+def copy_db_operands(args: list[bytes]) -> tuple[bytes, ...] | None:
+    """The DB operands of `COPY source destination [DB n] [REPLACE]`, in order, as copyCommand
+    (Redis 7.0 db.c) reads its options: words compared with strcasecmp (options.word), a DB takes
+    the next argument whatever it is, the last DB is the one written into. () without DB (COPY
+    stays in the connection's database); None for a syntax error, which Redis refuses before
+    copying anything."""
+    parsed = parse_options(args, 3, _COPY_OPTIONS)
+    if parsed.error is not None:
+        return None
+    return tuple(o.values[0] for o in parsed.all(b"db"))
 
 
 def _is_db(arg: bytes, allowed) -> bool:

@@ -328,7 +328,9 @@ class Session:
                 req = Request(confined, None)   # re-encoded: it may carry an added MATCH
         if denial is not None:
             self._record_denial(denial, spec)
-            if not (user.report_only or entry.learn):
+            # A "secret" refusal (CONFIG GET of the upstream's credentials) holds in report-only
+            # and learn mode too: reporting it after the secret left would be too late.
+            if not (user.report_only or entry.learn) or denial.kind == "secret":
                 return self._reject(denial.reply(version, self.username))
         if entry.learn:
             self.gate.learner(self.username).observe(spec, args)
@@ -497,7 +499,8 @@ class Session:
         obj = denial.object if isinstance(denial.object, str) else \
             denial.object.decode("utf-8", "backslashreplace")
         self.gate.acl_log.add(denial.kind, context, obj, self.username, self.client_info)
-        mode = "report-only" if self.user_entry.user.report_only or self.user_entry.learn else "denied"
+        mode = "report-only" if (self.user_entry.user.report_only or self.user_entry.learn) \
+            and denial.kind != "secret" else "denied"
         audit.info("%s user=%s command=%s kind=%s object=%.128s reason=%s client=%s", mode,
                    self.username, spec.name, denial.kind, obj, denial.reason, self.client_info)
         _metric("denied", self.username, denial.kind, mode)

@@ -14,9 +14,13 @@ def test_scan_without_match_gets_the_prefix_appended():
     assert confine("scan", [b"SCAN", b"0", b"COUNT", b"10"], b"t1:")[-2:] == [b"MATCH", b"t1:*"]
 
 
-def test_match_inside_the_prefix_passes_unchanged():
-    args = [b"SCAN", b"0", b"MATCH", b"t1:user:*", b"TYPE", b"string"]
+def test_match_inside_the_prefix_passes_and_always_ends_the_line():
+    args = [b"SCAN", b"0", b"TYPE", b"string", b"MATCH", b"t1:user:*"]
     assert confine("scan", args, b"t1:") == args
+    # Another option after the MATCH: the user's MATCH is repeated last, so Redis's last-wins
+    # reading lands on it whatever the proxy made of the arguments before.
+    args = [b"SCAN", b"0", b"MATCH", b"t1:user:*", b"TYPE", b"string"]
+    assert confine("scan", args, b"t1:") == args + [b"MATCH", b"t1:user:*"]
     assert confine("keys", [b"KEYS", b"t1:*"], b"t1:") == [b"KEYS", b"t1:*"]
 
 
