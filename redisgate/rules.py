@@ -24,8 +24,8 @@ sets and commands with the real server's ACL DRYRUN):
 * Allowing or blocking a container command (`+config`) applies to all its subcommands; `+@cat` and
   `-@cat` apply to every command in the category and, for a container in it, to all its subcommands,
   then to each subcommand that is itself in the category.
-* `+cmd|arg` on a command without subcommands allows that first argument (compared
-  case-insensitively) while the command's bit is off; `-cmd|arg` is an unknown command.
+* `+cmd|arg` on a command without subcommands allows that first argument (compared with
+  strcasecmp, options.word: case-insensitive, up to a NUL) while the command's bit is off; `-cmd|arg` is an unknown command.
 * Keys: a key spec's flags decide which patterns apply: ACCESS needs a read (`%R`) pattern,
   INSERT/DELETE/UPDATE a write (`%W`) pattern, both need a pattern with both, a key with none of
   those flags (EXISTS, TYPE, ...) is checked against every pattern. `~*`/`allkeys` skip the check.
@@ -51,6 +51,9 @@ Stricter than Redis (documented refusals, `Denial.kind` tells them apart from Re
   the declared KEYS passed; without one only a selector with allkeys and every command may run
   scripts. (Such a selector may run anything anyway, including PUBLISH from a script whatever its
   channel patterns say.)
+* kind "secret" — CONFIG GET whose patterns could return the upstream's credentials (see
+  secret_config.py) is refused for every user, before its rules are looked at; the session
+  enforces it in report-only and learn mode too.
 * Tokens containing a NUL byte (other than `>`/`<` passwords) are refused; Redis would silently
   cut them at the NUL. A PSUBSCRIBE pattern is compared with the whole allowed pattern; Redis's
   `strcmp` would stop at a NUL in the channel.
@@ -162,8 +165,8 @@ def _redact(token: str | None) -> str | None:
 class Denial:
     """Why `User.judge` refused a command.
 
-    kind    "command" | "key" | "channel" (Redis would refuse too) or "keyspace" | "script" (the
-            proxy is stricter than Redis, see the module docstring)
+    kind    "command" | "key" | "channel" (Redis would refuse too) or "keyspace" | "script" |
+            "secret" (the proxy is stricter than Redis, see the module docstring)
     object  the command name (str) for command/keyspace/script, the key or channel (bytes)
     reason  a short human explanation for logs and ACL LOG
     command the table name of the refused command (`"config|set"`), used by the NOPERM text
@@ -979,6 +982,12 @@ class User:
         bit = spec.bit
         cat = self._cat
         special = cat.special[bit]
+        if special == _CONFIG_GET and config_get_reveals_secret(args[2:]):
+            # Refused for every user, whatever its rules, before they are looked at: with
+            # allkeys and +@all, and in report-only or learn mode too (session.py).
+            return Denial("secret", spec.name, "CONFIG GET would reveal the credentials "
+                          "redisgate uses upstream (a *pass* parameter, masterauth or "
+                          "masteruser)", spec.name, self.name)
         keys = None
         # Redis's "relevant error" (ACLCheckAllUserCommandPerm): the highest ACL_DENIED_* value
         # (command 1, key 2, channel 4), then the highest argument index.
@@ -1029,13 +1038,6 @@ class User:
                 stricter = stricter or Denial(
                     "script", spec.name, "scripts are refused for users with restricted keys or "
                     "commands unless allowlisted", spec.name, self.name)
-                continue
-            if special == _CONFIG_GET and config_get_reveals_secret(args[2:]):
-                # Refused for every user, allkeys and report-only included (session.py).
-                stricter = stricter or Denial(
-                    "secret", spec.name, "CONFIG GET would reveal the credentials redisgate "
-                    "uses upstream (a *pass* parameter, masterauth or masteruser)", spec.name,
-                    self.name)
                 continue
             if sel.allkeys or not _reaches_beyond(special, args, db):
                 return None

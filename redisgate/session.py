@@ -1012,7 +1012,17 @@ _LOCAL_FIRST = {
     "quit": Session._cmd_quit,
     "reset": Session._cmd_reset,
 }
+def _cmd_slowlog_get(self, spec, args, req) -> None:
+    """Redis 5 keeps AUTH in its slow log with the password in clear: the proxy's own upstream
+    login would be readable. From 6.0 on Redis writes "(redacted)" and SLOWLOG GET passes."""
+    if self.gate.upstream_version < (6, 0, 0):
+        return self._reject(error("ERR SLOWLOG GET is refused by redisgate on Redis before 6.0: "
+                                  "its slow log shows the proxy's upstream password"))
+    self._forward(req, shared_ok=shareable(spec))
+
+
 _HANDLERS = {
+    "slowlog|get": _cmd_slowlog_get,
     "select": Session._cmd_select,
     "sort": Session._cmd_sort,
     "sort_ro": Session._cmd_sort,
