@@ -28,6 +28,7 @@ from .commands import TABLE, KeyExtractionError, _string2ll, sort_pattern_option
 from .confine import confine
 from .gate import Gate, audit
 from .login import CertIdentity, Method, Via, automatic_candidate, decide_login
+from .options import is_word, word
 from .resp import (Batch, ProtocolError, ReplyScanner, Request, RequestParser, array, bulk,
                    encode_command, error, integer, map_)
 from .scripts import queue_of
@@ -709,9 +710,11 @@ class Session:
             from .commands import categories, commands_in_category
             if len(args) == 2:
                 return self._local(array([bulk(c.encode()) for c in categories()]))
-            cat = args[2].decode("utf-8", "replace").lower()
+            # ACLGetCommandCategoryFlagByName: strcasecmp; the error prints the C string (%.128s)
+            cat = word(args[2]).decode("utf-8", "replace")
             if cat not in categories():
-                return self._local(error(f"ERR Unknown category '{cat}'"))
+                shown = args[2].split(b"\0", 1)[0][:128].decode("utf-8", "replace")
+                return self._local(error(f"ERR Unknown category '{shown}'"))
             return self._local(array([bulk(s.name.encode()) for s in commands_in_category(cat)]))
         if name == "acl|log":
             return self._acl_log(args)
@@ -738,7 +741,7 @@ class Session:
     def _acl_log(self, args) -> None:
         log_ = self.gate.acl_log
         if len(args) == 3:
-            if args[2].lower() == b"reset":
+            if is_word(args[2], b"reset"):
                 log_.reset()
                 return self._local(OK)
             try:

@@ -447,3 +447,14 @@ def test_xread_streams_word_in_every_form_reads_only_the_users_streams(redis7, g
         c.execute_command(b"XREAD", streams, b"app:xs", b"other:xs", b"0", b"0")
     assert c.execute_command(b"XREAD", streams, b"app:xs", b"0")
     admin.delete("other:xs", "app:xs")
+
+
+def test_acl_cat_and_acl_log_reset_read_their_words_as_redis7(redis7, gate7):
+    c = _raw(gate7, "app")
+    admin = redis7.admin()
+    for cat in (b"Read\x00x", b"READ"):
+        assert sorted(c.execute_command("ACL", "CAT", cat)) == \
+            sorted(admin.execute_command("ACL", "CAT", cat))
+    for cat in (b"Foo", b"Foo\x00bar"):
+        assert _run(c, ["ACL", "CAT", cat]) == _run(admin, ["ACL", "CAT", cat])
+    assert c.execute_command("ACL", "LOG", b"RESET\x00x") == b"OK"
