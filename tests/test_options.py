@@ -458,3 +458,55 @@ def test_acl_cat_and_acl_log_reset_read_their_words_as_redis7(redis7, gate7):
     for cat in (b"Foo", b"Foo\x00bar"):
         assert _run(c, ["ACL", "CAT", cat]) == _run(admin, ["ACL", "CAT", cat])
     assert c.execute_command("ACL", "LOG", b"RESET\x00x") == b"OK"
+
+
+def _sort_lines(rng: random.Random, n: int) -> list[list[bytes]]:
+    opts = [
+        lambda: [rng.choice([b"BY", b"by\x00", b"By\x00x"]), rng.choice([b"app:w_*", b"nosort",
+                                                                      b"other:*", b"app:w"])],
+        lambda: [rng.choice([b"GET", b"get\x00", b"gEt\x00#"]), rng.choice([b"#", b"app:v_*"])],
+        lambda: [rng.choice([b"LIMIT", b"limit\x00"]), b"0", rng.choice([b"1", b"x"])],
+        lambda: [rng.choice([b"ALPHA", b"alpha\x00", b"DESC\x00", b"ASC"])],
+        lambda: [rng.choice([b"STORE", b"store\x00"]), rng.choice([b"app:d", b"other:d"])],
+        lambda: [rng.choice([b"GETX", b"B\x00Y"])],
+    ]
+    out = []
+    for _ in range(n):
+        line = [rng.choice([b"SORT", b"SORT_RO"]), b"app:l"]
+        for _ in range(rng.randint(1, 3)):
+            line += rng.choice(opts)()
+        out.append(line)
+    return out
+
+
+def test_sort_options_in_every_form_answer_as_a_redis7_user_with_the_same_rules(redis7, gate7):
+    """SORT/SORT_RO with BY/GET/LIMIT/STORE words in every form, sent by a restricted user to
+    the proxy and by the same user straight to Redis 7: the same reply, and through the proxy
+    nothing outside `app:*` is written."""
+    rng = random.Random(SEED + 3)
+    admin = redis7.admin()
+    admin.execute_command("ACL", "SETUSER", "optsort", "on", ">pw", "~app:*", "&*", "+@all")
+    direct_user = redis7.client(username="optsort", password="pw")
+    c = _raw(gate7, "app")
+    same = hardened = pattern_refusals = 0
+    try:
+        for args in _sort_lines(rng, 150):
+            admin.delete("app:l", "app:d", "other:d")
+            admin.rpush("app:l", "2", "1")
+            direct = _run(direct_user, args)
+            wrote_other = admin.exists("other:d")
+            admin.delete("app:l", "app:d", "other:d")
+            admin.rpush("app:l", "2", "1")
+            via = _run(c, args)
+            assert not admin.exists("other:d"), (args, via)
+            if wrote_other:     # Redis 7.0 checks the first STORE, writes the last: hardened
+                assert via[0] == "noperm", (args, via)
+                hardened += 1
+            else:
+                assert via == direct, (args, via, direct)
+                same += 1
+                pattern_refusals += "insufficient ACL permissions" in str(via[1])
+    finally:
+        admin.execute_command("ACL", "DELUSER", "optsort")
+        admin.delete("app:l", "app:d", "other:d")
+    assert same > 100 and pattern_refusals > 20, (same, hardened, pattern_refusals)
