@@ -540,14 +540,14 @@ class Session:
         setname = None
         i = 2
         while i < len(args):
-            opt = args[i].split(b"\0", 1)[0]   # a C string: strcasecmp stops at a NUL
+            opt = args[i].split(b"\0", 1)[0]   # as Redis prints it (%s stops at a NUL)
             more = len(args) - i - 1
-            if opt.lower() == b"auth" and more >= 2:
+            if is_word(args[i], b"auth") and more >= 2:
                 err = self._authenticate(args[i + 1], args[i + 2], via=Via.HELLO)
                 if err is not None:
                     return self._hello_failed(err, setname)
                 i += 3
-            elif opt.lower() == b"setname" and more >= 1:
+            elif is_word(args[i], b"setname") and more >= 1:
                 if not _valid_client_name(args[i + 1]):
                     return self._hello_failed(error("ERR Client names cannot contain spaces, "
                                                     "newlines or special characters."), setname)
