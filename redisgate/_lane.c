@@ -18,7 +18,9 @@
  *                        exact set or passes its match; an EVALSHA entry (session.SCRIPT)
  *                        holds the forms of the calls the judge allowed, per SHA1 and queue
  *                        (Session._lane_script), and the call must fit one (script_passes).
- *                        Then due += how many. On a dedicated link it writes the upstream; on
+ *                        Then due += how many, never past `window` (a read that would pass
+ *                        it goes to Python, which holds what does not fit: flow control).
+ *                        On a dedicated link it writes the upstream; on
  *                        a shared one (`link`, `owner`) it does what ClientConnection.pump and
  *                        SharedLink.send do.
  *   upstream_data(data)  (dedicated link) passes `data` to the client when it is nothing but
@@ -55,6 +57,8 @@ typedef struct {
     Py_ssize_t due;             /* replies still due to commands the lane forwarded */
     Py_ssize_t max_args, max_bulk;
     Py_ssize_t passed;          /* requests the lane forwarded (a statistic for tests) */
+    Py_ssize_t window;          /* never more than this many replies due: past it, Python's
+                                   path (server.ClientConnection's window) takes the read */
 } Lane;
 
 static void
@@ -116,6 +120,7 @@ lane_init(Lane *self, PyObject *args, PyObject *kwds)
     self->client_slow = client_slow;
     self->upstream_slow = upstream_slow;
     self->due = self->passed = 0;
+    self->window = PY_SSIZE_T_MAX;
     return 0;
 }
 
@@ -521,6 +526,8 @@ lane_client_data(Lane *self, PyObject *data)
             goto error;
         if (ok == 0 || self->known == NULL)   /* (a match callable could have disarmed us) */
             goto slow;
+        if (self->due + count >= self->window)   /* (the window is full: Python holds the rest) */
+            goto slow;
         count++;
         p = next;
     }
@@ -589,11 +596,38 @@ lane_get_passed(Lane *self, void *closure)
     return PyLong_FromSsize_t(self->passed);
 }
 
+static PyObject *
+lane_get_window(Lane *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->window);
+}
+
+static int
+lane_set_window(Lane *self, PyObject *value, void *closure)
+{
+    Py_ssize_t v;
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "Lane.window cannot be deleted");
+        return -1;
+    }
+    v = PyLong_AsSsize_t(value);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v < 1) {
+        PyErr_SetString(PyExc_ValueError, "Lane.window must be at least 1");
+        return -1;
+    }
+    self->window = v;
+    return 0;
+}
+
 static PyGetSetDef lane_getset[] = {
     {"armed", (getter)lane_get_armed, NULL, "whether the lane is taking traffic", NULL},
     {"due", (getter)lane_get_due, NULL, "replies still due to commands the lane forwarded", NULL},
     {"passed", (getter)lane_get_passed, NULL, "requests the lane has forwarded", NULL},
     {"shared", (getter)lane_get_shared, NULL, "armed on a shared upstream link", NULL},
+    {"window", (getter)lane_get_window, (setter)lane_set_window,
+     "the most replies that may be due: a read that would pass it goes to Python", NULL},
     {NULL},
 };
 

@@ -44,7 +44,8 @@ MAX_SHARED_LINKS = 64
 _SCRIPT_FLAGS = ("allow_flush", "allow_kill", "allow_debug", "allow_function", "allow_any_script")
 _KNOWN_USER = {"rules", "profile", "profiles", "queues", "scripts", "report_only", "learn",
                "certificate", "require_password", "databases", "confine_scan", *_SCRIPT_FLAGS}
-_KNOWN_LIMITS = {"max_clients", "handshake_timeout", "acl_log_max_len", "max_bulk", "max_args"}
+_KNOWN_LIMITS = {"max_clients", "handshake_timeout", "acl_log_max_len", "max_bulk", "max_args",
+                 "memory_budget"}
 
 
 class ConfigError(Exception):
@@ -107,6 +108,7 @@ class Config:
     acl_log_max_len: int = 128
     max_bulk: int = 512 * 1024 * 1024
     max_args: int = 1024 * 1024
+    memory_budget: int = 256 << 20          # bytes of client data buffered in all (server.py)
     pid_file: str | None = None
     log_level: str = "info"
     admin_listen: tuple[str, int] | None = None   # admin.listen, or the older metrics.address
@@ -275,6 +277,8 @@ def build_config(raw: Any, *, base_dir: Path = Path("."), path: Path | None = No
             problems.append(f"{where}: unknown limit (known: {', '.join(sorted(_KNOWN_LIMITS))})")
         elif isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
             problems.append(f"{where}: expected a positive number, got {value!r}")
+        elif key == "memory_budget" and value < 1 << 20:
+            problems.append(f"{where}: expected at least 1048576 (bytes), got {value!r}")
         else:
             setattr(cfg, key, value if key == "handshake_timeout" else int(value))
     pid_file = raw.get("pid_file")

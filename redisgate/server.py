@@ -5,9 +5,15 @@ client authenticated); or, with ``upstream.multiplex: N``, N shared links (``Sha
 carry every client's stateless commands until a client needs a connection of its own (see
 session.Session.shared and mux.Demux). Writes are coalesced per event-loop turn: each
 ``data_received`` ends in at most one ``write`` per direction, and a shared link writes what all
-its clients sent in one turn at once. Flow control: a client that does not read pauses its upstream,
-an upstream that does not drain pauses its client, and a client that lets more than OUTPUT_LIMIT
-of replies pile up unread (e.g. refusals the proxy answers itself) is no longer read.
+its clients sent in one turn at once.
+
+Flow control (see ClientConnection): a client whose replies pile up unread (its transport past
+its high-water mark) is no longer read, and its upstream no longer read either on a connection
+of its own; the proxy never has more than a window of a client's commands forwarded and
+unanswered (a few, for big replies), so what a client that stops reading can make Redis or the
+proxy hold is bounded; a client that does not read its errors before login is closed past
+PRELOGIN_OUTPUT_LIMIT; and past `limits.memory_budget` of buffered client data in all, no client
+is read until it is back under (Proxy.check_budget).
 """
 from __future__ import annotations
 
@@ -309,6 +315,14 @@ class ClientConnection(asyncio.Protocol):
         self.accounted = 0                    # the session's `expected` already sent on it
         self.due = 0                          # replies still due on it
         self._await_drain = False             # own upstream ready, shared replies still due
+        # Flow control: the most replies that may be due (forwarded, not yet come back); what
+        # the client sent past that waits in `_backlog` (one read at most: reading is held).
+        # The window is WINDOW_BYTES of replies at the size they have been coming back, within
+        # WINDOW_START (before any came back) .. WINDOW_MAX.
+        self._window = WINDOW_START
+        self._reply_size = 0                  # bytes per reply lately; 0: none seen yet
+        self._reply_bytes = 0                 # bytes of replies not ended yet
+        self._backlog: bytes | None = None
         self.lane = None
         if Lane is not None:
             # The event loop calls data_received (looked up when the transport is made): the
@@ -334,6 +348,8 @@ class ClientConnection(asyncio.Protocol):
         self.session = Session(proxy.gate, info, identity)
         self.session.lane_scripts = self.lane is not None
         proxy.clients.add(self)
+        if proxy.over_budget:
+            self.hold_input("budget", True)
         from . import metrics
         metrics.connection_opened()
         if len(proxy.clients) > proxy.gate.config.max_clients:
@@ -345,7 +361,7 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.draining:
             return
-        self._feed(self.session.client_data, data, upstream=False)
+        self._feed(self._client_data, data, upstream=False)
 
     def reloaded(self) -> None:
         """The configuration was reloaded: the session re-checks its user now (not at its next
@@ -360,7 +376,81 @@ class ClientConnection(asyncio.Protocol):
 
     def upstream_data(self, data: bytes) -> None:
         """Bytes from this client's own upstream connection."""
+        self.disarm_lane()
+        due = self._due()
         self._feed(self.session.upstream_data, data, upstream=True)
+        self._replies_came(len(data), due - self._due())
+
+    # -- flow control
+
+    def _due(self) -> int:
+        """Replies the client is owed that are not in the proxy yet (or answered here, waiting
+        behind them): the session's reply slots (the lane disarmed)."""
+        return sum([slot[1] or 1 for slot in self.session.slots]) if self.session.slots else 0
+
+    def _replies_came(self, size: int, replies: int) -> None:
+        """`size` bytes of replies came from the upstream, ending `replies` of them: the window
+        follows the size replies have (a reply still coming is at least as big as its bytes)."""
+        self._reply_bytes += size
+        if replies <= 0:
+            if self._reply_bytes <= self._reply_size:
+                return
+            per = self._reply_bytes
+        else:
+            per = self._reply_bytes // replies
+            self._reply_bytes = 0
+        seen = self._reply_size
+        # Up at once, down by halves: a client cannot shrink it with one small reply.
+        self._reply_size = per if per >= seen or not seen else (seen + per) // 2
+        self._window = max(1, min(WINDOW_MAX, WINDOW_BYTES // max(self._reply_size, 1)))
+
+    def _client_data(self, data: bytes) -> None:
+        """The client's bytes to the session, as many requests as the window has room for
+        (whole reads while it is far from full); the rest waits in `_backlog`."""
+        backlog, self._backlog = self._backlog, None
+        if backlog is not None:
+            data = backlog + data if data else backlog
+        session = self.session
+        step = session.client_data
+        while data and not self._output_paused:   # (resume_writing brings it back)
+            room = self._window - self._due()
+            if room <= 0:
+                break
+            if len(data) > room * SMALLEST_REQUEST:   # could hold more than `room` requests
+                cut = requests_end(data, room)
+                piece, data = data[:cut], data[cut:]
+            else:
+                piece, data = data, b""
+            step(piece)
+            if session.close or self.closed:
+                break
+        if data and not session.close and not self.closed:
+            self._backlog = data
+            self.proxy.heavy.add(self)
+            self.hold_input("window", True)
+        else:
+            self.hold_input("window", False)
+            if not self._output_paused:
+                self.proxy.heavy.discard(self)
+
+    def evict(self, why: str) -> None:
+        """Close at once, dropping what the client has not read (a closing transport would keep
+        it until read)."""
+        log.warning("closing %s: %s", self.session.client_info, why)
+        self.session.close = True
+        self.closed = True
+        self._backlog = None
+        self.proxy.heavy.discard(self)
+        self.transport.abort()
+
+    def buffered(self) -> int:
+        """Bytes this client has in the proxy: unwritten replies, unread-by-Redis commands."""
+        size = len(self._backlog) if self._backlog is not None else 0
+        if self.transport is not None:
+            size += self.transport.get_write_buffer_size()
+        if self.session is not None:
+            size += self.session.held_bytes()
+        return size
 
     def _feed(self, step, data: bytes, upstream: bool) -> None:
         """Give bytes to the session (`step`), the lane disarmed first; then pump()."""
@@ -390,8 +480,9 @@ class ClientConnection(asyncio.Protocol):
         """Hand the steady state to the C lane when the session is in it (see _lane.c): on
         its own upstream connection, or on a shared link (whose replies to it the link's
         Router then routes in C)."""
-        if self.closed or self._await_drain or self.lane.armed:
-            return
+        if self.closed or self._await_drain or self.lane.armed or self._backlog is not None:
+            return   # (with a backlog, replies come through Python: they release it)
+        self.lane.window = self._window
         link = self.link
         if link is not None:
             handed = self.session.lane_handover(on_link=self.due)
@@ -414,8 +505,11 @@ class ClientConnection(asyncio.Protocol):
         if out:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
-            if self._output_paused and self.transport.get_write_buffer_size() > OUTPUT_LIMIT:
-                self.hold_input("output", True)
+            if s.user_entry is None and \
+                    self.transport.get_write_buffer_size() > PRELOGIN_OUTPUT_LIMIT:
+                # Errors answered before login pile up unread: nothing to wait for.
+                return self.evict(f"over {PRELOGIN_OUTPUT_LIMIT} bytes of replies unread "
+                                  "before login")
         out = s.to_upstream
         if out:
             link = self.link
@@ -442,6 +536,9 @@ class ClientConnection(asyncio.Protocol):
             asyncio.ensure_future(self._connect())
         if s.close and not self.closed:
             self.transport.close()
+        elif self._backlog is not None and not self.closed and not self._output_paused \
+                and self._window > self._due():
+            self._feed(self._client_data, b"", upstream=False)   # replies came: room again
         elif self.lane is not None:
             self.arm_lane()
 
@@ -478,6 +575,7 @@ class ClientConnection(asyncio.Protocol):
             if not self.due:
                 self._leave_link()
             return
+        self._replies_came(len(data), replies)
         session = self.session
         try:
             if whole:
@@ -517,6 +615,8 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self.closed = True
         self.proxy.clients.discard(self)
+        self.proxy.heavy.discard(self)
+        self._backlog = None
         if self.lane is not None:
             self.disarm_lane()
             self.lane = None      # (it refers back to this object: no cycle left behind)
@@ -531,25 +631,32 @@ class ClientConnection(asyncio.Protocol):
         self.upstream_write = None
 
     def pause_writing(self):
-        # The client reads slower than replies come: stop reading the upstream's replies...
+        # The client reads slower than replies come: stop reading the upstream's replies (on a
+        # connection of its own; a shared link that others use goes on) and the client's
+        # commands, so that no more replies than those due (the window) can pile up, in Redis
+        # or here.
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.pause_reading()
-        if self.session.shared or self.link is not None:
-            # ...or, on a shared link that others use, stop taking the client's commands: no
-            # more replies than those due can pile up.
-            self.hold_input("shared-output", True)
+        self.hold_input("output", True)
         self._output_paused = True
+        self.proxy.heavy.add(self)
+        self.proxy.watch_budget()
 
     def resume_writing(self):
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.resume_reading()
         self._output_paused = False
+        if self._backlog is None:
+            self.proxy.heavy.discard(self)
+        elif not self.closed and self._window > self._due():
+            self._feed(self._client_data, b"", upstream=False)
         self.hold_input("output", False)
-        self.hold_input("shared-output", False)
 
     def hold_input(self, reason: str, hold: bool) -> None:
         """Stop (or resume) reading the client while any reason holds: the upstream cannot take
-        more commands, or replies the proxy answers itself pile up unread (past OUTPUT_LIMIT)."""
+        more commands ("upstream", "connecting", "link-connecting"), the client's replies pile up
+        unread ("output"), its window is full ("window"), or the process is over its memory
+        budget ("budget")."""
         if hold:
             self._holds.add(reason)
         else:
@@ -596,8 +703,63 @@ class ClientConnection(asyncio.Protocol):
             transport.close()
 
 
-# ...and when even locally answered replies pile up unread beyond this, stop reading the client.
-OUTPUT_LIMIT = 32 << 20
+# Before login everything is answered here: a client that lets more than this pile up unread is
+# closed (nothing it could be waiting for).
+PRELOGIN_OUTPUT_LIMIT = 64 << 10
+# A client's window of replies due (see ClientConnection._client_data): WINDOW_BYTES of replies at
+# the size they have been coming back, never fewer than 1 nor more than WINDOW_MAX; before any
+# reply came back, WINDOW_START. A client that stops reading can make Redis and the proxy hold
+# about its window of replies, plus its transport's high-water mark, plus one read of commands.
+WINDOW_BYTES = 1 << 20
+WINDOW_START = 8
+WINDOW_MAX = 1024
+# The fewest bytes a request Redis would run can take ("TIME\n"): a read no longer than
+# room * SMALLEST_REQUEST cannot overfill the window.
+SMALLEST_REQUEST = 5
+# The memory budget's check (Proxy.check_budget): how often, while clients hold much; and how
+# long the proxy stays over it before it closes the client holding the most.
+BUDGET_INTERVAL = 0.05
+BUDGET_EVICT_AFTER = 2.0
+
+
+def requests_end(data: bytes, n: int) -> int:
+    """Where the first `n` requests in `data` end: canonical (`*argc` and `$len` headers) or
+    inline (up to a newline). Counts generously (an empty line, `*0`) and gives up to len(data)
+    at anything it cannot walk or that is not whole yet: the parser judges that, and a request
+    not whole yet is not forwarded."""
+    pos, end, find = 0, len(data), data.find
+    while n > 0 and pos < end:
+        if data[pos] == 42:   # "*"
+            eol = find(b"\r\n", pos)
+            if eol < 0:
+                return end
+            try:
+                argc = int(data[pos + 1:eol])
+            except ValueError:
+                return end
+            pos = eol + 2
+            for _ in range(argc):
+                if pos >= end or data[pos] != 36:   # "$"
+                    return end
+                eol = find(b"\r\n", pos)
+                if eol < 0:
+                    return end
+                try:
+                    size = int(data[pos + 1:eol])
+                except ValueError:
+                    return end
+                if size < 0:
+                    return end
+                pos = eol + 4 + size
+                if pos > end:
+                    return end
+        else:
+            eol = find(b"\n", pos)
+            if eol < 0:
+                return end
+            pos = eol + 1
+        n -= 1
+    return min(pos, end)
 # Commands held while an upstream connection or shared link is being opened: past this, stop
 # reading the client (or the link's senders) until it is open or has failed.
 WAITING_LIMIT = 4 << 20
@@ -639,6 +801,10 @@ class _TLSTransport:
 
     def is_closing(self) -> bool:
         return self.raw.is_closing()
+
+    def abort(self) -> None:
+        self.engine.close()
+        self.raw.abort()
 
 
 class TLSClientConnection(asyncio.Protocol):
@@ -731,6 +897,12 @@ class Proxy:
         self.links = [SharedLink(self) for _ in range(config.upstream.multiplex)]
         self.links3 = [SharedLink(self, resp3=True) for _ in range(config.upstream.multiplex)]
         self.shutting_down = False   # set the moment SIGTERM/SIGINT arrives (/readyz says 503)
+        # Memory budget (limits.memory_budget): clients that may hold much (past their
+        # transport's high-water mark, or with a backlog), summed every BUDGET_INTERVAL while any.
+        self.heavy: set[ClientConnection] = set()
+        self.over_budget = False
+        self._over_since = 0.0
+        self._budget_timer = None
         self._upstream_tls = None
         self._build_tls()
 
@@ -780,6 +952,41 @@ class Proxy:
         if link._paused:
             client.hold_input("upstream", True)
         return link
+
+    def watch_budget(self) -> None:
+        if self._budget_timer is None:
+            self._budget_timer = asyncio.get_running_loop().call_later(BUDGET_INTERVAL,
+                                                                       self.check_budget)
+
+    def check_budget(self) -> None:
+        """Past the memory budget, no client is read (replies due still flow out) until the
+        buffered total is back under three quarters of it; a total that stays over for
+        BUDGET_EVICT_AFTER costs the client holding the most its connection (as Redis 7's
+        maxmemory-clients), so that clients that never read cannot stop everyone for good."""
+        self._budget_timer = None
+        budget = self.config.memory_budget
+        total = sum([c.buffered() for c in self.heavy])
+        now = asyncio.get_running_loop().time()
+        if total > budget:
+            if not self.over_budget:
+                log.warning("%d bytes of client data buffered, over limits.memory_budget (%d): "
+                            "reading no client until it drains", total, budget)
+                self.over_budget = True
+                self._over_since = now
+                for c in list(self.clients):
+                    c.hold_input("budget", True)
+            elif now - self._over_since >= BUDGET_EVICT_AFTER and self.heavy:
+                victim = max(self.heavy, key=ClientConnection.buffered)
+                victim.evict(f"holds {victim.buffered()} bytes while the proxy is over "
+                             "limits.memory_budget")
+                self._over_since = now
+        elif self.over_budget and total <= budget * 3 // 4:
+            self.over_budget = False
+            log.warning("client data buffered back under limits.memory_budget: reading clients")
+            for c in list(self.clients):
+                c.hold_input("budget", False)
+        if self.heavy or self.over_budget:
+            self.watch_budget()
 
     def bound_ports(self) -> list[int]:
         return [s.sockets[0].getsockname()[1] for s in self.servers]
