@@ -379,7 +379,8 @@ class ClientConnection(asyncio.Protocol):
         self.disarm_lane()
         due = self._due()
         self._feed(self.session.upstream_data, data, upstream=True)
-        self._replies_came(len(data), due - self._due())
+        if due:   # (else pub/sub messages: not replies)
+            self._replies_came(len(data), due - self._due())
 
     # -- flow control
 
@@ -412,21 +413,24 @@ class ClientConnection(asyncio.Protocol):
             data = backlog + data if data else backlog
         session = self.session
         step = session.client_data
-        while data and not self._output_paused:   # (resume_writing brings it back)
+        pos, end = 0, len(data)
+        while pos < end and not self._output_paused:   # (resume_writing brings it back)
             room = self._window - self._due()
             if room <= 0:
                 break
-            if len(data) > room * SMALLEST_REQUEST:   # could hold more than `room` requests
-                cut = requests_end(data, room)
-                piece, data = data[:cut], data[cut:]
+            if end - pos > room * SMALLEST_REQUEST:   # could hold more than `room` requests
+                cut = requests_end(data, room, pos)
+                step(data[pos:cut])
             else:
-                piece, data = data, b""
-            step(piece)
+                cut = end
+                step(data[pos:] if pos else data)
+            pos = cut
             if session.close or self.closed:
                 break
-        if data and not session.close and not self.closed:
-            self._backlog = data
+        if pos < end and not session.close and not self.closed:
+            self._backlog = data[pos:] if pos else data
             self.proxy.heavy.add(self)
+            self.proxy.watch_budget()
             self.hold_input("window", True)
         else:
             self.hold_input("window", False)
@@ -722,12 +726,12 @@ BUDGET_INTERVAL = 0.05
 BUDGET_EVICT_AFTER = 2.0
 
 
-def requests_end(data: bytes, n: int) -> int:
-    """Where the first `n` requests in `data` end: canonical (`*argc` and `$len` headers) or
-    inline (up to a newline). Counts generously (an empty line, `*0`) and gives up to len(data)
-    at anything it cannot walk or that is not whole yet: the parser judges that, and a request
-    not whole yet is not forwarded."""
-    pos, end, find = 0, len(data), data.find
+def requests_end(data: bytes, n: int, pos: int = 0) -> int:
+    """Where the first `n` requests in `data` from `pos` end: canonical (`*argc` and `$len`
+    headers) or inline (up to a newline). Counts generously (an empty line, `*0`) and gives up
+    to len(data) at anything it cannot walk or that is not whole yet: the parser judges that,
+    and a request not whole yet is not forwarded."""
+    end, find = len(data), data.find
     while n > 0 and pos < end:
         if data[pos] == 42:   # "*"
             eol = find(b"\r\n", pos)
@@ -760,6 +764,8 @@ def requests_end(data: bytes, n: int) -> int:
             pos = eol + 1
         n -= 1
     return min(pos, end)
+
+
 # Commands held while an upstream connection or shared link is being opened: past this, stop
 # reading the client (or the link's senders) until it is open or has failed.
 WAITING_LIMIT = 4 << 20

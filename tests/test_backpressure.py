@@ -292,6 +292,7 @@ def test_requests_end_counts_whole_requests():
         ends = [sum(map(len, pieces[:i + 1])) for i in range(len(pieces))]
         for n in range(1, len(pieces) + 2):
             assert requests_end(data, n) == ends[min(n, len(pieces)) - 1]
+            assert requests_end(b"junk" + data, n, 4) == 4 + ends[min(n, len(pieces)) - 1]
         tail = cmd("SET", "k", "v" * 100)[:rng.randint(1, 100)]
         assert requests_end(data + tail, len(pieces) + 1) == len(data + tail)
     assert requests_end(b"*2\r\n$-5\r\nxx", 1) == 11
