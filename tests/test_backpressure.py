@@ -191,6 +191,7 @@ def test_unread_errors_before_login_close_the_client(redis_big, tmp_path):
             _send_all_you_can(s, cmd("PING") * 1_000_000, seconds=20, until_closed=True)
             socks.append(s)
         grew = proxy.rss() - before
+        print(f"10 clients not reading before login: proxy +{grew / MB:.1f} MB")
         for s in socks:
             assert _closed_by_peer(s), "a client not reading its errors before login stayed open"
             s.close()
