@@ -18,13 +18,15 @@ Contract of the file (keys are a public contract; extend, never rename)::
     metrics: {address: 127.0.0.1:9121}  # the same listener as admin.listen
     admin: {listen: 127.0.0.1:9121}     # HTTP: /metrics, /healthz, /readyz (redisgate.admin)
     shutdown: {grace: 10s}              # SIGTERM: time for in-flight replies; durations 10s/500ms/5m/10
-    limits: {max_clients, handshake_timeout, acl_log_max_len}
+    limits: {max_clients, handshake_timeout, auth_timeout, acl_log_max_len}
+    auth_throttle: {max_failures, window, lockout}
     pid_file: /run/redisgate.pid
     log: {level: info}
 """
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -35,7 +37,7 @@ import yaml
 
 _REF = re.compile(r"\$\{([^}]*)\}")
 _KNOWN_TOP = {"listen", "upstream", "users", "acl_file", "metrics", "limits", "pid_file", "log",
-              "admin", "shutdown"}
+              "admin", "shutdown", "auth_throttle"}
 _KNOWN_UPSTREAM = {"address", "username", "password", "db", "tls", "version", "connect_timeout",
                    "multiplex"}
 # upstream.multiplex: at most this many shared links (twemproxy keeps one).
@@ -44,8 +46,9 @@ MAX_SHARED_LINKS = 64
 _SCRIPT_FLAGS = ("allow_flush", "allow_kill", "allow_debug", "allow_function", "allow_any_script")
 _KNOWN_USER = {"rules", "profile", "profiles", "queues", "scripts", "report_only", "learn",
                "certificate", "require_password", "databases", "confine_scan", *_SCRIPT_FLAGS}
-_KNOWN_LIMITS = {"max_clients", "handshake_timeout", "acl_log_max_len", "max_bulk", "max_args",
-                 "memory_budget"}
+_KNOWN_LIMITS = {"max_clients", "handshake_timeout", "auth_timeout", "acl_log_max_len", "max_bulk",
+                 "max_args", "memory_budget"}
+_SECONDS_LIMITS = {"handshake_timeout", "auth_timeout"}   # the others are counts
 
 
 class ConfigError(Exception):
@@ -96,6 +99,15 @@ class UserEntry:
     confine_scan: bool = False              # SCAN/KEYS allowed, confined to the one key prefix
 
 
+@dataclass(frozen=True)
+class AuthThrottle:
+    """`auth_throttle`: past `max_failures` failed logins within `window` seconds from one address
+    or for one user name, that address or name is refused unchecked for `lockout` seconds."""
+    max_failures: int = 10
+    window: float = 60.0
+    lockout: float = 300.0
+
+
 @dataclass
 class Config:
     path: Path | None
@@ -105,6 +117,8 @@ class Config:
     metrics_address: tuple[str, int] | None = None
     max_clients: int = 10000
     handshake_timeout: float = 10.0
+    auth_timeout: float = 10.0        # a connection not logged in this long after accept is closed
+    auth_throttle: AuthThrottle = field(default_factory=AuthThrottle)
     acl_log_max_len: int = 128
     max_bulk: int = 512 * 1024 * 1024
     max_args: int = 1024 * 1024
@@ -275,12 +289,18 @@ def build_config(raw: Any, *, base_dir: Path = Path("."), path: Path | None = No
         where = f"limits.{key}"
         if key not in _KNOWN_LIMITS:
             problems.append(f"{where}: unknown limit (known: {', '.join(sorted(_KNOWN_LIMITS))})")
-        elif isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        elif key in _SECONDS_LIMITS:
+            seconds = _positive_seconds(value, where, problems)
+            if seconds is not None:
+                setattr(cfg, key, seconds)
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
+                or not math.isfinite(value):
             problems.append(f"{where}: expected a positive number, got {value!r}")
         elif key == "memory_budget" and value < 1 << 20:
             problems.append(f"{where}: expected at least 1048576 (bytes), got {value!r}")
         else:
-            setattr(cfg, key, value if key == "handshake_timeout" else int(value))
+            setattr(cfg, key, int(value))
+    cfg.auth_throttle = _auth_throttle(raw.get("auth_throttle"), problems)
     pid_file = raw.get("pid_file")
     if pid_file is not None:
         cfg.pid_file = str(base_dir / pid_file) if not os.path.isabs(str(pid_file)) else str(pid_file)
@@ -316,6 +336,44 @@ def _admin(raw: dict, cfg: Config, problems: list[str]) -> None:
             grace = parse_duration(shutdown["grace"], "shutdown.grace", problems)
             if grace is not None:
                 cfg.shutdown_grace = grace
+
+
+def _auth_throttle(value: Any, problems: list[str]) -> AuthThrottle:
+    if value is None:
+        return AuthThrottle()
+    if not isinstance(value, dict):
+        problems.append("auth_throttle: expected a mapping {max_failures, window, lockout}")
+        return AuthThrottle()
+    known = {"max_failures", "window", "lockout"}
+    settings = {}
+    for key, v in value.items():
+        where = f"auth_throttle.{key}"
+        if key not in known:
+            problems.append(f"{where}: unknown setting (known: {', '.join(sorted(known))})")
+        elif key == "max_failures":
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                problems.append(f"{where}: expected a whole number of failed logins >= 1, got {v!r}")
+            else:
+                settings[key] = v
+        else:
+            seconds = _positive_seconds(v, where, problems)
+            if seconds is not None:
+                settings[key] = seconds
+    return AuthThrottle(**settings)
+
+
+def _positive_seconds(value: Any, where: str, problems: list[str]) -> float | None:
+    """A duration (parse_duration's forms) that is finite and > 0."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and not (value > 0 and math.isfinite(value)):
+        problems.append(f"{where}: expected a positive, finite duration (10s, 500ms, 5m or a "
+                        f"number of seconds), got {value!r}")
+        return None
+    seconds = parse_duration(value, where, problems)
+    if seconds is not None and not seconds > 0:
+        problems.append(f"{where}: expected a positive duration, got {value!r}")
+        return None
+    return seconds
 
 
 def _listeners(value: Any, problems: list[str]) -> list[Listener]:

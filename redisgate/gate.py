@@ -64,6 +64,11 @@ class AclLog:
         self.entries.clear()
 
 
+def _label_users(names) -> None:
+    from . import metrics
+    metrics.set_users(names)   # the user names a metric label may carry
+
+
 class Gate:
     """What all connections share. Built from a Config; ``reload`` swaps it atomically."""
 
@@ -80,6 +85,10 @@ class Gate:
         self.fast_commands: dict = {}
         self.fast_shared: dict = {}   # the same for clients on a shared link: shareable commands
         self.learners: dict[str, object] = {}
+        # auth_throttle: failed logins per source address and per user name (throttle.py).
+        from .throttle import LoginThrottle
+        self.throttle = LoginThrottle(config.auth_throttle)
+        _label_users(self.users)
         self._index_certificates()
 
     def _index_certificates(self) -> None:
@@ -111,6 +120,8 @@ class Gate:
         self.users = config.users
         self.forget_fast()
         self.acl_log.max_len = config.acl_log_max_len
+        self.throttle.configure(config.auth_throttle)
+        _label_users(self.users)
         if config.upstream.version:
             self.upstream_version = config.upstream.version
             self._available.clear()

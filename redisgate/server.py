@@ -298,6 +298,14 @@ class ClientConnection(asyncio.Protocol):
 
     draining = False   # shutting down: what the client sends now is read and dropped (drain())
 
+    # The loop's time at accept: a TLS listener's connection (TLSClientConnection) sets it, and
+    # has counted itself in Proxy.accepted; a plain one sets it, and counts, in connection_made.
+    accepted: float | None = None
+    _counted = False
+    _auth_timer = None    # limits.auth_timeout, while not logged in (_watch_login)
+    _login_seen = False   # logged in at some point (a RESET's logout restarts the timeout)
+    _stall_timer = None   # auth_throttle's delay of this connection (Session.stall)
+
     def __init__(self, proxy: "Proxy", listener_tls=None):
         self.proxy = proxy
         self.listener_tls = listener_tls
@@ -333,6 +341,10 @@ class ClientConnection(asyncio.Protocol):
     def connection_made(self, transport):
         self.transport = transport
         proxy = self.proxy
+        if self.accepted is None:
+            self.accepted = asyncio.get_running_loop().time()
+            self._counted = True
+            proxy.accepted += 1
         peer = transport.get_extra_info("peername") or ("?", 0)
         info = f"id={self.id} addr={peer[0]}:{peer[1]}"
         identity = None
@@ -346,16 +358,19 @@ class ClientConnection(asyncio.Protocol):
                 audit.info("tls-client cert=%s user=%s client=%s", described,
                            identity.user or "-", info)
         self.session = Session(proxy.gate, info, identity)
+        self.session.address = str(peer[0])
         self.session.lane_scripts = self.lane is not None
         proxy.clients.add(self)
         if proxy.over_budget:
             self.hold_input("budget", True)
         from . import metrics
         metrics.connection_opened()
-        if len(proxy.clients) > proxy.gate.config.max_clients:
+        if self._counted and proxy.accepted > proxy.gate.config.max_clients:
+            # (A TLS connection was counted, and refused if need be, at accept.)
             transport.write(b"-ERR max number of clients reached\r\n")
             transport.close()
             return
+        self._watch_login()
         self.pump()
 
     def data_received(self, data: bytes) -> None:
@@ -505,6 +520,8 @@ class ClientConnection(asyncio.Protocol):
     def pump(self) -> None:
         """Write what the session produced; open or close connections as it asked."""
         s = self.session
+        if s.stall:
+            self._stall()
         out = s.to_client
         if out:
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))
@@ -538,6 +555,8 @@ class ClientConnection(asyncio.Protocol):
         if self.upstream is None and s.want_upstream and not self._connecting and not self.closed:
             self._connecting = True
             asyncio.ensure_future(self._connect())
+        if (s.user_entry is None) is (self._auth_timer is None):
+            self._watch_login()
         if s.close and not self.closed:
             self.transport.close()
         elif self._backlog is not None and not self.closed and not self._output_paused \
@@ -545,6 +564,47 @@ class ClientConnection(asyncio.Protocol):
             self._feed(self._client_data, b"", upstream=False)   # replies came: room again
         elif self.lane is not None:
             self.arm_lane()
+
+    # -- before login: limits.auth_timeout and auth_throttle's delay
+
+    def _watch_login(self) -> None:
+        """limits.auth_timeout: a connection that is not logged in is closed that long after it
+        was accepted (or after a RESET logged it out); logging in stops the clock."""
+        if self.session.user_entry is not None or self.closed:
+            if self._auth_timer is not None:
+                self._auth_timer.cancel()
+                self._auth_timer = None
+            self._login_seen = self._login_seen or self.session.user_entry is not None
+            return
+        if self._auth_timer is None:
+            loop = asyncio.get_running_loop()
+            start = loop.time() if self._login_seen else self.accepted
+            self._auth_timer = loop.call_at(start + self.proxy.gate.config.auth_timeout,
+                                            self._auth_expired)
+
+    def _auth_expired(self) -> None:
+        self._auth_timer = None
+        if self.closed or self.session.user_entry is not None:
+            return
+        audit.info("auth-timeout client=%s", self.session.client_info)
+        from . import metrics
+        metrics.inc("auth_timeouts")
+        self.transport.close()
+
+    def _stall(self) -> None:
+        """auth_throttle refused a login and asked (Session.stall) that its reply, and the
+        reading of what the client sends next, wait: a timer, never a sleep."""
+        if self._stall_timer is None and not self.closed:
+            self.hold_input("auth-throttle", True)
+            self._stall_timer = asyncio.get_running_loop().call_later(self.session.stall,
+                                                                      self._unstall)
+
+    def _unstall(self) -> None:
+        self._stall_timer = None
+        if self.closed:
+            return
+        self.hold_input("auth-throttle", False)
+        self._feed(lambda _: self.session.resume(), b"", upstream=False)
 
     async def _connect(self) -> None:
         protocol, reason = await open_upstream(self.proxy, lambda: UpstreamConnection(self))
@@ -621,6 +681,13 @@ class ClientConnection(asyncio.Protocol):
         self.proxy.clients.discard(self)
         self.proxy.heavy.discard(self)
         self._backlog = None
+        if self._counted:
+            self._counted = False
+            self.proxy.accepted -= 1
+        for timer in (self._auth_timer, self._stall_timer):
+            if timer is not None:
+                timer.cancel()
+        self._auth_timer = self._stall_timer = None
         if self.lane is not None:
             self.disarm_lane()
             self.lane = None      # (it refers back to this object: no cycle left behind)
@@ -829,7 +896,17 @@ class TLSClientConnection(asyncio.Protocol):
         from .tls import TLSEngine
         self.raw = transport
         self.engine = TLSEngine(self.tls.context)   # the current context: a reload applies here
-        self.timer = asyncio.get_running_loop().call_later(self.tls.handshake_timeout, self._expire)
+        loop = asyncio.get_running_loop()
+        self.accepted = loop.time()
+        config = self.proxy.gate.config
+        # Not logged in before limits.auth_timeout either (ClientConnection takes over).
+        self.timer = loop.call_later(min(self.tls.handshake_timeout, config.auth_timeout),
+                                     self._expire)
+        # limits.max_clients counts connections from accept, handshakes included.
+        self.proxy.accepted += 1
+        if self.proxy.accepted > config.max_clients:
+            self.timer.cancel()
+            transport.close()
 
     def data_received(self, data: bytes) -> None:
         from .tls import TLSHandshakeError, TLSRecordError
@@ -846,6 +923,7 @@ class TLSClientConnection(asyncio.Protocol):
                 return
             self.timer.cancel()
             self.inner = ClientConnection(self.proxy, self.tls)
+            self.inner.accepted = self.accepted   # (counted here: the inner one does not count)
             self.inner.connection_made(_TLSTransport(self.raw, engine))
         if plain and not self.inner.closed:
             self.inner.data_received(plain)
@@ -874,6 +952,7 @@ class TLSClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.timer.cancel()
+        self.proxy.accepted -= 1
         if self.inner is not None:
             self.inner.connection_lost(exc)
 
@@ -893,6 +972,7 @@ class Proxy:
         self.config = config
         self.gate = Gate(config)
         self.clients: set[ClientConnection] = set()
+        self.accepted = 0    # client connections open, from accept (TLS handshakes included)
         self.servers: list[asyncio.base_events.Server] = []
         self.listener_tls: list = []
         # The listeners served (with listener_tls, index for index): a reload keeps them.

@@ -24,6 +24,7 @@ from collections import deque
 from itertools import repeat
 
 from . import errors
+from .audit import login_name, safe, user_label
 from .commands import TABLE, KeyExtractionError, _string2ll, sort_pattern_option
 from .confine import confine
 from .gate import Gate, audit
@@ -70,6 +71,14 @@ SCRIPT = -3   # ask the judge (EVALSHA by a compiled contract); the C lane reads
 
 class Session:
     """One client connection's protocol state. See the module docstring for the contract."""
+
+    # The client's source address (the I/O layer sets it): auth_throttle counts failures by it.
+    address: str = ""
+    # > 0: a login refused by auth_throttle; its reply waits in `_stalled`, nothing more is
+    # parsed, and the I/O layer stops reading the client for that many seconds, then calls
+    # `resume()`. (What was answered before it goes out as usual.)
+    stall: float = 0.0
+    _stalled: bytes | None = None
 
     def __init__(self, gate: Gate, client_info: str = "", cert: CertIdentity | None = None):
         self.gate = gate
@@ -122,7 +131,7 @@ class Session:
             self._refresh_user()
         parser = self.parser
         parser.feed(data)
-        while not self._dead:
+        while not self._dead and not self.stall:
             # Whole requests at the head of the buffer come as one batch (authenticated clients
             # only); anything else one request at a time, so that what follows an AUTH or a
             # RESET is parsed and judged with its outcome.
@@ -147,6 +156,18 @@ class Session:
                 self._run(Batch.of(req))
         if self._held:
             self._flush_held()
+        if self.stall and self._stalled is None and not self.slots and self.to_client:
+            # The refused login's reply is the last one so far (nothing was parsed after it).
+            self._stalled = self.to_client.pop()
+
+    def resume(self) -> None:
+        """The I/O layer waited `stall` seconds: the refused login's reply, then what the client
+        sent meanwhile."""
+        self.stall = 0.0
+        if self._stalled is not None:
+            reply, self._stalled = self._stalled, None
+            self._local(reply)
+        self.client_data(b"")
 
     def _run(self, batch) -> None:
         """Judge a batch (resp.Batch). The common case, an ordinary command the user may run with
@@ -449,19 +470,51 @@ class Session:
         """Check credentials (login.decide_login); log in on success. Returns the error reply on
         failure: the same one whatever the reason."""
         version = self.gate.upstream_version
-        name = (username or b"default").decode("utf-8", "replace")
-        entry = self.gate.users.get(name)
+        raw_name = b"default" if username is None else username
+        try:
+            entry = self.gate.users.get(raw_name.decode())
+        except UnicodeDecodeError:
+            entry = None
         if username is None and entry is not None and entry.user.nopass and entry.user.enabled:
             return error("ERR AUTH <password> called without any password configured for the "
                          "default user. Are you sure your configuration is correct?")
+        throttle = self.gate.throttle
+        if throttle.locked(self.address, raw_name):
+            # auth_throttle: refused without checking, with a wrong password's reply, the same
+            # for every name (a lockout tells nothing about which users exist).
+            self._auth_failed(raw_name, checked=False)
+            return errors.wrongpass(version)
         result = decide_login(entry, password=password, via=via, cert=self.cert)
         if not result.ok:
-            self.gate.acl_log.add("auth", "toplevel", "AUTH", name, self.client_info)
-            audit.warning("auth-failed user=%s client=%s", name, self.client_info)
-            _metric("auth_failures", name)
+            self._auth_failed(raw_name, checked=True)
             return errors.wrongpass(version)
+        throttle.succeeded(raw_name)
         self._login(entry, via=result.method.value, method=result.method)
         return None
+
+    def _auth_failed(self, raw_name: bytes, checked: bool) -> None:
+        """Record a refused login: ACL LOG, audit, metrics, auth_throttle. What a client sent as
+        a name shows only if it names a configured user (it may be a password typed into the
+        wrong slot): else `unknown` (ACL LOG, metrics) or `unknown:<8 hex>` (audit)."""
+        users = self.gate.users
+        label = user_label(raw_name, users)
+        self.gate.acl_log.add("auth", "toplevel", "AUTH", label, self.client_info)
+        if not checked:
+            # Locked out: counted, not audited one by one (a flood must not fill the disk).
+            self.stall = self.gate.throttle.delay
+            _metric("auth_refused_locked")
+            return
+        shown = login_name(raw_name, users)
+        audit.warning("auth-failed user=%s client=%s", shown, self.client_info)
+        _metric("auth_failures", label)
+        throttle = self.gate.throttle
+        for scope in throttle.failed(self.address, raw_name):
+            s = throttle.settings
+            audit.warning("auth-lockout scope=%s %s seconds=%g after=%d-failures-in-%gs client=%s",
+                          scope, f"user={shown}" if scope == "user" else f"addr={safe(self.address)}",
+                          s.lockout, s.max_failures, s.window, self.client_info)
+            _metric("auth_lockouts", scope)
+            self.stall = throttle.delay
 
     def reloaded(self, cert_trusted: bool = True) -> None:
         """The configuration was reloaded (called by the I/O layer for every open connection;
@@ -502,9 +555,11 @@ class Session:
         self.gate.acl_log.add(denial.kind, context, obj, self.username, self.client_info)
         mode = "report-only" if (self.user_entry.user.report_only or self.user_entry.learn) \
             and denial.kind != "secret" else "denied"
-        audit.info("%s user=%s command=%s kind=%s object=%.128s reason=%s client=%s", mode,
-                   self.username, spec.name, denial.kind, obj, denial.reason, self.client_info)
-        _metric("denied", self.username, denial.kind, mode)
+        # The key, channel or reason (script denials quote arguments) are the client's: escaped.
+        audit.info("%s user=%s command=%s kind=%s object=%s client=%s reason=%s", mode,
+                   safe(self.username), spec.name, denial.kind, safe(denial.object),
+                   self.client_info, safe(denial.reason, 256, spaces=True))
+        _metric("denied", user_label(self.username, self.gate.users), denial.kind, mode)
 
     # -- handlers for commands the proxy answers or watches
 

@@ -272,7 +272,8 @@ class ListenerTLS:
             ciphers = None
         self.ciphers: str | None = ciphers
         timeout = cfg.get("handshake_timeout", default_handshake_timeout)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0 \
+                or timeout == float("inf"):
             problems.append(f"{where}.handshake_timeout: expected a number of seconds > 0, "
                             f"got {timeout!r}")
             timeout = default_handshake_timeout
@@ -506,11 +507,14 @@ def match_certificate_user(peercert: Mapping | None,
 
 
 def describe_peer(peercert: Mapping | None) -> str:
-    """A short, log-safe description of a certificate: ``CN=bob SAN=DNS:a,URI:b``."""
+    """A short, log-safe description of a certificate: ``CN=bob SAN=DNS:a,URI:b``. Each value is
+    the CA's but chosen by whoever asked for the certificate: escaped and cut (audit.safe)."""
+    from .audit import safe
     if not peercert:
         return "no certificate"
-    parts = [f"CN={cn}" for cn in _common_names(peercert)]
-    san = [f"{k}:{v}" for (k, v) in peercert.get("subjectAltName", ()) if k in ("DNS", "URI")]
+    parts = [f"CN={safe(cn)}" for cn in _common_names(peercert)[:4]]
+    san = [f"{k}:{safe(v)}" for (k, v) in peercert.get("subjectAltName", ())
+           if k in ("DNS", "URI")][:8]
     if san:
         parts.append("SAN=" + ",".join(san))
     return " ".join(parts) or "certificate without CN or SAN"
