@@ -378,6 +378,9 @@ def test_a_lockout_looks_the_same_for_known_and_unknown_names(redis7):
             replies[name] = str(w.call("AUTH", name, password))
             w.close()
         assert replies == {"app": WRONGPASS, "ghost": WRONGPASS}
+        w = wire_from(runner.port, next(sources))   # HELLO AUTH is the same login
+        assert str(w.call("HELLO", "2", "AUTH", "app", "app-pw")) == WRONGPASS
+        w.close()
         w = wire_from(runner.port, next(sources))
         assert w.call("AUTH", "other", "other-pw") == b"OK"
         w.close()
