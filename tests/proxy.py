@@ -27,6 +27,10 @@ class ProxyRunner:
     def __init__(self, raw_config: dict, base_dir: Path | None = None):
         raw = dict(raw_config)
         raw.setdefault("listen", f"127.0.0.1:{free_port()}")
+        # Every test client comes from 127.0.0.1, and randomised conversations fail AUTH on
+        # purpose: auth_throttle's defaults would lock them out. tests/test_prelogin.py tests
+        # the throttle with its settings given.
+        raw.setdefault("auth_throttle", {"max_failures": 1_000_000})
         # REDISGATE_TEST_MULTIPLEX=N runs every proxy of the suite on N shared upstream links.
         mux = os.environ.get("REDISGATE_TEST_MULTIPLEX")
         if mux and isinstance(raw.get("upstream"), dict) and "multiplex" not in raw["upstream"]:

@@ -85,6 +85,7 @@ def wire_from(port: int, source: str = "127.0.0.1", timeout: float = 10.0) -> Wi
 
 
 def proxy(redis7, **extra) -> ProxyRunner:
+    extra.setdefault("auth_throttle", {})   # the defaults (ProxyRunner's own are relaxed)
     return ProxyRunner({"upstream": redis7.upstream, "users": USERS, **extra}).start()
 
 
