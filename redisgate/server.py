@@ -26,6 +26,7 @@ import ssl
 from pathlib import Path
 
 from .config import Config, ConfigError, load_config
+from .audit import safe
 from .gate import Gate, audit
 from .mux import Demux
 from .resp import ReplyScanner, UpstreamProtocolError, encode_command
@@ -944,7 +945,8 @@ class TLSClientConnection(asyncio.Protocol):
     def _fail(self, reason: str) -> None:
         self.timer.cancel()
         peer = self.raw.get_extra_info("peername") or ("?", 0)
-        audit.warning("tls-handshake-failed reason=%s client=addr=%s:%s", reason, peer[0], peer[1])
+        audit.warning("tls-handshake-failed client=addr=%s:%s reason=%s", peer[0], peer[1],
+                      safe(reason, 256, spaces=True))
         out = self.engine.data_to_send()   # the alert, if any
         if out:
             self.raw.write(out)
