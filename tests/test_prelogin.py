@@ -142,7 +142,6 @@ def test_unique_long_names_grow_neither_metrics_nor_audit(redis7, audit_lines):
         assert all(str(r) == WRONGPASS for r in replies)
         after = label_sets("redisgate_auth_failures_total")
         assert after - before <= {(("user", "unknown"),)}
-        assert all(dict(s)["user"] in {"unknown", *USERS, "a"} for s in after if s)
         failed = [line for line in audit_lines.lines if "auth-failed" in line]
         assert len(failed) == n
         assert max(map(len, failed)) < 300
