@@ -760,7 +760,8 @@ class ClientConnection(asyncio.Protocol):
         """Replies still due to commands read before drain() (a blocked BLPOP stays owed)."""
         s = self.session
         return not self.closed and not s.close and not s._dead and bool(
-            s.slots or s._held or self.due or self._backlog is not None)   # (held by the window)
+            s.slots or s._held or self.due or self._backlog is not None   # (held by the window)
+            or s.stall)   # (a refused login's reply held by auth_throttle)
 
     def finish(self) -> None:
         """Nothing owed: end the connection after the replies written so far. A plain TCP client
