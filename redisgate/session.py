@@ -488,7 +488,7 @@ class Session:
         if not result.ok:
             self._auth_failed(raw_name, checked=True)
             return errors.wrongpass(version)
-        throttle.succeeded(raw_name)
+        throttle.succeeded(self.address, raw_name)
         self._login(entry, via=result.method.value, method=result.method)
         return None
 

@@ -9,8 +9,12 @@ delays that reply by `DELAY` seconds (the I/O layer holds the connection's outpu
 meanwhile; the proxy's event loop never sleeps). Logins that need no AUTH (nopass, certificate)
 and connections already logged in are not affected.
 
-Bounded: at most `MAX_TRACKED` addresses and as many names are tracked, least recently failed
-first out; names are kept only as a keyed 16-byte hash.
+A name's lockout does not apply to an address that has logged in as that name before (a bounded
+table of known-good address/name pairs): otherwise anyone could lock a service's own clients
+out by guessing at its user name from elsewhere. An address's own lockout still applies to it.
+
+Bounded: at most `MAX_TRACKED` addresses, as many names and as many known-good pairs are tracked,
+least recently used first out; names are kept only as a keyed 16-byte hash.
 """
 from __future__ import annotations
 
@@ -31,6 +35,9 @@ class LoginThrottle:
         self.delay = min(DELAY, settings.lockout)
         # key -> [window start, failures in it, locked until]
         self._tables = {"address": OrderedDict(), "user": OrderedDict()}
+        # (address, name hash) pairs that logged in with a right password: exempt from the
+        # name's lockout (not from the address's).
+        self._known_good: OrderedDict = OrderedDict()
         self._key = os.urandom(16)
 
     def configure(self, settings) -> None:
@@ -48,6 +55,8 @@ class LoginThrottle:
         for scope, key in self._keys(address, name):
             record = self._tables[scope].get(key)
             if record is not None and record[2] > now:
+                if scope == "user" and (address, key) in self._known_good:
+                    continue
                 return True
         return False
 
@@ -74,12 +83,19 @@ class LoginThrottle:
                 locked.append(scope)
         return locked
 
-    def succeeded(self, name: bytes) -> None:
-        """A successful login as `name` forgets that name's failures (not the address's)."""
-        _, key = self._keys("", name)[1]
+    def succeeded(self, address: str, name: bytes) -> None:
+        """A successful login as `name` from `address`: forgets that name's failures (not the
+        address's), and remembers the pair as known-good (see the module docstring)."""
+        _, key = self._keys(address, name)[1]
         record = self._tables["user"].get(key)
         if record is not None and record[2] <= self.clock():
             del self._tables["user"][key]
+        pair = (address, key)
+        self._known_good[pair] = True
+        self._known_good.move_to_end(pair)
+        while len(self._known_good) > self.max_tracked:
+            self._known_good.popitem(last=False)
 
     def tracked(self) -> dict[str, int]:
-        return {scope: len(table) for scope, table in self._tables.items()}
+        return {scope: len(table) for scope, table in self._tables.items()} | {
+            "known_good": len(self._known_good)}

@@ -403,15 +403,31 @@ def test_throttle_counts_per_window_locks_and_recovers():
     assert t.locked("c", b"n")
     now[0] = 300.0
     t.failed("d", b"m")
-    t.succeeded(b"m")                       # a login forgets the name's failures
+    t.succeeded("g", b"m")                  # a login forgets the name's failures
     assert t.failed("e", b"m") == [] and t.failed("f", b"m") == []
+
+
+def test_a_name_lockout_spares_addresses_that_logged_in_as_it():
+    """Guessing at a service's name from elsewhere must not lock the service's own clients out."""
+    now = [0.0]
+    t = LoginThrottle(AuthThrottle(max_failures=3, window=10, lockout=100), clock=lambda: now[0])
+    t.succeeded("127.0.0.1", b"worker")
+    assert [t.failed(f"10.0.0.{i}", b"worker") for i in range(3)][-1] == ["user"]
+    assert t.locked("10.0.0.9", b"worker")            # a new address: the name's lockout holds
+    assert not t.locked("127.0.0.1", b"worker")       # the service's own address: not locked
+    assert t.locked("127.0.0.1", b"other") is False
+    for _ in range(3):                                # its own failures still lock the address
+        t.failed("127.0.0.1", b"worker")
+    assert t.locked("127.0.0.1", b"worker")
 
 
 def test_throttle_tables_are_bounded():
     t = LoginThrottle(AuthThrottle(), max_tracked=100)
     for i in range(1000):
         t.failed(f"10.0.{i // 256}.{i % 256}", b"%d" % i + b"x" * 1000)
-    assert t.tracked() == {"address": 100, "user": 100}
+    for i in range(1000):
+        t.succeeded(f"10.1.{i // 256}.{i % 256}", b"n")
+    assert t.tracked() == {"address": 100, "user": 100, "known_good": 100}
     assert all(len(k) == 16 for k in t._tables["user"])   # names kept only as a short hash
 
 
