@@ -28,6 +28,7 @@ import datetime as _dt
 import ipaddress
 import os
 import re
+import stat
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -246,6 +247,23 @@ def _check_user(user: str) -> str:
     return user
 
 
+def _check_ca_key(path: Path) -> None:
+    """A CA key to reuse must be a regular file (not a symlink), ours, and 0600: a key others
+    could read (or that someone else planted) may already mint client certificates."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise CertsError(f"{path}: not a regular file (a symlink?); refusing to reuse this CA: "
+                         "delete ca.crt and ca.key to create a new CA")
+    if st.st_uid != os.getuid():
+        raise CertsError(f"{path}: owned by another user (uid {st.st_uid}); refusing to reuse "
+                         "this CA: delete ca.crt and ca.key to create a new CA")
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        raise CertsError(f"{path}: mode {stat.S_IMODE(st.st_mode):04o}, readable or writable by "
+                         "group or others; whoever read it can mint client certificates. Refusing "
+                         "to reuse this CA: delete ca.crt and ca.key to create a new CA (or chmod "
+                         "600 it if nobody else could have read it)")
+
+
 def generate(out_dir: str | os.PathLike, hosts: Sequence[str] = (),
              clients: Sequence[str] = (), *, force: bool = False) -> list[Path]:
     """Create the CA (or reuse an existing pair), the server pair and one pair per client.
@@ -273,6 +291,8 @@ def generate(out_dir: str | os.PathLike, hosts: Sequence[str] = (),
         raise CertsError("refusing to overwrite existing files (use --force): "
                          + ", ".join(in_the_way))
 
+    if reuse_ca:
+        _check_ca_key(ca_key)
     ca = load_pair(ca_crt, ca_key) if reuse_ca else None
     if ca is not None:
         try:

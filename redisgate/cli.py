@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import ConfigError, hash_password, load_config
+from .config import ConfigError, hash_password, load_config, strip_newlines, write_private
 
 log = logging.getLogger("redisgate")
 
@@ -67,11 +67,29 @@ def cmd_serve(args) -> int:
             print(f"--user: no user {args.learn_user!r} in {args.config}", file=sys.stderr)
             return 1
         entry.learn = True
+    from . import pidfile
+    from .tls import TLSConfigError
+    if config.pid_file:         # checked here, before anything starts, and again when written
+        try:
+            current = pidfile.owner(config.pid_file)
+        except pidfile.PidFileError:
+            current = None          # not a pid: replaced when written
+        if current is not None and current.live:
+            print(f"{args.config}: pid file {config.pid_file}: redisgate (pid {current.pid}) is "
+                  "running; stop it first or use another pid_file", file=sys.stderr)
+            return 1
     emb = _with_embedded_upstream(config)
     from .server import run
     holder = {}
     try:
         run(config, ready=lambda proxy: holder.setdefault("proxy", proxy))
+    except TLSConfigError as e:     # an unreadable or invalid certificate, key or CA
+        for problem in e.problems:
+            print(f"{args.config}: {problem}", file=sys.stderr)
+        return 1
+    except pidfile.PidFileError as e:
+        print(f"{args.config}: {e}", file=sys.stderr)
+        return 1
     except OSError as e:
         log.error("cannot listen: %s", e)
         return 1
@@ -104,7 +122,11 @@ def _write_learned(proxy, name: str, out: str) -> None:
     text = (f"# Learned by `redisgate learn` from {learner.observed} commands of user {name}.\n"
             "# What was seen:\n" + "".join(f"#   {line}\n" for line in summary) +
             yaml.safe_dump({"users": {name: user}}, sort_keys=False))
-    Path(out).write_text(text)
+    try:
+        write_private(out, text.encode())       # 0600: it holds password hashes
+    except OSError as e:
+        log.error("learn: cannot write %s: %s", out, e.strerror)
+        return
     log.info("learn: wrote the rules %s needed to %s", name, out)
 
 
@@ -118,26 +140,30 @@ def cmd_check(args) -> int:
     config = _load(args.config)
     for w in config.warnings:
         print(f"warning: {w}", file=sys.stderr)
-    listeners = ", ".join(f"{lst.host}:{lst.port}{' (TLS)' if lst.tls else ''}" for lst in config.listeners)
+    listeners = ", ".join(f"{lst.host}:{lst.port}{' (TLS)' if lst.tls is not None else ''}"
+                          for lst in config.listeners)
     upstream = "embedded redis-server" if config.upstream.embedded else config.upstream.address
+    if config.upstream.tls is not None:
+        upstream += " (TLS)"
     try:
         from .server import Proxy
         proxy = Proxy(config)   # builds the TLS contexts: unreadable certificates are found here
         for w in proxy.tls_warnings():
             print(f"warning: {w}", file=sys.stderr)
     except (ValueError, OSError) as e:
-        print(f"{args.config}: {e}", file=sys.stderr)
+        for problem in getattr(e, "problems", None) or [str(e)]:
+            print(f"{args.config}: {problem}", file=sys.stderr)
         return 1
     print(f"{args.config}: OK ({len(config.users)} users; listen {listeners}; upstream {upstream})")
     return 0
 
 
 def cmd_hash_password(args) -> int:
-    data = sys.stdin.buffer.read()
-    if data.endswith(b"\r\n"):
-        data = data[:-2]
-    elif data.endswith(b"\n"):
-        data = data[:-1]
+    # All trailing CR/LF go, exactly as ${file:...} strips them: one secret file, one hash.
+    data = strip_newlines(sys.stdin.buffer.read(MAX_SECRET + 1))
+    if len(data) > MAX_SECRET:
+        print(f"hash-password: the secret is longer than {MAX_SECRET} bytes", file=sys.stderr)
+        return 1
     if not data:
         print("hash-password: empty secret on standard input", file=sys.stderr)
         return 1
@@ -145,6 +171,7 @@ def cmd_hash_password(args) -> int:
     return 0
 
 
+MAX_SECRET = 64 * 1024
 _PASSWORD_TOKENS = ("#", ">", "<", "!")
 _PASSWORD_WORDS = {"on", "off", "nopass", "resetpass", "reset"}
 
@@ -172,6 +199,15 @@ def cmd_acl_export(args) -> int:
                        "(Redis ACLs cannot pin scripts)")
         if entry.certificate:
             out.append(f"# {name}: certificate-bound in redisgate ({entry.certificate})")
+            if entry.user.nopass:
+                # nopass means "the certificate is enough" at the proxy; Redis has no
+                # certificate check, so there it would mean "anyone". No usable password instead.
+                out.append(f"# {name}: nopass is replaced by resetpass: Redis cannot check the "
+                           "certificate, so this user gets no usable password at Redis (connect "
+                           "through redisgate)")
+                from .config import tokenize_rules
+                rules = " ".join("resetpass" if t == "nopass" else t
+                                 for t in tokenize_rules(rules))
         out.append(f"user {name} {rules}" if args.aclfile else f"ACL SETUSER {name} {rules}")
     if args.upstream_user:
         # Selectors are alternatives, so one selector per user gives exactly the union of their
@@ -195,11 +231,25 @@ def cmd_reload(args) -> int:
             print(f"{args.config}: no pid_file is configured; give --pid-file or send SIGHUP "
                   "to the redisgate process yourself", file=sys.stderr)
             return 1
+    from . import pidfile
     try:
-        pid = int(Path(pid_file).read_text().strip())
+        current = pidfile.owner(pid_file)
+    except pidfile.PidFileError as e:
+        print(f"reload: {e}", file=sys.stderr)
+        return 1
+    pid = current.pid
+    if pid is None:
+        print(f"reload: pid file {pid_file} does not exist; is redisgate running?", file=sys.stderr)
+        return 1
+    if not current.live:
+        # A stale pid file (the proxy was killed): the number may now be another process's.
+        print(f"reload: pid {pid} in {pid_file} is not a running redisgate (stale pid file); "
+              "nothing signalled", file=sys.stderr)
+        return 1
+    try:
         os.kill(pid, signal.SIGHUP)
-    except (OSError, ValueError) as e:
-        print(f"reload: cannot signal the process in {pid_file}: {e}", file=sys.stderr)
+    except OSError as e:
+        print(f"reload: cannot signal redisgate (pid {pid}): {e.strerror}", file=sys.stderr)
         return 1
     print(f"reload: sent SIGHUP to redisgate (pid {pid})")
     return 0
@@ -209,7 +259,9 @@ DEMO_USERS = {
     "producer": {"profile": "asynq-producer"},
     "worker": {"profile": "asynq-worker"},
     "inspector": {"profile": "asynq-inspector"},
-    "admin": {"rules": "allkeys allchannels +@all"},
+    # Everything but @dangerous (CONFIG would hand out the upstream password, DEBUG, MIGRATE,
+    # REPLICAOF, ... reach past the proxy), plus the few dangerous commands an operator wants.
+    "admin": {"rules": "allkeys allchannels +@all -@dangerous +flushdb +flushall +keys +info"},
 }
 
 
@@ -230,14 +282,23 @@ def cmd_demo(args) -> int:
         spec["rules"] = f"on {hash_password(passwords[name].encode())} {spec.get('rules', '')}".strip()
         users[name] = spec
     secret_file = workdir / "upstream-password"
-    fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(emb.password)
+    cfg_path = workdir / "redisgate.yaml"
+    try:
+        # 0600, replacing (never following) whatever is there, even a planted symlink.
+        write_private(secret_file, emb.password)
+    except OSError as e:
+        emb.stop()
+        print(f"demo: cannot write {secret_file}: {e.strerror}", file=sys.stderr)
+        return 1
     cfg = {"listen": f"127.0.0.1:{args.port}",
            "upstream": {"address": f"127.0.0.1:{emb.port}", "password": f"${{file:{secret_file}}}"},
            "users": users}
-    cfg_path = workdir / "redisgate.yaml"
-    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    try:
+        write_private(cfg_path, yaml.safe_dump(cfg, sort_keys=False).encode())
+    except OSError as e:
+        emb.stop()
+        print(f"demo: cannot write {cfg_path}: {e.strerror}", file=sys.stderr)
+        return 1
     try:
         config = load_config(cfg_path)
     except ConfigError as e:

@@ -1002,14 +1002,14 @@ class Proxy:
         base = self.config.path.parent if self.config.path else Path(".")
         self.listener_tls = []
         for i, lst in enumerate(self.config.listeners):
-            if lst.tls:
+            if lst.tls is not None:
                 from .tls import ListenerTLS
                 self.listener_tls.append(ListenerTLS(
                     lst.tls, base, where=f"{lst.where}.tls",
                     default_handshake_timeout=self.config.handshake_timeout))
             else:
                 self.listener_tls.append(None)
-        if self.config.upstream.tls:
+        if self.config.upstream.tls is not None:
             from .tls import UpstreamTLS
             self._upstream_tls = UpstreamTLS(self.config.upstream.tls, base, where="upstream.tls")
 
@@ -1201,7 +1201,7 @@ class Proxy:
             if lst is None:
                 listeners.append((None, None))
                 continue
-            if bool(lst.tls) != (old is not None):
+            if (lst.tls is not None) != (old is not None):
                 log.error("%s.tls: switching the listener %s:%d between plain and TLS needs a "
                           "restart", lst.where, *address)
                 ok = False
@@ -1218,10 +1218,10 @@ class Proxy:
                           old.where, "; ".join(e.problems))
                 ok = False
         upstream_tls = None
-        if bool(config.upstream.tls) != (self._upstream_tls is not None):
+        if (config.upstream.tls is not None) != (self._upstream_tls is not None):
             log.error("upstream.tls: switching the upstream between plain and TLS needs a restart")
             ok = False
-        elif config.upstream.tls:
+        elif config.upstream.tls is not None:      # {} too: TLS with the system CAs
             try:
                 upstream_tls = UpstreamTLS(config.upstream.tls, base, where="upstream.tls")
             except TLSConfigError as e:
@@ -1293,6 +1293,7 @@ async def serve(config: Config, ready=None, stop: asyncio.Event | None = None) -
     """Run until SIGINT/SIGTERM (or ``stop`` is set), then stop gracefully within
     ``shutdown.grace`` (Proxy.close); a second SIGINT/SIGTERM exits at once. SIGHUP reloads
     config and certificates."""
+    from . import pidfile
     proxy = Proxy(config)
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
@@ -1301,7 +1302,7 @@ async def serve(config: Config, ready=None, stop: asyncio.Event | None = None) -
         if stop.is_set():
             log.warning("%s again: exiting at once", signal.Signals(signum).name)
             if config.pid_file:
-                Path(config.pid_file).unlink(missing_ok=True)
+                pidfile.release(config.pid_file)
             os._exit(128 + signum)
         log.info("%s: shutting down (grace %.3gs)", signal.Signals(signum).name,
                  proxy.config.shutdown_grace)
@@ -1313,7 +1314,15 @@ async def serve(config: Config, ready=None, stop: asyncio.Event | None = None) -
     loop.add_signal_handler(signal.SIGHUP, proxy.reload)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
-    await proxy.start()
+    if config.pid_file:
+        # After the SIGHUP handler: `redisgate reload` must not end a process without it.
+        pidfile.claim(config.pid_file)      # PidFileError: a live redisgate holds it
+    try:
+        await proxy.start()
+    except BaseException:
+        if config.pid_file:
+            pidfile.release(config.pid_file)
+        raise
     from . import resp
     if resp._c_scan is None or Lane is None:
         log.warning("redisgate._speedups or redisgate._lane is not built (or "
@@ -1325,8 +1334,6 @@ async def serve(config: Config, ready=None, stop: asyncio.Event | None = None) -
         from .admin import Admin
         admin = Admin(proxy, *config.admin_listen)
         admin.start()
-    if config.pid_file:
-        Path(config.pid_file).write_text(f"{os.getpid()}\n")
     if ready is not None:
         ready(proxy)
     try:
@@ -1338,7 +1345,7 @@ async def serve(config: Config, ready=None, stop: asyncio.Event | None = None) -
         if admin is not None:
             await admin.stop()
         if config.pid_file:
-            Path(config.pid_file).unlink(missing_ok=True)
+            pidfile.release(config.pid_file)
         log.info("stopped")
 
 

@@ -51,6 +51,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import re
 import ssl
 from pathlib import Path
 from typing import Any, Mapping
@@ -65,6 +66,10 @@ TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 CLIENT_CERT_MODES = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL,
                      "required": ssl.CERT_REQUIRED}
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+# A listener's TLS 1.2 suites unless `ciphers` is set: forward-secret AEAD only (no CBC, whose
+# MAC-then-encrypt has a long record of padding-oracle attacks, no RSA key exchange). TLS 1.3
+# suites are all AEAD and are not affected by this string.
+DEFAULT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
 SELECTOR_KINDS = ("cn", "san_dns", "san_uri")
 
 LISTENER_KEYS = ("cert", "key", "client_ca", "client_cert", "min_version", "ciphers",
@@ -148,11 +153,17 @@ def _unknown_keys(cfg: Mapping, known: tuple[str, ...], where: str, problems: li
             problems.append(f"{where}.{key}: unknown setting (known: {', '.join(known)})")
 
 
+# PEM files: certificates, keys and CA bundles are read at most this large (a system CA bundle
+# is about 200 KiB), and only from regular files (a FIFO would block the event loop on reload).
+MAX_PEM_BYTES = 4 * 1024 * 1024
+
+
 def _read(path: Path, where_key: str) -> bytes:
+    from .config import FileProblem, read_regular_file
     try:
-        return path.read_bytes()
-    except OSError as e:
-        raise TLSConfigError([f"{where_key}: cannot read {path}: {e.strerror}"]) from None
+        return read_regular_file(path, MAX_PEM_BYTES)[0]
+    except FileProblem as e:
+        raise TLSConfigError([f"{where_key}: cannot read {path}: {e}"]) from None
 
 
 def _load_certificates(path: Path, where_key: str) -> list[x509.Certificate]:
@@ -236,6 +247,26 @@ def _warn_validity(cert: x509.Certificate, path: Path, where: str) -> None:
     elif cert.not_valid_before_utc > now:
         log.warning("%s: the certificate in %s is not valid before %s; peers will refuse it",
                     where, path, cert.not_valid_before_utc.isoformat())
+
+
+def weak_cipher_suites(ciphers: str) -> list[str]:
+    """The TLS 1.2 suites an OpenSSL cipher string admits that nobody should negotiate today:
+    not AEAD (CBC), no forward secrecy (RSA key exchange), no or pre-shared-key authentication,
+    or under 128 bits; plus a note when it lowers OpenSSL's security level below 2. `check`
+    warns with these. An invalid string gives [] (ListenerTLS reports it)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.set_ciphers(ciphers)
+    except ssl.SSLError:
+        return []
+    weak = [c["name"] for c in ctx.get_ciphers()
+            if c.get("protocol") != "TLSv1.3"
+            and (not c.get("aead") or c.get("kea") not in ("kx-ecdhe", "kx-dhe")
+                 or c.get("auth") in ("auth-null", "auth-psk", "auth-srp")
+                 or (c.get("strength_bits") or 0) < 128)]
+    if re.search(r"@SECLEVEL=[01](?!\d)", ciphers):
+        weak.append("@SECLEVEL below 2")
+    return weak
 
 
 # ---------------------------------------------------------------------------- listener (server)
@@ -344,12 +375,11 @@ class ListenerTLS:
         # No session tickets: a resumed session skips certificate verification, so it would keep
         # identifying a client by a certificate that a rotated CA no longer vouches for.
         ctx.num_tickets = 0
-        if self.ciphers:
-            try:
-                ctx.set_ciphers(self.ciphers)
-            except ssl.SSLError:
-                raise TLSConfigError([f"{self.where}.ciphers: no cipher matches "
-                                      f"{self.ciphers!r}"]) from None
+        try:
+            ctx.set_ciphers(self.ciphers or DEFAULT_CIPHERS)
+        except ssl.SSLError:
+            raise TLSConfigError([f"{self.where}.ciphers: no cipher matches "
+                                  f"{self.ciphers!r}"]) from None
         leaf = _load_chain(ctx, self.cert_path, self.key_path, self.where)
         _warn_validity(leaf, self.cert_path, self.where)
         self._built_cas: tuple[x509.Certificate, ...] = ()

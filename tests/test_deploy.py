@@ -111,6 +111,7 @@ def test_manifest_probes_ports_and_mounts_agree_with_its_config(tmp_path):
         text = text.replace(directory + "/", f"{local}/")
         if "secret" in mounts[directory]:
             (local / "password").write_text("upstream-secret")
+            (local / "password").chmod(0o440)       # the Secret volume's defaultMode
             shutil.copy(tmp_path / "certs" / "ca.crt", local / "ca.crt")
     (tmp_path / "redisgate.yaml").write_text(text)
     out = subprocess.run([sys.executable, "-m", "redisgate", "check", "--config",
