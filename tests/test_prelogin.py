@@ -434,17 +434,17 @@ def test_throttle_tables_are_bounded():
 # ---------------------------------------------------------------- configuration
 
 @pytest.mark.parametrize("raw, message", [
-    ({"limits": {"handshake_timeout": float("inf")}}, "limits.handshake_timeout: expected a positive"),
-    ({"limits": {"auth_timeout": float("nan")}}, "limits.auth_timeout: expected a positive"),
-    ({"limits": {"auth_timeout": 0}}, "limits.auth_timeout: expected a positive"),
-    ({"limits": {"auth_timeout": "0s"}}, "limits.auth_timeout: expected a positive"),
-    ({"limits": {"auth_timeout": "soon"}}, "limits.auth_timeout: expected a duration"),
-    ({"limits": {"max_clients": float("inf")}}, "limits.max_clients: expected a positive number"),
+    ({"limits": {"handshake_timeout": float("inf")}}, "limits.handshake_timeout: expected a duration > 0"),
+    ({"limits": {"auth_timeout": float("nan")}}, "limits.auth_timeout: expected a duration > 0"),
+    ({"limits": {"auth_timeout": 0}}, "limits.auth_timeout: expected a duration > 0"),
+    ({"limits": {"auth_timeout": "0s"}}, "limits.auth_timeout: expected a duration > 0"),
+    ({"limits": {"auth_timeout": "soon"}}, "limits.auth_timeout: expected a duration > 0"),
+    ({"limits": {"max_clients": float("inf")}}, "limits.max_clients: expected a positive whole number"),
     ({"auth_throttle": 5}, "auth_throttle: expected a mapping"),
-    ({"auth_throttle": {"max_failures": 0}}, "auth_throttle.max_failures: expected a whole number"),
-    ({"auth_throttle": {"max_failures": 2.5}}, "auth_throttle.max_failures: expected a whole number"),
-    ({"auth_throttle": {"window": float("inf")}}, "auth_throttle.window: expected a positive"),
-    ({"auth_throttle": {"lockout": "5 minutes"}}, "auth_throttle.lockout: expected a duration"),
+    ({"auth_throttle": {"max_failures": 0}}, "auth_throttle.max_failures: expected a positive whole number"),
+    ({"auth_throttle": {"max_failures": 2.5}}, "auth_throttle.max_failures: expected a positive whole number"),
+    ({"auth_throttle": {"window": float("inf")}}, "auth_throttle.window: expected a duration > 0"),
+    ({"auth_throttle": {"lockout": "5 minutes"}}, "auth_throttle.lockout: expected a duration > 0"),
     ({"auth_throttle": {"lockot": 5}}, "auth_throttle.lockot: unknown setting"),
 ])
 def test_bad_prelogin_settings_are_where_why_errors(raw, message):
