@@ -89,6 +89,9 @@ class Gate:
         from .throttle import LoginThrottle
         self.throttle = LoginThrottle(config.auth_throttle)
         _label_users(self.users)
+        # HELLO's reply for clients on shared links (hello_reply): the upstream's own replies to
+        # HELLO 2 and HELLO 3, cut around the connection id, by protocol (set_hello_replies).
+        self._hello: dict[int, tuple[bytes, bytes]] = {}
         self._index_certificates()
 
     def _index_certificates(self) -> None:
@@ -133,6 +136,29 @@ class Gate:
             self.upstream_version = version
             self._available.clear()
             self.forget_fast()
+
+    def set_hello_replies(self, replies: dict[int, bytes]) -> None:
+        """Remember the upstream's replies to HELLO 2 / HELLO 3 (by protocol), as templates
+        for hello_reply. A reply without the `id` field is ignored."""
+        for proto, reply in replies.items():
+            head, sep, rest = reply.partition(b"$2\r\nid\r\n:")
+            value, crlf, tail = rest.partition(b"\r\n")
+            if sep and crlf and value.isdigit():
+                self._hello[proto] = (head + sep, crlf + tail)
+
+    def hello_reply(self, resp3: bool, client_id: int) -> bytes:
+        """HELLO's reply for a client on a shared link: the upstream's own (probed) with the
+        proxy's `client_id` for the connection id; without a probe, the fields Redis sends."""
+        proto = 3 if resp3 else 2
+        cut = self._hello.get(proto)
+        if cut is not None:
+            return cut[0] + str(client_id).encode() + cut[1]
+        from .resp import array, bulk, integer, map_
+        ver = ".".join(map(str, self.upstream_version)).encode()
+        return map_([(bulk(b"server"), bulk(b"redis")), (bulk(b"version"), bulk(ver)),
+                     (bulk(b"proto"), integer(proto)), (bulk(b"id"), integer(client_id)),
+                     (bulk(b"mode"), bulk(b"standalone")), (bulk(b"role"), bulk(b"master")),
+                     (bulk(b"modules"), array([]))], resp3)
 
     def forget_fast(self) -> None:
         """Drop the per-user memos of Session._run. Each one is emptied, not only let go: the C

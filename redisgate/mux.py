@@ -12,9 +12,12 @@ its own, after its last shared reply has arrived.
 """
 from __future__ import annotations
 
+import logging
 from collections import deque
 
 from .resp import ReplyScanner, UpstreamProtocolError
+
+log = logging.getLogger("redisgate.mux")
 
 
 class Demux:
@@ -28,6 +31,8 @@ class Demux:
         # No reply is half read (the scanner is idle): the C router (redisgate._lane) may count
         # the next bytes without frames. Kept as a plain attribute because C reads it.
         self.clean = True
+        self._push = False   # the reply in progress is a push being dropped (see _walk)
+        self.dropped = 0     # push frames dropped so far
 
     @property
     def pending(self) -> int:
@@ -60,7 +65,8 @@ class Demux:
         pos = 0
         while pos < size:
             if not due:
-                raise UpstreamProtocolError("a reply on the shared link that no client asked for")
+                # (a push nobody asked for is dropped there; anything else is an error)
+                return self._walk(data, pos, pos, 0, out)
             entry = due[0]
             # Flat replies (OK, integers, short bulks) are counted without frames.
             count, end = scanner.count_flat(data, entry[1], pos)
@@ -83,26 +89,50 @@ class Demux:
         """received() from `base` on, frame by frame; the head owner's bytes begin at `start`
         and `counted` of its replies ended between `start` and `base`."""
         due = self.due
-        for frame in self.scanner.feed(data[base:] if base else data):
+        scanner = self.scanner
+        # Where the frame in progress began in `data`: None when before it (then `_push` says
+        # whether it is a push whose bytes so far were held back).
+        fstart = base if scanner.idle else None
+        for frame in scanner.feed(data[base:] if base else data):
+            end = base + frame.end
+            if frame.kind == b">":
+                # Nothing on a shared link subscribes or tracks keys, so a push is nobody's
+                # reply: dropped (and logged), never handed to a client, never failing the link.
+                if fstart is not None and start < fstart:
+                    out.append((due[0][0], data[start:fstart], counted, True))
+                    counted = 0
+                self._drop_push()
+                start = fstart = end
+                continue
             if not due:
                 raise UpstreamProtocolError("a reply on the shared link that no client asked for")
-            if frame.kind == b">":
-                # Nothing on a shared link subscribes or tracks keys: a push is nobody's reply.
-                raise UpstreamProtocolError("a push message on the shared link")
             entry = due[0]
             entry[1] -= 1
             counted += 1
             if not entry[1]:
-                end = base + frame.end
                 out.append((entry[0], data[start:end], counted, True))
                 due.popleft()
                 start, counted = end, 0
-        self.clean = self.scanner.idle
+            fstart = end
+        self.clean = scanner.idle
         if start < len(data):
+            if fstart is None and self._push or fstart is not None and data[fstart:fstart + 1] == b">":
+                # A push that is not complete yet: held back (its owner would be nobody).
+                self._push = True
+                if fstart is not None and start < fstart:
+                    out.append((due[0][0], data[start:fstart], counted, True))
+                return out
             if not due:
                 raise UpstreamProtocolError("a reply on the shared link that no client asked for")
             out.append((due[0][0], data[start:] if start else data, counted, False))
         return out
+
+    def _drop_push(self) -> None:
+        self._push = False
+        self.dropped += 1
+        if self.dropped <= 10 or not self.dropped % 1000:
+            log.warning("a push message on a shared upstream link was dropped (%d so far): "
+                        "nothing on a shared link may ask for one", self.dropped)
 
     def forget(self) -> list:
         """The link is gone: the owners that were still due replies (each once), oldest first."""
@@ -114,4 +144,5 @@ class Demux:
         self.due.clear()
         self.scanner = ReplyScanner()
         self.clean = True
+        self._push = False
         return owners

@@ -361,6 +361,7 @@ class ClientConnection(asyncio.Protocol):
         self.session = Session(proxy.gate, info, identity)
         self.session.address = str(peer[0])
         self.session.lane_scripts = self.lane is not None
+        self.session.client_id = self.id
         proxy.clients.add(self)
         if proxy.over_budget:
             self.hold_input("budget", True)
@@ -505,6 +506,8 @@ class ClientConnection(asyncio.Protocol):
         self.lane.window = self._window
         link = self.link
         if link is not None:
+            if link.resp3 != self.session.link_resp3:
+                return   # (pump moves the client to its links at its next command)
             handed = self.session.lane_handover(on_link=self.due)
             if handed is not None:
                 self.lane.arm(handed[0], None, self.transport.write, handed[1],
@@ -532,6 +535,18 @@ class ClientConnection(asyncio.Protocol):
                 # Errors answered before login pile up unread: nothing to wait for.
                 return self.evict(f"over {PRELOGIN_OUTPUT_LIMIT} bytes of replies unread "
                                   "before login")
+        link = self.link
+        if link is not None and link.resp3 != s.link_resp3:
+            # The session bound its commands to the other protocol's links (HELLO, RESET) with
+            # nothing due on this one, so nothing can come back out of order. (It may have left
+            # the links since: its last shared commands go to the links it bound them to.)
+            if self.due:
+                log.error("internal error on %s: a protocol switch with replies due on its "
+                          "shared link; closing it", s.client_info)
+                s.to_upstream.clear()
+                s.close = True
+            else:
+                self._leave_link()
         out = s.to_upstream
         if out:
             link = self.link
@@ -1036,7 +1051,7 @@ class Proxy:
         await self.probe_upstream()
 
     def shared_link(self, client: ClientConnection) -> SharedLink:
-        links = self.links3 if client.session.resp3 else self.links
+        links = self.links3 if client.session.link_resp3 else self.links
         link = links[client.id % len(links)]
         link.clients.add(client)
         if link._paused:
@@ -1126,10 +1141,30 @@ class Proxy:
             for line in info.decode().splitlines():
                 if line.startswith("redis_version:"):
                     parts = (line.split(":", 1)[1].strip().split(".") + ["0", "0"])[:3]
-                    return tuple(int(p) for p in parts)
-            raise RuntimeError("no redis_version in INFO")
+                    version = tuple(int(p) for p in parts)
+                    break
+            else:
+                raise RuntimeError("no redis_version in INFO")
+            if version >= (6, 0, 0) and self.links:
+                await self._probe_hello(reader, writer)
+            return version
         finally:
             writer.close()
+
+    async def _probe_hello(self, reader, writer) -> None:
+        """The upstream's replies to HELLO 2 and HELLO 3, which clients on shared links get
+        (with the proxy's id for their connection: Gate.hello_reply)."""
+        writer.write(b"*2\r\n$5\r\nHELLO\r\n$1\r\n2\r\n*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n")
+        scanner, buf, frames = ReplyScanner(resp3=True), b"", []
+        while len(frames) < 2:
+            data = await reader.read(65536)
+            if not data:
+                raise ConnectionError("closed")
+            base = len(buf)
+            buf += data
+            frames += [base + f.end for f in scanner.feed(data)]
+        first, second = buf[:frames[0]], buf[frames[0]:frames[1]]
+        self.gate.set_hello_replies({2: first, 3: second})
 
     def reload(self) -> bool:
         """Re-read the config and TLS files. On any error the running state is kept."""

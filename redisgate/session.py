@@ -96,6 +96,11 @@ class Session:
         # On a shared upstream link (upstream.multiplex): stateless commands only; anything else
         # moves the client to a connection of its own (_leave_shared), for good.
         self.shared = False
+        # The protocol of the shared links this session's commands go to (RESP3 or RESP2), bound
+        # when the command is judged: the I/O layer sends them to a link of that protocol. It
+        # follows the client's protocol (HELLO, RESET) only while nothing is due on the link.
+        self.link_resp3 = False
+        self.client_id = 0            # the proxy's id for the connection (HELLO on a shared link)
         self.expected = 0             # replies asked of the shared link so far (its accounting)
         self._held: list[bytes] = []  # bytes for the upstream while it is being opened
         self._partial: bytearray | None = None   # a swallowed frame split across reads
@@ -111,6 +116,7 @@ class Session:
         self.resp3 = False
         self.multi = False
         self.multi_dirty = False
+        self.multi_subs: list = []    # (kind, subscribe?, channels) queued in this transaction
         # Set by the I/O layer when a C lane (redisgate._lane) reads the memos: then allowed
         # EVALSHA calls leave their forms there (_lane_script).
         self.lane_scripts = False
@@ -118,6 +124,8 @@ class Session:
         self.db = self.home_db
         self.subs = {"chan": set(), "pat": set(), "shard": set()}
         self.sub_active = False       # RESP2 subscribed mode, as confirmed by the upstream
+        self.tracking = False         # CLIENT TRACKING ON was sent: invalidation pushes may come
+        self.sub_ever = False         # a subscribe-family command was sent: pub/sub pushes may
 
         self._auto_login(Via.CONNECT)
 
@@ -176,7 +184,8 @@ class Session:
         client's read itself when all of it passes) and share one reply slot."""
         entry = self.user_entry
         count = len(batch.args)
-        if entry is None or entry.learn or self.multi or not self.upstream_ready:
+        if entry is None or entry.learn or self.multi or not self.upstream_ready \
+                or self.shared and self.link_resp3 != self.resp3:
             for j in range(count):
                 if self._dead:
                     return
@@ -238,8 +247,10 @@ class Session:
             if self._dead:
                 return
             self._handle(batch.request(j))
-            if self.user_entry is not entry or self.multi or not self.upstream_ready:
-                # State changed (AUTH, MULTI, RESET, ...): the careful path takes the rest.
+            if self.user_entry is not entry or self.multi or not self.upstream_ready \
+                    or self._dead or self._rebind_pending():
+                # State changed (AUTH, MULTI, RESET, QUIT, a protocol switch on a shared link,
+                # ...): the careful path takes the rest (after QUIT: nothing).
                 for k in range(j + 1, count):
                     if self._dead:
                         return
@@ -248,7 +259,7 @@ class Session:
         if j0 < count:
             self.to_upstream.append(batch.raw(j0) if j0 else batch.buf[batch.start:batch.stop])
             slots = self.slots   # _expect(FWD, ...), inlined
-            if slots and slots[-1][0] == FWD:
+            if slots and slots[-1][0] == FWD and slots[-1][2] is None:
                 slots[-1][1] += count - j0
             else:
                 slots.append([FWD, count - j0, None])
@@ -359,6 +370,13 @@ class Session:
 
         if name in _UNSUPPORTED:
             return self._reject(error(f"ERR {_UNSUPPORTED[name]} is not supported through redisgate"))
+        if name == "client|tracking":
+            if _tracking_redirect(args):
+                # Another connection's id would be another client's stream (or a shared link).
+                return self._reject(error("ERR CLIENT TRACKING REDIRECT is not supported through "
+                                          "redisgate: a client cannot name another connection"))
+            if _option(args[2]) == b"on":
+                self.tracking = True   # (invalidation pushes may come now: see _unasked)
         handler = _HANDLERS.get(name)
         if handler is not None:
             return handler(self, spec, args, req)
@@ -396,13 +414,14 @@ class Session:
         if self.shared:
             self.expected += n   # only FWD gets here while shared: one reply per command
         slots = self.slots
-        if kind == FWD and slots and slots[-1][0] == FWD:
+        if kind == FWD and slots and slots[-1][0] == FWD and slots[-1][2] is None \
+                and payload is None:
             slots[-1][1] += n
         else:
             slots.append([kind, n, payload])
 
     def _send_upstream(self, data: bytes, shared_ok: bool = False) -> None:
-        if self.shared and not shared_ok:
+        if self.shared and not (shared_ok and self._bound()):
             self._leave_shared()
         if self.upstream_ready:
             self.to_upstream.append(data)
@@ -410,6 +429,23 @@ class Session:
             if not self.want_upstream:
                 self._open_upstream()
             self._held.append(data)
+
+    def _rebind_pending(self) -> bool:
+        """On a shared link, speaking another protocol than the link's (see _bound)."""
+        return self.shared and self.link_resp3 != self.resp3
+
+    def _bound(self) -> bool:
+        """Whether the session's shared commands may go to links of its protocol: the links
+        it is bound to speak it, or nothing is due on them, so it binds to the other protocol's
+        links now (the I/O layer follows `link_resp3`). Replies due on the old link would race
+        the new one's: then the session must leave the shared links instead."""
+        if self.link_resp3 == self.resp3:
+            return True
+        for slot in self.slots:
+            if slot[0] < LOCAL:
+                return False
+        self.link_resp3 = self.resp3
+        return True
 
     def _leave_shared(self) -> None:
         """The client needs a connection of its own (MULTI, SELECT, HELLO, a blocking command,
@@ -462,6 +498,7 @@ class Session:
                 # A fresh connection has no state: a shared link will do. The I/O layer picks
                 # one that speaks the client's protocol when the first command comes.
                 self.shared = self.upstream_ready = True
+                self.link_resp3 = self.resp3
             else:
                 self._open_upstream()
 
@@ -613,17 +650,19 @@ class Session:
                     error(b"ERR Syntax error in HELLO option '" + opt + b"'"), setname)
         if self.user_entry is None:
             return self._local(errors.noauth_hello())
-        was_resp3 = self.resp3
         if proto is not None:
             self.resp3 = proto == 3
+        if self.shared and setname is None:
+            # A shared link's protocol is not one client's to switch, nor its id one to show:
+            # answered here, in the upstream's own words (Gate.hello_reply), with the proxy's id
+            # for the client. Its next commands go to links of its protocol (_bound), or, with
+            # replies still due on the old one, to a connection of its own.
+            self._bound()
+            return self._local(self.gate.hello_reply(self.resp3, self.client_id))
         fwd = [b"HELLO"] + ([str(proto).encode()] if proto else [])
         if setname is not None:
             fwd += [b"SETNAME", setname]
-        # On a shared link HELLO changes nothing when the link already speaks the protocol,
-        # or the client has sent nothing yet (its first command picks a link that does:
-        # go-redis's handshake). A name, or a switch after use, needs a connection of its own.
-        self._send_upstream(encode_command(fwd), shared_ok=setname is None and (
-            self.resp3 == was_resp3 or not self.expected))
+        self._send_upstream(encode_command(fwd))   # (a name: off a shared link)
         self._expect(FWD, 1)
 
     def _hello_failed(self, reply: bytes, setname: bytes | None) -> None:
@@ -641,12 +680,9 @@ class Session:
 
     def _cmd_reset(self, args) -> None:
         """RESET: the client starts over; the upstream connection keeps the proxy's identity."""
-        if self.shared and not self.resp3:
-            reply = b"+RESET\r\n"   # a shared client has no connection state to reset
-        elif self.shared:
-            # Back to RESP2, off its RESP3 link: a fresh connection of its own has nothing to reset.
-            self.resp3 = False
-            self._leave_shared()
+        if self.shared:
+            # A shared client has no connection state to reset; its protocol goes back to RESP2
+            # below, and its next commands to RESP2 links (see _bound).
             reply = b"+RESET\r\n"
         elif self.upstream_ready or self.want_upstream:
             if self.gate.upstream_version >= (6, 2, 0):
@@ -676,6 +712,8 @@ class Session:
         if reply:
             self._local(reply)
         self.resp3 = False
+        if self.shared:
+            self._bound()
         self.multi = self.multi_dirty = False
         for s in self.subs.values():
             s.clear()
@@ -705,6 +743,7 @@ class Session:
         if not self.multi:
             self.multi = True
             self.multi_dirty = False
+            self.multi_subs = []
         self._forward(req)
 
     def _cmd_exec(self, spec, args, req) -> None:
@@ -712,9 +751,30 @@ class Session:
             self._send_upstream(b"*1\r\n$7\r\nDISCARD\r\n")
             self._expect(DROP, 1)
             self._local(errors.execabort())
+        elif self.multi and self.multi_subs:
+            self._forward(req, payload=self._exec_plan())
         else:
             self._forward(req)
         self.multi = self.multi_dirty = False
+        self.multi_subs = []
+
+    def _exec_plan(self) -> "_ExecSubs":
+        """What EXEC of a transaction with (un)subscribe commands does, if it runs: the
+        subscriptions after it, and how many replies spill out after its array."""
+        subs = {kind: set(chans) for kind, chans in self.subs.items()}
+        spill = 0
+        for kind, subscribe, chans in self.multi_subs:
+            if subscribe:
+                subs[kind].update(chans)
+                replies = len(chans)
+            elif chans:
+                subs[kind].difference_update(chans)
+                replies = len(chans)
+            else:
+                replies = max(1, len(subs[kind]))
+                subs[kind].clear()
+            spill += replies - 1
+        return _ExecSubs(subs, spill)
 
     def _cmd_sort(self, spec, args, req) -> None:
         """SORT/SORT_RO BY <pattern with *> and GET read keys no key spec names. Redis 7 refuses
@@ -728,15 +788,24 @@ class Session:
 
     def _cmd_discard(self, spec, args, req) -> None:
         self.multi = self.multi_dirty = False
+        self.multi_subs = []
         self._forward(req)
 
     def _cmd_subscribe(self, spec, args, req) -> None:
+        self.sub_ever = True
         kind = _SUBSCRIBE[spec.name]
+        if self.multi:   # queued: +QUEUED now, the confirmations in EXEC's reply (_exec_plan)
+            self.multi_subs.append((kind, True, args[1:]))
+            return self._forward(req)
         self.subs[kind].update(args[1:])
         self._forward(req, SUB, len(args) - 1, self._subscribed())
 
     def _cmd_unsubscribe(self, spec, args, req) -> None:
+        self.sub_ever = True
         kind = _UNSUBSCRIBE[spec.name]
+        if self.multi:
+            self.multi_subs.append((kind, False, args[1:]))
+            return self._forward(req)
         subs = self.subs[kind]
         if len(args) > 1:
             n = len(args) - 1
@@ -911,13 +980,14 @@ class Session:
         entry = self.user_entry
         if entry is None or entry.learn or self.multi or not self.upstream_ready \
                 or self.shared != (on_link is not None) \
+                or self.shared and self.link_resp3 != self.resp3 \
                 or self._dead or self.close or self.sub_active or self._partial is not None \
                 or self._held or self.to_client or self.to_upstream \
                 or self._generation != self.gate.generation or not self.scanner.idle \
                 or self.parser.buffered or not self.parser.authenticated:
             return None
         slots = self.slots
-        if slots and (len(slots) > 1 or slots[0][0] != FWD):
+        if slots and (len(slots) > 1 or slots[0][0] != FWD or slots[0][2] is not None):
             return None
         due = slots[0][1] if slots else 0
         if on_link is not None and on_link != due:
@@ -945,6 +1015,7 @@ class Session:
             count, end = self.scanner.count_flat(data, slots[0][1])
             if count and end == len(data):
                 return self._pass_replies(data, count)
+        idle = self.scanner.idle
         try:
             frames = self.scanner.feed(data)
         except Exception as e:   # UpstreamProtocolError: the stream can no longer be trusted
@@ -959,12 +1030,24 @@ class Session:
             oob = False
             if slot is None:
                 oob = True
+            elif slot[2] is not None and slot[0] == FWD:
+                # EXEC of a transaction that subscribes: its reply and the replies that spill
+                # out after its array (Redis counts one per command, a SUBSCRIBE makes one per
+                # channel), pushes included, are all its own.
+                self._exec_subscribed(slot, kind, data[pos:end] if pos or idle else None)
             elif kind == b">":
                 oob = not (slot[0] in (SUB, SUBDROP) and frame.head in SUB_HEADS)
             elif slot[0] in (SUB, SUBDROP):
                 oob = kind != b"-" and frame.head not in SUB_HEADS
             elif self.sub_active and kind == b"*" and frame.head in MESSAGE_HEADS:
                 oob = True
+            if oob and kind == b">" and self._unasked(frame.head):
+                # A push this client did not ask for (no tracking, no subscription): dropped.
+                if run < pos:
+                    out.append(data[run:pos])
+                run = pos = end
+                self._partial = None
+                continue
             if slot is not None and slot[0] in (DROP, SUBDROP) and not oob:
                 # Swallow: pass what came before, skip this frame.
                 if run < pos:
@@ -1002,7 +1085,10 @@ class Session:
                         self.close = True
         # Bytes of an unfinished frame: pass them on now, unless its reply is to be swallowed.
         if pos < len(data):
-            if slots and slots[0][0] in (DROP, SUBDROP):
+            if slots and slots[0][0] in (DROP, SUBDROP) or not (self.tracking or self.sub_ever) and (
+                    data[pos:pos + 1] == b">" if pos or idle else self._partial is not None):
+                # (An unfinished push, when the client asked for none, is held back too: it
+                # is dropped when it is whole.)
                 if run < pos:
                     out.append(data[run:pos])
                 if self._partial is None:
@@ -1017,12 +1103,33 @@ class Session:
         elif run < len(data):
             out.append(data[run:])
 
+    def _exec_subscribed(self, slot, kind, frame) -> None:
+        """The next frame for an EXEC slot whose transaction subscribes (see _cmd_exec): at its
+        first frame, an EXEC that ran (an array, not an error or a null) adopts the transaction's
+        subscriptions and waits for the replies that spill out after its array."""
+        state = slot[2]
+        if state.ran is not None:
+            return
+        state.ran = kind == b"*" and not (frame is not None and frame.startswith(b"*-1"))
+        if state.ran:
+            slot[1] += state.spill
+            for kind_, chans in state.subs.items():
+                self.subs[kind_] = chans
+            self.sub_active = not self.resp3 and self._subscribed()
+
+    def _unasked(self, head) -> bool:
+        """Whether a push with this head is one the client never asked for."""
+        if head in MESSAGE_HEADS or head in SUB_HEADS:
+            return not self.sub_ever
+        return not self.tracking   # invalidate (tracking-redir-broken needs a REDIRECT)
+
     def upstream_replies(self, data: bytes, count: int) -> None:
         """upstream_data() for bytes known to be exactly `count` whole replies (a shared link
         counted them): while they all answer the forwarded commands at the head, they pass
         without being counted again."""
         slots = self.slots
         if slots and slots[0][0] == FWD and slots[0][1] >= count and not self.sub_active \
+                and slots[0][2] is None \
                 and self._partial is None and self.scanner.idle:
             return self._pass_replies(data, count)
         self.upstream_data(data)
@@ -1048,6 +1155,34 @@ class Session:
         text = bytes(data[start + 1:end]).strip().decode("utf-8", "replace")[:200]
         log.error("upstream refused the proxy's %s: %s", what, text)
         self.upstream_failed(f"upstream {what} failed")
+
+
+class _ExecSubs:
+    """The payload of an EXEC slot whose transaction (un)subscribes (Session._exec_plan)."""
+    __slots__ = ("subs", "spill", "ran")
+
+    def __init__(self, subs: dict, spill: int):
+        self.subs = subs        # the subscriptions if EXEC runs
+        self.spill = spill      # replies after EXEC's array (one per channel beyond the first)
+        self.ran = None         # unknown until EXEC's reply: then True / False
+
+
+def _option(word: bytes) -> bytes:
+    """An option word as Redis's strcasecmp sees it: up to a NUL byte, case folded."""
+    return word.split(b"\0", 1)[0].lower()
+
+
+def _tracking_redirect(args) -> bool:
+    """Does CLIENT TRACKING name a REDIRECT target, as Redis parses its options (networking.c:
+    REDIRECT and PREFIX take a value when one follows; anything else is a flag or an error)?"""
+    j = 3
+    while j < len(args):
+        opt = _option(args[j])
+        more = j + 1 < len(args)
+        if opt == b"redirect" and more:
+            return True
+        j += 2 if opt == b"prefix" and more else 1
+    return False
 
 
 def _valid_client_name(name: bytes) -> bool:

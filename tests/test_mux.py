@@ -90,12 +90,45 @@ def test_demux_refuses_replies_nobody_asked_for():
         d.received(b"!garbage\r\n")
 
 
-def test_demux_refuses_push_messages():
-    # Nothing on a shared link subscribes or tracks keys; a push would shift every reply after it.
+PUSH = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$5\r\napp:x\r\n"
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(runs=st.lists(st.tuples(st.integers(0, 2), st.lists(_reply, min_size=1, max_size=4)),
+                     min_size=1, max_size=6),
+       pushes=st.lists(st.integers(0, 40), max_size=4),
+       cuts=st.lists(st.integers(0, 20000), max_size=12))
+def test_demux_drops_push_messages_without_failing_the_link(runs, pushes, cuts):
+    # Nothing on a shared link subscribes or tracks keys; a push that arrives anyway (anywhere
+    # between replies, split anywhere) is dropped and logged: every owner still gets exactly its
+    # replies, and the link is not failed for everyone.
+    owners = [object() for _ in range(3)]
     d = Demux()
+    want: dict[int, bytes] = {}
+    replies = []
+    for who, rs in runs:
+        d.sent(owners[who], len(rs))
+        want[who] = want.get(who, b"") + b"".join(rs)
+        replies += rs
+    for at in pushes:
+        replies.insert(at % (len(replies) + 1), PUSH)
+    stream = b"".join(replies)
+    got: dict[int, bytes] = {}
+    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    for a, b in zip(points, points[1:]):
+        for owner, chunk, _, _ in d.received(stream[a:b]):
+            who = owners.index(owner)
+            got[who] = got.get(who, b"") + chunk
+    assert got == want and d.pending == 0 and d.dropped == len(pushes)
+
+
+def test_demux_drops_a_push_when_nothing_is_due():
+    d = Demux()
+    assert d.received(PUSH[:7]) == [] and d.received(PUSH[7:]) == []
     d.sent("a", 1)
-    with pytest.raises(UpstreamProtocolError):
-        d.received(b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nx\r\n:1\r\n")
+    assert d.received(PUSH + b"+OK\r\n") == [("a", b"+OK\r\n", 1, True)]
+    with pytest.raises(UpstreamProtocolError):   # a reply nobody asked for still fails it
+        d.received(b"+OK\r\n")
 
 
 def test_demux_forget_lists_each_waiting_owner_once():
@@ -139,24 +172,28 @@ def test_a_fresh_client_goes_on_the_shared_link_without_a_handshake():
     assert replies.startswith(b"+OK\r\n$1\r\nv\r\n-NOPERM ") and replies.endswith(b"\r\n+PONG\r\n")
 
 
-@pytest.mark.parametrize("stateful, own_setup", [
-    (cmd("MULTI"), b""), (cmd("SELECT", "0"), b""), (cmd("BLPOP", "q:1", "0"), b""),
-    # A protocol switch after use: its own connection speaks RESP3 from the start.
-    (cmd("HELLO", "3"), cmd("HELLO", "3")),
+@pytest.mark.parametrize("stateful, own_setup, sent", [
+    (cmd("MULTI"), b"", True), (cmd("SELECT", "0"), b"", True),
+    (cmd("BLPOP", "q:1", "0"), b"", True),
+    # A protocol switch after use: answered here (the link's protocol is not the client's to
+    # switch); the next command, with the RESP2 link's reply still due, needs a connection of
+    # its own, which speaks RESP3 from the start.
+    (cmd("HELLO", "3"), cmd("HELLO", "3"), False),
 ])
-def test_a_stateful_command_moves_the_client_to_its_own_connection(stateful, own_setup):
+def test_a_stateful_command_moves_the_client_to_its_own_connection(stateful, own_setup, sent):
     s = shared_session()
     s.client_data(cmd("INCR", "k:n") + stateful + cmd("GET", "k:n"))
     # INCR went to the shared link; what follows waits for the client's own connection...
     assert b"".join(s.to_upstream) == cmd("INCR", "k:n")
     assert s.expected == 1 and not s.shared and s.want_upstream and not s.upstream_ready
+    assert not s.link_resp3                  # (INCR's link: the RESP2 one, bound when judged)
     s.to_upstream.clear()
     s.upstream_data(b":1\r\n")               # (the shared reply, routed here by the link)
-    assert b"".join(s.to_client) == b":1\r\n"
+    assert b"".join(s.to_client).startswith(b":1\r\n")
     s.to_client.clear()
     s.connected()                            # ...which starts with the proxy's own AUTH
     assert b"".join(s.to_upstream) == \
-        cmd("AUTH", "gate-secret") + own_setup + stateful + cmd("GET", "k:n")
+        cmd("AUTH", "gate-secret") + own_setup + (stateful if sent else b"") + cmd("GET", "k:n")
     assert s.expected == 1                   # nothing more was asked of the shared link
 
 
@@ -168,17 +205,21 @@ def fresh_session():
 
 def test_go_redis_handshake_keeps_the_client_on_a_shared_link():
     # HELLO 3 AUTH, CLIENT SETINFO twice (answered here), then work: what every go-redis v9
-    # connection sends (Asynq). HELLO goes on the link: its first command picks a RESP3 one.
+    # connection sends (Asynq). HELLO is answered here (never on a link); the first command
+    # goes to a RESP3 link.
     s = fresh_session()
+    s.client_id = 42
     s.client_data(cmd("HELLO", "3", "AUTH", "u", "pw")
                   + cmd("CLIENT", "SETINFO", "LIB-NAME", "go-redis(,go1.22.5)")
                   + cmd("CLIENT", "SETINFO", "LIB-VER", "9.14.1") + cmd("GET", "k:1"))
-    assert s.shared and s.resp3 and s.upstream_ready and not s.want_upstream
-    assert b"".join(s.to_upstream) == cmd("HELLO", "3") + cmd("GET", "k:1")
-    assert s.expected == 2
-    s.upstream_data(b"%1\r\n$5\r\nproto\r\n:3\r\n_\r\n")
+    assert s.shared and s.resp3 and s.link_resp3 and s.upstream_ready and not s.want_upstream
+    assert b"".join(s.to_upstream) == cmd("GET", "k:1")
+    assert s.expected == 1
+    s.upstream_data(b"_\r\n")
     replies = b"".join(s.to_client)
-    assert replies.startswith(b"%1\r\n$5\r\nproto\r\n:3\r\n-ERR unknown subcommand 'SETINFO'")
+    assert replies.startswith(b"%7\r\n$6\r\nserver\r\n$5\r\nredis\r\n$7\r\nversion\r\n"
+                              b"$6\r\n7.0.15\r\n$5\r\nproto\r\n:3\r\n$2\r\nid\r\n:42\r\n")
+    assert b"-ERR unknown subcommand 'SETINFO'" in replies
     assert replies.endswith(b"\r\n_\r\n") and replies.count(b"-ERR unknown subcommand") == 2
 
 
@@ -191,20 +232,54 @@ def test_hello_with_a_name_needs_a_connection_of_its_own():
         cmd("HELLO", "3", "SETNAME", "worker-1")
 
 
-def test_reset_takes_a_resp3_client_off_its_resp3_link():
+def test_reset_takes_a_busy_resp3_client_off_its_resp3_link():
     s = shared_session()
     s.client_data(cmd("HELLO", "3") + cmd("GET", "k:1") + cmd("RESET") + cmd("AUTH", "u", "pw")
                   + cmd("GET", "k:1"))
-    assert b"".join(s.to_upstream) == cmd("HELLO", "3") + cmd("GET", "k:1")
-    assert s.expected == 2 and not s.shared and not s.resp3 and s.want_upstream
+    assert b"".join(s.to_upstream) == cmd("GET", "k:1")
+    assert s.link_resp3   # (bound to the RESP3 links when it was judged)
+    assert s.expected == 1 and not s.shared and not s.resp3 and s.want_upstream
     s.to_upstream.clear()
-    s.upstream_data(b"%1\r\n$5\r\nproto\r\n:3\r\n_\r\n")   # the shared replies
-    assert b"".join(s.to_client) == b"%1\r\n$5\r\nproto\r\n:3\r\n_\r\n"
+    s.upstream_data(b"_\r\n")   # the shared reply, then the local ones that waited for it
+    assert b"".join(s.to_client).endswith(b"_\r\n+RESET\r\n+OK\r\n")
     s.to_client.clear()
     s.connected()   # a RESP2 connection of its own: nothing to reset on it, no HELLO 3
     assert b"".join(s.to_upstream) == cmd("AUTH", "gate-secret") + cmd("GET", "k:1")
-    s.upstream_data(b"+OK\r\n$-1\r\n")   # (the local replies wait for its AUTH's, in order)
-    assert b"".join(s.to_client) == b"+RESET\r\n+OK\r\n$-1\r\n"
+    s.upstream_data(b"+OK\r\n$-1\r\n")
+    assert b"".join(s.to_client) == b"$-1\r\n"
+
+
+def test_a_protocol_switch_with_nothing_due_moves_the_client_to_the_other_links():
+    s = shared_session()
+    s.client_data(cmd("GET", "k:1"))
+    assert not s.link_resp3 and s.expected == 1
+    s.to_upstream.clear()
+    s.upstream_data(b"$-1\r\n")
+    s.to_client.clear()
+    s.client_data(cmd("HELLO", "3") + cmd("GET", "k:1") + cmd("GET", "k:2"))
+    # Nothing was due on the RESP2 link: the client is bound to the RESP3 ones, still shared.
+    assert s.shared and s.resp3 and s.link_resp3 and not s.want_upstream
+    assert b"".join(s.to_upstream) == cmd("GET", "k:1") + cmd("GET", "k:2")
+    s.to_upstream.clear()
+    s.upstream_data(b"_\r\n_\r\n")
+    s.client_data(cmd("RESET") + cmd("AUTH", "u", "pw") + cmd("GET", "k:1"))
+    assert s.shared and not s.resp3 and not s.link_resp3
+    assert b"".join(s.to_upstream) == cmd("GET", "k:1")
+
+
+def test_no_switch_of_protocol_reaches_a_shared_link():
+    # AUTH + HELLO 3 + HELLO 2, or HELLO 3 + RESET, in one write: nothing but the data commands
+    # goes to the links, each bound to the protocol it was judged under.
+    for seq in ([cmd("HELLO", "3"), cmd("GET", "k:1"), cmd("HELLO", "2"), cmd("GET", "k:2")],
+                [cmd("HELLO", "3"), cmd("HELLO", "2"), cmd("GET", "k:2")],
+                [cmd("HELLO", "3"), cmd("GET", "k:1"), cmd("RESET"), cmd("AUTH", "u", "pw"),
+                 cmd("GET", "k:2")]):
+        s = fresh_session()
+        s.client_data(cmd("AUTH", "u", "pw") + b"".join(seq))
+        shared = b"".join(s.to_upstream)
+        assert b"HELLO" not in shared and b"RESET" not in shared
+        s.connected()
+        assert b"HELLO\r\n$1\r\n2" not in b"".join(s.to_upstream)
 
 
 def test_reset_on_a_shared_link_is_answered_by_the_proxy():
