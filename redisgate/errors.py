@@ -26,7 +26,7 @@ from __future__ import annotations
 __all__ = [
     "era", "error_line", "noauth", "wrongpass", "unknown_command", "unknown_subcommand",
     "wrong_arity", "noperm_command", "noperm_key", "noperm_channel", "noperm_db", "noproto",
-    "execabort", "noauth_hello", "not_in_multi", "legacy_hello",
+    "execabort", "noauth_hello", "not_in_multi", "legacy_hello", "pubsub_context",
 ]
 
 Version = tuple  # (major, minor[, patch])
@@ -226,3 +226,17 @@ def noproto() -> bytes:
 def execabort() -> bytes:
     """EXEC after a command was refused while queueing."""
     return b"-EXECABORT Transaction discarded because of previous errors.\r\n"
+
+
+def pubsub_context(version: Version, name: str) -> bytes:
+    """A command other than (P|S)SUBSCRIBE, (P|S)UNSUBSCRIBE, PING, QUIT, RESET on a RESP2
+    connection in subscribed mode (processCommand; the proxy needs it for AUTH and HELLO, which
+    it answers itself). `name` is the command's (full) name in lower case."""
+    e = era(version)
+    if e in ("5", "6.0"):
+        return b"-ERR only (P)SUBSCRIBE / (P)UNSUBSCRIBE / PING / QUIT allowed in this context\r\n"
+    if e == "6.2":
+        return error_line(b"Can't execute '" + _c(name) + b"': only (P)SUBSCRIBE / "
+                          b"(P)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context")
+    return error_line(b"Can't execute '" + _c(name) + b"': only (P|S)SUBSCRIBE / "
+                      b"(P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context")

@@ -126,6 +126,7 @@ class Session:
         self.sub_active = False       # RESP2 subscribed mode, as confirmed by the upstream
         self.tracking = False         # CLIENT TRACKING ON was sent: invalidation pushes may come
         self.sub_ever = False         # a subscribe-family command was sent: pub/sub pushes may
+        self._sub_changes = 0         # counts changes of `subs` (see _exec_subscribed)
 
         self._auto_login(Via.CONNECT)
 
@@ -527,6 +528,7 @@ class Session:
             return errors.wrongpass(version)
         throttle.succeeded(self.address, raw_name)
         self._login(entry, via=result.method.value, method=result.method)
+        self._adopt_user_state()
         return None
 
     def _auth_failed(self, raw_name: bytes, checked: bool) -> None:
@@ -561,6 +563,33 @@ class Session:
             from dataclasses import replace
             self.cert = replace(self.cert, trusted=False)
         self._refresh_user()
+
+    def _adopt_user_state(self) -> None:
+        """After a login on a connection that may hold another user's state: what the new user
+        may not hold goes. A database outside its `databases` goes back to the home database,
+        subscriptions to channels or patterns it may not use are unsubscribed; the upstream's
+        replies to both are swallowed. (A shared session has neither: SELECT and subscriptions
+        move a client off the links.)"""
+        if self.shared:
+            return
+        user = self.user_entry.user
+        dbs = self._databases()   # (a set, or the home database alone)
+        if self.db != self.home_db and not user.has_allkeys \
+                and not (self.db in dbs if isinstance(dbs, frozenset) else self.db == dbs):
+            self.db = self.home_db
+            self._send_upstream(encode_command([b"SELECT", str(self.home_db).encode()]))
+            self._expect(DROP, 1)
+        dropped = 0
+        for kind, command in (("chan", b"UNSUBSCRIBE"), ("pat", b"PUNSUBSCRIBE"),
+                              ("shard", b"SUNSUBSCRIBE")):
+            subs = self.subs[kind]
+            gone = sorted(c for c in subs if not user.check_channel(c, pattern=kind == "pat"))
+            if gone:
+                subs.difference_update(gone)
+                self._send_upstream(encode_command([command] + gone))
+                dropped += len(gone)
+        if dropped:
+            self._expect(SUBDROP, dropped)
 
     def _refresh_user(self) -> None:
         """After a reload: the certificate is mapped again, and the session keeps its user only if
@@ -601,6 +630,8 @@ class Session:
     # -- handlers for commands the proxy answers or watches
 
     def _cmd_auth(self, args) -> None:
+        if not self.resp3 and self._subscribed():   # (RESP2 subscribed mode, as in Redis)
+            return self._reject(errors.pubsub_context(self.gate.upstream_version, "auth"))
         if len(args) > 3:
             return self._reject(error("ERR syntax error"))
         if self.multi:
@@ -617,6 +648,8 @@ class Session:
             # AUTH", minus the credentials. Refused like any unknown command: inside MULTI it
             # dooms the transaction, and commands behind it are judged as before.
             return self._reject(errors.legacy_hello(version, args))
+        if not self.resp3 and self._subscribed():   # (RESP2 subscribed mode, as in Redis)
+            return self._reject(errors.pubsub_context(version, "hello"))
         if self.multi:
             return self._reject(errors.not_in_multi())
         # Redis 6.2/7.0's helloCommand, step by step: the protocol (string2ll), then each option
@@ -752,7 +785,11 @@ class Session:
             self._expect(DROP, 1)
             self._local(errors.execabort())
         elif self.multi and self.multi_subs:
-            self._forward(req, payload=self._exec_plan())
+            # Judged as if it runs (later commands are judged in that state; see
+            # _exec_subscribed for when it does not).
+            plan = self._exec_plan()
+            self.subs, plan.before = plan.before, self.subs
+            self._forward(req, payload=plan)
         else:
             self._forward(req)
         self.multi = self.multi_dirty = False
@@ -774,7 +811,8 @@ class Session:
                 replies = max(1, len(subs[kind]))
                 subs[kind].clear()
             spill += replies - 1
-        return _ExecSubs(subs, spill)
+        self._sub_changes += 1
+        return _ExecSubs(subs, spill, self._sub_changes)
 
     def _cmd_sort(self, spec, args, req) -> None:
         """SORT/SORT_RO BY <pattern with *> and GET read keys no key spec names. Redis 7 refuses
@@ -793,6 +831,7 @@ class Session:
 
     def _cmd_subscribe(self, spec, args, req) -> None:
         self.sub_ever = True
+        self._sub_changes += 1
         kind = _SUBSCRIBE[spec.name]
         if self.multi:   # queued: +QUEUED now, the confirmations in EXEC's reply (_exec_plan)
             self.multi_subs.append((kind, True, args[1:]))
@@ -802,6 +841,7 @@ class Session:
 
     def _cmd_unsubscribe(self, spec, args, req) -> None:
         self.sub_ever = True
+        self._sub_changes += 1
         kind = _UNSUBSCRIBE[spec.name]
         if self.multi:
             self.multi_subs.append((kind, False, args[1:]))
@@ -1113,9 +1153,11 @@ class Session:
         state.ran = kind == b"*" and not (frame is not None and frame.startswith(b"*-1"))
         if state.ran:
             slot[1] += state.spill
-            for kind_, chans in state.subs.items():
-                self.subs[kind_] = chans
             self.sub_active = not self.resp3 and self._subscribed()
+        elif state.changes == self._sub_changes:
+            # It did not run (WATCH, or Redis refused a queued command): the subscriptions
+            # are what they were, unless later commands changed them since.
+            self.subs = state.before
 
     def _unasked(self, head) -> bool:
         """Whether a push with this head is one the client never asked for."""
@@ -1159,11 +1201,12 @@ class Session:
 
 class _ExecSubs:
     """The payload of an EXEC slot whose transaction (un)subscribes (Session._exec_plan)."""
-    __slots__ = ("subs", "spill", "ran")
+    __slots__ = ("before", "spill", "changes", "ran")
 
-    def __init__(self, subs: dict, spill: int):
-        self.subs = subs        # the subscriptions if EXEC runs
+    def __init__(self, subs: dict, spill: int, changes: int):
+        self.before = subs      # the subscriptions if EXEC runs; swapped for those before it
         self.spill = spill      # replies after EXEC's array (one per channel beyond the first)
+        self.changes = changes  # Session._sub_changes when it was judged
         self.ran = None         # unknown until EXEC's reply: then True / False
 
 
@@ -1236,7 +1279,9 @@ def _acl_names() -> set[str]:
     return {"acl"} | {sub.name for sub in acl.subcommands.values()}
 
 
-_PLAIN = frozenset(set(_LOCAL_FIRST) | set(_HANDLERS) | set(_UNSUPPORTED) | _acl_names())
+# (CLIENT TRACKING: _handle refuses REDIRECT and notes that pushes may come.)
+_PLAIN = frozenset(set(_LOCAL_FIRST) | set(_HANDLERS) | set(_UNSUPPORTED) | _acl_names()
+                   | {"client|tracking"})
 
 
 # What may travel on a shared upstream link: commands with one reply that neither read nor change
