@@ -336,3 +336,47 @@ def test_auth_in_resp2_subscribed_mode_is_refused_as_by_redis(request, version):
         assert proxied == direct
     finally:
         runner.stop()
+
+
+# ---------------------------------------------------------------- pushes nobody asked for
+
+def _session(resp3=True):
+    from redisgate.config import build_config
+    from redisgate.gate import Gate
+    from redisgate.session import Session
+    cfg = build_config({"upstream": {"address": "127.0.0.1:1"}, "users": USERS})
+    s = Session(Gate(cfg, upstream_version=(7, 0, 15)), "test")
+    s.client_data(cmd("HELLO", "3", "AUTH", "wide", "wide-pw") if resp3
+                  else cmd("AUTH", "wide", "wide-pw"))
+    s.connected()
+    s.upstream_data(b"%1\r\n$5\r\nproto\r\n:3\r\n" if resp3 else b"")
+    s.to_client.clear()
+    s.to_upstream.clear()
+    return s
+
+
+INVALIDATE = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$15\r\nsecret:payroll1\r\n"
+MESSAGE = b">3\r\n$7\r\nmessage\r\n$6\r\nchan:1\r\n$2\r\nhi\r\n"
+
+
+@pytest.mark.parametrize("push", [INVALIDATE, MESSAGE])
+def test_a_push_the_client_did_not_ask_for_is_dropped_wherever_it_is_cut(push):
+    stream = b"$1\r\n1\r\n" + push + b"$1\r\n2\r\n" + push
+    for cut in range(len(stream) + 1):
+        s = _session()
+        s.client_data(cmd("GET", "app:1") + cmd("GET", "app:2"))
+        s.upstream_data(stream[:cut])
+        s.upstream_data(stream[cut:])
+        assert b"".join(s.to_client) == b"$1\r\n1\r\n$1\r\n2\r\n", cut
+
+
+def test_pushes_the_client_asked_for_pass():
+    s = _session()
+    s.client_data(cmd("CLIENT", "TRACKING", "ON") + cmd("GET", "app:1"))
+    assert b"".join(s.to_upstream) == cmd("CLIENT", "TRACKING", "ON") + cmd("GET", "app:1")
+    s.upstream_data(b"+OK\r\n" + INVALIDATE + b"$1\r\n1\r\n")
+    assert b"".join(s.to_client) == b"+OK\r\n" + INVALIDATE + b"$1\r\n1\r\n"
+    s = _session()
+    s.client_data(cmd("SUBSCRIBE", "chan:1"))
+    s.upstream_data(b">3\r\n$9\r\nsubscribe\r\n$6\r\nchan:1\r\n:1\r\n" + MESSAGE)
+    assert b"".join(s.to_client).endswith(MESSAGE)
