@@ -126,7 +126,12 @@ class Session:
         self.sub_active = False       # RESP2 subscribed mode, as confirmed by the upstream
         self.tracking = False         # CLIENT TRACKING ON was sent: invalidation pushes may come
         self.sub_ever = False         # a subscribe-family command was sent: pub/sub pushes may
-        self._sub_changes = 0         # counts changes of `subs` (see _exec_subscribed)
+        # After EXEC of a transaction that (un)subscribes, what the client sends next waits
+        # until EXEC's reply tells whether it ran (_exec_subscribed): requests already parsed
+        # in `_deferred`, the rest in the parser.
+        self._exec_wait = False
+        self._resume = False
+        self._deferred: list = []
 
         self._auto_login(Via.CONNECT)
 
@@ -140,7 +145,7 @@ class Session:
             self._refresh_user()
         parser = self.parser
         parser.feed(data)
-        while not self._dead and not self.stall:
+        while not self._dead and not self.stall and not self._exec_wait:
             # Whole requests at the head of the buffer come as one batch (authenticated clients
             # only); anything else one request at a time, so that what follows an AUTH or a
             # RESET is parsed and judged with its outcome.
@@ -190,6 +195,8 @@ class Session:
             for j in range(count):
                 if self._dead:
                     return
+                if self._exec_wait:
+                    return self._defer(batch, j)
                 self._handle(batch.request(j))
             return
         user = entry.user
@@ -255,6 +262,8 @@ class Session:
                 for k in range(j + 1, count):
                     if self._dead:
                         return
+                    if self._exec_wait:
+                        return self._defer(batch, k)
                     self._handle(batch.request(k))
                 return
         if j0 < count:
@@ -266,6 +275,26 @@ class Session:
                 slots.append([FWD, count - j0, None])
             if self.shared:
                 self.expected += count - j0
+
+    def _defer(self, batch, j: int) -> None:
+        """Requests j.. of `batch` wait (see `_exec_wait`)."""
+        self._deferred.extend(batch.request(k) for k in range(j, len(batch.args)))
+
+    def _continue_input(self) -> None:
+        """EXEC's reply came: judge what waited for it, in order."""
+        waiting, self._deferred = self._deferred, []
+        for i, req in enumerate(waiting):
+            if self._dead:
+                return
+            if self._exec_wait:   # (another such EXEC among them)
+                self._deferred = waiting[i:] + self._deferred
+                return
+            if req.raw is None:
+                self._handle(req)
+            else:
+                self._run(Batch.of(req))
+        if not self._exec_wait:
+            self.client_data(b"")
 
     def _inline(self, args, known: dict):
         """How `_run` judges this command inline, or None when it must go to `_handle` (answered
@@ -785,11 +814,10 @@ class Session:
             self._expect(DROP, 1)
             self._local(errors.execabort())
         elif self.multi and self.multi_subs:
-            # Judged as if it runs (later commands are judged in that state; see
-            # _exec_subscribed for when it does not).
-            plan = self._exec_plan()
-            self.subs, plan.before = plan.before, self.subs
-            self._forward(req, payload=plan)
+            # Whether it runs (WATCH) decides the subscriptions and the replies to come: what
+            # the client sent next waits for its reply (_exec_subscribed).
+            self._forward(req, payload=self._exec_plan())
+            self._exec_wait = True
         else:
             self._forward(req)
         self.multi = self.multi_dirty = False
@@ -811,8 +839,7 @@ class Session:
                 replies = max(1, len(subs[kind]))
                 subs[kind].clear()
             spill += replies - 1
-        self._sub_changes += 1
-        return _ExecSubs(subs, spill, self._sub_changes)
+        return _ExecSubs(subs, spill)
 
     def _cmd_sort(self, spec, args, req) -> None:
         """SORT/SORT_RO BY <pattern with *> and GET read keys no key spec names. Redis 7 refuses
@@ -831,7 +858,6 @@ class Session:
 
     def _cmd_subscribe(self, spec, args, req) -> None:
         self.sub_ever = True
-        self._sub_changes += 1
         kind = _SUBSCRIBE[spec.name]
         if self.multi:   # queued: +QUEUED now, the confirmations in EXEC's reply (_exec_plan)
             self.multi_subs.append((kind, True, args[1:]))
@@ -841,7 +867,6 @@ class Session:
 
     def _cmd_unsubscribe(self, spec, args, req) -> None:
         self.sub_ever = True
-        self._sub_changes += 1
         kind = _UNSUBSCRIBE[spec.name]
         if self.multi:
             self.multi_subs.append((kind, False, args[1:]))
@@ -984,6 +1009,8 @@ class Session:
         """
         self.upstream_ready = False
         self.want_upstream = False
+        self._exec_wait = False
+        self._deferred.clear()
         self._held.clear()
         self.to_upstream.clear()
         self._partial = None
@@ -1024,7 +1051,8 @@ class Session:
                 or self._dead or self.close or self.sub_active or self._partial is not None \
                 or self._held or self.to_client or self.to_upstream \
                 or self._generation != self.gate.generation or not self.scanner.idle \
-                or self.parser.buffered or not self.parser.authenticated:
+                or self.parser.buffered or not self.parser.authenticated \
+                or self._exec_wait or self._deferred:
             return None
         slots = self.slots
         if slots and (len(slots) > 1 or slots[0][0] != FWD or slots[0][2] is not None):
@@ -1046,9 +1074,16 @@ class Session:
 
     def upstream_data(self, data: bytes) -> None:
         """Route upstream replies to the client, interleaving local replies in command order."""
+        self._upstream_data(data)
+        if self._resume:
+            self._resume = False
+            self._continue_input()
+
+    def _upstream_data(self, data: bytes) -> None:
         out = self.to_client
         slots = self.slots
-        if slots and slots[0][0] == FWD and not self.sub_active and self._partial is None:
+        if slots and slots[0][0] == FWD and not self.sub_active and self._partial is None \
+                and slots[0][2] is None:
             # The common case: `data` is whole flat replies to the forwarded commands at the
             # head. They are only counted, not made into frames, and `data` passes through as
             # it came: what the loop below would do, frame by frame. Anything else, the loop.
@@ -1074,7 +1109,7 @@ class Session:
                 # EXEC of a transaction that subscribes: its reply and the replies that spill
                 # out after its array (Redis counts one per command, a SUBSCRIBE makes one per
                 # channel), pushes included, are all its own.
-                self._exec_subscribed(slot, kind, data[pos:end] if pos or idle else None)
+                self._exec_subscribed(slot, kind, data[pos:pos + 3] if pos or idle else None)
             elif kind == b">":
                 oob = not (slot[0] in (SUB, SUBDROP) and frame.head in SUB_HEADS)
             elif slot[0] in (SUB, SUBDROP):
@@ -1153,11 +1188,11 @@ class Session:
         state.ran = kind == b"*" and not (frame is not None and frame.startswith(b"*-1"))
         if state.ran:
             slot[1] += state.spill
+            self.subs = state.subs
             self.sub_active = not self.resp3 and self._subscribed()
-        elif state.changes == self._sub_changes:
-            # It did not run (WATCH, or Redis refused a queued command): the subscriptions
-            # are what they were, unless later commands changed them since.
-            self.subs = state.before
+        # (Else it did not run: WATCH, or Redis refused a queued command. Nothing changes.)
+        self._exec_wait = False
+        self._resume = True   # (upstream_data then judges what waited)
 
     def _unasked(self, head) -> bool:
         """Whether a push with this head is one the client never asked for."""
@@ -1201,12 +1236,11 @@ class Session:
 
 class _ExecSubs:
     """The payload of an EXEC slot whose transaction (un)subscribes (Session._exec_plan)."""
-    __slots__ = ("before", "spill", "changes", "ran")
+    __slots__ = ("subs", "spill", "ran")
 
-    def __init__(self, subs: dict, spill: int, changes: int):
-        self.before = subs      # the subscriptions if EXEC runs; swapped for those before it
+    def __init__(self, subs: dict, spill: int):
+        self.subs = subs        # the subscriptions if EXEC runs
         self.spill = spill      # replies after EXEC's array (one per channel beyond the first)
-        self.changes = changes  # Session._sub_changes when it was judged
         self.ran = None         # unknown until EXEC's reply: then True / False
 
 

@@ -234,6 +234,9 @@ TRANSACTIONS = [
      ("EXEC",), ("GET", "app:k")],
     [("MULTI",), ("SUBSCRIBE", "chan:1"), ("UNSUBSCRIBE", "chan:1"), ("UNSUBSCRIBE",),
      ("EXEC",), ("GET", "app:k")],
+    # EXEC that does not run (its WATCH fired): no subscriptions, nothing spills.
+    [("WATCH", "app:k"), ("SET", "app:k", "v2"), ("MULTI",), ("SUBSCRIBE", "chan:1", "chan:2"),
+     ("EXEC",), ("GET", "app:k"), ("UNSUBSCRIBE",), ("PING",)],
 ]
 
 
