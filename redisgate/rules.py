@@ -44,8 +44,8 @@ Stricter than Redis (documented refusals, `Denial.kind` tells them apart from Re
   FLUSHDB, SWAPDB, MOVE, COPY ... DB <other db>, SELECT <other db> (other than `judge(..., db=)`),
   DEBUG, CONFIG *, MODULE *, MONITOR, SHUTDOWN, REPLICAOF, SLAVEOF, MIGRATE, CLIENT KILL,
   CLIENT PAUSE, SYNC, PSYNC, CLIENT TRACKING (its invalidation messages name keys outside the
-  user's patterns: with BCAST every modified key). (The session may still run SCAN/KEYS for a `confine_scan` user,
-  rewritten to the user's one key prefix: see confine.py and `read_prefix`.)
+  user's patterns: with BCAST every modified key). (The session may still run SCAN/KEYS for a
+  `confine_scan` user, rewritten to the user's one key prefix: see confine.py and `read_prefix`.)
 * kind "script" — EVAL, EVALSHA, EVAL_RO, EVALSHA_RO, SCRIPT LOAD, FCALL, FCALL_RO, FUNCTION LOAD:
   a script can touch any key and run any command under the proxy's upstream identity. When the
   user has a script policy (`user.scripts`, see scripts.py) it decides, once the command bit and

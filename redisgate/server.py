@@ -1146,7 +1146,11 @@ class Proxy:
             else:
                 raise RuntimeError("no redis_version in INFO")
             if version >= (6, 0, 0) and self.links:
-                await self._probe_hello(reader, writer)
+                try:
+                    await self._probe_hello(reader, writer)
+                except (OSError, ConnectionError, UpstreamProtocolError) as e:
+                    # (hello_reply then builds the reply from the version alone)
+                    log.warning("could not read the upstream's HELLO reply (%s)", e)
             return version
         finally:
             writer.close()
