@@ -44,7 +44,8 @@ Stricter than Redis (documented refusals, `Denial.kind` tells them apart from Re
   FLUSHDB, SWAPDB, MOVE, COPY ... DB <other db>, SELECT <other db> (other than `judge(..., db=)`),
   DEBUG, CONFIG *, MODULE *, MONITOR, SHUTDOWN, REPLICAOF, SLAVEOF, MIGRATE, CLIENT KILL,
   CLIENT PAUSE, SYNC, PSYNC, CLIENT TRACKING (its invalidation messages name keys outside the
-  user's patterns: with BCAST every modified key). (The session may still run SCAN/KEYS for a
+  user's patterns: with BCAST every modified key), CLIENT UNBLOCK (it ends another client's
+  blocking command). (The session may still run SCAN/KEYS for a
   `confine_scan` user, rewritten to the user's one key prefix: see confine.py and `read_prefix`.)
 * kind "script" — EVAL, EVALSHA, EVAL_RO, EVALSHA_RO, SCRIPT LOAD, FCALL, FCALL_RO, FUNCTION LOAD:
   a script can touch any key and run any command under the proxy's upstream identity. When the
@@ -114,8 +115,9 @@ _SCRIPT_COMMANDS = frozenset({"eval", "evalsha", "eval_ro", "evalsha_ro", "scrip
 _KEYSPACE_COMMANDS = frozenset({
     "keys", "scan", "randomkey", "flushall", "flushdb", "swapdb", "move", "debug", "monitor",
     "shutdown", "replicaof", "slaveof", "migrate", "client|kill", "client|pause", "sync", "psync",
-    # Invalidation messages name keys beyond the user's patterns (BCAST: every modified key).
-    "client|tracking",
+    # Invalidation messages name keys beyond the user's patterns (BCAST: every modified key);
+    # UNBLOCK ends another client's blocking command.
+    "client|tracking", "client|unblock",
 })
 _KEYSPACE_CONTAINERS = frozenset({"config", "module"})
 _INT_RE = re.compile(rb"-?[1-9][0-9]*|0")   # Redis string2ll: no sign '+', no leading zeros

@@ -155,6 +155,26 @@ def test_client_tracking_needs_allkeys(proxy7, args):
     assert w.call("GET", "app:t") == b"1"   # no invalidation push in between
 
 
+def test_client_unblock_needs_allkeys(redis7):
+    # It would end another client's BLPOP (a nil or an error in that client's stream).
+    users = dict(USERS, all=f"on {pw_hash('all-pw')} ~app:* +@all")
+    runner = _proxy(redis7, users=users)
+    try:
+        blocked = Wire(runner.port)
+        blocked.call("AUTH", "app", "app-pw")
+        victim_id = blocked.call("CLIENT", "ID")
+        blocked.send(cmd("BLPOP", "app:queue", "2"))
+        time.sleep(0.2)
+        w = Wire(runner.port)
+        w.call("AUTH", "all", "all-pw")
+        reply = w.call("CLIENT", "UNBLOCK", victim_id, "ERROR")
+        assert isinstance(reply, Exception) and str(reply).startswith("NOPERM")
+        redis7.admin().rpush("app:queue", "job")
+        assert blocked.read(1) == [[b"app:queue", b"job"]]
+    finally:
+        runner.stop()
+
+
 @pytest.mark.parametrize("args", [
     ("ON", "REDIRECT", "{id}"), ("ON", "BCAST", "REDIRECT", "{id}"),
     ("ON", "redirect\0x", "{id}"), ("OFF", "REDIRECT", "{id}"),
