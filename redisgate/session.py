@@ -405,7 +405,7 @@ class Session:
                 # Another connection's id would be another client's stream (or a shared link).
                 return self._reject(error("ERR CLIENT TRACKING REDIRECT is not supported through "
                                           "redisgate: a client cannot name another connection"))
-            if _option(args[2]) == b"on":
+            if is_word(args[2], b"on"):
                 self.tracking = True   # (invalidation pushes may come now: see _unasked)
         handler = _HANDLERS.get(name)
         if handler is not None:
@@ -1244,17 +1244,12 @@ class _ExecSubs:
         self.ran = None         # unknown until EXEC's reply: then True / False
 
 
-def _option(word: bytes) -> bytes:
-    """An option word as Redis's strcasecmp sees it: up to a NUL byte, case folded."""
-    return word.split(b"\0", 1)[0].lower()
-
-
 def _tracking_redirect(args) -> bool:
     """Does CLIENT TRACKING name a REDIRECT target, as Redis parses its options (networking.c:
     REDIRECT and PREFIX take a value when one follows; anything else is a flag or an error)?"""
     j = 3
     while j < len(args):
-        opt = _option(args[j])
+        opt = word(args[j])
         more = j + 1 < len(args)
         if opt == b"redirect" and more:
             return True
