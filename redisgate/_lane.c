@@ -145,18 +145,26 @@ lane_arm(Lane *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "Lane.arm: due, max_args or max_bulk out of range");
         return NULL;
     }
+    /* Everything that can fail comes before the first reference is taken: a failed arm
+     * leaves no reference behind (tests/test_refcounts.py). */
+    if (link != NULL) {
+        PyObject *queue, *demux = PyObject_GetAttr(link, s_demux);
+        if (demux == NULL)
+            return NULL;
+        queue = PyObject_GetAttr(demux, s_due);
+        Py_DECREF(demux);
+        if (queue == NULL)
+            return NULL;
+        if (self->known != NULL) {   /* (the lookups ran Python code: it could have armed us) */
+            Py_DECREF(queue);
+            PyErr_SetString(PyExc_RuntimeError, "Lane.arm: already armed (disarm() first)");
+            return NULL;
+        }
+        Py_XSETREF(self->queue, queue);
+    }
     Py_INCREF(known);
     Py_INCREF(upstream_write);
     Py_INCREF(client_write);
-    if (link != NULL) {
-        PyObject *demux = PyObject_GetAttr(link, s_demux);
-        if (demux == NULL)
-            return NULL;
-        self->queue = PyObject_GetAttr(demux, s_due);
-        Py_DECREF(demux);
-        if (self->queue == NULL)
-            return NULL;
-    }
     Py_XINCREF(link);
     Py_XINCREF(owner);
     self->known = known;
@@ -180,17 +188,24 @@ lane_disarm(Lane *self, PyObject *unused)
     return PyLong_FromSsize_t(due);
 }
 
-/* The bytes of argument i of the request at p that walk() accepted. */
+/* The bytes of argument i of the request at p that walk() accepted (it ends at `end`, has
+ * more than i arguments), and *len; or NULL when the checked re-walk disagrees (give up). */
 static const char *
 argument(const char *p, const char *end, Py_ssize_t i, Py_ssize_t max_bulk, Py_ssize_t *len)
 {
+    const char *bytes;
     int more;
-    p = (const char *)memchr(p, '\n', end - p) + 1;   /* past "*<n>\r\n" */
+    Py_ssize_t argc;
+    if (p >= end || *p != '*' || i < 0)
+        return NULL;
+    /* (the header's count, read again only to bound i) */
+    if (number_line(p + 1, end, PY_SSIZE_T_MAX, &argc, &more) == NULL || i >= argc)
+        return NULL;
+    p = arguments_at(p, end, argc);
     for (;;) {
-        p = number_line(p + 1, end, max_bulk, len, &more);   /* walk() proved it is there */
-        if (i-- == 0)
-            return p;
-        p += *len + 2;
+        bytes = next_argument(p, end, max_bulk, len, &p);
+        if (bytes == NULL || i-- == 0)
+            return bytes;
     }
 }
 
@@ -234,15 +249,14 @@ script_passes(PyObject *shas, const char *req, const char *end, Py_ssize_t argc,
     const char *arg[SCRIPT_MAX_ARGS], *p, *close;
     Py_ssize_t len[SCRIPT_MAX_ARGS], i, need;
     PyObject *per, *form, *numkeys, *checks;
-    int more;
 
     if (!PyDict_CheckExact(shas) || argc < 4 || argc > SCRIPT_MAX_ARGS)
         return 0;
-    p = (const char *)memchr(req, '\n', end - req) + 1;   /* past "*<n>\r\n"; walk() proved it all */
+    p = arguments_at(req, end, argc);   /* (checked again: any disagreement gives up) */
     for (i = 0; i < argc; i++) {
-        p = number_line(p + 1, end, max_bulk, &len[i], &more);
-        arg[i] = p;
-        p += len[i] + 2;
+        arg[i] = next_argument(p, end, max_bulk, &len[i], &p);
+        if (arg[i] == NULL)
+            return 0;
     }
     per = dict_item(shas, arg[1], len[1]);
     if (per == NULL || !PyDict_CheckExact(per))
@@ -325,6 +339,8 @@ passes(PyObject *entry, const char *req, const char *end, Py_ssize_t argc, Py_ss
     if (pos < 0 || pos >= argc)   /* session.ASK: the judge decides */
         return 0;
     k = argument(req, end, pos, max_bulk, &klen);
+    if (k == NULL)
+        return 0;
     prefixes = PyTuple_GET_ITEM(entry, 4);
     if (PyTuple_CheckExact(prefixes)) {
         for (i = 0; i < PyTuple_GET_SIZE(prefixes); i++) {
@@ -354,7 +370,9 @@ passes(PyObject *entry, const char *req, const char *end, Py_ssize_t argc, Py_ss
     return ok;
 }
 
-/* A Python int attribute as a Py_ssize_t (-1 with an exception set if it is not one). */
+/* A non-negative Python int attribute as a Py_ssize_t; -1 with an exception set when it is not
+ * one: TypeError (not an int), OverflowError (PyLong_AsSsize_t) or ValueError (negative). Every
+ * negative result has an exception set, so callers test `< 0`. */
 static Py_ssize_t
 int_attr(PyObject *obj, PyObject *name)
 {
@@ -362,9 +380,17 @@ int_attr(PyObject *obj, PyObject *name)
     PyObject *o = PyObject_GetAttr(obj, name);
     if (o == NULL)
         return -1;
-    v = PyLong_Check(o) ? PyLong_AsSsize_t(o) : -1;
-    if (v == -1 && !PyErr_Occurred())
-        PyErr_SetString(PyExc_TypeError, "redisgate._lane: expected a non-negative int");
+    if (!PyLong_Check(o)) {
+        PyErr_Format(PyExc_TypeError, "redisgate._lane: %U must be an int, not %.100s", name,
+                     Py_TYPE(o)->tp_name);
+        v = -1;
+    } else {
+        v = PyLong_AsSsize_t(o);
+        if (v < 0 && !PyErr_Occurred()) {
+            PyErr_Format(PyExc_ValueError, "redisgate._lane: %U must be >= 0, not %zd", name, v);
+            v = -1;
+        }
+    }
     Py_DECREF(o);
     return v;
 }
@@ -504,6 +530,8 @@ lane_client_data(Lane *self, PyObject *data)
         if (next == NULL)
             goto slow;
         n = argument(p, next, 0, self->max_bulk, &len);
+        if (n == NULL)
+            goto slow;
         if (entry == NULL || len != name_len || memcmp(n, name, len) != 0) {
             /* (a pipeline mostly repeats one name: look it up once per run) */
             PyObject *key = PyBytes_FromStringAndSize(n, len);

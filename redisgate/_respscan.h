@@ -73,6 +73,41 @@ walk(const char *p, const char *end, Py_ssize_t max_args, Py_ssize_t max_bulk, P
     return p;
 }
 
+/* Re-walks of a request that walk() accepted (build(), argument(), script_passes()). Each step
+ * is checked again instead of trusting that walk() proved it: a disagreement (a walker bug, a
+ * caller passing the wrong range) gives NULL, and the caller gives up on the request (the Python
+ * path decides it), never reading outside [p, end). */
+
+/* Where the arguments of the request at p begin: past "*<argc>\r\n"; or NULL. */
+static const char *
+arguments_at(const char *p, const char *end, Py_ssize_t argc)
+{
+    Py_ssize_t n;
+    int more;
+    if (p >= end || *p != '*')
+        return NULL;
+    p = number_line(p + 1, end, argc, &n, &more);
+    return p == NULL || n != argc ? NULL : p;
+}
+
+/* The argument at p, "$<len>\r\n<len bytes>\r\n" with len <= max_bulk, all before end: returns
+ * its bytes, sets *len and *next (where it ends); or NULL (then *next is NULL too). */
+static const char *
+next_argument(const char *p, const char *end, Py_ssize_t max_bulk, Py_ssize_t *len,
+              const char **next)
+{
+    const char *q;
+    int more;
+    *next = NULL;
+    if (p == NULL || p >= end || *p != '$')
+        return NULL;
+    q = number_line(p + 1, end, max_bulk, len, &more);
+    if (q == NULL || end - q - 2 < *len || q[*len] != '\r' || q[*len + 1] != '\n')
+        return NULL;
+    *next = q + *len + 2;
+    return q;
+}
+
 /* Whether p[0:n] is a long long as Redis's string2ll reads it: an optional '-', digits, no
  * leading zero, not "-0", fewer than 21 characters, within range. */
 static int

@@ -25,26 +25,34 @@
 
 #define SAME_MIN 4
 
-/* The argument list of the request at p that walk() accepted (it ends at `end`). */
+/* The argument list of the request at p that walk() accepted (it ends at `end`): NULL with an
+ * exception set on an error, NULL without one when the checked re-walk disagrees with walk()
+ * (scan() then stops there, and the careful parser takes that request). */
 static PyObject *
 build(const char *p, const char *end, Py_ssize_t argc, Py_ssize_t max_bulk)
 {
     Py_ssize_t i, len;
-    int more;
     PyObject *list = PyList_New(argc);
     if (list == NULL)
         return NULL;
-    p = (const char *)memchr(p, '\n', end - p) + 1;   /* past "*<n>\r\n" */
+    p = arguments_at(p, end, argc);
     for (i = 0; i < argc; i++) {
         PyObject *arg;
-        p = number_line(p + 1, end, max_bulk, &len, &more);   /* walk() proved it is there */
-        arg = PyBytes_FromStringAndSize(p, len);
+        const char *bytes = next_argument(p, end, max_bulk, &len, &p);
+        if (bytes == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        arg = PyBytes_FromStringAndSize(bytes, len);
         if (arg == NULL) {
             Py_DECREF(list);
             return NULL;
         }
         PyList_SET_ITEM(list, i, arg);
-        p += len + 2;
+    }
+    if (p != end) {
+        Py_DECREF(list);
+        return NULL;
     }
     return list;
 }
@@ -75,6 +83,8 @@ scan(PyObject *module, PyObject *args)
         if (next == NULL)
             break;
         req = build(p, next, argc, max_bulk);
+        if (req == NULL && !PyErr_Occurred())
+            break;
         if (req == NULL || PyList_Append(reqs, req) < 0) {
             Py_XDECREF(req);
             goto done;
@@ -167,8 +177,12 @@ flat_end(const char *p, const char *end)
         }
         if (size > 1024)
             return NULL;
+        /* "$<size>\r\n" ends at cr + 2; size bytes and a CRLF must follow, before end
+         * (compared as lengths: a pointer past end + 1 must not even be formed) */
+        if (end - cr < size + 4)
+            return NULL;
         next = cr + 4 + size;
-        return next > end || next[-2] != '\r' || next[-1] != '\n' ? NULL : next;
+        return next[-2] != '\r' || next[-1] != '\n' ? NULL : next;
     }
     if (*p == '+' || *p == '-')
         return cr + 2;

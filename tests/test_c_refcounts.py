@@ -1,0 +1,335 @@
+"""Error paths of the C modules (redisgate._lane, redisgate._speedups): no reference leaked, no
+SystemError.
+
+Every entry point that takes Python objects and can fail half-way is called many times in a way
+that fails, and the reference counts of the objects passed in must be what they were before: a
+C function that takes a reference and then bails out without dropping it shows up as a count
+that grows by the number of calls. Then the two bugs found in review, each pinned: `Lane.arm`
+took its references before a lookup on the link that can fail (1,000 failed arms: a refcount of
+4 became 1,004), and a negative `due` on a shared link came back as "returned NULL without
+setting an exception" (SystemError) instead of a proper exception.
+"""
+from __future__ import annotations
+
+import gc
+import sys
+from collections import deque
+
+import pytest
+
+from redisgate.mux import Demux
+from redisgate.session import NO_KEY
+
+from wire import cmd
+
+_lane = pytest.importorskip("redisgate._lane", reason="redisgate._lane is not built here")
+_speedups = pytest.importorskip("redisgate._speedups", reason="redisgate._speedups is not built")
+
+ROUNDS = 1000
+
+
+def entry(fewest, most, pos, prefixes=(), exact=(), match=None):
+    """Session._inline's tuple (as tests/test_lane.py writes it)."""
+    return (None, fewest, most, pos, prefixes, exact, match)
+
+
+def counts(objs):
+    gc.collect()
+    return [sys.getrefcount(o) for o in objs]
+
+
+def no_leak(objs, call, error=Exception, rounds=ROUNDS):
+    """Calls call() `rounds` times, each raising `error`; the refcounts of objs stay put."""
+    call_error = None
+    for _ in range(3):   # warm up: caches, interned strings, exception state
+        with pytest.raises(error):
+            call()
+    before = counts(objs)
+    for _ in range(rounds):
+        try:
+            call()
+        except error as exc:
+            call_error = exc
+        else:
+            raise AssertionError(f"{call!r} did not raise {error.__name__}")
+    del call_error
+    after = counts(objs)
+    assert after == before, f"references leaked: {before} -> {after}"
+
+
+def _raise(*args):
+    raise OSError("write failed")
+
+
+class Link:
+    """What a Lane and a Router read of server.SharedLink (attributes only; see test_lane.py)."""
+
+    def __init__(self):
+        self.demux = Demux()
+        self.due = 0
+        self.ready = True
+        self.out = []
+        self._flush_soon = False
+        self.conn = self
+        self.transport = self
+        self.written = []
+
+    def write(self, data):
+        self.written.append(data)
+
+    def send(self, owner, data, replies):
+        self.demux.sent(owner, replies)
+        self.due += replies
+
+
+class NoDemux:
+    """A link whose `demux` lookup fails."""
+
+
+class DemuxWithoutDue:
+    def __init__(self):
+        self.demux = object()
+
+
+class Owner:
+    def __init__(self):
+        self.lane = None
+
+
+KNOWN = {b"GET": entry(2, 2, 1, (b"k:",)), b"PING": entry(1, 2, NO_KEY)}
+
+
+# ---------------------------------------------------------------- the two bugs, pinned
+
+def test_a_failed_arm_on_a_link_without_demux_leaks_nothing():
+    lane = _lane.Lane(list().append, list().append)
+    known, up, client, link, owner = dict(KNOWN), [].append, [].append, NoDemux(), Owner()
+    objs = [known, up, client, link, owner]
+    no_leak(objs, lambda: lane.arm(known, up, client, 0, 16, 1 << 20, link, owner),
+            AttributeError)
+    no_leak(objs, lambda: lane.arm(known, up, client, 0, 16, 1 << 20, DemuxWithoutDue(), owner),
+            AttributeError)
+    assert not lane.armed
+    # The lane is still usable afterwards, on a link that has one.
+    good = Link()
+    lane.arm(known, up, client, 0, 16, 1 << 20, good, owner)
+    assert lane.armed and lane.shared
+    assert lane.disarm() == 0
+
+
+@pytest.mark.parametrize("due,error", [(-2, ValueError), (-(1 << 70), OverflowError),
+                                       ("3", TypeError), (None, TypeError)])
+def test_a_bad_due_on_a_shared_link_is_a_proper_exception(due, error):
+    link, owner = Link(), Owner()
+    lane = _lane.Lane(list().append, list().append)
+    lane.arm(dict(KNOWN), None, [].append, 0, 16, 1 << 20, link, owner)
+    link.due = due
+    with pytest.raises(error):   # not SystemError ("returned NULL without setting an exception")
+        lane.client_data(cmd("GET", "k:1"))
+    data = cmd("GET", "k:1")
+    no_leak([data, link, owner, lane], lambda: lane.client_data(data), error)
+
+
+def test_a_bad_due_seen_by_the_router_is_a_proper_exception():
+    link, owner = Link(), Owner()
+    lane = _lane.Lane(list().append, list().append)
+    owner.lane = lane
+    lane.arm(dict(KNOWN), None, [].append, 1, 16, 1 << 20, link, owner)
+    link.demux.sent(owner, 1)
+    router = _lane.Router(link, link, list().append)
+    link.due = -2
+    data = b"+OK\r\n"
+    with pytest.raises(ValueError):
+        router.data_received(data)
+    no_leak([data, link, owner, lane, router], lambda: router.data_received(data), ValueError)
+    assert list(link.demux.due) == [[owner, 1]] and lane.due == 1   # the books are untouched
+
+
+# ---------------------------------------------------------------- every other failing entry point
+
+def test_lane_constructor_failures_leak_nothing():
+    slow, not_callable = [].append, object()
+    no_leak([slow, not_callable], lambda: _lane.Lane(slow, not_callable), TypeError)
+    no_leak([slow], lambda: _lane.Lane(slow), TypeError)
+
+
+def test_lane_arm_failures_leak_nothing():
+    lane = _lane.Lane(list().append, list().append)
+    known, up, client, link, owner = dict(KNOWN), [].append, [].append, Link(), Owner()
+    objs = [known, up, client, link, owner]
+    no_leak(objs, lambda: lane.arm([known], up, client, 0, 16, 1), TypeError)
+    no_leak(objs, lambda: lane.arm(known, up, client, -1, 16, 1), ValueError)
+    no_leak(objs, lambda: lane.arm(known, up, client, 0, 0, 1), ValueError)
+    no_leak(objs, lambda: lane.arm(known, up, client, 0, 16, 1, link), TypeError)
+    no_leak(objs, lambda: lane.arm(known, up, client, 0, 16, 1, None, owner), TypeError)
+    lane.arm(known, up, client, 0, 16, 1 << 20)
+    no_leak(objs, lambda: lane.arm(known, up, client, 0, 16, 1), RuntimeError)
+    no_leak(objs, lambda: lane.arm(known, up, client, 0, 16, 1, link, owner), RuntimeError)
+    lane.disarm()
+    before = counts(objs)
+    for _ in range(ROUNDS):   # arm + disarm, on a link and not: balanced
+        lane.arm(known, up, client, 0, 16, 1 << 20, link, owner)
+        lane.disarm()
+        lane.arm(known, up, client, 0, 16, 1 << 20)
+        lane.disarm()
+    assert counts(objs) == before
+
+
+def test_lane_client_data_failures_leak_nothing():
+    data = cmd("GET", "k:1") + cmd("PING")
+    # the upstream write raises
+    lane = _lane.Lane(list().append, list().append)
+    known = dict(KNOWN)
+    lane.arm(known, _raise, [].append, 0, 16, 1 << 20)
+    no_leak([data, known, lane], lambda: lane.client_data(data), OSError)
+    # a match callable raises (the key object made for it must go too)
+    match_fails = {b"GET": entry(2, 2, 1, (), (), lambda k: 1 / 0)}
+    lane = _lane.Lane(list().append, list().append)
+    lane.arm(match_fails, [].append, [].append, 0, 16, 1 << 20)
+    no_leak([data, match_fails, lane], lambda: lane.client_data(data), ZeroDivisionError)
+    # a memo entry whose numbers are not ints
+    odd = {b"GET": (None, "2", 2, 1, (), (), None)}
+    lane = _lane.Lane(list().append, list().append)
+    lane.arm(odd, [].append, [].append, 0, 16, 1 << 20)
+    no_leak([data, odd, lane], lambda: lane.client_data(data), TypeError)
+    # the slow path raises (disarmed: everything goes there)
+    lane = _lane.Lane(_raise, _raise)
+    no_leak([data, lane], lambda: lane.client_data(data), OSError)
+    # EVALSHA (session.SCRIPT): a form whose `need` is not an int
+    sha, queue = b"a" * 40, b"default"
+    shas = {sha: {queue: (b"1", "x", ())}}
+    script = {b"EVALSHA": (None, 3, 1 << 62, -3, shas, (), None)}
+    call = cmd("EVALSHA", sha, "1", "asynq:{default}:t:1", "x")
+    lane = _lane.Lane(list().append, list().append)
+    lane.arm(script, [].append, [].append, 0, 16, 1 << 20)
+    no_leak([call, shas, script, lane], lambda: lane.client_data(call), TypeError)
+
+
+def test_shared_lane_failures_leak_nothing():
+    data = cmd("GET", "k:1")
+
+    def armed(link):
+        owner = Owner()
+        lane = _lane.Lane(list().append, list().append)
+        lane.arm(dict(KNOWN), None, [].append, 0, 16, 1 << 20, link, owner)
+        return lane, owner
+
+    # an idle link whose transport.write raises
+    link = Link()
+    link.write = _raise
+    lane, owner = armed(link)
+
+    def idle_write():
+        link.due = 0   # (the failed write left the books saying the command went)
+        link.demux.due.clear()
+        lane.client_data(data)
+    no_leak([data, link, owner, lane], idle_write, OSError)
+    # a busy link whose send raises
+    link = Link()
+    link.ready = False
+    link.send = _raise
+    lane, owner = armed(link)
+    no_leak([data, link, owner, lane], lambda: lane.client_data(data), OSError)
+    # a link whose `ready` lookup fails
+
+    class NoReady(Link):
+        @property
+        def ready(self):
+            raise KeyError("ready")
+
+        @ready.setter
+        def ready(self, value):
+            pass
+    link = NoReady()
+    lane, owner = armed(link)
+    no_leak([data, link, owner, lane], lambda: lane.client_data(data), KeyError)
+    # a busy link with its flush scheduled whose Demux books hold a count that is not an int
+    link = Link()
+    link.due, link._flush_soon = 1, True
+    lane, owner = armed(link)
+    link.demux.due.append([owner, "x"])
+    no_leak([data, link, owner, lane], lambda: lane.client_data(data), TypeError)
+    # a Demux queue whose append fails
+    link = Link()
+    lane, owner = armed(link)
+
+    class NoAppend(deque):
+        def append(self, item):
+            raise MemoryError("append")
+    link.demux.due = NoAppend()
+    lane.disarm()
+    lane.arm(dict(KNOWN), None, [].append, 0, 16, 1 << 20, link, owner)
+    no_leak([data, link, owner, lane], lambda: lane.client_data(data), MemoryError)
+
+
+def test_lane_upstream_data_failures_leak_nothing():
+    data = b"+OK\r\n"
+    lane = _lane.Lane(list().append, list().append)
+    lane.arm(dict(KNOWN), [].append, _raise, 1 << 40, 16, 1 << 20)
+    no_leak([data, lane], lambda: lane.upstream_data(data), OSError)
+    lane = _lane.Lane(_raise, _raise)
+    no_leak([data, lane], lambda: lane.upstream_data(data), OSError)
+
+
+def test_router_failures_leak_nothing():
+    slow, conn = [].append, object()
+    for link, error in [(NoDemux(), AttributeError), (DemuxWithoutDue(), AttributeError)]:
+        no_leak([link, conn, slow], lambda: _lane.Router(link, conn, slow), error)
+    link = Link()
+    no_leak([link, conn], lambda: _lane.Router(link, conn, 1), TypeError)
+    # the slow path raises
+    link = Link()
+    router = _lane.Router(link, link, _raise)
+    data = b"+OK\r\n"
+    no_leak([data, link, router], lambda: router.data_received(data), OSError)
+    # the owner's client write raises
+    link, owner = Link(), Owner()
+    lane = _lane.Lane(list().append, list().append)
+    owner.lane = lane
+    lane.arm(dict(KNOWN), None, _raise, 1 << 40, 16, 1 << 20, link, owner)
+    router = _lane.Router(link, link, list().append)
+
+    def once():
+        link.demux.due.clear()
+        link.demux.sent(owner, 1)
+        link.due = 1
+        router.data_received(data)
+    no_leak([data, link, owner, lane, router], once, OSError)
+    # the head entry's count is not an int
+    link.demux.due.clear()
+    link.demux.due.append([owner, "1"])
+    no_leak([data, link, owner, lane, router], lambda: router.data_received(data), TypeError)
+    # the link's `conn` lookup fails
+    link = Link()
+    router = _lane.Router(link, link, list().append)
+    del link.conn
+    no_leak([data, link, router], lambda: router.data_received(data), AttributeError)
+
+
+def test_speedups_failures_leak_nothing():
+    buf, text = b"*1\r\n$4\r\nPING\r\n", "*1\r\n$4\r\nPING\r\n"
+    for fn in (_speedups.scan, _speedups.pending):
+        no_leak([buf, text], lambda: fn(text, 0, 16, 1 << 20), TypeError)
+        no_leak([buf], lambda: fn(buf, "0", 16, 1 << 20), TypeError)
+        no_leak([buf], lambda: fn(buf, 1 << 70, 16, 1 << 20), OverflowError)
+    no_leak([buf, text], lambda: _speedups.count_flat(text, 1, 0), TypeError)
+    no_leak([buf], lambda: _speedups.count_flat(buf, 1), TypeError)
+    no_leak([buf, text], lambda: _speedups.count_replies(text, 1), TypeError)
+    no_leak([buf], lambda: _speedups.count_replies(buf, None), TypeError)
+    # and their successful calls are balanced too
+    before = counts([buf])
+    for _ in range(ROUNDS):
+        _speedups.scan(buf, 0, 16, 1 << 20)
+        _speedups.pending(buf, 0, 16, 1 << 20)
+        _speedups.count_flat(buf, 1, 0)
+        _speedups.count_replies(buf, 1)
+    assert counts([buf]) == before
+
+
+@pytest.mark.parametrize("size", [0, 1, 5, 1024])
+def test_count_flat_stops_at_a_bulk_shorter_than_its_header_says(size):
+    # flat_end compares lengths, not pointers past the end (the sanitizer run checks the rest)
+    whole = b"$%d\r\n%s\r\n" % (size, b"x" * size)
+    for cut in range(len(whole)):
+        assert _speedups.count_flat(whole[:cut], 1, 0) == (0, 0)
+    assert _speedups.count_flat(whole, 1, 0) == (1, len(whole))
