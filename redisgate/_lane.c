@@ -661,7 +661,8 @@ static PyGetSetDef lane_getset[] = {
 
 static PyMethodDef lane_methods[] = {
     {"arm", (PyCFunction)lane_arm, METH_VARARGS,
-     "arm(known, upstream_write, client_write, due, max_args, max_bulk): take traffic."},
+     "arm(known, upstream_write, client_write, due, max_args, max_bulk[, link, owner]): take "
+     "traffic (on a shared link: the server.SharedLink and the ClientConnection)."},
     {"disarm", (PyCFunction)lane_disarm, METH_NOARGS,
      "disarm() -> due: stop taking traffic; the caller owns the replies still due."},
     {"client_data", (PyCFunction)lane_client_data, METH_O,

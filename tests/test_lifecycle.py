@@ -3,7 +3,6 @@ second SIGTERM exits at once, and the embedded Redis never outlives the proxy (e
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
 import socket
 import subprocess

@@ -1,0 +1,45 @@
+"""Type stubs of the C module redisgate._lane (redisgate/_lane.c, which has the contracts).
+
+A client connection's steady state in C: `Lane` (one per client connection) and `Router` (one per
+shared upstream link). Every method is positional-only (METH_VARARGS / METH_O) except the
+constructors, which also take their arguments by keyword.
+"""
+from collections.abc import Callable
+from typing import Any, final
+
+# Session._inline's memo: command name (as sent) -> its inline verdict tuple (see session.py).
+_Known = dict[bytes, tuple[Any, ...]]
+_Write = Callable[[bytes], object]
+
+@final
+class Lane:
+    def __init__(self, client_slow: _Write, upstream_slow: _Write) -> None: ...
+    def arm(self, known: _Known, upstream_write: _Write | None, client_write: _Write, due: int,
+            max_args: int, max_bulk: int, link: Any = ..., owner: Any = ..., /) -> None:
+        """Take traffic. On a shared link (`link` a server.SharedLink, `owner` the
+        ClientConnection) both are given; raises RuntimeError when already armed, ValueError for
+        due < 0, max_args < 1 or max_bulk < 0, TypeError for one of link/owner alone or None,
+        and what looking up link.demux.due raises (then nothing is kept)."""
+    def disarm(self) -> int:
+        """Stop taking traffic; returns the replies still due (the caller owns them now)."""
+    def client_data(self, data: bytes, /) -> object:
+        """Bytes from the client: forwarded in C, or handed whole to client_slow (whose result is
+        returned)."""
+    def upstream_data(self, data: bytes, /) -> object:
+        """Bytes from the upstream: passed to the client in C, or handed whole to upstream_slow
+        (whose result is returned)."""
+    @property
+    def armed(self) -> bool: ...
+    @property
+    def due(self) -> int: ...
+    @property
+    def passed(self) -> int: ...
+    @property
+    def shared(self) -> bool: ...
+
+@final
+class Router:
+    def __init__(self, link: Any, conn: Any, slow: _Write) -> None: ...
+    def data_received(self, data: bytes, /) -> object:
+        """Bytes from the shared link: the whole replies at the head of its Demux that belong to
+        armed lanes go to their clients in C; the rest of the read goes to `slow`."""
