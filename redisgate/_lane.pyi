@@ -36,6 +36,9 @@ class Lane:
     def passed(self) -> int: ...
     @property
     def shared(self) -> bool: ...
+    # the most replies that may be due: a read that would pass it goes to the slow path
+    # (settable, at least 1; ValueError otherwise, AttributeError on delete)
+    window: int
 
 @final
 class Router:

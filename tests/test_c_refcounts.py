@@ -153,6 +153,20 @@ def test_lane_constructor_failures_leak_nothing():
     no_leak([slow], lambda: _lane.Lane(slow), TypeError)
 
 
+def test_lane_window_failures_leak_nothing():
+    lane = _lane.Lane(list().append, list().append)
+    text, big = "3", 1 << 70
+
+    def set_window(value):
+        lane.window = value
+    no_leak([lane, text], lambda: set_window(text), TypeError)
+    no_leak([lane, big], lambda: set_window(big), OverflowError)
+    no_leak([lane], lambda: set_window(0), ValueError)
+    no_leak([lane], lambda: delattr(lane, "window"), AttributeError)
+    lane.window = 5
+    assert lane.window == 5
+
+
 def test_lane_arm_failures_leak_nothing():
     lane = _lane.Lane(list().append, list().append)
     known, up, client, link, owner = dict(KNOWN), [].append, [].append, Link(), Owner()
