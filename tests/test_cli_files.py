@@ -16,7 +16,6 @@ import signal
 import ssl
 import stat
 import subprocess
-import sys
 import time
 
 import pytest
