@@ -8,7 +8,6 @@ same on dedicated connections; the tests here pin the individual attacks.
 from __future__ import annotations
 
 import re
-import socket
 import threading
 import time
 
