@@ -52,9 +52,13 @@ def cluster_ports(n: int, rng: random.Random | None = None) -> list[int]:
 
 @dataclass
 class RedisCluster:
-    """A running cluster: `nodes` (RedisServer each), `masters` / `replicas` once created."""
+    """A running cluster: `nodes` (RedisServer each). With `acl_user` / `acl_password`, every
+    node also has that ACL user (all commands, keys and channels), the identity a proxy in front
+    of the cluster would use; the `default` user stays on (replicas sync through it)."""
     masters_count: int = 3
     replicas_per_master: int = 1
+    acl_user: str | None = None
+    acl_password: str | None = None
     nodes: list[RedisServer] = field(default_factory=list)
     dir: str | None = None
     timeout: float = 30.0
@@ -76,6 +80,11 @@ class RedisCluster:
                         raise
             self._create()
             self._wait_ok()
+            if self.acl_user:
+                for srv in self.nodes:
+                    self.client(srv.port).execute_command(
+                        "ACL", "SETUSER", self.acl_user, "on", f">{self.acl_password}",
+                        "allkeys", "allchannels", "+@all")
         except BaseException:
             self.stop()
             raise
@@ -133,6 +142,10 @@ class RedisCluster:
         """redis-py's plain (non-cluster) client to one node: sees MOVED/ASK as errors."""
         kw.setdefault("protocol", 2)
         return redis.Redis(host="127.0.0.1", port=port, socket_timeout=10, **kw)
+
+    @property
+    def seeds(self) -> list[str]:
+        return [f"127.0.0.1:{p}" for p in self.ports]
 
     @property
     def ports(self) -> list[int]:

@@ -82,10 +82,12 @@ def both_scans(request):
 def redis_cluster():
     """A real Redis Cluster (Redis 7.0): 3 masters + 3 replicas on loopback, ~10 s to create.
 
-    Tests that change it (a failover, a migration) must put it back or start their own
-    `cluster.RedisCluster`."""
+    Every node has the ACL user `gate` (as `redis7`). Tests that change the cluster (a failover, a
+    migration) must put it back or start their own `cluster.RedisCluster`."""
     _need("7")
     from cluster import RedisCluster
-    c = RedisCluster().start()
+    c = RedisCluster(acl_user=UPSTREAM_USER, acl_password=UPSTREAM_PASSWORD).start()
+    c.upstream = {"cluster": {"seeds": c.seeds}, "username": UPSTREAM_USER,
+                  "password": UPSTREAM_PASSWORD}   # the config shape issue 18 proposes
     yield c
     c.stop()

@@ -56,6 +56,9 @@ def test_cluster_fixture_is_ok(redis_cluster):
         assert port <= 45000 and port + 10000 <= 55000
         info = redis_cluster.client(port).execute_command("CLUSTER", "INFO").decode()
         assert "cluster_state:ok" in info and "cluster_slots_assigned:16384" in info
+        gate = redis_cluster.client(port, username=redis_cluster.upstream["username"],
+                                    password=redis_cluster.upstream["password"])
+        assert len(gate.execute_command("CLUSTER", "SLOTS")) == 3
 
 
 # --- slots ---------------------------------------------------------------------------------------
