@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from redisgate import resp
-from redisgate.cluster import route, slots, topology
+from redisgate.cluster import route, slots
 from redisgate.cluster.route import (ANY_SLOT, CROSS_SLOT, AllMasters, Merge, SingleSlot, Split,
                                      merge, merge_split, plan)
 from redisgate.cluster.topology import (NodeAddr, Redirect, RedirectKind, TopologyError,
