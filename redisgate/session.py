@@ -796,9 +796,11 @@ class Session:
 
     def _cmd_select(self, spec, args, req) -> None:
         # The judge has refused databases outside the user's list already; a malformed index
-        # (allowed only with allkeys) gets Redis's own error from upstream.
-        if args[1].isdigit():
-            self.db = int(args[1])
+        # (allowed only with allkeys) gets Redis's own error from upstream. Redis reads the index
+        # with string2ll (no sign but '-', no leading zeros): `SELECT 05` switches nothing.
+        index = _string2ll(args[1])
+        if index is not None and index >= 0:
+            self.db = index
         self._forward(req)
 
     def _cmd_multi(self, spec, args, req) -> None:

@@ -218,3 +218,13 @@ def test_any_command_sequence_and_reply_bytes_never_raise(commands, garbage, dat
     for r in replies:
         s.upstream_data(r)
     assert isinstance(b"".join(s.to_client), bytes)
+
+
+@pytest.mark.parametrize("index, db", [(b"2", 2), (b"05", 0), (b"+3", 0), (b"-1", 0),
+                                       (b"3\x00", 0), (b" 4", 0), (b"0", 0)])
+def test_select_tracks_the_database_as_redis_reads_the_index(index, db):
+    """Redis reads SELECT's index with string2ll: `SELECT 05` and `+3` switch nothing."""
+    s = make_session(users={"u": f"on {pw_hash('pw')} allkeys +@all"})
+    login(s)
+    s.client_data(cmd("SELECT", index))
+    assert s.db == db
