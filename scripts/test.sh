@@ -26,6 +26,10 @@ fi
 # The venv (.venv/), with redisgate and its test extras installed in it: sets $PY.
 REDISGATE_EXTRAS="[test]" . scripts/venv.sh
 export PATH="$VENV/bin:$PATH"   # subprocesses of the tests find the venv's python and redisgate
+# atheris (the `fuzz` extra of pyproject.toml) comes as a wheel on common platforms; without it
+# only the short atheris runs of tests/test_fuzz_short.py are skipped (their hypothesis twins run).
+"$PY" -m pip install -q --disable-pip-version-check "atheris>=2.3" \
+  || echo "!! atheris could not be installed: the atheris entry-point checks are skipped" >&2
 # The C modules (redisgate/_speedups.c: the parser's hot loops; _lane.c: a connection's steady
 # state) are optional for users: without a compiler the Python code does the same. The suite
 # tests both, so say loudly when the C side would be skipped, and in CI (CI=true) refuse to pass

@@ -1,0 +1,139 @@
+"""The fuzz targets of fuzz/ (fuzz_parser.py, fuzz_session.py), run briefly inside the test suite.
+
+Their harness functions run here under hypothesis (fuzz/README.md has the long coverage-guided
+runs with atheris); each atheris entry point also runs for a bounded number of inputs when atheris
+is installed (the `fuzz` extra), so the entry points cannot rot.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+FUZZ_DIR = Path(__file__).resolve().parent.parent / "fuzz"
+sys.path.insert(0, str(FUZZ_DIR))
+
+import fuzz_parser  # noqa: E402
+import fuzz_session  # noqa: E402
+
+SHORT = settings(max_examples=250, deadline=None, derandomize=False,
+                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def inputs(modes):
+    """A mode byte from `modes`, then fuzz bytes."""
+    return st.tuples(st.sampled_from(modes), st.binary(max_size=180)).map(
+        lambda t: bytes([t[0]]) + t[1])
+
+
+# ------------------------------------------------------------------------------- the parser
+
+@pytest.mark.parametrize("seed", fuzz_parser.seeds(), ids=lambda s: f"{s[:12].hex()}")
+def test_parser_seeds(seed):
+    fuzz_parser.check(seed)
+
+
+@SHORT
+@given(inputs(range(8)))
+def test_parser_production_loop_c_and_python_agree(data):
+    fuzz_parser.check(data)
+
+
+RESPISH = st.lists(st.sampled_from([b"*", b"$", b"\r\n", b"\r", b"1", b"0", b"2", b"3", b"-",
+                                    b"GET", b"a", b" ", b"\x00", b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n"]),
+                   max_size=50).map(b"".join)
+
+
+@SHORT
+@given(st.integers(0, 7), st.lists(st.integers(1, 30), max_size=6), RESPISH)
+def test_parser_resp_like_inputs(flags, sizes, body):
+    fuzz_parser.check(bytes([flags, len(sizes)] + sizes) + body)
+
+
+# ------------------------------------------------------------------------------- the session
+
+def session_check(data, tolerate=()):
+    try:
+        fuzz_session.check(data)
+    except fuzz_session.Violation as v:
+        if v.kind not in tolerate:
+            raise AssertionError(f"{v}\n{fuzz_session.describe(data)}") from None
+
+
+SESSION_SEEDS = fuzz_session.seeds()
+# Violations of finding 1 of issue 23 (test_session_multiplex_finding_1 below): tolerated by the
+# random multiplex runs until it is fixed, so that they keep checking the rest.
+KNOWN_MULTIPLEX = ("hello-on-shared", "protocol-on-shared")
+
+
+@pytest.mark.parametrize("seed", [s for s in SESSION_SEEDS if not s[0] & 1], ids=lambda s: s.hex()[:24])
+def test_session_seeds_dedicated(seed):
+    session_check(seed)
+
+
+@pytest.mark.parametrize("seed", [s for s in SESSION_SEEDS if s[0] & 1], ids=lambda s: s.hex()[:24])
+def test_session_seeds_multiplex_apart_from_hello(seed):
+    session_check(seed, tolerate=KNOWN_MULTIPLEX)
+
+
+@SHORT
+@given(inputs([0, 2, 4, 6]))
+def test_session_forwards_exactly_the_allowed_commands_dedicated(data):
+    session_check(data)
+
+
+@SHORT
+@given(inputs([1, 3, 5, 7]))
+def test_session_forwards_exactly_the_allowed_commands_multiplex_apart_from_hello(data):
+    # Everything of the invariant but HELLO on a shared link, which the next test covers.
+    session_check(data, tolerate=KNOWN_MULTIPLEX)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 23 finding 1: HELLO reaches a shared link (the "
+                                       "go-redis handshake's HELLO 3; AUTH + HELLO 3 + HELLO 2 "
+                                       "switches the shared RESP2 link to RESP3), and commands "
+                                       "sent before a switch in the same read go to a link of "
+                                       "the new protocol")
+@pytest.mark.parametrize("case", ["switch-twice", "go-redis", "switch-after-get"])
+def test_session_multiplex_finding_1(case):
+    auth, hello, get = (fuzz_session._index(n) for n in (b"AUTH", b"HELLO", b"GET"))
+    if case == "switch-twice":
+        # AUTH none none-pw; HELLO 3; HELLO 2; GET app:1 in one read: HELLO 3 on the shared link.
+        steps = [(auth, 41, 0), (hello, 4, 0), (hello, 2, 0), (get, 0, 0)]
+    elif case == "go-redis":
+        steps = [(hello, 241, 0), (get, 0, 0)]   # HELLO 3 AUTH app app-pw; GET app:1
+    else:
+        # AUTH app app-pw | GET app:1; HELLO 3 in one read: the RESP2 client's GET goes to the
+        # RESP3 link (chosen by the protocol at flush time).
+        steps = [(auth, 40, 2), (get, 0, 0), (hello, 4, 0)]
+    session_check(fuzz_session.plan_bytes(1, *steps))
+
+
+# ------------------------------------------------------------------------------- atheris
+
+def _atheris_run(script, corpus, runs, tmp_path, env=None):
+    pytest.importorskip("atheris")
+    corpus_dir = tmp_path / "corpus"
+    corpus_dir.mkdir()
+    for i, seed in enumerate(corpus):
+        (corpus_dir / f"seed{i}").write_bytes(seed)
+    proc = subprocess.run(
+        [sys.executable, str(FUZZ_DIR / script), f"-atheris_runs={runs}", "-max_total_time=8",
+         "-max_len=300", f"-artifact_prefix={tmp_path}/", str(corpus_dir)],
+        capture_output=True, text=True, timeout=120, env=dict(os.environ, **(env or {})))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Done " in proc.stderr
+
+
+def test_atheris_parser_target_runs(tmp_path):
+    _atheris_run("fuzz_parser.py", fuzz_parser.seeds(), 3000, tmp_path)
+
+
+def test_atheris_session_target_runs(tmp_path):
+    _atheris_run("fuzz_session.py", fuzz_session.seeds(), 2000, tmp_path,
+                 env={"FUZZ_SESSION_IGNORE": ",".join(KNOWN_MULTIPLEX)})
