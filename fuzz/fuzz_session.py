@@ -265,7 +265,8 @@ def oracle(plan: Plan, config) -> list[Expected]:
             return True
         return False
 
-    for args in plan.commands:
+    plan.quit = len(plan.commands)
+    for index, args in enumerate(plan.commands):
         spec = TABLE.lookup(args)
         name = spec.name if spec is not None else None
 
@@ -322,6 +323,7 @@ def oracle(plan: Plan, config) -> list[Expected]:
                 resp3 = proto == 3
             continue   # forwarded in the proxy's own form (tolerated, never expected)
         if name == "quit":
+            plan.quit = index
             break
         if name == "reset":
             user, multi, dirty, resp3 = None, False, False, False
@@ -456,6 +458,8 @@ def compare(plan: Plan, sent: list[Sent], expected: list[Expected], home_db: int
             if got.shared:
                 kind = "hello-on-shared" if got.args[0].upper() == b"HELLO" else "stateful-on-shared"
                 raise Violation(kind, f"{got.args!r} went to a shared link")
+        elif any(got.args == args for args in plan.commands[plan.quit + 1:]):
+            raise Violation("after-quit", f"frame {i} {got.args!r}, sent after QUIT, was forwarded")
         else:
             raise Violation("not-allowed",
                             f"frame {i} {got.args!r} was forwarded; next allowed "
