@@ -19,6 +19,13 @@ state (HELLO, RESET, SELECT, MULTI/EXEC, WATCH, subscriptions, CLIENT ..., block
 written to a shared link, and a command on a shared link goes to a link of the protocol the client
 speaks when it sends it.
 
+Fake upstreams (FakeRedis: one per connection, a tagged `+R<n>` reply per command, subscription
+confirmations, MULTI/EXEC, RESP2 subscribed mode) answer what is written, at once or after a
+later read, whole or in two pieces; then the client's stream must be exactly one reply per
+command, in order: the upstream's own bytes for a forwarded command, an error for a refused one,
+one reply for one answered by the proxy (pipelines with a subscription inside MULTI are left out
+of this part: Redis's answer to them is issue 23's finding 11 and differs by version).
+
 Input: byte 0 is the mode (bit 0: upstream.multiplex 1; bit 1: upstream Redis 6.2 instead of 7.0;
 bit 2: the upstream connection opens only when a command says so, not at once); then three bytes per
 command: which command (MENU), its variant, and how it is sent (inline or not, where the read
@@ -49,13 +56,13 @@ if atheris is not None and __name__ == "__main__":
         from redisgate.commands import TABLE, KeyExtractionError
         from redisgate.config import build_config
         from redisgate.gate import Gate
-        from redisgate.resp import ProtocolError, RequestParser, encode_command
+        from redisgate.resp import ProtocolError, ReplyScanner, RequestParser, encode_command
 else:
     from redisgate import commands, session as session_mod
     from redisgate.commands import TABLE, KeyExtractionError
     from redisgate.config import build_config
     from redisgate.gate import Gate
-    from redisgate.resp import ProtocolError, RequestParser, encode_command
+    from redisgate.resp import ProtocolError, ReplyScanner, RequestParser, encode_command
 
 logging.getLogger("redisgate").setLevel(logging.CRITICAL)   # audit lines for every AUTH
 
@@ -214,13 +221,15 @@ def decode(data: bytes, most: int = 48) -> Plan:
         inline.append(bool(how & 1)
                       and all(a and not set(a) & set(b" \"'\\\r\n\t\x00") for a in args))
         cuts.append((how >> 1) & 3)
-        connects.append(bool(how & 8))
+        connects.append(how & 0x38)   # bit 3: connect; bit 4: hold replies; bit 5: split them
     return Plan(bool(flags & 1), (6, 2, 14) if flags & 2 else (7, 0, 15), bool(flags & 4),
                 cmds, inline, cuts, connects)
 
 
-def reads_of(plan: Plan) -> list[tuple[bytes, bool]]:
-    """The client's bytes cut into reads: [(bytes, open the upstream after it)]."""
+def reads_of(plan: Plan) -> list[tuple[bytes, int]]:
+    """The client's bytes cut into reads: [(bytes, what happens after it)]: bit 3 opens the
+    upstream (lazy mode); bit 4 holds the upstream's replies back until a later read; bit 5
+    delivers them in two pieces."""
     reads, cur = [], bytearray()
     for args, inl, cut, conn in zip(plan.commands, plan.inline, plan.cuts, plan.connects):
         frame = b" ".join(args) + b"\r\n" if inl else encode_command(args)
@@ -235,17 +244,20 @@ def reads_of(plan: Plan) -> list[tuple[bytes, bool]]:
                 reads.append((bytes(cur), conn))
                 cur = bytearray()
     if cur:
-        reads.append((bytes(cur), True))
+        reads.append((bytes(cur), 8))
     return reads
 
 
 # ---------------------------------------------------------------------------------- the oracle
 
 class Expected:
-    __slots__ = ("args", "resp3")
+    """A command that must reach Redis; `own`: the proxy's own (its DISCARD for a doomed EXEC),
+    expected where it would come but not required, so that the client's commands and the
+    proxy's are told apart when their bytes are the same."""
+    __slots__ = ("args", "resp3", "own")
 
-    def __init__(self, args, resp3):
-        self.args, self.resp3 = args, resp3
+    def __init__(self, args, resp3, own=False):
+        self.args, self.resp3, self.own = args, resp3, own
 
 
 def oracle(plan: Plan, config) -> list[Expected]:
@@ -266,12 +278,17 @@ def oracle(plan: Plan, config) -> list[Expected]:
         return False
 
     plan.quit = len(plan.commands)
+    # The reply each command must get, in order (check_replies): "error" (one error reply), "one"
+    # (one reply of any kind) or ("fwd", k): the upstream's reply to the k-th forwarded command.
+    shapes = plan.shapes = []
+    plan.skip_replies = False
     for index, args in enumerate(plan.commands):
         spec = TABLE.lookup(args)
         name = spec.name if spec is not None else None
 
         def refuse():
             nonlocal dirty
+            shapes.append("error")
             if multi:
                 dirty = True
 
@@ -290,12 +307,14 @@ def oracle(plan: Plan, config) -> list[Expected]:
             if len(args) > 3 or multi:
                 refuse()
             else:
+                shapes.append("one")
                 login(b"default", args[1]) if len(args) == 2 else login(args[1], args[2])
             continue
         if name == "hello":
             if multi:
                 refuse()
                 continue
+            shapes.append("one")
             proto = None
             if len(args) >= 2:
                 try:
@@ -324,8 +343,10 @@ def oracle(plan: Plan, config) -> list[Expected]:
             continue   # forwarded in the proxy's own form (tolerated, never expected)
         if name == "quit":
             plan.quit = index
+            shapes.append("one")
             break
         if name == "reset":
+            shapes.append("one")
             user, multi, dirty, resp3 = None, False, False, False
             continue
         try:
@@ -337,20 +358,34 @@ def oracle(plan: Plan, config) -> list[Expected]:
             refuse()
             continue
         if name.startswith("acl|"):
-            refuse()   # answered here; refused inside MULTI
+            if multi:
+                refuse()   # answered here; refused inside MULTI
+            else:
+                shapes.append("one")
             continue
         if name == "exec":
             doomed = multi and dirty
             multi = dirty = False
             if doomed:
-                continue   # the proxy sends DISCARD instead
+                shapes.append("error")   # EXECABORT; the proxy sends DISCARD instead
+                out.append(Expected([b"DISCARD"], resp3, own=True))
+                continue
         elif name == "multi":
             if not multi:
                 multi, dirty = True, False
         elif name == "discard":
             multi = dirty = False
+        elif multi and name in _SUBSCRIBE_FAMILY:
+            # What Redis answers to a subscription queued in MULTI is the subject of issue 23's
+            # finding 11 and differs by version: the fake upstream does not model it.
+            plan.skip_replies = True
+        shapes.append(("fwd", len(out)))
         out.append(Expected(args, resp3))
     return out
+
+
+_SUBSCRIBE_FAMILY = {"subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe",
+                     "sunsubscribe"}
 
 
 def proxy_own(args: list[bytes], home_db: int) -> bool:
@@ -373,20 +408,121 @@ def proxy_own(args: list[bytes], home_db: int) -> bool:
 # ---------------------------------------------------------------------------------- the run
 
 class Sent:
-    __slots__ = ("args", "shared", "resp3")
+    __slots__ = ("args", "shared", "resp3", "replies")
 
-    def __init__(self, args, shared, resp3):
-        self.args, self.shared, self.resp3 = args, shared, resp3
+    def __init__(self, args, shared, resp3, replies):
+        self.args, self.shared, self.resp3, self.replies = args, shared, resp3, replies
 
 
-def run(plan: Plan, config) -> list[Sent]:
-    """Feed the plan to a Session as server.ClientConnection does; what was written upstream."""
+def _bulk(b: bytes) -> bytes:
+    return b"$%d\r\n%s\r\n" % (len(b), b)
+
+
+class FakeRedis:
+    """Just enough of one Redis connection to answer what the proxy forwards: each reply that
+    is not a subscription's or a transaction's is `+R<n>`, unique, so that a reply that reaches
+    the wrong command shows. Subscriptions are confirmed one frame per channel (an array, or a
+    push in RESP3), and a RESP2 connection with subscriptions refuses other commands, as Redis
+    does; MULTI queues, EXEC answers with the queued replies."""
+
+    def __init__(self, resp3: bool = False):
+        self.resp3 = resp3
+        self.multi: list | None = None
+        self.subs = {b"subscribe": [], b"psubscribe": [], b"ssubscribe": []}
+        self.tag = 0
+
+    def _confirm(self, kind: bytes, chan: bytes | None, count: int) -> bytes:
+        return (b">3\r\n" if self.resp3 else b"*3\r\n") + _bulk(kind) \
+            + (_bulk(chan) if chan is not None else (b"_\r\n" if self.resp3 else b"$-1\r\n")) \
+            + b":%d\r\n" % count
+
+    def _count(self) -> int:
+        return sum(map(len, self.subs.values()))
+
+    def reply(self, args: list[bytes]) -> list[bytes]:
+        name = args[0].lower()
+        if self.multi is not None and name not in (b"exec", b"discard", b"multi", b"watch",
+                                                   b"reset", b"quit"):
+            self.multi.append(args)
+            return [b"+QUEUED\r\n"]
+        if name in self.subs:
+            out = []
+            for chan in args[1:]:
+                if chan not in self.subs[name]:
+                    self.subs[name].append(chan)
+                out.append(self._confirm(name, chan, self._count()))
+            return out
+        if name in (b"unsubscribe", b"punsubscribe", b"sunsubscribe"):
+            have = self.subs[name.replace(b"unsubscribe", b"subscribe")]
+            chans = args[1:] or list(have)
+            out = []
+            for chan in chans:
+                if chan in have:
+                    have.remove(chan)
+                out.append(self._confirm(name, chan, self._count()))
+            return out or [self._confirm(name, None, self._count())]
+        if self._count() and not self.resp3 and name not in (b"ping", b"quit", b"reset"):
+            return [b"-ERR Can't execute '%s': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / "
+                    b"QUIT / RESET are allowed in this context\r\n" % name]
+        if name == b"ping" and self._count() and not self.resp3:
+            return [b"*2\r\n$4\r\npong\r\n$0\r\n\r\n"]
+        if name == b"multi":
+            if self.multi is not None:
+                return [b"-ERR MULTI calls can not be nested\r\n"]
+            self.multi = []
+            return [b"+OK\r\n"]
+        if name == b"exec":
+            if self.multi is None:
+                return [b"-ERR EXEC without MULTI\r\n"]
+            queued, self.multi = self.multi, None
+            parts = [frame for q in queued for frame in self.reply(q)]
+            return [b"*%d\r\n" % len(parts) + b"".join(parts)]
+        if name == b"discard":
+            if self.multi is None:
+                return [b"-ERR DISCARD without MULTI\r\n"]
+            self.multi = None
+            return [b"+OK\r\n"]
+        if name == b"watch" and self.multi is not None:
+            return [b"-ERR WATCH inside MULTI is not allowed\r\n"]
+        if name == b"reset":
+            self.__init__()
+            return [b"+RESET\r\n"]
+        if name in (b"auth", b"select"):
+            return [b"+OK\r\n"]
+        if name == b"hello":
+            if len(args) > 1:
+                self.resp3 = args[1] == b"3"
+            return [(b"%1\r\n" if self.resp3 else b"*2\r\n") + b"+proto\r\n:%d\r\n"
+                    % (3 if self.resp3 else 2)]
+        self.tag += 1
+        return [b"+R%d\r\n" % self.tag]
+
+
+class Run:
+    """What a run produced: the commands written upstream, the bytes the client received."""
+
+    def __init__(self, sent, to_client):
+        self.sent, self.to_client = sent, to_client
+
+
+def run(plan: Plan, config) -> Run:
+    """Feed the plan to a Session as server.ClientConnection does, with fake upstreams that
+    answer what it forwards (at once, or after a later read, whole or in two pieces)."""
     gate = Gate(config, upstream_version=plan.version)
     s = session_mod.Session(gate, "fuzz")
     sent: list[Sent] = []
+    client: list[bytes] = []
     link = None            # the shared link's protocol (True: RESP3) while attached to one
     accounted = 0
-    own = False            # the client's own upstream connection is open
+    own: FakeRedis | None = None    # the client's own upstream connection, once open
+    links = {False: FakeRedis(False), True: FakeRedis(True)}   # (set up by the proxy already)
+    due_shared: list[tuple[bytes, int]] = []   # replies not delivered yet: (bytes, count)
+    due_own: list[bytes] = []
+    split = [False]
+
+    def take_client():
+        client.extend(s.to_client)
+        s.to_client.clear()
 
     def pump():
         nonlocal link, accounted
@@ -399,47 +535,88 @@ def run(plan: Plan, config) -> list[Sent]:
             link = s.resp3     # server.Proxy.shared_link: by the session's protocol, now
         if link is not None:
             accounted = s.expected
-            shared, proto = True, link
+            shared, proto, fake = True, link, links[link]
         else:
-            if not own:
+            if own is None:
                 raise Violation("no-connection", f"bytes for an upstream not opened: {data!r}")
-            shared, proto = False, None
+            shared, proto, fake = False, None, own
         parser = RequestParser(authenticated=True)
         parser.feed(data)
         try:
             while reqs := parser.drain():
-                sent.extend(Sent(r.args, shared, proto) for r in reqs)
+                for r in reqs:
+                    replies = fake.reply(r.args)
+                    sent.append(Sent(r.args, shared, proto, replies))
+                    if shared:
+                        due_shared.append((b"".join(replies), 1))
+                    else:
+                        due_own.append(b"".join(replies))
         except ProtocolError as e:
             raise Violation("malformed", f"{data!r}: {e.reply!r}")
         if parser.buffered:
             raise Violation("partial-frame", f"a write ends inside a frame: {data!r}")
 
+    def deliver():
+        """The replies due arrive: the shared link's first (the I/O layer waits for them before
+        the client's own connection is used)."""
+        while due_shared or due_own:
+            if due_shared:
+                data = b"".join(d for d, _ in due_shared)
+                count = sum(c for _, c in due_shared)
+                due_shared.clear()
+                s.upstream_replies(data, count)   # (as ClientConnection.shared_replies)
+            if due_own:
+                data = b"".join(due_own)
+                due_own.clear()
+                if split[0] and len(data) > 1:
+                    cut = 1 + len(data) * 5 // 11 % (len(data) - 1)
+                    s.upstream_data(data[:cut])
+                    take_client()
+                    pump()
+                    s.upstream_data(data[cut:])
+                else:
+                    s.upstream_data(data)
+            take_client()
+            pump()
+
     def connect():
         nonlocal link, own
-        if s.want_upstream and not own:
-            # (The shared replies it still waited for are taken as arrived.)
-            own, link = True, None
+        if s.want_upstream and own is None:
+            deliver()                     # the shared replies it waits for
+            own, link = FakeRedis(), None
             s.connected()
             pump()
 
-    for data, conn in reads_of(plan):
+    for data, how in reads_of(plan):
         try:
             s.client_data(data)
         except Exception as e:   # noqa: BLE001 - client_data must never raise
             raise Violation("raised", f"client_data raised {e!r}") from e
+        take_client()
         pump()
-        if not plan.lazy_connect or conn:
+        split[0] = bool(how & 32)
+        if not how & 16:
+            deliver()
+        if not plan.lazy_connect or how & 8:
             connect()
         if s.close:
             break
-    connect()
-    pump()
-    return sent
+    if not s.close:
+        connect()
+        pump()
+    deliver()
+    take_client()
+    return Run(sent, b"".join(client))
 
 
-def compare(plan: Plan, sent: list[Sent], expected: list[Expected], home_db: int) -> None:
+def compare(plan: Plan, sent: list[Sent], expected: list[Expected], home_db: int) -> list[Sent]:
+    """Check what was written upstream against the oracle; the written command of each expected
+    one, in order."""
     k = 0
+    matched: list[Sent | None] = [None] * len(expected)
     for i, got in enumerate(sent):
+        while k < len(expected) and expected[k].own and got.args != expected[k].args:
+            k += 1
         if got.args[0].upper() == b"AUTH" and got.args[1:] != [UPSTREAM_USER, UPSTREAM_PASSWORD]:
             raise Violation("credentials", f"a client's AUTH reached Redis: {got.args!r}")
         if got.args[0].upper() == b"HELLO" and any(a.upper() == b"AUTH" for a in got.args):
@@ -453,6 +630,7 @@ def compare(plan: Plan, sent: list[Sent], expected: list[Expected], home_db: int
                     raise Violation("protocol-on-shared",
                                     f"{got.args!r} sent by a RESP{3 if expected[k].resp3 else 2} "
                                     f"client went to a RESP{3 if got.resp3 else 2} shared link")
+            matched[k] = got
             k += 1
         elif proxy_own(got.args, home_db):
             if got.shared:
@@ -464,17 +642,54 @@ def compare(plan: Plan, sent: list[Sent], expected: list[Expected], home_db: int
             raise Violation("not-allowed",
                             f"frame {i} {got.args!r} was forwarded; next allowed "
                             f"{expected[k].args if k < len(expected) else None!r}")
+    while k < len(expected) and expected[k].own:
+        k += 1
     if k != len(expected):
         raise Violation("missing", f"allowed {expected[k].args!r} (and {len(expected) - k - 1} "
                                    "more) never reached Redis")
+    return matched
+
+
+def check_replies(plan: Plan, matched: list[Sent], stream: bytes) -> None:
+    """Every command got its reply, in order: exactly the upstream's for a forwarded one, one
+    error for a refused one, one reply for one answered here; nothing else, nothing more."""
+    scanner = ReplyScanner()
+    try:
+        frames = scanner.feed(stream)
+    except Exception as e:   # noqa: BLE001 - an UpstreamProtocolError: garbage to the client
+        raise Violation("reply-garbage", f"the client's stream is not RESP: {e}: {stream!r}")
+    if not scanner.idle:
+        raise Violation("reply-garbage", f"the client's stream ends inside a reply: {stream!r}")
+    replies, pos = [], 0
+    for f in frames:
+        replies.append(stream[pos:f.end])
+        pos = f.end
+    i = 0
+    for n, shape in enumerate(plan.shapes):
+        want = matched[shape[1]].replies if type(shape) is tuple else [None]
+        for w in want:
+            if i >= len(replies):
+                raise Violation("reply-missing", f"command {n} {plan.commands[n]!r} got no reply "
+                                                 f"(replies: {replies!r})")
+            got = replies[i]
+            if (w is not None and got != w) or (shape == "error" and got[:1] != b"-"):
+                raise Violation("reply-order",
+                                f"command {n} {plan.commands[n]!r} got {got!r}, not "
+                                f"{w if w is not None else shape!r} (replies: {replies!r})")
+            i += 1
+    if i != len(replies):
+        raise Violation("reply-extra", f"{len(replies) - i} replies more than commands: "
+                                       f"{replies[i:]!r}")
 
 
 def check(data: bytes) -> None:
     plan = decode(data)
     cfg, oracle_cfg = configs(plan.multiplex)
     expected = oracle(plan, oracle_cfg)
-    sent = run(plan, cfg)
-    compare(plan, sent, expected, cfg.upstream.db)
+    result = run(plan, cfg)
+    matched = compare(plan, result.sent, expected, cfg.upstream.db)
+    if not plan.skip_replies:
+        check_replies(plan, matched, result.to_client)
 
 
 def describe(data: bytes) -> str:
@@ -482,9 +697,11 @@ def describe(data: bytes) -> str:
     plan = decode(data)
     lines = [f"multiplex={plan.multiplex} version={plan.version} lazy_connect={plan.lazy_connect}"]
     for args, inl, cut, conn in zip(plan.commands, plan.inline, plan.cuts, plan.connects):
-        lines.append(f"  {'inline ' if inl else ''}{b' '.join(args).decode('latin-1')}"
+        lines.append(f"  {'inline ' if inl else ''}{b' '.join(args).decode('latin-1')!r}"
                      f"{['', ' | read ends', ' | read ends inside', ' | read ends'][cut]}"
-                     f"{' (connect)' if conn and plan.lazy_connect else ''}")
+                     f"{' (connect)' if conn & 8 and plan.lazy_connect and cut else ''}"
+                     f"{' (replies held)' if conn & 16 and cut else ''}"
+                     f"{' (replies split)' if conn & 32 and cut else ''}")
     return "\n".join(lines)
 
 
