@@ -125,9 +125,9 @@ def test_5000_authenticated_clients_and_resources_come_back(crowd_proxy, redis7)
     port = crowd_proxy.port
     asyncio.run(_crowd(port, 200))          # warm up: first-use allocations, the shared link
     assert settle(lambda: len(crowd_proxy.proxy.clients) == 0)
-    fds0, rss0 = fd_count(), rss_mb()
     admin = redis7.admin()
     redis_clients0 = admin.info("clients")["connected_clients"]
+    fds0, rss0 = fd_count(), rss_mb()
     asyncio.run(_crowd(port, CLIENTS))
     assert settle(lambda: len(crowd_proxy.proxy.clients) == 0), len(crowd_proxy.proxy.clients)
     assert settle(lambda: fd_count() <= fds0), (fd_count(), fds0)
