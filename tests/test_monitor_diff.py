@@ -257,9 +257,6 @@ OPTION_TRICKS = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 23 finding 4: COPY's DB option is not compared the "
-                                       "way Redis compares it (NUL, repeats): the copy reaches "
-                                       "database 5")
 def test_option_words_redis_would_read_as_db_never_reach_redis(proxied, redis7):
     monitor = Monitor(redis7.port)
     marker_conn = redis7.admin()
