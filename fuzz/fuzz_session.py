@@ -291,6 +291,22 @@ def oracle(plan: Plan, config) -> list[Expected]:
     user = None            # the logged-in UserEntry
     multi = dirty = False
     resp3 = False
+    # The connection's subscriptions (chan, pat, shard), and those queued in MULTI: in RESP2,
+    # with any, the connection is in subscribed mode, where AUTH and HELLO are refused (Redis).
+    subs: dict[str, set] = {"chan": set(), "pat": set(), "shard": set()}
+    queued: list[tuple[str, list[bytes]]] = []
+
+    def subscribed() -> bool:
+        return any(subs.values())
+
+    def apply_sub(name: str, chans: list[bytes]) -> None:
+        kind = _SUB_KIND[name.replace("un", "")]
+        if name.startswith(("sub", "psub", "ssub")):
+            subs[kind].update(chans)
+        elif chans:
+            subs[kind].difference_update(chans)
+        else:
+            subs[kind].clear()
 
     def login(name: bytes, pw: bytes) -> bool:
         nonlocal user
@@ -298,6 +314,11 @@ def oracle(plan: Plan, config) -> list[Expected]:
         entry = config.users.get(n)
         if entry is not None and PASSWORDS.get(n) == pw:
             user = entry
+            # The new user holds only the subscriptions it may hold (the proxy unsubscribes
+            # the rest by itself: its own UNSUBSCRIBE, recognised by proxy_own).
+            for kind in subs:
+                subs[kind] = {c for c in subs[kind]
+                              if entry.user.check_channel(c, pattern=kind == "pat")}
             return True
         return False
 
@@ -326,6 +347,9 @@ def oracle(plan: Plan, config) -> list[Expected]:
             continue
         if user is None and "no_auth" not in spec.flags:
             refuse()
+            continue
+        if name in ("auth", "hello") and not resp3 and subscribed():
+            refuse()   # Redis's "Can't execute 'auth'" in RESP2 subscribed mode
             continue
         if name == "auth":
             if len(args) > 3 or multi:
@@ -372,6 +396,9 @@ def oracle(plan: Plan, config) -> list[Expected]:
         if name == "reset":
             shapes.append("one")
             user, multi, dirty, resp3 = None, False, False, False
+            queued.clear()
+            for kind in subs:
+                subs[kind].clear()
             continue
         try:
             db = user.databases if user.databases is not None else config.upstream.db
@@ -390,6 +417,9 @@ def oracle(plan: Plan, config) -> list[Expected]:
         if name == "exec":
             doomed = multi and dirty
             multi = dirty = False
+            ran, queued[:] = queued[:] if not doomed else [], []
+            for sub_name, chans in ran:
+                apply_sub(sub_name, chans)
             if doomed:
                 shapes.append("error")   # EXECABORT; the proxy sends DISCARD instead
                 out.append(Expected([b"DISCARD"], resp3, own=True))
@@ -399,15 +429,20 @@ def oracle(plan: Plan, config) -> list[Expected]:
                 multi, dirty = True, False
         elif name == "discard":
             multi = dirty = False
+            queued.clear()
         elif multi and name in _SUBSCRIBE_FAMILY:
             # What Redis answers to a subscription queued in MULTI is the subject of issue 23's
             # finding 11 and differs by version: the fake upstream does not model it.
             plan.skip_replies = True
+            queued.append((name, args[1:]))
+        elif name in _SUBSCRIBE_FAMILY:
+            apply_sub(name, args[1:])
         shapes.append(("fwd", len(out)))
         out.append(Expected(args, resp3))
     return out
 
 
+_SUB_KIND = {"subscribe": "chan", "psubscribe": "pat", "ssubscribe": "shard"}
 _SUBSCRIBE_FAMILY = {"subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscribe",
                      "sunsubscribe"}
 
@@ -555,8 +590,15 @@ def run(plan: Plan, config) -> Run:
             return
         data = b"".join(out)
         out.clear()
+        if link is not None and link != s.link_resp3:
+            # server.ClientConnection.pump: the session bound its commands to the other
+            # protocol's links (HELLO, RESET); allowed only with nothing due on this one.
+            if due_shared:
+                raise Violation("switch-with-due", "the session switched links with replies "
+                                                   "due on the old one")
+            link = None
         if link is None and (s.shared or s.expected != accounted):
-            link = s.resp3     # server.Proxy.shared_link: by the session's protocol, now
+            link = s.link_resp3   # server.Proxy.shared_link: the links the session is bound to
         if link is not None:
             accounted = s.expected
             shared, proto, fake = True, link, links[link]
