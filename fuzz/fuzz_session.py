@@ -535,7 +535,9 @@ class FakeRedis:
                 return [b"-ERR EXEC without MULTI\r\n"]
             queued, self.multi = self.multi, None
             parts = [frame for q in queued for frame in self.reply(q)]
-            return [b"*%d\r\n" % len(parts) + b"".join(parts)]
+            # As Redis's execCommand: an array of one reply per queued command; a subscription
+            # confirming several channels adds frames that spill out after it (finding 11).
+            return [b"*%d\r\n" % len(queued) + b"".join(parts)]
         if name == b"discard":
             if self.multi is None:
                 return [b"-ERR DISCARD without MULTI\r\n"]

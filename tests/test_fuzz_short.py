@@ -132,6 +132,20 @@ def test_session_resp2_subscribed_mode_refuses_logins():
     session_check(data)
 
 
+def test_session_exec_reply_spills_like_redis():
+    """Found by the atheris target (a fake-upstream fix, not a proxy bug): Redis 7 answers
+    MULTI; SUBSCRIBE chan:1 chan:1; EXEC with `*1` and the second confirmation after the array
+    (checked against redis-server 7.0), as Session._exec_plan expects; the fake upstream put
+    both inside a `*2`, so the proxy waited for a spill that never came."""
+    auth, sub, multi, exec_, ping, blpop = (fuzz_session._index(n) for n in (
+        b"AUTH", b"SUBSCRIBE", b"MULTI", b"EXEC", b"PING", b"BLPOP"))
+    twice = (sub, 0xff, 0)   # SUBSCRIBE chan:1 chan:1
+    steps = [(auth, 40, 0), (multi, 0, 0), twice, (exec_, 0, 0), twice, (ping, 0, 0),
+             (multi, 0, 0), twice, (exec_, 0, 0), (blpop, 0, 0)]
+    for flags in range(8):
+        session_check(fuzz_session.plan_bytes(flags, *steps))
+
+
 # ------------------------------------------------------------------------------- atheris
 
 def _atheris_run(script, corpus, runs, tmp_path, env=None):
