@@ -804,6 +804,8 @@ class Session:
         self._forward(req)
 
     def _cmd_multi(self, spec, args, req) -> None:
+        if not self.resp3 and self._subscribed():   # (RESP2 subscribed mode: Redis refuses it)
+            return self._reject(errors.pubsub_context(self.gate.upstream_version, "multi"))
         if not self.multi:
             self.multi = True
             self.multi_dirty = False

@@ -146,6 +146,20 @@ def test_session_exec_reply_spills_like_redis():
         session_check(fuzz_session.plan_bytes(flags, *steps))
 
 
+def test_session_multi_in_resp2_subscribed_mode_is_refused():
+    """Found by the atheris target (a proxy bug, fixed in Session._cmd_multi): in RESP2
+    subscribed mode Redis refuses MULTI ("Can't execute 'multi'"), but the session forwarded it
+    and believed a transaction open: the SUBSCRIBEs after it, which Redis runs at once, were
+    counted as +QUEUED, the replies went out of step, and after RESET a DISCARD was never sent."""
+    auth, sub, multi, blpop, reset, discard = (fuzz_session._index(n) for n in (
+        b"AUTH", b"SUBSCRIBE", b"MULTI", b"BLPOP", b"RESET", b"DISCARD"))
+    twice = (sub, 0xff, 0)   # SUBSCRIBE chan:1 chan:1
+    steps = [(auth, 40, 0), twice, (multi, 0, 0), twice, twice, (blpop, 0x9d, 0), (reset, 0, 0),
+             (auth, 40, 2), (discard, 0, 4)]
+    for flags in range(8):
+        session_check(fuzz_session.plan_bytes(flags, *steps))
+
+
 # ------------------------------------------------------------------------------- atheris
 
 def _atheris_run(script, corpus, runs, tmp_path, env=None):
