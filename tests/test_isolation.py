@@ -76,7 +76,8 @@ def test_nothing_pipelined_after_quit_is_executed(request, version, multiplex):
 
 # ---------------------------------------------------------------- 1: a shared link's protocol
 
-VICTIM_SETUP = [("HSET", "app:h", "f", "v"), ("ZADD", "app:z", "1.5", "m"), ("DEL", "app:none")]
+VICTIM_SETUP = [("DEL", "app:h", "app:z"), ("HSET", "app:h", "f", "v"), ("ZADD", "app:z", "1.5", "m"),
+                ("DEL", "app:none")]   # (the first DEL: other tests share this Redis)
 RESP2_REPLIES = b"*2\r\n$1\r\nf\r\n$1\r\nv\r\n$3\r\n1.5\r\n$-1\r\n"
 RESP3_REPLIES = b"%1\r\n$1\r\nf\r\n$1\r\nv\r\n,1.5\r\n_\r\n"
 

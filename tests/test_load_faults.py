@@ -21,7 +21,7 @@ import pytest
 
 from proxy import ProxyRunner, pw_hash
 from redisgate.resp import encode_command
-from servers import RedisServer, free_port
+from servers import RedisServer
 
 PASSWORD = b"load-pw"
 USERS = {"load": f"on {pw_hash('load-pw')} ~app:* +@all -@dangerous"}
