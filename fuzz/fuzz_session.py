@@ -346,7 +346,7 @@ def oracle(plan: Plan, config) -> list[Expected]:
         if user is None and "no_auth" not in spec.flags:
             refuse()
             continue
-        if name in ("auth", "hello", "multi") and not resp3 and subscribed():
+        if name in ("auth", "hello", "multi", "select") and not resp3 and subscribed():
             refuse()   # Redis's "Can't execute 'auth'" in RESP2 subscribed mode
             continue
         if name == "auth":

@@ -798,6 +798,8 @@ class Session:
         # The judge has refused databases outside the user's list already; a malformed index
         # (allowed only with allkeys) gets Redis's own error from upstream. Redis reads the index
         # with string2ll (no sign but '-', no leading zeros): `SELECT 05` switches nothing.
+        if not self.resp3 and self._subscribed():   # (RESP2 subscribed mode: Redis refuses it)
+            return self._reject(errors.pubsub_context(self.gate.upstream_version, "select"))
         index = _string2ll(args[1])
         if index is not None and index >= 0:
             self.db = index

@@ -228,3 +228,13 @@ def test_select_tracks_the_database_as_redis_reads_the_index(index, db):
     login(s)
     s.client_data(cmd("SELECT", index))
     assert s.db == db
+
+
+def test_select_in_resp2_subscribed_mode_is_refused_and_switches_nothing():
+    """Redis refuses SELECT in RESP2 subscribed mode: the session must not take it as a switch."""
+    s = make_session(users={"u": f"on {pw_hash('pw')} allkeys allchannels +@all"})
+    login(s)
+    s.client_data(cmd("SUBSCRIBE", "c"))
+    s.client_data(cmd("SELECT", "2"))
+    assert s.db == 0
+    assert b"SELECT" not in b"".join(s.to_upstream).upper()
