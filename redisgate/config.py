@@ -28,6 +28,7 @@ Contract of the file (keys are a public contract; extend, never rename)::
 
     listen: 127.0.0.1:6380            # or a list of addresses or {address, tls: {...}}
     upstream: {address, username, password, db, tls, version, connect_timeout, multiplex}
+    upstream: {cluster: {seeds: [host:port, ...], refresh}, username, password, tls, ...}
     users:
       name: "<ACL rules>"             # or a mapping:
       name: {rules, profile, queues, scripts, report_only, learn, certificate,
@@ -99,10 +100,20 @@ class Upstream:
     # Shared upstream links for stateless commands (server.SharedLink); 0: one link per client.
     multiplex: int = 0
     embedded: bool = False                  # no upstream configured: start a local redis-server
+    # upstream.cluster: a Redis Cluster found from its seeds (host, port then name the first)
+    cluster: "ClusterSettings | None" = None
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """`upstream.cluster`: the nodes asked for the slot map first, and how often it is re-read
+    (it is also re-read after every MOVED and every node that cannot be reached)."""
+    seeds: tuple[tuple[str, int], ...]
+    refresh: float = 30.0
 
 
 @dataclass
@@ -701,6 +712,11 @@ UPSTREAM_TLS = Struct({
 LISTENER = Struct({"address": Address(), "tls": LISTENER_TLS},
                   "a mapping {address, tls}", required=("address",))
 
+UPSTREAM_CLUSTER = Struct({
+    "seeds": ListOf(Address(), "a list of 'host:port' node addresses", min_len=1, max_len=1000),
+    "refresh": Duration(),
+}, "a mapping {seeds: [host:port, ...], refresh: <duration>}", required=("seeds",))
+
 UPSTREAM = Struct({
     "address": Address(),
     "username": Str("a Redis user name"),
@@ -713,7 +729,8 @@ UPSTREAM = Struct({
     "multiplex": Either(Bool(), Int("the number of shared links", lo=0, hi=MAX_SHARED_LINKS),
                         what=f"the number of shared links, 0 (off) to {MAX_SHARED_LINKS}, "
                              "or true/false"),
-}, "a mapping with at least 'address'", required=("address",))
+    "cluster": UPSTREAM_CLUSTER,
+}, "a mapping with 'address' or 'cluster'")
 
 USER = Struct({
     "rules": Rules(),
@@ -944,6 +961,10 @@ def build_config(raw: Any, *, base_dir: Path = Path("."), path: Path | None = No
     upstream = _upstream(doc.get("upstream"), raw.get("upstream") if isinstance(raw, dict) else None,
                          problems, warnings, base_dir, allow_embedded)
     users = _users(doc.get("users"), doc.get("acl_file"), problems, warnings, base_dir)
+    if upstream.cluster is not None:
+        for name, entry in users.items():
+            if entry.databases is not None and entry.databases - {0}:
+                problems.append(f"users.{name}.databases: a Redis Cluster has only database 0")
 
     cfg = Config(path=path, listeners=listeners, upstream=upstream, users=users, warnings=warnings)
     if "metrics" in doc and "address" in doc["metrics"]:
@@ -1009,6 +1030,19 @@ def _upstream(value: Any, raw: Any, problems: list[str], warnings: list[str], ba
     up = Upstream()
     if "address" in value:
         up.host, up.port = value["address"]
+    cluster = value.get("cluster")
+    if isinstance(raw, dict) and raw.get("address") is not None and raw.get("cluster") is not None:
+        problems.append("upstream: only one of address, cluster")
+    elif isinstance(raw, dict) and raw.get("address") is None and raw.get("cluster") is None:
+        problems.append("upstream: 'address' or 'cluster' is required")
+    if cluster is not None and cluster.get("seeds"):
+        up.cluster = ClusterSettings(tuple(cluster["seeds"]), cluster.get("refresh", 30.0))
+        up.host, up.port = up.cluster.seeds[0]
+        if value.get("db"):
+            problems.append("upstream.db: a Redis Cluster has only database 0")
+        if value.get("multiplex"):
+            problems.append("upstream.multiplex: not supported with upstream.cluster yet (every "
+                            "client gets its own connection to each node it uses)")
     up.username = value.get("username")
     pw = value.get("password")
     if pw is not None:

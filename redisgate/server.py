@@ -333,7 +333,7 @@ class ClientConnection(asyncio.Protocol):
         self._reply_bytes = 0                 # bytes of replies not ended yet
         self._backlog: bytes | None = None
         self.lane = None
-        if Lane is not None:
+        if Lane is not None and proxy.cluster is None:   # (cluster mode: no C lane yet)
             # The event loop calls data_received (looked up when the transport is made): the
             # lane's, which hands what it does not take to this class's data_received.
             self.lane = Lane(self.data_received, self.upstream_data)
@@ -623,7 +623,7 @@ class ClientConnection(asyncio.Protocol):
         self._feed(lambda _: self.session.resume(), b"", upstream=False)
 
     async def _connect(self) -> None:
-        protocol, reason = await open_upstream(self.proxy, lambda: UpstreamConnection(self))
+        protocol, reason = await self.proxy.open_client_upstream(self)
         if protocol is None:
             self._connecting = False
             if not self.closed:
@@ -997,6 +997,11 @@ class Proxy:
         self.listeners = list(config.listeners)
         self.upstream_host = config.upstream.host
         self.upstream_port = config.upstream.port
+        # upstream.cluster: the slot map, and each client's connections to the nodes
+        self.cluster = None
+        if config.upstream.cluster is not None:
+            from .cluster.io import ClusterMap
+            self.cluster = ClusterMap(self, config.upstream.cluster)
         # upstream.multiplex takes effect at start (a reload keeps these links). RESP2 and
         # RESP3 clients (go-redis) share links that speak their protocol.
         self.links = [SharedLink(self) for _ in range(config.upstream.multiplex)]
@@ -1028,10 +1033,18 @@ class Proxy:
             from .tls import UpstreamTLS
             self._upstream_tls = UpstreamTLS(self.config.upstream.tls, base, where="upstream.tls")
 
-    def upstream_ssl(self):
+    def upstream_ssl(self, host: str | None = None):
         if self._upstream_tls is None:
             return None, None
-        return self._upstream_tls.context, self._upstream_tls.server_name(self.upstream_host)
+        return self._upstream_tls.context, self._upstream_tls.server_name(host or self.upstream_host)
+
+    async def open_client_upstream(self, client: "ClientConnection"):
+        """A client connection's own upstream: (protocol, None), or (None, why) after logging.
+        One connection to upstream.address; with upstream.cluster, a ClusterUpstream (one
+        connection per node the client's commands go to, opened on first use)."""
+        if self.cluster is not None:
+            return await self.cluster.open_client(client)
+        return await open_upstream(self, lambda: UpstreamConnection(client))
 
     # -- lifecycle
 
@@ -1048,6 +1061,8 @@ class Proxy:
             log.info("listening on %s:%d%s", lst.host, lst.port, " (TLS)" if tls else "")
         for w in self.tls_warnings():
             log.warning("%s", w)
+        if self.cluster is not None:
+            await self.cluster.start()
         await self.probe_upstream()
 
     def shared_link(self, client: ClientConnection) -> SharedLink:
@@ -1114,8 +1129,11 @@ class Proxy:
     async def _probe(self) -> tuple[int, int, int]:
         import hiredis
         up = self.config.upstream
-        ssl_ctx, server_hostname = self.upstream_ssl()
-        reader, writer = await asyncio.open_connection(self.upstream_host, self.upstream_port,
+        host, port = self.upstream_host, self.upstream_port
+        if self.cluster is not None and self.cluster.masters():
+            host, port = self.cluster.masters()[0].host, self.cluster.masters()[0].port
+        ssl_ctx, server_hostname = self.upstream_ssl(host)
+        reader, writer = await asyncio.open_connection(host, port,
                                                        ssl=ssl_ctx, server_hostname=server_hostname)
         try:
             from .resp import encode_command
@@ -1181,6 +1199,10 @@ class Proxy:
             return False
         if config.upstream.embedded:
             config.upstream = self.config.upstream
+        if config.upstream.cluster != self.config.upstream.cluster:
+            log.warning("reload: a new upstream.cluster (or a switch between address and cluster) "
+                        "takes effect only after a restart")
+            config.upstream.cluster = self.config.upstream.cluster
         if (config.upstream.host, config.upstream.port) != (self.upstream_host, self.upstream_port):
             log.warning("reload: a new upstream address takes effect only after a restart")
             config.upstream.host, config.upstream.port = self.upstream_host, self.upstream_port
@@ -1312,6 +1334,8 @@ class Proxy:
                 c.transport.close()
         for link in self.links + self.links3:
             link.close()
+        if self.cluster is not None:
+            self.cluster.close()
         for srv in self.servers:
             try:
                 await asyncio.wait_for(srv.wait_closed(), max(1.0, deadline - loop.time()))

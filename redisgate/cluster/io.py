@@ -1,0 +1,426 @@
+"""The I/O side of Redis Cluster support (asyncio): the proxy-wide slot map (`ClusterMap`) and
+one client connection's connections to the nodes (`ClusterUpstream`).
+
+This is the one module of the subpackage that opens sockets, reads clocks and logs; the
+decisions are in `router.Router` (per client) and `topology` (the map).
+
+* `ClusterMap`: discovery from `upstream.cluster.seeds` (then the known nodes) with `CLUSTER
+  SLOTS` through the proxy's own upstream identity, a refresh every `refresh`, and one soon (at
+  most every `MIN_REFRESH_GAP`) after every MOVED and every node that cannot be reached. It logs,
+  with the node's address: nodes that cannot be reached (once per `LOG_EVERY` per node), refreshes
+  that fail, slots that changed master (a failover: the new master was the old one's replica;
+  else a resharding), slots left without a master, and MOVED storms (more than `STORM` redirects
+  followed within a second).
+* `ClusterUpstream`: what server.ClientConnection sees as its upstream connection (and its
+  transport: `write`, `close`, `pause_reading`, ...). Bytes the session writes go to the client's
+  Router; the Router's sends go to this client's connection to each node (`NodeLink`, opened on
+  first use); the nodes' bytes go back through the Router, whose in-order output reaches the
+  session as if from one Redis. A node that cannot be reached, or whose connection is lost,
+  fails only the commands sent to it (an `-ERR redisgate: cluster node ... unavailable` each);
+  unless the client's transaction, WATCH or subscriptions lived there: then the client's
+  upstream fails as a whole (the session closes the client, as after a Redis restart).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections import Counter
+
+import hiredis
+
+from ..resp import encode_command
+from .router import Router
+from .topology import NodeAddr, Redirect, Topology, TopologyError, topology_from_slots
+
+log = logging.getLogger("redisgate")
+
+MIN_REFRESH_GAP = 0.2     # seconds between two refreshes asked by events (MOVED, unreachable)
+LOG_EVERY = 5.0           # seconds: one "unreachable" line per node at most this often
+STORM = 100               # MOVED/ASK followed per second past which a storm is logged
+
+
+class ClusterMap:
+    """The proxy's view of the cluster (router.View): see the module docstring."""
+
+    def __init__(self, proxy, settings):
+        self.proxy = proxy
+        self.seeds = tuple(NodeAddr(h, p) for h, p in settings.seeds)
+        self.refresh_every = settings.refresh
+        self.topology: Topology | None = None
+        self._masters: tuple[NodeAddr, ...] = ()
+        self._moved: dict[int, NodeAddr] = {}
+        self._task: asyncio.Task | None = None
+        self._periodic: asyncio.Task | None = None
+        self._again = False
+        self._last = 0.0
+        self._logged: dict[NodeAddr, float] = {}
+        self._storm_start = 0.0
+        self._storm_count = 0
+        self._storm_logged = 0.0
+        self.refreshes = 0
+        self.closed = False
+
+    # -- router.View
+
+    def master_for(self, slot: int) -> NodeAddr | None:
+        node = self._moved.get(slot)
+        if node is not None:
+            return node
+        t = self.topology
+        return t.master_for(slot) if t is not None else None
+
+    def masters(self) -> tuple[NodeAddr, ...]:
+        return self._masters
+
+    def moved(self, redirect: Redirect) -> None:
+        if len(self._moved) < 16384:
+            self._moved[redirect.slot] = redirect.node
+        self.refresh_soon()
+
+    def setup_commands(self) -> list[bytes]:
+        up = self.proxy.gate.config.upstream
+        if up.password is None:
+            return []
+        return [encode_command([b"AUTH", up.username.encode(), up.password] if up.username
+                               else [b"AUTH", up.password])]
+
+    # -- events
+
+    def redirects(self, n: int, last: str = "") -> None:
+        """`n` MOVED / ASK were followed: a storm (past STORM a second) is logged once a second."""
+        now = time.monotonic()
+        if now - self._storm_start >= 1.0:
+            self._storm_start, self._storm_count = now, 0
+        self._storm_count += n
+        if self._storm_count > STORM and now - self._storm_logged >= 1.0:
+            self._storm_logged = now
+            log.warning("cluster: MOVED/ASK storm: %d redirects followed within a second%s "
+                        "(a resharding under way, or a stale slot map)", self._storm_count, last)
+
+    def unreachable(self, node: NodeAddr, reason: str) -> None:
+        now = time.monotonic()
+        if now - self._logged.get(node, -LOG_EVERY) >= LOG_EVERY:
+            self._logged[node] = now
+            log.warning("cluster node %s unreachable: %s", node, reason)
+            from .. import metrics
+            metrics.inc("upstream_errors")
+        self.refresh_soon()
+
+    # -- refreshing the map
+
+    async def start(self) -> None:
+        await self.refresh()
+        self._periodic = asyncio.ensure_future(self._every())
+
+    async def _every(self) -> None:
+        while not self.closed:
+            await asyncio.sleep(self.refresh_every)
+            self.refresh_soon()
+
+    def refresh_soon(self) -> None:
+        if self.closed:
+            return
+        if self._task is not None and not self._task.done():
+            self._again = True
+            return
+        self._task = asyncio.ensure_future(self._refresh_later())
+
+    async def _refresh_later(self) -> None:
+        while True:
+            wait = self._last + MIN_REFRESH_GAP - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._again = False
+            await self.refresh()
+            if not self._again or self.closed:
+                return
+
+    async def ready(self, timeout: float) -> bool:
+        """Whether there is a slot map (one refresh is tried, within `timeout`, when not)."""
+        if self.topology is None:
+            try:
+                await asyncio.wait_for(self.refresh(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        return self.topology is not None
+
+    async def refresh(self) -> bool:
+        """Ask the known nodes (masters, replicas, then the seeds) for CLUSTER SLOTS, one after
+        the other, until one answers; adopt its map. False (logged) when none did."""
+        self._last = time.monotonic()
+        candidates: list[NodeAddr] = []
+        for node in (self.topology.nodes() if self.topology is not None else ()) + self.seeds:
+            if node not in candidates:
+                candidates.append(node)
+        failures = []
+        for node in candidates:
+            try:
+                topology = await self._ask(node)
+            except (OSError, asyncio.TimeoutError, ssl.SSLError, ConnectionError,
+                    TopologyError, hiredis.ProtocolError) as e:
+                failures.append(f"{node} ({_why(e)})")
+                continue
+            if not topology.shards:
+                failures.append(f"{node} (no slots assigned)")
+                continue
+            self._adopt(topology, node)
+            return True
+        if failures:
+            log.error("cluster: refreshing the slot map failed: %s", "; ".join(failures[:8]))
+        return False
+
+    async def _ask(self, node: NodeAddr) -> Topology:
+        up = self.proxy.gate.config.upstream
+        ssl_ctx, server_hostname = self.proxy.upstream_ssl(node.host)
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(node.host, node.port, ssl=ssl_ctx,
+                                    server_hostname=server_hostname),
+            up.connect_timeout)
+        try:
+            setup = self.setup_commands()
+            writer.write(b"".join(setup) + encode_command([b"CLUSTER", b"SLOTS"]))
+            rd = hiredis.Reader()
+            replies: list = []
+            deadline = time.monotonic() + up.connect_timeout
+            while len(replies) < len(setup) + 1:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise asyncio.TimeoutError()
+                data = await asyncio.wait_for(reader.read(1 << 16), left)
+                if not data:
+                    raise ConnectionError("connection closed")
+                rd.feed(data)
+                while (r := rd.gets()) is not False:
+                    replies.append(r)
+            for r in replies[:-1]:
+                if isinstance(r, hiredis.ReplyError):
+                    raise TopologyError(f"the proxy's authentication was refused: {str(r)[:200]}")
+            return topology_from_slots(replies[-1], node)
+        finally:
+            writer.close()
+
+    def _adopt(self, new: Topology, source: NodeAddr) -> None:
+        old = self.topology
+        self.topology = new
+        self._masters = new.masters
+        self._moved.clear()
+        self.refreshes += 1
+        if old is None:
+            log.info("cluster: slot map from %s: masters %s; %d replicas%s", source,
+                     ", ".join(map(str, new.masters)), sum(len(s.replicas) for s in new.shards),
+                     "" if new.covered else f"; {new.owner.count(-1)} slots have no master")
+            return
+        if old.owner == new.owner and old.shards == new.shards:
+            return
+        moved: Counter = Counter()
+        om, nm = old.owner, new.owner
+        for s in range(len(om)):
+            a = old.shards[om[s]].master if om[s] >= 0 else None
+            b = new.shards[nm[s]].master if nm[s] >= 0 else None
+            if a != b:
+                moved[(a, b)] += 1
+        old_replicas = {s.master: set(s.replicas) for s in old.shards}
+        for (a, b), n in sorted(moved.items(), key=lambda kv: str(kv[0])):
+            if b is None:
+                log.error("cluster: %d slots of %s have no master now", n, a)
+            elif a is not None and b in old_replicas.get(a, ()):
+                log.warning("cluster: failover: %s replaced %s as master of %d slots", b, a, n)
+            else:
+                log.warning("cluster: %d slots moved from %s to %s (resharding)", n,
+                            a or "no master", b)
+        if not moved and [s.master for s in old.shards] != [s.master for s in new.shards]:
+            log.info("cluster: masters now %s", ", ".join(map(str, new.masters)))
+
+    # -- clients
+
+    async def open_client(self, client):
+        """(ClusterUpstream, None) for a client connection, or (None, why)."""
+        up = self.proxy.gate.config.upstream
+        if not await self.ready(up.connect_timeout):
+            return None, "no node of the cluster answered CLUSTER SLOTS"
+        return ClusterUpstream(client, self), None
+
+    def close(self) -> None:
+        self.closed = True
+        for task in (self._task, self._periodic):
+            if task is not None:
+                task.cancel()
+
+
+def _why(e: BaseException) -> str:
+    if isinstance(e, asyncio.TimeoutError):
+        return "timed out"
+    if isinstance(e, ssl.SSLError):
+        return f"TLS error: {(e.reason or str(e)).lower()}"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror.lower()
+    return str(e) or type(e).__name__
+
+
+class NodeLink(asyncio.Protocol):
+    """One client's connection to one node."""
+
+    def __init__(self, owner: "ClusterUpstream", node: NodeAddr):
+        self.owner = owner
+        self.node = node
+        self.transport = None
+        self.waiting: list[bytes] = []
+        self.dead = False
+        self.hold = f"upstream {node}"
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+        else:
+            self.waiting.append(data)
+
+    async def connect(self) -> None:
+        proxy = self.owner.cmap.proxy
+        up = proxy.gate.config.upstream
+        loop = asyncio.get_running_loop()
+        try:
+            ssl_ctx, server_hostname = proxy.upstream_ssl(self.node.host)
+            await asyncio.wait_for(
+                loop.create_connection(lambda: self, self.node.host, self.node.port,
+                                       ssl=ssl_ctx, server_hostname=server_hostname),
+                up.connect_timeout)
+        except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
+            if not self.dead:
+                self.owner.link_failed(self, _why(e))
+
+    def connection_made(self, transport) -> None:
+        if self.dead:
+            transport.close()
+            return
+        self.transport = transport
+        transport.set_write_buffer_limits(high=1 << 20)
+        if self.owner.reading_paused:
+            transport.pause_reading()
+        if self.waiting:
+            transport.write(b"".join(self.waiting))
+            self.waiting.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if not self.dead:
+            self.owner.node_data(self.node, data)
+
+    def connection_lost(self, exc) -> None:
+        if not self.dead:
+            self.owner.link_failed(self, "connection lost")
+
+    def pause_writing(self) -> None:
+        self.owner.client.hold_input(self.hold, True)
+
+    def resume_writing(self) -> None:
+        self.owner.client.hold_input(self.hold, False)
+
+    def close(self) -> None:
+        self.dead = True
+        self.owner.client.hold_input(self.hold, False)
+        if self.transport is not None:
+            self.transport.close()
+
+
+class ClusterUpstream:
+    """One client connection's upstream in cluster mode (and its own transport): see the module
+    docstring."""
+
+    def __init__(self, client, cmap: ClusterMap):
+        self.client = client
+        self.cmap = cmap
+        self.router = Router(cmap)
+        self.links: dict[NodeAddr, NodeLink] = {}
+        self.transport = self
+        self.closed = False
+        self.reading_paused = False
+        self._soon = False
+
+    # -- the transport ClientConnection writes to
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.router.submit(data)
+        self._after(now=False)   # (inside the client's pump: replies go out on the next turn)
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        pass   # (each node connection has its own)
+
+    def pause_reading(self) -> None:
+        self.reading_paused = True
+        for link in self.links.values():
+            if link.transport is not None:
+                link.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.reading_paused = False
+        for link in self.links.values():
+            if link.transport is not None:
+                link.transport.resume_reading()
+
+    def close(self) -> None:
+        self.closed = True
+        for link in self.links.values():
+            link.close()
+        self.links.clear()
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    # -- the nodes
+
+    def node_data(self, node: NodeAddr, data: bytes) -> None:
+        if self.closed:
+            return
+        self.router.node_data(node, data)
+        self._after(now=True)
+
+    def link_failed(self, link: NodeLink, reason: str) -> None:
+        if self.closed or self.links.get(link.node) is not link:
+            return
+        del self.links[link.node]
+        link.close()
+        self.cmap.unreachable(link.node, reason)
+        self.router.node_failed(link.node, reason)
+        self._after(now=True)
+
+    def _after(self, now: bool) -> None:
+        router = self.router
+        if router.log:
+            for line in router.log:
+                log.error("%s (client %s)", line, self.client.session.client_info)
+            router.log.clear()
+        if router.redirects:
+            self.cmap.redirects(router.redirects)
+            router.redirects = 0
+        for node, chunks in router.take_sends().items():
+            link = self.links.get(node)
+            if link is None:
+                link = self.links[node] = NodeLink(self, node)
+                asyncio.ensure_future(link.connect())
+            link.send(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if router.fatal is not None or router.out:
+            if now:
+                self._deliver()
+            elif not self._soon:
+                self._soon = True
+                asyncio.get_running_loop().call_soon(self._deliver)
+
+    def _deliver(self) -> None:
+        self._soon = False
+        client = self.client
+        if self.closed or client.upstream is not self:
+            return
+        out = self.router.take_out()
+        if out:
+            client.upstream_data(out[0] if len(out) == 1 else b"".join(out))
+        fatal = self.router.fatal
+        if fatal is not None and not self.closed and client.upstream is self:
+            self.close()
+            client.upstream = None
+            client.upstream_write = None
+            if not client.closed:
+                client.session.upstream_failed(fatal)
+                client.pump()
