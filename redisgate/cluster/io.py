@@ -60,6 +60,7 @@ class ClusterMap:
         self._storm_count = 0
         self._storm_logged = 0.0
         self.refreshes = 0
+        self.followed: Counter = Counter()   # redirects followed, by kind (moved, ask)
         self.closed = False
 
     # -- router.View
@@ -88,16 +89,19 @@ class ClusterMap:
 
     # -- events
 
-    def redirects(self, n: int, last: str = "") -> None:
-        """`n` MOVED / ASK were followed: a storm (past STORM a second) is logged once a second."""
+    def redirects(self, n: int, asks: int = 0) -> None:
+        """`n` MOVED / ASK (`asks` of them ASK) were followed: a storm (past STORM a second) is
+        logged once a second."""
+        self.followed["ask"] += asks
+        self.followed["moved"] += n - asks
         now = time.monotonic()
         if now - self._storm_start >= 1.0:
             self._storm_start, self._storm_count = now, 0
         self._storm_count += n
         if self._storm_count > STORM and now - self._storm_logged >= 1.0:
             self._storm_logged = now
-            log.warning("cluster: MOVED/ASK storm: %d redirects followed within a second%s "
-                        "(a resharding under way, or a stale slot map)", self._storm_count, last)
+            log.warning("cluster: MOVED/ASK storm: %d redirects followed within a second (a "
+                        "resharding under way, or a stale slot map)", self._storm_count)
 
     def unreachable(self, node: NodeAddr, reason: str) -> None:
         now = time.monotonic()
@@ -393,8 +397,8 @@ class ClusterUpstream:
                 log.error("%s (client %s)", line, self.client.session.client_info)
             router.log.clear()
         if router.redirects:
-            self.cmap.redirects(router.redirects)
-            router.redirects = 0
+            self.cmap.redirects(router.redirects, router.asks)
+            router.redirects = router.asks = 0
         for node, chunks in router.take_sends().items():
             link = self.links.get(node)
             if link is None:

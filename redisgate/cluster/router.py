@@ -114,6 +114,7 @@ class Router:
         self.fatal: str | None = None
         self.log: list[str] = []          # events for the I/O layer's log (node addresses only)
         self.redirects = 0                # MOVED / ASK followed (the I/O layer counts storms)
+        self.asks = 0                     # ... of which ASK
         self._reader = hiredis.Reader()
         self.resp3 = False
         self.home: NodeAddr | None = None
@@ -540,6 +541,7 @@ class Router:
                     r = None
                 if r is not None:
                     self.redirects += 1
+                    self.asks += r.kind is RedirectKind.ASK
                     if r.kind is RedirectKind.MOVED:
                         self.view.moved(r)
                     self._send(r.node, list(p.args), p.entry, index=p.index, follow=True,

@@ -1,0 +1,208 @@
+"""Resharding and failover under traffic, through redisgate, on a cluster of this module's own
+(3 masters + 3 replicas of Redis 7.0): a live slot migration (ASK, then MOVED) with no
+client-visible error, a manual CLUSTER FAILOVER and a killed master while 20 clients pipeline
+through the proxy. The tests run in order and change the cluster for the ones after them."""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+import redis
+
+from cluster import RedisCluster
+from conftest import UPSTREAM_PASSWORD, UPSTREAM_USER, _need
+from proxy import ProxyRunner, pw_hash
+from redisgate.cluster.slots import key_slot
+
+USERS = {"ops": f"on {pw_hash('pw')} allkeys allchannels +@all"}
+
+
+@pytest.fixture(scope="module")
+def own_cluster():
+    _need("7")
+    c = RedisCluster(acl_user=UPSTREAM_USER, acl_password=UPSTREAM_PASSWORD).start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def gate(own_cluster):
+    up = {"cluster": {"seeds": own_cluster.seeds, "refresh": "2s"}, "username": UPSTREAM_USER,
+          "password": UPSTREAM_PASSWORD}
+    p = ProxyRunner({"upstream": up, "users": USERS}).start()
+    yield p
+    p.stop()
+
+
+def slots_of(c: RedisCluster) -> list:
+    for srv in c.nodes:
+        if srv.proc is not None and srv.proc.poll() is None:
+            try:
+                return c.client(srv.port).execute_command("CLUSTER", "SLOTS")
+            except redis.RedisError:
+                continue
+    raise AssertionError("no node answers")
+
+
+def node_id(c: RedisCluster, port: int) -> str:
+    return c.client(port).execute_command("CLUSTER", "MYID").decode()
+
+
+class Traffic:
+    """`n` clients, each INCRementing keys of its own (spread over every master) in pipelines
+    through the proxy; every reply is checked to be this client's (its counters start at
+    client * 10**6) and, where `strict`, exactly the next value."""
+
+    def __init__(self, gate, n: int, keys_per_client: int = 6, tag: str = "t", strict=True,
+                 keys=None):
+        self.gate, self.n, self.strict = gate, n, strict
+        self.keys = [[(keys(i, j) if keys else f"{tag}{i}:{j}") for j in range(keys_per_client)]
+                     for i in range(n)]
+        self.errors: list[tuple[float, int, str]] = []
+        self.wrong: list[str] = []
+        self.ok = 0
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
+                        for i in range(n)]
+
+    def start(self) -> "Traffic":
+        setup = self.gate.client("ops", "pw")
+        for i, ks in enumerate(self.keys):
+            for k in ks:
+                setup.set(k, i * 10**6)
+        setup.close()
+        for t in self.threads:
+            t.start()
+        return self
+
+    def _run(self, i: int) -> None:
+        keys = self.keys[i]
+        lo = {k: i * 10**6 for k in keys}
+        hi = dict(lo)
+        c = self.gate.client("ops", "pw")
+        while not self.stop.is_set():
+            p = c.pipeline(transaction=False)
+            for k in keys:
+                p.incr(k)
+            try:
+                replies = p.execute(raise_on_error=False)
+            except redis.RedisError as e:
+                self.errors.append((time.monotonic(), i, f"{type(e).__name__}: {e}"))
+                for k in keys:
+                    hi[k] += 1
+                c.close()
+                c = self.gate.client("ops", "pw")
+                time.sleep(0.05)
+                continue
+            for k, r in zip(keys, replies):
+                if isinstance(r, Exception):
+                    self.errors.append((time.monotonic(), i, f"{type(r).__name__}: {r}"))
+                    hi[k] += 1
+                    continue
+                if not i * 10**6 < r < (i + 1) * 10**6:
+                    self.wrong.append(f"client {i} key {k}: reply {r} is not its own")
+                elif self.strict and not lo[k] + 1 <= r <= hi[k] + 1:
+                    self.wrong.append(f"client {i} key {k}: reply {r}, expected "
+                                      f"{lo[k] + 1}..{hi[k] + 1}")
+                lo[k] = hi[k] = r
+                self.ok += 1
+            time.sleep(0.005)
+        c.close()
+
+    def finish(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(20)
+        assert not any(t.is_alive() for t in self.threads)
+
+
+def test_live_slot_migration_follows_ask_then_moved(gate, own_cluster):
+    c = own_cluster
+    slot = key_slot(b"{mig}")
+    source = c.port_for_slot(slot)
+    target = next(p for p in c.masters() if p != source)
+    cmap = gate.proxy.cluster
+    before = dict(cmap.followed)
+    # 4 clients, each with 5 keys in the migrating slot and 3 elsewhere; every INCR's reply
+    # must be exactly the next value (nothing lost, nothing run twice)
+    traffic = Traffic(gate, 4, keys_per_client=8,
+                      keys=lambda i, j: f"{{mig}}:{i}:{j}" if j < 5 else f"other{i}:{j}").start()
+    try:
+        time.sleep(0.5)
+        src_id, dst_id = node_id(c, source), node_id(c, target)
+        admin = {p: c.client(p) for p in c.masters()}
+        assert admin[target].execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        assert admin[source].execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        for _ in range(40):   # a few keys at a time, with traffic in between (ASK)
+            batch = admin[source].execute_command("CLUSTER", "GETKEYSINSLOT", slot, 3)
+            if not batch:
+                break
+            admin[source].execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000,
+                                          "KEYS", *batch)
+            time.sleep(0.15)
+        assert admin[source].execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+        for p in (target, source, *[m for m in c.masters() if m not in (source, target)]):
+            admin[p].execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        time.sleep(1.5)   # MOVED from the source now, until the map is refreshed
+    finally:
+        traffic.finish()
+    assert not traffic.errors, traffic.errors[:5]
+    assert not traffic.wrong, traffic.wrong[:5]
+    assert traffic.ok > 100
+    assert cmap.followed["ask"] > before.get("ask", 0)
+    assert cmap.followed["moved"] > before.get("moved", 0)
+    assert c.port_for_slot(slot) == target
+    assert cmap.master_for(slot).port == target
+
+
+def _failover_under_traffic(gate, c: RedisCluster, how: str, caplog):
+    caplog.set_level(logging.INFO, logger="redisgate")
+    rows = slots_of(c)
+    row = rows[0]
+    master, replica = int(row[2][1]), int(row[3][1])
+    traffic = Traffic(gate, 20, tag=f"{how}-", strict=how == "manual").start()
+    try:
+        time.sleep(1.0)
+        assert traffic.ok > 0
+        if how == "manual":
+            assert c.client(replica).execute_command("CLUSTER", "FAILOVER") == b"OK"
+        else:
+            srv = next(s for s in c.nodes if s.port == master)
+            srv.proc.kill()
+            srv.proc.wait(10)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            now = {int(r[2][1]) for r in slots_of(c)}
+            if replica in now and master not in now:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("no failover within 30 s")
+        elected = time.monotonic()
+        time.sleep(6.0)
+    finally:
+        traffic.finish()
+    late = [e for e in traffic.errors if e[0] > elected + 5]
+    assert not late, late[:5]
+    assert not traffic.wrong, traffic.wrong[:5]
+    for _, _, text in traffic.errors:
+        assert "cluster node" in text or "CLUSTERDOWN" in text or "TRYAGAIN" in text, text
+    # the log names the nodes: the failover (and, for a killed master, the node unreachable)
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"failover: 127.0.0.1:{replica} replaced 127.0.0.1:{master}" in logged, logged[-2000:]
+    if how == "killed":
+        assert f"cluster node 127.0.0.1:{master} unreachable" in logged
+    return traffic
+
+
+def test_manual_failover_under_20_clients(gate, own_cluster, caplog):
+    # (strict: a coordinated failover loses nothing; no INCR lost or run twice)
+    traffic = _failover_under_traffic(gate, own_cluster, "manual", caplog)
+    assert traffic.ok > 500
+
+
+def test_killed_master_under_20_clients(gate, own_cluster, caplog):
+    traffic = _failover_under_traffic(gate, own_cluster, "killed", caplog)
+    assert traffic.ok > 500
