@@ -1,8 +1,10 @@
-"""Redis Cluster support, sans-I/O: slots (`slots`), the slot map and redirects (`topology`), and
-the routing plan of one command (`route`).
+"""Redis Cluster support (`upstream.cluster`): slots (`slots`), the slot map and redirects
+(`topology`), the routing plan of one command (`route`), one client's commands over the cluster
+(`router`), and the I/O around them (`io`: the proxy-wide map and its refreshes, each client's
+connections to the nodes).
 
-Nothing in this subpackage opens a socket, reads a clock or logs: it imports only the standard
-library, `hiredis` (to read replies the proxy itself consumes) and the protocol helpers
-(`redisgate.resp`, `redisgate.commands`). The I/O side (connections per node, following MOVED and
-ASK, refreshing the map) is not written yet: see docs/ARCHITECTURE.md, "cluster/".
+Everything but `io` is sans-I/O: it opens no socket, reads no clock and does not log; it imports
+only the standard library, `hiredis` (to read replies the proxy itself consumes) and the protocol
+helpers (`redisgate.resp`, `redisgate.commands`, `redisgate.errors`). See docs/ARCHITECTURE.md,
+"cluster/".
 """
