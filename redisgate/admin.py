@@ -73,8 +73,9 @@ class UpstreamProbe:
         from .resp import encode_command
         proxy = self.proxy
         up = proxy.config.upstream
-        ssl_ctx, server_hostname = proxy.upstream_ssl()
-        reader, writer = await asyncio.open_connection(proxy.upstream_host, proxy.upstream_port,
+        host, port = proxy.probe_address()
+        ssl_ctx, server_hostname = proxy.upstream_ssl(host)
+        reader, writer = await asyncio.open_connection(host, port,
                                                        ssl=ssl_ctx, server_hostname=server_hostname)
         try:
             out = b""

@@ -143,6 +143,9 @@ def cmd_check(args) -> int:
     listeners = ", ".join(f"{lst.host}:{lst.port}{' (TLS)' if lst.tls is not None else ''}"
                           for lst in config.listeners)
     upstream = "embedded redis-server" if config.upstream.embedded else config.upstream.address
+    if config.upstream.cluster is not None:
+        upstream = "Redis Cluster, seeds " + ", ".join(
+            f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in config.upstream.cluster.seeds)
     if config.upstream.tls is not None:
         upstream += " (TLS)"
     try:

@@ -1038,6 +1038,14 @@ class Proxy:
             return None, None
         return self._upstream_tls.context, self._upstream_tls.server_name(host or self.upstream_host)
 
+    def probe_address(self) -> tuple[str, int]:
+        """Where the version probe and the readiness PING go: the upstream; with upstream.cluster,
+        a master of the current slot map (before there is one, the first seed)."""
+        if self.cluster is not None and self.cluster.masters():
+            node = self.cluster.masters()[0]
+            return node.host, node.port
+        return self.upstream_host, self.upstream_port
+
     async def open_client_upstream(self, client: "ClientConnection"):
         """A client connection's own upstream: (protocol, None), or (None, why) after logging.
         One connection to upstream.address; with upstream.cluster, a ClusterUpstream (one
@@ -1129,9 +1137,7 @@ class Proxy:
     async def _probe(self) -> tuple[int, int, int]:
         import hiredis
         up = self.config.upstream
-        host, port = self.upstream_host, self.upstream_port
-        if self.cluster is not None and self.cluster.masters():
-            host, port = self.cluster.masters()[0].host, self.cluster.masters()[0].port
+        host, port = self.probe_address()
         ssl_ctx, server_hostname = self.upstream_ssl(host)
         reader, writer = await asyncio.open_connection(host, port,
                                                        ssl=ssl_ctx, server_hostname=server_hostname)

@@ -361,3 +361,31 @@ def test_reset_and_select(gate):
     assert w.call("GET", a) == b"1" and w.call("GET", b) == b"1"
     assert w.call("DEL", a, b) == 2
     w.close()
+
+
+def test_check_prints_the_cluster_and_serve_survives_unreachable_seeds(tmp_path, capsys, caplog):
+    import logging
+
+    from redisgate import cli
+    from servers import free_port
+    dead = [free_port(), free_port()]
+    f = tmp_path / "c.yaml"
+    f.write_text(f"upstream: {{cluster: {{seeds: [127.0.0.1:{dead[0]}, 127.0.0.1:{dead[1]}]}}}}\n"
+                 f"users: {{u: 'on {pw_hash('x')} +get ~*'}}\n")
+    assert cli.main(["check", "--config", str(f)]) == 0
+    assert f"upstream Redis Cluster, seeds 127.0.0.1:{dead[0]}, 127.0.0.1:{dead[1]}" in \
+        capsys.readouterr().out
+    caplog.set_level(logging.INFO, logger="redisgate")
+    p = ProxyRunner({"upstream": {"cluster": {"seeds": [f"127.0.0.1:{d}" for d in dead]}},
+                     "users": {"u": f"on {pw_hash('x')} +get ~*"}}).start()
+    try:
+        w = Wire(p.port)
+        assert w.call("AUTH", "u", "x") == b"OK"
+        assert str(w.call("GET", "k")) == ("ERR redisgate: upstream Redis unavailable (no node of "
+                                           "the cluster answered CLUSTER SLOTS)")
+        w.close()
+    finally:
+        p.stop()
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"cluster: refreshing the slot map failed: 127.0.0.1:{dead[0]} (connection refused); " \
+           f"127.0.0.1:{dead[1]} (connection refused)" in logged
