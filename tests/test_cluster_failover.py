@@ -11,12 +11,18 @@ import time
 import pytest
 import redis
 
+import asynq_workload as w
+
 from cluster import RedisCluster
 from conftest import UPSTREAM_PASSWORD, UPSTREAM_USER, _need
 from proxy import ProxyRunner, pw_hash
 from redisgate.cluster.slots import key_slot
 
-USERS = {"ops": f"on {pw_hash('pw')} allkeys allchannels +@all"}
+QUEUE = "fq"
+USERS = {"ops": f"on {pw_hash('pw')} allkeys allchannels +@all",
+         **{role: {"rules": f"on {pw_hash('pw')}", "profile": f"asynq-{role}", "queues": [QUEUE],
+                   "scripts": w.entries_for_profiles(f"asynq-{role}")}
+            for role in ("producer", "worker")}}
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +207,68 @@ def test_manual_failover_under_20_clients(gate, own_cluster, caplog):
     # (strict: a coordinated failover loses nothing; no INCR lost or run twice)
     traffic = _failover_under_traffic(gate, own_cluster, "manual", caplog)
     assert traffic.ok > 500
+
+
+def test_asynq_across_a_manual_failover_loses_and_repeats_no_task(gate, own_cluster):
+    """A producer enqueues and a worker dequeues and marks done, through the proxy, while the
+    queue's master fails over to its replica: every task is processed exactly once."""
+    c = own_cluster
+    slot = key_slot(QUEUE.encode())
+    master = c.port_for_slot(slot)
+    row = next(r for r in slots_of(c) if int(r[0]) <= slot <= int(r[1]))
+    replica = int(row[3][1])
+    enqueued, processed, errors = [], [], []
+    stop = threading.Event()
+
+    def produce():
+        with w.GoRedisConn(gate.port, username="producer", password="pw") as conn:
+            for _ in range(300):
+                if stop.is_set():
+                    return
+                try:
+                    enqueued.append(w.enqueue(conn, QUEUE).id)
+                except Exception as e:   # noqa: BLE001 - recorded, the test fails on any
+                    errors.append(f"enqueue: {e}")
+                time.sleep(0.01)
+
+    def work():
+        with w.GoRedisConn(gate.port, username="worker", password="pw") as conn:
+            idle_since = None
+            while not stop.is_set():
+                try:
+                    msg = w.dequeue(conn, [QUEUE])
+                    if msg is None:
+                        idle_since = idle_since or time.monotonic()
+                        if not producer.is_alive() and time.monotonic() - idle_since > 1:
+                            return
+                        time.sleep(0.01)
+                        continue
+                    idle_since = None
+                    w.done(conn, msg)
+                    processed.append(msg.id)
+                except Exception as e:   # noqa: BLE001
+                    errors.append(f"worker: {e}")
+
+    producer = threading.Thread(target=produce, daemon=True)
+    worker = threading.Thread(target=work, daemon=True)
+    producer.start()
+    worker.start()
+    try:
+        time.sleep(1.0)
+        assert c.client(replica).execute_command("CLUSTER", "FAILOVER") == b"OK"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and c.port_for_slot(slot) != replica:
+            time.sleep(0.05)
+        assert c.port_for_slot(slot) == replica, "no failover within 30 s"
+        producer.join(60)
+        worker.join(60)
+    finally:
+        stop.set()
+    assert not producer.is_alive() and not worker.is_alive()
+    assert not errors, errors[:5]
+    assert len(enqueued) == 300
+    assert sorted(processed) == sorted(enqueued)          # none lost, none run twice
+    assert master != replica
 
 
 def test_killed_master_under_20_clients(gate, own_cluster, caplog):
