@@ -1040,9 +1040,6 @@ def _upstream(value: Any, raw: Any, problems: list[str], warnings: list[str], ba
         up.host, up.port = up.cluster.seeds[0]
         if value.get("db"):
             problems.append("upstream.db: a Redis Cluster has only database 0")
-        if value.get("multiplex"):
-            problems.append("upstream.multiplex: not supported with upstream.cluster yet (every "
-                            "client gets its own connection to each node it uses)")
     up.username = value.get("username")
     pw = value.get("password")
     if pw is not None:

@@ -119,9 +119,10 @@ class SharedLink:
     in the order their sessions produced them, at most once per event-loop turn, and `Demux`
     hands each client its replies. Opened on first use, and again after it was lost."""
 
-    def __init__(self, proxy: "Proxy", resp3: bool = False):
+    def __init__(self, proxy: "Proxy", resp3: bool = False, addr=None):
         self.proxy = proxy
         self.resp3 = resp3             # speaks RESP3 (HELLO 3 at set-up), for RESP3 clients
+        self.addr = addr               # (host, port): a cluster node's; None: the upstream's
         self.conn: _LinkConnection | None = None
         self.demux = Demux()           # for life: the C side (redisgate._lane) keeps it
         self.out: list[bytes] = []     # written at the end of this loop turn (or once connected)
@@ -166,7 +167,8 @@ class SharedLink:
             out.clear()
 
     async def _connect(self) -> None:
-        protocol, reason = await open_upstream(self.proxy, lambda: _LinkConnection(self))
+        protocol, reason = await open_upstream(self.proxy, lambda: _LinkConnection(self),
+                                               self.addr)
         if protocol is None:
             self.connecting = False
             self.fail(reason, established=False)
@@ -266,22 +268,25 @@ class SharedLink:
             self.fail("proxy shutting down", established=True)
 
 
-async def open_upstream(proxy: "Proxy", factory):
-    """Connect to the upstream (TLS if configured, within connect_timeout): (protocol, None), or
-    (None, why) after logging and counting the failure."""
+async def open_upstream(proxy: "Proxy", factory, addr=None):
+    """Connect to the upstream (or to `addr`, (host, port) of a cluster node; TLS if configured,
+    within connect_timeout): (protocol, None), or (None, why) after logging and counting the
+    failure."""
     up = proxy.gate.config.upstream
     loop = asyncio.get_running_loop()
+    host, port = addr or (proxy.upstream_host, proxy.upstream_port)
     try:
-        ssl_ctx, server_hostname = proxy.upstream_ssl()
+        ssl_ctx, server_hostname = proxy.upstream_ssl(host)
         _, protocol = await asyncio.wait_for(
-            loop.create_connection(factory, proxy.upstream_host, proxy.upstream_port,
+            loop.create_connection(factory, host, port,
                                    ssl=ssl_ctx, server_hostname=server_hostname),
             up.connect_timeout)
     except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
         reason = _connect_failure(e)
-        log.warning("upstream %s unreachable: %s", up.address, reason)
-        from . import metrics
-        metrics.inc("upstream_errors")
+        if addr is None:   # (a cluster node's: ClusterMap.unreachable logs and counts it)
+            log.warning("upstream %s unreachable: %s", up.address, reason)
+            from . import metrics
+            metrics.inc("upstream_errors")
         return None, reason
     return protocol, None
 
@@ -1004,8 +1009,10 @@ class Proxy:
             self.cluster = ClusterMap(self, config.upstream.cluster)
         # upstream.multiplex takes effect at start (a reload keeps these links). RESP2 and
         # RESP3 clients (go-redis) share links that speak their protocol.
-        self.links = [SharedLink(self) for _ in range(config.upstream.multiplex)]
-        self.links3 = [SharedLink(self, resp3=True) for _ in range(config.upstream.multiplex)]
+        # (With upstream.cluster, the links are per node: ClusterMap.shared_links.)
+        shared = config.upstream.multiplex if self.cluster is None else 0
+        self.links = [SharedLink(self) for _ in range(shared)]
+        self.links3 = [SharedLink(self, resp3=True) for _ in range(shared)]
         self.shutting_down = False   # set the moment SIGTERM/SIGINT arrives (/readyz says 503)
         # Memory budget (limits.memory_budget): clients that may hold much (past their
         # transport's high-water mark, or with a backlog), summed every BUDGET_INTERVAL while any.
@@ -1074,6 +1081,8 @@ class Proxy:
         await self.probe_upstream()
 
     def shared_link(self, client: ClientConnection) -> SharedLink:
+        if self.cluster is not None:   # the client's router over the nodes' shared links
+            return self.cluster.shared_for(client)
         links = self.links3 if client.session.link_resp3 else self.links
         link = links[client.id % len(links)]
         link.clients.add(client)
@@ -1169,7 +1178,7 @@ class Proxy:
                     break
             else:
                 raise RuntimeError("no redis_version in INFO")
-            if version >= (6, 0, 0) and self.links:
+            if version >= (6, 0, 0) and (self.links or up.multiplex and self.cluster is not None):
                 try:
                     await self._probe_hello(reader, writer)
                 except (OSError, ConnectionError, UpstreamProtocolError) as e:

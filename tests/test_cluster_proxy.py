@@ -99,9 +99,8 @@ def test_config_cluster_forms():
     assert "users.u.databases: a Redis Cluster has only database 0" in problems(
         {"upstream": {"cluster": {"seeds": ["127.0.0.1:2"]}},
          "users": {"u": {"rules": f"on {pw_hash('x')} +get ~*", "databases": [0, 2]}}})
-    assert any(p.startswith("upstream.multiplex: not supported with upstream.cluster") for p in
-               problems({"upstream": {"cluster": {"seeds": ["127.0.0.1:2"]}, "multiplex": 2},
-                         "users": users}))
+    assert build_config({"upstream": {"cluster": {"seeds": ["127.0.0.1:2"]}, "multiplex": 2},
+                         "users": users}).upstream.multiplex == 2
     assert any(p.startswith("upstream.cluster.seeds[0]:") for p in problems(
         {"upstream": {"cluster": {"seeds": ["nowhere"]}}, "users": users}))
     assert any(p.startswith("upstream.cluster.seeds:") for p in problems(
@@ -389,3 +388,41 @@ def test_check_prints_the_cluster_and_serve_survives_unreachable_seeds(tmp_path,
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert f"cluster: refreshing the slot map failed: 127.0.0.1:{dead[0]} (connection refused); " \
            f"127.0.0.1:{dead[1]} (connection refused)" in logged
+
+
+def test_multiplex_shares_links_per_master(redis_cluster):
+    """upstream.multiplex with a cluster: stateless commands of every client share N links per
+    master (per protocol); a transaction moves its client to connections of its own; a lost link
+    costs only its own node's in-flight commands and is opened again."""
+    p = ProxyRunner({"upstream": {**redis_cluster.upstream, "multiplex": 2},
+                     "users": USERS}).start()
+    try:
+        clients = [p.client("ops", "pw") for _ in range(12)]
+        keys = [f"mx:{i}" for i in range(40)]
+        for i, c in enumerate(clients):
+            pipe = c.pipeline(transaction=False)
+            for k in keys:
+                pipe.set(f"{k}:{i}", i).get(f"{k}:{i}")
+            assert pipe.execute() == [True, str(i).encode()] * len(keys)
+        cmap = p.proxy.cluster
+        masters = {f"127.0.0.1:{port}" for port in redis_cluster.masters()}
+        assert {str(node) for node, resp3 in cmap._links} == masters
+        assert all(len(links) == 2 for links in cmap._links.values())
+        assert not any(c.upstream is not None for c in p.proxy.clients)   # nobody has its own
+        # one master's links are lost: the next commands open them again
+        victim = next(iter(cmap._links.values()))
+        p.call(lambda: [link.conn.transport.abort() for link in victim if link.conn is not None])
+        time.sleep(0.2)
+        for i, c in enumerate(clients):
+            assert c.mget([f"{k}:{i}" for k in keys]) == [str(i).encode()] * len(keys)
+        # a transaction needs a connection of its own (per node), and gets it
+        tx = clients[0].pipeline(transaction=True)
+        tx.incr("{mx}a").incr("{mx}a")
+        assert tx.execute() == [1, 2]
+        assert sum(c.upstream is not None for c in p.proxy.clients) == 1
+        assert clients[0].delete("{mx}a", *[f"{k}:{i}" for k in keys for i in range(12)]) == \
+            1 + 40 * 12
+        for c in clients:
+            c.close()
+    finally:
+        p.stop()

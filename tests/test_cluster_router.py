@@ -31,6 +31,9 @@ class View:
     def setup_commands(self):
         return [cmd("AUTH", "gate", "pw")]
 
+    def refresh_soon(self):
+        pass
+
 
 def key_on(node, prefix="k"):
     v = View()

@@ -60,6 +60,8 @@ class ClusterMap:
         self._storm_count = 0
         self._storm_logged = 0.0
         self.refreshes = 0
+        # upstream.multiplex: per (node, RESP3?), that many server.SharedLink
+        self._links: dict[tuple[NodeAddr, bool], list] = {}
         self.followed: Counter = Counter()   # redirects followed, by kind (moved, ask)
         self.closed = False
 
@@ -211,6 +213,8 @@ class ClusterMap:
         self._masters = new.masters
         self._moved.clear()
         self.refreshes += 1
+        if self._links:   # a node that left the cluster: its shared links go (only its own)
+            self._close_links(set(new.nodes()))
         if old is None:
             log.info("cluster: slot map from %s: masters %s; %d replicas%s", source,
                      ", ".join(map(str, new.masters)), sum(len(s.replicas) for s in new.shards),
@@ -246,11 +250,38 @@ class ClusterMap:
             return None, "no node of the cluster answered CLUSTER SLOTS"
         return ClusterUpstream(client, self), None
 
+    def shared_for(self, client) -> "ClusterShared":
+        return ClusterShared(client, self)
+
+    def shared_links(self, node: NodeAddr, resp3: bool) -> list:
+        links = self._links.get((node, resp3))
+        if links is None:
+            from ..server import SharedLink
+            n = self.proxy.gate.config.upstream.multiplex
+            links = self._links[(node, resp3)] = [
+                SharedLink(self.proxy, resp3=resp3, addr=(node.host, node.port)) for _ in range(n)]
+        return links
+
+    def _close_links(self, keep: set) -> None:
+        for key in [k for k in self._links if k[0] not in keep]:
+            for link in self._links.pop(key):
+                if link.conn is not None and link.due:
+                    # replies still due: it goes when it fails or the proxy stops
+                    self._links.setdefault(key, []).append(link)
+                    continue
+                link.close()
+            if not self._links.get(key):
+                self._links.pop(key, None)
+
     def close(self) -> None:
         self.closed = True
         for task in (self._task, self._periodic):
             if task is not None:
                 task.cancel()
+        for links in self._links.values():
+            for link in links:
+                link.close()
+        self._links.clear()
 
 
 def _why(e: BaseException) -> str:
@@ -428,3 +459,102 @@ class ClusterUpstream:
             if not client.closed:
                 client.session.upstream_failed(fatal)
                 client.pump()
+
+
+class _NodeOwner:
+    """The owner of one client's replies on one node's shared link (mux.Demux routes by it)."""
+    __slots__ = ("shared", "node")
+
+    def __init__(self, shared: "ClusterShared", node: NodeAddr):
+        self.shared = shared
+        self.node = node
+
+    def shared_replies(self, data: bytes, replies: int, whole: bool) -> None:
+        self.shared.node_data(self.node, data)
+
+    def shared_link_failed(self, reason: str, established: bool) -> None:
+        self.shared.cmap.unreachable(self.node, reason)
+        self.shared.node_failed(self.node, reason)
+
+    def hold_input(self, reason: str, hold: bool) -> None:
+        self.shared.client.hold_input(reason, hold)
+
+
+class ClusterShared:
+    """What server.ClientConnection sees as its shared link in cluster mode (upstream.multiplex):
+    the session's stateless commands go through this client's Router (shared: no login or
+    protocol set-up of its own) to the shared links of each node (`ClusterMap.shared_links`);
+    the Router's in-order replies come back through `client.shared_replies`, all whole. A lost
+    link fails only the commands sent on it (stateless: the client stays)."""
+
+    def __init__(self, client, cmap: ClusterMap):
+        self.client = client
+        self.cmap = cmap
+        self.resp3 = client.session.link_resp3
+        self.router = Router(cmap, shared=True)
+        self.owners: dict[NodeAddr, _NodeOwner] = {}
+        self.used: set = set()
+        self._soon = False
+
+    def send(self, client, data: bytes, replies: int) -> None:
+        self.router.submit(data)
+        self._after(now=False)
+
+    def node_data(self, node: NodeAddr, data: bytes) -> None:
+        self.router.node_data(node, data)
+        self._after(now=True)
+
+    def node_failed(self, node: NodeAddr, reason: str) -> None:
+        self.router.node_failed(node, reason)
+        self._after(now=True)
+
+    def _after(self, now: bool) -> None:
+        router = self.router
+        if router.log:
+            for line in router.log:
+                log.error("%s (client %s)", line, self.client.session.client_info)
+            router.log.clear()
+        if router.redirects:
+            self.cmap.redirects(router.redirects, router.asks)
+            router.redirects = router.asks = 0
+        counts = router.expected
+        for node, chunks in router.take_sends().items():
+            owner = self.owners.get(node)
+            if owner is None:
+                owner = self.owners[node] = _NodeOwner(self, node)
+            links = self.cmap.shared_links(node, self.resp3)
+            link = links[self.client.id % len(links)]
+            if link not in self.used:
+                self.used.add(link)
+                link.clients.add(self.client)
+                if link._paused:
+                    self.client.hold_input("upstream", True)
+            link.send(owner, chunks[0] if len(chunks) == 1 else b"".join(chunks),
+                      counts.get(node, 0))
+        if router.fatal is not None:   # (shared: only an internal error can set it)
+            log.error("cluster: %s (client %s); closing it", router.fatal,
+                      self.client.session.client_info)
+            self.client.session.close = True
+        if router.out:
+            if now:
+                self._deliver()
+            elif not self._soon:
+                self._soon = True
+                asyncio.get_running_loop().call_soon(self._deliver)
+
+    def _deliver(self) -> None:
+        self._soon = False
+        client = self.client
+        out = self.router.take_out()
+        n, self.router.replies = self.router.replies, 0
+        if out and client.link is self:
+            client.shared_replies(out[0] if len(out) == 1 else b"".join(out), n, True)
+        elif client.session.close:
+            client.pump()
+
+    def detach(self, client) -> None:
+        for link in self.used:
+            link.detach(client)
+            for owner in self.owners.values():
+                link.detach(owner)
+        self.used.clear()

@@ -53,6 +53,8 @@ __all__ = ["MAX_REDIRECTS", "View", "Router", "CLUSTERDOWN_UNSERVED", "SCAN_NODE
 MAX_REDIRECTS = 5
 CLUSTERDOWN_UNSERVED = b"-CLUSTERDOWN Hash slot not served\r\n"
 CLUSTERDOWN = b"-CLUSTERDOWN The cluster is down\r\n"
+NO_MAP = (b"-ERR redisgate: upstream Redis unavailable (no node of the cluster answered "
+          b"CLUSTER SLOTS)\r\n")
 SCAN_NODE_BITS = 10          # SCAN's cursor: the master's index in the low bits
 _SCAN_NODE_MASK = (1 << SCAN_NODE_BITS) - 1
 _OK = b"+OK\r\n"
@@ -68,6 +70,7 @@ class View(Protocol):
     def masters(self) -> tuple[NodeAddr, ...]: ...
     def moved(self, redirect: Redirect) -> None: ...
     def setup_commands(self) -> list[bytes]: ...
+    def refresh_soon(self) -> None: ...
 
 
 @dataclass(slots=True, eq=False)
@@ -104,8 +107,14 @@ class Router:
     writes `sends` (NodeAddr -> chunks, emptied by `take_sends`), gives `out` to the session
     (`take_out`), and ends the client's upstream if `fatal` is set."""
 
-    def __init__(self, view: View, rng: random.Random | None = None):
+    def __init__(self, view: View, rng: random.Random | None = None, shared: bool = False):
         self.view = view
+        # On shared links (upstream.multiplex): the links log in (and speak RESP3) by themselves,
+        # and the session sends only stateless commands; `expected` counts per node the replies
+        # asked since `take_sends`, `replies` the client's replies put in `out`.
+        self.shared = shared
+        self.expected: dict[NodeAddr, int] = {}
+        self.replies = 0
         self.rng = rng or random.Random()
         self.queue: deque[Entry] = deque()
         self.nodes: dict[NodeAddr, _Node] = {}
@@ -161,6 +170,17 @@ class Router:
             # The proxy's own login (session._send_setup): every node connection logs in by
             # itself when it is opened (View.setup_commands).
             return self._local(_OK)
+        if not self.view.masters():   # no slot map yet (or none left): ask again
+            self.view.refresh_soon()
+            if self.multi:
+                self.dirty = True
+                if name in ("exec", "discard"):
+                    buf, self._multi_buf = self._multi_buf, []
+                    for _, e in buf:
+                        self._fill(e, 0, NO_MAP)
+                    self.multi = self.dirty = False
+                    self.pin = self.pin_slot = None
+            return self._local(NO_MAP)
         if name in _SUBSCRIBE_FAMILY:
             return self._subscribe(args, name)
         if name == "multi" and not self.multi:
@@ -412,7 +432,7 @@ class Router:
             # RESET logs the connection out: log in again (replies swallowed)
             for cmd in self.view.setup_commands():
                 self._write(other, cmd)
-                self.nodes[other].fifo.append(Pending(None, setup="authentication"))
+                self._expect(other, Pending(None, setup="authentication"))
 
     # -- plumbing
 
@@ -424,6 +444,7 @@ class Router:
     def _local(self, reply: bytes) -> None:
         if not self.queue:
             self.out.append(reply)
+            self.replies += 1
         else:
             self.queue.append(Entry([reply], 0))
 
@@ -437,12 +458,14 @@ class Router:
         st = self.nodes.get(node)
         if st is None:
             st = self.nodes[node] = _Node()
+            if self.shared:
+                return st
             for cmd in self.view.setup_commands():
                 self._write(node, cmd)
-                st.fifo.append(Pending(None, setup="authentication"))
+                self._expect(node, Pending(None, setup="authentication"))
             if self.resp3:
                 self._write(node, b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n")
-                st.fifo.append(Pending(None, setup="protocol selection"))
+                self._expect(node, Pending(None, setup="protocol selection"))
         return st
 
     def _write(self, node: NodeAddr, data: bytes) -> None:
@@ -456,12 +479,16 @@ class Router:
     def _send(self, node: NodeAddr, args, entry: Entry | None, *, index: int = 0,
               follow: bool = True, redirects: int = 0, asking: bool = False,
               slot_known: bool = False) -> None:
-        st = self._node(node)
+        self._node(node)
         if asking:
             self._write(node, b"*1\r\n$6\r\nASKING\r\n")
-            st.fifo.append(Pending(None))
+            self._expect(node, Pending(None))
         self._write(node, encode_command(args))
-        st.fifo.append(Pending(entry, index, tuple(args), redirects, follow))
+        self._expect(node, Pending(entry, index, tuple(args), redirects, follow))
+
+    def _expect(self, node: NodeAddr, p: Pending) -> None:
+        self.nodes[node].fifo.append(p)
+        self.expected[node] = self.expected.get(node, 0) + 1
 
     def _send_or_down(self, node, args, entry, follow: bool = True) -> None:
         if node is None:
@@ -471,6 +498,7 @@ class Router:
 
     def take_sends(self) -> dict[NodeAddr, list[bytes]]:
         sends, self.sends = self.sends, {}
+        self.expected = {}
         return sends
 
     def take_out(self) -> list[bytes]:
@@ -560,6 +588,7 @@ class Router:
         while queue and not queue[0].left:
             e = queue.popleft()
             out.append(e.combine(e.parts) if e.combine is not None else e.parts[0])
+            self.replies += 1
         if not queue and self._held is not None:
             held, self._held = self._held, None
             self._enter_pubsub(self._pubsub_target, held)
@@ -571,6 +600,7 @@ class Router:
     def _lost(self, node: NodeAddr, reason: str, fatal: bool) -> None:
         st = self.nodes.pop(node, None)
         self.sends.pop(node, None)
+        self.expected.pop(node, None)
         if fatal:
             # Its transaction, WATCH or subscriptions are gone: as a Redis restart.
             self.fatal = f"cluster node {node}: {reason}"
