@@ -9,6 +9,14 @@ Whatever redisgate costs above this pipe is the price of parsing and judging; wh
 costs above direct Redis is the price of one extra Python hop (asyncio Protocols on uvloop).
 
     python bench/bytepipe.py --listen 127.0.0.1:7000 --upstream 127.0.0.1:6379
+    python bench/bytepipe.py ... --tls uvloop|engine|c --cert server.crt --key server.key
+
+With --tls it terminates TLS first, one of three ways, to measure the routes to a fast TLS
+listener side by side on the same floor: `uvloop` (the loop's own TLS transport,
+`create_server(ssl=...)`: its SSLProtocol, in Cython; it hides failed handshakes from the
+application), `engine` (redisgate.tls.TLSEngine in Python: ssl.SSLObject over MemoryBIOs, the
+route redisgate took before redisgate._tlsrec) and `c` (the engine's handshake, then
+redisgate._tlsrec.Record's records in C, as redisgate does now).
 """
 from __future__ import annotations
 
@@ -22,6 +30,8 @@ LOW_WATER = 64 * 1024
 
 class _Side(asyncio.Protocol):
     """One half of a pipe; `peer` is the other half once both are connected."""
+
+    closed = False   # (read by redisgate._tlsrec.Record: is plaintext still wanted?)
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -85,6 +95,91 @@ class Client(_Side):
         self.transport.resume_reading()
 
 
+class _EngineTransport:
+    """What the pipe's client side sees of an engine-terminated TLS connection."""
+
+    def __init__(self, raw, engine) -> None:
+        self.raw, self.engine = raw, engine
+
+    def write(self, data: bytes) -> None:
+        self.engine.send(data)
+        self.raw.write(self.engine.data_to_send())
+
+    def close(self) -> None:
+        self.engine.close()
+        self.raw.write(self.engine.data_to_send())
+        self.raw.close()
+
+    def set_write_buffer_limits(self, high, low) -> None:
+        self.raw.set_write_buffer_limits(high, low)
+
+    def pause_reading(self) -> None:
+        self.raw.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.raw.resume_reading()
+
+    def is_closing(self) -> bool:
+        return self.raw.is_closing()
+
+
+class TLSClient(asyncio.Protocol):
+    """The engine routes: the handshake in redisgate.tls.TLSEngine, then the records there
+    (`engine`) or in redisgate._tlsrec.Record (`c`); plaintext goes to a Client."""
+
+    def __init__(self, upstream, context, record_cls) -> None:
+        self.upstream, self.context, self.inner = upstream, context, None
+        self.record = record_cls(self._data_received) if record_cls else None
+        if self.record is not None:
+            self.data_received = self.record.data_received
+
+    def connection_made(self, transport) -> None:
+        from redisgate.tls import TLSEngine
+        self.raw = transport
+        self.engine = TLSEngine(self.context)
+
+    def _data_received(self, data: bytes) -> None:
+        from redisgate.tls import TLSHandshakeError, TLSRecordError
+        try:
+            plain = self.engine.receive(data)
+        except (TLSHandshakeError, TLSRecordError):
+            self.raw.write(self.engine.data_to_send())
+            self.raw.close()
+            return
+        out = self.engine.data_to_send()
+        if out:
+            self.raw.write(out)
+        if self.inner is None:
+            if not self.engine.handshake_done:
+                return
+            self.inner = Client(self.upstream)
+            wrapped = _EngineTransport(self.raw, self.engine)
+            if self.record is not None and self.engine.hand_over(
+                    self.record, self.raw.write, self.inner, self.inner.data_received,
+                    lambda reason: self.raw.close(), self.raw.close):
+                wrapped.write = self.record.write
+            self.inner.connection_made(wrapped)
+        if plain:
+            self.inner.data_received(plain)
+        if self.engine.peer_closed:
+            self.raw.close()
+
+    data_received = _data_received
+
+    def pause_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+    def connection_lost(self, exc) -> None:
+        if self.inner is not None:
+            self.inner.closed = True
+            self.inner.connection_lost(exc)
+
+
 def _addr(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     return host.strip("[]") or "127.0.0.1", int(port)
@@ -112,9 +207,29 @@ def run(main_coro) -> None:
         runner.run(main_coro)
 
 
-async def serve(listen: tuple[str, int], upstream: tuple[str, int]) -> None:
+async def serve(listen: tuple[str, int], upstream: tuple[str, int], tls: str | None = None,
+                cert: str | None = None, key: str | None = None) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: Client(upstream), *listen, backlog=4096)
+    if tls is None:
+        server = await loop.create_server(lambda: Client(upstream), *listen, backlog=4096)
+    else:
+        import ssl
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.options |= ssl.OP_NO_TICKET   # as redisgate's listeners
+        ctx.load_cert_chain(cert, key)
+        if tls == "uvloop":
+            server = await loop.create_server(lambda: Client(upstream), *listen, backlog=4096,
+                                              ssl=ctx, ssl_handshake_timeout=10.0)
+        else:
+            record_cls = None
+            if tls == "c":
+                from redisgate.tls import record_layer
+                record_cls = record_layer()
+                if record_cls is None:
+                    raise SystemExit("redisgate._tlsrec is not built or not usable here")
+            server = await loop.create_server(lambda: TLSClient(upstream, ctx, record_cls),
+                                              *listen, backlog=4096)
     await serve_until_signal(server)
 
 
@@ -122,8 +237,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--listen", required=True, help="host:port to accept clients on")
     ap.add_argument("--upstream", required=True, help="host:port of Redis")
+    ap.add_argument("--tls", choices=("uvloop", "engine", "c"), help="terminate TLS this way")
+    ap.add_argument("--cert", help="server certificate (PEM), with --tls")
+    ap.add_argument("--key", help="its private key (PEM), with --tls")
     args = ap.parse_args()
-    run(serve(_addr(args.listen), _addr(args.upstream)))
+    if args.tls and not (args.cert and args.key):
+        ap.error("--tls needs --cert and --key")
+    run(serve(_addr(args.listen), _addr(args.upstream), args.tls, args.cert, args.key))
 
 
 if __name__ == "__main__":

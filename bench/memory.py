@@ -1,13 +1,16 @@
 """Memory per idle authenticated client: how much a proxy's RSS grows for each connected client
 that has logged in and then sits idle (its upstream connection included).
 
-    python bench/memory.py [--clients 5000] [--targets pipe,redisgate] [--json]
+    python bench/memory.py [--clients 5000] [--targets pipe,redisgate,redisgate-tls] [--json]
 
 For each proxy (a fresh process each, in front of a fresh Redis 7 with maxclients 12000): read
 /proc/<pid>/status VmRSS, open N raw sockets in waves of 100 — each sends AUTH bench <password>
 and PING and waits for +OK and +PONG — let the proxy settle, read VmRSS again, and report
 (after - before) / N in KiB. The byte pipe is measured the same way as the floor of a Python
-proxy that holds two sockets per client. Upstream links are counted from Redis's INFO clients.
+proxy that holds two sockets per client. `redisgate-tls` is the same redisgate config on a TLS
+listener: each client completes a TLS handshake (the run's test CA, no session resumption)
+before AUTH and PING, so the figure includes its TLS state (OpenSSL's SSL object, the engine's
+two memory BIOs). Upstream links are counted from Redis's INFO clients.
 Loopback only; the open-file limit is raised in-process with `resource`.
 """
 from __future__ import annotations
@@ -29,8 +32,10 @@ HELLO = resp_command("AUTH", BENCH_USER, BENCH_PASSWORD) + resp_command("PING")
 EXPECT = b"+OK\r\n+PONG\r\n"
 
 
-def open_idle_clients(port: int, n: int, timeout: float = 120.0) -> list[socket.socket]:
-    """N authenticated, idle connections, opened in bounded waves; raises on any refusal."""
+def open_idle_clients(port: int, n: int, timeout: float = 120.0,
+                      tls_context=None) -> list[socket.socket]:
+    """N authenticated, idle connections, opened in bounded waves; raises on any refusal.
+    With `tls_context`, each completes a TLS handshake first."""
     socks: list[socket.socket] = []
     deadline = time.monotonic() + timeout
     try:
@@ -40,6 +45,8 @@ def open_idle_clients(port: int, n: int, timeout: float = 120.0) -> list[socket.
             wave = []
             for _ in range(min(WAVE, n - len(socks))):
                 s = socket.create_connection(("127.0.0.1", port), timeout=30)
+                if tls_context is not None:
+                    s = tls_context.wrap_socket(s)
                 s.sendall(HELLO)
                 wave.append(s)
             for s in wave:
@@ -78,19 +85,20 @@ def measure(name: str, clients: int) -> dict:
             # multiplex: 0, so that every idle client holds an upstream connection of its own
             # (the worst case; on a shared link an idle client holds none).
             target = stack.start_pipe() if name == "pipe" else \
-                stack.start_redisgate(tls=False, multiplex=0)
+                stack.start_redisgate(tls=name == "redisgate-tls", multiplex=0)
+            ctx = stack.client_tls_context() if name == "redisgate-tls" else None
         except Unavailable as e:
             return {"reason": f"{name} target unavailable: {e}"}
         # Warm up: one full connect/auth/ping/close cycle so lazily imported code and the
         # first allocations are not charged to the idle clients.
-        for s in open_idle_clients(target.port, 50):
+        for s in open_idle_clients(target.port, 50, tls_context=ctx):
             s.close()
         time.sleep(1.0)
         before = rss_kib(target.pid)
         base_links = upstream_links(stack)
         t0 = time.monotonic()
         try:
-            socks = open_idle_clients(target.port, clients)
+            socks = open_idle_clients(target.port, clients, timeout=300.0, tls_context=ctx)
         except (OSError, ConnectionError, TimeoutError) as e:
             return {"reason": f"could not hold {clients} clients: {e}"}
         try:
@@ -121,17 +129,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     out = {"clients": args.clients, "targets": {}}
     for name in [t.strip() for t in args.targets.split(",") if t.strip()]:
-        if name not in ("pipe", "redisgate"):
-            ap.error(f"unknown target {name!r} (pipe, redisgate)")
+        if name not in ("pipe", "redisgate", "redisgate-tls"):
+            ap.error(f"unknown target {name!r} (pipe, redisgate, redisgate-tls)")
         out["targets"][name] = measure(name, args.clients)
         if not args.json:
             m = out["targets"][name]
             if "kib_per_client" in m:
-                print(f"{name:10} {m['clients']} clients: RSS {m['rss_before_kib'] / 1024:.1f} -> "
+                print(f"{name:14} {m['clients']} clients: RSS {m['rss_before_kib'] / 1024:.1f} -> "
                       f"{m['rss_after_kib'] / 1024:.1f} MiB = {m['kib_per_client']:.1f} KiB/client, "
                       f"{m['upstream_links']} upstream links, connected in {m['connect_s']} s")
             else:
-                print(f"{name:10} {m['reason']}")
+                print(f"{name:14} {m['reason']}")
     if args.json:
         print(json.dumps(out))
     return 0

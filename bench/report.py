@@ -11,13 +11,15 @@ import json
 import statistics
 from pathlib import Path
 
-TARGET_ORDER = ["direct", "twemproxy", "pipe", "redisgate", "redisgate-dedicated", "redisgate-tls"]
-BASES = ["direct", "pipe", "twemproxy", "redisgate"]
+TARGET_ORDER = ["direct", "twemproxy", "pipe", "redisgate", "redisgate-dedicated", "redisgate-tls",
+                "redis-tls", "haproxy-tls", "redisgate-tls-py", "pipe-tls-uvloop", "pipe-tls-engine",
+                "pipe-tls-c"]
+BASES = ["direct", "pipe", "twemproxy", "redisgate", "redis-tls", "haproxy-tls"]
 
-# (id, title, workload, baseline, op, threshold)
+# (id, title, workload, baseline, op, threshold): throughput ratios, for each CHECKED_TARGETS.
+# (The throughput check "≥ 1.2× twemproxy at -P 16" became the CPU-per-request checks below: on
+# 2 cores shared with Redis and redis-benchmark, throughput cannot show a proxy's lead.)
 RATIO_CHECKS = [
-    ("p16_set_vs_twemproxy", "SET -c 50 -P 16: redisgate ≥ 1.2× twemproxy", "set_p16", "twemproxy", ">=", 1.2),
-    ("p16_get_vs_twemproxy", "GET -c 50 -P 16: redisgate ≥ 1.2× twemproxy", "get_p16", "twemproxy", ">=", 1.2),
     ("p16_set_vs_pipe", "SET -c 50 -P 16: redisgate ≥ 0.85× byte pipe", "set_p16", "pipe", ">=", 0.85),
     ("p16_get_vs_pipe", "GET -c 50 -P 16: redisgate ≥ 0.85× byte pipe", "get_p16", "pipe", ">=", 0.85),
     ("p1_set_vs_pipe", "SET -c 50 -P 1: redisgate ≥ 0.9× byte pipe", "set_p1", "pipe", ">=", 0.9),
@@ -27,6 +29,54 @@ RATIO_CHECKS = [
 LATENCY_LIMIT = 1.15
 JUDGE_TARGET = 1_000_000
 MEMORY_TARGET_KIB = 32.0
+TLS_MEMORY_TARGET_KIB = 48.0
+
+# CPU per request of the target's own process (user + system, /proc/<pid>/stat), same-round
+# ratio: (id, title, workload, target, baseline, op, threshold).
+CPU_CHECKS = [
+    ("cpu_p16_set_vs_twemproxy", "CPU/request SET -P 16: redisgate (shared link) ≤ 0.35× twemproxy",
+     "set_p16", "redisgate", "twemproxy", "<=", 0.35),
+    ("cpu_p16_get_vs_twemproxy", "CPU/request GET -P 16: redisgate (shared link) ≤ 0.35× twemproxy",
+     "get_p16", "redisgate", "twemproxy", "<=", 0.35),
+    ("cpu_p1_set_vs_twemproxy", "CPU/request SET -P 1: redisgate (shared link) ≤ 0.5× twemproxy",
+     "set_p1", "redisgate", "twemproxy", "<=", 0.5),
+    ("cpu_p1_get_vs_twemproxy", "CPU/request GET -P 1: redisgate (shared link) ≤ 0.5× twemproxy",
+     "get_p1", "redisgate", "twemproxy", "<=", 0.5),
+    ("cpu_p16_set_dedicated_vs_pipe", "CPU/request SET -P 16: redisgate-dedicated ≤ 1.1× byte pipe",
+     "set_p16", "redisgate-dedicated", "pipe", "<=", 1.1),
+    ("cpu_p16_get_dedicated_vs_pipe", "CPU/request GET -P 16: redisgate-dedicated ≤ 1.1× byte pipe",
+     "get_p16", "redisgate-dedicated", "pipe", "<=", 1.1),
+    ("cpu_p1_set_dedicated_vs_pipe", "CPU/request SET -P 1: redisgate-dedicated ≤ 1.1× byte pipe",
+     "set_p1", "redisgate-dedicated", "pipe", "<=", 1.1),
+    ("cpu_p1_get_dedicated_vs_pipe", "CPU/request GET -P 1: redisgate-dedicated ≤ 1.1× byte pipe",
+     "get_p1", "redisgate-dedicated", "pipe", "<=", 1.1),
+] + [(f"cpu_{w}_tls_vs_haproxy", f"CPU/request {title}: redisgate-tls ≤ 0.8× haproxy-tls",
+      w, "redisgate-tls", "haproxy-tls", "<=", 0.8)
+     for w, title in (("set_p1", "SET -P 1"), ("get_p1", "GET -P 1"), ("set_p16", "SET -P 16"),
+                      ("get_p16", "GET -P 16"))]
+
+# Throughput of redisgate-tls, same-round ratios: (id, title, workload, baseline, threshold).
+TLS_CHECKS = [
+    (f"tls_{w}_vs_plain", f"{title}: redisgate-tls ≥ {thr}× redisgate", w, "redisgate", thr)
+    for w, title, thr in (
+        ("set_p1", "SET -P 1", 0.85), ("get_p1", "GET -P 1", 0.85), ("lpush_p1", "LPUSH -P 1", 0.85),
+        ("evalsha_p1", "EVALSHA -P 1", 0.85), ("set_p16", "SET -P 16", 0.85),
+        ("get_p16", "GET -P 16", 0.85), ("lpush_p16", "LPUSH -P 16", 0.85),
+        ("evalsha_p16", "EVALSHA -P 16", 0.85), ("get_c1", "GET -c 1 (1/latency)", 0.85),
+        ("set_16k", "SET 16 KB", 0.8), ("get_16k", "GET 16 KB", 0.8),
+        ("get_c1000", "GET -c 1000", 0.75))
+] + [
+    ("tls_conn_vs_redis_tls", "new connection per GET (handshakes/s): redisgate-tls ≥ 0.9× redis-tls",
+     "conn_get", "redis-tls", 0.9),
+    ("tls_conn_vs_haproxy", "new connection per GET (handshakes/s): redisgate-tls ≥ 0.9× haproxy-tls",
+     "conn_get", "haproxy-tls", 0.9),
+    ("tls_p1_set_vs_haproxy", "SET -P 1: redisgate-tls ≥ 1.0× haproxy-tls", "set_p1", "haproxy-tls", 1.0),
+    ("tls_p1_get_vs_haproxy", "GET -P 1: redisgate-tls ≥ 1.0× haproxy-tls", "get_p1", "haproxy-tls", 1.0),
+    ("tls_p16_set_vs_haproxy", "SET -P 16: redisgate-tls ≥ 1.0× haproxy-tls", "set_p16", "haproxy-tls", 1.0),
+    ("tls_p16_get_vs_haproxy", "GET -P 16: redisgate-tls ≥ 1.0× haproxy-tls", "get_p16", "haproxy-tls", 1.0),
+    ("tls_p16_set_vs_redis_tls", "SET -P 16: redisgate-tls ≥ 0.9× redis-tls", "set_p16", "redis-tls", 0.9),
+    ("tls_p16_get_vs_redis_tls", "GET -P 16: redisgate-tls ≥ 0.9× redis-tls", "get_p16", "redis-tls", 0.9),
+]
 
 
 def _median(xs: list[float]) -> float | None:
@@ -56,12 +106,23 @@ def summarize(results: list[dict], workload_ids: list[str]) -> dict:
                 entry.update(rps=_median(rps), rps_min=min(rps), rps_max=max(rps),
                              p50_ms=_median([x["p50_ms"] for x in ok]),
                              p99_ms=_median([x["p99_ms"] for x in ok]))
+                cpu = [x for x in ok if _cpu(x) is not None]
+                if cpu:
+                    entry.update(cpu_us=_median([_cpu(x) for x in cpu]),
+                                 cpu_user_us=_median([x["cpu_user_us"] for x in cpu]),
+                                 cpu_sys_us=_median([x["cpu_sys_us"] for x in cpu]))
+                    rc = [x["redis_cpu_us"] for x in cpu if x.get("redis_cpu_us") is not None]
+                    if rc:
+                        entry["redis_cpu_us"] = _median(rc)
             for base in BASES:
                 if base == t:
                     continue
-                ratios, added, added_mean = [], [], []
+                ratios, added, added_mean, cpu_ratios = [], [], [], []
                 for r in rounds:
                     a, b = by.get((r, w, t)), by.get((r, w, base))
+                    if a and b and a["status"] == "ok" and b["status"] == "ok" and \
+                            _cpu(a) is not None and _cpu(b):
+                        cpu_ratios.append(_cpu(a) / _cpu(b))
                     if a and b and a["status"] == "ok" and b["status"] == "ok" and b["rps"]:
                         ratios.append(a["rps"] / b["rps"])
                         if base == "direct":
@@ -72,6 +133,8 @@ def summarize(results: list[dict], workload_ids: list[str]) -> dict:
                 if ratios:
                     entry[f"x_{base}"] = _median(ratios)
                     entry[f"x_{base}_rounds"] = len(ratios)
+                if cpu_ratios:
+                    entry[f"cpu_x_{base}"] = _median(cpu_ratios)
                 if added:
                     entry["added_p50_ms"] = _median(added)
                     entry["added_p50_by_round"] = added
@@ -80,6 +143,13 @@ def summarize(results: list[dict], workload_ids: list[str]) -> dict:
                     entry["added_mean_by_round"] = added_mean
             out[w][t] = entry
     return out
+
+
+def _cpu(run: dict) -> float | None:
+    """CPU µs per request of a run's target process (user + system), None if not measured."""
+    if run.get("cpu_user_us") is None or run.get("cpu_sys_us") is None:
+        return None
+    return run["cpu_user_us"] + run["cpu_sys_us"]
 
 
 def _added_ratio(summary: dict, w: str, t: str, base: str = "pipe",
@@ -111,8 +181,43 @@ def checks(summary: dict, targets: dict, judge: dict | None, memory: dict | None
     out = []
     for target, suffix in CHECKED_TARGETS:
         out += _target_checks(summary, targets, target, suffix)
+    for cid, title, w, target, base, op, thr in CPU_CHECKS:
+        out.append(_pair_check(summary, targets, cid, title, w, target, base, op, thr, cpu=True))
+    for cid, title, w, base, thr in TLS_CHECKS:
+        out.append(_pair_check(summary, targets, cid, title, w, "redisgate-tls", base, ">=", thr))
     out += _other_checks(judge, memory)
     return out
+
+
+def _pair_check(summary: dict, targets: dict, cid: str, title: str, w: str, target: str,
+                base: str, op: str, thr: float, cpu: bool = False) -> dict:
+    """One same-round ratio of `target` to `base` on `w`: throughput, or CPU per request."""
+    entry = summary.get(w, {}).get(target, {})
+    value = entry.get(f"{'cpu_' if cpu else ''}x_{base}")
+    note = ""
+    if value is None:
+        gone = [t for t in (target, base) if not targets.get(t, {}).get("available")]
+        if w not in summary:
+            note = f"workload {w} was not run (--workloads)"
+        elif gone:
+            note = f"{', '.join(gone)}: " + "; ".join(
+                targets.get(t, {}).get("reason", "not run") for t in gone)
+        else:
+            note = (entry.get("reason") or summary[w].get(base, {}).get("reason")
+                    or f"no ok runs of {target} and {base} in the same round")
+    elif cpu:
+        b = summary[w].get(base, {})
+        note = (f"{target} {entry['cpu_us']:.2f} µs ({entry['cpu_user_us']:.2f} user + "
+                f"{entry['cpu_sys_us']:.2f} sys), {base} {b.get('cpu_us', 0):.2f} µs "
+                f"({b.get('cpu_user_us', 0):.2f} + {b.get('cpu_sys_us', 0):.2f}); throughput "
+                f"{_x(entry.get(f'x_{base}'))}")
+    else:
+        b = summary[w].get(base, {})
+        if entry.get("cpu_us") is not None and b.get("cpu_us"):
+            note = (f"CPU/request {entry['cpu_us']:.2f} vs {b['cpu_us']:.2f} µs "
+                    f"({_x(entry.get(f'cpu_x_{base}'))})")
+    return {"id": cid, "title": title, "value": value, "unit": "×", "op": op, "threshold": thr,
+            "result": _verdict(value, op, thr), "note": note}
 
 
 def _target_checks(summary: dict, targets: dict, target: str, suffix: str) -> list[dict]:
@@ -204,6 +309,20 @@ def _other_checks(judge: dict | None, memory: dict | None) -> list[dict]:
     out.append({"id": "memory", "title": "memory: ≤ 32 KiB RSS per idle authenticated client",
                 "value": mv, "unit": "KiB", "op": "<=", "threshold": MEMORY_TARGET_KIB,
                 "result": _verdict(mv, "<=", MEMORY_TARGET_KIB), "note": mnote})
+    tv, tnote = None, mnote if memory is None or memory.get("error") else ""
+    if memory is not None and not memory.get("error"):
+        m = memory.get("targets", {}).get("redisgate-tls")
+        if m is None:
+            tnote = "redisgate-tls was not measured (--targets)"
+        elif m.get("kib_per_client") is None:
+            tnote = m.get("reason") or "no figure"
+        else:
+            tv = m["kib_per_client"]
+            tnote = (f"{m.get('clients')} TLS clients, {m.get('upstream_links', '?')} upstream links"
+                     + (f"; plaintext {mv:.1f} KiB/client" if mv is not None else ""))
+    out.append({"id": "memory_tls", "title": "memory: ≤ 48 KiB RSS per idle authenticated TLS client",
+                "value": tv, "unit": "KiB", "op": "<=", "threshold": TLS_MEMORY_TARGET_KIB,
+                "result": _verdict(tv, "<=", TLS_MEMORY_TARGET_KIB), "note": tnote})
     return out
 
 
@@ -265,6 +384,12 @@ def checks_text(doc: dict) -> str:
     return "\n".join(lines)
 
 
+_TLS_PAIRS = [("redisgate-tls", "redisgate"), ("redisgate-tls", "haproxy-tls"),
+              ("redisgate-tls", "redis-tls"), ("redis-tls", "direct"), ("haproxy-tls", "direct"),
+              ("redisgate-tls-py", "redisgate"), ("pipe-tls-uvloop", "pipe"),
+              ("pipe-tls-engine", "pipe"), ("pipe-tls-c", "pipe")]
+
+
 def markdown(doc: dict) -> str:
     meta, summary, targets = doc["meta"], doc["summary"], doc["targets"]
     present = [t for t in TARGET_ORDER if t in targets]
@@ -272,10 +397,11 @@ def markdown(doc: dict) -> str:
     md = [f"# redisgate benchmark ({meta['mode']} run)", "",
           f"{meta['started']} · commit `{meta['commit']}` · {meta['rounds']} interleaved rounds · "
           f"{meta.get('duration_s', 0):.0f} s · {meta['machine']} · Python {meta['python']}  ",
-          f"{meta['redis']} · {meta['redis_benchmark']} · {meta['nutcracker']}", "",
+          f"{meta['redis']} · {meta['redis_benchmark']} · {meta['nutcracker']} · "
+          f"{meta.get('haproxy', '')}", "",
           "Medians over rounds. Ratios (×) are computed between two targets' runs of the same "
           "workload *in the same round*, then the median is taken. See bench/README.md.", ""]
-    if meta["mode"] == "quick":
+    if meta["mode"].startswith("quick"):
         md += ["> Quick mode: few requests and 2 rounds. A smoke check, not a measurement.", ""]
     md += ["## Targets", "", "| target | status | note |", "|---|---|---|"]
     for t in present:
@@ -295,6 +421,44 @@ def markdown(doc: dict) -> str:
            "| workload | " + " | ".join(present) + " |", "|---|" + "---|" * len(present)]
     for w, entries in summary.items():
         md.append(f"| {wl[w]['title']} | " + " | ".join(_cell(entries.get(t)) for t in present) + " |")
+
+    md += ["", "## CPU per request (µs of the target's own process, user + system, median)", "",
+           "From /proc/<pid>/stat around each run ÷ requests served: the proxy's process; for "
+           "direct and redis-tls, Redis itself. In brackets: user / system. Last column: Redis's "
+           "CPU per request behind redisgate (shared link).", "",
+           "| workload | " + " | ".join(present) + " | Redis behind redisgate |",
+           "|---|" + "---|" * (len(present) + 1)]
+    for w, entries in summary.items():
+        cells = []
+        for t in present:
+            e = entries.get(t, {})
+            cells.append(f"{e['cpu_us']:.2f} ({e['cpu_user_us']:.2f} / {e['cpu_sys_us']:.2f})"
+                         if e.get("cpu_us") is not None else "–")
+        rc = entries.get("redisgate", {}).get("redis_cpu_us")
+        md.append(f"| {wl[w]['title']} | " + " | ".join(cells)
+                  + f" | {f'{rc:.2f}' if rc is not None else '–'} |")
+    md += ["", "CPU per request, same-round ratios: " + "; ".join(
+        f"{wl[w]['title']}: " + ", ".join(
+            f"{t} ÷ {b} {e[f'cpu_x_{b}']:.2f}×"
+            for t, b in (("redisgate", "twemproxy"), ("redisgate-dedicated", "pipe"),
+                         ("redisgate-tls", "haproxy-tls"), ("redisgate-tls", "redisgate"))
+            for e in [entries.get(t, {})] if e.get(f"cpu_x_{b}") is not None)
+        for w, entries in summary.items()
+        if any(entries.get(t, {}).get(f"cpu_x_{b}") is not None
+               for t, b in (("redisgate", "twemproxy"), ("redisgate-dedicated", "pipe"),
+                            ("redisgate-tls", "haproxy-tls")))) + "."]
+
+    tls_cols = [t for t in ("redisgate-tls", "redis-tls", "haproxy-tls", "redisgate-tls-py",
+                            "pipe-tls-uvloop", "pipe-tls-engine", "pipe-tls-c") if t in present]
+    if tls_cols:
+        md += ["", "## TLS (median of same-round ratios)", "",
+               "| workload | " + " | ".join(f"{t} ÷ {b}" for t, b in _TLS_PAIRS if t in present
+                                           and (b in present)) + " |",
+               "|---|" + "---|" * sum(1 for t, b in _TLS_PAIRS if t in present and b in present)]
+        for w, entries in summary.items():
+            md.append(f"| {wl[w]['title']} | " + " | ".join(
+                _x(entries.get(t, {}).get(f"x_{b}")) for t, b in _TLS_PAIRS
+                if t in present and b in present) + " |")
 
     md += ["", "## Ratios (median of same-round ratios)", "",
            "| workload | redisgate ÷ direct | redisgate ÷ pipe | redisgate ÷ twemproxy | "
@@ -394,7 +558,7 @@ def chart(doc: dict, path: Path) -> str | None:
     present = [t for t in TARGET_ORDER if any(t in e for e in summary.values())]
     colors = {"direct": "#4c72b0", "twemproxy": "#dd8452", "pipe": "#8c8c8c",
               "redisgate": "#c44e52", "redisgate-dedicated": "#da8bc3",
-              "redisgate-tls": "#937860"}
+              "redisgate-tls": "#937860", "redis-tls": "#55a868", "haproxy-tls": "#8172b3"}
     ws = [w for w in summary if any(e.get("rps") for e in summary[w].values())]
     fig = plt.figure(figsize=(15, 10))
     ax = fig.add_subplot(2, 1, 1)

@@ -29,6 +29,7 @@ REPO_DIR = BENCH_DIR.parent
 REDIS_SERVER = os.environ.get("REDISGATE_BENCH_REDIS", "/usr/bin/redis-server")
 REDIS_BENCHMARK = os.environ.get("REDISGATE_BENCH_BENCHMARK", "/usr/bin/redis-benchmark")
 NUTCRACKER = os.environ.get("REDISGATE_BENCH_NUTCRACKER", "/usr/sbin/nutcracker")
+HAPROXY = os.environ.get("REDISGATE_BENCH_HAPROXY", "/usr/sbin/haproxy")
 
 # Fixed, documented benchmark credentials. They protect nothing: every server here listens on
 # 127.0.0.1 only and lives for one run. The proxy config holds only their SHA-256.
@@ -182,6 +183,9 @@ class Stack:
         self.procs: list[Proc] = []
         self.redis_port: int | None = None
         self.redis_pid: int | None = None
+        self.redis_tls_port: int | None = None     # Redis's own TLS port (start_redis(tls=True))
+        self.redis_tls_unavailable = "not asked for"
+        self._certs: tuple[Path, Path, Path] | None = None
 
     def __enter__(self) -> "Stack":
         return self
@@ -250,9 +254,12 @@ class Stack:
 
     # -- Redis 7 ----------------------------------------------------------------------------
 
-    def start_redis(self) -> Target:
+    def start_redis(self, tls: bool = False) -> Target:
         """Redis 7 with three users: `default` (admin, twemproxy), `gate` (redisgate's upstream
-        identity), `bench` (direct and byte-pipe clients). Scripts are pre-loaded."""
+        identity), `bench` (direct and byte-pipe clients). Scripts are pre-loaded. With `tls`,
+        the same Redis also serves its own TLS port (`--tls-port`, the run's test certificates;
+        target `redis-tls`) when this redis-server is built with TLS: if it is not, Redis is
+        started without it and `redis_tls_unavailable` says why."""
         if not os.access(REDIS_SERVER, os.X_OK):
             raise Unavailable(f"{REDIS_SERVER} is not installed")
         port = free_port()
@@ -264,13 +271,91 @@ class Stack:
                 "--requirepass", DEFAULT_PASSWORD,
                 "--user", UPSTREAM_USER, "on", f">{UPSTREAM_PASSWORD}", "~*", "&*", "+@all",
                 "--user", BENCH_USER, "on", f">{BENCH_PASSWORD}", "~*", "&*", "+@all"]
-        proc = self.spawn("redis", argv)
-        self.wait_ready(proc, port, (BENCH_USER, BENCH_PASSWORD))
+        proc = None
+        if tls:
+            try:
+                ca, cert, key = self.make_certs()
+                tls_port = free_port()
+                proc = self.spawn("redis", argv + [
+                    "--tls-port", str(tls_port), "--tls-cert-file", str(cert),
+                    "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+                    "--tls-auth-clients", "no"])
+                self.wait_ready(proc, port, (BENCH_USER, BENCH_PASSWORD))
+                self.wait_ready(proc, tls_port, (BENCH_USER, BENCH_PASSWORD),
+                                tls_context=self.client_tls_context())
+                self.redis_tls_port = tls_port
+                self.redis_tls_unavailable = ""
+            except Unavailable as e:
+                self.redis_tls_unavailable = f"Redis with --tls-port did not start: {e}"
+                if proc is not None:
+                    proc.stop()
+                    self.procs.remove(proc)
+                proc = None
+        if proc is None:
+            proc = self.spawn("redis", argv)
+            self.wait_ready(proc, port, (BENCH_USER, BENCH_PASSWORD))
         self.redis_port, self.redis_pid = port, proc.popen.pid
         sha = self.admin("SCRIPT", "LOAD", ENQUEUE_SCRIPT)
         if sha.decode() != ENQUEUE_SHA:
             raise Unavailable(f"SCRIPT LOAD returned {sha!r}, expected {ENQUEUE_SHA}")
         return Target("direct", port, ["--user", BENCH_USER, "-a", BENCH_PASSWORD], pid=proc.popen.pid)
+
+    def client_tls_context(self):
+        """A client context that trusts the run's test CA (the chain is checked, not the name)."""
+        import ssl
+        ctx = ssl.create_default_context(cafile=str(self.make_certs()[0]))
+        ctx.check_hostname = False
+        return ctx
+
+    def start_redis_tls(self) -> Target:
+        """Redis's own TLS port (of the Redis start_redis(tls=True) started): the anchor for
+        what TLS costs without a proxy."""
+        if self.redis_tls_port is None:
+            raise Unavailable(self.redis_tls_unavailable)
+        ca, _, _ = self.make_certs()
+        return Target("redis-tls", self.redis_tls_port, ["--user", BENCH_USER, "-a", BENCH_PASSWORD],
+                      tls=["--tls", "--cacert", str(ca)], pid=self.redis_pid,
+                      note="Redis's own --tls-port (the same Redis process as direct)")
+
+    # -- haproxy (TLS termination) ----------------------------------------------------------
+
+    def start_haproxy_tls(self) -> Target:
+        """Debian's haproxy terminating TLS in front of Redis (`mode tcp`, `bind ... ssl crt`),
+        one thread (`nbthread 1`, as redisgate's one event loop). AUTH passes through."""
+        if not os.access(HAPROXY, os.X_OK):
+            raise Unavailable(f"{HAPROXY} is not installed (apt-get install haproxy)")
+        ca, cert, key = self.make_certs()
+        pem = self.dir / "haproxy.pem"
+        pem.write_bytes(cert.read_bytes() + key.read_bytes())
+        pem.chmod(0o600)
+        port = free_port()
+        conf = self.dir / "haproxy.cfg"
+        conf.write_text(f"""global
+    maxconn 4000
+    nbthread 1
+    ssl-default-bind-options ssl-min-ver TLSv1.2 no-tls-tickets
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+frontend redis_tls
+    bind 127.0.0.1:{port} ssl crt {pem}
+    default_backend redis
+backend redis
+    server r1 127.0.0.1:{self.redis_port}
+""")
+        check = subprocess.run([HAPROXY, "-c", "-q", "-f", str(conf)], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise Unavailable(f"haproxy -c rejected the config: {(check.stderr or check.stdout).strip()[-300:]}")
+        proc = self.spawn("haproxy-tls", [HAPROXY, "-db", "-f", str(conf)])
+        import ssl
+        ctx = ssl.create_default_context(cafile=str(ca))
+        ctx.check_hostname = False
+        self.wait_ready(proc, port, (BENCH_USER, BENCH_PASSWORD), tls_context=ctx)
+        return Target("haproxy-tls", port, ["--user", BENCH_USER, "-a", BENCH_PASSWORD],
+                      tls=["--tls", "--cacert", str(ca)], pid=proc.popen.pid,
+                      note="haproxy, mode tcp, bind ssl crt, nbthread 1, no session tickets")
 
     def admin(self, *args: str | bytes, timeout: float = 60.0):
         """One command as Redis's `default` user, straight to Redis; returns the decoded reply."""
@@ -312,19 +397,37 @@ class Stack:
 
     # -- the byte pipe ----------------------------------------------------------------------
 
-    def start_pipe(self) -> Target:
+    def start_pipe(self, tls: str | None = None) -> Target:
+        """The byte pipe; with `tls` (uvloop, engine or c) it terminates TLS that way: uvloop's
+        own TLS transport, redisgate's Python TLSEngine, or the engine's handshake then
+        redisgate._tlsrec's records (target `pipe-tls-<tls>`)."""
         port = free_port()
         argv = [sys.executable, str(BENCH_DIR / "bytepipe.py"), "--listen", f"127.0.0.1:{port}",
                 "--upstream", f"127.0.0.1:{self.redis_port}"]
-        proc = self.spawn("bytepipe", argv)
-        self.wait_ready(proc, port, (BENCH_USER, BENCH_PASSWORD))
-        return Target("pipe", port, ["--user", BENCH_USER, "-a", BENCH_PASSWORD], pid=proc.popen.pid,
-                      note="uvloop byte pipe; AUTH passes through to Redis")
+        name, ctx, tls_args = "pipe", None, []
+        env = None
+        if tls:
+            import ssl
+            ca, cert, key = self.make_certs()
+            argv += ["--tls", tls, "--cert", str(cert), "--key", str(key)]
+            name = f"pipe-tls-{tls}"
+            ctx = ssl.create_default_context(cafile=str(ca))
+            ctx.check_hostname = False
+            tls_args = ["--tls", "--cacert", str(ca)]
+            env = dict(os.environ, PYTHONPATH=str(REPO_DIR) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        proc = self.spawn(name, argv, env=env)
+        self.wait_ready(proc, port, (BENCH_USER, BENCH_PASSWORD), tls_context=ctx)
+        return Target(name, port, ["--user", BENCH_USER, "-a", BENCH_PASSWORD], tls=tls_args,
+                      pid=proc.popen.pid, note="uvloop byte pipe; AUTH passes through to Redis"
+                      + (f"; TLS by {tls}" if tls else ""))
 
     # -- redisgate --------------------------------------------------------------------------
 
     def make_certs(self) -> tuple[Path, Path, Path]:
-        """(ca.crt, server.crt, server.key) from `python -m redisgate certs --out DIR`."""
+        """(ca.crt, server.crt, server.key) from `python -m redisgate certs --out DIR` (made
+        once per run: every TLS target serves the same certificate)."""
+        if self._certs is not None:
+            return self._certs
         out = self.dir / "certs"
         try:
             done = subprocess.run([sys.executable, "-m", "redisgate", "certs", "--out", str(out)],
@@ -338,6 +441,7 @@ class Stack:
         missing = [p.name for p in (ca, cert, key) if not p.exists()]
         if missing:
             raise Unavailable(f"`redisgate certs --out` did not write {', '.join(missing)}")
+        self._certs = (ca, cert, key)
         return ca, cert, key
 
     def render_redisgate_config(self, port: int, tls: dict | None, multiplex: int | None = None,
@@ -362,7 +466,7 @@ class Stack:
         return conf
 
     def start_redisgate(self, tls: bool = False, multiplex: int | None = None,
-                        name: str | None = None) -> Target:
+                        name: str | None = None, env_extra: dict | None = None) -> Target:
         """redisgate serving bench/redisgate.yaml (target `redisgate`), or the same policy on a
         TLS listener in a second process (target `redisgate-tls`).
 
@@ -382,14 +486,17 @@ class Stack:
             ctx.check_hostname = False   # only the chain is checked here; redis-benchmark checks it too
         conf = self.render_redisgate_config(port, tls_info, multiplex, name)
         env = dict(os.environ, REDISGATE_BENCH_UPSTREAM_PASSWORD=UPSTREAM_PASSWORD,
-                   PYTHONPATH=str(REPO_DIR) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+                   PYTHONPATH=str(REPO_DIR) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                   **(env_extra or {}))
         argv = [sys.executable, "-m", "redisgate", "serve", "--config", str(conf)]
         proc = self.spawn(name, argv, env=env, cwd=REPO_DIR)
         self.wait_ready(proc, port, (BENCH_USER, BENCH_PASSWORD), timeout=20, tls_context=ctx)
         auth = ["--user", BENCH_USER, "-a", BENCH_PASSWORD]
         if tls:
             return Target(name, port, auth, tls=["--tls", "--cacert", str(ca)], pid=proc.popen.pid,
-                          note="same policy, TLS listener, separate process")
+                          note="same policy, TLS listener, separate process"
+                          + (f" ({', '.join(f'{k}={v}' for k, v in env_extra.items())})"
+                             if env_extra else ""))
         return Target(name, port, auth, pid=proc.popen.pid)
 
 

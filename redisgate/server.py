@@ -908,11 +908,19 @@ class TLSClientConnection(asyncio.Protocol):
     every failed, garbage or slow handshake is seen, audited and closed; then it hands decrypted
     bytes to a ClientConnection. (asyncio and uvloop hide failed handshakes from the app.)"""
 
+    record = None   # the C record layer (tls.record_layer()), when built
+
     def __init__(self, proxy: "Proxy", tls):
         self.proxy = proxy
         self.tls = tls
         self.inner: ClientConnection | None = None
         self.raw: asyncio.Transport | None = None
+        if proxy.tls_record is not None:
+            # The event loop calls data_received (looked up when the transport is made): the
+            # record layer's, which hands reads to the Python method below until the handshake
+            # is done, and decrypts them in C after (see _tlsrec.c).
+            self.record = proxy.tls_record(self.data_received)
+            self.data_received = self.record.data_received
 
     def connection_made(self, transport):
         from .tls import TLSEngine
@@ -944,13 +952,23 @@ class TLSClientConnection(asyncio.Protocol):
             if not engine.handshake_done:
                 return
             self.timer.cancel()
-            self.inner = ClientConnection(self.proxy, self.tls)
-            self.inner.accepted = self.accepted   # (counted here: the inner one does not count)
-            self.inner.connection_made(_TLSTransport(self.raw, engine))
+            self.inner = inner = ClientConnection(self.proxy, self.tls)
+            inner.accepted = self.accepted   # (counted here: the inner one does not count)
+            transport = _TLSTransport(self.raw, engine)
+            if self.record is not None and engine.hand_over(
+                    self.record, self.raw.write, inner, inner.data_received, self._record_failed,
+                    self.raw.close):
+                transport.write = self.record.write   # (what the C lane writes replies with)
+            inner.connection_made(transport)
         if plain and not self.inner.closed:
             self.inner.data_received(plain)
         if engine.peer_closed:
             self.raw.close()
+
+    def _record_failed(self, reason: str) -> None:
+        """The C record layer met a TLS error after the handshake (as TLSRecordError here)."""
+        self.engine._failed = True
+        self._fail(f"TLS error: {reason}")
 
     def eof_received(self):
         if self.inner is None:
@@ -1021,6 +1039,7 @@ class Proxy:
         self._over_since = 0.0
         self._budget_timer = None
         self._upstream_tls = None
+        self.tls_record = None   # tls.record_layer(), with a TLS listener
         self._build_tls()
 
     # -- TLS
@@ -1030,7 +1049,8 @@ class Proxy:
         self.listener_tls = []
         for i, lst in enumerate(self.config.listeners):
             if lst.tls is not None:
-                from .tls import ListenerTLS
+                from .tls import ListenerTLS, record_layer
+                self.tls_record = record_layer()
                 self.listener_tls.append(ListenerTLS(
                     lst.tls, base, where=f"{lst.where}.tls",
                     default_handshake_timeout=self.config.handshake_timeout))

@@ -43,6 +43,11 @@ Contracts
 * `TLSEngine.verified_chain`: the client's verified chain, leaf first (CPython 3.10+'s
   `get_verified_chain`; only the leaf where it is missing), for binding CAs and the reload
   re-check of a connection's CA.
+* `record_layer()`: the C record layer (`redisgate._tlsrec.Record`) when it is built, runs the
+  same OpenSSL as Python's ssl module and `REDISGATE_NO_TLSREC` (or `REDISGATE_PURE_PYTHON`) is
+  unset; else None.
+  `TLSEngine.hand_over(record, ...)` moves a connection's records to it once the handshake
+  (always run here, so that every failure is audited) is done: see `_tlsrec.c`.
 * `handshake_failure_reason(exc, first_byte)` turns whatever a failed handshake raised into a short,
   secret-free reason for the audit log.
 """
@@ -627,6 +632,20 @@ def handshake_failure_reason(exc: BaseException, first_byte: int | None = None) 
 
 # ---------------------------------------------------------------------------- sans-I/O endpoint
 
+def record_layer():
+    """`redisgate._tlsrec.Record`, or None where it is not built, is turned off
+    (REDISGATE_NO_TLSREC=1 or REDISGATE_PURE_PYTHON=1), or was linked against another OpenSSL than Python's ssl module."""
+    if os.environ.get("REDISGATE_NO_TLSREC") or os.environ.get("REDISGATE_PURE_PYTHON"):
+        return None
+    try:
+        from . import _tlsrec
+    except ImportError:
+        return None
+    if _tlsrec.OPENSSL_VERSION_NUMBER != ssl.OPENSSL_VERSION_NUMBER:
+        return None
+    return _tlsrec.Record
+
+
 class TLSEngine:
     """One TLS connection without I/O: bytes from the socket in, plaintext out, and back.
 
@@ -739,6 +758,22 @@ class TLSEngine:
         while view:
             n = self._obj.write(view)
             view = view[n:]
+
+    def hand_over(self, record, raw_write, owner, sink, on_fail, on_close) -> bool:
+        """Let `record` (a started `_tlsrec.Record`) read and write this connection's records
+        from now on; False (and nothing changed) when it cannot: the handshake is not done, the
+        connection failed, or this Python's ssl objects are not what _tlsrec.c expects. Call it
+        with nothing left in `data_to_send()`; the certificate, `close()` and the properties
+        keep working (they read the same OpenSSL connection)."""
+        sslobj = getattr(self._obj, "_sslobj", None)
+        if sslobj is None or not self.handshake_done or self._failed or self._pending \
+                or self.peer_closed:
+            return False
+        try:
+            record.start(sslobj, self._in, raw_write, owner, sink, on_fail, on_close)
+        except TypeError:
+            return False
+        return True
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the socket now (and forget)."""
