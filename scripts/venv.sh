@@ -55,6 +55,8 @@ if ! command -v gcc >/dev/null || [ ! -f "$("$PY" -c 'import sysconfig; print(sy
     apt_install gcc || true
   fi
 fi
+# redisgate/_tlsrec.c (TLS records in C) links the libssl Python's ssl module uses: its headers.
+[ -f /usr/include/openssl/ssl.h ] || apt_install libssl-dev || true
 
 # pip runs again only when what it installs changed (the dependencies, or the C sources: then the
 # modules are compiled again), other extras are asked for, or a compiled module went missing.
