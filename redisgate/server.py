@@ -967,7 +967,7 @@ class TLSClientConnection(asyncio.Protocol):
 
     def _record_failed(self, reason: str) -> None:
         """The C record layer met a TLS error after the handshake (as TLSRecordError here)."""
-        self.engine._failed = True
+        self.engine.mark_failed()
         self._fail(f"TLS error: {reason}")
 
     def eof_received(self):

@@ -775,6 +775,11 @@ class TLSEngine:
             return False
         return True
 
+    def mark_failed(self) -> None:
+        """The record layer it was handed over to met a TLS error: nothing more is read or
+        sent, and `close()` sends no close_notify (as after a TLSRecordError here)."""
+        self._failed = True
+
     def data_to_send(self) -> bytes:
         """Bytes to write to the socket now (and forget)."""
         return self._out.read()
