@@ -558,7 +558,9 @@ def chart(doc: dict, path: Path) -> str | None:
     present = [t for t in TARGET_ORDER if any(t in e for e in summary.values())]
     colors = {"direct": "#4c72b0", "twemproxy": "#dd8452", "pipe": "#8c8c8c",
               "redisgate": "#c44e52", "redisgate-dedicated": "#da8bc3",
-              "redisgate-tls": "#937860", "redis-tls": "#55a868", "haproxy-tls": "#8172b3"}
+              "redisgate-tls": "#937860", "redis-tls": "#55a868", "haproxy-tls": "#8172b3",
+              "redisgate-tls-py": "#c5b0a0", "pipe-tls-uvloop": "#64b5cd", "pipe-tls-engine": "#b0b0b0",
+              "pipe-tls-c": "#4d4d4d"}
     ws = [w for w in summary if any(e.get("rps") for e in summary[w].values())]
     fig = plt.figure(figsize=(15, 10))
     ax = fig.add_subplot(2, 1, 1)
@@ -614,7 +616,12 @@ def write(doc: dict, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     png = out / "latest.png"
-    why = chart(doc, png)
+    # The runs first: a chart that cannot be drawn must not lose them.
+    (out / "latest.json").write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
+    try:
+        why = chart(doc, png)
+    except Exception as e:   # (matplotlib's own errors: the numbers are already written)
+        why = f"the chart failed: {type(e).__name__}: {e}"
     if why:
         doc["meta"]["notes"].append(f"no chart: {why}")
     else:
