@@ -5,9 +5,10 @@
     python bench/run.py --rounds 7 --targets direct,pipe,redisgate --workloads set_p16,get_p16
 
 It starts Redis 7, twemproxy, the uvloop byte pipe and redisgate (plus redisgate on a TLS
-listener when `python -m redisgate certs` works) on free 127.0.0.1 ports, runs every
-redis-benchmark workload against every target, round after round, with the target order rotated
-each round, then the judge micro-benchmark (bench/judge.py) and the idle-client memory benchmark
+listener when `python -m redisgate certs` works, Redis's own TLS port and haproxy terminating
+TLS) on free 127.0.0.1 ports, runs every redis-benchmark workload against every target, round
+after round, with the target order rotated each round and each target's CPU per request read
+from /proc around each run, then the judge micro-benchmark (bench/judge.py) and the idle-client memory benchmark
 (bench/memory.py), and writes bench/results/latest.{json,md,png}. A target that cannot start is
 reported as unavailable with its reason; the rest still runs. See bench/README.md.
 """
