@@ -104,15 +104,34 @@ class UpstreamProbe:
             writer.close()
 
 
-class Admin:
-    """The HTTP listener and the readiness probe of one Proxy."""
+def proxy_readiness(proxy, probe: UpstreamProbe) -> str | None:
+    """None when `proxy` is ready, else the one-line reason (/readyz; a worker of `serve
+    --workers N` reports it to the parent)."""
+    if proxy.shutting_down:
+        return "shutting down"
+    listeners = proxy.listeners   # (those running: a reload does not move them)
+    for srv, lst in zip(proxy.servers, listeners):
+        if not srv.is_serving():
+            return f"listener {lst.host}:{lst.port} is not accepting"
+    if len(proxy.servers) < len(listeners):
+        return "listeners are not all up yet"
+    last = probe.last_ok
+    if last is None or time.monotonic() - last > READY_WINDOW:
+        return probe.last_error
+    return None
 
-    def __init__(self, proxy, host: str, port: int):
+
+class Admin:
+    """The HTTP listener and the readiness probe of one Proxy; or, for the supervising parent of
+    `serve --workers N` (proxy None), of the process group: `readiness` and `registry` given."""
+
+    def __init__(self, proxy, host: str, port: int, *, readiness=None, registry=None):
         self.proxy = proxy
         self.host, self.port = host, port
-        self.probe = UpstreamProbe(proxy)
+        self.probe = UpstreamProbe(proxy) if proxy is not None else None
+        self._readiness = readiness
         self.tasks: set[asyncio.Task] = set()
-        self._metrics = make_wsgi_app()
+        self._metrics = make_wsgi_app(registry) if registry is not None else make_wsgi_app()
         self._httpd: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -120,19 +139,9 @@ class Admin:
 
     def readiness(self) -> str | None:
         """None when ready, else the one-line reason."""
-        proxy = self.proxy
-        if proxy.shutting_down:
-            return "shutting down"
-        listeners = proxy.listeners   # (those running: a reload does not move them)
-        for srv, lst in zip(proxy.servers, listeners):
-            if not srv.is_serving():
-                return f"listener {lst.host}:{lst.port} is not accepting"
-        if len(proxy.servers) < len(listeners):
-            return "listeners are not all up yet"
-        last = self.probe.last_ok
-        if last is None or time.monotonic() - last > READY_WINDOW:
-            return self.probe.last_error
-        return None
+        if self._readiness is not None:
+            return self._readiness()
+        return proxy_readiness(self.proxy, self.probe)
 
     def app(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -161,9 +170,10 @@ class Admin:
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.2},
                                          name="redisgate-admin", daemon=True)
         self._thread.start()
-        task = asyncio.get_running_loop().create_task(self.probe.run())
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        if self.probe is not None:
+            task = asyncio.get_running_loop().create_task(self.probe.run())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
         log.info("admin endpoint on http://%s:%d (/metrics, /healthz, /readyz)", self.host, self.port)
 
     async def stop(self) -> None:

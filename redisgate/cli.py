@@ -21,9 +21,9 @@ from .config import ConfigError, hash_password, load_config, strip_newlines, wri
 log = logging.getLogger("redisgate")
 
 
-def _setup_logging(level: str = "info") -> None:
+def _setup_logging(level: str = "info", tag: str = "") -> None:
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format=f"%(asctime)s %(levelname)s %(name)s{tag}: %(message)s")
 
 
 def _load(path: str):
@@ -58,6 +58,8 @@ def cmd_serve(args) -> int:
             print(problems[0], file=sys.stderr)
             return 2
         config.listeners = [Listener(addr[0], addr[1])]
+    if args.worker_fd is not None:
+        return _serve_worker(args, config)
     _setup_logging(config.log_level)
     for w in config.warnings:
         log.warning("%s", w)
@@ -78,6 +80,10 @@ def cmd_serve(args) -> int:
             print(f"{args.config}: pid file {config.pid_file}: redisgate (pid {current.pid}) is "
                   "running; stop it first or use another pid_file", file=sys.stderr)
             return 1
+    from . import workers
+    count = workers.resolve_count(args.workers)
+    if count > 1:
+        return _serve_workers(args, config, count)
     emb = _with_embedded_upstream(config)
     from .server import run
     holder = {}
@@ -98,6 +104,78 @@ def cmd_serve(args) -> int:
             emb.stop()
         if args.learn_user and "proxy" in holder:
             _write_learned(holder["proxy"], args.learn_user, args.out)
+    return 0
+
+
+def _serve_workers(args, config, count: int) -> int:
+    """`serve --workers N`, N > 1: check once here, then supervise N workers (workers.py)."""
+    from . import pidfile, workers
+    from .server import Proxy
+    try:
+        Proxy(config)   # the TLS contexts: an unreadable certificate is reported once, here
+    except (ValueError, OSError) as e:
+        for problem in getattr(e, "problems", None) or [str(e)]:
+            print(f"{args.config}: {problem}", file=sys.stderr)
+        return 1
+    problems = workers.check_listeners(config)
+    if problems:
+        for problem in problems:
+            print(f"{args.config}: {problem}", file=sys.stderr)
+        return 1
+    try:
+        emb = _with_embedded_upstream(config)   # once, for every worker
+    except RuntimeError as e:
+        print(f"{args.config}: upstream: {e}", file=sys.stderr)
+        return 1
+    upstream = None
+    if emb is not None:
+        upstream = {"host": "127.0.0.1", "port": emb.port, "password": emb.password.decode()}
+    log.info("starting %d workers (SO_REUSEPORT on every listener)", count)
+    try:
+        return workers.supervise(config, workers.worker_argv(args), count, upstream)
+    except pidfile.PidFileError as e:
+        print(f"{args.config}: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        log.error("admin endpoint: cannot listen: %s", e)
+        return 1
+    finally:
+        if emb:
+            emb.stop()
+
+
+def _serve_worker(args, config) -> int:
+    """One worker of `serve --workers N` (started by the parent, never by hand)."""
+    from . import workers
+    from .tls import TLSConfigError
+    index = args.worker_index or 0
+    _setup_logging(config.log_level, tag=f"[worker {index}]")
+    try:
+        channel = workers.WorkerChannel(args.worker_fd, index)
+        hello = channel.read_hello()
+    except (OSError, ValueError) as e:
+        print(f"--worker-fd: not a redisgate supervisor's control socket ({e})", file=sys.stderr)
+        return 2
+    if config.upstream.embedded:
+        up, given = config.upstream, hello.get("upstream")
+        if not given:
+            print(f"{args.config}: upstream: required", file=sys.stderr)
+            return 1
+        up.host, up.port, up.username = given["host"], given["port"], None
+        up.password = given["password"].encode()
+    # The parent keeps the pid file and the admin listener.
+    config.pid_file = None
+    config.admin_listen = None
+    from .server import run
+    try:
+        run(config, worker=channel)
+    except TLSConfigError as e:
+        for problem in e.problems:
+            print(f"{args.config}: {problem}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        log.error("cannot listen: %s", e)
+        return 1
     return 0
 
 
@@ -133,6 +211,7 @@ def _write_learned(proxy, name: str, out: str) -> None:
 def cmd_learn(args) -> int:
     args.learn_user = args.user
     args.listen = None
+    args.workers, args.worker_fd, args.worker_index = 1, None, None
     return cmd_serve(args)
 
 
@@ -333,6 +412,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the proxy")
     s.add_argument("--config", "-c", required=True)
     s.add_argument("--listen", help="override the listen address (plain TCP)")
+    from .workers import parse_count
+    s.add_argument("--workers", type=parse_count, default=1, metavar="N",
+                   help="worker processes sharing every listener (SO_REUSEPORT) under a "
+                        "supervising parent; 0: one per CPU (default 1: one process)")
+    # (internal: how the parent of --workers starts each worker)
+    s.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)
+    s.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     s.set_defaults(func=cmd_serve, learn_user=None, out=None)
 
     d = sub.add_parser("demo", help="start an embedded Redis and the proxy with sample users")

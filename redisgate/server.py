@@ -1009,9 +1009,11 @@ class TLSClientConnection(asyncio.Protocol):
 class Proxy:
     """Listeners, the shared Gate, reload on SIGHUP, and the upstream version probe."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, reuse_port: bool = False):
         self.config = config
         self.gate = Gate(config)
+        # `serve --workers N`: every worker opens every listener itself (SO_REUSEPORT).
+        self.reuse_port = reuse_port
         self.clients: set[ClientConnection] = set()
         self.accepted = 0    # client connections open, from accept (TLS handshakes included)
         self.servers: list[asyncio.base_events.Server] = []
@@ -1088,10 +1090,12 @@ class Proxy:
         for lst, tls in zip(self.listeners, self.listener_tls):
             if tls is None:
                 srv = await loop.create_server(lambda: ClientConnection(self), lst.host, lst.port,
-                                               reuse_address=True, backlog=1024)
+                                               reuse_address=True, reuse_port=self.reuse_port or None,
+                                               backlog=1024)
             else:
                 srv = await loop.create_server(lambda t=tls: TLSClientConnection(self, t), lst.host,
-                                               lst.port, reuse_address=True, backlog=1024)
+                                               lst.port, reuse_address=True,
+                                               reuse_port=self.reuse_port or None, backlog=1024)
             self.servers.append(srv)
             log.info("listening on %s:%d%s", lst.host, lst.port, " (TLS)" if tls else "")
         for w in self.tls_warnings():
@@ -1387,14 +1391,24 @@ def _install_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def serve(config: Config, ready=None, stop: asyncio.Event | None = None) -> None:
+async def serve(config: Config, ready=None, stop: asyncio.Event | None = None,
+                worker=None) -> None:
     """Run until SIGINT/SIGTERM (or ``stop`` is set), then stop gracefully within
     ``shutdown.grace`` (Proxy.close); a second SIGINT/SIGTERM exits at once. SIGHUP reloads
-    config and certificates."""
+    config and certificates. ``worker``: a ``workers.WorkerChannel`` when this process is one of
+    ``serve --workers N``'s workers (listeners with SO_REUSEPORT; no pid file or admin listener
+    of its own: the supervising parent keeps them; reload and stop also come from the parent)."""
     from . import pidfile
-    proxy = Proxy(config)
+    proxy = Proxy(config, reuse_port=worker is not None)
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
+
+    def begin_stop(why: str) -> None:
+        if stop.is_set():
+            return
+        log.info("%s: shutting down (grace %.3gs)", why, proxy.config.shutdown_grace)
+        proxy.shutting_down = True
+        stop.set()
 
     def on_signal(signum: int) -> None:
         if stop.is_set():
@@ -1402,16 +1416,15 @@ async def serve(config: Config, ready=None, stop: asyncio.Event | None = None) -
             if config.pid_file:
                 pidfile.release(config.pid_file)
             os._exit(128 + signum)
-        log.info("%s: shutting down (grace %.3gs)", signal.Signals(signum).name,
-                 proxy.config.shutdown_grace)
-        proxy.shutting_down = True
-        stop.set()
+        begin_stop(signal.Signals(signum).name)
 
     # Before start(): a SIGHUP while it probes the upstream must reload, not end the process;
     # a SIGTERM then stops it as gracefully as later.
     loop.add_signal_handler(signal.SIGHUP, proxy.reload)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal, sig)
+    if worker is not None:
+        worker.attach(proxy, begin_stop)
     if config.pid_file:
         # After the SIGHUP handler: `redisgate reload` must not end a process without it.
         pidfile.claim(config.pid_file)      # PidFileError: a live redisgate holds it
@@ -1422,7 +1435,7 @@ async def serve(config: Config, ready=None, stop: asyncio.Event | None = None) -
             pidfile.release(config.pid_file)
         raise
     from . import resp
-    if resp._c_scan is None or Lane is None:
+    if (resp._c_scan is None or Lane is None) and (worker is None or worker.index == 0):
         log.warning("redisgate._speedups or redisgate._lane is not built (or "
                     "REDISGATE_PURE_PYTHON or REDISGATE_NO_LANE is set): the request parser or "
                     "the connections' steady state runs as pure Python (slower: see "
@@ -1432,6 +1445,8 @@ async def serve(config: Config, ready=None, stop: asyncio.Event | None = None) -
         from .admin import Admin
         admin = Admin(proxy, *config.admin_listen)
         admin.start()
+    if worker is not None:
+        worker.started()
     if ready is not None:
         ready(proxy)
     try:
@@ -1442,11 +1457,13 @@ async def serve(config: Config, ready=None, stop: asyncio.Event | None = None) -
         await proxy.close(proxy.config.shutdown_grace)
         if admin is not None:
             await admin.stop()
+        if worker is not None:
+            await worker.close()
         if config.pid_file:
             pidfile.release(config.pid_file)
         log.info("stopped")
 
 
-def run(config: Config, ready=None) -> None:
+def run(config: Config, ready=None, worker=None) -> None:
     _install_uvloop()
-    asyncio.run(serve(config, ready))
+    asyncio.run(serve(config, ready, worker=worker))

@@ -1,0 +1,495 @@
+"""`redisgate serve --workers N` with real processes: a supervising parent, N workers sharing each
+listener (SO_REUSEPORT), real Redis 7 upstream, real clients (raw sockets, redis-py, TLS)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import hiredis
+import psutil
+import pytest
+import yaml
+
+from servers import free_port
+
+PW = "pw"
+H = "#" + hashlib.sha256(PW.encode()).hexdigest()
+
+
+# -- helpers
+
+class Group:
+    """A `python -m redisgate serve --workers N` process; its log goes to a file (the workers
+    write to the same stderr, and a pipe nobody drains would stop them)."""
+
+    def __init__(self, tmp_path: Path, raw: dict, *extra: str):
+        self.cfg = tmp_path / "redisgate.yaml"
+        self.cfg.write_text(yaml.safe_dump(raw))
+        self.raw = raw
+        self.log_path = tmp_path / "redisgate.log"
+        self.port = int(str(raw["listen"] if isinstance(raw["listen"], str)
+                            else raw["listen"][0]["address"]).rsplit(":", 1)[1])
+        self.admin = raw.get("admin", {}).get("listen")
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "redisgate", "serve", "--config",
+                                      str(self.cfg), *extra], stdout=self._log, stderr=self._log)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def workers(self) -> list[psutil.Process]:
+        try:
+            children = psutil.Process(self.proc.pid).children()
+        except psutil.NoSuchProcess:
+            return []
+        found = []
+        for c in children:
+            try:
+                if "--worker-index" in c.cmdline() and c.status() != psutil.STATUS_ZOMBIE:
+                    found.append(c)
+            except psutil.NoSuchProcess:
+                pass
+        return found
+
+    def http(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://{self.admin}{path}", timeout=10) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"exited {self.proc.returncode}: {self.log()[-3000:]}"
+            try:
+                last = self.http("/readyz")
+                if last[0] == 200:
+                    return
+            except OSError as e:
+                last = e
+            time.sleep(0.1)
+        raise AssertionError(f"never ready: {last}\n{self.log()[-3000:]}")
+
+    def wait_log(self, pattern: str, count: int = 1, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(re.findall(pattern, self.log())) >= count:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"{pattern!r} x{count} not in the log:\n{self.log()[-3000:]}")
+
+    def metric(self, name: str) -> float:
+        status, text = self.http("/metrics")
+        assert status == 200
+        m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+        assert m, f"{name} not in /metrics:\n{text}"
+        return float(m.group(1))
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
+
+
+@pytest.fixture
+def groups():
+    made: list[Group] = []
+    yield made
+    for g in made:
+        pids = [w.pid for w in g.workers()]
+        g.stop()
+        for pid in pids:        # (the kernel's death signal ends them; make sure)
+            try:
+                psutil.Process(pid).wait(10)
+            except psutil.NoSuchProcess:
+                pass
+
+
+def config(redis7, port: int, **more) -> dict:
+    raw = {"listen": f"127.0.0.1:{port}", "upstream": redis7.upstream,
+           "users": {"a": f"on {H} ~k:* ~q:* +ping +get +blpop +client|info"},
+           "admin": {"listen": f"127.0.0.1:{free_port()}"}, "shutdown": {"grace": "10s"}}
+    raw.update(more)
+    return raw
+
+
+def login(port: int, ctx: ssl.SSLContext | None = None) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), 10)
+    if ctx is not None:
+        s = ctx.wrap_socket(s, server_hostname="localhost")
+    s.sendall(b"*3\r\n$4\r\nAUTH\r\n$1\r\na\r\n$2\r\npw\r\n")
+    assert recv_line(s) == b"+OK\r\n"
+    return s
+
+
+def recv_line(s: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\r\n"):
+        chunk = s.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+    return data
+
+
+def command(s: socket.socket, *args: str):
+    """One command, its one reply (hiredis: bytes, or a ReplyError for an error reply)."""
+    s.sendall(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a.encode())
+                                                   for a in args))
+    reader = hiredis.Reader()
+    while (reply := reader.gets()) is False:
+        data = s.recv(65536)
+        assert data, "connection closed"
+        reader.feed(data)
+    return reply
+
+
+def owners(socks: list[socket.socket], workers: list[psutil.Process]) -> dict[int, list]:
+    """Which worker (pid) accepted each client socket: the worker holding the connection whose
+    remote end is the socket's local address."""
+    by_peer = {}
+    for w in workers:
+        for c in w.net_connections(kind="tcp"):
+            if c.raddr:
+                by_peer[(c.raddr.ip, c.raddr.port)] = w.pid
+    found: dict[int, list] = {}
+    for s in socks:
+        pid = by_peer.get(s.getsockname()[:2])
+        assert pid is not None, "a connection no worker holds"
+        found.setdefault(pid, []).append(s)
+    return found
+
+
+def upstream_pids(redis7, workers: list[psutil.Process]) -> set[int]:
+    """The workers that hold the upstream connections CLIENT LIST shows (user gate)."""
+    ports = {}
+    for w in workers:
+        for c in w.net_connections(kind="tcp"):
+            if c.raddr and c.raddr.port == redis7.port:
+                ports[c.laddr.port] = w.pid
+    found = set()
+    for client in redis7.admin().client_list():
+        if client["user"] == "gate":
+            port = int(client["addr"].rsplit(":", 1)[1])
+            if port in ports:
+                found.add(ports[port])
+    return found
+
+
+# -- the command line
+
+@pytest.mark.parametrize("value", ["-1", "abc", "1.5", "", "257", "0x2"])
+def test_bad_worker_counts_are_usage_errors(tmp_path, value):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("upstream: {address: 127.0.0.1:1}\nusers: {a: 'on nopass'}\n")
+    r = subprocess.run([sys.executable, "-m", "redisgate", "serve", "--config", str(cfg),
+                        "--workers", value], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2, r.stderr
+    assert (f"argument --workers: expected a whole number from 0 (one per CPU) to 256, "
+            f"got {value!r}") in r.stderr
+
+
+def test_a_bad_config_fails_once_in_the_parent(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"listen: 127.0.0.1:{free_port()}\nupstream: {{address: 127.0.0.1:1}}\n"
+                   "users: {a: 'on nopass +frobnicate'}\n")
+    r = subprocess.run([sys.executable, "-m", "redisgate", "serve", "--config", str(cfg),
+                        "--workers", "3"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert r.stderr.count("users.a") == 1, r.stderr
+    assert "worker" not in r.stderr
+
+
+def test_a_listener_in_use_fails_once_in_the_parent(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(f"listen: 127.0.0.1:{port}\nupstream: {{address: 127.0.0.1:1}}\n"
+                       "users: {a: 'on nopass'}\n")
+        r = subprocess.run([sys.executable, "-m", "redisgate", "serve", "--config", str(cfg),
+                            "--workers", "2"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert r.stderr.strip() == f"{cfg}: listen: 127.0.0.1:{port}: address already in use"
+
+
+def test_workers_0_is_one_per_cpu(tmp_path, redis7, groups):
+    port = free_port()
+    g = Group(tmp_path, config(redis7, port), "--workers", "0")
+    groups.append(g)
+    g.wait_ready()
+    cpus = len(os.sched_getaffinity(0))
+    assert len(g.workers()) == (cpus if cpus > 1 else 0)
+    s = login(port)
+    assert command(s, "PING") == b"PONG"
+
+
+def test_workers_1_is_one_process(tmp_path, redis7, groups):
+    port = free_port()
+    g = Group(tmp_path, config(redis7, port), "--workers", "1")
+    groups.append(g)
+    g.wait_ready()
+    assert g.workers() == [] and psutil.Process(g.proc.pid).children() == []
+
+
+# -- spreading, metrics, TLS
+
+def test_connections_spread_over_two_workers_and_metrics_sum(tmp_path, redis7, groups):
+    from redisgate import certs
+    pki = tmp_path / "pki"
+    certs.generate(pki)
+    port, tls_port = free_port(), free_port()
+    raw = config(redis7, port, listen=[
+        {"address": f"127.0.0.1:{port}"},
+        {"address": f"127.0.0.1:{tls_port}",
+         "tls": {"cert": str(pki / "server.crt"), "key": str(pki / "server.key")}}])
+    g = Group(tmp_path, raw, "--workers", "2")
+    groups.append(g)
+    g.wait_ready()
+    workers = g.workers()
+    assert len(workers) == 2
+    assert len(re.findall(r"listening on 127\.0\.0\.1:%d \(TLS\)" % tls_port, g.log())) == 2
+
+    plain = [login(port) for _ in range(40)]
+    ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    tls = [login(tls_port, ctx) for _ in range(16)]
+    for s in plain + tls:
+        assert command(s, "PING") == b"PONG"
+    by_worker = owners(plain, workers)
+    assert len(by_worker) == 2, {pid: len(v) for pid, v in by_worker.items()}
+    tls_by_worker = owners(tls, workers)
+    assert len(tls_by_worker) == 2, {pid: len(v) for pid, v in tls_by_worker.items()}
+    # Each worker has its own upstream connections (CLIENT LIST at Redis: both pids).
+    assert upstream_pids(redis7, workers) == {w.pid for w in workers}
+    # CLIENT INFO through the proxy: the upstream connection of the client's own worker.
+    info = command(by_worker[workers[0].pid][0], "CLIENT", "INFO")
+    assert b"user=gate" in info
+
+    # /metrics sums the workers: every connection counted once, by the worker that took it.
+    assert g.metric("redisgate_connections_total") == 56
+    assert g.metric("redisgate_connections_active") == 56
+    assert g.metric('redisgate_workers{state="ready"}') == 2
+    for s in plain[:10]:
+        s.close()
+    deadline = time.monotonic() + 10
+    while g.metric("redisgate_connections_active") != 46 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert g.metric("redisgate_connections_active") == 46
+    bad = socket.create_connection(("127.0.0.1", port), 10)
+    for _ in range(3):
+        bad.sendall(b"*3\r\n$4\r\nAUTH\r\n$1\r\na\r\n$5\r\nwrong\r\n")
+        assert recv_line(bad).startswith(b"-WRONGPASS")
+    assert g.metric('redisgate_auth_failures_total{user="a"}') == 3
+
+
+# -- restart, reload, stop
+
+def test_a_killed_worker_is_restarted_and_clients_reconnect(tmp_path, redis7, groups):
+    port = free_port()
+    g = Group(tmp_path, config(redis7, port), "--workers", "2")
+    groups.append(g)
+    g.wait_ready()
+    workers = g.workers()
+    socks = [login(port) for _ in range(30)]
+    by_worker = owners(socks, workers)
+    assert len(by_worker) == 2
+    victim = workers[0]
+    index = victim.cmdline()[victim.cmdline().index("--worker-index") + 1]
+    total_before = g.metric("redisgate_connections_total")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    # Its clients lost their connections; the other worker's did not.
+    for s in by_worker[victim.pid]:
+        s.settimeout(10)
+        try:
+            assert s.recv(100) == b""
+        except ConnectionResetError:
+            pass
+    for s in by_worker[workers[1].pid]:
+        assert command(s, "PING") == b"PONG"
+    g.wait_log(rf"worker {index} \(pid {victim.pid}\) was killed by SIGKILL after [\d.]+s; "
+               r"restarting it in 0\.2s")
+    g.wait_ready()
+    now = g.workers()
+    assert len(now) == 2 and victim.pid not in {w.pid for w in now}
+    # Clients reconnect, and land on both workers again (the new one too).
+    again = [login(port) for _ in range(30)]
+    for s in again:
+        assert command(s, "PING") == b"PONG"
+    assert set(owners(again, now)) == {w.pid for w in now}
+    assert g.metric(f'redisgate_worker_restarts_total{{worker="{index}"}}') == 1
+    # The dead worker's counts stay in the sum (a counter never goes down); its gauge went.
+    assert g.metric("redisgate_connections_total") == total_before + 30
+    assert g.metric("redisgate_connections_active") == 30 + len(by_worker[workers[1].pid])
+
+
+def test_sighup_reloads_every_worker(tmp_path, redis7, groups):
+    port = free_port()
+    raw = config(redis7, port, pid_file=str(tmp_path / "rg.pid"))
+    raw["users"] = {"a": f"on {H} ~k:* +ping"}
+    g = Group(tmp_path, raw, "--workers", "2")
+    groups.append(g)
+    g.wait_ready()
+    workers = g.workers()
+    redis7.admin().set("k:reload", "v")
+    before = [login(port) for _ in range(20)]
+    assert len(owners(before, workers)) == 2
+    for s in before:
+        assert str(command(s, "GET", "k:reload")).startswith("NOPERM")
+    raw["users"] = {"a": f"on {H} ~k:* +ping +get"}
+    g.cfg.write_text(yaml.safe_dump(raw))
+    r = subprocess.run([sys.executable, "-m", "redisgate", "reload", "--config", str(g.cfg)],
+                       capture_output=True, text=True, timeout=30)
+    assert r.stdout.strip() == f"reload: sent SIGHUP to redisgate (pid {g.proc.pid})", r.stderr
+    g.wait_log(r"SIGHUP: reloading 2 workers")
+    g.wait_log(r"\[worker \d\]: configuration reloaded: 1 users", count=2)
+    after = [login(port) for _ in range(20)]
+    by_worker = owners(after, workers)
+    assert len(by_worker) == 2          # the new rules apply on each worker
+    for s in after + before:
+        assert command(s, "GET", "k:reload") == b"v"
+    assert g.proc.poll() is None and {w.pid for w in g.workers()} == {w.pid for w in workers}
+
+
+def test_sigterm_stops_every_worker_gracefully(tmp_path, redis7, groups):
+    port = free_port()
+    pid_file = tmp_path / "rg.pid"
+    g = Group(tmp_path, config(redis7, port, pid_file=str(pid_file)), "--workers", "2")
+    groups.append(g)
+    g.wait_ready()
+    workers = g.workers()
+    assert pid_file.read_text().strip() == str(g.proc.pid)
+    metrics_dir = workers[0].environ()["PROMETHEUS_MULTIPROC_DIR"]
+    assert os.path.isdir(metrics_dir)
+    socks = [login(port) for _ in range(20)]
+    by_worker = owners(socks, workers)
+    assert len(by_worker) == 2
+    # One client per worker owes a reply that comes 1 s after the stop: it must get it.
+    waiting = [v[0] for v in by_worker.values()]
+    for s in waiting:
+        s.sendall(b"*3\r\n$5\r\nBLPOP\r\n$6\r\nq:none\r\n$1\r\n1\r\n")
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    g.proc.send_signal(signal.SIGTERM)
+    assert g.proc.wait(20) == 0, g.log()[-3000:]
+    assert time.monotonic() - t0 < 10
+    for s in waiting:
+        s.settimeout(5)
+        assert s.recv(100) == b"*-1\r\n"
+        assert s.recv(100) == b""
+    for w in workers:
+        assert not psutil.pid_exists(w.pid) or w.status() == psutil.STATUS_ZOMBIE
+    assert not pid_file.exists()
+    assert not os.path.exists(metrics_dir)
+    log = g.log()
+    assert "SIGTERM: stopping 2 workers (grace 10s)" in log
+    assert len(re.findall(r"\[worker \d\]: stopped", log)) == 2
+    assert "Traceback" not in log
+
+
+def test_workers_stop_when_the_parent_is_killed(tmp_path, redis7, groups):
+    port = free_port()
+    g = Group(tmp_path, config(redis7, port), "--workers", "2")
+    groups.append(g)
+    g.wait_ready()
+    workers = g.workers()
+    g.proc.send_signal(signal.SIGKILL)
+    g.proc.wait(10)
+    for w in workers:
+        w.wait(20)
+    # (the kernel's SIGTERM, or the control socket's EOF: a graceful stop either way)
+    g.wait_log(r"\[worker \d\]: stopped", count=2)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), 1).close()
+
+
+def test_a_worker_dying_at_once_makes_the_parent_give_up(tmp_path, redis7, groups):
+    port = free_port()
+    pid_file = tmp_path / "rg.pid"
+    g = Group(tmp_path, config(redis7, port, pid_file=str(pid_file)), "--workers", "2")
+    groups.append(g)
+    g.wait_ready()
+    workers = g.workers()
+    g.cfg.write_text("this: is: not yaml")      # every new worker now fails at start
+    workers[0].send_signal(signal.SIGKILL)
+    assert g.proc.wait(60) == 1
+    log = g.log()
+    assert re.search(r"worker \d \(pid \d+\) exited with code 1, 5 times in a row within 10s "
+                     r"of its start: giving up", log), log[-3000:]
+    assert len(re.findall(r"restarting it in", log)) == 4
+    assert not pid_file.exists()
+    assert not psutil.pid_exists(workers[1].pid) or workers[1].status() == psutil.STATUS_ZOMBIE
+
+
+def test_embedded_redis_is_started_once_by_the_parent(tmp_path, groups):
+    port = free_port()
+    raw = {"listen": f"127.0.0.1:{port}", "users": {"a": f"on {H} ~k:* +ping +set +get"},
+           "admin": {"listen": f"127.0.0.1:{free_port()}"}}
+    g = Group(tmp_path, raw, "--workers", "2")
+    groups.append(g)
+    g.wait_ready()
+    children = psutil.Process(g.proc.pid).children(recursive=True)
+    servers = [c for c in children if "redis-server" in " ".join(c.cmdline())]
+    assert len(servers) == 1 and servers[0].ppid() == g.proc.pid
+    socks = [login(port) for _ in range(20)]
+    assert len(owners(socks, g.workers())) == 2
+    for i, s in enumerate(socks):
+        assert command(s, "SET", "k:e", str(i)) == b"OK"
+    for s in socks:
+        assert command(s, "GET", "k:e") == b"19"   # every worker, one Redis
+    g.proc.send_signal(signal.SIGTERM)
+    assert g.proc.wait(20) == 0
+    assert not psutil.pid_exists(servers[0].pid) or servers[0].status() == psutil.STATUS_ZOMBIE
+
+
+# -- custom collectors (values kept outside prometheus-client, e.g. in C)
+
+MIRROR = r"""
+import os, sys
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import REGISTRY
+from redisgate import metrics
+
+class C:
+    value = 0
+    def collect(self):
+        f = CounterMetricFamily("redisgate_test_things", "things", labels=["user"])
+        f.add_metric(["a"], C.value)
+        yield f
+        g = GaugeMetricFamily("redisgate_test_level", "level")
+        g.add_metric([], C.value * 10)
+        yield g
+
+REGISTRY.register(C())
+mirror = metrics.CollectorMirror()
+for v in map(int, sys.argv[1:]):
+    C.value = v
+    mirror.export()
+"""
+
+
+def test_custom_collectors_are_mirrored_into_the_multiprocess_files(tmp_path):
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    for values in (["3", "5"], ["7"]):      # two "workers"
+        subprocess.run([sys.executable, "-c", MIRROR, *values], env=env, check=True, timeout=60)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))
+    text = generate_latest(registry).decode()
+    assert 'redisgate_test_things_total{user="a"} 12.0' in text     # 5 + 7: summed
+    assert "redisgate_test_level 120.0" in text                      # live sum (50 + 70)
