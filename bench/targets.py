@@ -466,7 +466,8 @@ backend redis
         return conf
 
     def start_redisgate(self, tls: bool = False, multiplex: int | None = None,
-                        name: str | None = None, env_extra: dict | None = None) -> Target:
+                        name: str | None = None, env_extra: dict | None = None,
+                        workers: int = 1) -> Target:
         """redisgate serving bench/redisgate.yaml (target `redisgate`), or the same policy on a
         TLS listener in a second process (target `redisgate-tls`).
 
@@ -489,8 +490,12 @@ backend redis
                    PYTHONPATH=str(REPO_DIR) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                    **(env_extra or {}))
         argv = [sys.executable, "-m", "redisgate", "serve", "--config", str(conf)]
+        if workers != 1:    # `serve --workers N` (bench/workers.py): the pid is the parent's
+            argv += ["--workers", str(workers)]
         proc = self.spawn(name, argv, env=env, cwd=REPO_DIR)
         self.wait_ready(proc, port, (BENCH_USER, BENCH_PASSWORD), timeout=20, tls_context=ctx)
+        if workers != 1:    # every worker listening, not only the first
+            wait_workers(proc, port, workers, name)
         auth = ["--user", BENCH_USER, "-a", BENCH_PASSWORD]
         if tls:
             return Target(name, port, auth, tls=["--tls", "--cacert", str(ca)], pid=proc.popen.pid,
@@ -498,6 +503,28 @@ backend redis
                           + (f" ({', '.join(f'{k}={v}' for k, v in env_extra.items())})"
                              if env_extra else ""))
         return Target(name, port, auth, pid=proc.popen.pid)
+
+
+def wait_workers(proc: Proc, port: int, count: int, name: str, timeout: float = 30) -> None:
+    """Until `count` workers of `serve --workers` listen on `port` (0: one per CPU)."""
+    import psutil
+    count = count or len(os.sched_getaffinity(0))
+    deadline = time.monotonic() + timeout
+    while True:
+        listening = 0
+        for child in psutil.Process(proc.popen.pid).children():
+            try:
+                if "--worker-index" in child.cmdline() and any(
+                        c.status == "LISTEN" and c.laddr.port == port
+                        for c in child.net_connections(kind="tcp")):
+                    listening += 1
+            except psutil.NoSuchProcess:
+                pass
+        if listening >= count:
+            return
+        if time.monotonic() > deadline or not proc.alive():
+            raise Unavailable(f"{name}: {listening} of {count} workers listen: {proc.tail()}")
+        time.sleep(0.1)
 
 
 def have_redisgate_serve() -> str | None:

@@ -42,6 +42,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .admin import UpstreamProbe
+    from .config import Config
+    from .metrics import CollectorMirror
 
 log = logging.getLogger("redisgate")
 
@@ -124,9 +130,9 @@ class WorkerChannel:
         self.hello: dict = {}
         self._writer: asyncio.StreamWriter | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._proxy = None
-        self._probe = None
-        self._mirror = None       # metrics.CollectorMirror, in multiprocess mode
+        self._proxy: Any = None   # the server.Proxy
+        self._probe: UpstreamProbe | None = None
+        self._mirror: CollectorMirror | None = None   # in multiprocess mode
 
     def read_hello(self) -> dict:
         """Blocking, before the event loop: the parent's first line."""
@@ -237,7 +243,7 @@ class Worker:
 @dataclass
 class Supervisor:
     """The parent of `serve --workers N`."""
-    config: object                          # config.Config, checked
+    config: Config                          # checked
     argv: list[str]                         # what every worker runs, but for the channel options
     count: int
     upstream: dict | None = None            # the embedded Redis, when there is no upstream:
@@ -297,6 +303,8 @@ class Supervisor:
             pass
 
     def _readable(self, w: Worker) -> None:
+        if w.sock is None or w.proc is None:
+            return
         try:
             data = w.sock.recv(65536)
         except BlockingIOError:
@@ -367,10 +375,11 @@ class Supervisor:
     def reload(self) -> None:
         log.info("SIGHUP: reloading %d workers", sum(w.proc is not None for w in self.workers))
         from .config import ConfigError, load_config
-        try:    # (only for the parent's own view: shutdown.grace; each worker reports its own)
-            self.config = load_config(self.config.path)
-        except ConfigError:
-            pass
+        if self.config.path is not None:
+            try:    # (only for the parent's own view: shutdown.grace; each worker logs its own)
+                self.config = load_config(self.config.path)
+            except ConfigError:
+                pass
         for w in self.workers:
             self._send(w, {"op": "reload"})
 
@@ -409,18 +418,22 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         hard: list[int] = []
 
+        def signal_all(procs: list[subprocess.Popen]) -> None:
+            for proc in procs:
+                try:
+                    proc.send_signal(signal.SIGTERM)   # (draining: a signal ends it)
+                except OSError:
+                    pass
+
         def on_signal(signum: int) -> None:
             name = signal.Signals(signum).name
             if self.stopping:
                 log.warning("%s again: exiting at once", name)
                 hard.append(signum)
-                for w in self.live():
-                    try:
-                        w.proc.send_signal(signal.SIGTERM)   # (draining: a signal ends it)
-                    except OSError:
-                        pass
+                signal_all([w.proc for w in self.workers if w.proc is not None])
                 return
             self.stop(name)
+
 
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -447,7 +460,9 @@ class Supervisor:
                     if not self.live():
                         break
                     if time.monotonic() > self.deadline:
-                        for w in self.live():
+                        for w in self.workers:
+                            if w.proc is None:
+                                continue
                             log.warning("worker %d (pid %d) still running %.3gs after the stop; "
                                         "killing it", w.index, w.proc.pid,
                                         self.config.shutdown_grace + KILL_SLACK)

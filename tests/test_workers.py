@@ -401,6 +401,31 @@ def test_sigterm_stops_every_worker_gracefully(tmp_path, redis7, groups):
     assert "Traceback" not in log
 
 
+def test_a_second_sigterm_exits_at_once_with_the_workers(tmp_path, redis7, groups):
+    port = free_port()
+    pid_file = tmp_path / "rg.pid"
+    g = Group(tmp_path, config(redis7, port, pid_file=str(pid_file), shutdown={"grace": "60s"}),
+              "--workers", "2")
+    groups.append(g)
+    g.wait_ready()
+    workers = g.workers()
+    socks = [login(port) for _ in range(20)]
+    by_worker = owners(socks, workers)
+    assert len(by_worker) == 2
+    for v in by_worker.values():        # owed a reply for ever: the drain cannot end by itself
+        v[0].sendall(b"*3\r\n$5\r\nBLPOP\r\n$6\r\nq:none\r\n$1\r\n0\r\n")
+    time.sleep(0.2)
+    g.proc.send_signal(signal.SIGTERM)
+    time.sleep(1.0)
+    assert g.proc.poll() is None
+    g.proc.send_signal(signal.SIGTERM)
+    assert g.proc.wait(10) == 128 + signal.SIGTERM
+    for w in workers:
+        w.wait(10)
+    assert not pid_file.exists()
+    assert "SIGTERM again: exiting at once" in g.log()
+
+
 def test_workers_stop_when_the_parent_is_killed(tmp_path, redis7, groups):
     port = free_port()
     g = Group(tmp_path, config(redis7, port), "--workers", "2")
