@@ -261,10 +261,12 @@ class Supervisor:
 
     def _env(self) -> dict:
         env = dict(os.environ)
-        # The workers import this very package, wherever it was imported from.
-        root = str(Path(__file__).resolve().parent.parent)
-        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(
-            os.pathsep) if p and p != root])
+        # The workers import this very package, wherever it was imported from (a checkout; an
+        # installed one is found anyway, and site-packages must not go ahead of the stdlib).
+        root = Path(__file__).resolve().parent.parent
+        if root.name not in ("site-packages", "dist-packages"):
+            env["PYTHONPATH"] = os.pathsep.join([str(root)] + [
+                p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(root)])
         if self.metrics_dir is not None:
             env["PROMETHEUS_MULTIPROC_DIR"] = self.metrics_dir
         else:
@@ -273,6 +275,7 @@ class Supervisor:
 
     def spawn(self, w: Worker) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        w.started = time.monotonic()
         try:
             proc = subprocess.Popen(
                 [*self.argv, "--worker-fd", str(child.fileno()), "--worker-index", str(w.index)],
@@ -284,7 +287,7 @@ class Supervisor:
             self._died(w, None, f"could not start ({e.strerror or e})")
             return
         child.close()
-        w.proc, w.sock, w.started = proc, parent, time.monotonic()
+        w.proc, w.sock = proc, parent
         w.status, w.status_at, w.buffer, w.restart_at = None, 0.0, b"", None
         hello = {"op": "hello", "index": w.index, "parent": os.getpid(),
                  "probe": bool(self.config.admin_listen),
