@@ -296,6 +296,29 @@ def test_connections_spread_over_two_workers_and_metrics_sum(tmp_path, redis7, g
     assert g.metric('redisgate_auth_failures_total{user="a"}') == 3
 
 
+def test_readyz_names_a_worker_whose_upstream_is_down(tmp_path, redis7, groups):
+    port = free_port()
+    raw = config(redis7, port, upstream={"address": f"127.0.0.1:{free_port()}",
+                                         "connect_timeout": "1s"})
+    g = Group(tmp_path, raw, "--workers", "2")
+    groups.append(g)
+    deadline, last = time.monotonic() + 30, None
+    while time.monotonic() < deadline:
+        try:
+            last = g.http("/readyz")
+        except OSError:
+            time.sleep(0.1)
+            continue
+        if "onnection refused" in last[1]:
+            break
+        time.sleep(0.1)
+    assert last is not None and last[0] == 503
+    # (the probe's own wording, as for one process: "[Errno 111] Connection refused")
+    assert re.fullmatch(r"worker \d \(pid \d+\): upstream 127\.0\.0\.1:\d+: .*onnection refused\n",
+                        last[1]), last
+    assert g.http("/healthz") == (200, "ok\n")
+
+
 # -- restart, reload, stop
 
 def test_a_killed_worker_is_restarted_and_clients_reconnect(tmp_path, redis7, groups):
@@ -312,6 +335,13 @@ def test_a_killed_worker_is_restarted_and_clients_reconnect(tmp_path, redis7, gr
     total_before = g.metric("redisgate_connections_total")
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)
+    deadline, seen = time.monotonic() + 5, None
+    while seen is None and time.monotonic() < deadline:
+        status, body = g.http("/readyz")
+        if status == 503:
+            seen = body
+    assert seen and re.match(rf"worker {index}(: not running \(restarting\)| \(pid \d+\): "
+                             rf"starting)", seen), seen
     # Its clients lost their connections; the other worker's did not.
     for s in by_worker[victim.pid]:
         s.settimeout(10)
