@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from .metrics import CollectorMirror
 
 log = logging.getLogger("redisgate")
+audit = logging.getLogger("redisgate.audit")
 
 MAX_WORKERS = 256
 STATUS_INTERVAL = 1.0      # a worker's status line, every so often
@@ -365,11 +366,15 @@ class Supervisor:
             log.error("worker %d%s %s, %d times in a row within %.0fs of its start: giving up; "
                       "stopping the other workers", w.index, f" (pid {pid})" if pid else "", how,
                       w.quick_deaths, STABLE_AFTER)
+            audit.error("worker-gave-up worker=%d pid=%s reason=%s", w.index, pid or "-",
+                        how.replace(" ", "-"))
             self.exit_code = 1
             self.stop("giving up")
             return
         delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (w.quick_deaths - 1))
         w.restart_at = time.monotonic() + delay
+        audit.warning("worker-restart worker=%d pid=%s reason=%s", w.index, pid or "-",
+                      how.replace(" ", "-"))
         log.warning("worker %d%s %s after %.1fs; restarting it in %.1fs", w.index,
                     f" (pid {pid})" if pid else "", how, ran, delay)
 

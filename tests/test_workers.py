@@ -354,6 +354,8 @@ def test_a_killed_worker_is_restarted_and_clients_reconnect(tmp_path, redis7, gr
     g.wait_log(rf"worker {index} \(pid {victim.pid}\) was killed by SIGKILL after [\d.]+s; "
                r"restarting it in 0\.2s")
     g.wait_ready()
+    assert f"redisgate.audit: worker-restart worker={index} pid={victim.pid} " \
+           "reason=was-killed-by-SIGKILL" in g.log()
     now = g.workers()
     assert len(now) == 2 and victim.pid not in {w.pid for w in now}
     # Clients reconnect, and land on both workers again (the new one too).
