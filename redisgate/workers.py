@@ -171,9 +171,10 @@ class WorkerChannel:
 
     async def _read(self) -> None:
         reader, self._writer = await asyncio.open_unix_connection(sock=self.sock, limit=MAX_LINE)
-        pending = getattr(self, "_rest", b"")
-        if pending:
-            reader.feed_data(pending)   # (what came with the hello)
+        # (What came in the hello's read goes first: it was sent before anything still unread.)
+        *early, _ = getattr(self, "_rest", b"").split(b"\n")
+        for line in early:
+            self._request(line)
         while True:
             try:
                 line = await reader.readline()
@@ -182,14 +183,17 @@ class WorkerChannel:
             if not line.endswith(b"\n"):
                 self._begin_stop("the supervising process is gone")
                 return
-            try:
-                op = json.loads(line).get("op")
-            except (ValueError, AttributeError):
-                continue
-            if op == "reload":
-                self._proxy.reload()
-            elif op == "stop":
-                self._begin_stop("stop from the supervising process")
+            self._request(line)
+
+    def _request(self, line: bytes) -> None:
+        try:
+            op = json.loads(line).get("op")
+        except (ValueError, AttributeError):
+            return
+        if op == "reload":
+            self._proxy.reload()
+        elif op == "stop":
+            self._begin_stop("stop from the supervising process")
 
     async def _report(self) -> None:
         from . import metrics
@@ -197,8 +201,7 @@ class WorkerChannel:
         if metrics.multiprocess():
             self._mirror = metrics.CollectorMirror()
         while True:
-            if self._mirror is not None:
-                self._mirror.export()
+            self._export()
             if self._probe is not None:
                 reason = proxy_readiness(self._proxy, self._probe)
             elif self._proxy.shutting_down:
@@ -209,6 +212,15 @@ class WorkerChannel:
                       else {"ready": True})
             await asyncio.sleep(STATUS_INTERVAL)
 
+    def _export(self) -> None:
+        if self._mirror is None:
+            return
+        try:
+            self._mirror.export()
+        except Exception:   # noqa: BLE001 - never at the cost of the status line
+            log.exception("metrics: copying the custom collectors' values failed; not again")
+            self._mirror = None
+
     def send(self, message: dict) -> None:
         w = self._writer
         if w is not None and not w.is_closing() and w.transport.get_write_buffer_size() < MAX_LINE:
@@ -218,8 +230,7 @@ class WorkerChannel:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._mirror is not None:
-            self._mirror.export()   # the last counts, before the process ends
+        self._export()   # the last counts, before the process ends
         if self._writer is not None:
             self._writer.close()
 
