@@ -1410,12 +1410,17 @@ async def serve(config: Config, ready=None, stop: asyncio.Event | None = None,
         proxy.shutting_down = True
         stop.set()
 
+    signalled: list[int] = []
+
     def on_signal(signum: int) -> None:
-        if stop.is_set():
+        # A worker's stop may come first from the parent (control socket, or its end): only a
+        # second *signal* means "at once" (systemd's control-group kill signals the worker too).
+        if stop.is_set() and (worker is None or signalled):
             log.warning("%s again: exiting at once", signal.Signals(signum).name)
             if config.pid_file:
                 pidfile.release(config.pid_file)
             os._exit(128 + signum)
+        signalled.append(signum)
         begin_stop(signal.Signals(signum).name)
 
     # Before start(): a SIGHUP while it probes the upstream must reload, not end the process;

@@ -15,7 +15,9 @@ SO_REUSEPORT, so the kernel spreads new connections over the workers. The parent
   control socket (so a worker that also got the signal itself, e.g. from systemd's
   ``KillMode=control-group`` or a Ctrl-C to the process group, still stops once and gracefully),
   waits for them (``shutdown.grace`` plus KILL_SLACK, then SIGKILL), and exits 0. A second
-  SIGTERM/SIGINT exits at once (128 + the signal), and the workers with it;
+  SIGTERM/SIGINT exits at once (128 + the signal), and the workers with it (SIGKILL). A worker
+  counts signals only: a stop from the parent followed by a signal of its own is still one
+  graceful stop, a second signal ends it at once;
 * serves /metrics for the whole group (prometheus-client's multiprocess mode, in a private
   temporary directory removed at exit), /healthz, and /readyz: 200 only while every worker runs
   and reported itself ready within READY_WINDOW seconds.
@@ -437,10 +439,10 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         hard: list[int] = []
 
-        def signal_all(procs: list[subprocess.Popen]) -> None:
+        def kill_all(procs: list[subprocess.Popen]) -> None:
             for proc in procs:
                 try:
-                    proc.send_signal(signal.SIGTERM)   # (draining: a signal ends it)
+                    proc.kill()     # (as a single process's second signal: os._exit)
                 except OSError:
                     pass
 
@@ -449,7 +451,7 @@ class Supervisor:
             if self.stopping:
                 log.warning("%s again: exiting at once", name)
                 hard.append(signum)
-                signal_all([w.proc for w in self.workers if w.proc is not None])
+                kill_all([w.proc for w in self.workers if w.proc is not None])
                 return
             self.stop(name)
 
