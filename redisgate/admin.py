@@ -22,6 +22,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import make_wsgi_app
 
+from . import handshake
+
 log = logging.getLogger("redisgate")
 
 PROBE_INTERVAL = 1.0   # seconds between two upstream PINGs
@@ -69,31 +71,14 @@ class UpstreamProbe:
             await asyncio.sleep(PROBE_INTERVAL)
 
     async def _ping(self) -> None:
-        import hiredis
-        from .resp import encode_command
         proxy = self.proxy
-        up = proxy.config.upstream
         host, port = proxy.probe_address()
         ssl_ctx, server_hostname = proxy.upstream_ssl(host)
         reader, writer = await asyncio.open_connection(host, port,
                                                        ssl=ssl_ctx, server_hostname=server_hostname)
         try:
-            out = b""
-            want = 1
-            if up.password is not None:
-                want = 2
-                out += encode_command([b"AUTH", up.username.encode(), up.password] if up.username
-                                      else [b"AUTH", up.password])
-            writer.write(out + encode_command([b"PING"]))
-            rd = hiredis.Reader()
-            replies = []
-            while len(replies) < want:
-                data = await reader.read(4096)
-                if not data:
-                    raise ConnectionError("connection closed")
-                rd.feed(data)
-                while (r := rd.gets()) is not False:
-                    replies.append(r)
+            replies = await handshake.ask(reader, writer, proxy.config.upstream, [b"PING"],
+                                          read_size=4096)
             for r in replies:
                 if isinstance(r, Exception):
                     # (Redis's error text: never a secret; first line, bounded)

@@ -30,7 +30,6 @@ import os
 import re
 import stat
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -39,6 +38,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .config import write_private
 
 CA_DAYS = 3650
 LEAF_DAYS = 825
@@ -184,30 +185,11 @@ def make_client_cert(issuer: Issued, user: str, **kw) -> Issued:
 
 def _write_atomic(path: Path, data: bytes, mode: int, force: bool) -> None:
     """Write `data` to `path` with `mode`, all at once; replace an existing file only if `force`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        # mkstemp creates 0600, so a key is never readable by others even for an instant.
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if force:
-            os.replace(tmp, path)
-        else:
-            # link() refuses an existing target atomically: no window between check and write.
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise CertsError(f"{path} already exists; refusing to overwrite it "
-                                 "(use --force)") from None
-            os.unlink(tmp)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+        write_private(path, data, mode, replace=force)
+    except FileExistsError:
+        raise CertsError(f"{path} already exists; refusing to overwrite it "
+                         "(use --force)") from None
 
 
 def write_pair(out_dir: str | os.PathLike, name: str, issued: Issued, *,

