@@ -1,8 +1,8 @@
 /* redisgate._speedups: resp.py's hot loops in C (optional: resp.py has the same logic in
- * Python, its "twins", and uses them when this module is not built). Three functions, no I/O:
+ * Python, its "twins", and uses them when this module is not built). Four functions, no I/O:
  * scan() for RequestParser.take_batch(), pending() for RequestParser.next(), count_flat() for
- * ReplyScanner.count_flat(). Each is fuzzed against its twin in tests/test_fastpath.py. A
- * fourth, count_replies(), exposes the reply walker of the C lane (_lane.c) to those tests.
+ * ReplyScanner.count_flat(), each fuzzed against its twin in tests/test_fastpath.py; and
+ * count_replies(), which exposes the reply walker of the C lane (_lane.c) to those tests.
  *
  * scan(buf, pos, max_args, max_bulk) takes the run of whole canonical multibulk requests that
  * starts at buf[pos]: "*<n>\r\n" then n times "$<len>\r\n<len bytes>\r\n", every number written

@@ -34,7 +34,7 @@ if os.environ.get("REDISGATE_PURE_PYTHON"):
 __all__ = [
     "ProtocolError", "UpstreamProtocolError", "Request", "Batch", "RequestParser", "Frame",
     "ReplyScanner",
-    "encode_command", "simple", "error", "bulk", "integer", "array", "null", "null_array",
+    "encode_command", "simple", "error", "bulk", "integer", "array",
     "map_", "set_", "push", "verbatim", "string2ll", "split_args",
 ]
 
@@ -1330,16 +1330,6 @@ def integer(n: int) -> bytes:
 def array(items: list[bytes]) -> bytes:
     """An array reply of already encoded items."""
     return b"*%d\r\n" % len(items) + b"".join(items)
-
-
-def null(resp3: bool = False) -> bytes:
-    """The null reply: RESP3 _, else the RESP2 null bulk $-1."""
-    return b"_\r\n" if resp3 else b"$-1\r\n"
-
-
-def null_array(resp3: bool = False) -> bytes:
-    """The null reply where RESP2 uses the null array *-1 (e.g. EXEC after a WATCH failed)."""
-    return b"_\r\n" if resp3 else b"*-1\r\n"
 
 
 def map_(pairs: list[tuple[bytes, bytes]], resp3: bool = False) -> bytes:

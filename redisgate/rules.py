@@ -327,16 +327,6 @@ class _SelectorState:
         self.allchannels = False             # acl-pubsub-default resetchannels (Redis 7)
         self.channels: list[bytes] = []
 
-    def copy(self) -> "_SelectorState":
-        new = _SelectorState(self.root)
-        new.allowed = set(self.allowed)
-        new.future, new.allcommands = self.future, self.allcommands
-        new.firstargs = {k: list(v) for k, v in self.firstargs.items()}
-        new.allkeys, new.allchannels = self.allkeys, self.allchannels
-        new.patterns = [list(p) for p in self.patterns]
-        new.channels = list(self.channels)
-        return new
-
     # ACLSetSelectorCommandBit / ACLChangeSelectorPerm
     def set_bit(self, bit: int, allow: bool) -> None:
         if allow:
@@ -708,8 +698,7 @@ class User:
     """A compiled user. Immutable rules; `report_only` and `scripts` are set by the config layer.
 
     name, enabled, nopass, report_only, scripts (a scripts.ScriptPolicy or None);
-    has_allkeys / allows_all_commands / unrestricted: some selector has allkeys / every command /
-    both; judge(); check_password(); check_key(); describe(); to_acl_rules().
+    has_allkeys / allows_all_commands: some selector has allkeys / every command; judge(); check_password(); check_key(); describe(); to_acl_rules().
     """
 
     def __init__(self, name: str, state: _UserState, cat: _Catalog) -> None:
@@ -724,7 +713,6 @@ class User:
         self._selectors = tuple(_Selector(s, cat) for s in state.selectors)
         self.has_allkeys = any(s.allkeys for s in self._selectors)
         self.allows_all_commands = any(cat.all_bits <= s.allowed for s in state.selectors)
-        self.unrestricted = any(s.everything for s in self._selectors)
         # judge()'s shortcut per command bit, compiled when the command is first judged.
         self._fast: list = [_UNCOMPILED] * cat.size
 

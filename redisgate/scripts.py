@@ -19,8 +19,10 @@ task keys from an ARGV prefix plus ids read from lists), so it pins the script i
   ``dequeueCmd`` contract on it (KEYS shapes, one ``{Q}``, ARGV key prefixes) exactly as for
   Asynq's own body. ``ScriptPolicy.custom`` holds these SHA1 -> contract bindings.
 
-The SHA1 values and the KEYS/ARGV layouts come from /work/shared/asynq/REDIS-USAGE.md (sections 4
-and 5). The tests run their own scripts with those layouts (tests/asynq_lua/), bound this way.
+The SHA1 values and the KEYS/ARGV layouts are those of Asynq's own Lua scripts, per release (the
+SHA1 table is frozen in tests/asynq/reference-sha1.json, which tests/test_scripts.py checks
+KNOWN_SCRIPTS against; see tests/asynq/README.md). The tests run their own scripts with those
+layouts (tests/asynq_lua/), bound this way.
 
 Queue identity is Redis's hash-tag rule: ``Q`` is the text between ``asynq:{`` and the first
 ``}``. A queue whose name contains ``}`` therefore never satisfies a contract (its keys would not
@@ -451,11 +453,6 @@ def expand_script_names(items: Iterable[str]) -> set[str]:
                              f"name (e.g. enqueueCmd), or a named set ({known}; "
                              f"'<set>@<line>' with line in {', '.join(RELEASE_LINES)})")
     return out
-
-
-def script_sha1(body: bytes) -> str:
-    """The SHA1 Redis (and go-redis) use to name a script: hex of sha1 over the exact bytes."""
-    return hashlib.sha1(body).hexdigest()
 
 
 # --------------------------------------------------------------------------------------------

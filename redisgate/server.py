@@ -1143,9 +1143,6 @@ class Proxy:
         if self.heavy or self.over_budget:
             self.watch_budget()
 
-    def bound_ports(self) -> list[int]:
-        return [s.sockets[0].getsockname()[1] for s in self.servers]
-
     async def probe_upstream(self) -> None:
         """Learn the upstream's Redis version, so that replies use its wording."""
         if self.gate.config.upstream.version:
