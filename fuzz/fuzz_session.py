@@ -403,8 +403,16 @@ def oracle(plan: Plan, config) -> list[Expected]:
             denial = user.user.judge(spec, args, db=db)
         except KeyExtractionError:
             denial = True
-        if denial is not None or name in ("monitor", "sync", "psync", "replconf", "client|reply"):
+        if denial is not None or name in ("monitor", "sync", "psync", "replconf"):
             refuse()
+            continue
+        if name == "client|reply":
+            # Answered here (Session._cmd_client_reply; the plans only send ON, which replies
+            # +OK), refused in RESP2 subscribed mode and inside MULTI.
+            if multi or (not resp3 and subscribed()):
+                refuse()
+            else:
+                shapes.append("one")
             continue
         if name.startswith("acl|"):
             if multi:

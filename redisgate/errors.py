@@ -235,8 +235,8 @@ def pubsub_context(version: Version, name: str) -> bytes:
     e = era(version)
     if e in ("5", "6.0"):
         return b"-ERR only (P)SUBSCRIBE / (P)UNSUBSCRIBE / PING / QUIT allowed in this context\r\n"
-    if e == "6.2":
-        return error_line(b"Can't execute '" + _c(name) + b"': only (P)SUBSCRIBE / "
+    if e == "6.2":   # (6.2 names the command, not the subcommand: 'client', not 'client|reply')
+        return error_line(b"Can't execute '" + _c(name.split("|")[0]) + b"': only (P)SUBSCRIBE / "
                           b"(P)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context")
     return error_line(b"Can't execute '" + _c(name) + b"': only (P|S)SUBSCRIBE / "
                       b"(P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context")

@@ -54,8 +54,10 @@ _UNSUBSCRIBE = {"unsubscribe": "chan", "punsubscribe": "pat", "sunsubscribe": "s
 # connection itself; refused even for users whose rules allow them.
 _UNSUPPORTED = {
     "monitor": "MONITOR", "sync": "SYNC", "psync": "PSYNC", "replconf": "REPLCONF",
-    "client|reply": "CLIENT REPLY",
 }
+# From this version on, Redis sends subscribe-family confirmations and pub/sub messages even
+# under CLIENT REPLY OFF / SKIP (CLIENT_PUSHING); Redis 5.0 swallows them too.
+_PUSHES_UNDER_REPLY_OFF = (6, 2, 0)
 # Answered by the proxy itself, so they exist whatever the upstream's version.
 _PROXY_ANSWERED = {"hello", "reset", "auth", "quit"}
 _ACL_MUTATIONS = {"acl|setuser", "acl|deluser", "acl|load", "acl|save"}
@@ -132,6 +134,12 @@ class Session:
         self._exec_wait = False
         self._resume = False
         self._deferred: list = []
+        # CLIENT REPLY, answered here (_cmd_client_reply): the upstream always replies, and the
+        # session swallows the replies of the commands the client muted, as Redis would not send
+        # them. `_off`: OFF is in force; `_skip`: the command being handled is the one after
+        # CLIENT REPLY SKIP; `_skip_next`: SKIP was just asked; `_muted`: the command being
+        # handled gets no reply (see _handle, _local, _expect).
+        self._off = self._skip = self._skip_next = self._muted = False
 
         self._auto_login(Via.CONNECT)
 
@@ -158,7 +166,8 @@ class Session:
             try:
                 req = parser.next()
             except ProtocolError as e:
-                self._local(e.reply)
+                if not (self._off or self._skip):   # (Redis: no reply under OFF / SKIP either)
+                    self._local(e.reply)
                 self._close_after()
                 self._dead = True
                 break
@@ -191,7 +200,7 @@ class Session:
         entry = self.user_entry
         count = len(batch.args)
         if entry is None or entry.learn or self.multi or not self.upstream_ready \
-                or self.shared and self.link_resp3 != self.resp3:
+                or self.shared and self.link_resp3 != self.resp3 or self._off or self._skip:
             for j in range(count):
                 if self._dead:
                     return
@@ -256,9 +265,10 @@ class Session:
                 return
             self._handle(batch.request(j))
             if self.user_entry is not entry or self.multi or not self.upstream_ready \
-                    or self._dead or self._rebind_pending():
+                    or self._dead or self._rebind_pending() or self._off or self._skip:
                 # State changed (AUTH, MULTI, RESET, QUIT, a protocol switch on a shared link,
-                # ...): the careful path takes the rest (after QUIT: nothing).
+                # CLIENT REPLY OFF / SKIP, ...): the careful path takes the rest (after QUIT:
+                # nothing).
                 for k in range(j + 1, count):
                     if self._dead:
                         return
@@ -354,6 +364,20 @@ class Session:
         # (None: this call did not take the compiled path. Not remembered: the next one may.)
 
     def _handle(self, req) -> None:
+        """One command the careful way, with CLIENT REPLY's effect on its reply: under OFF, or
+        right after SKIP, whatever it answers (a reply from the upstream, an error or a reply of
+        the proxy's) is not sent, as Redis's prepareClientToWrite refuses it; then, as Redis's
+        resetClient, a SKIP just asked applies to the next command."""
+        if self._off or self._skip:
+            self._muted = True
+            self._command(req)
+            self._muted = False
+        else:
+            self._command(req)
+        if self._skip or self._skip_next:
+            self._skip, self._skip_next = self._skip_next, False
+
+    def _command(self, req) -> None:
         args = req.args
         version = self.gate.upstream_version
         spec = TABLE.lookup(args)
@@ -423,6 +447,8 @@ class Session:
         self._local(reply)
 
     def _local(self, reply: bytes) -> None:
+        if self._muted:
+            return
         if self.slots:
             self.slots.append([LOCAL, 0, reply])
         else:
@@ -442,10 +468,16 @@ class Session:
 
     def _expect(self, kind: int, n: int, payload=None) -> None:
         if self.shared:
-            self.expected += n   # only FWD gets here while shared: one reply per command
+            self.expected += n   # only FWD (or its muted DROP) gets here while shared
+        if self._muted:
+            # The client muted this command's reply (CLIENT REPLY): swallowed when it comes.
+            if kind == FWD:
+                kind = DROP   # (an EXEC's _ExecSubs payload stays: it still decides)
+            elif kind == SUB and self.gate.upstream_version < _PUSHES_UNDER_REPLY_OFF:
+                kind = SUBDROP   # (payload: whether subscribed after it)
         slots = self.slots
-        if kind == FWD and slots and slots[-1][0] == FWD and slots[-1][2] is None \
-                and payload is None:
+        if kind <= DROP and kind != SUB and slots and slots[-1][0] == kind \
+                and slots[-1][2] is None and payload is None:
             slots[-1][1] += n
         else:
             slots.append([kind, n, payload])
@@ -742,6 +774,9 @@ class Session:
 
     def _cmd_reset(self, args) -> None:
         """RESET: the client starts over; the upstream connection keeps the proxy's identity."""
+        if self._off:   # RESET turns CLIENT REPLY OFF off, and then replies (unless SKIPped)
+            self._off = False
+            self._muted = self._skip
         if self.shared:
             # A shared client has no connection state to reset; its protocol goes back to RESP2
             # below, and its next commands to RESP2 links (see _bound).
@@ -793,6 +828,30 @@ class Session:
         """The databases a user (the logged-in one by default) may SELECT; others need allkeys."""
         dbs = (entry or self.user_entry).databases
         return dbs if dbs is not None else self.home_db
+
+    def _cmd_client_reply(self, spec, args, req) -> None:
+        """CLIENT REPLY ON|OFF|SKIP (networking.c clientCommand), answered here on every link:
+        the upstream is never asked, so it always replies, and `_handle` swallows the replies
+        Redis would not send. OFF and SKIP reply nothing, ON replies +OK even when muted
+        (Redis clears the flags, then replies); SKIP under OFF does nothing."""
+        if not self.resp3 and self._subscribed():   # (RESP2 subscribed mode: Redis refuses it)
+            return self._reject(errors.pubsub_context(self.gate.upstream_version, spec.name))
+        if self.multi:
+            # Queued, Redis would change the flags halfway through EXEC's reply array and
+            # break it; refused (and the transaction with it).
+            return self._reject(error("ERR CLIENT REPLY inside MULTI is not supported through "
+                                      "redisgate"))
+        mode = word(args[2])
+        if mode == b"on":
+            self._off = self._skip = self._muted = False
+            self._local(OK)
+        elif mode == b"off":
+            self._off = True
+        elif mode == b"skip":
+            if not self._off:
+                self._skip_next = True
+        else:
+            self._reject(b"-ERR syntax error\r\n")
 
     def _cmd_select(self, spec, args, req) -> None:
         # The judge has refused databases outside the user's list already; a malformed index
@@ -1053,7 +1112,7 @@ class Session:
                 or self._held or self.to_client or self.to_upstream \
                 or self._generation != self.gate.generation or not self.scanner.idle \
                 or self.parser.buffered or not self.parser.authenticated \
-                or self._exec_wait or self._deferred:
+                or self._exec_wait or self._deferred or self._off or self._skip:
             return None
         slots = self.slots
         if slots and (len(slots) > 1 or slots[0][0] != FWD or slots[0][2] is not None):
@@ -1106,7 +1165,7 @@ class Session:
             oob = False
             if slot is None:
                 oob = True
-            elif slot[2] is not None and slot[0] == FWD:
+            elif type(slot[2]) is _ExecSubs:
                 # EXEC of a transaction that subscribes: its reply and the replies that spill
                 # out after its array (Redis counts one per command, a SUBSCRIBE makes one per
                 # channel), pushes included, are all its own.
@@ -1117,8 +1176,9 @@ class Session:
                 oob = kind != b"-" and frame.head not in SUB_HEADS
             elif self.sub_active and kind == b"*" and frame.head in MESSAGE_HEADS:
                 oob = True
-            if oob and kind == b">" and self._unasked(frame.head):
-                # A push this client did not ask for (no tracking, no subscription): dropped.
+            if oob and (kind == b">" and self._unasked(frame.head) or self._off_legacy()):
+                # A push this client did not ask for (no tracking, no subscription), or a
+                # message under CLIENT REPLY OFF on Redis 5.0 (which does not send them): dropped.
                 if run < pos:
                     out.append(data[run:pos])
                 run = pos = end
@@ -1129,7 +1189,7 @@ class Session:
                 if run < pos:
                     out.append(data[run:pos])
                 run = end
-                if kind == b"-" and slot[2]:
+                if kind == b"-" and type(slot[2]) is str:   # the proxy's own setup refused
                     self._partial = None
                     return self._setup_failed(slot[2], data, pos, end)
             elif self._partial is not None:
@@ -1148,8 +1208,8 @@ class Session:
                 slots.popleft()
                 if slot[0] == SUB:
                     self.sub_active = (not self.resp3) and slot[2]
-                elif slot[0] == SUBDROP:
-                    self.sub_active = False
+                elif slot[0] == SUBDROP:   # (payload: subscribed after it, for a muted SUB)
+                    self.sub_active = (not self.resp3) and bool(slot[2])
                 while slots and slots[0][0] >= LOCAL:
                     s = slots.popleft()
                     if run < end:
@@ -1161,7 +1221,8 @@ class Session:
                         self.close = True
         # Bytes of an unfinished frame: pass them on now, unless its reply is to be swallowed.
         if pos < len(data):
-            if slots and slots[0][0] in (DROP, SUBDROP) or not (self.tracking or self.sub_ever) and (
+            if slots and slots[0][0] in (DROP, SUBDROP) or self._off_legacy() \
+                    or not (self.tracking or self.sub_ever) and (
                     data[pos:pos + 1] == b">" if pos or idle else self._partial is not None):
                 # (An unfinished push, when the client asked for none, is held back too: it
                 # is dropped when it is whole.)
@@ -1194,6 +1255,10 @@ class Session:
         # (Else it did not run: WATCH, or Redis refused a queued command. Nothing changes.)
         self._exec_wait = False
         self._resume = True   # (upstream_data then judges what waited)
+
+    def _off_legacy(self) -> bool:
+        """CLIENT REPLY OFF on an upstream that mutes pub/sub messages too (Redis 5.0)."""
+        return self._off and self.gate.upstream_version < _PUSHES_UNDER_REPLY_OFF
 
     def _unasked(self, head) -> bool:
         """Whether a push with this head is one the client never asked for."""
@@ -1289,6 +1354,7 @@ def _cmd_slowlog_get(self, spec, args, req) -> None:
 
 _HANDLERS = {
     "slowlog|get": _cmd_slowlog_get,
+    "client|reply": Session._cmd_client_reply,
     "select": Session._cmd_select,
     "sort": Session._cmd_sort,
     "sort_ro": Session._cmd_sort,
