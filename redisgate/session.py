@@ -63,6 +63,8 @@ _PROXY_ANSWERED = {"hello", "reset", "auth", "quit"}
 _ACL_MUTATIONS = {"acl|setuser", "acl|deluser", "acl|load", "acl|save"}
 
 OK = b"+OK\r\n"
+# Session._partial while the unfinished frame is a reply being swallowed, not kept.
+_SWALLOWED = b""
 
 # Session._inline's key positions that are not positions.
 NO_KEY = -1   # allowed whatever the arguments
@@ -1228,6 +1230,13 @@ class Session:
                 # is dropped when it is whole.)
                 if run < pos:
                     out.append(data[run:pos])
+                if self._partial is _SWALLOWED or self._partial is None and (pos or idle) \
+                        and slots and slots[0][0] == DROP and data[pos] != 62 \
+                        and not (self.sub_active and data[pos] == 42):
+                    # A reply to swallow (a muted command's, the proxy's own) that cannot be a
+                    # push or a message: nothing of it is kept (it may be a 512 MB value).
+                    self._partial = _SWALLOWED
+                    return
                 if self._partial is None:
                     self._partial = bytearray()
                 self._partial += data[pos:]

@@ -248,3 +248,30 @@ def test_the_proxy_closes_after_quit_or_a_protocol_error_under_off(target, case)
         assert got == b"+OK\r\n"   # the login's, then nothing, then closed
     finally:
         sock.close()
+
+
+def test_a_muted_reply_is_swallowed_without_being_kept():
+    """A muted command's reply (here 4 MB, arriving in 64 KiB reads) is dropped as it comes:
+    nothing of it is held in the session, and what follows ON passes as usual."""
+    from redisgate.config import build_config
+    from redisgate.gate import Gate
+    from redisgate.session import Session
+
+    cfg = build_config({"upstream": {"address": "127.0.0.1:1"},
+                        "users": {"u": f"on {pw_hash('pw')} ~k:* +@all"}})
+    s = Session(Gate(cfg, upstream_version=(7, 0, 15)), "test")
+    s.client_data(cmd("AUTH", "u", "pw"))
+    s.connected()
+    assert b"".join(s.to_client) == b"+OK\r\n"
+    s.to_client.clear()
+    s.client_data(cmd(*_reply("OFF")) + cmd("GET", "k:big") + cmd(*_reply("ON"))
+                  + cmd("GET", "k:small"))
+    assert b"".join(s.to_upstream) == cmd("GET", "k:big") + cmd("GET", "k:small")
+    value = b"x" * (4 << 20)
+    stream = b"$%d\r\n%s\r\n$2\r\nhi\r\n" % (len(value), value)
+    kept = 0
+    for i in range(0, len(stream), 1 << 16):
+        s.upstream_data(stream[i:i + (1 << 16)])
+        kept = max(kept, len(s._partial or b""))
+    assert kept == 0
+    assert b"".join(s.to_client) == b"+OK\r\n$2\r\nhi\r\n"
