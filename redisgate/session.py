@@ -203,13 +203,7 @@ class Session:
         count = len(batch.args)
         if entry is None or entry.learn or self.multi or not self.upstream_ready \
                 or self.shared and self.link_resp3 != self.resp3 or self._off or self._skip:
-            for j in range(count):
-                if self._dead:
-                    return
-                if self._exec_wait:
-                    return self._defer(batch, j)
-                self._handle(batch.request(j))
-            return
+            return self._handle_from(batch, 0)
         user = entry.user
         memo = self.gate.fast_shared if self.shared else self.gate.fast_commands
         known = memo.get(user)
@@ -271,13 +265,7 @@ class Session:
                 # State changed (AUTH, MULTI, RESET, QUIT, a protocol switch on a shared link,
                 # CLIENT REPLY OFF / SKIP, ...): the careful path takes the rest (after QUIT:
                 # nothing).
-                for k in range(j + 1, count):
-                    if self._dead:
-                        return
-                    if self._exec_wait:
-                        return self._defer(batch, k)
-                    self._handle(batch.request(k))
-                return
+                return self._handle_from(batch, j + 1)
         if j0 < count:
             self.to_upstream.append(batch.raw(j0) if j0 else batch.buf[batch.start:batch.stop])
             slots = self.slots   # _expect(FWD, ...), inlined
@@ -287,6 +275,16 @@ class Session:
                 slots.append([FWD, count - j0, None])
             if self.shared:
                 self.expected += count - j0
+
+    def _handle_from(self, batch, j: int) -> None:
+        """Requests j.. of `batch` the careful way, one at a time (after QUIT: nothing; after
+        an EXEC that must be answered first: deferred, see `_exec_wait`)."""
+        for k in range(j, len(batch.args)):
+            if self._dead:
+                return
+            if self._exec_wait:
+                return self._defer(batch, k)
+            self._handle(batch.request(k))
 
     def _defer(self, batch, j: int) -> None:
         """Requests j.. of `batch` wait (see `_exec_wait`)."""

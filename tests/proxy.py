@@ -6,17 +6,19 @@ is left out because signals belong to the main thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import threading
 from pathlib import Path
+from typing import Iterator
 
 import redis
 import uvloop
 
 from redisgate.config import build_config
 from redisgate.server import Proxy
-from servers import free_port
+from servers import RedisServer, free_port
 
 
 def pw_hash(password: str) -> str:
@@ -89,3 +91,39 @@ class ProxyRunner:
 
 async def _as_coro(fn, *args):
     return fn(*args)
+
+
+@contextlib.contextmanager
+def redis_and_proxy(version: str, password: str, acl_users: dict[str, tuple[str, str]],
+                    default_rules: str | None = None,
+                    multiplex: bool = False) -> Iterator[tuple[RedisServer, ProxyRunner]]:
+    """A real Redis `version` (requirepass `password`) and a proxy in front of it whose users
+    have the same rules as Redis's own, for differential tests. `acl_users`: name ->
+    (password, rules), made on Redis 6.2+ (the first is the proxy's upstream identity) and in
+    the proxy; on 5.0, which has no ACL, the proxy's one user is `default` with `password` and
+    the first user's rules, and the upstream is requirepass. `default_rules`: also a proxy user
+    `default` with `password` (Redis's default user). `multiplex`: `upstream.multiplex: 1`."""
+    srv = RedisServer(version, password=password).start()
+    try:
+        users = {}
+        if default_rules is not None:
+            users["default"] = f"on {pw_hash(password)} {default_rules}"
+        if version == "5":
+            upstream = {"address": f"127.0.0.1:{srv.port}", "password": password}
+            users.setdefault("default",
+                             f"on {pw_hash(password)} {next(iter(acl_users.values()))[1]}")
+        else:
+            for name, (pw, rules) in acl_users.items():
+                srv.client().execute_command("ACL", "SETUSER", name, "on", f">{pw}", *rules.split())
+                users[name] = f"on {pw_hash(pw)} {rules}"
+            name, (pw, _) = next(iter(acl_users.items()))
+            upstream = {"address": f"127.0.0.1:{srv.port}", "username": name, "password": pw}
+        if multiplex:
+            upstream["multiplex"] = 1
+        runner = ProxyRunner({"upstream": upstream, "users": users}).start()
+        try:
+            yield srv, runner
+        finally:
+            runner.stop()
+    finally:
+        srv.stop()

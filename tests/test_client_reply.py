@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from proxy import ProxyRunner, pw_hash
-from servers import RedisServer, redis_binary
+from proxy import pw_hash, redis_and_proxy
+from servers import redis_binary
 from wire import cmd
 
 PW = "client-reply-pw"
@@ -125,22 +125,9 @@ def target(request):
     version, _, mux = request.param.partition("+")
     if redis_binary(version) is None:
         pytest.fail(f"redis-server {version} is missing: run scripts/test.sh")
-    srv = RedisServer(version, password=PW).start()
-    if version == "5":
-        upstream = {"address": f"127.0.0.1:{srv.port}", "password": PW}
-        users = {"default": f"on {pw_hash(PW)} {FULL}"}
-    else:
-        c = srv.client()
-        c.execute_command("ACL", "SETUSER", "full", "on", f">{PW}", *FULL.split())
-        c.execute_command("ACL", "SETUSER", "lim", "on", f">{LIM_PW}", *LIM.split())
-        upstream = {"address": f"127.0.0.1:{srv.port}", "username": "full", "password": PW}
-        users = {"full": f"on {pw_hash(PW)} {FULL}", "lim": f"on {pw_hash(LIM_PW)} {LIM}"}
-    if mux:
-        upstream["multiplex"] = 1
-    runner = ProxyRunner({"upstream": upstream, "users": users}).start()
-    yield Target(version, srv.port, runner.port)
-    runner.stop()
-    srv.stop()
+    with redis_and_proxy(version, PW, {"full": (PW, FULL), "lim": (LIM_PW, LIM)},
+                         multiplex=bool(mux)) as (srv, runner):
+        yield Target(version, srv.port, runner.port)
 
 
 def _login(version: str, user: str) -> bytes:

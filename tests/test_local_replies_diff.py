@@ -27,8 +27,8 @@ from typing import Callable
 
 import pytest
 
-from proxy import ProxyRunner, pw_hash
-from servers import RedisServer, redis_binary
+from proxy import redis_and_proxy
+from servers import redis_binary
 from wire import cmd
 
 DEFAULT_PW = "diff-default-pw"
@@ -399,21 +399,9 @@ def pair(request):
     version, _, mux = request.param.partition("+")
     if redis_binary(version) is None:
         pytest.fail(f"redis-server {version} is missing: run scripts/test.sh")
-    srv = RedisServer(version, password=DEFAULT_PW).start()
-    if version == "5":
-        upstream = {"address": f"127.0.0.1:{srv.port}", "password": DEFAULT_PW}
-        users = {"default": f"on {pw_hash(DEFAULT_PW)} {FULL}"}
-    else:
-        srv.client().execute_command("ACL", "SETUSER", "full", "on", f">{FULL_PW}", *FULL.split())
-        upstream = {"address": f"127.0.0.1:{srv.port}", "username": "full", "password": FULL_PW}
-        users = {"default": f"on {pw_hash(DEFAULT_PW)} {FULL}",
-                 "full": f"on {pw_hash(FULL_PW)} {FULL}"}
-    if mux:
-        upstream["multiplex"] = 1
-    runner = ProxyRunner({"upstream": upstream, "users": users}).start()
-    yield Pair(version, srv.port, runner.port)
-    runner.stop()
-    srv.stop()
+    with redis_and_proxy(version, DEFAULT_PW, {"full": (FULL_PW, FULL)}, default_rules=FULL,
+                         multiplex=bool(mux)) as (srv, runner):
+        yield Pair(version, srv.port, runner.port)
 
 
 def _login_command(version: str) -> tuple:
