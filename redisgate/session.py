@@ -11,6 +11,10 @@ Consecutive forwarded commands share one slot with a count, so a pipeline of for
 costs one counter, and upstream bytes are passed through whole while no local reply waits between
 them. Upstream bytes are never buffered except for the few setup replies that are swallowed.
 
+CLIENT REPLY OFF / SKIP. Answered here, never sent upstream: the upstream always replies, and
+the commands the client muted get DROP slots (their replies swallowed) and no local reply; see
+``_handle`` and ``_cmd_client_reply``.
+
 Pub/sub. Messages are not replies: push frames (RESP3) and ``message``/``pmessage``/``smessage``
 arrays (RESP2 while subscribed) go to the client at once and are not counted; subscribe-family
 commands wait for one confirmation per channel.

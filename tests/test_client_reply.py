@@ -12,8 +12,9 @@ even under OFF, and 5.0 does not), and the C lane's steady state after ON.
 Deliberate differences (README, "Commands answered or refused by the proxy"): CLIENT REPLY inside
 MULTI is refused (queued, Redis changes the flags halfway through EXEC's reply array and breaks
 it); after QUIT or a protocol error under OFF / SKIP the proxy closes the connection (Redis sends
-nothing either, but keeps it open); and RESET, which the proxy answers on Redis 5.0 too, turns
-OFF off there as on 6.2+.
+nothing either, but keeps it open); RESET, which the proxy answers on Redis 5.0 too, turns
+OFF off there as on 6.2+; and EXEC of a transaction that subscribes, under OFF, answers nothing
+(Redis 6.2+ sends the confirmations without EXEC's array header around the first one).
 """
 from __future__ import annotations
 
