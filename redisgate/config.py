@@ -41,7 +41,7 @@ Contract of the file (keys are a public contract; extend, never rename)::
     admin: {listen: 127.0.0.1:9121}     # HTTP: /metrics, /healthz, /readyz (redisgate.admin)
     shutdown: {grace: 10s}              # SIGTERM: time for in-flight replies; durations 10s/500ms/5m/10
     limits: {max_clients, handshake_timeout, acl_log_max_len, max_bulk, max_args,
-             auth_timeout, memory_budget}
+             auth_timeout, memory_budget, max_clients_per_user, idle_timeout}
     auth_throttle: {max_failures, window, lockout}
     pid_file: /run/redisgate.pid
     log: {level: info}
@@ -146,6 +146,8 @@ class Config:
     users: dict[str, UserEntry]
     metrics_address: tuple[str, int] | None = None
     max_clients: int = 10000
+    max_clients_per_user: int = 0     # logged-in connections per user; 0: no limit
+    idle_timeout: float = 0.0         # an idle logged-in connection is closed; 0: never
     handshake_timeout: float = 10.0
     auth_timeout: float = 10.0        # a connection not logged in this long after accept is closed
     auth_throttle: AuthThrottle = field(default_factory=AuthThrottle)
@@ -762,6 +764,8 @@ LIMITS = Struct({
     "max_args": Int(hi=2**31 - 1),
     "auth_timeout": Duration(),
     "memory_budget": Size(lo=1 << 20),     # at least 1 MiB
+    "max_clients_per_user": Int("a whole number >= 0 (0: no limit)", lo=0, hi=10_000_000),
+    "idle_timeout": Duration(zero=True),   # 0: never
 }, "a mapping of limits")
 
 AUTH_THROTTLE = Struct({
@@ -987,6 +991,9 @@ def build_config(raw: Any, *, base_dir: Path = Path("."), path: Path | None = No
         cfg.shutdown_grace = doc["shutdown"]["grace"]
     for key, value in doc.get("limits", {}).items():
         setattr(cfg, key, value)
+    if 0 < cfg.max_clients < cfg.max_clients_per_user:
+        warnings.append(f"limits.max_clients_per_user: {cfg.max_clients_per_user} is more than "
+                        f"limits.max_clients ({cfg.max_clients}); only max_clients applies")
     cfg.auth_throttle = AuthThrottle(**doc.get("auth_throttle", {}))
     pid_file = doc.get("pid_file")
     if pid_file is not None:

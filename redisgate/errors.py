@@ -27,6 +27,7 @@ __all__ = [
     "era", "error_line", "noauth", "wrongpass", "unknown_command", "unknown_subcommand",
     "wrong_arity", "noperm_command", "noperm_key", "noperm_channel", "noperm_db", "noproto",
     "execabort", "noauth_hello", "not_in_multi", "legacy_hello", "pubsub_context",
+    "max_clients",
 ]
 
 Version = tuple  # (major, minor[, patch])
@@ -203,6 +204,12 @@ def noperm_db(version: Version, user: str | bytes, db: int) -> bytes:
     """SELECT of a database the user may not use. Redis has no per-database permission, so this is
     the proxy's own refusal, worded as Redis's refusal of the SELECT command itself."""
     return noperm_command(version, user, "select")
+
+
+def max_clients() -> bytes:
+    """A connection past `maxclients` (networking.c acceptCommonHandler, 5.0 to 7.2); redisgate
+    sends it past limits.max_clients or limits.max_clients_per_user, then closes."""
+    return b"-ERR max number of clients reached\r\n"
 
 
 def noauth_hello() -> bytes:

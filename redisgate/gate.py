@@ -92,7 +92,29 @@ class Gate:
         # HELLO's reply for clients on shared links (hello_reply): the upstream's own replies to
         # HELLO 2 and HELLO 3, cut around the connection id, by protocol (set_hello_replies).
         self._hello: dict[int, tuple[bytes, bytes]] = {}
+        # limits.max_clients_per_user: logged-in connections per user name (claim_client). At
+        # most one entry per configured user with a connection: bounded by the config.
+        self.user_clients: dict[str, int] = {}
         self._index_certificates()
+
+    def claim_client(self, name: str) -> bool:
+        """Count one more logged-in connection for user `name`, unless that would pass
+        limits.max_clients_per_user (0: no limit): then False, nothing counted."""
+        count = self.user_clients.get(name, 0)
+        limit = self.config.max_clients_per_user
+        if limit and count >= limit:
+            return False
+        self.user_clients[name] = count + 1
+        return True
+
+    def release_client(self, name: str) -> None:
+        """A connection counted by claim_client logged out (RESET, AUTH as another user) or
+        closed."""
+        count = self.user_clients.get(name, 0) - 1
+        if count > 0:
+            self.user_clients[name] = count
+        else:
+            self.user_clients.pop(name, None)
 
     def _index_certificates(self) -> None:
         self.bound_users = [e for e in self.users.values() if e.certificate is not None]

@@ -25,10 +25,16 @@ AUTH_REFUSED_LOCKED = Counter("redisgate_auth_refused_locked",
                               "Login attempts refused unchecked during an auth_throttle lockout")
 AUTH_TIMEOUTS = Counter("redisgate_auth_timeouts",
                         "Connections closed by limits.auth_timeout before they logged in")
+CLIENTS_REFUSED = Counter("redisgate_clients_refused",
+                          "Connections refused by limits.max_clients or max_clients_per_user",
+                          ["limit"])
+IDLE_TIMEOUTS = Counter("redisgate_idle_timeouts",
+                        "Logged-in connections closed by limits.idle_timeout")
 
 _BY_NAME = {"auth_failures": AUTH_FAILURES, "denied": DENIED, "upstream_errors": UPSTREAM_ERRORS,
             "auth_lockouts": AUTH_LOCKOUTS, "auth_refused_locked": AUTH_REFUSED_LOCKED,
-            "auth_timeouts": AUTH_TIMEOUTS}
+            "auth_timeouts": AUTH_TIMEOUTS, "clients_refused": CLIENTS_REFUSED,
+            "idle_timeouts": IDLE_TIMEOUTS}
 _USER_LABELLED = frozenset({"auth_failures", "denied"})   # their first label is a user name
 _users: set[str] = set()
 

@@ -25,7 +25,7 @@ import signal
 import ssl
 from pathlib import Path
 
-from . import handshake
+from . import errors, handshake, metrics
 from .config import Config, ConfigError, load_config
 from .audit import safe
 from .gate import Gate, audit
@@ -305,6 +305,11 @@ class ClientConnection(asyncio.Protocol):
     _auth_timer = None    # limits.auth_timeout, while not logged in (_watch_login)
     _login_seen = False   # logged in at some point (a RESET's logout restarts the timeout)
     _stall_timer = None   # auth_throttle's delay of this connection (Session.stall)
+    # limits.idle_timeout (Proxy.sweep_idle): reads that took the Python path (the C lane
+    # counts its own: Lane.passed); the sum when the sweep last saw it change, and when.
+    _reads = 0
+    _idle_mark = -1
+    _idle_since = 0.0
 
     def __init__(self, proxy: "Proxy", listener_tls=None):
         self.proxy = proxy
@@ -368,15 +373,19 @@ class ClientConnection(asyncio.Protocol):
         metrics.connection_opened()
         if self._counted and proxy.accepted > proxy.gate.config.max_clients:
             # (A TLS connection was counted, and refused if need be, at accept.)
-            transport.write(b"-ERR max number of clients reached\r\n")
+            metrics.inc("clients_refused", "max_clients")
+            transport.write(errors.max_clients())
             transport.close()
             return
+        if proxy._idle_timer is None and proxy.config.idle_timeout:
+            proxy.watch_idle()
         self._watch_login()
         self.pump()
 
     def data_received(self, data: bytes) -> None:
         if self.draining:
             return
+        self._reads += 1
         self._feed(self._client_data, data, upstream=False)
 
     def reloaded(self) -> None:
@@ -606,6 +615,36 @@ class ClientConnection(asyncio.Protocol):
         metrics.inc("auth_timeouts")
         self.transport.close()
 
+    # -- limits.idle_timeout
+
+    def idle_for(self, now: float) -> float:
+        """Seconds this logged-in connection has been idle, as far as the sweep can tell (never
+        more than it really was): 0 while it sends, is owed a reply (a blocked BLPOP), is
+        subscribed, or is not logged in (limits.auth_timeout's business)."""
+        s = self.session
+        lane = self.lane
+        mark = self._reads + (lane.passed if lane is not None else 0)
+        if mark != self._idle_mark or self.closed or s is None or s.user_entry is None \
+                or self.draining or self._busy(lane):
+            self._idle_mark = mark
+            self._idle_since = now
+            return 0.0
+        return now - self._idle_since
+
+    def _busy(self, lane) -> bool:
+        s = self.session
+        return bool(s.slots or self.due or s._held or self._backlog is not None
+                    or s.sub_active or s._subscribed()
+                    or lane is not None and lane.armed and lane.due)
+
+    def close_idle(self, idle: float) -> None:
+        s = self.session
+        audit.info("disconnect user=%s reason=idle-timeout idle=%.3gs client=%s", s.username,
+                   idle, s.client_info)
+        metrics.inc("idle_timeouts")
+        s.close = True
+        self.transport.close()
+
     def _stall(self) -> None:
         """auth_throttle refused a login and asked (Session.stall) that its reply, and the
         reading of what the client sends next, wait: a timer, never a sleep."""
@@ -699,6 +738,8 @@ class ClientConnection(asyncio.Protocol):
         if self._counted:
             self._counted = False
             self.proxy.accepted -= 1
+        if self.session is not None:
+            self.session.ended()   # (its user's count, limits.max_clients_per_user)
         for timer in (self._auth_timer, self._stall_timer):
             if timer is not None:
                 timer.cancel()
@@ -804,6 +845,11 @@ WINDOW_MAX = 1024
 # The fewest bytes a request Redis would run can take ("TIME\n"): a read no longer than
 # room * SMALLEST_REQUEST cannot overfill the window.
 SMALLEST_REQUEST = 5
+# limits.idle_timeout's sweep (Proxy.sweep_idle): every tenth of the timeout, at least every
+# second, at most 20 times a second.
+IDLE_SWEEP_FRACTION = 0.1
+IDLE_SWEEP_MIN = 0.05
+IDLE_SWEEP_MAX = 1.0
 # The memory budget's check (Proxy.check_budget): how often, while clients hold much; and how
 # long the proxy stays over it before it closes the client holding the most.
 BUDGET_INTERVAL = 0.05
@@ -1034,6 +1080,7 @@ class Proxy:
         self.over_budget = False
         self._over_since = 0.0
         self._budget_timer = None
+        self._idle_timer = None      # limits.idle_timeout's sweep (sweep_idle), while it runs
         self._upstream_tls = None
         self.tls_record = None   # tls.record_layer(), with a TLS listener
         self._build_tls()
@@ -1143,6 +1190,30 @@ class Proxy:
         if self.heavy or self.over_budget:
             self.watch_budget()
 
+    def watch_idle(self) -> None:
+        """Run sweep_idle every IDLE_SWEEP_FRACTION of limits.idle_timeout (within
+        IDLE_SWEEP_MIN .. IDLE_SWEEP_MAX seconds) while it is set and clients are connected."""
+        timeout = self.config.idle_timeout
+        if timeout and self._idle_timer is None and not self.shutting_down:
+            step = min(max(timeout * IDLE_SWEEP_FRACTION, IDLE_SWEEP_MIN), IDLE_SWEEP_MAX)
+            self._idle_timer = asyncio.get_running_loop().call_later(step, self.sweep_idle)
+
+    def sweep_idle(self) -> None:
+        """limits.idle_timeout: close every logged-in connection idle that long (see
+        ClientConnection.idle_for). One timer for all: nothing is done per command; a connection
+        is closed between idle_timeout and idle_timeout plus two sweep steps after its last
+        command."""
+        self._idle_timer = None
+        timeout = self.config.idle_timeout
+        if not timeout or not self.clients:
+            return
+        now = asyncio.get_running_loop().time()
+        for c in list(self.clients):
+            idle = c.idle_for(now)
+            if idle >= timeout:
+                c.close_idle(idle)
+        self.watch_idle()
+
     async def probe_upstream(self) -> None:
         """Learn the upstream's Redis version, so that replies use its wording."""
         if self.gate.config.upstream.version:
@@ -1219,6 +1290,14 @@ class Proxy:
         if (config.upstream.host, config.upstream.port) != (self.upstream_host, self.upstream_port):
             log.warning("reload: a new upstream address takes effect only after a restart")
             config.upstream.host, config.upstream.port = self.upstream_host, self.upstream_port
+        if config.upstream.multiplex != self.config.upstream.multiplex:
+            # The shared links are made at start: sessions must not ask for links that are not
+            # there (or leave them unused).
+            log.warning("reload: a new upstream.multiplex takes effect only after a restart")
+            config.upstream.multiplex = self.config.upstream.multiplex
+        if config.upstream.password != self.config.upstream.password:
+            log.info("upstream.password changed: new upstream connections use the new one; "
+                     "open ones stay as they are")
         tls = self._reload_tls(config)
         if tls is None:
             log.error("reload rejected: the TLS settings above cannot be applied; users, rules and "
@@ -1239,6 +1318,7 @@ class Proxy:
                      "applies to new upstream connections" if changed else "")
         self.gate.reload(config)
         self.config = config
+        self.watch_idle()   # (limits.idle_timeout may have been set)
         for w in config.warnings + self.tls_warnings():
             log.warning("%s", w)
         closed = 0

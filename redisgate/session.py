@@ -146,6 +146,14 @@ class Session:
         # CLIENT REPLY SKIP; `_skip_next`: SKIP was just asked; `_muted`: the command being
         # handled gets no reply (see _handle, _local, _expect).
         self._off = self._skip = self._skip_next = self._muted = False
+        # The user this connection is counted for in Gate.user_clients
+        # (limits.max_clients_per_user): from its login until RESET, a login as another user,
+        # or the end of the connection (ended()).
+        self._counted: str | None = None
+        # A nopass `default` whose automatic login found the user at its limit: the connection
+        # may still AUTH as someone else; its first command that needs `default` tries again
+        # (and is refused, and closed, if it is still full).
+        self._default_waiting = False
 
         self._auto_login(Via.CONNECT)
 
@@ -398,6 +406,11 @@ class Session:
         if not spec.check_arity(len(args)):
             return self._reject(errors.wrong_arity(version, spec.name, args))
         name = spec.name
+        if self._default_waiting and self.user_entry is None \
+                and (name not in _LOCAL_FIRST or name == "hello" and _hello_without_auth(args)):
+            self._auto_login(Via.CONNECT, wait=False)   # (refused and closed if still full)
+            if self._dead:
+                return
         if self.user_entry is None and ("no_auth" not in spec.flags
                                         or (name == "reset" and version < (7, 0, 0))):
             return self._reject(errors.noauth())   # (RESET needs a login before 7.0)
@@ -542,17 +555,27 @@ class Session:
         """The user the connection's certificate maps to (None: no certificate, or nobody)."""
         return self.cert.user if self.cert is not None else None
 
-    def _auto_login(self, via: Via) -> None:
+    def _auto_login(self, via: Via, wait: bool = True) -> None:
         """The login without credentials, at connect and after RESET: the certificate's user, else
-        a nopass `default` (login.decide_login says whether)."""
+        a nopass `default` (login.decide_login says whether). Past max_clients_per_user, a
+        certificate's user is refused (and the connection closed) at once; `default` waits for
+        the first command that needs it (`wait`; see _default_waiting), as the connection may
+        AUTH as another user first."""
+        self._default_waiting = False
         entry = automatic_candidate(self.gate.users, self.cert)
         if entry is None:
             return
         result = decide_login(entry, password=None, via=via, cert=self.cert)
         if result.ok:
+            if not self._claim(entry):
+                if wait and self.cert is None:
+                    self._default_waiting = True
+                    return
+                return self._refuse_max_clients(entry)
             self._login(entry, via=result.method.value, method=result.method)
 
     def _login(self, entry, via: str, *, method: Method) -> None:
+        self._default_waiting = False
         self.user_entry = entry
         self.username = entry.name
         self.login_method = method
@@ -592,9 +615,45 @@ class Session:
             self._auth_failed(raw_name, checked=True)
             return errors.wrongpass(version)
         throttle.succeeded(self.address, raw_name)
+        if not self._claim(entry):
+            # Past limits.max_clients_per_user: refused and closed (the caller sees `_dead`).
+            self._refuse_max_clients(entry)
+            return None
         self._login(entry, via=result.method.value, method=result.method)
         self._adopt_user_state()
         return None
+
+    # -- limits.max_clients_per_user
+
+    def _claim(self, entry) -> bool:
+        """Count this connection for `entry`'s user (the one it was counted for, if another, is
+        released), unless that user already has limits.max_clients_per_user connections."""
+        if self._counted == entry.name:
+            return True
+        if not self.gate.claim_client(entry.name):
+            return False
+        self._release()
+        self._counted = entry.name
+        return True
+
+    def _release(self) -> None:
+        if self._counted is not None:
+            self.gate.release_client(self._counted)
+            self._counted = None
+
+    def _refuse_max_clients(self, entry) -> None:
+        """A login past limits.max_clients_per_user: Redis's maxclients error, then the
+        connection is closed (nothing the client sent after it is judged)."""
+        audit.warning("max-clients-per-user user=%s limit=%d client=%s", entry.name,
+                      self.gate.config.max_clients_per_user, self.client_info)
+        _metric("clients_refused", "max_clients_per_user")
+        self._local(errors.max_clients())
+        self._close_after()
+        self._dead = True
+
+    def ended(self) -> None:
+        """The I/O layer closed the connection: its user's count goes down."""
+        self._release()
 
     def _auth_failed(self, raw_name: bytes, checked: bool) -> None:
         """Record a refused login: ACL LOG, audit, metrics, auth_throttle. What a client sent as
@@ -671,6 +730,7 @@ class Session:
             audit.info("disconnect user=%s reason=reload:%s client=%s", self.username,
                        result.outcome.value, self.client_info)
             self.user_entry = None
+            self._release()
             self.parser.set_authenticated(False)
             self._close_after()
             self._dead = True
@@ -703,7 +763,8 @@ class Session:
             return self._reject(errors.not_in_multi())
         user, password = (None, args[1]) if len(args) == 2 else (args[1], args[2])
         err = self._authenticate(user, password)
-        self._local(err or OK)
+        if not self._dead:   # (dead: refused by max_clients_per_user, answered already)
+            self._local(err or OK)
 
     def _cmd_hello(self, args) -> None:
         version = self.gate.upstream_version
@@ -734,6 +795,8 @@ class Session:
             more = len(args) - i - 1
             if is_word(args[i], b"auth") and more >= 2:
                 err = self._authenticate(args[i + 1], args[i + 2], via=Via.HELLO)
+                if self._dead:   # (refused by max_clients_per_user, answered already)
+                    return
                 if err is not None:
                     return self._hello_failed(err, setname)
                 i += 3
@@ -825,6 +888,7 @@ class Session:
         self.user_entry = None
         self.username = None
         self.login_method = None
+        self._release()
         self.parser.set_authenticated(False)
         self._auto_login(Via.RESET)
 
@@ -1341,6 +1405,10 @@ def _valid_client_name(name: bytes) -> bool:
 def _double(value: float, resp3: bool) -> bytes:
     text = repr(round(value, 3)).encode()
     return b"," + text + b"\r\n" if resp3 else bulk(text)
+
+
+def _hello_without_auth(args) -> bool:
+    return not any(is_word(a, b"auth") for a in args[2:])
 
 
 def _metric(name: str, *labels) -> None:
