@@ -427,3 +427,23 @@ def test_redis_py_pool_reconnects_after_an_idle_close(redis7):
         wait_counts(runner, {}, accepted=0)
     finally:
         runner.stop()
+
+
+def test_a_reload_sets_idle_timeout_and_keeps_multiplex(redis7, tmp_path):
+    """A reload that sets idle_timeout applies it to open connections; one that changes
+    upstream.multiplex keeps the links made at start (and says so) instead of asking for
+    links that are not there."""
+    runner = proxy(redis7)
+    try:
+        w = login(runner, "a")
+        assert not is_closed(w, 0.5)
+        assert reload(runner, tmp_path, {"upstream": dict(redis7.upstream, multiplex=2),
+                                         "users": USERS, "limits": {"idle_timeout": 0.3}})
+        fresh = login(runner, "b")                      # (dedicated still: no shared link)
+        assert fresh.call("SET", "k:m", "1") == b"OK"
+        assert runner.call(lambda: runner.proxy.links) == []
+        assert is_closed(w, 5)
+        assert is_closed(fresh, 5)
+        wait_counts(runner, {}, accepted=0)
+    finally:
+        runner.stop()
