@@ -621,21 +621,20 @@ class ClientConnection(asyncio.Protocol):
         """Seconds this logged-in connection has been idle, as far as the sweep can tell (never
         more than it really was): 0 while it sends, is owed a reply (a blocked BLPOP), is
         subscribed, or is not logged in (limits.auth_timeout's business)."""
-        s = self.session
         lane = self.lane
-        mark = self._reads + (lane.passed if lane is not None else 0)
-        if mark != self._idle_mark or self.closed or s is None or s.user_entry is None \
-                or self.draining or self._busy(lane):
-            self._idle_mark = mark
-            self._idle_since = now
-            return 0.0
-        return now - self._idle_since
-
-    def _busy(self, lane) -> bool:
-        s = self.session
-        return bool(s.slots or self.due or s._held or self._backlog is not None
-                    or s.sub_active or s._subscribed()
-                    or lane is not None and lane.armed and lane.due)
+        mark = self._reads + lane.passed if lane is not None else self._reads
+        if mark == self._idle_mark:
+            s = self.session
+            if s.user_entry is not None and not (
+                    s.slots or self.due or s._held or self._backlog is not None or s.sub_active
+                    or self.draining or self.closed
+                    or lane is not None and lane.due and lane.armed):
+                subs = s.subs
+                if not (subs["chan"] or subs["pat"] or subs["shard"]):
+                    return now - self._idle_since
+        self._idle_mark = mark
+        self._idle_since = now
+        return 0.0
 
     def close_idle(self, idle: float) -> None:
         s = self.session
@@ -1208,10 +1207,9 @@ class Proxy:
         if not timeout or not self.clients:
             return
         now = asyncio.get_running_loop().time()
-        for c in list(self.clients):
-            idle = c.idle_for(now)
-            if idle >= timeout:
-                c.close_idle(idle)
+        idle = [(c, t) for c in self.clients if (t := c.idle_for(now)) >= timeout]
+        for c, t in idle:
+            c.close_idle(t)
         self.watch_idle()
 
     async def probe_upstream(self) -> None:
