@@ -975,6 +975,7 @@ class TLSClientConnection(asyncio.Protocol):
         self.proxy.accepted += 1
         if self.proxy.accepted > config.max_clients:
             self.timer.cancel()
+            metrics.inc("clients_refused", "max_clients")
             transport.close()
 
     def data_received(self, data: bytes) -> None:
