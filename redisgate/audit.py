@@ -1,5 +1,7 @@
-"""Log-safe text: what a client (or a certificate) chose, made fit for one log line.
+"""The audit trail: one typed event per thing an operator must be able to see, and one emitter.
 
+Log-safe text
+-------------
 Every log line, audit line, metric label and ACL LOG field that carries text a client controls
 goes through `safe()`: user names, certificate CN/SAN values, keys, channels, denial reasons.
 The result is bounded (the first `LIMIT` bytes, then a marker saying how many were cut) and
@@ -11,12 +13,56 @@ A name a client sent before it logged in is only ever shown if it is a configure
 (`login_name`); any other name may be a password typed into the user-name slot, so it becomes
 ``unknown:<8 hex>``, an HMAC under a key made at process start: attempts with the same name can
 be told apart within one run, and nothing can be checked against the log offline.
+
+Events and the one emitter
+--------------------------
+Everything audited is an `Event` (a frozen dataclass; unset fields are left out of the output)
+handed to `emit()`. Nothing else writes to the ``redisgate.audit`` logger. To audit something
+new (a limit, a metric-worthy refusal, a rotation), build an Event and call `emit`::
+
+    from . import audit
+    audit.emit(audit.Event("disconnect", user=name, peer=session.peer,
+                           info=session.client_info, reason="max-clients-per-user"))
+
+- `event`: one of `EVENTS` (a new kind: add it there, and to `_TEXT` if the plain-text form
+  should show it);
+- `user`: a configured user's name, or `login_name(...)` for a name sent at login; never raw
+  client text. Every other client-chosen string goes through `safe()` before it is put in an
+  Event (`emit` does not escape: it cannot tell a key from a reason);
+- `peer`: the connection (`Peer`: the proxy's id, ``addr:port``, the TLS identity); `info`:
+  the connection's ``client_info`` text (``id=.. addr=..``), used by the plain-text form;
+- never a password, a value or a whole argument list.
+
+What `emit` does depends on the configuration's `audit:` section (`configure`, called by
+server.Proxy at start and on reload):
+
+- no `audit:` section: today's plain-text lines, through the ``redisgate.audit`` logger and the
+  process's log handlers (stderr), unthrottled; events without a plain-text form (connect,
+  reload, ...) are not written;
+- `audit: {format: json}` (the default once the section exists): one JSON object per line to
+  `path` (``-``: stdout; else a file, created 0640, appended to, re-opened by `reopen()` on
+  SIGHUP / `redisgate reload`), with ``ts`` (RFC 3339, UTC, milliseconds) first;
+- `audit: {format: text}`: the plain-text lines, to `path`.
+
+With a section, at most `rate` lines a second are written (0: no limit; reload and shutdown
+events always are); past that, each (user, event) gets one ``suppressed`` line a second with
+the number of lines it replaced. `emit` runs on the event loop and never blocks on anything but
+the write itself; it is called for connections, logins and refusals only, never for an allowed
+command.
 """
 from __future__ import annotations
 
+import asyncio
+import datetime
 import hashlib
 import hmac
+import json
+import logging
 import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, fields
 from typing import Container
 
 LIMIT = 128
@@ -26,6 +72,8 @@ _ESCAPE = tuple(chr(b) if 0x21 <= b <= 0x7e and b != 0x5c else f"\\x{b:02x}" for
 _ESCAPE = _ESCAPE[:0x5c] + ("\\\\",) + _ESCAPE[0x5d:]
 _ESCAPE_SPACES = (*_ESCAPE[:0x20], " ", *_ESCAPE[0x21:])
 _KEY = os.urandom(32)   # per process: the unknown-name tags are not comparable across runs
+
+logger = logging.getLogger("redisgate.audit")
 
 
 def safe(value: str | bytes | None, limit: int = LIMIT, spaces: bool = False) -> str:
@@ -67,3 +115,366 @@ def user_label(name: str | bytes | None, users: Container[str]) -> str:
         except UnicodeDecodeError:
             return UNKNOWN
     return name if name is not None and name in users else UNKNOWN
+
+
+# ---------------------------------------------------------------------------- events
+
+EVENTS = frozenset({
+    "connect", "disconnect", "auth-ok", "auth-failed", "logout", "auth-timeout", "denied",
+    "lockout", "reload", "tls-handshake-failed", "upstream-lost", "shutdown", "suppressed",
+})
+# Never rate limited: rare by construction, and what an operator must always see.
+_ALWAYS = frozenset({"reload", "shutdown", "suppressed"})
+
+# auth-failed reasons (login.Outcome and auth_throttle, in the audit's words).
+AUTH_REASONS = {
+    "unknown-user": "unknown-user", "wrong-password": "wrong-password",
+    "password-required": "wrong-password", "disabled": "disabled",
+    "cert-required": "cert-only", "cert-mismatch": "cert-only", "cert-unmapped": "cert-unmapped",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A client connection as the audit names it."""
+    id: int | None        # the proxy's connection id (None: before there is one, a TLS handshake)
+    host: str
+    port: int
+    tls_identity: str | None = None   # the verified certificate's description (escaped)
+
+    @property
+    def client(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One audit event. Which fields an event kind carries:
+
+    connect              (peer, user when logged in at connect by a certificate or nopass)
+    disconnect           reason, duration (s), commands (requests received)
+    auth-ok              via (password/certificate/nopass), method (auth/hello/connect/reset)
+    auth-failed          user (the name tried: login_name), reason (AUTH_REASONS values or
+                         locked-out), via
+    logout               via (RESET)
+    auth-timeout         (limits.auth_timeout passed before a login)
+    denied               command, subcommand, kind (command|key|channel|script|database|
+                         keyspace|secret), object (the key, channel or SHA1; escaped, cut),
+                         rule (the rule family that refused it), report_only, reason
+    lockout              scope (address|user), seconds, failures, window
+    reload               ok, problems
+    tls-handshake-failed reason
+    upstream-lost        reason
+    shutdown             reason, grace (s)
+    suppressed           event_suppressed, count
+    """
+    event: str
+    user: str | None = None
+    peer: Peer | None = None
+    info: str = ""                       # the connection's client_info (the plain-text form)
+    reason: str | None = None
+    via: str | None = None
+    method: str | None = None
+    duration: float | None = None
+    commands: int | None = None
+    command: str | None = None
+    subcommand: str | None = None
+    kind: str | None = None
+    object: str | None = None
+    rule: str | None = None
+    report_only: bool | None = None
+    scope: str | None = None
+    address: str | None = None
+    seconds: float | None = None
+    failures: int | None = None
+    window: float | None = None
+    ok: bool | None = None
+    problems: tuple[str, ...] | None = None
+    grace: float | None = None
+    event_suppressed: str | None = None
+    count: int | None = None
+
+    def record(self) -> dict:
+        """The JSON object's fields after ``ts``: the event, the user (null when there is none),
+        the connection, then the fields that are set."""
+        out = {"event": self.event, "user": self.user}
+        peer = self.peer
+        if peer is not None:
+            out["client"] = peer.client
+            if peer.id is not None:
+                out["conn"] = peer.id
+            if peer.tls_identity:
+                out["tls_identity"] = peer.tls_identity
+        for f in _FIELDS:
+            value = getattr(self, f)
+            if value is not None:
+                out[f] = list(value) if f == "problems" else value
+        return out
+
+    def text(self) -> str | None:
+        """Today's plain-text line for this event, or None where there is none."""
+        render = _TEXT.get(self.event)
+        return render(self) if render is not None else None
+
+
+_FIELDS = tuple(f.name for f in fields(Event)
+                if f.name not in ("event", "user", "peer", "info"))
+_WARNING = frozenset({"auth-failed", "lockout", "tls-handshake-failed", "upstream-lost"})
+
+
+def _text_connect(e: Event) -> str | None:
+    if e.peer is None or not e.peer.tls_identity:
+        return None
+    return f"tls-client cert={e.peer.tls_identity} user={e.user or '-'} client={e.info}"
+
+
+def _text_disconnect(e: Event) -> str | None:
+    if not (e.reason or "").startswith("reload:"):
+        return None
+    return f"disconnect user={e.user} reason={e.reason} client={e.info}"
+
+
+def _text_auth_failed(e: Event) -> str | None:
+    if e.reason == "locked-out":
+        return None   # (counted, not written one by one, in the plain-text form)
+    return f"auth-failed user={e.user} client={e.info}"
+
+
+def _text_lockout(e: Event) -> str:
+    who = f"user={e.user}" if e.scope == "user" else f"addr={e.address}"
+    return (f"auth-lockout scope={e.scope} {who} seconds={e.seconds:g} "
+            f"after={e.failures}-failures-in-{e.window:g}s client={e.info}")
+
+
+def _text_denied(e: Event) -> str:
+    mode = "report-only" if e.report_only else "denied"
+    command = e.command if e.subcommand is None else f"{e.command}|{e.subcommand}"
+    kind = "keyspace" if e.kind == "database" else e.kind
+    obj = command if kind == "script" else e.object   # (the SHA1 is in the reason)
+    return (f"{mode} user={e.user} command={command} kind={kind} object={obj} "
+            f"client={e.info} reason={e.reason}")
+
+
+def _text_tls_failed(e: Event) -> str:
+    return f"tls-handshake-failed client=addr={e.peer.client if e.peer else '-'} reason={e.reason}"
+
+
+def _text_suppressed(e: Event) -> str:
+    return f"suppressed user={e.user or '-'} event={e.event_suppressed} count={e.count}"
+
+
+_TEXT = {
+    "connect": _text_connect,
+    "disconnect": _text_disconnect,
+    "auth-ok": lambda e: f"login user={e.user} via={e.via} client={e.info}",
+    "auth-failed": _text_auth_failed,
+    "logout": lambda e: f"logout user={e.user} via={e.via} client={e.info}",
+    "auth-timeout": lambda e: f"auth-timeout client={e.info}",
+    "denied": _text_denied,
+    "lockout": _text_lockout,
+    "tls-handshake-failed": _text_tls_failed,
+    "suppressed": _text_suppressed,
+}
+
+
+# ---------------------------------------------------------------------------- formatting
+
+def rfc3339(created: float) -> str:
+    """``2026-12-07T05:30:01.123Z`` for a time.time() value."""
+    moment = datetime.datetime.fromtimestamp(created, datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per record (json.dumps: escaping is the json module's, ASCII only). A
+    record that was not made by `emit` (someone logged to ``redisgate.audit`` directly) becomes
+    ``{"ts", "event": "log", "level", "message"}``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        event = getattr(record, "audit_event", None)
+        out = {"ts": rfc3339(record.created)}
+        if isinstance(event, Event):
+            out.update(event.record())
+        else:
+            out.update(event="log", level=record.levelname.lower(), message=record.getMessage())
+        return json.dumps(out, ensure_ascii=True, separators=(",", ":"), default=str)
+
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"   # as the process log's
+
+
+class AuditFile(logging.FileHandler):
+    """A file handler that creates the file 0640, appends, and re-opens it on `reopen()` (after
+    logrotate renamed it). Lines written between the rename and the re-open stay in the renamed
+    file: nothing is lost."""
+
+    def __init__(self, path: str):
+        super().__init__(path, mode="a", encoding="utf-8", delay=False)
+
+    def _open(self):
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                     0o640)
+        return open(fd, "a", encoding="utf-8", errors="backslashreplace")
+
+    def reopen(self) -> None:
+        self.acquire()
+        try:
+            stream = self._open()   # (first: if it fails, the old stream stays in use)
+            old, self.stream = self.stream, stream
+            if old is not None:
+                old.close()
+        finally:
+            self.release()
+
+
+# ---------------------------------------------------------------------------- rate limit
+
+class _Limiter:
+    """At most `rate` lines a second; past that, per (user, event), a count that `flush` turns
+    into one ``suppressed`` line (at the next second, by a timer on the running loop, or at the
+    next event or `configure`)."""
+
+    MAX_KEYS = 10_000   # distinct (user, event) pairs counted per second; the rest share one
+
+    def __init__(self, rate: int):
+        self.rate = rate
+        self.second = int(time.monotonic())
+        self.used = 0
+        self.dropped: dict[tuple[str | None, str], int] = {}
+        self.timer = None
+
+    def admit(self, event: Event) -> bool:
+        now = int(time.monotonic())
+        if now != self.second:
+            self.flush()
+            self.second, self.used = now, 0
+        if self.used < self.rate or event.event in _ALWAYS:
+            self.used += 1
+            return True
+        user = event.user
+        if user is not None and user.startswith(UNKNOWN + ":"):
+            user = UNKNOWN   # (one summary for every unknown name: a bounded set of keys)
+        key = (user, event.event)
+        if key not in self.dropped and len(self.dropped) >= self.MAX_KEYS:
+            key = (None, event.event)
+        self.dropped[key] = self.dropped.get(key, 0) + 1
+        if self.timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                pass
+            else:
+                self.timer = loop.call_later(max(0.001, self.second + 1 - time.monotonic()),
+                                             _flush_timer, self)
+        return False
+
+    def flush(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        dropped, self.dropped = self.dropped, {}
+        for (user, kind), n in dropped.items():
+            _write(Event("suppressed", user=user, event_suppressed=kind, count=n))
+
+
+def _flush_timer(limiter: _Limiter) -> None:
+    with _lock:
+        limiter.timer = None
+        if limiter is _state.limiter:
+            limiter.flush()
+
+
+# ---------------------------------------------------------------------------- the emitter
+
+class AuditError(Exception):
+    """The audit file cannot be opened; str() is a `where: why` line."""
+
+
+@dataclass
+class _State:
+    settings: object = None            # config.AuditSettings, or None (no `audit:` section)
+    handler: logging.Handler | None = None
+    limiter: _Limiter | None = None
+    json: bool = False
+
+
+_state = _State()
+_lock = threading.RLock()   # (tests run proxies in threads of one process)
+
+
+def emit(event: Event) -> None:
+    """Audit `event` (see the module docstring)."""
+    with _lock:
+        limiter = _state.limiter
+        if limiter is not None and not limiter.admit(event):
+            return
+        _write(event)
+
+
+def _write(event: Event) -> None:
+    level = logging.WARNING if event.event in _WARNING else logging.INFO
+    if not logger.isEnabledFor(level):
+        return
+    if _state.json:
+        text = event.text() or event.event
+    else:
+        text = event.text()
+        if text is None:
+            return
+    logger.log(level, "%s", text, extra={"audit_event": event})
+
+
+def configure(settings, base_dir: str | os.PathLike | None = None) -> None:
+    """Apply an `audit:` section (config.AuditSettings: path, rate, format), or None for the
+    plain-text lines through the process's log handlers. Opens the file now: raises OSError if
+    it cannot be. The same settings again: nothing changes (the file stays open)."""
+    with _lock:
+        if settings == _state.settings and (settings is None or _state.handler is not None):
+            return
+        handler = None
+        if settings is not None:
+            if settings.path == "-":
+                handler = logging.StreamHandler(sys.stdout)
+            else:
+                path = settings.path
+                if base_dir is not None and not os.path.isabs(path):
+                    path = os.path.join(base_dir, path)
+                try:
+                    handler = AuditFile(path)
+                except OSError as e:
+                    raise AuditError(f"audit.path: cannot open {path!r}: "
+                                     f"{e.strerror or e}") from None
+            handler.setFormatter(JSONFormatter() if settings.format == "json"
+                                 else logging.Formatter(TEXT_FORMAT))
+        if _state.limiter is not None:
+            _state.limiter.flush()   # (with the old handler)
+        old = _state.handler
+        if old is not None:
+            logger.removeHandler(old)
+            old.close()
+        _state.settings, _state.handler = settings, handler
+        _state.json = settings is not None and settings.format == "json"
+        _state.limiter = _Limiter(settings.rate) if settings is not None and settings.rate \
+            else None
+        if handler is not None:
+            logger.addHandler(handler)
+            logger.setLevel(logging.INFO)   # the audit does not follow log.level
+            logger.propagate = False        # (not also on stderr)
+        else:
+            logger.setLevel(logging.NOTSET)
+            logger.propagate = True
+
+
+def reopen() -> None:
+    """Re-open the audit file (SIGHUP, `redisgate reload`: after logrotate moved it)."""
+    with _lock:
+        if isinstance(_state.handler, AuditFile):
+            _state.handler.reopen()
+
+
+def flush() -> None:
+    """Write the pending ``suppressed`` summaries now (at shutdown)."""
+    with _lock:
+        if _state.limiter is not None:
+            _state.limiter.flush()

@@ -70,6 +70,7 @@ def cmd_serve(args) -> int:
             return 1
         entry.learn = True
     from . import pidfile
+    from .audit import AuditError
     from .tls import TLSConfigError
     if config.pid_file:         # checked here, before anything starts, and again when written
         try:
@@ -94,6 +95,9 @@ def cmd_serve(args) -> int:
             print(f"{args.config}: {problem}", file=sys.stderr)
         return 1
     except pidfile.PidFileError as e:
+        print(f"{args.config}: {e}", file=sys.stderr)
+        return 1
+    except AuditError as e:         # audit.path cannot be opened
         print(f"{args.config}: {e}", file=sys.stderr)
         return 1
     except OSError as e:

@@ -40,6 +40,7 @@ Contract of the file (keys are a public contract; extend, never rename)::
     metrics: {address: 127.0.0.1:9121}  # the same listener as admin.listen
     admin: {listen: 127.0.0.1:9121}     # HTTP: /metrics, /healthz, /readyz (redisgate.admin)
     shutdown: {grace: 10s}              # SIGTERM: time for in-flight replies; durations 10s/500ms/5m/10
+    audit: {path: "-", rate: 100, format: json}   # the audit trail (redisgate.audit); none: plain text
     limits: {max_clients, handshake_timeout, acl_log_max_len, max_bulk, max_args,
              auth_timeout, memory_budget, max_clients_per_user, idle_timeout}
     auth_throttle: {max_failures, window, lockout}
@@ -138,6 +139,15 @@ class AuthThrottle:
     lockout: float = 300.0
 
 
+@dataclass(frozen=True)
+class AuditSettings:
+    """`audit:`: where the audit trail goes ("-": stdout, else a file, relative to the config's
+    directory), at most `rate` lines a second (0: no limit), as JSON lines or plain text."""
+    path: str = "-"
+    rate: int = 100
+    format: str = "json"
+
+
 @dataclass
 class Config:
     path: Path | None
@@ -161,6 +171,7 @@ class Config:
     log_level: str = "info"
     admin_listen: tuple[str, int] | None = None   # admin.listen, or the older metrics.address
     shutdown_grace: float = 10.0                  # shutdown.grace, seconds
+    audit: AuditSettings | None = None            # None: no `audit:` section (plain-text lines)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -787,6 +798,11 @@ SCHEMA = Struct({
     "admin": Struct({"listen": Address()}, "{listen: host:port}", required=("listen",),
                     closed=True),
     "shutdown": Struct({"grace": Duration(zero=True)}, "{grace: <duration>}", closed=True),
+    "audit": Struct({
+        "path": Str('"-" (stdout) or a file path', pattern=r"[^\x00-\x1f\x7f]{1,4096}"),
+        "rate": Int("a whole number of lines per second >= 0 (0: no limit)", lo=0, hi=10_000_000),
+        "format": Choice("json", "text"),
+    }, "a mapping {path, rate, format}"),
     "pid_file": _PATH,
     "log": Struct({"level": Choice("debug", "info", "warning", "error")}, "{level: ...}"),
 }, "a mapping of settings")
@@ -999,10 +1015,24 @@ def build_config(raw: Any, *, base_dir: Path = Path("."), path: Path | None = No
     if pid_file is not None:
         cfg.pid_file = pid_file if os.path.isabs(pid_file) else str(base_dir / pid_file)
     cfg.log_level = doc.get("log", {}).get("level", "info")
+    if isinstance(raw, dict) and raw.get("audit") is not None and "audit" in doc:
+        cfg.audit = _audit(doc["audit"], base_dir, problems)
     _tls_warnings(cfg)
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def _audit(doc: dict, base_dir: Path, problems: list[str]) -> AuditSettings:
+    settings = AuditSettings(**doc)
+    if settings.path != "-":
+        path = Path(settings.path) if os.path.isabs(settings.path) else base_dir / settings.path
+        settings = AuditSettings(str(path), settings.rate, settings.format)
+        if path.is_dir():
+            problems.append(f"audit.path: {str(path)!r} is a directory; name a file in it")
+        elif not path.parent.is_dir():
+            problems.append(f"audit.path: directory {str(path.parent)!r} does not exist")
+    return settings
 
 
 def _tls_warnings(cfg: Config) -> None:
@@ -1197,7 +1227,12 @@ def _user(name: str, where: str, spec: Any, problems: list[str], warnings: list[
     dbs = spec.get("databases")
     if dbs is not None:
         dbs = frozenset(dbs)
-    if user.enabled and not user.nopass and not user.has_passwords() and cert is None:
+    if not user.enabled:
+        # (e.g. {profile: asynq-producer, certificate: {cn: producer}} without `rules: on`: its
+        # clients would get a bare NOAUTH; the audit says `disabled`)
+        warnings.append(f"{where}: user is not 'on' (users start 'off'; add 'on' to its rules); "
+                        "nobody can log in as it")
+    elif not user.nopass and not user.has_passwords() and cert is None:
         warnings.append(f"{where}: user is 'on' but has no password, nopass or certificate; "
                         "nobody can log in as it")
     confine_scan = spec.get("confine_scan", False)

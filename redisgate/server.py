@@ -27,8 +27,9 @@ from pathlib import Path
 
 from . import errors, handshake, metrics
 from .config import Config, ConfigError, load_config
-from .audit import safe
-from .gate import Gate, audit
+from . import audit
+from .audit import Event, Peer, safe
+from .gate import Gate
 from .mux import Demux
 from .resp import ReplyScanner, UpstreamProtocolError
 from .session import Session
@@ -310,6 +311,9 @@ class ClientConnection(asyncio.Protocol):
     _reads = 0
     _idle_mark = -1
     _idle_since = 0.0
+    close_reason: str | None = None   # why the proxy closed it (the audit's disconnect reason)
+    _disconnect_audited = False
+    _lane_passed = 0      # requests forwarded by lanes since dropped (drain)
 
     def __init__(self, proxy: "Proxy", listener_tls=None):
         self.proxy = proxy
@@ -353,6 +357,7 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername") or ("?", 0)
         info = f"id={self.id} addr={peer[0]}:{peer[1]}"
         identity = None
+        described = None
         if self.listener_tls is not None:
             cert = transport.get_extra_info("peercert")
             if cert:
@@ -360,9 +365,10 @@ class ClientConnection(asyncio.Protocol):
                 identity = proxy.gate.certificate_identity(
                     cert, transport.get_extra_info("verified_chain") or (), described)
                 info += f" cert={described}"
-                audit.info("tls-client cert=%s user=%s client=%s", described,
-                           identity.user or "-", info)
-        self.session = Session(proxy.gate, info, identity)
+        who = Peer(self.id, str(peer[0]), peer[1], described)
+        audit.emit(Event("connect", user=safe(identity.user) if identity and identity.user
+                         else None, peer=who, info=info))
+        self.session = Session(proxy.gate, info, identity, who)
         self.session.address = str(peer[0])
         self.session.lane_scripts = self.lane is not None
         self.session.client_id = self.id
@@ -375,6 +381,7 @@ class ClientConnection(asyncio.Protocol):
             # (A TLS connection was counted, and refused if need be, at accept.)
             metrics.inc("clients_refused", "max_clients")
             transport.write(errors.max_clients())
+            self.close_reason = "max-clients"
             transport.close()
             return
         if proxy._idle_timer is None and proxy.config.idle_timeout:
@@ -398,6 +405,20 @@ class ClientConnection(asyncio.Protocol):
         if cert is not None:
             trusted = self.listener_tls is not None and self.listener_tls.trusts(cert.chain)
         self._feed(lambda _: self.session.reloaded(trusted), b"", upstream=False)
+        if self.session._dead and self.session.end_reason:
+            self._audit_disconnect(self.session.end_reason)   # (now: the reload's moment)
+
+    def _audit_disconnect(self, reason: str) -> None:
+        """The audit's disconnect event, once per connection."""
+        if self._disconnect_audited or self.session is None:
+            return
+        self._disconnect_audited = True
+        session = self.session
+        passed = self._lane_passed + (self.lane.passed if self.lane is not None else 0)
+        duration = asyncio.get_running_loop().time() - self.accepted
+        audit.emit(Event("disconnect", user=safe(session.username) if session.username else None,
+                         peer=session.peer, info=session.client_info, reason=reason,
+                         duration=round(duration, 3), commands=session.commands + passed))
 
     def upstream_data(self, data: bytes) -> None:
         """Bytes from this client's own upstream connection."""
@@ -466,6 +487,7 @@ class ClientConnection(asyncio.Protocol):
         """Close at once, dropping what the client has not read (a closing transport would keep
         it until read)."""
         log.warning("closing %s: %s", self.session.client_info, why)
+        self.close_reason = self.close_reason or "memory-budget"
         self.session.close = True
         self.closed = True
         self._backlog = None
@@ -610,9 +632,11 @@ class ClientConnection(asyncio.Protocol):
         self._auth_timer = None
         if self.closed or self.session.user_entry is not None:
             return
-        audit.info("auth-timeout client=%s", self.session.client_info)
+        session = self.session
+        audit.emit(Event("auth-timeout", peer=session.peer, info=session.client_info))
         from . import metrics
         metrics.inc("auth_timeouts")
+        self.close_reason = "auth-timeout"
         self.transport.close()
 
     # -- limits.idle_timeout
@@ -638,8 +662,7 @@ class ClientConnection(asyncio.Protocol):
 
     def close_idle(self, idle: float) -> None:
         s = self.session
-        audit.info("disconnect user=%s reason=idle-timeout idle=%.3gs client=%s", s.username,
-                   idle, s.client_info)
+        self.close_reason = "idle-timeout"   # (audited as the disconnect's reason)
         metrics.inc("idle_timeouts")
         s.close = True
         self.transport.close()
@@ -731,6 +754,11 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         self.closed = True
+        if self.session is not None and not self._disconnect_audited:
+            reason = self.close_reason or self.session.end_reason or (
+                "shutdown" if self.proxy.shutting_down else
+                "client-closed" if exc is None else "connection-error")
+            self._audit_disconnect(reason)
         self.proxy.clients.discard(self)
         self.proxy.heavy.discard(self)
         self._backlog = None
@@ -804,6 +832,8 @@ class ClientConnection(asyncio.Protocol):
         resets the connection under replies still on their way)."""
         self.draining = True
         self.disarm_lane()
+        if self.lane is not None:
+            self._lane_passed += self.lane.passed
         self.lane = None          # never armed again: every reply is counted in Python now
         self._holds.clear()
         if self._reading_held and not self.closed:
@@ -1024,8 +1054,8 @@ class TLSClientConnection(asyncio.Protocol):
     def _fail(self, reason: str) -> None:
         self.timer.cancel()
         peer = self.raw.get_extra_info("peername") or ("?", 0)
-        audit.warning("tls-handshake-failed client=addr=%s:%s reason=%s", peer[0], peer[1],
-                      safe(reason, 256, spaces=True))
+        audit.emit(Event("tls-handshake-failed", peer=Peer(None, str(peer[0]), peer[1]),
+                         reason=safe(reason, 256, spaces=True)))
         out = self.engine.data_to_send()   # the alert, if any
         if out:
             self.raw.write(out)
@@ -1074,6 +1104,7 @@ class Proxy:
         self.links = [SharedLink(self) for _ in range(shared)]
         self.links3 = [SharedLink(self, resp3=True) for _ in range(shared)]
         self.shutting_down = False   # set the moment SIGTERM/SIGINT arrives (/readyz says 503)
+        self.stop_reason = "stop"    # the audit's shutdown reason: the signal's name
         # Memory budget (limits.memory_budget): clients that may hold much (past their
         # transport's high-water mark, or with a backlog), summed every BUDGET_INTERVAL while any.
         self.heavy: set[ClientConnection] = set()
@@ -1128,6 +1159,7 @@ class Proxy:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        audit.configure(self.config.audit)   # (AuditError: the file cannot be opened)
         for lst, tls in zip(self.listeners, self.listener_tls):
             if tls is None:
                 srv = await loop.create_server(lambda: ClientConnection(self), lst.host, lst.port,
@@ -1272,13 +1304,16 @@ class Proxy:
         self.gate.set_hello_replies({2: first, 3: second})
 
     def reload(self) -> bool:
-        """Re-read the config and TLS files. On any error the running state is kept."""
+        """Re-read the config and TLS files. On any error the running state is kept. The audit
+        file is re-opened first, whatever follows (logrotate's SIGHUP)."""
+        audit.reopen()
         path = self.config.path
         try:
             config = load_config(path, allow_embedded=True)
         except ConfigError as e:
             for p in e.problems:
                 log.error("reload rejected: %s", p)
+            audit.emit(Event("reload", ok=False, problems=tuple(e.problems)))
             return False
         if config.upstream.embedded:
             config.upstream = self.config.upstream
@@ -1301,6 +1336,8 @@ class Proxy:
         if tls is None:
             log.error("reload rejected: the TLS settings above cannot be applied; users, rules and "
                       "TLS settings stay as they were")
+            audit.emit(Event("reload", ok=False, problems=(
+                "TLS settings cannot be applied (the log says which); nothing changed",)))
             return False
         listeners, upstream_tls = tls
         for old, (new, where) in zip(self.listener_tls, listeners):
@@ -1333,6 +1370,12 @@ class Proxy:
             closed += not was and client.session._dead
         log.info("configuration reloaded: %d users%s", len(config.users),
                  f"; {closed} connections closed by the re-check" if closed else "")
+        try:
+            audit.configure(config.audit)
+        except audit.AuditError as e:
+            log.error("reload: %s; the audit trail stays as it was", e)
+        audit.emit(Event("reload", ok=True, reason=f"{len(config.users)} users" + (
+            f", {closed} connections closed by the re-check" if closed else "")))
         return True
 
     def _reload_tls(self, config: Config):
@@ -1399,6 +1442,7 @@ class Proxy:
         deadline (e.g. blocked in BLPOP) is closed."""
         self.shutting_down = True
         loop = asyncio.get_running_loop()
+        audit.emit(Event("shutdown", reason=self.stop_reason, grace=timeout))
         deadline = loop.time() + timeout
         for srv in self.servers:
             srv.close()
@@ -1433,6 +1477,12 @@ class Proxy:
                 await asyncio.wait_for(srv.wait_closed(), max(1.0, deadline - loop.time()))
             except asyncio.TimeoutError:
                 pass
+        # The closed connections' disconnect events (connection_lost comes a loop turn later),
+        # then the audit goes back to the process log (its file is closed).
+        settle = loop.time() + 1.0
+        while self.clients and loop.time() < settle:
+            await asyncio.sleep(0.01)
+        audit.configure(None)
 
 
 def _install_uvloop() -> None:
@@ -1461,6 +1511,7 @@ async def serve(config: Config, ready=None, stop: asyncio.Event | None = None,
             return
         log.info("%s: shutting down (grace %.3gs)", why, proxy.config.shutdown_grace)
         proxy.shutting_down = True
+        proxy.stop_reason = why      # (the audit's shutdown event)
         stop.set()
 
     signalled: list[int] = []

@@ -27,11 +27,11 @@ import time
 from collections import deque
 from itertools import repeat
 
-from . import errors, handshake
-from .audit import login_name, safe, user_label
+from . import audit, errors, handshake
+from .audit import AUTH_REASONS, Event, login_name, safe, user_label
 from .commands import TABLE, KeyExtractionError, sort_pattern_option
 from .confine import confine
-from .gate import Gate, audit
+from .gate import Gate
 from .login import CertIdentity, Method, Via, automatic_candidate, decide_login
 from .options import is_word, word
 from .resp import (Batch, ProtocolError, ReplyScanner, Request, RequestParser, array, bulk,
@@ -87,10 +87,17 @@ class Session:
     # `resume()`. (What was answered before it goes out as usual.)
     stall: float = 0.0
     _stalled: bytes | None = None
+    # The connection as the audit names it (audit.Peer; the I/O layer sets it), the requests
+    # received in Python (the C lane counts its own), and why the session ended itself.
+    peer: audit.Peer | None = None
+    commands: int = 0
+    end_reason: str | None = None
 
-    def __init__(self, gate: Gate, client_info: str = "", cert: CertIdentity | None = None):
+    def __init__(self, gate: Gate, client_info: str = "", cert: CertIdentity | None = None,
+                 peer: audit.Peer | None = None):
         self.gate = gate
         self.client_info = client_info
+        self.peer = peer
         cfg = gate.config
         self.parser = RequestParser(max_bulk=cfg.max_bulk, max_args=cfg.max_args)
         self.scanner = ReplyScanner()
@@ -184,10 +191,12 @@ class Session:
                     self._local(e.reply)
                 self._close_after()
                 self._dead = True
+                self.end_reason = "protocol-error"
                 break
             if req is None:
                 break
             if req.raw is None:   # an inline command
+                self.commands += 1
                 self._handle(req)
             else:
                 self._run(Batch.of(req))
@@ -213,6 +222,7 @@ class Session:
         client's read itself when all of it passes) and share one reply slot."""
         entry = self.user_entry
         count = len(batch.args)
+        self.commands += count
         if entry is None or entry.learn or self.multi or not self.upstream_ready \
                 or self.shared and self.link_resp3 != self.resp3 or self._off or self._skip:
             return self._handle_from(batch, 0)
@@ -431,7 +441,7 @@ class Session:
                 denial = None
                 req = Request(confined, None)   # re-encoded: it may carry an added MATCH
         if denial is not None:
-            self._record_denial(denial, spec)
+            self._record_denial(denial, spec, args)
             # A "secret" refusal (CONFIG GET of the upstream's credentials) holds in report-only
             # and learn mode too: reporting it after the secret left would be too late.
             if not (user.report_only or entry.learn) or denial.kind == "secret":
@@ -572,15 +582,25 @@ class Session:
                     self._default_waiting = True
                     return
                 return self._refuse_max_clients(entry)
-            self._login(entry, via=result.method.value, method=result.method)
+            self._login(entry, via=result.method.value, method=result.method, attempt=via)
+        elif result.outcome.value == "disabled":
+            # A certificate (or a nopass default) naming a user that is not `on`: its client
+            # gets a bare NOAUTH; the audit says why. (No password was checked: no throttle.)
+            self._audit(Event("auth-failed", user=safe(entry.name), reason="disabled",
+                              via=via.value))
 
-    def _login(self, entry, via: str, *, method: Method) -> None:
+    def _audit(self, event: Event) -> None:
+        """audit.emit `event` as this connection's."""
+        from dataclasses import replace
+        audit.emit(replace(event, peer=self.peer, info=self.client_info))
+
+    def _login(self, entry, via: str, *, method: Method, attempt: Via) -> None:
         self._default_waiting = False
         self.user_entry = entry
         self.username = entry.name
         self.login_method = method
         self.parser.set_authenticated(True)
-        audit.info("login user=%s via=%s client=%s", entry.name, via, self.client_info)
+        self._audit(Event("auth-ok", user=safe(entry.name), via=via, method=attempt.value))
         if not self.upstream_ready and not self.want_upstream:
             if self.gate.config.upstream.multiplex and not self.upstream_ever \
                     and self.db == self.home_db:
@@ -608,18 +628,19 @@ class Session:
         if throttle.locked(self.address, raw_name):
             # auth_throttle: refused without checking, with a wrong password's reply, the same
             # for every name (a lockout tells nothing about which users exist).
-            self._auth_failed(raw_name, checked=False)
+            self._auth_failed(raw_name, "locked-out", via)
             return errors.wrongpass(version)
         result = decide_login(entry, password=password, via=via, cert=self.cert)
         if not result.ok:
-            self._auth_failed(raw_name, checked=True)
+            self._auth_failed(raw_name, AUTH_REASONS.get(result.outcome.value,
+                                                         result.outcome.value), via)
             return errors.wrongpass(version)
         throttle.succeeded(self.address, raw_name)
         if not self._claim(entry):
             # Past limits.max_clients_per_user: refused and closed (the caller sees `_dead`).
             self._refuse_max_clients(entry)
             return None
-        self._login(entry, via=result.method.value, method=result.method)
+        self._login(entry, via=result.method.value, method=result.method, attempt=via)
         self._adopt_user_state()
         return None
 
@@ -644,8 +665,9 @@ class Session:
     def _refuse_max_clients(self, entry) -> None:
         """A login past limits.max_clients_per_user: Redis's maxclients error, then the
         connection is closed (nothing the client sent after it is judged)."""
-        audit.warning("max-clients-per-user user=%s limit=%d client=%s", entry.name,
-                      self.gate.config.max_clients_per_user, self.client_info)
+        self._audit(Event("max-clients-per-user", user=safe(entry.name),
+                          reason=f"limit {self.gate.config.max_clients_per_user}"))
+        self.end_reason = "max-clients-per-user"
         _metric("clients_refused", "max_clients_per_user")
         self._local(errors.max_clients())
         self._close_after()
@@ -655,27 +677,29 @@ class Session:
         """The I/O layer closed the connection: its user's count goes down."""
         self._release()
 
-    def _auth_failed(self, raw_name: bytes, checked: bool) -> None:
+    def _auth_failed(self, raw_name: bytes, reason: str, via: Via) -> None:
         """Record a refused login: ACL LOG, audit, metrics, auth_throttle. What a client sent as
         a name shows only if it names a configured user (it may be a password typed into the
-        wrong slot): else `unknown` (ACL LOG, metrics) or `unknown:<8 hex>` (audit)."""
+        wrong slot): else `unknown` (ACL LOG, metrics) or `unknown:<8 hex>` (audit). `reason`:
+        an audit.AUTH_REASONS value, or "locked-out" (auth_throttle refused it unchecked)."""
         users = self.gate.users
         label = user_label(raw_name, users)
         self.gate.acl_log.add("auth", "toplevel", "AUTH", label, self.client_info)
-        if not checked:
-            # Locked out: counted, not audited one by one (a flood must not fill the disk).
+        shown = login_name(raw_name, users)
+        self._audit(Event("auth-failed", user=shown, reason=reason, via=via.value))
+        if reason == "locked-out":
+            # Counted; the audit's rate limit (or, without an `audit:` section, the plain-text
+            # form, which leaves these out) keeps a flood from filling the disk.
             self.stall = self.gate.throttle.delay
             _metric("auth_refused_locked")
             return
-        shown = login_name(raw_name, users)
-        audit.warning("auth-failed user=%s client=%s", shown, self.client_info)
         _metric("auth_failures", label)
         throttle = self.gate.throttle
         for scope in throttle.failed(self.address, raw_name):
             s = throttle.settings
-            audit.warning("auth-lockout scope=%s %s seconds=%g after=%d-failures-in-%gs client=%s",
-                          scope, f"user={shown}" if scope == "user" else f"addr={safe(self.address)}",
-                          s.lockout, s.max_failures, s.window, self.client_info)
+            self._audit(Event("lockout", user=shown if scope == "user" else None, scope=scope,
+                              address=safe(self.address), seconds=s.lockout,
+                              failures=s.max_failures, window=s.window))
             _metric("auth_lockouts", scope)
             self.stall = throttle.delay
 
@@ -727,8 +751,8 @@ class Session:
         result = decide_login(entry, password=None, via=Via.RELOAD, cert=self.cert,
                               proven=self.login_method)
         if not result.ok:
-            audit.info("disconnect user=%s reason=reload:%s client=%s", self.username,
-                       result.outcome.value, self.client_info)
+            # (audited as the disconnect's reason: ClientConnection.reloaded / connection_lost)
+            self.end_reason = f"reload:{result.outcome.value}"
             self.user_entry = None
             self._release()
             self.parser.set_authenticated(False)
@@ -739,17 +763,15 @@ class Session:
 
     # -- denials
 
-    def _record_denial(self, denial, spec) -> None:
+    def _record_denial(self, denial, spec, args) -> None:
         context = "multi" if self.multi else "toplevel"
         obj = denial.object if isinstance(denial.object, str) else \
             denial.object.decode("utf-8", "backslashreplace")
         self.gate.acl_log.add(denial.kind, context, obj, self.username, self.client_info)
-        mode = "report-only" if (self.user_entry.user.report_only or self.user_entry.learn) \
-            and denial.kind != "secret" else "denied"
-        # The key, channel or reason (script denials quote arguments) are the client's: escaped.
-        audit.info("%s user=%s command=%s kind=%s object=%s client=%s reason=%s", mode,
-                   safe(self.username), spec.name, denial.kind, safe(denial.object),
-                   self.client_info, safe(denial.reason, 256, spaces=True))
+        report_only = (self.user_entry.user.report_only or self.user_entry.learn) \
+            and denial.kind != "secret"
+        mode = "report-only" if report_only else "denied"
+        self._audit(_denied_event(denial, spec, args, safe(self.username), report_only))
         _metric("denied", user_label(self.username, self.gate.users), denial.kind, mode)
 
     # -- handlers for commands the proxy answers or watches
@@ -838,6 +860,7 @@ class Session:
         self._local(OK)
         self._close_after()
         self._dead = True
+        self.end_reason = "quit"
 
     def _cmd_reset(self, args) -> None:
         """RESET: the client starts over; the upstream connection keeps the proxy's identity."""
@@ -884,7 +907,7 @@ class Session:
         self.sub_active = False
         self.db = self.home_db
         if self.user_entry is not None:
-            audit.info("logout user=%s via=RESET client=%s", self.username, self.client_info)
+            self._audit(Event("logout", user=safe(self.username), via="RESET"))
         self.user_entry = None
         self.username = None
         self.login_method = None
@@ -1160,6 +1183,9 @@ class Session:
         if self.upstream_ever:
             self.close = True
             self._dead = True
+            self.end_reason = "upstream-lost"
+            self._audit(Event("upstream-lost", user=safe(self.username) if self.username else None,
+                              reason=safe(reason, 256, spaces=True)))
         elif self.shared:
             self.upstream_ready = True   # the next command tries the shared link again
 
@@ -1409,6 +1435,34 @@ def _double(value: float, resp3: bool) -> bytes:
 
 def _hello_without_auth(args) -> bool:
     return not any(is_word(a, b"auth") for a in args[2:])
+
+
+# The audit's `denied` fields: the rule family that refused each kind of denial.
+_RULE_FAMILY = {"command": "commands", "key": "keys", "channel": "channels", "script": "scripts",
+                "database": "databases", "keyspace": "allkeys", "secret": "built-in"}
+_SCRIPT_SHA_ARG = {"evalsha": 1, "evalsha_ro": 1}
+_SCRIPT_BODY_ARG = {"eval": 1, "eval_ro": 1, "script|load": 2}
+
+
+def _denied_event(denial, spec, args, user: str, report_only: bool) -> Event:
+    """The audit event of a refused command: the command and subcommand, the kind of refusal, the
+    offending key or channel (or the script's SHA1, or the command), escaped and cut to 128
+    bytes, the rule family and the reason. Never another argument (a value)."""
+    name = spec.name
+    command, _, sub = name.partition("|")
+    kind = denial.kind
+    if kind == "keyspace" and name in ("select", "copy"):
+        kind = "database"
+    obj = denial.object
+    if kind == "script":
+        if name in _SCRIPT_SHA_ARG and len(args) > 1:
+            obj = args[1]
+        elif name in _SCRIPT_BODY_ARG and len(args) > _SCRIPT_BODY_ARG[name]:
+            import hashlib
+            obj = hashlib.sha1(args[_SCRIPT_BODY_ARG[name]]).hexdigest()
+    return Event("denied", user=user, command=command, subcommand=sub or None, kind=kind,
+                 object=safe(obj), rule=_RULE_FAMILY.get(kind, kind), report_only=report_only,
+                 reason=safe(denial.reason, 256, spaces=True))
 
 
 def _metric(name: str, *labels) -> None:
