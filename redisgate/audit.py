@@ -44,9 +44,9 @@ server.Proxy at start and on reload):
   SIGHUP / `redisgate reload`), with ``ts`` (RFC 3339, UTC, milliseconds) first;
 - `audit: {format: text}`: the plain-text lines, to `path`.
 
-With a section, at most `rate` lines a second are written (0: no limit; reload and shutdown
-events always are); past that, each (user, event) gets one ``suppressed`` line a second with
-the number of lines it replaced. `emit` runs on the event loop and never blocks on anything but
+With a section, at most `rate` lines a second of each event kind are written (0: no limit;
+reload and shutdown events always are); past that, each (user, event) gets one ``suppressed``
+line a second with the number of lines it replaced. `emit` runs on the event loop and never blocks on anything but
 the write itself; it is called for connections, logins and refusals only, never for an allowed
 command.
 """
@@ -238,7 +238,7 @@ def _text_disconnect(e: Event) -> str | None:
 def _text_auth_failed(e: Event) -> str | None:
     if e.reason == "locked-out":
         return None   # (counted, not written one by one, in the plain-text form)
-    return f"auth-failed user={e.user} client={e.info}"
+    return f"auth-failed user={e.user} client={e.info} reason={e.reason}"
 
 
 def _text_lockout(e: Event) -> str:
@@ -331,16 +331,17 @@ class AuditFile(logging.FileHandler):
 # ---------------------------------------------------------------------------- rate limit
 
 class _Limiter:
-    """At most `rate` lines a second; past that, per (user, event), a count that `flush` turns
-    into one ``suppressed`` line (at the next second, by a timer on the running loop, or at the
-    next event or `configure`)."""
+    """At most `rate` lines a second of each kind of event (so a flood of denials cannot hide a
+    login or a lockout); past that, per (user, event), a count that `flush` turns into one
+    ``suppressed`` line (at the next second, by a timer on the running loop, or at the next
+    event or `configure`)."""
 
     MAX_KEYS = 10_000   # distinct (user, event) pairs counted per second; the rest share one
 
     def __init__(self, rate: int):
         self.rate = rate
         self.second = int(time.monotonic())
-        self.used = 0
+        self.used: dict[str, int] = {}   # lines written this second, per event kind
         self.dropped: dict[tuple[str | None, str], int] = {}
         self.timer = None
 
@@ -348,16 +349,19 @@ class _Limiter:
         now = int(time.monotonic())
         if now != self.second:
             self.flush()
-            self.second, self.used = now, 0
-        if self.used < self.rate or event.event in _ALWAYS:
-            self.used += 1
+            self.second = now
+            self.used.clear()
+        kind = event.event
+        used = self.used.get(kind, 0)
+        if used < self.rate or kind in _ALWAYS:
+            self.used[kind] = used + 1
             return True
         user = event.user
         if user is not None and user.startswith(UNKNOWN + ":"):
             user = UNKNOWN   # (one summary for every unknown name: a bounded set of keys)
-        key = (user, event.event)
+        key = (user, kind)
         if key not in self.dropped and len(self.dropped) >= self.MAX_KEYS:
-            key = (None, event.event)
+            key = (None, kind)
         self.dropped[key] = self.dropped.get(key, 0) + 1
         if self.timer is None:
             try:

@@ -563,6 +563,7 @@ class ClientConnection(asyncio.Protocol):
             if s.user_entry is None and \
                     self.transport.get_write_buffer_size() > PRELOGIN_OUTPUT_LIMIT:
                 # Errors answered before login pile up unread: nothing to wait for.
+                self.close_reason = "prelogin-output"
                 return self.evict(f"over {PRELOGIN_OUTPUT_LIMIT} bytes of replies unread "
                                   "before login")
         link = self.link

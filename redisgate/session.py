@@ -25,6 +25,7 @@ import logging
 import os
 import time
 from collections import deque
+from dataclasses import replace
 from itertools import repeat
 
 from . import audit, errors, handshake
@@ -591,7 +592,6 @@ class Session:
 
     def _audit(self, event: Event) -> None:
         """audit.emit `event` as this connection's."""
-        from dataclasses import replace
         audit.emit(replace(event, peer=self.peer, info=self.client_info))
 
     def _login(self, entry, via: str, *, method: Method, attempt: Via) -> None:
