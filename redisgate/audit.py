@@ -53,7 +53,6 @@ command.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import hashlib
 import hmac
 import json
@@ -198,7 +197,7 @@ class Event:
     def record(self) -> dict:
         """The JSON object's fields after ``ts``: the event, the user (null when there is none),
         the connection, then the fields that are set."""
-        out = {"event": self.event, "user": self.user}
+        out: dict[str, object] = {"event": self.event, "user": self.user}
         peer = self.peer
         if peer is not None:
             out["client"] = peer.client
@@ -280,10 +279,17 @@ _TEXT = {
 
 # ---------------------------------------------------------------------------- formatting
 
+_second: list = [None, ""]   # the last whole second formatted, and its text
+
+
 def rfc3339(created: float) -> str:
     """``2026-12-07T05:30:01.123Z`` for a time.time() value."""
-    moment = datetime.datetime.fromtimestamp(created, datetime.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    whole = int(created)
+    cached = _second
+    if cached[0] != whole:
+        cached[1] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(whole))
+        cached[0] = whole
+    return f"{cached[1]}{int((created - whole) * 1000):03d}Z"
 
 
 class JSONFormatter(logging.Formatter):
@@ -343,7 +349,7 @@ class _Limiter:
         self.second = int(time.monotonic())
         self.used: dict[str, int] = {}   # lines written this second, per event kind
         self.dropped: dict[tuple[str | None, str], int] = {}
-        self.timer = None
+        self.timer: asyncio.TimerHandle | None = None
 
     def admit(self, event: Event) -> bool:
         now = int(time.monotonic())
@@ -420,13 +426,15 @@ def _write(event: Event) -> None:
     level = logging.WARNING if event.event in _WARNING else logging.INFO
     if not logger.isEnabledFor(level):
         return
-    if _state.json:
-        text = event.text() or event.event
-    else:
-        text = event.text()
-        if text is None:
+    text = event.text()
+    if text is None:
+        if not _state.json:
             return
-    logger.log(level, "%s", text, extra={"audit_event": event})
+        text = event.event
+    # (makeRecord + handle: logger.log's look for the caller's frame is most of its cost)
+    record = logger.makeRecord(logger.name, level, "", 0, text, (), None,
+                               extra={"audit_event": event})
+    logger.handle(record)
 
 
 def configure(settings, base_dir: str | os.PathLike | None = None) -> None:
@@ -436,7 +444,7 @@ def configure(settings, base_dir: str | os.PathLike | None = None) -> None:
     with _lock:
         if settings == _state.settings and (settings is None or _state.handler is not None):
             return
-        handler = None
+        handler: logging.Handler | None = None
         if settings is not None:
             if settings.path == "-":
                 handler = logging.StreamHandler(sys.stdout)

@@ -25,7 +25,6 @@ import logging
 import os
 import time
 from collections import deque
-from dataclasses import replace
 from itertools import repeat
 
 from . import audit, errors, handshake
@@ -587,12 +586,11 @@ class Session:
         elif result.outcome.value == "disabled":
             # A certificate (or a nopass default) naming a user that is not `on`: its client
             # gets a bare NOAUTH; the audit says why. (No password was checked: no throttle.)
-            self._audit(Event("auth-failed", user=safe(entry.name), reason="disabled",
-                              via=via.value))
+            self._audit("auth-failed", user=safe(entry.name), reason="disabled", via=via.value)
 
-    def _audit(self, event: Event) -> None:
-        """audit.emit `event` as this connection's."""
-        audit.emit(replace(event, peer=self.peer, info=self.client_info))
+    def _audit(self, event: str, /, **fields) -> None:
+        """audit.emit an Event `event` (with audit.Event's `fields`) as this connection's."""
+        audit.emit(Event(event, peer=self.peer, info=self.client_info, **fields))
 
     def _login(self, entry, via: str, *, method: Method, attempt: Via) -> None:
         self._default_waiting = False
@@ -600,7 +598,7 @@ class Session:
         self.username = entry.name
         self.login_method = method
         self.parser.set_authenticated(True)
-        self._audit(Event("auth-ok", user=safe(entry.name), via=via, method=attempt.value))
+        self._audit("auth-ok", user=safe(entry.name), via=via, method=attempt.value)
         if not self.upstream_ready and not self.want_upstream:
             if self.gate.config.upstream.multiplex and not self.upstream_ever \
                     and self.db == self.home_db:
@@ -686,7 +684,7 @@ class Session:
         label = user_label(raw_name, users)
         self.gate.acl_log.add("auth", "toplevel", "AUTH", label, self.client_info)
         shown = login_name(raw_name, users)
-        self._audit(Event("auth-failed", user=shown, reason=reason, via=via.value))
+        self._audit("auth-failed", user=shown, reason=reason, via=via.value)
         if reason == "locked-out":
             # Counted; the audit's rate limit (or, without an `audit:` section, the plain-text
             # form, which leaves these out) keeps a flood from filling the disk.
@@ -697,9 +695,9 @@ class Session:
         throttle = self.gate.throttle
         for scope in throttle.failed(self.address, raw_name):
             s = throttle.settings
-            self._audit(Event("lockout", user=shown if scope == "user" else None, scope=scope,
-                              address=safe(self.address), seconds=s.lockout,
-                              failures=s.max_failures, window=s.window))
+            self._audit("lockout", user=shown if scope == "user" else None, scope=scope,
+                        address=safe(self.address), seconds=s.lockout,
+                        failures=s.max_failures, window=s.window)
             _metric("auth_lockouts", scope)
             self.stall = throttle.delay
 
@@ -771,7 +769,8 @@ class Session:
         report_only = (self.user_entry.user.report_only or self.user_entry.learn) \
             and denial.kind != "secret"
         mode = "report-only" if report_only else "denied"
-        self._audit(_denied_event(denial, spec, args, safe(self.username), report_only))
+        self._audit("denied", **_denied_fields(denial, spec, args, safe(self.username),
+                                                report_only))
         _metric("denied", user_label(self.username, self.gate.users), denial.kind, mode)
 
     # -- handlers for commands the proxy answers or watches
@@ -907,7 +906,7 @@ class Session:
         self.sub_active = False
         self.db = self.home_db
         if self.user_entry is not None:
-            self._audit(Event("logout", user=safe(self.username), via="RESET"))
+            self._audit("logout", user=safe(self.username), via="RESET")
         self.user_entry = None
         self.username = None
         self.login_method = None
@@ -1184,8 +1183,8 @@ class Session:
             self.close = True
             self._dead = True
             self.end_reason = "upstream-lost"
-            self._audit(Event("upstream-lost", user=safe(self.username) if self.username else None,
-                              reason=safe(reason, 256, spaces=True)))
+            self._audit("upstream-lost", user=safe(self.username) if self.username else None,
+                        reason=safe(reason, 256, spaces=True))
         elif self.shared:
             self.upstream_ready = True   # the next command tries the shared link again
 
@@ -1444,8 +1443,8 @@ _SCRIPT_SHA_ARG = {"evalsha": 1, "evalsha_ro": 1}
 _SCRIPT_BODY_ARG = {"eval": 1, "eval_ro": 1, "script|load": 2}
 
 
-def _denied_event(denial, spec, args, user: str, report_only: bool) -> Event:
-    """The audit event of a refused command: the command and subcommand, the kind of refusal, the
+def _denied_fields(denial, spec, args, user: str, report_only: bool) -> dict:
+    """The audit.Event fields of a refused command: the command and subcommand, the kind of refusal, the
     offending key or channel (or the script's SHA1, or the command), escaped and cut to 128
     bytes, the rule family and the reason. Never another argument (a value)."""
     name = spec.name
@@ -1460,9 +1459,9 @@ def _denied_event(denial, spec, args, user: str, report_only: bool) -> Event:
         elif name in _SCRIPT_BODY_ARG and len(args) > _SCRIPT_BODY_ARG[name]:
             import hashlib
             obj = hashlib.sha1(args[_SCRIPT_BODY_ARG[name]]).hexdigest()
-    return Event("denied", user=user, command=command, subcommand=sub or None, kind=kind,
-                 object=safe(obj), rule=_RULE_FAMILY.get(kind, kind), report_only=report_only,
-                 reason=safe(denial.reason, 256, spaces=True))
+    return dict(user=user, command=command, subcommand=sub or None, kind=kind, object=safe(obj),
+                rule=_RULE_FAMILY.get(kind, kind), report_only=report_only,
+                reason=safe(denial.reason, 256, spaces=True))
 
 
 def _metric(name: str, *labels) -> None:

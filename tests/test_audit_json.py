@@ -259,6 +259,27 @@ def test_report_only_denials_say_so(redis7, captured):
     assert len(denied) == 1 and denied[0].report_only is True and denied[0].object == "elsewhere"
 
 
+def test_disconnect_counts_the_commands_the_c_lane_forwarded_too(redis7, tmp_path):
+    path = tmp_path / "audit.jsonl"
+    runner = ProxyRunner({"upstream": redis7.upstream, "audit": {"path": str(path)},
+                          "users": {"app": f"on {pw_hash('pw')} ~app:* +get"}}).start()
+    try:
+        w = Wire(runner.port)
+        assert w.call("AUTH", "app", "pw") == b"OK"
+        for _ in range(5):      # pipelines, once the steady state (the lane) has taken over
+            w.send(b"".join(cmd("GET", f"app:{i}") for i in range(200)))
+            assert w.read(200) == [None] * 200
+        w.close()
+        deadline = time.monotonic() + 5
+        while '"disconnect"' not in path.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        runner.stop()
+    gone = [e for e in read_events(path) if e["event"] == "disconnect"]
+    assert len(gone) == 1 and gone[0]["commands"] == 1001 and gone[0]["reason"] == "client-closed"
+
+
 # ---------------------------------------------------------------------------- bounded under a flood
 
 def test_a_flood_of_denials_is_bounded_and_the_summaries_add_up(redis7, tmp_path):
