@@ -21,8 +21,15 @@ handed to `emit()`. Nothing else writes to the ``redisgate.audit`` logger. To au
 new (a limit, a metric-worthy refusal, a rotation), build an Event and call `emit`::
 
     from . import audit
-    audit.emit(audit.Event("disconnect", user=name, peer=session.peer,
-                           info=session.client_info, reason="max-clients-per-user"))
+    audit.emit(audit.Event("upstream-lost", user=audit.safe(session.username),
+                           peer=session.peer, info=session.client_info, reason="..."))
+
+(in session.py: ``self._audit("upstream-lost", reason=...)`` fills in the connection). Where
+the proxy closes a connection for a reason of its own (a limit, an idle timeout), set
+``ClientConnection.close_reason`` (``"max-clients-per-user"``, ``"idle-timeout"``) before closing
+it: server.py emits the connection's one ``disconnect`` event, with that reason, its duration and
+its command count, when the connection is gone (a session that ends itself sets
+``Session.end_reason``).
 
 - `event`: one of `EVENTS` (a new kind: add it there, and to `_TEXT` if the plain-text form
   should show it);
