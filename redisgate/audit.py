@@ -24,7 +24,10 @@ new (a limit, a metric-worthy refusal, a rotation), build an Event and call `emi
     audit.emit(audit.Event("upstream-lost", user=audit.safe(session.username),
                            peer=session.peer, info=session.client_info, reason="..."))
 
-(in session.py: ``self._audit("upstream-lost", reason=...)`` fills in the connection). Where
+(in session.py: ``self._audit("upstream-lost", reason=...)`` fills in the connection). A
+caller on a path a client can repeat at will (a refusal) asks ``wanted(kind, user)`` first and
+builds nothing when the event would not be written (the process log drops it, or the rate limit
+replaces it: it is counted then), then calls ``emit(event, admitted=True)``. Where
 the proxy closes a connection for a reason of its own (a limit, an idle timeout), set
 ``ClientConnection.close_reason`` (``"max-clients-per-user"``, ``"idle-timeout"``) before closing
 it: server.py emits the connection's one ``disconnect`` event, with that reason, its duration and
@@ -358,18 +361,16 @@ class _Limiter:
         self.dropped: dict[tuple[str | None, str], int] = {}
         self.timer: asyncio.TimerHandle | None = None
 
-    def admit(self, event: Event) -> bool:
+    def admit(self, kind: str, user: str | None) -> bool:
         now = int(time.monotonic())
         if now != self.second:
             self.flush()
             self.second = now
             self.used.clear()
-        kind = event.event
         used = self.used.get(kind, 0)
         if used < self.rate or kind in _ALWAYS:
             self.used[kind] = used + 1
             return True
-        user = event.user
         if user is not None and user.startswith(UNKNOWN + ":"):
             user = UNKNOWN   # (one summary for every unknown name: a bounded set of keys)
         key = (user, kind)
@@ -420,13 +421,26 @@ _state = _State()
 _lock = threading.RLock()   # (tests run proxies in threads of one process)
 
 
-def emit(event: Event) -> None:
-    """Audit `event` (see the module docstring)."""
+def emit(event: Event, admitted: bool = False) -> None:
+    """Audit `event` (see the module docstring). `admitted`: `wanted` said yes just before."""
     with _lock:
         limiter = _state.limiter
-        if limiter is not None and not limiter.admit(event):
+        if not admitted and limiter is not None and not limiter.admit(event.event, event.user):
             return
         _write(event)
+
+
+def wanted(event: str, user: str | None = None) -> bool:
+    """Whether an event of kind `event` for `user` is to be written now, for callers that can
+    skip building it: False without an `audit:` section when the process log would drop it (or
+    it has no plain-text form), or when the rate limit replaces it (then it is counted in the
+    ``suppressed`` summary already). After True, call ``emit(event, admitted=True)``."""
+    if _state.settings is None:
+        return event in _TEXT and logger.isEnabledFor(
+            logging.WARNING if event in _WARNING else logging.INFO)
+    with _lock:
+        limiter = _state.limiter
+        return limiter is None or limiter.admit(event, user)
 
 
 def _write(event: Event) -> None:
@@ -483,6 +497,11 @@ def configure(settings, base_dir: str | os.PathLike | None = None) -> None:
         else:
             logger.setLevel(logging.NOTSET)
             logger.propagate = True
+
+
+def configured() -> bool:
+    """Whether an `audit:` section is in force (else the plain-text lines of the process log)."""
+    return _state.settings is not None
 
 
 def reopen() -> None:

@@ -1481,7 +1481,7 @@ class Proxy:
         # The closed connections' disconnect events (connection_lost comes a loop turn later),
         # then the audit goes back to the process log (its file is closed).
         settle = loop.time() + 1.0
-        while self.clients and loop.time() < settle:
+        while self.clients and audit.configured() and loop.time() < settle:
             await asyncio.sleep(0.01)
         audit.configure(None)
 

@@ -590,7 +590,9 @@ class Session:
 
     def _audit(self, event: str, /, **fields) -> None:
         """audit.emit an Event `event` (with audit.Event's `fields`) as this connection's."""
-        audit.emit(Event(event, peer=self.peer, info=self.client_info, **fields))
+        if audit.wanted(event, fields.get("user")):
+            audit.emit(Event(event, peer=self.peer, info=self.client_info, **fields),
+                       admitted=True)
 
     def _login(self, entry, via: str, *, method: Method, attempt: Via) -> None:
         self._default_waiting = False
@@ -769,8 +771,11 @@ class Session:
         report_only = (self.user_entry.user.report_only or self.user_entry.learn) \
             and denial.kind != "secret"
         mode = "report-only" if report_only else "denied"
-        self._audit("denied", **_denied_fields(denial, spec, args, safe(self.username),
-                                                report_only))
+        user = safe(self.username)
+        if audit.wanted("denied", user):   # (else nothing of it is built)
+            audit.emit(Event("denied", peer=self.peer, info=self.client_info,
+                             **_denied_fields(denial, spec, args, user, report_only)),
+                       admitted=True)
         _metric("denied", user_label(self.username, self.gate.users), denial.kind, mode)
 
     # -- handlers for commands the proxy answers or watches
