@@ -238,8 +238,12 @@ def _text_connect(e: Event) -> str | None:
     return f"tls-client cert={e.peer.tls_identity} user={e.user or '-'} client={e.info}"
 
 
+# The proxy's own reasons for closing a connection that the plain-text form shows too (the limits).
+_TEXT_CLOSES = frozenset({"max-clients-per-user", "idle-timeout", "max-clients"})
+
+
 def _text_disconnect(e: Event) -> str | None:
-    if not (e.reason or "").startswith("reload:"):
+    if not (e.reason or "").startswith("reload:") and e.reason not in _TEXT_CLOSES:
         return None
     return f"disconnect user={e.user} reason={e.reason} client={e.info}"
 

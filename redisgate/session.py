@@ -665,8 +665,6 @@ class Session:
     def _refuse_max_clients(self, entry) -> None:
         """A login past limits.max_clients_per_user: Redis's maxclients error, then the
         connection is closed (nothing the client sent after it is judged)."""
-        self._audit(Event("max-clients-per-user", user=safe(entry.name),
-                          reason=f"limit {self.gate.config.max_clients_per_user}"))
         self.end_reason = "max-clients-per-user"
         _metric("clients_refused", "max_clients_per_user")
         self._local(errors.max_clients())
