@@ -39,10 +39,129 @@
  * reload is seen at the next command.
  */
 #include "_respscan.h"
+#include <time.h>
 
 /* Attribute names of server.SharedLink, mux.Demux and server.ClientConnection (interned). */
 static PyObject *s_due, *s_ready, *s_out, *s_demux, *s_conn, *s_transport, *s_write, *s_send,
     *s_clean, *s_lane, *s_append, *s_popleft, *s_flush_soon;
+
+/* ---- Metrics kept in C, read when /metrics is scraped (redisgate.metrics' collector) ----
+ *
+ * Counter: one uint64 per (user, command) (redisgate.metrics.forwarded_counter), the 8th item
+ * of a memo entry (Session._inline); a lane adds the requests it forwarded under that entry's
+ * name, and the Python path adds its own with Counter.add. Nothing else in C looks at it.
+ *
+ * `stats`: the client bytes the lanes and routers moved in C (the Python path counts its own),
+ * and the time one read takes through an entry point of this module (Lane.client_data,
+ * Lane.upstream_data, Router.data_received, the Python slow path included), sampled: one read
+ * in LATENCY_SAMPLE is timed, into a histogram of LATENCY_BOUNDS_NS. Module-wide (one process,
+ * one event loop thread, the GIL held: plain increments). */
+typedef struct {
+    PyObject_HEAD
+    unsigned long long value;
+} Counter;
+
+static PyTypeObject CounterType;
+
+#define LATENCY_SAMPLE 64   /* a power of two */
+static const unsigned long long latency_bounds_ns[] = {
+    5000, 10000, 25000, 50000, 100000, 250000, 500000,
+    1000000, 2500000, 5000000, 10000000, 25000000, 50000000, 100000000};
+#define LATENCY_BOUNDS ((int)(sizeof latency_bounds_ns / sizeof latency_bounds_ns[0]))
+
+static struct {
+    unsigned long long bytes_in, bytes_out;   /* client bytes taken / written in C */
+    unsigned long long reads;                 /* reads through the entry points: the sampler */
+    unsigned long long buckets[LATENCY_BOUNDS + 1];   /* per bucket (not cumulative); +Inf last */
+    unsigned long long count, sum_ns;
+} stats;
+
+/* Whether this read is the one in LATENCY_SAMPLE to time (then *t0 is its start). */
+static inline int
+sample_start(struct timespec *t0)
+{
+    if ((++stats.reads & (LATENCY_SAMPLE - 1)) != 0)
+        return 0;
+    return clock_gettime(CLOCK_MONOTONIC, t0) == 0;
+}
+
+static void
+sample_end(const struct timespec *t0)
+{
+    struct timespec t1;
+    unsigned long long ns;
+    int i = 0;
+    if (clock_gettime(CLOCK_MONOTONIC, &t1) != 0)
+        return;
+    ns = (unsigned long long)(t1.tv_sec - t0->tv_sec) * 1000000000ULL + t1.tv_nsec - t0->tv_nsec;
+    while (i < LATENCY_BOUNDS && ns > latency_bounds_ns[i])
+        i++;
+    stats.buckets[i]++;
+    stats.count++;
+    stats.sum_ns += ns;
+}
+
+/* The counters a lane adds to when one read is forwarded whole: a few runs of names per read
+ * (a pipeline mostly repeats one); more distinct ones than TALLY_RUNS send the read to Python,
+ * which counts it itself. Each cell is held (a new reference) until committed or dropped. */
+#define TALLY_RUNS 16
+typedef struct {
+    PyObject *cell[TALLY_RUNS];
+    unsigned long long n[TALLY_RUNS];
+    int len;
+} Tally;
+
+static int
+tally_add(Tally *t, PyObject *cell)
+{
+    int i;
+    if (t->len > 0 && t->cell[t->len - 1] == cell) {
+        t->n[t->len - 1]++;
+        return 0;
+    }
+    for (i = 0; i < t->len; i++) {
+        if (t->cell[i] == cell) {
+            t->n[i]++;
+            return 0;
+        }
+    }
+    if (t->len == TALLY_RUNS)
+        return -1;
+    Py_INCREF(cell);
+    t->cell[t->len] = cell;
+    t->n[t->len++] = 1;
+    return 0;
+}
+
+static void
+tally_drop(Tally *t)
+{
+    int i;
+    for (i = 0; i < t->len; i++)
+        Py_DECREF(t->cell[i]);
+    t->len = 0;
+}
+
+static void
+tally_commit(Tally *t)
+{
+    int i;
+    for (i = 0; i < t->len; i++)
+        ((Counter *)t->cell[i])->value += t->n[i];
+    tally_drop(t);
+}
+
+/* The counter of a memo entry: its 8th item (NULL for a 7-item entry, which is not counted);
+ * -1 when the entry has an 8th item that is no Counter (the lane gives up on it). */
+static int
+entry_counter(PyObject *entry, PyObject **cell)
+{
+    *cell = NULL;
+    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 8)
+        return 0;
+    *cell = PyTuple_GET_ITEM(entry, 7);
+    return Py_IS_TYPE(*cell, &CounterType) ? 0 : -1;
+}
 
 typedef struct {
     PyObject_HEAD
@@ -323,7 +442,8 @@ passes(PyObject *entry, const char *req, const char *end, Py_ssize_t argc, Py_ss
     const char *k;
     int ok, has_exact;
 
-    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 7)
+    if (!PyTuple_CheckExact(entry)
+            || (PyTuple_GET_SIZE(entry) != 7 && PyTuple_GET_SIZE(entry) != 8))
         return 0;
     fewest = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 1));
     most = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 2));
@@ -511,11 +631,14 @@ done:
 }
 
 static PyObject *
-lane_client_data(Lane *self, PyObject *data)
+lane_client_data_(Lane *self, PyObject *data)
 {
     const char *base, *p, *end, *name = NULL;
     Py_ssize_t count = 0, name_len = 0;
-    PyObject *entry = NULL, *r;
+    PyObject *entry = NULL, *cell = NULL, *r;
+    Tally tally;
+
+    tally.len = 0;
 
     if (self->known == NULL || !PyBytes_CheckExact(data) || PyBytes_GET_SIZE(data) == 0)
         goto slow;
@@ -548,6 +671,8 @@ lane_client_data(Lane *self, PyObject *data)
             Py_INCREF(entry);
             name = n;
             name_len = len;
+            if (entry_counter(entry, &cell) < 0)
+                goto slow;
         }
         ok = passes(entry, p, next, argc, self->max_bulk);
         if (ok < 0)
@@ -556,12 +681,16 @@ lane_client_data(Lane *self, PyObject *data)
             goto slow;
         if (self->due + count >= self->window)   /* (the window is full: Python holds the rest) */
             goto slow;
+        if (cell != NULL && tally_add(&tally, cell) < 0)   /* (too many names: Python counts) */
+            goto slow;
         count++;
         p = next;
     }
     Py_XDECREF(entry);
+    tally_commit(&tally);
     self->due += count;
     self->passed += count;
+    stats.bytes_in += (unsigned long long)PyBytes_GET_SIZE(data);
     if (self->link != NULL)
         return shared_send(self, data, count);
     r = PyObject_CallOneArg(self->upstream_write, data);
@@ -571,14 +700,29 @@ lane_client_data(Lane *self, PyObject *data)
     Py_RETURN_NONE;
 slow:
     Py_XDECREF(entry);
+    tally_drop(&tally);
     return PyObject_CallOneArg(self->client_slow, data);
 error:
     Py_XDECREF(entry);
+    tally_drop(&tally);
     return NULL;
 }
 
+/* client_data(data): the above, one read in LATENCY_SAMPLE timed (the slow path included). */
 static PyObject *
-lane_upstream_data(Lane *self, PyObject *data)
+lane_client_data(Lane *self, PyObject *data)
+{
+    struct timespec t0;
+    PyObject *r;
+    if (!sample_start(&t0))
+        return lane_client_data_(self, data);
+    r = lane_client_data_(self, data);
+    sample_end(&t0);
+    return r;
+}
+
+static PyObject *
+lane_upstream_data_(Lane *self, PyObject *data)
 {
     Py_ssize_t count = 0;
     const char *base, *end;
@@ -591,6 +735,7 @@ lane_upstream_data(Lane *self, PyObject *data)
     if (run_of(reply_end, base, end, self->due, &count) != end || count == 0)
         goto slow;
     self->due -= count;
+    stats.bytes_out += (unsigned long long)(end - base);
     r = PyObject_CallOneArg(self->client_write, data);
     if (r == NULL)
         return NULL;
@@ -598,6 +743,18 @@ lane_upstream_data(Lane *self, PyObject *data)
     Py_RETURN_NONE;
 slow:
     return PyObject_CallOneArg(self->upstream_slow, data);
+}
+
+static PyObject *
+lane_upstream_data(Lane *self, PyObject *data)
+{
+    struct timespec t0;
+    PyObject *r;
+    if (!sample_start(&t0))
+        return lane_upstream_data_(self, data);
+    r = lane_upstream_data_(self, data);
+    sample_end(&t0);
+    return r;
 }
 
 static PyObject *
@@ -830,6 +987,7 @@ route_head(Router *self, PyObject *data, Py_ssize_t pos, PyObject *queue, int *s
         if (chunk == NULL)
             goto done;
     }
+    stats.bytes_out += (unsigned long long)PyBytes_GET_SIZE(chunk);
     r = PyObject_CallOneArg(lane->client_write, chunk);
     if (r == NULL)
         goto done;
@@ -844,7 +1002,7 @@ done:
 }
 
 static PyObject *
-router_data_received(Router *self, PyObject *data)
+router_data_received_(Router *self, PyObject *data)
 {
     PyObject *current = NULL, *clean = NULL, *rest, *r;
     Py_ssize_t pos = 0, size;
@@ -893,6 +1051,18 @@ error:
     return NULL;
 }
 
+static PyObject *
+router_data_received(Router *self, PyObject *data)
+{
+    struct timespec t0;
+    PyObject *r;
+    if (!sample_start(&t0))
+        return router_data_received_(self, data);
+    r = router_data_received_(self, data);
+    sample_end(&t0);
+    return r;
+}
+
 static PyMethodDef router_methods[] = {
     {"data_received", (PyCFunction)router_data_received, METH_O,
      "data_received(data): bytes from the shared link (a Protocol's data_received)."},
@@ -913,10 +1083,106 @@ static PyTypeObject RouterType = {
     .tp_methods = router_methods,
 };
 
+/* ---- Counter and stats() (see "Metrics kept in C" above) */
+
+static PyObject *
+counter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, ":Counter", kwlist))
+        return NULL;
+    return type->tp_alloc(type, 0);   /* (zeroed: value 0) */
+}
+
+static PyObject *
+counter_add(Counter *self, PyObject *n)
+{
+    unsigned long long v;
+    if (!PyLong_Check(n)) {
+        PyErr_Format(PyExc_TypeError, "Counter.add: an int, not %.100s", Py_TYPE(n)->tp_name);
+        return NULL;
+    }
+    v = PyLong_AsUnsignedLongLong(n);   /* (OverflowError for a negative or huge one) */
+    if (v == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    self->value += v;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+counter_get_value(Counter *self, void *closure)
+{
+    return PyLong_FromUnsignedLongLong(self->value);
+}
+
+static PyGetSetDef counter_getset[] = {
+    {"value", (getter)counter_get_value, NULL, "the count so far", NULL},
+    {NULL},
+};
+
+static PyMethodDef counter_methods[] = {
+    {"add", (PyCFunction)counter_add, METH_O, "add(n): count n more (an int >= 0)."},
+    {NULL},
+};
+
+static PyTypeObject CounterType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "redisgate._lane.Counter",
+    .tp_basicsize = sizeof(Counter),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A uint64 counter that lanes add to in C (a memo entry's 8th item); see _lane.c.",
+    .tp_new = counter_new,
+    .tp_methods = counter_methods,
+    .tp_getset = counter_getset,
+};
+
+/* stats() -> {"bytes_in", "bytes_out", "reads", "latency_buckets", "latency_count",
+ * "latency_sum_ns"}: a copy of the module's counters (latency_buckets per bucket, not
+ * cumulative, one more than LATENCY_BOUNDS_NS: the last is +Inf). */
+static PyObject *
+lane_stats(PyObject *module, PyObject *unused)
+{
+    PyObject *buckets = PyTuple_New(LATENCY_BOUNDS + 1), *r;
+    int i;
+    if (buckets == NULL)
+        return NULL;
+    for (i = 0; i <= LATENCY_BOUNDS; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(stats.buckets[i]);
+        if (v == NULL) {
+            Py_DECREF(buckets);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(buckets, i, v);
+    }
+    r = Py_BuildValue("{sKsKsKsOsKsK}", "bytes_in", stats.bytes_in, "bytes_out", stats.bytes_out,
+                      "reads", stats.reads, "latency_buckets", buckets,
+                      "latency_count", stats.count, "latency_sum_ns", stats.sum_ns);
+    Py_DECREF(buckets);
+    return r;
+}
+
+static PyMethodDef module_methods[] = {
+    {"stats", (PyCFunction)lane_stats, METH_NOARGS,
+     "stats() -> dict: the client bytes moved in C and the sampled read latency histogram."},
+    {NULL},
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "redisgate._lane",
     "The steady state of one client connection in C (see the source for the contract).", -1,
+    module_methods,
 };
+
+static int
+add_type(PyObject *m, const char *name, PyTypeObject *type)
+{
+    Py_INCREF(type);
+    if (PyModule_AddObject(m, name, (PyObject *)type) < 0) {
+        Py_DECREF(type);
+        return -1;
+    }
+    return 0;
+}
 
 static int
 intern(PyObject **slot, const char *name)
@@ -928,7 +1194,8 @@ intern(PyObject **slot, const char *name)
 PyMODINIT_FUNC
 PyInit__lane(void)
 {
-    PyObject *m;
+    PyObject *m, *bounds = NULL;
+    int i;
     if (intern(&s_due, "due") < 0 || intern(&s_ready, "ready") < 0 || intern(&s_out, "out") < 0
             || intern(&s_demux, "demux") < 0 || intern(&s_conn, "conn") < 0
             || intern(&s_transport, "transport") < 0 || intern(&s_write, "write") < 0
@@ -936,22 +1203,29 @@ PyInit__lane(void)
             || intern(&s_lane, "lane") < 0 || intern(&s_append, "append") < 0
             || intern(&s_popleft, "popleft") < 0 || intern(&s_flush_soon, "_flush_soon") < 0)
         return NULL;
-    if (PyType_Ready(&LaneType) < 0 || PyType_Ready(&RouterType) < 0)
+    if (PyType_Ready(&LaneType) < 0 || PyType_Ready(&RouterType) < 0
+            || PyType_Ready(&CounterType) < 0)
         return NULL;
     m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;
-    Py_INCREF(&LaneType);
-    if (PyModule_AddObject(m, "Lane", (PyObject *)&LaneType) < 0) {
-        Py_DECREF(&LaneType);
-        Py_DECREF(m);
-        return NULL;
+    bounds = PyTuple_New(LATENCY_BOUNDS);
+    if (bounds == NULL)
+        goto error;
+    for (i = 0; i < LATENCY_BOUNDS; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong(latency_bounds_ns[i]);
+        if (v == NULL)
+            goto error;
+        PyTuple_SET_ITEM(bounds, i, v);
     }
-    Py_INCREF(&RouterType);
-    if (PyModule_AddObject(m, "Router", (PyObject *)&RouterType) < 0) {
-        Py_DECREF(&RouterType);
-        Py_DECREF(m);
-        return NULL;
-    }
+    if (add_type(m, "Lane", &LaneType) < 0 || add_type(m, "Router", &RouterType) < 0
+            || add_type(m, "Counter", &CounterType) < 0
+            || PyModule_AddIntConstant(m, "LATENCY_SAMPLE", LATENCY_SAMPLE) < 0
+            || PyModule_AddObject(m, "LATENCY_BOUNDS_NS", bounds) < 0)
+        goto error;
     return m;
+error:
+    Py_XDECREF(bounds);
+    Py_DECREF(m);
+    return NULL;
 }

@@ -5,9 +5,10 @@ shared upstream link). Every method is positional-only (METH_VARARGS / METH_O) e
 constructors, which also take their arguments by keyword.
 """
 from collections.abc import Callable
-from typing import Any, final
+from typing import Any, TypedDict, final
 
-# Session._inline's memo: command name (as sent) -> its inline verdict tuple (see session.py).
+# Session._inline's memo: command name (as sent) -> its inline verdict tuple (see session.py);
+# an 8-item one ends with the `Counter` the lane adds the requests it forwards to.
 _Known = dict[bytes, tuple[Any, ...]]
 _Write = Callable[[bytes], object]
 
@@ -46,3 +47,26 @@ class Router:
     def data_received(self, data: bytes, /) -> object:
         """Bytes from the shared link: the whole replies at the head of its Demux that belong to
         armed lanes go to their clients in C; the rest of the read goes to `slow`."""
+
+@final
+class Counter:
+    """A uint64 count (one per user and command: metrics.forwarded_counter) that lanes add to
+    in C; read when /metrics is scraped. Made with no arguments (TypeError otherwise)."""
+    def add(self, n: int, /) -> None:
+        """Count n more: TypeError unless an int, OverflowError when negative or past 2**64."""
+    @property
+    def value(self) -> int: ...
+
+class _Stats(TypedDict):
+    bytes_in: int          # client bytes the lanes forwarded in C (the Python path counts its own)
+    bytes_out: int         # bytes the lanes and routers wrote to clients in C
+    reads: int             # reads through Lane.client_data / upstream_data / Router.data_received
+    latency_buckets: tuple[int, ...]   # per bucket of LATENCY_BOUNDS_NS, +Inf last (not cumulative)
+    latency_count: int     # reads timed: one in LATENCY_SAMPLE
+    latency_sum_ns: int
+
+def stats() -> _Stats:
+    """A copy of the module's counters (see "Metrics kept in C" in _lane.c)."""
+
+LATENCY_SAMPLE: int                  # one read in this many is timed
+LATENCY_BOUNDS_NS: tuple[int, ...]   # the latency histogram's upper bounds, nanoseconds

@@ -24,6 +24,9 @@ import os
 import signal
 import ssl
 from pathlib import Path
+from time import perf_counter_ns
+
+from . import metrics
 
 from . import errors, handshake, metrics
 from .config import Config, ConfigError, load_config
@@ -69,6 +72,7 @@ class UpstreamConnection(asyncio.Protocol):
             client.upstream = None
             client.upstream_write = None
             if not client.closed:
+                metrics.inc("upstream_errors", "lost")
                 client.session.upstream_failed("connection lost")
                 client.pump()
 
@@ -99,6 +103,11 @@ class _LinkConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.link.conn is self:
+            if Router is None and metrics.PY.sample():   # (else the Router's C entry times it)
+                t0 = perf_counter_ns()
+                self.link.data_received(data)
+                metrics.PY.observe(perf_counter_ns() - t0)
+                return
             self.link.data_received(data)
 
     def connection_lost(self, exc) -> None:
@@ -136,6 +145,7 @@ class SharedLink:
         self._paused = False
         self.waiting = 0               # bytes in `out` while the link is being opened
         self._held_back: set[ClientConnection] = set()   # paused for that (WAITING_LIMIT)
+        self._was_connected = False   # (an opening after that is a reconnect, in metrics)
 
     def send(self, client: "ClientConnection", data: bytes, replies: int) -> None:
         self.demux.sent(client, replies)
@@ -177,6 +187,10 @@ class SharedLink:
 
     def connection_made(self, conn: _LinkConnection) -> None:
         self.conn = conn
+        metrics.inc("upstream_connections", "shared")
+        if self._was_connected:
+            metrics.inc("upstream_reconnects")
+        self._was_connected = True
         conn.transport.set_write_buffer_limits(high=1 << 20)
         self.connecting = False
         setup = [step.command for step in
@@ -226,6 +240,8 @@ class SharedLink:
         """The link is unusable: every client with replies due gets errors for them (and, if the
         link had been working, is closed, as by a Redis restart); the next send reconnects."""
         conn, self.conn = self.conn, None
+        if conn is not None and reason != "proxy shutting down":
+            metrics.inc("upstream_errors", "lost")
         self.ready = self.connecting = False
         self.due = 0
         self.out.clear()
@@ -280,8 +296,7 @@ async def open_upstream(proxy: "Proxy", factory, addr=None):
         reason = _connect_failure(e)
         if addr is None:   # (a cluster node's: ClusterMap.unreachable logs and counts it)
             log.warning("upstream %s unreachable: %s", up.address, reason)
-            from . import metrics
-            metrics.inc("upstream_errors")
+            metrics.inc("upstream_errors", "connect")
         return None, reason
     return protocol, None
 
@@ -314,6 +329,7 @@ class ClientConnection(asyncio.Protocol):
     close_reason: str | None = None   # why the proxy closed it (the audit's disconnect reason)
     _disconnect_audited = False
     _lane_passed = 0      # requests forwarded by lanes since dropped (drain)
+    listener = ""         # "host:port" of the listener that accepted it (a metrics label)
 
     def __init__(self, proxy: "Proxy", listener_tls=None):
         self.proxy = proxy
@@ -375,8 +391,7 @@ class ClientConnection(asyncio.Protocol):
         proxy.clients.add(self)
         if proxy.over_budget:
             self.hold_input("budget", True)
-        from . import metrics
-        metrics.connection_opened()
+        metrics.connection_opened(self.listener)
         if self._counted and proxy.accepted > proxy.gate.config.max_clients:
             # (A TLS connection was counted, and refused if need be, at accept.)
             metrics.inc("clients_refused", "max_clients")
@@ -390,9 +405,16 @@ class ClientConnection(asyncio.Protocol):
         self.pump()
 
     def data_received(self, data: bytes) -> None:
+        """Bytes from the client that the C lane gave up on (or all of them, without it)."""
+        metrics.PY.bytes_in += len(data)
         if self.draining:
             return
         self._reads += 1
+        if Lane is None and metrics.PY.sample():   # (else the lane's C entry times the read)
+            t0 = perf_counter_ns()
+            self._feed(self._client_data, data, upstream=False)
+            metrics.PY.observe(perf_counter_ns() - t0)
+            return
         self._feed(self._client_data, data, upstream=False)
 
     def reloaded(self) -> None:
@@ -424,7 +446,12 @@ class ClientConnection(asyncio.Protocol):
         """Bytes from this client's own upstream connection."""
         self.disarm_lane()
         due = self._due()
-        self._feed(self.session.upstream_data, data, upstream=True)
+        if Lane is None and metrics.PY.sample():   # (else the lane's C entry times the read)
+            t0 = perf_counter_ns()
+            self._feed(self.session.upstream_data, data, upstream=True)
+            metrics.PY.observe(perf_counter_ns() - t0)
+        else:
+            self._feed(self.session.upstream_data, data, upstream=True)
         if due:   # (else pub/sub messages: not replies)
             self._replies_came(len(data), due - self._due())
 
@@ -558,7 +585,9 @@ class ClientConnection(asyncio.Protocol):
             self._stall()
         out = s.to_client
         if out:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            data = out[0] if len(out) == 1 else b"".join(out)
+            metrics.PY.bytes_out += len(data)
+            self.transport.write(data)
             out.clear()
             if s.user_entry is None and \
                     self.transport.get_write_buffer_size() > PRELOGIN_OUTPUT_LIMIT:
@@ -635,7 +664,6 @@ class ClientConnection(asyncio.Protocol):
             return
         session = self.session
         audit.emit(Event("auth-timeout", peer=session.peer, info=session.client_info))
-        from . import metrics
         metrics.inc("auth_timeouts")
         self.close_reason = "auth-timeout"
         self.transport.close()
@@ -697,6 +725,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self.upstream = protocol
         self.upstream_write = protocol.transport.write
+        metrics.inc("upstream_connections", "client")
         protocol.transport.set_write_buffer_limits(high=1 << 20)
         if self.link is not None and self.due:
             self._await_drain = True   # the client's shared replies first (shared_replies)
@@ -778,7 +807,6 @@ class ClientConnection(asyncio.Protocol):
             del self.data_received
         if self.link is not None and not self.due:
             self._leave_link()   # (with replies due, the link still routes them here)
-        from . import metrics
         metrics.connection_closed()
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.close()
@@ -980,9 +1008,10 @@ class TLSClientConnection(asyncio.Protocol):
 
     record = None   # the C record layer (tls.record_layer()), when built
 
-    def __init__(self, proxy: "Proxy", tls):
+    def __init__(self, proxy: "Proxy", tls, listener: str = ""):
         self.proxy = proxy
         self.tls = tls
+        self.listener = listener
         self.inner: ClientConnection | None = None
         self.raw: asyncio.Transport | None = None
         if proxy.tls_record is not None:
@@ -1024,6 +1053,7 @@ class TLSClientConnection(asyncio.Protocol):
                 return
             self.timer.cancel()
             self.inner = inner = ClientConnection(self.proxy, self.tls)
+            inner.listener = self.listener
             inner.accepted = self.accepted   # (counted here: the inner one does not count)
             transport = _TLSTransport(self.raw, engine)
             if self.record is not None and engine.hand_over(
@@ -1116,6 +1146,8 @@ class Proxy:
         self._upstream_tls = None
         self.tls_record = None   # tls.record_layer(), with a TLS listener
         self._build_tls()
+        metrics.watch(self)
+        metrics.config_loaded(True, reload=False)
 
     # -- TLS
 
@@ -1162,13 +1194,14 @@ class Proxy:
         loop = asyncio.get_running_loop()
         audit.configure(self.config.audit)   # (AuditError: the file cannot be opened)
         for lst, tls in zip(self.listeners, self.listener_tls):
+            label = f"{lst.host}:{lst.port}"   # (the configured address: a bounded label)
             if tls is None:
-                srv = await loop.create_server(lambda: ClientConnection(self), lst.host, lst.port,
-                                               reuse_address=True, reuse_port=self.reuse_port or None,
-                                               backlog=1024)
-            else:
-                srv = await loop.create_server(lambda t=tls: TLSClientConnection(self, t), lst.host,
+                srv = await loop.create_server(lambda a=label: self._client(a), lst.host,
                                                lst.port, reuse_address=True,
+                                               reuse_port=self.reuse_port or None, backlog=1024)
+            else:
+                srv = await loop.create_server(lambda t=tls, a=label: TLSClientConnection(self, t, a),
+                                               lst.host, lst.port, reuse_address=True,
                                                reuse_port=self.reuse_port or None, backlog=1024)
             self.servers.append(srv)
             log.info("listening on %s:%d%s", lst.host, lst.port, " (TLS)" if tls else "")
@@ -1177,6 +1210,11 @@ class Proxy:
         if self.cluster is not None:
             await self.cluster.start()
         await self.probe_upstream()
+
+    def _client(self, listener: str) -> ClientConnection:
+        client = ClientConnection(self)
+        client.listener = listener
+        return client
 
     def shared_link(self, client: ClientConnection) -> SharedLink:
         if self.cluster is not None:   # the client's router over the nodes' shared links
@@ -1315,6 +1353,7 @@ class Proxy:
             for p in e.problems:
                 log.error("reload rejected: %s", p)
             audit.emit(Event("reload", ok=False, problems=tuple(e.problems)))
+            metrics.config_loaded(False)
             return False
         if config.upstream.embedded:
             config.upstream = self.config.upstream
@@ -1339,6 +1378,7 @@ class Proxy:
                       "TLS settings stay as they were")
             audit.emit(Event("reload", ok=False, problems=(
                 "TLS settings cannot be applied (the log says which); nothing changed",)))
+            metrics.config_loaded(False)
             return False
         listeners, upstream_tls = tls
         for old, (new, where) in zip(self.listener_tls, listeners):
@@ -1377,6 +1417,7 @@ class Proxy:
             log.error("reload: %s; the audit trail stays as it was", e)
         audit.emit(Event("reload", ok=True, reason=f"{len(config.users)} users" + (
             f", {closed} connections closed by the re-check" if closed else "")))
+        metrics.config_loaded(True)
         return True
 
     def _reload_tls(self, config: Config):

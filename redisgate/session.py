@@ -33,6 +33,7 @@ from .commands import TABLE, KeyExtractionError, sort_pattern_option
 from .confine import confine
 from .gate import Gate
 from .login import CertIdentity, Method, Via, automatic_candidate, decide_login
+from .metrics import forwarded_counter
 from .options import is_word, word
 from .resp import (Batch, ProtocolError, ReplyScanner, Request, RequestParser, array, bulk,
                    encode_command, error, integer, map_, string2ll)
@@ -92,6 +93,9 @@ class Session:
     peer: audit.Peer | None = None
     commands: int = 0
     end_reason: str | None = None
+    # The command table name of the request `_handle` is on (`other`: not in the table): the
+    # `command` label of what it forwards or refuses.
+    _command: str = "other"
 
     def __init__(self, gate: Gate, client_info: str = "", cert: CertIdentity | None = None,
                  peer: audit.Peer | None = None):
@@ -245,24 +249,29 @@ class Session:
                 pos = inline[3]
                 if pos == NO_KEY:
                     run = run.tail
+                    inline[7].add(count - len(run))   # (metrics: forwarded, per user/command)
                 elif pos >= 0:
                     keys = run.column(pos)
                     if inline[4] and all(map(bytes.startswith, keys, repeat(inline[4]))) \
                             or inline[5].issuperset(keys):
                         run = run.tail
+                        inline[7].add(count - len(run))
         for j, args in enumerate(run, count - len(run)):
             inline = lookup(args[0])
             if inline is None:
                 inline = self._inline(args, known)
             # (spec, fewest, most arguments, key position or NO_KEY / ASK, prefixes, exact,
-            # match): see _inline. Anything outside the fast shape goes to _handle.
+            # match, the metrics' forwarded counter): see _inline. Anything outside the fast
+            # shape goes to _handle.
             if inline is not None and inline[1] <= len(args) <= inline[2]:
                 pos = inline[3]
                 if pos >= 0:
                     key = args[pos]
                     if key.startswith(inline[4]) or key in inline[5] or inline[6](key):
+                        inline[7].add(1)
                         continue
                 elif pos == NO_KEY:
+                    inline[7].add(1)
                     continue
                 else:
                     if judge is None:
@@ -271,6 +280,7 @@ class Session:
                         if judge(inline[0], args, db) is None:
                             if pos == SCRIPT:
                                 self._lane_script(inline, args)
+                            inline[7].add(1)
                             continue
                     except KeyExtractionError:
                         pass
@@ -331,12 +341,13 @@ class Session:
     def _inline(self, args, known: dict):
         """How `_run` judges this command inline, or None when it must go to `_handle` (answered
         or watched here, a container, unknown to the upstream): (spec, fewest, most, pos,
-        prefixes, exact, match). fewest..most is the arity, narrowed to where the user's judge
+        prefixes, exact, match, counter). fewest..most is the arity, narrowed to where the user's judge
         has a shortcut (rules.User.shortcut); pos is NO_KEY (allowed with any arguments), ASK
         (call the judge), SCRIPT (call the judge; `prefixes` is then the {SHA1: {queue: form}}
         memo of _lane_script), or where the one key is, allowed when it starts with one of
-        `prefixes`, is in `exact` or passes `match`. Memoised in `known` (the user's, on the
-        gate) per name as sent."""
+        `prefixes`, is in `exact` or passes `match`. `counter` counts the commands forwarded
+        this way (metrics.forwarded_counter; the C lane adds to it too). Memoised in `known`
+        (the user's, on the gate) per name as sent."""
         spec = TABLE.lookup(args)
         if spec is None or spec.is_container or spec.name in _PLAIN \
                 or not self.gate.available(spec) or (self.shared and not shareable(spec)):
@@ -344,15 +355,17 @@ class Session:
         a = spec.arity
         fewest, most = (a, a) if a >= 0 else (-a, 1 << 62)
         shortcut = self.user_entry.user.shortcut(spec)
+        counter = forwarded_counter(self.username, spec.name)
         if shortcut is True:
-            inline = (spec, fewest, most, NO_KEY, (), (), None)
+            inline = (spec, fewest, most, NO_KEY, (), (), None, counter)
         elif type(shortcut) is tuple and type(shortcut[0]) is int:
             pos, upto, prefixes, exact, match = shortcut
-            inline = (spec, max(fewest, pos + 1), min(most, upto), pos, prefixes, exact, match)
+            inline = (spec, max(fewest, pos + 1), min(most, upto), pos, prefixes, exact, match,
+                      counter)
         elif self.user_entry.user.judges_by_sha(spec):
-            inline = (spec, fewest, most, SCRIPT, {}, (), None)
+            inline = (spec, fewest, most, SCRIPT, {}, (), None, counter)
         else:
-            inline = (spec, fewest, most, ASK, (), (), None)
+            inline = (spec, fewest, most, ASK, (), (), None, counter)
         if spec.parent is None and len(known) < 1024:
             # Not subcommands: their spec depends on args[1] as well. The bound: names come from
             # clients, in any mix of cases.
@@ -403,6 +416,7 @@ class Session:
         args = req.args
         version = self.gate.upstream_version
         spec = TABLE.lookup(args)
+        self._command = spec.name if spec is not None else "other"
         if spec is None or (not self.gate.available(spec) and spec.name not in _PROXY_ANSWERED
                             and not spec.name.startswith("acl")):
             if spec is not None and spec.parent is not None and self.gate.available(spec.parent):
@@ -469,6 +483,7 @@ class Session:
 
     def _reject(self, reply: bytes) -> None:
         """A command answered with an error here; inside MULTI it dooms the transaction, as in Redis."""
+        _metric("refused", self.username, self._command)
         if self.multi:
             self.multi_dirty = True
         self._local(reply)
@@ -489,6 +504,7 @@ class Session:
 
     def _forward(self, req, kind: int = FWD, n: int = 1, payload=None,
                  shared_ok: bool = False) -> None:
+        forwarded_counter(self.username, self._command).add(1)
         self._send_upstream(req.raw if req.raw is not None else encode_command(req.args),
                             shared_ok)
         self._expect(kind, n, payload)
@@ -685,13 +701,13 @@ class Session:
         self.gate.acl_log.add("auth", "toplevel", "AUTH", label, self.client_info)
         shown = login_name(raw_name, users)
         self._audit("auth-failed", user=shown, reason=reason, via=via.value)
+        _metric("auth_failures", label, reason)
         if reason == "locked-out":
             # Counted; the audit's rate limit (or, without an `audit:` section, the plain-text
             # form, which leaves these out) keeps a flood from filling the disk.
             self.stall = self.gate.throttle.delay
             _metric("auth_refused_locked")
             return
-        _metric("auth_failures", label)
         throttle = self.gate.throttle
         for scope in throttle.failed(self.address, raw_name):
             s = throttle.settings

@@ -347,3 +347,82 @@ def test_count_flat_stops_at_a_bulk_shorter_than_its_header_says(size):
     for cut in range(len(whole)):
         assert _speedups.count_flat(whole[:cut], 1, 0) == (0, 0)
     assert _speedups.count_flat(whole, 1, 0) == (1, len(whole))
+
+
+# ---------------------------------------------------------------- metrics kept in C (issue 17)
+
+def counted(fewest, most, pos, prefixes=(), counter=None):
+    """An 8-item memo entry: its last item is the _lane.Counter the lane adds to."""
+    return (None, fewest, most, pos, prefixes, (), None, counter)
+
+
+def test_counter_failures_leak_nothing():
+    c = _lane.Counter()
+    big, neg, text = 1 << 64, -1, "1"
+    no_leak([c, big], lambda: c.add(big), OverflowError)
+    no_leak([c, neg], lambda: c.add(neg), OverflowError)
+    no_leak([c, text], lambda: c.add(text), TypeError)
+    no_leak([text], lambda: _lane.Counter(text), TypeError)
+    assert c.value == 0
+    c.add(5)
+    assert c.value == 5
+
+
+def test_counted_requests_that_fail_half_way_leak_no_counter_and_count_nothing():
+    """The lane holds a reference to each counter of a read until it forwards the read whole
+    (then adds) or gives it up (slow path, error, too many names): every way out drops them."""
+    get_c, ping_c = _lane.Counter(), _lane.Counter()
+    data = cmd("GET", "k:1") + cmd("PING")
+    # the upstream write raises: the read was forwarded (counted), the error is the write's
+    lane = _lane.Lane(list().append, list().append)
+    known = {b"GET": counted(2, 2, 1, (b"k:",), get_c), b"PING": counted(1, 2, NO_KEY, (), ping_c)}
+    lane.arm(known, _raise, [].append, 0, 16, 1 << 20)
+    no_leak([data, known, lane, get_c, ping_c], lambda: lane.client_data(data), OSError)
+    assert get_c.value == ping_c.value == ROUNDS + 3
+    # a later request's match callable raises: nothing counted for the earlier ones
+    get_c, ping_c = _lane.Counter(), _lane.Counter()
+    fails = {b"PING": counted(1, 2, NO_KEY, (), ping_c),
+             b"GET": (None, 2, 2, 1, (), (), lambda k: 1 / 0, get_c)}
+    lane = _lane.Lane(list().append, list().append)
+    lane.arm(fails, [].append, [].append, 0, 16, 1 << 20)
+    both = cmd("PING") + cmd("GET", "x")
+    no_leak([both, fails, lane, get_c, ping_c], lambda: lane.client_data(both), ZeroDivisionError)
+    assert get_c.value == ping_c.value == 0
+    # given up (an unknown name after counted ones): the slow path raises, nothing counted
+    lane = _lane.Lane(_raise, _raise)
+    lane.arm(known, [].append, [].append, 0, 16, 1 << 20)
+    more = cmd("PING") + cmd("GET", "k:1") + cmd("NOPE")
+    before = (get_c.value, ping_c.value)
+    no_leak([more, known, lane, get_c, ping_c], lambda: lane.client_data(more), OSError)
+    assert (get_c.value, ping_c.value) == before
+
+
+def test_more_names_in_a_read_than_the_lane_tallies_go_to_python_and_leak_nothing():
+    counters = [_lane.Counter() for _ in range(17)]
+    known = {b"C%d" % i: counted(1, 1, NO_KEY, (), c) for i, c in enumerate(counters)}
+    lane = _lane.Lane(_raise, _raise)
+    lane.arm(known, [].append, [].append, 0, 16, 1 << 20)
+    seventeen = b"".join(cmd("C%d" % i) for i in range(17))
+    no_leak([seventeen, known, lane, *counters], lambda: lane.client_data(seventeen), OSError)
+    assert all(c.value == 0 for c in counters)
+    sixteen = b"".join(cmd("C%d" % i) for i in range(16)) * 2
+    lane.client_data(sixteen)
+    assert [c.value for c in counters] == [2] * 16 + [0]
+    # an 8th item that is no Counter: the lane gives up on the entry
+    odd = {b"PING": (None, 1, 1, NO_KEY, (), (), None, "not a counter")}
+    lane = _lane.Lane(_raise, _raise)
+    lane.arm(odd, [].append, [].append, 0, 16, 1 << 20)
+    ping = cmd("PING")
+    no_leak([ping, odd, lane], lambda: lane.client_data(ping), OSError)
+
+
+def test_stats_is_a_fresh_snapshot():
+    before = _lane.stats()
+    assert set(before) == {"bytes_in", "bytes_out", "reads", "latency_buckets", "latency_count",
+                           "latency_sum_ns"}
+    assert len(before["latency_buckets"]) == len(_lane.LATENCY_BOUNDS_NS) + 1
+    objs = [before["latency_buckets"]]
+    c = counts(objs)
+    for _ in range(ROUNDS):
+        _lane.stats()
+    assert counts(objs) == c

@@ -292,6 +292,7 @@ def test_metrics_endpoint_counts_denials_and_auth_failures(tmp_path, redis7):
         stop(proc)
     assert 'redisgate_commands_denied_total{kind="key",mode="denied",user="a"} 1.0' in text
     # redis-py retries a failed connection, so there is at least one failure, maybe more.
-    failures = re.search(r'redisgate_auth_failures_total\{user="a"\} (\S+)', text)
+    failures = re.search(r'redisgate_auth_failures_total\{reason="wrong-password",user="a"\} (\S+)',
+                         text)
     assert failures and float(failures.group(1)) >= 1
     assert "redisgate_connections_active" in text

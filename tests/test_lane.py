@@ -701,3 +701,31 @@ def test_asynq_scripts_take_the_lane_once_judged(redis7, multiplex):
         assert "NOSCRIPT" in str(w.call(*_asynq_calls(b"2")[1]))
     finally:
         runner.stop()
+
+
+# ---------------------------------------------------------------- metrics kept in C (issue 17)
+
+def test_the_lane_counts_what_it_forwards_per_entry_in_c_and_only_whole_reads():
+    from redisgate import metrics
+    get_c, set_c = _lane.Counter(), _lane.Counter()
+    known = {b"GET": (*entry(2, 2, 1, (b"k:",)), get_c), b"SET": (*entry(3, 3, 1, (b"k:",)), set_c),
+             b"PING": entry(1, 2, NO_KEY)}   # (a 7-item entry: forwarded, not counted)
+    r = Recorder()
+    r.arm(known)
+    before = _lane.stats()
+    reads = [cmd("GET", "k:1") * 16, cmd("SET", "k:1", "v") + cmd("GET", "k:2") + cmd("PING"),
+             cmd("GET", "k:1") + cmd("GET", "other")]   # (the last goes to Python whole)
+    for data in reads:
+        r.lane.client_data(data)
+    assert (get_c.value, set_c.value) == (17, 1)
+    assert r.up == reads[:2] and r.slow_client == [reads[2]]
+    r.lane.upstream_data(b"$1\r\nv\r\n" * 19)
+    after = _lane.stats()
+    assert after["bytes_in"] - before["bytes_in"] == len(reads[0]) + len(reads[1])
+    assert after["bytes_out"] - before["bytes_out"] == 7 * 19
+    assert after["reads"] - before["reads"] == 4
+    # The collector's family reads the very counters the memo entries hold.
+    c = metrics.forwarded_counter("nobody-configured", "get")
+    assert c is metrics.forwarded_counter("nobody-configured", "get")
+    assert c is metrics.forwarded_counter("another-unknown", "get")   # (both `unknown`)
+    assert isinstance(c, _lane.Counter)

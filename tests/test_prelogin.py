@@ -141,7 +141,7 @@ def test_unique_long_names_grow_neither_metrics_nor_audit(redis7, audit_lines):
         sender.join(10)
         assert all(str(r) == WRONGPASS for r in replies)
         after = label_sets("redisgate_auth_failures_total")
-        assert after - before <= {(("user", "unknown"),)}
+        assert after - before <= {(("reason", "unknown-user"), ("user", "unknown"))}
         failed = [line for line in audit_lines.lines if "auth-failed" in line]
         assert len(failed) == n
         assert max(map(len, failed)) < 300
@@ -322,7 +322,7 @@ def test_pipelined_guesses_are_checked_only_up_to_the_threshold(redis7, audit_li
     try:
         existing = runner.client("app", "app-pw")
         existing.set("app:k", "v")
-        checked = metric("redisgate_auth_failures_total", user="app")
+        checked = metric("redisgate_auth_failures_total", user="app", reason="wrong-password")
         refused = metric("redisgate_auth_refused_locked_total")
         attacker = Wire(runner.port)
         guesses = [cmd("AUTH", "app", f"guess-{i}") for i in range(10_000)]
@@ -342,7 +342,8 @@ def test_pipelined_guesses_are_checked_only_up_to_the_threshold(redis7, audit_li
         assert str(same_address.call("AUTH", "other", "other-pw")) == WRONGPASS
         assert str(same_address.call("AUTH", "nosuchuser", "x")) == WRONGPASS
         time.sleep(1.5)
-        assert metric("redisgate_auth_failures_total", user="app") - checked == 10
+        assert metric("redisgate_auth_failures_total", user="app", reason="wrong-password") \
+            - checked == 10
         assert metric("redisgate_auth_refused_locked_total") - refused >= 3
         assert sum("auth-failed" in line for line in audit_lines.lines) == 10
         lockouts = [line for line in audit_lines.lines if "auth-lockout" in line]

@@ -109,7 +109,7 @@ class ClusterMap:
             self._logged[node] = now
             log.warning("cluster node %s unreachable: %s", node, reason)
             from .. import metrics
-            metrics.inc("upstream_errors")
+            metrics.inc("upstream_errors", "connect")
         self.refresh_soon()
 
     # -- refreshing the map
