@@ -181,6 +181,7 @@ class Stack:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.keep_logs = keep_logs
         self.procs: list[Proc] = []
+        self.scrapers: list[Scraper] = []
         self.redis_port: int | None = None
         self.redis_pid: int | None = None
         self.redis_tls_port: int | None = None     # Redis's own TLS port (start_redis(tls=True))
@@ -194,6 +195,9 @@ class Stack:
         self.close()
 
     def close(self) -> None:
+        for sc in self.scrapers:
+            sc.stop()
+        self.scrapers.clear()
         for p in reversed(self.procs):
             p.stop()
         self.procs.clear()
@@ -445,15 +449,17 @@ backend redis
         return ca, cert, key
 
     def render_redisgate_config(self, port: int, tls: dict | None, multiplex: int | None = None,
-                                name: str = "redisgate") -> Path:
+                                name: str = "redisgate", admin_port: int | None = None) -> Path:
         """bench/redisgate.yaml with the run's ports filled in; with `tls` the one listener is TLS;
-        `multiplex` overrides upstream.multiplex."""
+        `multiplex` overrides upstream.multiplex; `admin_port` adds the admin listener."""
         import yaml
 
         text = (BENCH_DIR / "redisgate.yaml").read_text()
         text = text.replace("@LISTEN_PORT@", str(port)).replace("@REDIS_PORT@", str(self.redis_port))
-        if tls or multiplex is not None:
+        if tls or multiplex is not None or admin_port is not None:
             doc = yaml.safe_load(text)
+            if admin_port is not None:
+                doc["admin"] = {"listen": f"127.0.0.1:{admin_port}"}
             if tls:
                 doc["listen"] = [{"address": f"127.0.0.1:{port}",
                                   "tls": {"cert": str(tls["cert"]), "key": str(tls["key"])}}]
@@ -485,7 +491,10 @@ backend redis
             tls_info = {"cert": cert, "key": key}
             ctx = ssl.create_default_context(cafile=str(ca))
             ctx.check_hostname = False   # only the chain is checked here; redis-benchmark checks it too
-        conf = self.render_redisgate_config(port, tls_info, multiplex, name)
+        # Metrics on, as deployed: the admin listener, and /metrics scraped every
+        # SCRAPE_INTERVAL seconds while the run lasts (REDISGATE_BENCH_NO_ADMIN=1: neither).
+        admin_port = None if os.environ.get("REDISGATE_BENCH_NO_ADMIN") else free_port()
+        conf = self.render_redisgate_config(port, tls_info, multiplex, name, admin_port)
         env = dict(os.environ, REDISGATE_BENCH_UPSTREAM_PASSWORD=UPSTREAM_PASSWORD,
                    PYTHONPATH=str(REPO_DIR) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                    **(env_extra or {}))
@@ -496,13 +505,52 @@ backend redis
         self.wait_ready(proc, port, (BENCH_USER, BENCH_PASSWORD), timeout=20, tls_context=ctx)
         if workers != 1:    # every worker listening, not only the first
             wait_workers(proc, port, workers, name)
+        note = ""
+        if admin_port is not None:
+            self.scrapers.append(Scraper(admin_port, self.dir / f"{name}.metrics.txt"))
+            note = f"admin listener on, /metrics scraped every {SCRAPE_INTERVAL:g} s"
         auth = ["--user", BENCH_USER, "-a", BENCH_PASSWORD]
         if tls:
             return Target(name, port, auth, tls=["--tls", "--cacert", str(ca)], pid=proc.popen.pid,
                           note="same policy, TLS listener, separate process"
                           + (f" ({', '.join(f'{k}={v}' for k, v in env_extra.items())})"
-                             if env_extra else ""))
-        return Target(name, port, auth, pid=proc.popen.pid)
+                             if env_extra else "") + (f"; {note}" if note else ""))
+        return Target(name, port, auth, pid=proc.popen.pid, note=note)
+
+
+SCRAPE_INTERVAL = 5.0   # (Prometheus' default is 15 s)
+
+
+class Scraper:
+    """GET /metrics of a redisgate's admin listener every SCRAPE_INTERVAL seconds in a thread, as
+    Prometheus would; the last scrape is kept in `path` (the run's workdir)."""
+
+    def __init__(self, port: int, path: Path):
+        import threading
+        self.port, self.path = port, path
+        self.scrapes = self.failures = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name=f"scrape-{port}")
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(SCRAPE_INTERVAL):
+            self.scrape()
+
+    def scrape(self) -> None:
+        import urllib.request
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+                self.path.write_bytes(r.read())
+            self.scrapes += 1
+        except OSError:
+            self.failures += 1
+
+    def stop(self) -> None:
+        """Stop, after a last scrape (the run's totals)."""
+        self._stop.set()
+        self._thread.join(10)
+        self.scrape()
 
 
 def wait_workers(proc: Proc, port: int, count: int, name: str, timeout: float = 30) -> None:
