@@ -264,7 +264,7 @@ def test_upstream_errors_and_shared_link_reconnects(redis7):
         admin = redis7.admin()
         mine = admin.client_id()
         for info in admin.client_list():
-            if int(info["id"]) != mine:
+            if int(info["id"]) != mine and info.get("user") == redis7.upstream["username"]:
                 admin.client_kill_filter(_id=info["id"])
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
