@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -331,18 +332,24 @@ def _series(scrape: dict) -> set:
 def test_label_sets_stay_bounded_under_unique_user_and_command_names(redis7):
     p = Scraper({"upstream": redis7.upstream, "users": USERS})
     try:
-        c = login(p.port)
+        c = Wire(p.port, timeout=120)   # (10,000 replies each: slow under ASan on a busy machine)
+        assert c.call("AUTH", "app", "pw") == b"OK"
         assert "unknown command" in str(c.call("WARMUP-UNKNOWN"))
-        anon = Wire(p.port)
+        anon = Wire(p.port, timeout=120)
         assert "WRONGPASS" in str(anon.call("AUTH", "warm-up-name", "x"))
         before = p.scrape()
         n = 10_000
-        anon.send(b"".join(cmd("AUTH", f"user-{uuid.uuid4()}", "x") for _ in range(n)))
-        replies = anon.read(n)
-        assert all("WRONGPASS" in str(r) for r in replies)
-        c.send(b"".join(cmd(f"CMD-{uuid.uuid4().hex}", "k:1") for _ in range(n)))
-        replies = c.read(n)
-        assert all("unknown command" in str(r) for r in replies)
+        for wire, data, text in (
+                (anon, b"".join(cmd("AUTH", f"user-{uuid.uuid4()}", "x") for _ in range(n)),
+                 "WRONGPASS"),
+                (c, b"".join(cmd(f"CMD-{uuid.uuid4().hex}", "k:1") for _ in range(n)),
+                 "unknown command")):
+            # (sent from a thread while the replies are read: neither side's buffers fill up)
+            sender = threading.Thread(target=wire.send, args=(data,))
+            sender.start()
+            replies = wire.read(n)
+            sender.join(60)
+            assert all(text in str(r) for r in replies)
         after = p.scrape()
         assert delta(before, after, "redisgate_auth_failures_total", user="unknown",
                      reason="unknown-user") == n
