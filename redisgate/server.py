@@ -26,7 +26,6 @@ import ssl
 from pathlib import Path
 from time import perf_counter_ns
 
-from . import metrics
 
 from . import errors, handshake, metrics
 from .config import Config, ConfigError, load_config

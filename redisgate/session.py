@@ -95,7 +95,7 @@ class Session:
     end_reason: str | None = None
     # The command table name of the request `_handle` is on (`other`: not in the table): the
     # `command` label of what it forwards or refuses.
-    _command: str = "other"
+    _label: str = "other"
 
     def __init__(self, gate: Gate, client_info: str = "", cert: CertIdentity | None = None,
                  peer: audit.Peer | None = None):
@@ -416,7 +416,7 @@ class Session:
         args = req.args
         version = self.gate.upstream_version
         spec = TABLE.lookup(args)
-        self._command = spec.name if spec is not None else "other"
+        self._label = spec.name if spec is not None else "other"
         if spec is None or (not self.gate.available(spec) and spec.name not in _PROXY_ANSWERED
                             and not spec.name.startswith("acl")):
             if spec is not None and spec.parent is not None and self.gate.available(spec.parent):
@@ -483,7 +483,7 @@ class Session:
 
     def _reject(self, reply: bytes) -> None:
         """A command answered with an error here; inside MULTI it dooms the transaction, as in Redis."""
-        _metric("refused", self.username, self._command)
+        _metric("refused", self.username, self._label)
         if self.multi:
             self.multi_dirty = True
         self._local(reply)
@@ -504,7 +504,7 @@ class Session:
 
     def _forward(self, req, kind: int = FWD, n: int = 1, payload=None,
                  shared_ok: bool = False) -> None:
-        forwarded_counter(self.username, self._command).add(1)
+        forwarded_counter(self.username, self._label).add(1)
         self._send_upstream(req.raw if req.raw is not None else encode_command(req.args),
                             shared_ok)
         self._expect(kind, n, payload)
