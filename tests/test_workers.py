@@ -93,9 +93,10 @@ class Group:
     def metric(self, name: str) -> float:
         status, text = self.http("/metrics")
         assert status == 200
-        m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-        assert m, f"{name} not in /metrics:\n{text}"
-        return float(m.group(1))
+        # (summed over the family's label sets: e.g. connections_total has a listener label)
+        found = re.findall(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M)
+        assert found, f"{name} not in /metrics:\n{text}"
+        return sum(float(v) for v in found)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -293,7 +294,7 @@ def test_connections_spread_over_two_workers_and_metrics_sum(tmp_path, redis7, g
     for _ in range(3):
         bad.sendall(b"*3\r\n$4\r\nAUTH\r\n$1\r\na\r\n$5\r\nwrong\r\n")
         assert recv_line(bad).startswith(b"-WRONGPASS")
-    assert g.metric('redisgate_auth_failures_total{user="a"}') == 3
+    assert g.metric('redisgate_auth_failures_total{reason="wrong-password",user="a"}') == 3
 
 
 def test_readyz_names_a_worker_whose_upstream_is_down(tmp_path, redis7, groups):
