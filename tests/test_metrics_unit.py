@@ -14,15 +14,17 @@ def _value(name: str, **labels) -> float:
 
 def test_a_user_label_is_a_configured_name_or_unknown():
     metrics.set_users(["metrics-unit-alice"])
-    before = {u: _value("redisgate_auth_failures_total", user=u)
+    r = "wrong-password"
+    before = {u: _value("redisgate_auth_failures_total", user=u, reason=r)
               for u in ("metrics-unit-alice", "unknown")}
-    metrics.inc("auth_failures", "metrics-unit-alice")
-    metrics.inc("auth_failures", "metrics-unit-mallory\r\n")   # chosen by a client
-    assert _value("redisgate_auth_failures_total", user="metrics-unit-alice") \
+    metrics.inc("auth_failures", "metrics-unit-alice", r)
+    metrics.inc("auth_failures", "metrics-unit-mallory\r\n", r)   # chosen by a client
+    assert _value("redisgate_auth_failures_total", user="metrics-unit-alice", reason=r) \
         == before["metrics-unit-alice"] + 1
-    assert _value("redisgate_auth_failures_total", user="unknown") == before["unknown"] + 1
+    assert _value("redisgate_auth_failures_total", user="unknown", reason=r) \
+        == before["unknown"] + 1
     assert REGISTRY.get_sample_value("redisgate_auth_failures_total",
-                                     {"user": "metrics-unit-mallory\r\n"}) is None
+                                     {"user": "metrics-unit-mallory\r\n", "reason": r}) is None
     # The other labels of a user-labelled metric are kept as given (fixed words).
     d0 = _value("redisgate_commands_denied_total", user="unknown", kind="key", mode="enforce")
     metrics.inc("denied", "metrics-unit-nobody", "key", "enforce")
@@ -31,14 +33,15 @@ def test_a_user_label_is_a_configured_name_or_unknown():
 
 
 def test_unlabelled_counters_and_the_connection_gauge():
-    up0 = _value("redisgate_upstream_errors_total")
-    metrics.inc("upstream_errors")
-    assert _value("redisgate_upstream_errors_total") == up0 + 1
-    c0, a0 = _value("redisgate_connections_total"), _value("redisgate_connections_active")
+    up0 = _value("redisgate_upstream_errors_total", stage="lost")
+    metrics.inc("upstream_errors", "lost")
+    assert _value("redisgate_upstream_errors_total", stage="lost") == up0 + 1
+    c0 = _value("redisgate_connections_total", listener="")
+    a0 = _value("redisgate_connections_active")
     metrics.connection_opened()
     metrics.connection_opened()
     metrics.connection_closed()
-    assert _value("redisgate_connections_total") == c0 + 2
+    assert _value("redisgate_connections_total", listener="") == c0 + 2
     assert _value("redisgate_connections_active") == a0 + 1
     metrics.connection_closed()
     assert _value("redisgate_connections_active") == a0

@@ -71,7 +71,7 @@ def test_copy_db_operands():
 
 
 @pytest.mark.parametrize("args", [
-    [b"SCAN", b"0", b"MATCH\x00", b"*", b"COUNT", b"1000"],
+    [b"SCAN", b"0", b"MATCH\x00", b"*", b"COUNT", b"1000000"],
     [b"SCAN", b"0", b"match\x00x", b"*"],
     [b"SCAN", b"0", b"MATCH", b"t1:*", b"mAtCh\x00", b"*"],
 ])
@@ -264,10 +264,10 @@ def test_regression_copy_cannot_write_into_another_database(redis7, gate7, tail)
 
 
 @pytest.mark.parametrize("args", [
-    [b"SCAN", b"0", b"MATCH\x00", b"*", b"COUNT", b"1000"],
-    [b"SCAN", b"0", b"match\x00x", b"*", b"COUNT", b"1000"],
-    [b"SCAN", b"0", b"COUNT", b"1000", b"MATCH\x00", b"*"],
-    [b"SCAN", b"0", b"MATCH", b"tenant1:*", b"match\x00", b"*", b"COUNT", b"1000"],
+    [b"SCAN", b"0", b"MATCH\x00", b"*", b"COUNT", b"1000000"],
+    [b"SCAN", b"0", b"match\x00x", b"*", b"COUNT", b"1000000"],
+    [b"SCAN", b"0", b"COUNT", b"1000000", b"MATCH\x00", b"*"],
+    [b"SCAN", b"0", b"MATCH", b"tenant1:*", b"match\x00", b"*", b"COUNT", b"1000000"],
 ])
 def test_regression_confined_scan_never_lists_the_keyspace(redis7, gate7, args):
     admin = redis7.admin()
