@@ -29,6 +29,8 @@ Contract of the file (keys are a public contract; extend, never rename)::
     listen: 127.0.0.1:6380            # or a list of addresses or {address, tls: {...}}
     upstream: {address, username, password, db, tls, version, connect_timeout, multiplex}
     upstream: {cluster: {seeds: [host:port, ...], refresh}, username, password, tls, ...}
+      # or, instead of address, a Sentinel-managed master (redisgate.sentinel):
+      #   sentinel: {master, addresses: [host:port, ...], username, password, tls}
     users:
       name: "<ACL rules>"             # or a mapping:
       name: {rules, profile, queues, scripts, report_only, learn, certificate,
@@ -89,6 +91,17 @@ class Listener:
 
 
 @dataclass
+class SentinelConfig:
+    """`upstream.sentinel`: the master is the one these sentinels name (redisgate.sentinel).
+    username/password/tls are the sentinels' own; the data nodes use upstream's."""
+    master: str
+    addresses: list[tuple[str, int]]
+    username: str | None = None
+    password: bytes | None = None          # resolved secret; never printed
+    tls: dict | None = None                # as upstream.tls, for the sentinel connections
+
+
+@dataclass
 class Upstream:
     host: str = "127.0.0.1"
     port: int = 6379
@@ -103,9 +116,12 @@ class Upstream:
     embedded: bool = False                  # no upstream configured: start a local redis-server
     # upstream.cluster: a Redis Cluster found from its seeds (host, port then name the first)
     cluster: "ClusterSettings | None" = None
+    sentinel: SentinelConfig | None = None  # instead of host/port: follow this Sentinel master
 
     @property
     def address(self) -> str:
+        if self.sentinel is not None:
+            return f"sentinel master {self.sentinel.master}"
         return f"{self.host}:{self.port}"
 
 
@@ -737,9 +753,22 @@ UPSTREAM_CLUSTER = Struct({
     "seeds": ListOf(Address(), "a list of 'host:port' node addresses", min_len=1, max_len=1000),
     "refresh": Duration(),
 }, "a mapping {seeds: [host:port, ...], refresh: <duration>}", required=("seeds",))
+_UPSTREAM_TLS_WHAT = "true, false or a mapping (ca, server_name, cert, key, insecure_skip_verify, " \
+                     "min_version)"
+
+SENTINEL = Struct({
+    "master": Str("the master's name as the sentinels know it",
+                  pattern=r"[^\s\x00-\x1f\x7f]{1,256}"),
+    "addresses": ListOf(Address(), "a list of sentinel addresses ('host:port')", min_len=1,
+                        max_len=64),
+    "username": Str("a sentinel user name"),
+    "password": Str("a password reference such as ${ENV_NAME} or ${file:/path}", secret=True),
+    "tls": Either(Bool(), UPSTREAM_TLS, what=_UPSTREAM_TLS_WHAT),
+}, "a mapping {master, addresses, username, password, tls}", required=("master", "addresses"))
 
 UPSTREAM = Struct({
     "address": Address(),
+    "sentinel": SENTINEL,
     "username": Str("a Redis user name"),
     "password": Str("a password reference such as ${ENV_NAME} or ${file:/path}", secret=True),
     "db": Int("a database number >= 0", lo=0, hi=2**31 - 1),
@@ -751,7 +780,7 @@ UPSTREAM = Struct({
                         what=f"the number of shared links, 0 (off) to {MAX_SHARED_LINKS}, "
                              "or true/false"),
     "cluster": UPSTREAM_CLUSTER,
-}, "a mapping with 'address' or 'cluster'")
+}, "a mapping with 'address', 'sentinel' or 'cluster'")
 
 USER = Struct({
     "rules": Rules(),
@@ -1073,36 +1102,59 @@ def _upstream(value: Any, raw: Any, problems: list[str], warnings: list[str], ba
     if isinstance(value, tuple):
         return Upstream(host=value[0], port=value[1])
     up = Upstream()
+    # Where the data nodes are: exactly one of these forms (each builder checks its own keys).
+    forms = [k for k in ("address", "sentinel", "cluster")
+             if isinstance(raw, dict) and raw.get(k) is not None]
+    if len(forms) > 1:
+        problems.append(f"upstream: only one of {', '.join(forms)}")
+    elif not forms:
+        problems.append("upstream: 'address', 'sentinel' or 'cluster' is required")
     if "address" in value:
         up.host, up.port = value["address"]
     cluster = value.get("cluster")
-    if isinstance(raw, dict) and raw.get("address") is not None and raw.get("cluster") is not None:
-        problems.append("upstream: only one of address, cluster")
-    elif isinstance(raw, dict) and raw.get("address") is None and raw.get("cluster") is None:
-        problems.append("upstream: 'address' or 'cluster' is required")
     if cluster is not None and cluster.get("seeds"):
         up.cluster = ClusterSettings(tuple(cluster["seeds"]), cluster.get("refresh", 30.0))
         up.host, up.port = up.cluster.seeds[0]
         if value.get("db"):
             problems.append("upstream.db: a Redis Cluster has only database 0")
     up.username = value.get("username")
-    pw = value.get("password")
-    if pw is not None:
-        if _REF.search(pw):
-            resolved = resolve_refs(pw, "upstream.password", problems, base_dir, warnings)
-            up.password = resolved.encode() if resolved is not None else None
-        else:
-            warnings.append("upstream.password: a literal password in the config file; "
-                            "prefer ${ENV_NAME} or ${file:/path}")
-            up.password = pw.encode()
+    up.password = _password(value.get("password"), "upstream.password", problems, warnings,
+                            base_dir)
     up.db = value.get("db", 0)
-    tls = value.get("tls")
-    up.tls = None if tls is None or tls is False else ({} if tls is True else tls)
+    up.tls = _tls_setting(value.get("tls"))
+    if "sentinel" in value:
+        sen = value["sentinel"]
+        password = _password(sen.get("password"), "upstream.sentinel.password", problems,
+                             warnings, base_dir)
+        if "master" in sen and "addresses" in sen and len(forms) == 1:
+            up.sentinel = SentinelConfig(
+                master=sen["master"], addresses=list(sen["addresses"]),
+                username=sen.get("username"), password=password,
+                tls=_tls_setting(sen.get("tls")))
     up.version = value.get("version")
     up.connect_timeout = value.get("connect_timeout", 5.0)
     mux = value.get("multiplex", 0)
     up.multiplex = int(mux)
     return up
+
+
+def _password(pw: str | None, where: str, problems: list[str], warnings: list[str],
+              base_dir: Path) -> bytes | None:
+    """A password setting of the proxy's own (upstream, sentinel): `${ENV}` / `${file:}`
+    references resolved; a literal is accepted with a warning."""
+    if pw is None:
+        return None
+    if _REF.search(pw):
+        resolved = resolve_refs(pw, where, problems, base_dir, warnings)
+        return resolved.encode() if resolved is not None else None
+    warnings.append(f"{where}: a literal password in the config file; "
+                    "prefer ${ENV_NAME} or ${file:/path}")
+    return pw.encode()
+
+
+def _tls_setting(tls: Any) -> dict | None:
+    """An upstream-side `tls`: None for plain TCP, {} (`true`) for TLS with the system CAs."""
+    return None if tls is None or tls is False else ({} if tls is True else tls)
 
 
 def _users(value: Any, acl_file: Any, problems: list[str],

@@ -33,6 +33,7 @@ from . import audit
 from .audit import Event, Peer, safe
 from .gate import Gate
 from .mux import Demux
+from .resolver import Endpoint, Resolver, UpstreamChange
 from .resp import ReplyScanner, UpstreamProtocolError
 from .session import Session
 
@@ -56,6 +57,7 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, client: "ClientConnection"):
         self.client = client
         self.transport: asyncio.Transport | None = None
+        self.epoch = -1     # the resolver's epoch its dial began in (open_upstream sets it)
         # The event loop calls this (looked up when the transport is made); the lane hands
         # what it does not take to client.upstream_data.
         self.data_received = client.upstream_data if client.lane is None \
@@ -91,6 +93,7 @@ class _LinkConnection(asyncio.Protocol):
     def __init__(self, link: "SharedLink"):
         self.link = link
         self.transport: asyncio.Transport | None = None
+        self.epoch = -1     # the resolver's epoch its dial began in (open_upstream sets it)
         if Router is not None and Lane is not None:
             # Replies for clients whose C lanes are armed on the link are routed in C; the
             # rest of a read comes to this class's data_received.
@@ -145,6 +148,8 @@ class SharedLink:
         self.waiting = 0               # bytes in `out` while the link is being opened
         self._held_back: set[ClientConnection] = set()   # paused for that (WAITING_LIMIT)
         self._was_connected = False   # (an opening after that is a reconnect, in metrics)
+        self.queued = 0                # replies of what waits in `out` for the link to open
+        self._moving = None            # a failover: (deadline) while the old master's replies come
 
     def send(self, client: "ClientConnection", data: bytes, replies: int) -> None:
         self.demux.sent(client, replies)
@@ -162,6 +167,7 @@ class SharedLink:
                 asyncio.get_running_loop().call_soon(self.flush)
             return
         # Waiting for the link to be (re)opened: bounded, as a connected link bounds it.
+        self.queued += replies
         self.waiting += len(data)
         if self.waiting > WAITING_LIMIT:
             self._held_back.add(client)
@@ -169,6 +175,36 @@ class SharedLink:
         if not self.connecting:
             self.connecting = True
             asyncio.ensure_future(self._connect())
+
+    def move(self) -> None:
+        """The upstream master is being failed over: nothing more is written to this link's
+        connection (clients' commands wait in `out`, bounded as while connecting); once the
+        replies already due came back it is closed, and the link connects to the new master
+        (open_upstream waits for it). Replies not back within FAILOVER_DRAIN: `fail`."""
+        if not self.ready or self._moving is not None:
+            return   # (not connected: the next connection goes to the new master)
+        self.flush()               # (what this loop turn collected was read before the fence)
+        self.ready = False
+        self.connecting = True     # (send() queues and does not dial)
+        self.queued = 0
+        self._moving = asyncio.get_running_loop().time() + FAILOVER_DRAIN
+        self._check_moved()
+
+    def _check_moved(self) -> None:
+        if self._moving is None:
+            return
+        if self.due - self.queued > 0:   # replies still due from the old master
+            if asyncio.get_running_loop().time() < self._moving:
+                asyncio.get_running_loop().call_later(MOVE_POLL, self._check_moved)
+                return
+            self._moving = None
+            return self.fail("upstream failover: replies did not come back in time",
+                             established=True)
+        self._moving = None
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.transport.close()
+        asyncio.ensure_future(self._connect())
 
     def flush(self) -> None:
         self._flush_soon = False
@@ -185,6 +221,9 @@ class SharedLink:
             self.fail(reason, established=False)
 
     def connection_made(self, conn: _LinkConnection) -> None:
+        if conn.epoch != self.proxy.resolver.epoch:
+            conn.transport.close()   # the master moved while connecting: open_upstream retries
+            return
         self.conn = conn
         metrics.inc("upstream_connections", "shared")
         if self._was_connected:
@@ -199,6 +238,7 @@ class SharedLink:
             self.demux.due.appendleft([_SETUP, len(setup)])
             self.out[:0] = setup
         self.ready = True
+        self.queued = 0
         self.flush()
         self._release_waiting()
 
@@ -242,7 +282,8 @@ class SharedLink:
         if conn is not None and reason != "proxy shutting down":
             metrics.inc("upstream_errors", "lost")
         self.ready = self.connecting = False
-        self.due = 0
+        self.due = self.queued = 0
+        self._moving = None
         self.out.clear()
         if conn is not None:
             conn.transport.close()
@@ -279,25 +320,47 @@ class SharedLink:
 
 
 async def open_upstream(proxy: "Proxy", factory, addr=None):
-    """Connect to the upstream (or to `addr`, (host, port) of a cluster node; TLS if configured,
-    within connect_timeout): (protocol, None), or (None, why) after logging and counting the
-    failure."""
+    """Connect to the upstream master the resolver names now, or to `addr`, (host, port) of a
+    cluster node (TLS if configured, within connect_timeout; while a Sentinel failover is under
+    way, waiting up to connect_timeout for the new master): (protocol, None), or (None, why)
+    after logging and counting the failure. A dial that ends after the master changed is closed
+    and made again (a few times at most)."""
     up = proxy.gate.config.upstream
+    resolver = proxy.resolver
     loop = asyncio.get_running_loop()
-    host, port = addr or (proxy.upstream_host, proxy.upstream_port)
-    try:
-        ssl_ctx, server_hostname = proxy.upstream_ssl(host)
-        _, protocol = await asyncio.wait_for(
-            loop.create_connection(factory, host, port,
-                                   ssl=ssl_ctx, server_hostname=server_hostname),
-            up.connect_timeout)
-    except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
-        reason = _connect_failure(e)
-        if addr is None:   # (a cluster node's: ClusterMap.unreachable logs and counts it)
-            log.warning("upstream %s unreachable: %s", up.address, reason)
+    reason = "the upstream master kept moving"
+    for _ in range(3):
+        if addr is not None:
+            endpoint, epoch = Endpoint(*addr), resolver.epoch
+        else:
+            endpoint, epoch = await resolver.wait(up.connect_timeout)
+        if endpoint is None:
+            reason = resolver.unavailable_reason()
+            log.warning("upstream %s: %s", up.address, reason)
             metrics.inc("upstream_errors", "connect")
-        return None, reason
-    return protocol, None
+            return None, reason
+
+        def made(epoch=epoch):
+            protocol = factory()
+            protocol.epoch = epoch
+            return protocol
+        try:
+            ssl_ctx, server_hostname = proxy.upstream_ssl(endpoint.host)
+            _, protocol = await asyncio.wait_for(
+                loop.create_connection(made, endpoint.host, endpoint.port,
+                                       ssl=ssl_ctx, server_hostname=server_hostname),
+                up.connect_timeout)
+        except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
+            reason = _connect_failure(e)
+            if addr is None:   # (a cluster node's: ClusterMap.unreachable logs and counts it)
+                log.warning("upstream %s unreachable: %s", endpoint, reason)
+                metrics.inc("upstream_errors", "connect")
+                resolver.unreachable(endpoint, reason)
+            return None, reason
+        if resolver.epoch == epoch:
+            return protocol, None
+        protocol.transport.close()   # the master moved meanwhile
+    return None, reason
 
 
 def _connect_failure(e: Exception) -> str:
@@ -911,6 +974,10 @@ IDLE_SWEEP_MAX = 1.0
 # long the proxy stays over it before it closes the client holding the most.
 BUDGET_INTERVAL = 0.05
 BUDGET_EVICT_AFTER = 2.0
+# A failover (Proxy.upstream_changed): how long the replies already due from the old master may
+# take before its connections are closed anyway, and how often that is looked at.
+FAILOVER_DRAIN = 1.0
+MOVE_POLL = 0.01
 
 
 def requests_end(data: bytes, n: int, pos: int = 0) -> int:
@@ -1120,8 +1187,12 @@ class Proxy:
         self.listener_tls: list = []
         # The listeners served (with listener_tls, index for index): a reload keeps them.
         self.listeners = list(config.listeners)
-        self.upstream_host = config.upstream.host
-        self.upstream_port = config.upstream.port
+        # Where the upstream master is (resolver.py): upstream.address, or the one the
+        # sentinels name (sentinel.py). Kept for the process's life (a reload does not move it).
+        self.resolver = self._make_resolver(config)
+        self.resolver.on_change(self.upstream_changed)
+        self._moving: set[ClientConnection] = set()   # leaving the old master (upstream_changed)
+        self._resolving = False                        # resolver.start() done
         # upstream.cluster: the slot map, and each client's connections to the nodes
         self.cluster = None
         if config.upstream.cluster is not None:
@@ -1177,7 +1248,8 @@ class Proxy:
         if self.cluster is not None and self.cluster.masters():
             node = self.cluster.masters()[0]
             return node.host, node.port
-        return self.upstream_host, self.upstream_port
+        endpoint = self.upstream_endpoint()   # (ConnectionError: no master known now)
+        return endpoint.host, endpoint.port
 
     async def open_client_upstream(self, client: "ClientConnection"):
         """A client connection's own upstream: (protocol, None), or (None, why) after logging.
@@ -1186,6 +1258,90 @@ class Proxy:
         if self.cluster is not None:
             return await self.cluster.open_client(client)
         return await open_upstream(self, lambda: UpstreamConnection(client))
+
+    # -- where the upstream is (resolver.py, sentinel.py)
+
+    def _make_resolver(self, config: Config) -> Resolver:
+        up = config.upstream
+        if up.sentinel is None:
+            return Resolver(Endpoint(up.host, up.port))
+        from .sentinel import SentinelResolver
+        sentinel_tls = None
+        if up.sentinel.tls is not None:
+            from .tls import UpstreamTLS
+            base = config.path.parent if config.path else Path(".")
+            sentinel_tls = UpstreamTLS(up.sentinel.tls, base, where="upstream.sentinel.tls")
+
+        def sentinel_ssl(host: str):
+            if sentinel_tls is None:
+                return None, None
+            return sentinel_tls.context, sentinel_tls.server_name(host)
+        return SentinelResolver(up.sentinel, lambda: self.config.upstream, sentinel_ssl,
+                                self.upstream_ssl)
+
+    @property
+    def upstream_host(self) -> str | None:
+        ep = self.resolver.current
+        return ep.host if ep is not None else None
+
+    @property
+    def upstream_port(self) -> int | None:
+        ep = self.resolver.current
+        return ep.port if ep is not None else None
+
+    def upstream_endpoint(self) -> Endpoint:
+        """The master to dial now; ConnectionError while none is known (or a failover runs)."""
+        ep = self.resolver.current
+        if ep is None or self.resolver.fenced:
+            raise ConnectionError(self.resolver.unavailable_reason())
+        return ep
+
+    def upstream_changed(self, change: UpstreamChange) -> None:
+        """The resolver fenced the old master or named a new one: the clients with a connection
+        of their own to it stop being read, get the replies already due (within
+        FAILOVER_DRAIN), and are closed (their clients reconnect, to the new master); shared
+        links move (SharedLink.move). A new master's version is probed again."""
+        if change.kind == "lift":
+            return
+        if change.kind == "switch" and change.old is None:
+            if self._resolving:   # (found later than at start: start() probes it itself)
+                asyncio.ensure_future(self.probe_upstream())
+            return
+        moved = 0
+        for c in list(self.clients):
+            if c.upstream is not None and not c.closed and not c.draining:
+                c.drain()
+                self._moving.add(c)
+                moved += 1
+        for link in self.links + self.links3:
+            link.move()
+        if moved:
+            log.warning("upstream: closing %d client connection(s) to %s (%s)", moved,
+                        change.old, change.reason)
+            asyncio.ensure_future(self._close_moved(asyncio.get_running_loop().time()
+                                                    + FAILOVER_DRAIN))
+        if change.kind == "switch":
+            asyncio.ensure_future(self.probe_upstream())
+
+    async def _close_moved(self, deadline: float) -> None:
+        loop = asyncio.get_running_loop()
+        finished: set[ClientConnection] = set()
+        while self._moving and loop.time() < deadline:
+            for c in list(self._moving):
+                if c.closed:
+                    self._moving.discard(c)
+                elif c not in finished and not c.owes_replies():
+                    finished.add(c)
+                    c.finish()
+            await asyncio.sleep(MOVE_POLL)
+        for c in list(self._moving):
+            if c.closed:
+                continue
+            if c not in finished and c.owes_replies():
+                log.warning("upstream failover: %s still waited for replies after %.3gs; "
+                            "closing it", c.session.client_info, FAILOVER_DRAIN)
+            c.transport.close()
+        self._moving.clear()
 
     # -- lifecycle
 
@@ -1208,6 +1364,8 @@ class Proxy:
             log.warning("%s", w)
         if self.cluster is not None:
             await self.cluster.start()
+        await self.resolver.start()
+        self._resolving = True
         await self.probe_upstream()
 
     def _client(self, listener: str) -> ClientConnection:
@@ -1296,7 +1454,7 @@ class Proxy:
             asyncio.get_running_loop().call_later(5, lambda: asyncio.ensure_future(self.probe_upstream()))
             return
         self.gate.set_upstream_version(version)
-        log.info("upstream %s is Redis %s", self.config.upstream.address, ".".join(map(str, version)))
+        log.info("upstream %s is Redis %s", self.resolver.describe(), ".".join(map(str, version)))
 
     async def _probe(self) -> tuple[int, int, int]:
         up = self.config.upstream
@@ -1360,9 +1518,13 @@ class Proxy:
             log.warning("reload: a new upstream.cluster (or a switch between address and cluster) "
                         "takes effect only after a restart")
             config.upstream.cluster = self.config.upstream.cluster
-        if (config.upstream.host, config.upstream.port) != (self.upstream_host, self.upstream_port):
-            log.warning("reload: a new upstream address takes effect only after a restart")
-            config.upstream.host, config.upstream.port = self.upstream_host, self.upstream_port
+        old = self.config.upstream
+        if (config.upstream.host, config.upstream.port, config.upstream.sentinel) != \
+                (old.host, old.port, old.sentinel):
+            log.warning("reload: a new upstream address or upstream.sentinel takes effect only "
+                        "after a restart")
+            config.upstream.host, config.upstream.port = old.host, old.port
+            config.upstream.sentinel = old.sentinel
         if config.upstream.multiplex != self.config.upstream.multiplex:
             # The shared links are made at start: sessions must not ask for links that are not
             # there (or leave them unused).
@@ -1513,6 +1675,7 @@ class Proxy:
             link.close()
         if self.cluster is not None:
             self.cluster.close()
+        await self.resolver.stop()
         for srv in self.servers:
             try:
                 await asyncio.wait_for(srv.wait_closed(), max(1.0, deadline - loop.time()))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one command that sets up a fresh Debian machine for the tests and runs the whole suite:
 #   bash scripts/test.sh [pytest args...]
-# It installs Debian's redis-server 7.0 / redis-tools / openssl (apt), makes the virtual
+# It installs Debian's redis-server 7.0 / redis-tools / redis-sentinel / openssl (apt), makes the virtual
 # environment .venv/ in the checkout (scripts/venv.sh: python3-venv, gcc and python3-dev from apt
 # where missing), installs the Python package with its test extras into it (pip; this compiles
 # the optional C modules redisgate/_speedups.c and _lane.c with the machine's gcc), builds legacy
@@ -14,13 +14,14 @@ need_apt=""
 [ -x /usr/bin/redis-server ] || need_apt=1
 [ -x /usr/bin/redis-cli ] || need_apt=1
 [ -x /usr/bin/redis-benchmark ] || need_apt=1
+[ -x /usr/bin/redis-sentinel ] || need_apt=1
 command -v openssl >/dev/null || need_apt=1
 if [ -n "$need_apt" ]; then
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"
-  echo "== installing redis-server, redis-tools, openssl (apt)"
+  echo "== installing redis-server, redis-tools, redis-sentinel, openssl (apt)"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server redis-tools openssl >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server redis-tools redis-sentinel openssl >/dev/null
 fi
 
 # The venv (.venv/), with redisgate and its test extras installed in it: sets $PY.

@@ -92,7 +92,7 @@ def test_config_cluster_forms():
     assert "upstream: only one of address, cluster" in problems(
         {"upstream": {"address": "127.0.0.1:1", "cluster": {"seeds": ["127.0.0.1:2"]}},
          "users": users})
-    assert "upstream: 'address' or 'cluster' is required" in problems(
+    assert "upstream: 'address', 'sentinel' or 'cluster' is required" in problems(
         {"upstream": {"username": "x"}, "users": users})
     assert "upstream.db: a Redis Cluster has only database 0" in problems(
         {"upstream": {"cluster": {"seeds": ["127.0.0.1:2"]}, "db": 3}, "users": users})
