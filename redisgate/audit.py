@@ -48,17 +48,18 @@ server.Proxy at start and on reload):
 
 - no `audit:` section: today's plain-text lines, through the ``redisgate.audit`` logger and the
   process's log handlers (stderr), unthrottled; events without a plain-text form (connect,
-  reload, ...) are not written;
+  reload, ...) are not written, nor the upstream's (`UPSTREAM_EVENTS`: the process log has a
+  line for each);
 - `audit: {format: json}` (the default once the section exists): one JSON object per line to
   `path` (``-``: stdout; else a file, created 0640, appended to, re-opened by `reopen()` on
   SIGHUP / `redisgate reload`), with ``ts`` (RFC 3339, UTC, milliseconds) first;
 - `audit: {format: text}`: the plain-text lines, to `path`.
 
 With a section, at most `rate` lines a second of each event kind are written (0: no limit;
-reload and shutdown events always are); past that, each (user, event) gets one ``suppressed``
+reload, shutdown, master-changed, failover-moved and the worker events always are); past that, each (user, event) gets one ``suppressed``
 line a second with the number of lines it replaced. `emit` runs on the event loop and never blocks on anything but
-the write itself; it is called for connections, logins and refusals only, never for an allowed
-command.
+the write itself; it is called for connections, logins, refusals and the upstream's and the
+workers' events only, never for an allowed command.
 """
 from __future__ import annotations
 
@@ -128,12 +129,23 @@ def user_label(name: str | bytes | None, users: Container[str]) -> str:
 
 # ---------------------------------------------------------------------------- events
 
+# The upstream's events: a master that could not be reached, the sentinels (upstream.sentinel)
+# and the failovers followed. The process log (logger ``redisgate``) has a line for each of them
+# already, so without an `audit:` section they are not written a second time.
+UPSTREAM_EVENTS = frozenset({
+    "upstream-unreachable", "sentinel-error", "resolution-failed", "master-rejected",
+    "failover-started", "switch-master", "master-changed", "failover-lifted", "failover-moved",
+})
+
 EVENTS = frozenset({
     "connect", "disconnect", "auth-ok", "auth-failed", "logout", "auth-timeout", "denied",
     "lockout", "reload", "tls-handshake-failed", "upstream-lost", "shutdown", "suppressed",
+    # where the upstream is (server.open_upstream, sentinel.py) and the worker processes
+    *UPSTREAM_EVENTS, "worker-restart", "worker-gave-up",
 })
 # Never rate limited: rare by construction, and what an operator must always see.
-_ALWAYS = frozenset({"reload", "shutdown", "suppressed"})
+_ALWAYS = frozenset({"reload", "shutdown", "suppressed", "master-changed", "failover-moved",
+                     "worker-restart", "worker-gave-up"})
 
 # auth-failed reasons (login.Outcome and auth_throttle, in the audit's words).
 AUTH_REASONS = {
@@ -177,6 +189,21 @@ class Event:
     upstream-lost        reason
     shutdown             reason, grace (s)
     suppressed           event_suppressed, count
+
+    The upstream's (no user, no peer; `master` is upstream.sentinel.master where there is one):
+    upstream-unreachable address (the master dialled; none: no master known), reason
+    sentinel-error       sentinel, stage (query|subscription), reason
+    resolution-failed    master, reason (no sentinel named a usable master, and when)
+    master-rejected      master, address (named as master), sentinel (who named it, if one
+                         did), reason (unreachable, ROLE not master, AUTH refused, ...)
+    failover-started     master, old (the master left), sentinel, channel (+try-failover ...)
+    switch-master        master, old, new, sentinel (the +switch-master as announced)
+    master-changed       master, old (none: the first one known), new, reason (ROLE verified)
+    failover-lifted      master, address (still the master), reason (an aborted failover)
+    failover-moved       old, clients (own connections closed), links (shared links moved),
+                         reason
+    worker-restart       worker, pid, reason, seconds (until the restart)
+    worker-gave-up       worker, pid, reason, failures (quick deaths in a row)
     """
     event: str
     user: str | None = None
@@ -203,6 +230,16 @@ class Event:
     grace: float | None = None
     event_suppressed: str | None = None
     count: int | None = None
+    master: str | None = None
+    sentinel: str | None = None
+    stage: str | None = None
+    old: str | None = None
+    new: str | None = None
+    channel: str | None = None
+    clients: int | None = None
+    links: int | None = None
+    worker: int | None = None
+    pid: int | None = None
 
     def record(self) -> dict:
         """The JSON object's fields after ``ts``: the event, the user (null when there is none),
@@ -229,7 +266,9 @@ class Event:
 
 _FIELDS = tuple(f.name for f in fields(Event)
                 if f.name not in ("event", "user", "peer", "info"))
-_WARNING = frozenset({"auth-failed", "lockout", "tls-handshake-failed", "upstream-lost"})
+_WARNING = frozenset({"auth-failed", "lockout", "tls-handshake-failed", "upstream-lost",
+                      "worker-restart", *UPSTREAM_EVENTS})
+_ERROR = frozenset({"worker-gave-up", "resolution-failed"})
 
 
 def _text_connect(e: Event) -> str | None:
@@ -277,7 +316,34 @@ def _text_suppressed(e: Event) -> str:
     return f"suppressed user={e.user or '-'} event={e.event_suppressed} count={e.count}"
 
 
+def _text_upstream(*names: str):
+    """`event name=value ... reason=...` of the fields named (unset ones left out); the reason,
+    free text, last."""
+    def render(e: Event) -> str:
+        parts = [e.event] + [f"{n}={getattr(e, n)}" for n in names if getattr(e, n) is not None]
+        if e.reason is not None:
+            parts.append(f"reason={e.reason}")
+        return " ".join(parts)
+    return render
+
+
+def _text_worker(e: Event) -> str:
+    # (the reason's spaces as dashes: as these lines were before the audit had events)
+    return f"{e.event} worker={e.worker} pid={e.pid or '-'} reason={(e.reason or '-').replace(' ', '-')}"
+
+
 _TEXT = {
+    "upstream-unreachable": _text_upstream("address"),
+    "sentinel-error": _text_upstream("master", "sentinel", "stage"),
+    "resolution-failed": _text_upstream("master"),
+    "master-rejected": _text_upstream("master", "address", "sentinel"),
+    "failover-started": _text_upstream("master", "old", "sentinel", "channel"),
+    "switch-master": _text_upstream("master", "old", "new", "sentinel"),
+    "master-changed": _text_upstream("master", "old", "new"),
+    "failover-lifted": _text_upstream("master", "address"),
+    "failover-moved": _text_upstream("old", "clients", "links"),
+    "worker-restart": _text_worker,
+    "worker-gave-up": _text_worker,
     "connect": _text_connect,
     "disconnect": _text_disconnect,
     "auth-ok": lambda e: f"login user={e.user} via={e.via} client={e.info}",
@@ -440,15 +506,20 @@ def wanted(event: str, user: str | None = None) -> bool:
     it has no plain-text form), or when the rate limit replaces it (then it is counted in the
     ``suppressed`` summary already). After True, call ``emit(event, admitted=True)``."""
     if _state.settings is None:
-        return event in _TEXT and logger.isEnabledFor(
-            logging.WARNING if event in _WARNING else logging.INFO)
+        return event in _TEXT and event not in UPSTREAM_EVENTS and logger.isEnabledFor(
+            logging.ERROR if event in _ERROR else logging.WARNING if event in _WARNING
+            else logging.INFO)
     with _lock:
         limiter = _state.limiter
         return limiter is None or limiter.admit(event, user)
 
 
 def _write(event: Event) -> None:
-    level = logging.WARNING if event.event in _WARNING else logging.INFO
+    kind = event.event
+    level = logging.ERROR if kind in _ERROR else logging.WARNING if kind in _WARNING \
+        else logging.INFO
+    if kind in UPSTREAM_EVENTS and _state.settings is None:
+        return   # (the process log has its line)
     if not logger.isEnabledFor(level):
         return
     text = event.text()

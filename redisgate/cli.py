@@ -126,6 +126,12 @@ def _serve_workers(args, config, count: int) -> int:
         for problem in problems:
             print(f"{args.config}: {problem}", file=sys.stderr)
         return 1
+    from . import audit
+    try:            # (the parent writes its own events there: worker-restart, worker-gave-up)
+        audit.configure(config.audit)
+    except audit.AuditError as e:
+        print(f"{args.config}: {e}", file=sys.stderr)
+        return 1
     try:
         emb = _with_embedded_upstream(config)   # once, for every worker
     except RuntimeError as e:

@@ -77,11 +77,37 @@ CLIENTS_REFUSED = Counter("redisgate_clients_refused",
 IDLE_TIMEOUTS = Counter("redisgate_idle_timeouts",
                         "Logged-in connections closed by limits.idle_timeout")
 
+# upstream.sentinel (sentinel.py) and the failovers followed (server.Proxy.upstream_changed).
+# The `sentinel` label is a configured sentinel address (upstream.sentinel.addresses); a master's
+# address is never a label (a sentinel names it): it is in the audit events.
+UPSTREAM_RESOLUTIONS = Counter("redisgate_upstream_resolutions", "Times the sentinels were asked "
+                               "where the master is, by result: ok (a sentinel named a master "
+                               "that said ROLE master) or failed (none did)", ["result"])
+SENTINEL_ERRORS = Counter("redisgate_sentinel_errors", "A sentinel that could not be reached or "
+                          "answered something unusable, by sentinel (a configured address) and "
+                          "stage (query: GET-MASTER-ADDR-BY-NAME; subscription: the failover "
+                          "events)", ["sentinel", "stage"])
+MASTERS_REJECTED = Counter("redisgate_sentinel_masters_rejected", "Masters named by a sentinel "
+                           "(or announced by +switch-master) that the proxy did not use, by "
+                           "reason: unreachable, not_master (ROLE), failed (AUTH refused, ...)",
+                           ["reason"])
+FAILOVER_FENCES = Counter("redisgate_sentinel_failover_starts", "Failovers seen starting (a "
+                          "sentinel's +try-failover ...): nothing more is forwarded to the old "
+                          "master from then on")
+FAILOVERS = Counter("redisgate_sentinel_failovers", "Failovers followed: a new master verified "
+                    "(ROLE) and used in place of the old one")
+UPSTREAM_MOVED = Counter("redisgate_upstream_moved", "Upstream connections taken off an old "
+                         "master in a failover: a client's own closed (kind=client; its client "
+                         "reconnects) or a shared link moved (kind=shared)", ["kind"])
+
 _BY_NAME = {"auth_failures": AUTH_FAILURES, "denied": DENIED, "upstream_errors": UPSTREAM_ERRORS,
             "auth_lockouts": AUTH_LOCKOUTS, "auth_refused_locked": AUTH_REFUSED_LOCKED,
             "auth_timeouts": AUTH_TIMEOUTS, "refused": REFUSED,
             "upstream_connections": UPSTREAM_CONNECTIONS, "upstream_reconnects": UPSTREAM_RECONNECTS,
-            "clients_refused": CLIENTS_REFUSED, "idle_timeouts": IDLE_TIMEOUTS}
+            "clients_refused": CLIENTS_REFUSED, "idle_timeouts": IDLE_TIMEOUTS,
+            "upstream_resolutions": UPSTREAM_RESOLUTIONS, "sentinel_errors": SENTINEL_ERRORS,
+            "masters_rejected": MASTERS_REJECTED, "failover_starts": FAILOVER_FENCES,
+            "failovers": FAILOVERS, "upstream_moved": UPSTREAM_MOVED}
 _USER_LABELLED = frozenset({"auth_failures", "denied", "refused"})   # first label: a user name
 _users: set[str] = set()
 UNKNOWN = "unknown"

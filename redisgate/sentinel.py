@@ -24,7 +24,12 @@ The sentinels are also asked again every `RECHECK_INTERVAL` (a `+switch-master` 
 subscription was down), after a subscription comes back, and when the proxy cannot reach the
 master (at most once per `RESOLVE_MIN_GAP`). Every sentinel or master that cannot be reached,
 every failed resolution, every fence and switch is logged (logger `redisgate`) with the address
-concerned. Replies are parsed with hiredis; at most `MAX_REPLY` bytes of one reply are buffered.
+concerned, audited (an `audit.Event` of `audit.UPSTREAM_EVENTS`: sentinel-error,
+resolution-failed, master-rejected, failover-started, switch-master, master-changed,
+failover-lifted) and counted (metrics: `redisgate_upstream_resolutions_total{result}`,
+`redisgate_sentinel_errors_total{sentinel,stage}`, `redisgate_sentinel_masters_rejected_total
+{reason}`, `redisgate_sentinel_failover_starts_total`, `redisgate_sentinel_failovers_total`).
+Replies are parsed with hiredis; at most `MAX_REPLY` bytes of one reply are buffered.
 """
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ from typing import Callable
 
 import hiredis
 
+from . import audit, metrics
 from .config import SentinelConfig, Upstream
 from .resolver import Endpoint, Resolver, UpstreamChange
 from .resp import encode_command
@@ -124,6 +130,18 @@ def _error_text(reply) -> str:
     return str(reply).splitlines()[0][:100] if str(reply) else "error"
 
 
+def _text(value: object) -> str:
+    """An address or a reason as the audit carries it (a sentinel or a node chose part of it)."""
+    return audit.safe(str(value), spaces=True)
+
+
+def _rejected(problem: str) -> str:
+    """The `reason` label of redisgate_sentinel_masters_rejected_total for a _verify problem."""
+    if problem.startswith("it is unreachable"):
+        return "unreachable"
+    return "not_master" if problem.startswith("ROLE says") else "failed"
+
+
 class SentinelResolver(Resolver):
     def __init__(self, config: SentinelConfig, upstream: Callable[[], Upstream],
                  sentinel_tls: Callable[[str], tuple], data_tls: Callable[[str], tuple]):
@@ -141,9 +159,33 @@ class SentinelResolver(Resolver):
         self._last_resolve = -RESOLVE_MIN_GAP
         self._failures = 0                # resolutions failed in a row (their backoff)
         self._next_switch: tuple[Endpoint, Endpoint] | None = None   # +switch-master to follow
+        for result in ("ok", "failed"):   # (every label set known from the start, at 0)
+            metrics.UPSTREAM_RESOLUTIONS.labels(result)
+        for sentinel in self.sentinels:
+            for stage in ("query", "subscription"):
+                metrics.SENTINEL_ERRORS.labels(str(sentinel), stage)
+        for reason in ("unreachable", "not_master", "failed"):
+            metrics.MASTERS_REJECTED.labels(reason)
+        for kind in ("client", "shared"):
+            metrics.UPSTREAM_MOVED.labels(kind)
 
     def describe(self) -> str:
         return f"sentinel master {self.config.master} ({self.current or 'not known yet'})"
+
+    def _audit(self, kind: str, **fields) -> None:
+        audit.emit(audit.Event(kind, master=_text(self.config.master), **fields))
+
+    def _sentinel_error(self, sentinel: Endpoint, stage: str, reason: str) -> None:
+        """A sentinel could not be asked (stage query) or followed (stage subscription)."""
+        metrics.inc("sentinel_errors", str(sentinel), stage)
+        self._audit("sentinel-error", sentinel=str(sentinel), stage=stage, reason=_text(reason))
+
+    def _master_rejected(self, endpoint: Endpoint, sentinel: Endpoint | None,
+                         problem: str) -> None:
+        metrics.inc("masters_rejected", _rejected(problem))
+        self._audit("master-rejected", address=_text(endpoint),
+                    sentinel=str(sentinel) if sentinel is not None else None,
+                    reason=_text(problem))
 
     def unavailable_reason(self) -> str:
         if self.fenced:
@@ -207,8 +249,13 @@ class SentinelResolver(Resolver):
                 self._failures += 1
                 log.error("upstream: no sentinel named a usable master for %s (%s; asked %s)",
                           self.config.master, why, ", ".join(map(str, self.sentinels)))
+                metrics.inc("upstream_resolutions", "failed")
+                self._audit("resolution-failed", reason=_text(
+                    f"no sentinel named a usable master ({why}; asked "
+                    f"{', '.join(map(str, self.sentinels))})"))
                 return
             self._failures = 0
+            metrics.inc("upstream_resolutions", "ok")
             endpoint, via = found
             self._adopt(endpoint, f"named by sentinel {via} ({why})")
 
@@ -221,14 +268,18 @@ class SentinelResolver(Resolver):
                 raise
             except Exception as e:   # noqa: BLE001 - every failure is logged and skipped
                 log.warning("upstream: sentinel %s %s: %s", sentinel, _failed(e), _why(e))
+                self._sentinel_error(sentinel, "query", f"{_failed(e)}: {_why(e)}")
                 continue
             if isinstance(reply, hiredis.ReplyError):
                 log.warning("upstream: sentinel %s refused SENTINEL GET-MASTER-ADDR-BY-NAME: %s",
                             sentinel, _error_text(reply))
+                self._sentinel_error(sentinel, "query", "refused SENTINEL "
+                                     f"GET-MASTER-ADDR-BY-NAME: {_error_text(reply)}")
                 continue
             if reply is None:
                 log.warning("upstream: sentinel %s does not know a master named %s", sentinel,
                             cfg.master)
+                self._sentinel_error(sentinel, "query", "does not know the master")
                 continue
             try:
                 host, port = reply[0].decode("ascii"), int(reply[1])
@@ -237,6 +288,8 @@ class SentinelResolver(Resolver):
             except (TypeError, ValueError, IndexError, UnicodeDecodeError, AttributeError):
                 log.warning("upstream: sentinel %s answered GET-MASTER-ADDR-BY-NAME with "
                             "something that is no address", sentinel)
+                self._sentinel_error(sentinel, "query", "answered GET-MASTER-ADDR-BY-NAME with "
+                                     "something that is no address")
                 continue
             endpoint = Endpoint(host, port)
             problem = await self._verify(endpoint)
@@ -244,6 +297,7 @@ class SentinelResolver(Resolver):
                 return endpoint, sentinel
             log.warning("upstream: sentinel %s names %s as master %s, but %s", sentinel,
                         endpoint, cfg.master, problem)
+            self._master_rejected(endpoint, sentinel, problem)
         return None
 
     async def _ask(self, sentinel: Endpoint):
@@ -302,11 +356,15 @@ class SentinelResolver(Resolver):
             else:
                 log.warning("upstream: failover of sentinel master %s: %s -> %s, %s",
                             self.config.master, old, endpoint, why)
+                metrics.inc("failovers")
+            self._audit("master-changed", old=_text(old) if old is not None else None,
+                        new=_text(endpoint), reason=_text(f"ROLE master, {why}"))
             self._notify(UpstreamChange("switch", old, endpoint, why))
         elif self.fenced:
             self.fenced = False
             log.warning("upstream: sentinel master %s stays %s, %s; connections resume",
                         self.config.master, endpoint, why)
+            self._audit("failover-lifted", address=_text(endpoint), reason=_text(why))
             self._notify(UpstreamChange("lift", old, endpoint, why))
 
     def _fence(self, sentinel: Endpoint, channel: bytes) -> None:
@@ -315,6 +373,9 @@ class SentinelResolver(Resolver):
         log.warning("upstream: sentinel %s reports %s for master %s (%s): nothing more goes to "
                     "it; its connections close once their replies are in, new ones wait for the "
                     "new master", sentinel, channel.decode(), self.config.master, self.current)
+        metrics.inc("failover_starts")
+        self._audit("failover-started", old=_text(self.current), sentinel=str(sentinel),
+                    channel=channel.decode())
         self._notify(UpstreamChange("fence", self.current, None, f"{channel.decode()} from "
                                                                   f"sentinel {sentinel}"))
         self._wake.set()
@@ -333,6 +394,7 @@ class SentinelResolver(Resolver):
         async with self._lock:
             if new == self.current and not self.fenced:
                 return   # (every sentinel announces it)
+            problem: str | None = "not checked"
             for attempt in range(VERIFY_TRIES):
                 problem = await self._verify(new)
                 if problem is None:
@@ -343,6 +405,8 @@ class SentinelResolver(Resolver):
                 await asyncio.sleep(VERIFY_PAUSE)
             log.error("upstream: the new master %s of %s never said ROLE master; asking the "
                       "sentinels again", new, self.config.master)
+            self._master_rejected(new, sentinel, f"{problem} (after {VERIFY_TRIES} checks; "
+                                                 "+switch-master not followed)")
             self._abort = True
             self._wake.set()
 
@@ -361,6 +425,9 @@ class SentinelResolver(Resolver):
                 return
             log.warning("upstream: sentinel %s announces +switch-master of %s: %s -> %s",
                         sentinel, self.config.master, self.current, new)
+            self._audit("switch-master", old=_text(self.current) if self.current else None,
+                        new=_text(new),
+                        sentinel=str(sentinel))
             # One switch at a time, to the latest address announced (bounded however many come).
             running = self._next_switch is not None
             self._next_switch = (new, sentinel)
@@ -399,8 +466,10 @@ class SentinelResolver(Resolver):
             except asyncio.CancelledError:
                 raise
             except Exception as e:   # noqa: BLE001 - logged; tried again after the backoff
+                what = "subscription lost" if subscribed else _failed(e)
                 log.warning("upstream: sentinel %s %s: %s; again in %.1fs", sentinel,
-                            "subscription lost" if subscribed else _failed(e), _why(e), backoff)
+                            what, _why(e), backoff)
+                self._sentinel_error(sentinel, "subscription", f"{what}: {_why(e)}")
             await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
             backoff = min(BACKOFF_MAX, backoff * 2)
 

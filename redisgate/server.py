@@ -176,19 +176,21 @@ class SharedLink:
             self.connecting = True
             asyncio.ensure_future(self._connect())
 
-    def move(self) -> None:
+    def move(self) -> bool:
         """The upstream master is being failed over: nothing more is written to this link's
         connection (clients' commands wait in `out`, bounded as while connecting); once the
         replies already due came back it is closed, and the link connects to the new master
-        (open_upstream waits for it). Replies not back within FAILOVER_DRAIN: `fail`."""
+        (open_upstream waits for it). Replies not back within FAILOVER_DRAIN: `fail`. Whether
+        there was a connection to move."""
         if not self.ready or self._moving is not None:
-            return   # (not connected: the next connection goes to the new master)
+            return False   # (not connected: the next connection goes to the new master)
         self.flush()               # (what this loop turn collected was read before the fence)
         self.ready = False
         self.connecting = True     # (send() queues and does not dial)
         self.queued = 0
         self._moving = asyncio.get_running_loop().time() + FAILOVER_DRAIN
         self._check_moved()
+        return True
 
     def _check_moved(self) -> None:
         if self._moving is None:
@@ -338,6 +340,7 @@ async def open_upstream(proxy: "Proxy", factory, addr=None):
             reason = resolver.unavailable_reason()
             log.warning("upstream %s: %s", up.address, reason)
             metrics.inc("upstream_errors", "connect")
+            audit.emit(Event("upstream-unreachable", reason=safe(reason, spaces=True)))
             return None, reason
 
         def made(epoch=epoch):
@@ -355,6 +358,8 @@ async def open_upstream(proxy: "Proxy", factory, addr=None):
             if addr is None:   # (a cluster node's: ClusterMap.unreachable logs and counts it)
                 log.warning("upstream %s unreachable: %s", endpoint, reason)
                 metrics.inc("upstream_errors", "connect")
+                audit.emit(Event("upstream-unreachable", address=safe(str(endpoint)),
+                                 reason=safe(reason, spaces=True)))
                 resolver.unreachable(endpoint, reason)
             return None, reason
         if resolver.epoch == epoch:
@@ -1307,19 +1312,24 @@ class Proxy:
             if self._resolving:   # (found later than at start: start() probes it itself)
                 asyncio.ensure_future(self.probe_upstream())
             return
-        moved = 0
+        moved = links = 0
         for c in list(self.clients):
             if c.upstream is not None and not c.closed and not c.draining:
                 c.drain()
                 self._moving.add(c)
                 moved += 1
         for link in self.links + self.links3:
-            link.move()
+            links += link.move()
         if moved:
             log.warning("upstream: closing %d client connection(s) to %s (%s)", moved,
                         change.old, change.reason)
             asyncio.ensure_future(self._close_moved(asyncio.get_running_loop().time()
                                                     + FAILOVER_DRAIN))
+        if moved or links:
+            for kind, n in (("client", moved), ("shared", links)):
+                metrics.UPSTREAM_MOVED.labels(kind).inc(n)
+            audit.emit(Event("failover-moved", old=safe(str(change.old)), clients=moved,
+                             links=links, reason=safe(change.reason, spaces=True)))
         if change.kind == "switch":
             asyncio.ensure_future(self.probe_upstream())
 

@@ -46,13 +46,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import audit
+
 if TYPE_CHECKING:
     from .admin import UpstreamProbe
     from .config import Config
     from .metrics import CollectorMirror
 
 log = logging.getLogger("redisgate")
-audit = logging.getLogger("redisgate.audit")
 
 MAX_WORKERS = 256
 STATUS_INTERVAL = 1.0      # a worker's status line, every so often
@@ -379,15 +380,15 @@ class Supervisor:
             log.error("worker %d%s %s, %d times in a row within %.0fs of its start: giving up; "
                       "stopping the other workers", w.index, f" (pid {pid})" if pid else "", how,
                       w.quick_deaths, STABLE_AFTER)
-            audit.error("worker-gave-up worker=%d pid=%s reason=%s", w.index, pid or "-",
-                        how.replace(" ", "-"))
+            audit.emit(audit.Event("worker-gave-up", worker=w.index, pid=pid, reason=how,
+                                   failures=w.quick_deaths))
             self.exit_code = 1
             self.stop("giving up")
             return
         delay = min(BACKOFF_MAX, BACKOFF_FIRST * 2 ** (w.quick_deaths - 1))
         w.restart_at = time.monotonic() + delay
-        audit.warning("worker-restart worker=%d pid=%s reason=%s", w.index, pid or "-",
-                      how.replace(" ", "-"))
+        audit.emit(audit.Event("worker-restart", worker=w.index, pid=pid, reason=how,
+                               seconds=round(delay, 3)))
         log.warning("worker %d%s %s after %.1fs; restarting it in %.1fs", w.index,
                     f" (pid {pid})" if pid else "", how, ran, delay)
 
@@ -397,12 +398,25 @@ class Supervisor:
         log.info("SIGHUP: reloading %d workers", sum(w.proc is not None for w in self.workers))
         from .config import ConfigError, load_config
         if self.config.path is not None:
-            try:    # (only for the parent's own view: shutdown.grace; each worker logs its own)
+            try:    # (only for the parent's own view: shutdown.grace, audit; each worker logs its own)
                 self.config = load_config(self.config.path)
             except ConfigError:
                 pass
+        self._audit_configure(reopen=True)
         for w in self.workers:
             self._send(w, {"op": "reload"})
+
+    def _audit_configure(self, reopen: bool = False) -> None:
+        """The parent writes its own events (worker-restart, worker-gave-up) to the `audit:`
+        section's file too (every process appends whole lines to it); on SIGHUP it re-opens it
+        (logrotate), as each worker does."""
+        try:
+            audit.configure(self.config.audit)
+            if reopen:
+                audit.reopen()
+        except (audit.AuditError, OSError) as e:
+            log.error("audit: %s; the parent's events go to its log", e)
+            audit.configure(None)
 
     def stop(self, why: str) -> None:
         if self.stopping:
@@ -456,6 +470,7 @@ class Supervisor:
             self.stop(name)
 
 
+        self._audit_configure()
         loop.add_signal_handler(signal.SIGHUP, self.reload)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig)
@@ -493,6 +508,8 @@ class Supervisor:
         finally:
             if admin is not None:
                 await admin.stop()
+            audit.flush()
+            audit.configure(None)
         return self.exit_code
 
     def _registry(self):

@@ -107,6 +107,91 @@ def test_the_text_format_keeps_todays_lines(tmp_path):
                              "client=id=2 addr=127.0.0.1:6 reason=wrong-password")
 
 
+UPSTREAM_SAMPLES = [
+    Event("upstream-unreachable", address="10.0.0.5:6379", reason="connection refused"),
+    Event("sentinel-error", master="mymaster", sentinel="10.0.0.1:26379", stage="query",
+          reason="unreachable: timed out"),
+    Event("resolution-failed", master="mymaster",
+          reason="no sentinel named a usable master (recheck; asked 10.0.0.1:26379)"),
+    Event("master-rejected", master="mymaster", address="10.0.0.6:6379",
+          sentinel="10.0.0.1:26379", reason="ROLE says 'slave', not master"),
+    Event("failover-started", master="mymaster", old="10.0.0.5:6379", sentinel="10.0.0.1:26379",
+          channel="+try-failover"),
+    Event("switch-master", master="mymaster", old="10.0.0.5:6379", new="10.0.0.6:6379",
+          sentinel="10.0.0.2:26379"),
+    Event("master-changed", master="mymaster", old="10.0.0.5:6379", new="10.0.0.6:6379",
+          reason="ROLE master, +switch-master from sentinel 10.0.0.2:26379"),
+    Event("failover-lifted", master="mymaster", address="10.0.0.5:6379",
+          reason="named by sentinel 10.0.0.1:26379 (failover aborted)"),
+    Event("failover-moved", old="10.0.0.5:6379", clients=3, links=1,
+          reason="+try-failover from sentinel 10.0.0.1:26379"),
+]
+WORKER_SAMPLES = [
+    Event("worker-restart", worker=1, pid=4242, reason="was killed by SIGKILL", seconds=0.2),
+    Event("worker-gave-up", worker=0, pid=4343, reason="exited with code 1", failures=5),
+]
+
+
+def test_the_upstream_and_worker_events_in_json_and_text(tmp_path):
+    """Every upstream (Sentinel, failover) and worker event, in both formats: JSON with its
+    typed fields; text as `event name=value ... reason=free text`, the worker lines as before."""
+    path, text_path = tmp_path / "audit.log", tmp_path / "audit.txt"
+    audit.configure(AuditSettings(path=str(path), rate=0))
+    try:
+        for e in UPSTREAM_SAMPLES + WORKER_SAMPLES:
+            audit.emit(e)
+    finally:
+        audit.configure(None)
+    got = read_events(path)
+    assert [e["event"] for e in got] == [e.event for e in UPSTREAM_SAMPLES + WORKER_SAMPLES]
+    assert got[6] == {"ts": got[6]["ts"], "event": "master-changed", "user": None,
+                      "reason": "ROLE master, +switch-master from sentinel 10.0.0.2:26379",
+                      "master": "mymaster", "old": "10.0.0.5:6379", "new": "10.0.0.6:6379"}
+    assert got[8]["clients"] == 3 and got[8]["links"] == 1
+    assert got[9] == {"ts": got[9]["ts"], "event": "worker-restart", "user": None,
+                      "reason": "was killed by SIGKILL", "seconds": 0.2, "worker": 1,
+                      "pid": 4242}
+    assert got[10]["failures"] == 5
+    audit.configure(AuditSettings(path=str(text_path), rate=0, format="text"))
+    try:
+        for e in UPSTREAM_SAMPLES + WORKER_SAMPLES:
+            audit.emit(e)
+    finally:
+        audit.configure(None)
+    lines = [line.split(" ", 2)[2] for line in text_path.read_text().splitlines()]
+    assert lines == [
+        "WARNING redisgate.audit: upstream-unreachable address=10.0.0.5:6379 "
+        "reason=connection refused",
+        "WARNING redisgate.audit: sentinel-error master=mymaster sentinel=10.0.0.1:26379 "
+        "stage=query reason=unreachable: timed out",
+        "ERROR redisgate.audit: resolution-failed master=mymaster reason=no sentinel named a "
+        "usable master (recheck; asked 10.0.0.1:26379)",
+        "WARNING redisgate.audit: master-rejected master=mymaster address=10.0.0.6:6379 "
+        "sentinel=10.0.0.1:26379 reason=ROLE says 'slave', not master",
+        "WARNING redisgate.audit: failover-started master=mymaster old=10.0.0.5:6379 "
+        "sentinel=10.0.0.1:26379 channel=+try-failover",
+        "WARNING redisgate.audit: switch-master master=mymaster old=10.0.0.5:6379 "
+        "new=10.0.0.6:6379 sentinel=10.0.0.2:26379",
+        "WARNING redisgate.audit: master-changed master=mymaster old=10.0.0.5:6379 "
+        "new=10.0.0.6:6379 reason=ROLE master, +switch-master from sentinel 10.0.0.2:26379",
+        "WARNING redisgate.audit: failover-lifted master=mymaster address=10.0.0.5:6379 "
+        "reason=named by sentinel 10.0.0.1:26379 (failover aborted)",
+        "WARNING redisgate.audit: failover-moved old=10.0.0.5:6379 clients=3 links=1 "
+        "reason=+try-failover from sentinel 10.0.0.1:26379",
+        "WARNING redisgate.audit: worker-restart worker=1 pid=4242 reason=was-killed-by-SIGKILL",
+        "ERROR redisgate.audit: worker-gave-up worker=0 pid=4343 reason=exited-with-code-1",
+    ]
+
+
+def test_without_an_audit_section_upstream_events_stay_in_the_process_log_only(captured):
+    """No `audit:` section: the process log (logger redisgate) has a line for each upstream event
+    already, so the audit logger writes none of them; the worker lines are written as before."""
+    assert not any(audit.wanted(e.event) for e in UPSTREAM_SAMPLES)
+    for e in UPSTREAM_SAMPLES + WORKER_SAMPLES:
+        audit.emit(e)
+    assert [e.event for e in captured] == ["worker-restart", "worker-gave-up"]
+
+
 def test_the_audit_section_is_validated_with_where_why_messages(tmp_path):
     base = {"upstream": "127.0.0.1:6379", "users": {"a": "on nopass +ping"}}
     cases = {

@@ -14,11 +14,19 @@ and with `multiplex: 1`:
   acknowledged was lost (the proxy stops forwarding when the leader sentinel starts the
   failover, before the promotion).
 Asynq across a failover: see test_asynq_workload_across_a_failover.
+
+Failure reporting: the same tests read the proxy's JSON audit lines (`audit:` section) and its
+/metrics (an admin endpoint on the proxy's loop): the fence, the +switch-master, the new master
+(ROLE verified), the connections moved, a lost sentinel, unreachable sentinels and masters, a
+failed resolution, a rejected master; each with the address concerned.
 """
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import re
+import urllib.request
 import threading
 import time
 import uuid
@@ -26,6 +34,7 @@ from collections import Counter
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 import asynq_workload as w
 from proxy import ProxyRunner, pw_hash
@@ -59,9 +68,62 @@ def env(monkeypatch, setup):
     monkeypatch.setenv("DATA_TEST_PASSWORD", setup.data_password)
 
 
-def start_proxy(s: SentinelSetup, **upstream) -> ProxyRunner:
-    return ProxyRunner({"upstream": sentinel_upstream(s, **upstream),
-                        "users": {"app": f"on {pw_hash(APP_PASSWORD)} ~* &* +@all"}}).start()
+def start_proxy(s: SentinelSetup, audit_path=None, **upstream) -> ProxyRunner:
+    raw = {"upstream": sentinel_upstream(s, **upstream),
+           "users": {"app": f"on {pw_hash(APP_PASSWORD)} ~* &* +@all"}}
+    if audit_path is not None:
+        raw["audit"] = {"path": str(audit_path), "rate": 0}
+    return ProxyRunner(raw).start()
+
+
+def read_audit(path) -> list[dict]:
+    """The JSON audit lines written so far."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def events(path, kind: str, **fields) -> list[dict]:
+    """The audit events of `kind` whose fields have these values."""
+    return [e for e in read_audit(path) if e["event"] == kind
+            and all(e.get(k) == v for k, v in fields.items())]
+
+
+class Metrics:
+    """/metrics of a ProxyRunner, over HTTP, from an admin endpoint on the proxy's loop. The
+    counters are the test process's (every in-process proxy adds to them): compare two scrapes."""
+
+    def __init__(self, runner: ProxyRunner):
+        from redisgate.admin import Admin
+        self.runner = runner
+
+        def start():
+            admin = Admin(runner.proxy, "127.0.0.1", 0)
+            admin.start()
+            return admin
+        self.admin = runner.call(start)
+
+    def scrape(self) -> dict:
+        """{(sample name, frozenset of labels): value}"""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin.port}/metrics",
+                                    timeout=10) as r:
+            text = r.read().decode()
+        return {(s.name, frozenset(s.labels.items())): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def stop(self) -> None:
+        self.runner.call(lambda: asyncio.ensure_future(self.admin.stop()))
+        time.sleep(0.2)
+
+
+def value(scrape: dict, name: str, **labels) -> float:
+    return scrape.get((name, frozenset(labels.items())), 0.0)
+
+
+def delta(before: dict, after: dict, name: str, **labels) -> float:
+    return value(after, name, **labels) - value(before, name, **labels)
+
+
+def addr(port: int) -> str:
+    return f"127.0.0.1:{port}"
 
 
 class Traffic:
@@ -148,12 +210,15 @@ def run_failover(setup: SentinelSetup, proxy: ProxyRunner, kill: bool) -> None:
 
 
 @pytest.mark.parametrize("mux", [0, 1], ids=["dedicated", "multiplex1"])
-def test_sentinel_failover_under_traffic(setup, env, mux, caplog):
+def test_sentinel_failover_under_traffic(setup, env, mux, caplog, tmp_path):
     caplog.set_level(logging.INFO, logger="redisgate")
     old = setup.current_master()
-    proxy = start_proxy(setup, multiplex=mux)
+    audit_path = tmp_path / "audit.log"
+    proxy = start_proxy(setup, audit_path, multiplex=mux)
+    metrics = Metrics(proxy)
     lost = None
     try:
+        before = metrics.scrape()
         if mux:
             # One sentinel dies: its subscription is lost (and logged, and tried again with
             # backoff); the other two still carry the failover.
@@ -161,9 +226,30 @@ def test_sentinel_failover_under_traffic(setup, env, mux, caplog):
             lost.proc.kill()
             lost.proc.wait(5)
         run_failover(setup, proxy, kill=False)
+        after = metrics.scrape()
     finally:
+        metrics.stop()
         proxy.stop()
     new = setup.current_master()
+    check_failover_reported(audit_path, before, after, old.port, new.port, setup)
+    moved = events(audit_path, "failover-moved", old=addr(old.port))
+    assert len(moved) == 1, read_audit(audit_path)
+    if mux:   # the one shared link moved; no client had a connection of its own
+        assert (moved[0]["clients"], moved[0]["links"]) == (0, 1), moved
+        assert delta(before, after, "redisgate_upstream_moved_total", kind="shared") == 1
+        assert delta(before, after, "redisgate_upstream_moved_total", kind="client") == 0
+    else:     # each client's own connection closed (the traffic's 4, the admin probe's not)
+        assert moved[0]["clients"] >= 4 and moved[0]["links"] == 0, moved
+        assert delta(before, after, "redisgate_upstream_moved_total", kind="client") == \
+            moved[0]["clients"]
+    if lost is not None:
+        lost_errors = events(audit_path, "sentinel-error", sentinel=addr(lost.port),
+                             stage="subscription", master=MASTER_NAME)
+        reasons = [e["reason"] for e in lost_errors]
+        assert reasons[0].startswith("subscription lost: "), reasons
+        assert "unreachable: connection refused" in reasons[1:], reasons
+        assert delta(before, after, "redisgate_sentinel_errors_total", sentinel=addr(lost.port),
+                     stage="subscription") == len(lost_errors)
     text = caplog.text
     if lost is not None:
         assert f"sentinel 127.0.0.1:{lost.port} subscription lost" in text
@@ -181,42 +267,106 @@ def test_sentinel_failover_under_traffic(setup, env, mux, caplog):
 
 
 @pytest.mark.parametrize("mux", [0, 1], ids=["dedicated", "multiplex1"])
-def test_killed_master_under_traffic(setup, env, mux, caplog):
+def test_killed_master_under_traffic(setup, env, mux, caplog, tmp_path):
     caplog.set_level(logging.INFO, logger="redisgate")
     old = setup.current_master()
-    proxy = start_proxy(setup, multiplex=mux)
+    audit_path = tmp_path / "audit.log"
+    proxy = start_proxy(setup, audit_path, multiplex=mux)
+    metrics = Metrics(proxy)
     try:
+        before = metrics.scrape()
         run_failover(setup, proxy, kill=True)
+        after = metrics.scrape()
     finally:
+        metrics.stop()
         proxy.stop()
-    assert f"upstream 127.0.0.1:{old.port} unreachable" in caplog.text or \
-        f"upstream: sentinel master {MASTER_NAME}" in caplog.text
+    new = setup.current_master()
+    assert f"upstream 127.0.0.1:{old.port} unreachable" in caplog.text
+    check_failover_reported(audit_path, before, after, old.port, new.port, setup)
+    # The dead master, while the sentinels had not yet seen it down: every dial to it failed
+    # (the traffic's clients reconnecting, or the shared link), each one audited and counted.
+    dials = events(audit_path, "upstream-unreachable", address=addr(old.port))
+    assert dials and all(e["reason"] for e in dials), read_audit(audit_path)
+    assert delta(before, after, "redisgate_upstream_errors_total", stage="connect") >= len(dials)
 
 
-def test_unreachable_sentinels_are_logged_and_clients_told(caplog, monkeypatch):
-    """No sentinel answers: the proxy starts, says so per sentinel, and a client's command gets
-    the upstream-unavailable error instead of a hang."""
+def check_failover_reported(audit_path, before: dict, after: dict, old: int, new: int,
+                            setup: SentinelSetup) -> None:
+    """What the audit and the metrics say of one failover from `old` to `new` (ports)."""
+    text = audit_path.read_text()
+    assert setup.sentinel_password not in text and setup.data_password not in text
+    sentinels = set(setup.sentinel_addresses)
+    # At start: the master one sentinel named, ROLE checked.
+    first = events(audit_path, "master-changed", old=None, new=addr(old))
+    assert len(first) == 1 and first[0]["master"] == MASTER_NAME, read_audit(audit_path)
+    assert first[0]["reason"].startswith("ROLE master, named by sentinel 127.0.0.1:")
+    # The failover's first event fenced the old master; +switch-master was seen; the new master
+    # was verified and used, after the fence.
+    started = events(audit_path, "failover-started", old=addr(old), master=MASTER_NAME)
+    assert len(started) == 1 and started[0]["sentinel"] in sentinels, started
+    assert started[0]["channel"] in ("+try-failover", "+failover-state-select-slave",
+                                     "+selected-slave", "+failover-state-send-slaveof-noone")
+    switches = events(audit_path, "switch-master", old=addr(old), new=addr(new))
+    assert switches and all(e["sentinel"] in sentinels for e in switches), read_audit(audit_path)
+    changed = events(audit_path, "master-changed", old=addr(old), new=addr(new))
+    assert len(changed) == 1, read_audit(audit_path)
+    assert re.fullmatch(r"ROLE master, \+switch-master from sentinel 127\.0\.0\.1:\d+",
+                        changed[0]["reason"]), changed
+    kinds = [e["event"] for e in read_audit(audit_path)]
+    assert kinds.index("failover-started") < kinds.index("switch-master") < \
+        len(kinds) - 1 - kinds[::-1].index("master-changed")
+    assert delta(before, after, "redisgate_sentinel_failovers_total") == 1
+    assert delta(before, after, "redisgate_sentinel_failover_starts_total") == 1
+
+
+def test_unreachable_sentinels_are_logged_and_clients_told(caplog, monkeypatch, tmp_path):
+    """No sentinel answers: the proxy starts, says so per sentinel (log, audit, metrics), and a
+    client's command gets the upstream-unavailable error instead of a hang."""
     caplog.set_level(logging.INFO, logger="redisgate")
     monkeypatch.setenv("SENTINEL_TEST_PASSWORD", "x")
     monkeypatch.setenv("DATA_TEST_PASSWORD", "y")
     dead = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    audit_path = tmp_path / "audit.log"
     proxy = ProxyRunner({"upstream": {"sentinel": {"master": MASTER_NAME, "addresses": dead,
                                                    "password": "${SENTINEL_TEST_PASSWORD}"},
                                       "password": "${DATA_TEST_PASSWORD}",
                                       "connect_timeout": "500ms"},
+                         "audit": {"path": str(audit_path), "rate": 0},
                          "users": {"app": f"on {pw_hash(APP_PASSWORD)} ~* +@all"}}).start()
+    metrics = Metrics(proxy)
     try:
+        before = metrics.scrape()
         c = proxy.client("app", APP_PASSWORD)
         with pytest.raises(redis.exceptions.RedisError, match="upstream Redis unavailable"):
             c.ping()
+        after = metrics.scrape()
     finally:
+        metrics.stop()
         proxy.stop()
-    for addr in dead:
-        assert f"sentinel {addr} unreachable" in caplog.text
+    for a in dead:
+        assert f"sentinel {a} unreachable" in caplog.text
+        # asked at start (query) and followed (subscription), each failure audited and counted
+        query = events(audit_path, "sentinel-error", sentinel=a, stage="query",
+                       master=MASTER_NAME, reason="unreachable: connection refused")
+        assert query, read_audit(audit_path)
+        assert events(audit_path, "sentinel-error", sentinel=a, stage="subscription",
+                      reason="unreachable: connection refused")
+        assert value(after, "redisgate_sentinel_errors_total", sentinel=a, stage="query") >= 1
+        assert value(after, "redisgate_sentinel_errors_total", sentinel=a,
+                     stage="subscription") >= 1
     assert f"no sentinel named a usable master for {MASTER_NAME}" in caplog.text
+    failed = events(audit_path, "resolution-failed", master=MASTER_NAME)
+    assert failed[0]["reason"] == ("no sentinel named a usable master (start; asked "
+                                   f"{dead[0]}, {dead[1]})"), failed
+    assert value(after, "redisgate_upstream_resolutions_total", result="failed") >= 1
+    # The client's command: no master to dial (no address: none is known).
+    told = events(audit_path, "upstream-unreachable",
+                  reason=f"no sentinel named a usable master for {MASTER_NAME}")
+    assert told and "address" not in told[0], read_audit(audit_path)
+    assert delta(before, after, "redisgate_upstream_errors_total", stage="connect") >= 1
 
 
-def test_a_sentinel_naming_a_replica_is_not_believed(setup, env, caplog):
+def test_a_sentinel_naming_a_replica_is_not_believed(setup, env, caplog, tmp_path):
     """ROLE is checked before use: the proxy never sends data to a node that is not master
     (here: the sentinels are asked for a master name whose 'master' is our replica)."""
     caplog.set_level(logging.INFO, logger="redisgate")
@@ -224,18 +374,29 @@ def test_a_sentinel_naming_a_replica_is_not_believed(setup, env, caplog):
     for i in range(3):
         setup.sentinel(i).execute_command("SENTINEL", "MONITOR", "other", "127.0.0.1",
                                           str(replica.port), 2)
+    audit_path = tmp_path / "audit.log"
     proxy = ProxyRunner({"upstream": {"sentinel": {"master": "other",
                                                    "addresses": setup.sentinel_addresses[:1],
                                                    "password": "${SENTINEL_TEST_PASSWORD}"},
                                       "password": "${DATA_TEST_PASSWORD}",
                                       "connect_timeout": "1s"},
+                         "audit": {"path": str(audit_path), "rate": 0},
                          "users": {"app": f"on {pw_hash(APP_PASSWORD)} ~* +@all"}}).start()
+    metrics = Metrics(proxy)
     try:
         with pytest.raises(redis.exceptions.RedisError, match="upstream Redis unavailable"):
             proxy.client("app", APP_PASSWORD).ping()
+        after = metrics.scrape()
     finally:
+        metrics.stop()
         proxy.stop()
     assert f"names 127.0.0.1:{replica.port} as master other, but ROLE says 'slave'" in caplog.text
+    rejected = events(audit_path, "master-rejected", master="other", address=addr(replica.port),
+                      sentinel=setup.sentinel_addresses[0])
+    assert rejected and rejected[0]["reason"] == "ROLE says 'slave', not master", \
+        read_audit(audit_path)
+    assert value(after, "redisgate_sentinel_masters_rejected_total", reason="not_master") >= 1
+    assert not events(audit_path, "master-changed")
 
 
 # --- Asynq across a failover --------------------------------------------------------------------

@@ -3,6 +3,7 @@ listener (SO_REUSEPORT), real Redis 7 upstream, real clients (raw sockets, redis
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -370,6 +371,42 @@ def test_a_killed_worker_is_restarted_and_clients_reconnect(tmp_path, redis7, gr
     assert g.metric("redisgate_connections_active") == 30 + len(by_worker[workers[1].pid])
 
 
+def test_worker_restarts_are_audited_as_json_and_counted(tmp_path, redis7, groups):
+    """With an `audit:` section the parent writes its own events to the audit file too: a
+    worker-restart event per death (the worker's index and pid, how it ended, the back-off),
+    the same one /metrics counts in redisgate_worker_restarts_total."""
+    port = free_port()
+    audit_path = tmp_path / "audit.log"
+    g = Group(tmp_path, config(redis7, port, audit={"path": str(audit_path), "rate": 0}),
+              "--workers", "2")
+    groups.append(g)
+    g.wait_ready()
+    victims = []
+    for index in (0, 1):   # (each once: a second death within 10 s would double the back-off)
+        victim = next(w for w in g.workers()
+                      if w.cmdline()[w.cmdline().index("--worker-index") + 1] == str(index))
+        victims.append((victim.pid, index))
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        deadline = time.monotonic() + 20
+        while victim.pid in {w.pid for w in g.workers()} or len(g.workers()) < 2:
+            assert time.monotonic() < deadline, g.log()[-3000:]
+            time.sleep(0.1)
+        g.wait_ready()
+    lines = [json.loads(line) for line in audit_path.read_text().splitlines()]
+    restarts = [e for e in lines if e["event"] == "worker-restart"]
+    assert [(e["pid"], e["worker"]) for e in restarts] == victims, restarts
+    for e in restarts:
+        assert e["user"] is None and e["reason"] == "was killed by SIGKILL"
+        assert e["seconds"] == 0.2 and re.fullmatch(r"\d{4}-.*Z", e["ts"])
+    # (the stderr line as without an audit section is not written: the audit file has it)
+    assert "redisgate.audit: worker-restart" not in g.log()
+    for pid, index in victims:
+        assert f"worker {index} (pid {pid}) was killed by SIGKILL" in g.log()
+    assert sum(g.metric(f'redisgate_worker_restarts_total{{worker="{i}"}}')
+               for i in (0, 1)) == 2
+
+
 def test_sighup_reloads_every_worker(tmp_path, redis7, groups):
     port = free_port()
     raw = config(redis7, port, pid_file=str(tmp_path / "rg.pid"))
@@ -496,6 +533,11 @@ def test_a_worker_dying_at_once_makes_the_parent_give_up(tmp_path, redis7, group
     assert re.search(r"worker \d \(pid \d+\) exited with code 1, 5 times in a row within 10s "
                      r"of its start: giving up", log), log[-3000:]
     assert len(re.findall(r"restarting it in", log)) == 4
+    # the audit's plain-text lines (no audit: section), as before the audit had events
+    assert len(re.findall(r"WARNING redisgate.audit: worker-restart worker=\d pid=\d+ "
+                          r"reason=(was-killed-by-SIGKILL|exited-with-code-1)\n", log)) == 4, log
+    assert re.search(r"ERROR redisgate.audit: worker-gave-up worker=\d pid=\d+ "
+                     r"reason=exited-with-code-1\n", log), log[-3000:]
     assert not pid_file.exists()
     assert not psutil.pid_exists(workers[1].pid) or workers[1].status() == psutil.STATUS_ZOMBIE
 
