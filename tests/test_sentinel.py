@@ -399,6 +399,73 @@ def test_a_sentinel_naming_a_replica_is_not_believed(setup, env, caplog, tmp_pat
     assert not events(audit_path, "master-changed")
 
 
+def test_sentinel_failover_with_two_workers(setup, env, tmp_path):
+    """`serve --workers 2` in front of the Sentinel set-up: each worker follows the master on
+    its own (its own subscriptions, resolver and upstream connections), the same checks as
+    above hold across a SENTINEL FAILOVER, and the parent's /metrics sums the workers' counts
+    (each worker followed the one failover: 2), each worker's events in the one audit file."""
+    from types import SimpleNamespace
+
+    from test_workers import Group
+    port = free_port()
+    audit_path = tmp_path / "audit.log"
+    raw = {"listen": addr(port), "upstream": sentinel_upstream(setup),
+           "users": {"app": f"on {pw_hash(APP_PASSWORD)} ~* &* +@all"},
+           "admin": {"listen": addr(free_port())}, "audit": {"path": str(audit_path), "rate": 0},
+           "auth_throttle": {"max_failures": 1_000_000}}
+    g = Group(tmp_path, raw, "--workers", "2")
+    old = setup.current_master()
+    try:
+        g.wait_ready()
+        assert len(g.workers()) == 2
+        assert g.metric("redisgate_sentinel_failovers_total") == 0
+        assert len(events(audit_path, "master-changed", old=None, new=addr(old.port))) == 2
+        proxy = SimpleNamespace(port=port, client=lambda user, pw: redis.Redis(
+            port=port, username=user, password=pw, protocol=2, socket_timeout=10))
+        run_failover(setup, proxy, kill=False)
+        new = setup.current_master()
+        assert g.metric("redisgate_sentinel_failovers_total") == 2
+        assert g.metric("redisgate_sentinel_failover_starts_total") == 2
+        assert g.metric("redisgate_upstream_resolutions_total") >= 2
+        assert len(events(audit_path, "master-changed", old=addr(old.port),
+                          new=addr(new.port))) == 2
+        assert len(events(audit_path, "failover-started", old=addr(old.port))) == 2
+        log = g.log()
+    finally:
+        pids = [w.pid for w in g.workers()]
+        g.stop()
+        for pid in pids:
+            try:
+                __import__("psutil").Process(pid).wait(10)
+            except Exception:   # noqa: BLE001 - gone already
+                pass
+    assert re.search(r"redisgate\[worker 0\]: upstream: failover of sentinel master", log)
+    assert re.search(r"redisgate\[worker 1\]: upstream: failover of sentinel master", log)
+    text = audit_path.read_text()
+    assert setup.data_password not in log + text and setup.sentinel_password not in log + text
+
+
+def test_redisgate_check_rejects_address_and_sentinel_together(tmp_path):
+    import subprocess
+    import sys
+    import yaml
+    cfg = tmp_path / "redisgate.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "listen": "127.0.0.1:6380", "users": {"a": "on nopass +ping"},
+        "upstream": {"address": "127.0.0.1:6379",
+                     "sentinel": {"master": "m", "addresses": ["127.0.0.1:26379"]}}}))
+    done = subprocess.run([sys.executable, "-m", "redisgate", "check", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[1:] == ["  upstream: only one of address, sentinel"], done
+    cfg.write_text(yaml.safe_dump({
+        "listen": "127.0.0.1:6380", "users": {"a": "on nopass +ping"},
+        "upstream": {"sentinel": {"master": "m", "addresses": ["127.0.0.1:26379"]}}}))
+    done = subprocess.run([sys.executable, "-m", "redisgate", "check", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "upstream sentinel master m" in done.stdout, done
+
+
 # --- Asynq across a failover --------------------------------------------------------------------
 
 def test_asynq_workload_across_a_failover(setup, env, tmp_path):
