@@ -56,10 +56,11 @@ server.Proxy at start and on reload):
 - `audit: {format: text}`: the plain-text lines, to `path`.
 
 With a section, at most `rate` lines a second of each event kind are written (0: no limit;
-reload, shutdown, master-changed, failover-moved and the worker events always are); past that, each (user, event) gets one ``suppressed``
-line a second with the number of lines it replaced. `emit` runs on the event loop and never blocks on anything but
-the write itself; it is called for connections, logins, refusals and the upstream's and the
-workers' events only, never for an allowed command.
+reload, shutdown, master-changed, failover-moved and the worker events always are); past that,
+each (user, event) gets one ``suppressed`` line a second with the number of lines it replaced.
+`emit` runs on the event loop and never blocks on anything but the write itself; it is called
+for connections, logins, refusals and the upstream's and the workers' events only, never for an
+allowed command.
 """
 from __future__ import annotations
 
@@ -329,7 +330,8 @@ def _text_upstream(*names: str):
 
 def _text_worker(e: Event) -> str:
     # (the reason's spaces as dashes: as these lines were before the audit had events)
-    return f"{e.event} worker={e.worker} pid={e.pid or '-'} reason={(e.reason or '-').replace(' ', '-')}"
+    reason = (e.reason or "-").replace(" ", "-")
+    return f"{e.event} worker={e.worker} pid={e.pid or '-'} reason={reason}"
 
 
 _TEXT = {

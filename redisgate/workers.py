@@ -398,7 +398,7 @@ class Supervisor:
         log.info("SIGHUP: reloading %d workers", sum(w.proc is not None for w in self.workers))
         from .config import ConfigError, load_config
         if self.config.path is not None:
-            try:    # (only for the parent's own view: shutdown.grace, audit; each worker logs its own)
+            try:    # (the parent's own view: shutdown.grace, audit; each worker logs its own)
                 self.config = load_config(self.config.path)
             except ConfigError:
                 pass
@@ -411,12 +411,11 @@ class Supervisor:
         section's file too (every process appends whole lines to it); on SIGHUP it re-opens it
         (logrotate), as each worker does."""
         try:
-            audit.configure(self.config.audit)
+            audit.configure(self.config.audit)   # (it raises before it changes anything)
             if reopen:
                 audit.reopen()
         except (audit.AuditError, OSError) as e:
-            log.error("audit: %s; the parent's events go to its log", e)
-            audit.configure(None)
+            log.error("audit: %s; the parent's events go where they went before", e)
 
     def stop(self, why: str) -> None:
         if self.stopping:
