@@ -78,7 +78,7 @@ class UpstreamProbe:
                                                        ssl=ssl_ctx, server_hostname=server_hostname)
         try:
             replies = await handshake.ask(reader, writer, proxy.config.upstream, [b"PING"],
-                                          read_size=4096)
+                                          read_size=4096, passwords=proxy.gate.passwords)
             for r in replies:
                 if isinstance(r, Exception):
                     # (Redis's error text: never a secret; first line, bounded)

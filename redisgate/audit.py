@@ -140,7 +140,8 @@ UPSTREAM_EVENTS = frozenset({
 
 EVENTS = frozenset({
     "connect", "disconnect", "auth-ok", "auth-failed", "logout", "auth-timeout", "denied",
-    "lockout", "reload", "tls-handshake-failed", "upstream-lost", "shutdown", "suppressed",
+    "lockout", "reload", "tls-handshake-failed", "upstream-lost", "upstream-auth-fallback",
+    "shutdown", "suppressed",
     # where the upstream is (server.open_upstream, sentinel.py) and the worker processes
     *UPSTREAM_EVENTS, "worker-restart", "worker-gave-up",
 })
@@ -188,6 +189,7 @@ class Event:
     reload               ok, problems
     tls-handshake-failed reason
     upstream-lost        reason
+    upstream-auth-fallback  reason (which password: "reference|current|previous password"), ok
     shutdown             reason, grace (s)
     suppressed           event_suppressed, count
 
@@ -268,7 +270,7 @@ class Event:
 _FIELDS = tuple(f.name for f in fields(Event)
                 if f.name not in ("event", "user", "peer", "info"))
 _WARNING = frozenset({"auth-failed", "lockout", "tls-handshake-failed", "upstream-lost",
-                      "worker-restart", *UPSTREAM_EVENTS})
+                      "worker-restart", "upstream-auth-fallback", *UPSTREAM_EVENTS})
 _ERROR = frozenset({"worker-gave-up", "resolution-failed"})
 
 
@@ -356,6 +358,8 @@ _TEXT = {
     "lockout": _text_lockout,
     "tls-handshake-failed": _text_tls_failed,
     "suppressed": _text_suppressed,
+    "upstream-auth-fallback": lambda e: (f"upstream-auth-fallback password={e.reason.split()[0]} "
+                                         f"ok={str(e.ok).lower()} client={e.info}"),
 }
 
 
@@ -487,6 +491,7 @@ class _State:
     handler: logging.Handler | None = None
     limiter: _Limiter | None = None
     json: bool = False
+    workers: int = 1                   # `serve --workers N`: this process writes rate/N (share_rate)
 
 
 _state = _State()
@@ -565,8 +570,8 @@ def configure(settings, base_dir: str | os.PathLike | None = None) -> None:
             old.close()
         _state.settings, _state.handler = settings, handler
         _state.json = settings is not None and settings.format == "json"
-        _state.limiter = _Limiter(settings.rate) if settings is not None and settings.rate \
-            else None
+        _state.limiter = _Limiter(max(1, settings.rate // _state.workers)) \
+            if settings is not None and settings.rate else None
         if handler is not None:
             logger.addHandler(handler)
             logger.setLevel(logging.INFO)   # the audit does not follow log.level
@@ -574,6 +579,15 @@ def configure(settings, base_dir: str | os.PathLike | None = None) -> None:
         else:
             logger.setLevel(logging.NOTSET)
             logger.propagate = True
+
+
+def share_rate(workers: int) -> None:
+    """This process is one of `workers` workers of `serve --workers N` (called before
+    `configure`): each writes at most ``audit.rate // N`` lines a second of each kind (at least
+    1), so that the group together stays within `audit.rate`. Each worker summarises what it
+    suppressed itself (one ``suppressed`` line per worker, user and kind a second)."""
+    with _lock:
+        _state.workers = max(1, int(workers))
 
 
 def configured() -> bool:

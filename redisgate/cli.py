@@ -166,6 +166,8 @@ def _serve_worker(args, config) -> int:
     except (OSError, ValueError) as e:
         print(f"--worker-fd: not a redisgate supervisor's control socket ({e})", file=sys.stderr)
         return 2
+    from . import audit
+    audit.share_rate(hello.get("workers", 1))   # (audit.rate is the whole group's)
     if config.upstream.embedded:
         up, given = config.upstream, hello.get("upstream")
         if not given:

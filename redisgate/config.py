@@ -57,8 +57,9 @@ import os
 import re
 import stat
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -107,6 +108,10 @@ class Upstream:
     port: int = 6379
     username: str | None = None
     password: bytes | None = None          # resolved secret; never printed
+    # The password's ${...} reference read again (None: a literal or no password): what the
+    # proxy tries when Redis refuses `password` (handshake.Passwords). Not compared, not shown.
+    password_reread: "Callable[[], bytes | None] | None" = field(default=None, compare=False,
+                                                                 repr=False)
     db: int = 0
     tls: dict | None = None                # None: plain TCP; {} (or `tls: true`): TLS, system CAs
     version: tuple[int, int, int] | None = None   # overrides the probe
@@ -922,6 +927,14 @@ def resolve_refs(text: str, where: str, problems: list[str], base_dir: Path,
     return None if failed else out
 
 
+def _reread_secret(text: str, base_dir: Path) -> bytes | None:
+    """The secret `text` (``${file:...}`` / ``${NAME}``) refers to now, or None when it cannot
+    be read (no message: the caller keeps what it has)."""
+    problems: list[str] = []
+    value = resolve_refs(text, "upstream.password", problems, base_dir)
+    return value.encode() if value is not None and not problems else None
+
+
 def hash_password(secret: bytes) -> str:
     return "#" + hashlib.sha256(secret).hexdigest()
 
@@ -1120,6 +1133,8 @@ def _upstream(value: Any, raw: Any, problems: list[str], warnings: list[str], ba
     up.username = value.get("username")
     up.password = _password(value.get("password"), "upstream.password", problems, warnings,
                             base_dir)
+    if up.password is not None and _REF.search(value.get("password") or ""):
+        up.password_reread = partial(_reread_secret, value["password"], base_dir)
     up.db = value.get("db", 0)
     up.tls = _tls_setting(value.get("tls"))
     if "sentinel" in value:

@@ -79,6 +79,10 @@ class Gate:
         self.upstream_version: tuple[int, int, int] = (config.upstream.version or upstream_version
                                                        or (7, 0, 0))
         self.acl_log = AclLog(config.acl_log_max_len)
+        # The upstream passwords known (the configured one, the one before the last reload):
+        # a connection whose AUTH Redis refuses tries the other once (handshake.Passwords).
+        from .handshake import Passwords
+        self.passwords = Passwords(config.upstream)
         self._available: dict = {}
         # session.py's memo for its inlined path, per user: command name (as sent) -> how to
         # judge it. It depends on the users and the upstream's version: cleared when they change.
@@ -143,6 +147,7 @@ class Gate:
     def reload(self, config: Config) -> None:
         self.config = config
         self.users = config.users
+        self.passwords.reloaded(config.upstream)
         self.forget_fast()
         self.acl_log.max_len = config.acl_log_max_len
         self.throttle.configure(config.auth_throttle)

@@ -8,12 +8,22 @@ exchange of the probes (the version probe in server.py, the readiness probe in a
 handshake's AUTH, one command, and the replies read by hiredis, the parser the design names for
 replies the proxy itself consumes.
 
+Password rotation. Redis 5's `requirepass` holds one password: between `CONFIG SET requirepass`
+and the proxy's reload (in either order) Redis refuses the password the proxy sends on a new
+connection. `Passwords` (one per Gate) knows the others: the one the last reload replaced, and
+what the `${file:...}` / `${NAME}` reference holds now. When Redis answers the proxy's AUTH with
+a wrong-password error (`refused_password`), the connection tries `Passwords.other()` once, and
+sends nothing of a client's before an AUTH was accepted (session.py, `ask`). The same holds for a
+Redis 6/7 ACL user's password (`ACL SETUSER u resetpass >new`). Neither password is ever logged.
+
 Sans-I/O but for `ask()`, which only reads and writes the stream it is given. Imports: `resp`
 (encoding), hiredis.
 """
 from __future__ import annotations
 
 import asyncio
+import hmac
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +31,7 @@ import hiredis
 
 from .resp import encode_command
 
-__all__ = ["Step", "setup", "ask"]
+__all__ = ["Step", "setup", "ask", "auth_command", "refused_password", "Fallback", "Passwords"]
 
 HELLO3 = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n"
 
@@ -33,15 +43,86 @@ class Step:
     purpose: str            # "authentication" | "database selection" | "protocol"
 
 
+def auth_command(up: Any, password: bytes) -> bytes:
+    """AUTH `[username] password` for `up` (a `config.Upstream`)."""
+    return encode_command([b"AUTH", up.username.encode(), password] if up.username
+                          else [b"AUTH", password])
+
+
+# The errors Redis answers an AUTH with a password it does not take: Redis 5 `requirepass`
+# ("-ERR invalid password"), Redis 6+ (requirepass or an ACL user: "-WRONGPASS invalid
+# username-password pair[ or user is disabled.]").
+_WRONG_PASSWORD = (b"-WRONGPASS", b"-ERR invalid password")
+
+
+def refused_password(reply: bytes) -> bool:
+    """Whether `reply` (an error line, "-..." with or without CRLF) refuses AUTH's password."""
+    return reply.startswith(_WRONG_PASSWORD)
+
+
+@dataclass(frozen=True, slots=True)
+class Fallback:
+    """The password to try after Redis refused one, and where it comes from (for the metrics
+    and the audit: never the password itself)."""
+    password: bytes
+    source: str     # "reference" (what the ${...} reference holds now) | "current" | "previous"
+
+
+class Passwords:
+    """The upstream passwords one proxy process knows: the configured one, the one the last
+    reload replaced (`reloaded`), and what the configured reference holds now (read again at
+    most once every REREAD_EVERY seconds, only when Redis refused a password)."""
+
+    REREAD_EVERY = 1.0
+
+    def __init__(self, up: Any):
+        self.current: bytes | None = up.password
+        self.previous: bytes | None = None
+        self._reread = up.password_reread
+        self._read_at = float("-inf")
+        self._read: bytes | None = None
+
+    def reloaded(self, up: Any) -> None:
+        """A reload applied `up`: its password is the current one, the replaced one previous."""
+        if not _same(up.password, self.current):
+            self.previous = self.current
+        self.current = up.password
+        self._reread = up.password_reread
+        self._read_at = float("-inf")
+
+    def _reference(self) -> bytes | None:
+        if self._reread is None:
+            return None
+        now = time.monotonic()
+        if now - self._read_at >= self.REREAD_EVERY:
+            self._read_at = now
+            self._read = self._reread()
+        return self._read
+
+    def other(self, refused: bytes) -> Fallback | None:
+        """The password to try once after Redis refused `refused`: the reference's content if it
+        changed, else the current one (a reload since the AUTH was sent), else the previous
+        one; None when there is no other."""
+        for source, candidate in (("reference", self._reference()), ("current", self.current),
+                                  ("previous", self.previous)):
+            if candidate is not None and not _same(candidate, refused):
+                return Fallback(candidate, source)
+        return None
+
+
+def _same(a: bytes | None, b: bytes | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return hmac.compare_digest(a, b)
+
+
 def setup(up: Any, *, select: bool = True, resp3: bool = False) -> tuple[Step, ...]:
     """The proxy's handshake for `up` (a `config.Upstream`), in the order it is sent: AUTH
     (`[username] password`) when a password is configured, SELECT when `select` and the
     configured db is not 0, HELLO 3 when `resp3`."""
     steps = []
     if up.password is not None:
-        auth = [b"AUTH", up.username.encode(), up.password] if up.username \
-            else [b"AUTH", up.password]
-        steps.append(Step(encode_command(auth), "authentication"))
+        steps.append(Step(auth_command(up, up.password), "authentication"))
     if select and up.db:
         steps.append(Step(encode_command([b"SELECT", str(up.db).encode()]), "database selection"))
     if resp3:
@@ -50,20 +131,34 @@ def setup(up: Any, *, select: bool = True, resp3: bool = False) -> tuple[Step, .
 
 
 async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Any,
-              command: list[bytes], read_size: int = 65536) -> list:
-    """Send the handshake's AUTH (no SELECT: a probe reads nothing of a database) and `command`
-    in one write; return every reply, in order, as hiredis gives them (an error reply is a
-    `hiredis.ReplyError` in the list, not raised). The last one is `command`'s."""
-    steps = setup(up, select=False)
-    writer.write(b"".join(s.command for s in steps) + encode_command(command))
+              command: list[bytes], read_size: int = 65536,
+              passwords: Passwords | None = None) -> list:
+    """Send the handshake's AUTH (no SELECT: a probe reads nothing of a database), and `command`
+    once it was accepted; return every reply, in order, as hiredis gives them (an error reply is
+    a `hiredis.ReplyError` in the list, not raised). The last one is `command`'s. When Redis
+    refuses the password and `passwords` knows another, AUTH is tried once more with it (its
+    reply takes the refused one's place in the list)."""
     rd = hiredis.Reader()
+
+    async def reply() -> Any:
+        while (r := rd.gets()) is False:
+            data = await reader.read(read_size)
+            if not data:
+                raise ConnectionError("connection closed")
+            rd.feed(data)
+        return r
+
     replies: list = []
-    want = len(steps) + 1
-    while len(replies) < want:
-        data = await reader.read(read_size)
-        if not data:
-            raise ConnectionError("connection closed")
-        rd.feed(data)
-        while (r := rd.gets()) is not False:
-            replies.append(r)
+    if up.password is not None:
+        writer.write(auth_command(up, up.password))
+        answer = await reply()
+        if isinstance(answer, hiredis.ReplyError) and passwords is not None \
+                and refused_password(b"-" + str(answer).encode()):
+            other = passwords.other(up.password)
+            if other is not None:
+                writer.write(auth_command(up, other.password))
+                answer = await reply()
+        replies.append(answer)
+    writer.write(encode_command(command))
+    replies.append(await reply())
     return replies

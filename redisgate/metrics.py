@@ -19,7 +19,8 @@ import os
 import time
 import weakref
 
-from prometheus_client import Counter, Gauge, disable_created_metrics, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, \
+    start_http_server
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, \
     HistogramMetricFamily
 
@@ -56,6 +57,11 @@ UPSTREAM_CONNECTIONS = Counter("redisgate_upstream_connections", "Upstream conne
 UPSTREAM_RECONNECTS = Counter("redisgate_upstream_reconnects", "Shared links opened again after "
                               "they were lost (a client's own upstream connection is not: the "
                               "client is closed, as by a Redis restart)")
+UPSTREAM_AUTH_FALLBACKS = Counter("redisgate_upstream_auth_fallbacks", "Upstream connections "
+                                  "whose AUTH Redis refused and that tried the other password "
+                                  "the proxy knows (password rotation): which one (source="
+                                  "reference|current|previous) and whether Redis took it",
+                                  ["source", "result"])
 AUTH_LOCKOUTS = Counter("redisgate_auth_lockouts", "Lockouts started by auth_throttle, by what was "
                         "locked (a source address or a user name)", ["scope"])
 AUTH_REFUSED_LOCKED = Counter("redisgate_auth_refused_locked",
@@ -107,7 +113,8 @@ _BY_NAME = {"auth_failures": AUTH_FAILURES, "denied": DENIED, "upstream_errors":
             "clients_refused": CLIENTS_REFUSED, "idle_timeouts": IDLE_TIMEOUTS,
             "upstream_resolutions": UPSTREAM_RESOLUTIONS, "sentinel_errors": SENTINEL_ERRORS,
             "masters_rejected": MASTERS_REJECTED, "failover_starts": FAILOVER_FENCES,
-            "failovers": FAILOVERS, "upstream_moved": UPSTREAM_MOVED}
+            "failovers": FAILOVERS, "upstream_moved": UPSTREAM_MOVED,
+            "upstream_auth_fallbacks": UPSTREAM_AUTH_FALLBACKS}
 _USER_LABELLED = frozenset({"auth_failures", "denied", "refused"})   # first label: a user name
 _users: set[str] = set()
 UNKNOWN = "unknown"
@@ -334,7 +341,9 @@ class CollectorMirror:
     A worker calls `export()` every second and once when it stops. Counters are carried over by
     their increase since the last export (a dead worker's file keeps its last value, so the
     group's sum never goes down); gauges (and untyped values) are set, summed over live workers
-    ("livesum"). Histograms, summaries and the like are not mirrored (none exist yet)."""
+    ("livesum"); histograms (the sampled added latency) by the increase of each bucket's count and
+    of the sum, into a multiprocess Histogram with the same bounds, which the parent's collector
+    adds up over the workers like a counter. Summaries are not mirrored (none exist)."""
 
     SKIP = ("ProcessCollector", "PlatformCollector", "GCCollector")   # about one process
 
@@ -362,6 +371,8 @@ class CollectorMirror:
                     self._counter(family)
                 elif family.type in ("gauge", "unknown"):
                     self._gauge(family)
+                elif family.type == "histogram":
+                    self._histogram(family)
 
     def _metric(self, kind, family, labelnames: tuple):
         key = (kind.__name__, family.name, labelnames)
@@ -386,6 +397,47 @@ class CollectorMirror:
             if delta > 0:
                 (metric.labels(*key[2]) if names else metric).inc(delta)
             self._last[key] = sample.value
+
+    def _histogram(self, family) -> None:
+        """prometheus-client has no public way to add a count to a bucket (only observe() one
+        value): the increases go to the Histogram's bucket and sum values themselves."""
+        series: dict[tuple, dict] = {}
+        for sample in family.samples:
+            labels = dict(sample.labels)
+            if sample.name == family.name + "_bucket":
+                le = float(labels.pop("le"))
+                key = tuple(sorted(labels.items()))
+                series.setdefault(key, {"buckets": [], "sum": 0.0})["buckets"].append(
+                    (le, sample.value))
+            elif sample.name == family.name + "_sum":
+                key = tuple(sorted(labels.items()))
+                series.setdefault(key, {"buckets": [], "sum": 0.0})["sum"] = sample.value
+        for key, found in series.items():
+            bounds = sorted(found["buckets"])
+            if not bounds:
+                continue
+            names = tuple(n for n, _ in key)
+            mkey = ("Histogram", family.name, names, tuple(b for b, _ in bounds))
+            metric = self._metrics.get(mkey)
+            if metric is None:
+                metric = self._metrics[mkey] = Histogram(
+                    family.name, family.documentation or family.name, list(names),
+                    buckets=[b for b, _ in bounds], registry=None)
+            child = metric.labels(*(v for _, v in key)) if names else metric
+            previous = 0.0
+            for i, (_, cumulative) in enumerate(bounds):
+                self._add(child._buckets[i], (family.name, key, i), cumulative - previous)
+                previous = cumulative
+            self._add(child._sum, (family.name, key, "sum"), found["sum"])
+
+    def _add(self, value, key: tuple, now: float) -> None:
+        """Carry a counted value over by its increase since the last export."""
+        delta = now - self._last.get(key, 0.0)
+        if delta < 0:       # the source was reset: count again from there
+            delta = now
+        if delta > 0:
+            value.inc(delta)
+        self._last[key] = now
 
     def _gauge(self, family) -> None:
         for sample in family.samples:

@@ -84,7 +84,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.client.hold_input("upstream", False)
 
 
-_SETUP = object()   # the owner of a shared link's own AUTH / SELECT replies
+_SETUP = object()   # the owner of a shared link's own SELECT / HELLO replies
+_AUTH = object()    # the owner of a shared link's AUTH reply (sent alone: connection_made)
 
 
 class _LinkConnection(asyncio.Protocol):
@@ -150,6 +151,11 @@ class SharedLink:
         self._was_connected = False   # (an opening after that is a reconnect, in metrics)
         self.queued = 0                # replies of what waits in `out` for the link to open
         self._moving = None            # a failover: (deadline) while the old master's replies come
+        # The AUTH in flight while the link is opened: its password (to pick the other one if
+        # Redis refuses it: handshake.Passwords), its reply so far, the fallback tried.
+        self._auth_password: bytes | None = None
+        self._auth_reply = b""
+        self._auth_fallback: str | None = None
 
     def send(self, client: "ClientConnection", data: bytes, replies: int) -> None:
         self.demux.sent(client, replies)
@@ -232,17 +238,59 @@ class SharedLink:
             metrics.inc("upstream_reconnects")
         self._was_connected = True
         conn.transport.set_write_buffer_limits(high=1 << 20)
-        self.connecting = False
-        setup = [step.command for step in
-                 handshake.setup(self.proxy.gate.config.upstream, resp3=self.resp3)]
+        up = self.proxy.gate.config.upstream
+        steps = handshake.setup(up, resp3=self.resp3)
+        setup = [step.command for step in steps if step.purpose != "authentication"]
         self._setup_replies = ReplyScanner()
         if setup:   # the proxy's own commands go first: their replies come first
             self.demux.due.appendleft([_SETUP, len(setup)])
             self.out[:0] = setup
+        if len(setup) < len(steps):
+            # Its AUTH goes first and alone; the link stays "connecting" (what clients send
+            # waits in `out`) until Redis accepted it: a refused password is tried again with
+            # the other one the proxy knows (see data_received), before anything else is sent.
+            self.demux.due.appendleft([_AUTH, 1])
+            self._auth_password, self._auth_reply, self._auth_fallback = up.password, b"", None
+            self.connecting = True
+            conn.transport.write(steps[0].command)
+            return
+        self._opened()
+
+    def _opened(self) -> None:
+        self.connecting = False
         self.ready = True
         self.queued = 0
         self.flush()
         self._release_waiting()
+
+    def _authenticated(self, reply: bytes, rest: list) -> bool:
+        """The whole reply to the link's AUTH came: open the link (True), or try the other
+        password once (True), or fail the link (False; `rest`: the owners of what came after)."""
+        up = self.proxy.gate.config.upstream
+        refused = reply[:1] in (b"-", b"!")
+        if refused and self._auth_fallback is None and handshake.refused_password(reply) \
+                and self._auth_password is not None:
+            other = self.proxy.gate.passwords.other(self._auth_password)
+            if other is not None:
+                self._auth_fallback, self._auth_password = other.source, other.password
+                self.demux.due.appendleft([_AUTH, 1])
+                self.conn.transport.write(handshake.auth_command(up, other.password))
+                return True
+        if self._auth_fallback is not None:
+            metrics.inc("upstream_auth_fallbacks", self._auth_fallback,
+                        "failed" if refused else "ok")
+            audit.emit(Event("upstream-auth-fallback", reason=f"{self._auth_fallback} password",
+                             ok=not refused))
+            self._auth_fallback = None
+        self._auth_password = None
+        if refused:
+            text = reply[1:].split(b"\r\n", 1)[0]
+            log.error("upstream refused the proxy's authentication on a shared link: %s",
+                      text.decode("utf-8", "replace")[:200])
+            self.fail("upstream authentication failed", established=False, also=rest)
+            return False
+        self._opened()
+        return True
 
     def _release_waiting(self) -> None:
         self.waiting = 0
@@ -257,6 +305,13 @@ class SharedLink:
             log.error("upstream protocol error on a shared link: %s", e)
             return self.fail("protocol error", established=True)
         for i, (owner, chunk, replies, whole) in enumerate(parts):
+            if owner is _AUTH:
+                self._auth_reply = (self._auth_reply + chunk)[:1024]   # (a short line)
+                if replies:
+                    reply, self._auth_reply = self._auth_reply, b""
+                    if not self._authenticated(reply, [p[0] for p in parts[i + 1:]]):
+                        return
+                continue
             if owner is _SETUP:
                 # Framed, not searched: HELLO's map may hold module arguments that look like
                 # error lines.
@@ -265,7 +320,7 @@ class SharedLink:
                     if frame.kind in (b"-", b"!") and refused is None:
                         refused = chunk[start:frame.end]
                     start = frame.end
-                if refused is not None:   # AUTH, SELECT or HELLO refused
+                if refused is not None:   # SELECT or HELLO refused
                     text = refused[1:].split(b"\r\n", 2)[1 if refused[:1] == b"!" else 0]
                     log.error("upstream refused the proxy's setup on a shared link: %s",
                               text.decode("utf-8", "replace")[:200])
@@ -293,7 +348,7 @@ class SharedLink:
         owners = list(also)
         owners += [o for o in self.demux.forget() if o not in owners]
         for owner in owners:
-            if owner is not _SETUP:
+            if owner is not _SETUP and owner is not _AUTH:
                 owner.shared_link_failed(reason, established)
         if self._paused:
             self.resume_writing()
@@ -1474,7 +1529,7 @@ class Proxy:
                                                        ssl=ssl_ctx, server_hostname=server_hostname)
         try:
             info = (await handshake.ask(reader, writer, self.config.upstream,
-                                        [b"INFO", b"server"]))[-1]
+                                        [b"INFO", b"server"], passwords=self.gate.passwords))[-1]
             if isinstance(info, Exception):
                 raise RuntimeError(f"upstream answered {str(info)[:80]}")
             for line in info.decode().splitlines():

@@ -27,7 +27,7 @@ import time
 from collections import deque
 from itertools import repeat
 
-from . import audit, errors, handshake
+from . import audit, errors, handshake, metrics
 from .audit import AUTH_REASONS, Event, login_name, safe, user_label
 from .commands import TABLE, KeyExtractionError, sort_pattern_option
 from .confine import confine
@@ -122,6 +122,13 @@ class Session:
         self.client_id = 0            # the proxy's id for the connection (HELLO on a shared link)
         self.expected = 0             # replies asked of the shared link so far (its accounting)
         self._held: list[bytes] = []  # bytes for the upstream while it is being opened
+        # The proxy's AUTH on the upstream connection: until Redis accepted it, `upstream_ready`
+        # stays False and everything else for the upstream waits in `_held` (see _send_setup).
+        self._open = False            # the upstream connection is open (connected())
+        self._auth_wait = False       # that AUTH's reply is due
+        self._auth_out: bytes | None = None      # that AUTH, while the connection is opened
+        self._auth_password: bytes | None = None  # the password it carries (not a copy)
+        self._auth_fallback: str | None = None    # tried again with: handshake.Fallback.source
         self._partial: bytearray | None = None   # a swallowed frame split across reads
         self._dead = False
 
@@ -1158,16 +1165,69 @@ class Session:
         self._send_setup()
 
     def _send_setup(self) -> None:
-        target = self._held if not self.upstream_ready else self.to_upstream
-        for step in handshake.setup(self.gate.config.upstream):
-            target.append(step.command)
+        """Queue the proxy's handshake (handshake.setup). Its AUTH goes first and alone: the
+        upstream is not ready (what follows waits in `_held`) until Redis accepted it
+        (`_auth_accepted`), so that a refused password can be tried again with the other one
+        the proxy knows (`_auth_again`) before anything of the client's was sent. (An AUTH
+        queued while another is still due, a RESET's, is sent in turn, without that.)"""
+        up = self.gate.config.upstream
+        for step in handshake.setup(up):
+            if step.purpose == "authentication" and not self._auth_wait \
+                    and (self.upstream_ready or not self._open):
+                self._auth_wait = True
+                self._auth_password = up.password
+                self._auth_fallback = None
+                if self.upstream_ready:   # (a RESET's: the connection is open)
+                    self.upstream_ready = False
+                    self.to_upstream.append(step.command)
+                else:
+                    self._auth_out = step.command
+            else:
+                (self.to_upstream if self.upstream_ready else self._held).append(step.command)
             self.slots.append([DROP, 1, step.purpose])
 
     def connected(self) -> None:
-        """The upstream connection is open: release what was held for it."""
-        self.upstream_ready = True
+        """The upstream connection is open: send the proxy's AUTH, or else release what was
+        held for it."""
+        self._open = True
         self.upstream_ever = True
+        if self._auth_out is not None:
+            self.to_upstream.append(self._auth_out)
+            self._auth_out = None
+        if not self._auth_wait:
+            self.upstream_ready = True
+            self._flush_held()
+
+    def _auth_accepted(self) -> None:
+        """Redis accepted the proxy's AUTH: the upstream is ready, what waited goes."""
+        self._auth_wait = False
+        self._auth_password = None
+        if self._auth_fallback is not None:
+            self._fallback_done(True)
+        self.upstream_ready = True
         self._flush_held()
+
+    def _auth_again(self, reply: bytes) -> bool:
+        """Redis answered the proxy's AUTH with `reply`, an error. When it refused the password
+        and this handshake has not tried another yet, send AUTH again with the other password the
+        proxy knows (handshake.Passwords) and return True."""
+        if self._auth_fallback is not None or self._auth_password is None \
+                or not handshake.refused_password(reply):
+            return False
+        other = self.gate.passwords.other(self._auth_password)
+        if other is None:
+            return False
+        self._auth_fallback = other.source
+        self._auth_password = other.password
+        self.to_upstream.append(handshake.auth_command(self.gate.config.upstream, other.password))
+        return True
+
+    def _fallback_done(self, ok: bool) -> None:
+        """Count and audit how the second AUTH went (which password, never the password)."""
+        source, self._auth_fallback = self._auth_fallback, None
+        metrics.inc("upstream_auth_fallbacks", source, "ok" if ok else "failed")
+        self._audit("upstream-auth-fallback", user=safe(self.username) if self.username else None,
+                    reason=f"{source} password", ok=ok)
 
     def upstream_failed(self, reason: str) -> None:
         """The upstream could not be reached or went away. Pending commands get an error reply.
@@ -1178,6 +1238,10 @@ class Session:
         """
         self.upstream_ready = False
         self.want_upstream = False
+        self._open = self._auth_wait = False
+        self._auth_out = self._auth_password = None
+        if self._auth_fallback is not None:
+            self._fallback_done(False)
         self._exec_wait = False
         self._deferred.clear()
         self._held.clear()
@@ -1303,7 +1367,11 @@ class Session:
                 run = end
                 if kind == b"-" and type(slot[2]) is str:   # the proxy's own setup refused
                     self._partial = None
-                    return self._setup_failed(slot[2], data, pos, end)
+                    if self._auth_wait and slot[2] == "authentication" and (pos or idle) \
+                            and self._auth_again(bytes(data[pos:end])):
+                        slot[1] += 1   # (the slot stays for the second AUTH's reply)
+                    else:
+                        return self._setup_failed(slot[2], data, pos, end)
             elif self._partial is not None:
                 # The start of this frame was held back (a DROP slot was at the head then).
                 out.append(bytes(self._partial))
@@ -1318,6 +1386,8 @@ class Session:
                 slot[1] -= 1
             if slot[1] <= 0:
                 slots.popleft()
+                if self._auth_wait and slot[2] == "authentication":
+                    self._auth_accepted()
                 if slot[0] == SUB:
                     self.sub_active = (not self.resp3) and slot[2]
                 elif slot[0] == SUBDROP:   # (payload: subscribed after it, for a muted SUB)

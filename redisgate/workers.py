@@ -305,7 +305,7 @@ class Supervisor:
         w.proc, w.sock = proc, parent
         w.status, w.status_at, w.buffer, w.restart_at = None, 0.0, b"", None
         hello = {"op": "hello", "index": w.index, "parent": os.getpid(),
-                 "probe": bool(self.config.admin_listen),
+                 "probe": bool(self.config.admin_listen), "workers": self.count,
                  "upstream": self.upstream}
         self._send(w, hello)
         parent.setblocking(False)

@@ -89,6 +89,22 @@ def test_an_event_is_one_json_object_with_an_rfc3339_utc_timestamp(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
 
 
+def test_a_worker_of_a_group_writes_its_share_of_the_rate(tmp_path):
+    """serve --workers N: audit.rate is the group's; each worker's limiter gets rate // N."""
+    path = tmp_path / "audit.log"
+    try:
+        audit.share_rate(3)
+        audit.configure(AuditSettings(path=str(path), rate=100))
+        assert audit._state.limiter.rate == 33
+        audit.configure(AuditSettings(path=str(path), rate=2))
+        assert audit._state.limiter.rate == 1          # (at least one line a second)
+        audit.configure(AuditSettings(path=str(path), rate=0))
+        assert audit._state.limiter is None            # (0: no limit, as before)
+    finally:
+        audit.share_rate(1)
+        audit.configure(None)
+
+
 def test_the_text_format_keeps_todays_lines(tmp_path):
     path = tmp_path / "audit.txt"
     audit.configure(AuditSettings(path=str(path), rate=0, format="text"))

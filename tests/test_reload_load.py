@@ -240,6 +240,143 @@ def test_rotating_a_redis5_requirepass_under_traffic(tmp_path, multiplex):
         srv.stop()
 
 
+# ---------------------------------------------------------------------------- the rotation window
+
+def scrape(port: int) -> str:
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+def fallbacks(text: str) -> dict[tuple[str, str], float]:
+    """redisgate_upstream_auth_fallbacks_total by (source, result)."""
+    import re
+    out = {}
+    for m in re.finditer(r'^redisgate_upstream_auth_fallbacks_total\{([^}]*)\} (\S+)$', text, re.M):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        out[labels["source"], labels["result"]] = float(m.group(2))
+    return out
+
+
+@pytest.mark.parametrize("order", ["config-set-first", "reload-first"])
+@pytest.mark.parametrize("version", ["5", "7"])
+def test_the_rotation_window_costs_no_command(tmp_path, version, order):
+    """Redis holds ONE password for the proxy (Redis 5 `requirepass`; a Redis 7 ACL user's
+    `resetpass >new`), and clients keep opening new connections (each a new upstream connection
+    and so a new AUTH) all through the switch, in either order of CONFIG SET and the reload.
+    A new upstream connection that Redis refuses the proxy's password tries the other one it
+    knows: what the secret file holds now (CONFIG SET first), or the one before the reload
+    (reload first). Not one command fails."""
+    if version == "5":
+        srv = RedisServer("5", password="old-secret").start()
+        upstream = {"address": f"127.0.0.1:{srv.port}"}
+        boss = srv.client()
+
+        def switch():
+            boss.config_set("requirepass", "new-secret")   # (this connection stays logged in)
+    else:
+        srv = RedisServer("7").start()
+        boss = srv.client()
+        boss.execute_command("ACL", "SETUSER", "boss", "on", ">boss-secret", "allkeys", "+@all")
+        boss.execute_command("ACL", "SETUSER", "proxy", "on", ">old-secret", "allkeys",
+                             "allchannels", "+@all")
+        boss.execute_command("ACL", "SETUSER", "default", "off")
+        boss = srv.client(username="boss", password="boss-secret")
+        upstream = {"address": f"127.0.0.1:{srv.port}", "username": "proxy"}
+
+        def switch():
+            boss.execute_command("ACL", "SETUSER", "proxy", "resetpass", ">new-secret")
+    gate = None
+    try:
+        secret = tmp_path / "upstream-password"
+        write_secret(secret, "old-secret")
+        port, admin_port = free_port(), free_port()
+        config = proxy_config(port, dict(upstream, password=f"${{file:{secret}}}"), 0)
+        config["admin"] = {"listen": f"127.0.0.1:{admin_port}"}
+        gate = Gate(tmp_path, config)
+        gate.start(port)
+        clients = start_traffic(port, 4, f"win{version}", resp3=version != "5")
+        churns = [Churn(port) for _ in range(3)]
+        for c in churns:
+            c.start()
+        time.sleep(0.3)
+        write_secret(secret, "new-secret")   # (a Kubernetes Secret update, say)
+        if order == "config-set-first":
+            time.sleep(0.2)   # (nothing reads the file yet: the proxy sends the old password)
+            switch()
+            time.sleep(0.8)   # the window: Redis refuses the old one, the file has the new
+            reload(gate)
+        else:
+            reload(gate)
+            time.sleep(0.8)   # the window: Redis refuses the new one, the old one is known
+            switch()
+        done_before = sum(c.done for c in churns)
+        time.sleep(0.5)
+        for c in churns:
+            c.stop.set()
+        for c in churns:
+            c.join(20)
+        assert [f for c in churns for f in c.failures] == []
+        assert sum(c.done for c in churns) > done_before + 10
+        counted = fallbacks(scrape(admin_port))
+        source = "reference" if order == "config-set-first" else "previous"
+        assert counted.get((source, "ok"), 0) >= 5, counted
+        assert not any(result == "failed" for _, result in counted), counted
+        if version == "5":
+            srv.password = "new-secret"
+            total = stop_traffic(clients, srv.client())
+        else:
+            total = stop_traffic(clients, boss)
+        assert total > 0
+        log = gate.log()
+        assert f"upstream-auth-fallback password={source} ok=true" in log
+        assert "upstream refused" not in log
+        assert "old-secret" not in log and "new-secret" not in log
+        # After the window: the new password, first time (no more fallbacks).
+        before = fallbacks(scrape(admin_port))
+        w = Wire(port)
+        assert w.call("AUTH", "u", PW) == b"OK" and w.call("INCR", "k:after") >= 1
+        w.close()
+        assert fallbacks(scrape(admin_port)) == before
+    finally:
+        if gate is not None:
+            gate.stop()
+        srv.stop()
+
+
+@pytest.mark.parametrize("order", ["config-set-first", "reload-first"])
+def test_a_shared_link_opened_in_the_window_takes_the_other_password(tmp_path, order):
+    """upstream.multiplex: the shared link's own AUTH falls back the same way."""
+    srv = RedisServer("5", password="old-secret").start()
+    gate = None
+    try:
+        secret = tmp_path / "upstream-password"
+        write_secret(secret, "old-secret")
+        port, admin_port = free_port(), free_port()
+        config = proxy_config(port, {"address": f"127.0.0.1:{srv.port}",
+                                     "password": f"${{file:{secret}}}"}, 1)
+        config["admin"] = {"listen": f"127.0.0.1:{admin_port}"}
+        gate = Gate(tmp_path, config)
+        gate.start(port)
+        write_secret(secret, "new-secret")
+        if order == "config-set-first":
+            srv.client().config_set("requirepass", "new-secret")
+        else:
+            reload(gate)
+        # The first stateless command opens the shared link now, inside the window.
+        w = Wire(port)
+        assert w.call("AUTH", "u", PW) == b"OK"
+        assert [w.call("INCR", "k:shared") for _ in range(3)] == [1, 2, 3]
+        w.close()
+        source = "reference" if order == "config-set-first" else "previous"
+        assert fallbacks(scrape(admin_port)) == {(source, "ok"): 1.0}
+        assert "upstream refused" not in gate.log()
+    finally:
+        if gate is not None:
+            gate.stop()
+        srv.stop()
+
+
 # ---------------------------------------------------------------------------- reload under load
 
 @pytest.mark.parametrize("multiplex", [0, 1])

@@ -49,12 +49,93 @@ def test_upstream_gets_the_proxys_credentials_not_the_clients(monkeypatch):
     s.client_data(cmd("AUTH", "u", "pw") + cmd("GET", "k:1"))
     s.connected()
     sent = out(s.to_upstream)
-    assert sent == cmd("AUTH", "gate", "gate-secret") + cmd("GET", "k:1")
-    assert b"pw" not in sent.replace(b"gate-secret", b"")
-    # The AUTH reply waits until the proxy's own AUTH succeeded; its +OK is swallowed.
+    # The proxy's AUTH goes alone: the client's commands wait until Redis accepted it.
+    assert sent == cmd("AUTH", "gate", "gate-secret")
     assert out(s.to_client) == b""
-    s.upstream_data(b"+OK\r\n$1\r\nv\r\n")
-    assert out(s.to_client) == b"+OK\r\n$1\r\nv\r\n"
+    s.upstream_data(b"+OK\r\n")
+    sent = out(s.to_upstream)
+    assert sent == cmd("GET", "k:1")
+    assert b"pw" not in sent
+    # The client's AUTH reply waited until the proxy's own AUTH succeeded (whose +OK is
+    # swallowed).
+    assert out(s.to_client) == b"+OK\r\n"
+    s.upstream_data(b"$1\r\nv\r\n")
+    assert out(s.to_client) == b"$1\r\nv\r\n"
+
+
+def rotated_session(tmp_path, previous="old-pw", current="new-pw", db=0):
+    """A session whose gate was reloaded from upstream password `previous` to `current` (a
+    ${file:...} reference that now holds `current`)."""
+    secret = tmp_path / "pw"
+    secret.write_text(previous)
+    secret.chmod(0o600)
+    up = {"address": "127.0.0.1:1", "password": f"${{file:{secret}}}", "db": db}
+    users = {"u": f"on {pw_hash('pw')} ~k:* +get +set +ping +select"}
+    gate = Gate(build_config({"upstream": up, "users": users}), upstream_version=(5, 0, 6))
+    secret.write_text(current)
+    gate.reload(build_config({"upstream": up, "users": users}))
+    return Session(gate, "test")
+
+
+@pytest.mark.parametrize("refusal", [b"-ERR invalid password\r\n",
+                                     b"-WRONGPASS invalid username-password pair or user is "
+                                     b"disabled.\r\n"])
+def test_a_refused_upstream_password_is_tried_again_with_the_previous_one(tmp_path, refusal):
+    s = rotated_session(tmp_path, db=2)
+    s.client_data(cmd("AUTH", "u", "pw") + cmd("GET", "k:1") + cmd("SET", "k:2", "v"))
+    s.connected()
+    assert out(s.to_upstream) == cmd("AUTH", "new-pw")
+    s.upstream_data(refusal)
+    # Nothing of the client's went out; the other password is tried, once.
+    assert out(s.to_upstream) == cmd("AUTH", "old-pw")
+    assert out(s.to_client) == b""
+    s.upstream_data(b"+OK\r\n")
+    assert out(s.to_upstream) == cmd("SELECT", "2") + cmd("GET", "k:1") + cmd("SET", "k:2", "v")
+    s.upstream_data(b"+OK\r\n$-1\r\n+OK\r\n")   # (SELECT's is swallowed)
+    assert out(s.to_client) == b"+OK\r\n$-1\r\n+OK\r\n"   # (the client's AUTH, GET, SET)
+    assert s.upstream_ready and not s.close
+
+
+def test_a_refused_upstream_password_is_tried_again_with_the_files_new_one(tmp_path):
+    # The CONFIG SET before the reload: the proxy still has the old password, the file the new.
+    secret = tmp_path / "pw"
+    secret.write_text("old-pw")
+    secret.chmod(0o600)
+    up = {"address": "127.0.0.1:1", "password": f"${{file:{secret}}}"}
+    gate = Gate(build_config({"upstream": up, "users": {"u": f"on {pw_hash('pw')} +get ~k:*"}}),
+                upstream_version=(5, 0, 6))
+    secret.write_text("new-pw")
+    s = Session(gate, "test")
+    s.client_data(cmd("AUTH", "u", "pw") + cmd("GET", "k:1"))
+    s.connected()
+    assert out(s.to_upstream) == cmd("AUTH", "old-pw")
+    s.upstream_data(b"-ERR invalid password\r\n")
+    assert out(s.to_upstream) == cmd("AUTH", "new-pw")
+    s.upstream_data(b"+OK\r\n")
+    assert out(s.to_upstream) == cmd("GET", "k:1")
+
+
+def test_the_second_refusal_fails_the_connection_as_before(tmp_path):
+    s = rotated_session(tmp_path)
+    s.client_data(cmd("AUTH", "u", "pw") + cmd("GET", "k:1"))
+    s.connected()
+    assert out(s.to_upstream) == cmd("AUTH", "new-pw")
+    s.upstream_data(b"-ERR invalid password\r\n")
+    assert out(s.to_upstream) == cmd("AUTH", "old-pw")
+    s.upstream_data(b"-ERR invalid password\r\n")
+    assert out(s.to_upstream) == b""                       # no third try
+    assert out(s.to_client) == b"+OK\r\n-ERR redisgate: upstream Redis unavailable " \
+                               b"(upstream authentication failed)\r\n"
+
+
+def test_other_setup_errors_are_not_retried(tmp_path):
+    s = rotated_session(tmp_path)
+    s.client_data(cmd("AUTH", "u", "pw") + cmd("GET", "k:1"))
+    s.connected()
+    out(s.to_upstream)
+    s.upstream_data(b"-ERR Client sent AUTH, but no password is set\r\n")
+    assert out(s.to_upstream) == b""
+    assert b"upstream authentication failed" in out(s.to_client)
 
 
 def test_forwarded_bytes_are_exactly_the_judged_bytes():

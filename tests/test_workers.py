@@ -600,3 +600,115 @@ def test_custom_collectors_are_mirrored_into_the_multiprocess_files(tmp_path):
     text = generate_latest(registry).decode()
     assert 'redisgate_test_things_total{user="a"} 12.0' in text     # 5 + 7: summed
     assert "redisgate_test_level 120.0" in text                      # live sum (50 + 70)
+
+
+HISTOGRAM = r"""
+import sys
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client import REGISTRY
+from redisgate import metrics
+
+class H:
+    counts = [0, 0, 0]   # per bucket: <= 0.001, <= 0.01, more
+    total = 0.0
+    def collect(self):
+        cumulative, buckets = 0, []
+        for bound, n in zip(("0.001", "0.01", "+Inf"), H.counts):
+            cumulative += n
+            buckets.append((bound, cumulative))
+        yield HistogramMetricFamily("redisgate_test_seconds", "t", buckets=buckets,
+                                    sum_value=H.total)
+
+REGISTRY.register(H())
+mirror = metrics.CollectorMirror()
+for step in sys.argv[1:]:
+    H.counts = [int(x) for x in step.split(",")[:3]]
+    H.total = float(step.split(",")[3])
+    mirror.export()
+"""
+
+
+def test_a_custom_histogram_is_mirrored_and_summed_over_the_workers(tmp_path):
+    """The sampled added-latency histogram is a custom collector's (counted in C): in a
+    group, its buckets, count and sum reach the parent's /metrics, summed over the workers."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(tmp_path))
+    # Worker 1 exports twice (its counts grow), worker 2 once.
+    for steps in (["1,0,0,0.0005", "3,1,0,0.0105"], ["0,2,1,1.5"]):
+        subprocess.run([sys.executable, "-c", HISTOGRAM, *steps], env=env, check=True,
+                       timeout=60)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path))
+    text = generate_latest(registry).decode()
+    assert 'redisgate_test_seconds_bucket{le="0.001"} 3.0' in text
+    assert 'redisgate_test_seconds_bucket{le="0.01"} 6.0' in text
+    assert 'redisgate_test_seconds_bucket{le="+Inf"} 7.0' in text
+    assert "redisgate_test_seconds_count 7.0" in text
+    assert re.search(r"^redisgate_test_seconds_sum 1\.51\d*$", text, re.M), text
+
+
+def test_the_groups_metrics_have_the_latency_histogram(tmp_path, redis7, groups):
+    port = free_port()
+    g = Group(tmp_path, config(redis7, port), "--workers", "2")
+    groups.append(g)
+    g.wait_ready()
+    socks = [login(port) for _ in range(8)]
+    for _ in range(100):        # (one read in 64 is timed, in each worker)
+        for s in socks:
+            assert command(s, "PING") == b"PONG"
+    deadline = time.monotonic() + 10   # (workers export every second)
+    while g.metric("redisgate_added_latency_seconds_count") < 4 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    count = g.metric("redisgate_added_latency_seconds_count")
+    assert count >= 4
+    assert g.metric('redisgate_added_latency_seconds_bucket{le="+Inf"}') == count
+    assert g.metric("redisgate_added_latency_seconds_sum") > 0
+
+
+def test_the_audit_rate_is_the_groups_each_worker_writes_its_share(tmp_path, redis7, groups):
+    """audit.rate 10 with 2 workers: each worker writes at most 5 `denied` lines a second
+    (the rest summarised); nothing is lost: lines + suppressed counts = denials."""
+    import json
+    port = free_port()
+    trail = tmp_path / "audit.jsonl"
+    g = Group(tmp_path, config(redis7, port, audit={"path": str(trail), "rate": 10}),
+              "--workers", "2")
+    groups.append(g)
+    g.wait_ready()
+    socks = [login(port) for _ in range(16)]
+    assert len(owners(socks, g.workers())) == 2
+    denials = 0
+    started = time.monotonic()
+    for _ in range(20):
+        for s in socks:
+            s.sendall(b"*2\r\n$3\r\nGET\r\n$4\r\nsecr\r\n" * 10)
+            denials += 10
+        for s in socks:
+            reader = hiredis.Reader()
+            got = 0
+            while got < 10:
+                data = s.recv(65536)
+                assert data
+                reader.feed(data)
+                while (r := reader.gets()) is not False:
+                    assert isinstance(r, hiredis.ReplyError) and str(r).startswith("NOPERM")
+                    got += 1
+    elapsed = time.monotonic() - started
+    for s in socks:
+        s.close()
+    deadline = time.monotonic() + 10
+    lines: list = []
+    while time.monotonic() < deadline:   # (the summaries come at the next second's timer)
+        lines = [json.loads(x) for x in trail.read_text().splitlines() if x.strip()]
+        written = sum(1 for x in lines if x["event"] == "denied")
+        summed = sum(x["count"] for x in lines if x["event"] == "suppressed"
+                     and x["event_suppressed"] == "denied")
+        if written + summed == denials:
+            break
+        time.sleep(0.2)
+    assert written + summed == denials
+    # Each worker's limiter counts its own seconds: at most 5 lines in each of them.
+    seconds = int(elapsed) + 2
+    assert written <= 2 * 5 * seconds, (written, elapsed)
+    assert summed > 0
