@@ -381,6 +381,33 @@ def test_disconnect_counts_the_commands_the_c_lane_forwarded_too(redis7, tmp_pat
     assert len(gone) == 1 and gone[0]["commands"] == 1001 and gone[0]["reason"] == "client-closed"
 
 
+def test_a_lost_upstream_connection_is_audited_as_upstream_lost(redis7, tmp_path):
+    path = tmp_path / "audit.jsonl"
+    runner = ProxyRunner({"upstream": redis7.upstream, "audit": {"path": str(path)},
+                          "users": {"app": f"on {pw_hash('pw')} ~app:* +get"}}).start()
+    try:
+        w = Wire(runner.port)
+        assert w.call("AUTH", "app", "pw") == b"OK"
+        assert w.call("GET", "app:1") is None
+        ports = runner.call(lambda: [c.upstream.transport.get_extra_info("sockname")[1]
+                                     for c in runner.proxy.clients if c.upstream is not None])
+        assert len(ports) == 1
+        # (Only this proxy's connection: the session's Redis is shared with other tests.)
+        redis7.admin().execute_command("CLIENT", "KILL", "ADDR", f"127.0.0.1:{ports[0]}")
+        w.sock.settimeout(10)
+        assert w.sock.recv(100) == b""       # the client is closed, as by a Redis restart
+        deadline = time.monotonic() + 5
+        while '"upstream-lost"' not in path.read_text():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        runner.stop()
+    lost = [e for e in read_events(path) if e["event"] == "upstream-lost"]
+    assert len(lost) == 1
+    assert lost[0]["user"] == "app" and lost[0]["reason"] == "connection lost"
+    assert lost[0]["client"].startswith("127.0.0.1:") and "conn" in lost[0]
+
+
 # ---------------------------------------------------------------------------- bounded under a flood
 
 def test_a_flood_of_denials_is_bounded_and_the_summaries_add_up(redis7, tmp_path):
