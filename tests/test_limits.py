@@ -447,3 +447,47 @@ def test_a_reload_sets_idle_timeout_and_keeps_multiplex(redis7, tmp_path):
         wait_counts(runner, {}, accepted=0)
     finally:
         runner.stop()
+
+
+# ---------------------------------------------------------------------------- seen by an operator
+
+def test_the_limits_are_visible_in_metrics_and_audit(redis7, tmp_path):
+    """max_clients, max_clients_per_user and idle_timeout each leave a metric and an audit line
+    (the disconnect's reason)."""
+    import json
+    from prometheus_client import REGISTRY
+
+    def value(name: str, **labels) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    trail = tmp_path / "audit.jsonl"
+    before = (value("redisgate_clients_refused_total", limit="max_clients"),
+              value("redisgate_clients_refused_total", limit="max_clients_per_user"),
+              value("redisgate_idle_timeouts_total"))
+    runner = ProxyRunner({"upstream": redis7.upstream, "users": USERS,
+                          "audit": {"path": str(trail)},
+                          "limits": {"max_clients": 2, "max_clients_per_user": 1,
+                                     "idle_timeout": "300ms"}}).start()
+    try:
+        first = login(runner, "a")
+        second = login_attempt(runner, "a")            # a's second connection
+        assert refused(second)
+        third = Wire(runner.port)
+        fourth = Wire(runner.port)                     # past max_clients (2: first, third)
+        assert refused(fourth)
+        assert first.read_raw_until_closed() == b""    # idle past 300 ms: closed
+        third.close()
+        deadline = time.monotonic() + 10
+        while True:
+            events = [json.loads(x) for x in trail.read_text().splitlines() if x.strip()]
+            reasons = {e.get("reason") for e in events if e["event"] == "disconnect"}
+            if {"max-clients", "max-clients-per-user", "idle-timeout"} <= reasons:
+                break
+            assert time.monotonic() < deadline, reasons
+            time.sleep(0.05)
+    finally:
+        runner.stop()
+    after = (value("redisgate_clients_refused_total", limit="max_clients"),
+             value("redisgate_clients_refused_total", limit="max_clients_per_user"),
+             value("redisgate_idle_timeouts_total"))
+    assert [b - a for a, b in zip(before, after)] == [1, 1, 1]
