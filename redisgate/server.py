@@ -29,6 +29,7 @@ from time import perf_counter_ns
 
 from . import errors, handshake, metrics
 from .config import Config, ConfigError, load_config
+from .flow import FlowControl, Hold
 from . import audit
 from .audit import Event, Peer, safe
 from .gate import Gate
@@ -78,10 +79,10 @@ class UpstreamConnection(asyncio.Protocol):
                 client.pump()
 
     def pause_writing(self):
-        self.client.hold_input("upstream", True)
+        self.client.hold_input(Hold.UPSTREAM, True)
 
     def resume_writing(self):
-        self.client.hold_input("upstream", False)
+        self.client.hold_input(Hold.UPSTREAM, False)
 
 
 _SETUP = object()   # the owner of a shared link's own SELECT / HELLO replies
@@ -145,7 +146,9 @@ class SharedLink:
         self.clients: set[ClientConnection] = set()   # attached: they may have replies due
         self.due = 0                   # clients' replies still due, all together
         self._flush_soon = False
-        self._paused = False
+        # Its writing state (pause_writing: then its clients are held, Hold.UPSTREAM); its
+        # reading is never paused.
+        self.flow = FlowControl()
         self.waiting = 0               # bytes in `out` while the link is being opened
         self._held_back: set[ClientConnection] = set()   # paused for that (WAITING_LIMIT)
         self._was_connected = False   # (an opening after that is a reconnect, in metrics)
@@ -177,7 +180,7 @@ class SharedLink:
         self.waiting += len(data)
         if self.waiting > WAITING_LIMIT:
             self._held_back.add(client)
-            client.hold_input("link-connecting", True)
+            client.hold_input(Hold.LINK_CONNECTING, True)
         if not self.connecting:
             self.connecting = True
             asyncio.ensure_future(self._connect())
@@ -296,7 +299,7 @@ class SharedLink:
         self.waiting = 0
         held, self._held_back = self._held_back, set()
         for client in held:
-            client.hold_input("link-connecting", False)
+            client.hold_input(Hold.LINK_CONNECTING, False)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -350,26 +353,26 @@ class SharedLink:
         for owner in owners:
             if owner is not _SETUP and owner is not _AUTH:
                 owner.shared_link_failed(reason, established)
-        if self._paused:
+        if self.flow.write_paused:
             self.resume_writing()
 
     def detach(self, client: "ClientConnection") -> None:
         self.clients.discard(client)
         if client in self._held_back:
             self._held_back.discard(client)
-            client.hold_input("link-connecting", False)
-        if self._paused:
-            client.hold_input("upstream", False)
+            client.hold_input(Hold.LINK_CONNECTING, False)
+        if self.flow.write_paused:
+            client.hold_input(Hold.UPSTREAM, False)
 
     def pause_writing(self):
-        self._paused = True
+        self.flow.pause_writing()
         for c in list(self.clients):
-            c.hold_input("upstream", True)
+            c.hold_input(Hold.UPSTREAM, True)
 
     def resume_writing(self):
-        self._paused = False
+        self.flow.resume_writing()
         for c in list(self.clients):
-            c.hold_input("upstream", False)
+            c.hold_input(Hold.UPSTREAM, False)
 
     def close(self) -> None:
         if self.conn is not None:
@@ -461,9 +464,9 @@ class ClientConnection(asyncio.Protocol):
         self.session: Session | None = None
         self.upstream_write = None    # the upstream transport's write(), once connected
         self.closed = False
-        self._holds: set[str] = set()   # why reading the client is paused (see hold_input)
-        self._reading_held = False
-        self._output_paused = False
+        # Why reading the client is paused (see hold_input), and whether its writing is (its
+        # replies pile up unread: pause_writing).
+        self.flow = FlowControl()
         self._connecting = False
         self.id = next(_ids)
         self.link: SharedLink | None = None   # while attached to a shared link
@@ -487,6 +490,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport):
         self.transport = transport
+        self.flow.transport = transport
         proxy = self.proxy
         if self.accepted is None:
             self.accepted = asyncio.get_running_loop().time()
@@ -512,7 +516,7 @@ class ClientConnection(asyncio.Protocol):
         self.session.client_id = self.id
         proxy.clients.add(self)
         if proxy.over_budget:
-            self.hold_input("budget", True)
+            self.hold_input(Hold.BUDGET, True)
         metrics.connection_opened(self.listener)
         if self._counted and proxy.accepted > proxy.gate.config.max_clients:
             # (A TLS connection was counted, and refused if need be, at accept.)
@@ -609,7 +613,7 @@ class ClientConnection(asyncio.Protocol):
         session = self.session
         step = session.client_data
         pos, end = 0, len(data)
-        while pos < end and not self._output_paused:   # (resume_writing brings it back)
+        while pos < end and not self.flow.write_paused:   # (resume_writing brings it back)
             room = self._window - self._due()
             if room <= 0:
                 break
@@ -626,10 +630,10 @@ class ClientConnection(asyncio.Protocol):
             self._backlog = data[pos:] if pos else data
             self.proxy.heavy.add(self)
             self.proxy.watch_budget()
-            self.hold_input("window", True)
+            self.hold_input(Hold.WINDOW, True)
         else:
-            self.hold_input("window", False)
-            if not self._output_paused:
+            self.hold_input(Hold.WINDOW, False)
+            if not self.flow.write_paused:
                 self.proxy.heavy.discard(self)
 
     def evict(self, why: str) -> None:
@@ -638,7 +642,7 @@ class ClientConnection(asyncio.Protocol):
         log.warning("closing %s: %s", self.session.client_info, why)
         self.close_reason = self.close_reason or "memory-budget"
         self.session.close = True
-        self.closed = True
+        self.closed = self.flow.closed = True
         self._backlog = None
         self.proxy.heavy.discard(self)
         self.transport.abort()
@@ -746,10 +750,10 @@ class ClientConnection(asyncio.Protocol):
                     write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
         waiting = s.held_bytes()
-        if waiting or "connecting" in self._holds:
+        if waiting or self.flow.holds(Hold.CONNECTING):
             # Commands waiting for the upstream connection being opened: bounded, as a
             # connected upstream bounds them (TCP pushes back on the client meanwhile).
-            self.hold_input("connecting", waiting > WAITING_LIMIT)
+            self.hold_input(Hold.CONNECTING, waiting > WAITING_LIMIT)
         if self.upstream is None and s.want_upstream and not self._connecting and not self.closed:
             self._connecting = True
             asyncio.ensure_future(self._connect())
@@ -757,7 +761,7 @@ class ClientConnection(asyncio.Protocol):
             self._watch_login()
         if s.close and not self.closed:
             self.transport.close()
-        elif self._backlog is not None and not self.closed and not self._output_paused \
+        elif self._backlog is not None and not self.closed and not self.flow.write_paused \
                 and self._window > self._due():
             self._feed(self._client_data, b"", upstream=False)   # replies came: room again
         elif self.lane is not None:
@@ -822,7 +826,7 @@ class ClientConnection(asyncio.Protocol):
         """auth_throttle refused a login and asked (Session.stall) that its reply, and the
         reading of what the client sends next, wait: a timer, never a sleep."""
         if self._stall_timer is None and not self.closed:
-            self.hold_input("auth-throttle", True)
+            self.hold_input(Hold.AUTH_THROTTLE, True)
             self._stall_timer = asyncio.get_running_loop().call_later(self.session.stall,
                                                                       self._unstall)
 
@@ -830,7 +834,7 @@ class ClientConnection(asyncio.Protocol):
         self._stall_timer = None
         if self.closed:
             return
-        self.hold_input("auth-throttle", False)
+        self.hold_input(Hold.AUTH_THROTTLE, False)
         self._feed(lambda _: self.session.resume(), b"", upstream=False)
 
     async def _connect(self) -> None:
@@ -905,7 +909,7 @@ class ClientConnection(asyncio.Protocol):
             self.link = None
 
     def connection_lost(self, exc) -> None:
-        self.closed = True
+        self.closed = self.flow.closed = True
         if self.session is not None and not self._disconnect_audited:
             reason = self.close_reason or self.session.end_reason or (
                 "shutdown" if self.proxy.shutting_down else
@@ -942,38 +946,28 @@ class ClientConnection(asyncio.Protocol):
         # or here.
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.pause_reading()
-        self.hold_input("output", True)
-        self._output_paused = True
+        self.hold_input(Hold.OUTPUT, True)
+        self.flow.pause_writing()
         self.proxy.heavy.add(self)
         self.proxy.watch_budget()
 
     def resume_writing(self):
         if self.upstream is not None and self.upstream.transport is not None:
             self.upstream.transport.resume_reading()
-        self._output_paused = False
+        self.flow.resume_writing()
         if self._backlog is None:
             self.proxy.heavy.discard(self)
         elif not self.closed and self._window > self._due():
             self._feed(self._client_data, b"", upstream=False)
-        self.hold_input("output", False)
+        self.hold_input(Hold.OUTPUT, False)
 
-    def hold_input(self, reason: str, hold: bool) -> None:
-        """Stop (or resume) reading the client while any reason holds: the upstream cannot take
-        more commands ("upstream", "connecting", "link-connecting"), the client's replies pile up
-        unread ("output"), its window is full ("window"), or the process is over its memory
-        budget ("budget")."""
-        if hold:
-            self._holds.add(reason)
-        else:
-            self._holds.discard(reason)
-        if self.closed or self.transport is None:
-            return
-        if self._holds and not self._reading_held:
-            self._reading_held = True
-            self.transport.pause_reading()
-        elif not self._holds and self._reading_held:
-            self._reading_held = False
-            self.transport.resume_reading()
+    def hold_input(self, reason: Hold, hold: bool, source: object = None) -> None:
+        """Stop (or resume) reading the client while any reason holds (flow.Hold): the upstream
+        cannot take more commands (UPSTREAM, CONNECTING, LINK_CONNECTING), the client's replies
+        pile up unread (OUTPUT), its window is full (WINDOW), the process is over its memory
+        budget (BUDGET), or auth_throttle delays it (AUTH_THROTTLE). `source`: one of several
+        independent holders of the same reason (cluster mode: a node connection)."""
+        self.flow.hold(reason, hold, source)
 
     # -- graceful shutdown (Proxy.close)
 
@@ -986,10 +980,7 @@ class ClientConnection(asyncio.Protocol):
         if self.lane is not None:
             self._lane_passed += self.lane.passed
         self.lane = None          # never armed again: every reply is counted in Python now
-        self._holds.clear()
-        if self._reading_held and not self.closed:
-            self._reading_held = False
-            self.transport.resume_reading()
+        self.flow.release_all()
 
     def owes_replies(self) -> bool:
         """Replies still due to commands read before drain() (a blocked BLPOP stays owed)."""
@@ -1444,8 +1435,8 @@ class Proxy:
         links = self.links3 if client.session.link_resp3 else self.links
         link = links[client.id % len(links)]
         link.clients.add(client)
-        if link._paused:
-            client.hold_input("upstream", True)
+        if link.flow.write_paused:
+            client.hold_input(Hold.UPSTREAM, True)
         return link
 
     def watch_budget(self) -> None:
@@ -1469,7 +1460,7 @@ class Proxy:
                 self.over_budget = True
                 self._over_since = now
                 for c in list(self.clients):
-                    c.hold_input("budget", True)
+                    c.hold_input(Hold.BUDGET, True)
             elif now - self._over_since >= BUDGET_EVICT_AFTER and self.heavy:
                 victim = max(self.heavy, key=ClientConnection.buffered)
                 victim.evict(f"holds {victim.buffered()} bytes while the proxy is over "
@@ -1479,7 +1470,7 @@ class Proxy:
             self.over_budget = False
             log.warning("client data buffered back under limits.memory_budget: reading clients")
             for c in list(self.clients):
-                c.hold_input("budget", False)
+                c.hold_input(Hold.BUDGET, False)
         if self.heavy or self.over_budget:
             self.watch_budget()
 

@@ -31,6 +31,7 @@ from collections import Counter
 import hiredis
 
 from .. import handshake
+from ..flow import Hold
 from .router import Router
 from .topology import NodeAddr, Redirect, Topology, TopologyError, topology_from_slots
 
@@ -288,7 +289,7 @@ class NodeLink(asyncio.Protocol):
         self.transport = None
         self.waiting: list[bytes] = []
         self.dead = False
-        self.hold = f"upstream {node}"
+        self.hold = node   # (its source of flow.Hold.UPSTREAM on the client: one per node)
 
     def send(self, data: bytes) -> None:
         if self.transport is not None:
@@ -331,14 +332,14 @@ class NodeLink(asyncio.Protocol):
             self.owner.link_failed(self, "connection lost")
 
     def pause_writing(self) -> None:
-        self.owner.client.hold_input(self.hold, True)
+        self.owner.client.hold_input(Hold.UPSTREAM, True, self.hold)
 
     def resume_writing(self) -> None:
-        self.owner.client.hold_input(self.hold, False)
+        self.owner.client.hold_input(Hold.UPSTREAM, False, self.hold)
 
     def close(self) -> None:
         self.dead = True
-        self.owner.client.hold_input(self.hold, False)
+        self.owner.client.hold_input(Hold.UPSTREAM, False, self.hold)
         if self.transport is not None:
             self.transport.close()
 
@@ -461,8 +462,8 @@ class _NodeOwner:
         self.shared.cmap.unreachable(self.node, reason)
         self.shared.node_failed(self.node, reason)
 
-    def hold_input(self, reason: str, hold: bool) -> None:
-        self.shared.client.hold_input(reason, hold)
+    def hold_input(self, reason: Hold, hold: bool, source: object = None) -> None:
+        self.shared.client.hold_input(reason, hold, source)
 
 
 class ClusterShared:
@@ -512,8 +513,8 @@ class ClusterShared:
             if link not in self.used:
                 self.used.add(link)
                 link.clients.add(self.client)
-                if link._paused:
-                    self.client.hold_input("upstream", True)
+                if link.flow.write_paused:
+                    self.client.hold_input(Hold.UPSTREAM, True)
             link.send(owner, chunks[0] if len(chunks) == 1 else b"".join(chunks),
                       counts.get(node, 0))
         if router.fatal is not None:   # (shared: only an internal error can set it)
