@@ -37,6 +37,7 @@ from .mux import Demux
 from .resolver import Endpoint, Resolver, UpstreamChange
 from .resp import ReplyScanner, UpstreamProtocolError
 from .session import Session
+from .tasks import TaskSet
 
 # A client connection's steady state in C (setup.py builds it; optional, and off with
 # REDISGATE_PURE_PYTHON=1, or REDISGATE_NO_LANE=1 for this part alone): see _lane.c and
@@ -183,7 +184,7 @@ class SharedLink:
             client.hold_input(Hold.LINK_CONNECTING, True)
         if not self.connecting:
             self.connecting = True
-            asyncio.ensure_future(self._connect())
+            self.proxy.tasks.spawn(self._connect())
 
     def move(self) -> bool:
         """The upstream master is being failed over: nothing more is written to this link's
@@ -215,7 +216,7 @@ class SharedLink:
         conn, self.conn = self.conn, None
         if conn is not None:
             conn.transport.close()
-        asyncio.ensure_future(self._connect())
+        self.proxy.tasks.spawn(self._connect())
 
     def flush(self) -> None:
         self._flush_soon = False
@@ -756,7 +757,7 @@ class ClientConnection(asyncio.Protocol):
             self.hold_input(Hold.CONNECTING, waiting > WAITING_LIMIT)
         if self.upstream is None and s.want_upstream and not self._connecting and not self.closed:
             self._connecting = True
-            asyncio.ensure_future(self._connect())
+            self.proxy.tasks.spawn(self._connect())
         if (s.user_entry is None) is (self._auth_timer is None):
             self._watch_login()
         if s.close and not self.closed:
@@ -1264,6 +1265,10 @@ class Proxy:
         self._over_since = 0.0
         self._budget_timer = None
         self._idle_timer = None      # limits.idle_timeout's sweep (sweep_idle), while it runs
+        # Background tasks (upstream connections being opened, the probe's retry, the cluster
+        # map's refreshes): kept until done, cancelled and awaited by close().
+        self.tasks = TaskSet()
+        self._probe_timer = None     # the version probe's retry, while one is due
         self._upstream_tls = None
         self.tls_record = None   # tls.record_layer(), with a TLS listener
         self._build_tls()
@@ -1356,7 +1361,7 @@ class Proxy:
             return
         if change.kind == "switch" and change.old is None:
             if self._resolving:   # (found later than at start: start() probes it itself)
-                asyncio.ensure_future(self.probe_upstream())
+                self.tasks.spawn(self.probe_upstream())
             return
         moved = links = 0
         for c in list(self.clients):
@@ -1369,15 +1374,15 @@ class Proxy:
         if moved:
             log.warning("upstream: closing %d client connection(s) to %s (%s)", moved,
                         change.old, change.reason)
-            asyncio.ensure_future(self._close_moved(asyncio.get_running_loop().time()
-                                                    + FAILOVER_DRAIN))
+            self.tasks.spawn(self._close_moved(asyncio.get_running_loop().time()
+                                               + FAILOVER_DRAIN))
         if moved or links:
             for kind, n in (("client", moved), ("shared", links)):
                 metrics.UPSTREAM_MOVED.labels(kind).inc(n)
             audit.emit(Event("failover-moved", old=safe(str(change.old)), clients=moved,
                              links=links, reason=safe(change.reason, spaces=True)))
         if change.kind == "switch":
-            asyncio.ensure_future(self.probe_upstream())
+            self.tasks.spawn(self.probe_upstream())
 
     async def _close_moved(self, deadline: float) -> None:
         loop = asyncio.get_running_loop()
@@ -1507,10 +1512,15 @@ class Proxy:
             log.warning("could not read the upstream Redis version (%s); assuming %s until it can",
                         e.__class__.__name__ if not str(e) else e,
                         ".".join(map(str, self.gate.upstream_version)))
-            asyncio.get_running_loop().call_later(5, lambda: asyncio.ensure_future(self.probe_upstream()))
+            if not self.tasks.closed:
+                self._probe_timer = asyncio.get_running_loop().call_later(5, self._probe_again)
             return
         self.gate.set_upstream_version(version)
         log.info("upstream %s is Redis %s", self.resolver.describe(), ".".join(map(str, version)))
+
+    def _probe_again(self) -> None:
+        self._probe_timer = None
+        self.tasks.spawn(self.probe_upstream())
 
     async def _probe(self) -> tuple[int, int, int]:
         up = self.config.upstream
@@ -1732,6 +1742,11 @@ class Proxy:
         if self.cluster is not None:
             self.cluster.close()
         await self.resolver.stop()
+        for timer in (self._probe_timer, self._budget_timer, self._idle_timer):
+            if timer is not None:
+                timer.cancel()
+        self._probe_timer = self._budget_timer = self._idle_timer = None
+        await self.tasks.close()   # (connection attempts still running: nothing outlives close)
         for srv in self.servers:
             try:
                 await asyncio.wait_for(srv.wait_closed(), max(1.0, deadline - loop.time()))

@@ -117,7 +117,7 @@ class ClusterMap:
 
     async def start(self) -> None:
         await self.refresh()
-        self._periodic = asyncio.ensure_future(self._every())
+        self._periodic = self.proxy.tasks.spawn(self._every())
 
     async def _every(self) -> None:
         while not self.closed:
@@ -130,7 +130,7 @@ class ClusterMap:
         if self._task is not None and not self._task.done():
             self._again = True
             return
-        self._task = asyncio.ensure_future(self._refresh_later())
+        self._task = self.proxy.tasks.spawn(self._refresh_later())
 
     async def _refresh_later(self) -> None:
         while True:
@@ -420,7 +420,7 @@ class ClusterUpstream:
             link = self.links.get(node)
             if link is None:
                 link = self.links[node] = NodeLink(self, node)
-                asyncio.ensure_future(link.connect())
+                self.cmap.proxy.tasks.spawn(link.connect())
             link.send(chunks[0] if len(chunks) == 1 else b"".join(chunks))
         if router.fatal is not None or router.out:
             if now:
