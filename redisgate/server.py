@@ -471,7 +471,6 @@ class ClientConnection(asyncio.Protocol):
         self._connecting = False
         self.id = next(_ids)
         self.link: SharedLink | None = None   # while attached to a shared link
-        self.accounted = 0                    # the session's `expected` already sent on it
         self.due = 0                          # replies still due on it
         self._await_drain = False             # own upstream ready, shared replies still due
         # Flow control: the most replies that may be due (forwarded, not yet come back); what
@@ -511,10 +510,8 @@ class ClientConnection(asyncio.Protocol):
         who = Peer(self.id, str(peer[0]), peer[1], described)
         audit.emit(Event("connect", user=safe(identity.user) if identity and identity.user
                          else None, peer=who, info=info))
-        self.session = Session(proxy.gate, info, identity, who)
-        self.session.address = str(peer[0])
-        self.session.lane_scripts = self.lane is not None
-        self.session.client_id = self.id
+        self.session = Session(proxy.gate, info, identity, who, address=str(peer[0]),
+                               client_id=self.id, lane_scripts=self.lane is not None)
         proxy.clients.add(self)
         if proxy.over_budget:
             self.hold_input(Hold.BUDGET, True)
@@ -554,7 +551,7 @@ class ClientConnection(asyncio.Protocol):
         if cert is not None:
             trusted = self.listener_tls is not None and self.listener_tls.trusts(cert.chain)
         self._feed(lambda _: self.session.reloaded(trusted), b"", upstream=False)
-        if self.session._dead and self.session.end_reason:
+        if self.session.ending and self.session.end_reason:
             self._audit_disconnect(self.session.end_reason)   # (now: the reload's moment)
 
     def _audit_disconnect(self, reason: str) -> None:
@@ -587,7 +584,7 @@ class ClientConnection(asyncio.Protocol):
     def _due(self) -> int:
         """Replies the client is owed that are not in the proxy yet (or answered here, waiting
         behind them): the session's reply slots (the lane disarmed)."""
-        return sum([slot[1] or 1 for slot in self.session.slots]) if self.session.slots else 0
+        return self.session.replies_due()
 
     def _replies_came(self, size: int, replies: int) -> None:
         """`size` bytes of replies came from the upstream, ending `replies` of them: the window
@@ -642,7 +639,7 @@ class ClientConnection(asyncio.Protocol):
         it until read)."""
         log.warning("closing %s: %s", self.session.client_info, why)
         self.close_reason = self.close_reason or "memory-budget"
-        self.session.close = True
+        self.session.abort()
         self.closed = self.flow.closed = True
         self._backlog = None
         self.proxy.heavy.discard(self)
@@ -668,7 +665,7 @@ class ClientConnection(asyncio.Protocol):
                           "the upstream of " if upstream else "", session.client_info)
             if not upstream:
                 self.transport.write(b"-ERR redisgate internal error; closing the connection\r\n")
-            session.close = True
+            session.abort()
         self.pump()
 
     def disarm_lane(self) -> None:
@@ -706,61 +703,60 @@ class ClientConnection(asyncio.Protocol):
                           *self.session.parser._climits)
 
     def pump(self) -> None:
-        """Write what the session produced; open or close connections as it asked."""
+        """Do what the session asks (Session.actions()): write, send, open, stall or close."""
         s = self.session
-        if s.stall:
-            self._stall()
-        out = s.to_client
-        if out:
-            data = out[0] if len(out) == 1 else b"".join(out)
+        act = s.actions()
+        close = act.close
+        if act.stall:
+            self._stall(act.stall)
+        data = act.to_client
+        if data:
             metrics.PY.bytes_out += len(data)
             self.transport.write(data)
-            out.clear()
-            if s.user_entry is None and \
+            if not s.logged_in and \
                     self.transport.get_write_buffer_size() > PRELOGIN_OUTPUT_LIMIT:
                 # Errors answered before login pile up unread: nothing to wait for.
                 self.close_reason = "prelogin-output"
                 return self.evict(f"over {PRELOGIN_OUTPUT_LIMIT} bytes of replies unread "
                                   "before login")
+        data = act.to_upstream
         link = self.link
-        if link is not None and link.resp3 != s.link_resp3:
+        if link is not None and link.resp3 != act.link_resp3:
             # The session bound its commands to the other protocol's links (HELLO, RESET) with
             # nothing due on this one, so nothing can come back out of order. (It may have left
             # the links since: its last shared commands go to the links it bound them to.)
             if self.due:
                 log.error("internal error on %s: a protocol switch with replies due on its "
                           "shared link; closing it", s.client_info)
-                s.to_upstream.clear()
-                s.close = True
+                data = b""
+                s.abort()
+                close = True
             else:
                 self._leave_link()
-        out = s.to_upstream
-        if out:
+        if data:
             link = self.link
-            if link is None and (s.shared or s.expected != self.accounted):
+            if link is None and act.via_link:
                 # (A client that has just left the link sends its last shared commands here.)
                 link = self.link = self.proxy.shared_link(self)
             if link is not None:
-                replies = s.expected - self.accounted
-                self.accounted = s.expected
-                self.due += replies
-                link.send(self, out[0] if len(out) == 1 else b"".join(out), replies)
+                self.due += act.link_replies
+                link.send(self, data, act.link_replies)
             else:
                 write = self.upstream_write
                 if write is not None:
-                    write(out[0] if len(out) == 1 else b"".join(out))
-            out.clear()
+                    write(data)
         waiting = s.held_bytes()
         if waiting or self.flow.holds(Hold.CONNECTING):
             # Commands waiting for the upstream connection being opened: bounded, as a
             # connected upstream bounds them (TCP pushes back on the client meanwhile).
             self.hold_input(Hold.CONNECTING, waiting > WAITING_LIMIT)
-        if self.upstream is None and s.want_upstream and not self._connecting and not self.closed:
+        if self.upstream is None and act.open_upstream and not self._connecting \
+                and not self.closed:
             self._connecting = True
             self.proxy.tasks.spawn(self._connect())
-        if (s.user_entry is None) is (self._auth_timer is None):
+        if s.logged_in is (self._auth_timer is not None):
             self._watch_login()
-        if s.close and not self.closed:
+        if close and not self.closed:
             self.transport.close()
         elif self._backlog is not None and not self.closed and not self.flow.write_paused \
                 and self._window > self._due():
@@ -804,32 +800,26 @@ class ClientConnection(asyncio.Protocol):
         lane = self.lane
         mark = self._reads + lane.passed if lane is not None else self._reads
         if mark == self._idle_mark:
-            s = self.session
-            if s.user_entry is not None and not (
-                    s.slots or self.due or s._held or self._backlog is not None or s.sub_active
-                    or self.draining or self.closed
+            if self.session.quiet() and not (
+                    self.due or self._backlog is not None or self.draining or self.closed
                     or lane is not None and lane.due and lane.armed):
-                subs = s.subs
-                if not (subs["chan"] or subs["pat"] or subs["shard"]):
-                    return now - self._idle_since
+                return now - self._idle_since
         self._idle_mark = mark
         self._idle_since = now
         return 0.0
 
     def close_idle(self, idle: float) -> None:
-        s = self.session
         self.close_reason = "idle-timeout"   # (audited as the disconnect's reason)
         metrics.inc("idle_timeouts")
-        s.close = True
+        self.session.abort()
         self.transport.close()
 
-    def _stall(self) -> None:
-        """auth_throttle refused a login and asked (Session.stall) that its reply, and the
+    def _stall(self, seconds: float) -> None:
+        """auth_throttle refused a login and asked (Actions.stall) that its reply, and the
         reading of what the client sends next, wait: a timer, never a sleep."""
         if self._stall_timer is None and not self.closed:
             self.hold_input(Hold.AUTH_THROTTLE, True)
-            self._stall_timer = asyncio.get_running_loop().call_later(self.session.stall,
-                                                                      self._unstall)
+            self._stall_timer = asyncio.get_running_loop().call_later(seconds, self._unstall)
 
     def _unstall(self) -> None:
         self._stall_timer = None
@@ -882,7 +872,7 @@ class ClientConnection(asyncio.Protocol):
         except Exception:   # a bug must cost one connection, never the proxy
             log.exception("internal error on the shared upstream of %s; closing it",
                           session.client_info)
-            session.close = True
+            session.abort()
         if not self.due and not session.shared:
             self._leave_link()
             if self._await_drain:
@@ -896,10 +886,8 @@ class ClientConnection(asyncio.Protocol):
         self._leave_link()
         if self.closed:
             return
-        session = self.session
-        if established:
-            session.upstream_ever = True   # replies were lost in flight: as a Redis restart
-        session.upstream_failed(reason)
+        # (established: replies were lost in flight, as by a Redis restart)
+        self.session.upstream_failed(reason, established)
         if self._await_drain:
             self._await_drain = False
         self.pump()
@@ -986,9 +974,9 @@ class ClientConnection(asyncio.Protocol):
     def owes_replies(self) -> bool:
         """Replies still due to commands read before drain() (a blocked BLPOP stays owed)."""
         s = self.session
-        return not self.closed and not s.close and not s._dead and bool(
-            s.slots or s._held or self.due or self._backlog is not None   # (held by the window)
-            or s.stall)   # (a refused login's reply held by auth_throttle)
+        return not self.closed and not s.close and not s.ending and (
+            s.owes_replies() or bool(self.due)
+            or self._backlog is not None)   # (held by the window)
 
     def finish(self) -> None:
         """Nothing owed: end the connection after the replies written so far. A plain TCP client
@@ -1627,7 +1615,7 @@ class Proxy:
             log.warning("%s", w)
         closed = 0
         for client in list(self.clients):
-            was = client.session is None or client.session._dead
+            was = client.session is None or client.session.ending
             try:
                 client.reloaded()
             except Exception:   # a bug must cost one connection, never the reload
@@ -1635,7 +1623,7 @@ class Proxy:
                               client.session.client_info)
                 client.transport.close()
                 continue
-            closed += not was and client.session._dead
+            closed += not was and client.session.ending
         log.info("configuration reloaded: %d users%s", len(config.users),
                  f"; {closed} connections closed by the re-check" if closed else "")
         try:

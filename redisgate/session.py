@@ -1,9 +1,11 @@
 """The per-connection state machine: authentication, judging, and reply ordering. No I/O.
 
 Feed it what the client sent (``client_data``) and what the upstream Redis sent
-(``upstream_data``); it fills ``to_client`` and ``to_upstream`` with bytes to write and sets flags
-(``want_upstream``, ``close``) that the I/O layer acts on. Everything that affects what reaches
-Redis or the client is decided here.
+(``upstream_data``), and the I/O layer's events (``connected``, ``upstream_failed``, ``resume``,
+``reloaded``, ``ended``); then ``actions()`` returns what to do (an ``actions.Actions``: bytes to
+the client and to the upstream, open the upstream, close, stall), which the I/O layer executes
+without writing anything back here (``abort()`` is how it says it is closing the connection).
+Everything that affects what reaches Redis or the client is decided here.
 
 Reply ordering. Every command the client sends gets exactly one slot in ``slots``, in order:
 forwarded commands wait for their upstream reply, commands answered here carry their reply bytes.
@@ -28,6 +30,7 @@ from collections import deque
 from itertools import repeat
 
 from . import audit, errors, handshake, metrics
+from .actions import Actions
 from .audit import AUTH_REASONS, Event, login_name, safe, user_label
 from .commands import TABLE, KeyExtractionError, sort_pattern_option
 from .confine import confine
@@ -98,10 +101,12 @@ class Session:
     _label: str = "other"
 
     def __init__(self, gate: Gate, client_info: str = "", cert: CertIdentity | None = None,
-                 peer: audit.Peer | None = None):
+                 peer: audit.Peer | None = None, *, address: str = "", client_id: int = 0,
+                 lane_scripts: bool = False):
         self.gate = gate
         self.client_info = client_info
         self.peer = peer
+        self.address = address
         cfg = gate.config
         self.parser = RequestParser(max_bulk=cfg.max_bulk, max_args=cfg.max_args)
         self.scanner = ReplyScanner()
@@ -119,8 +124,9 @@ class Session:
         # when the command is judged: the I/O layer sends them to a link of that protocol. It
         # follows the client's protocol (HELLO, RESET) only while nothing is due on the link.
         self.link_resp3 = False
-        self.client_id = 0            # the proxy's id for the connection (HELLO on a shared link)
+        self.client_id = client_id    # the proxy's id for the connection (HELLO on a shared link)
         self.expected = 0             # replies asked of the shared link so far (its accounting)
+        self._accounted = 0           # `expected` already handed over (actions().link_replies)
         self._held: list[bytes] = []  # bytes for the upstream while it is being opened
         # The proxy's AUTH on the upstream connection: until Redis accepted it, `upstream_ready`
         # stays False and everything else for the upstream waits in `_held` (see _send_setup).
@@ -143,9 +149,9 @@ class Session:
         self.multi = False
         self.multi_dirty = False
         self.multi_subs: list = []    # (kind, subscribe?, channels) queued in this transaction
-        # Set by the I/O layer when a C lane (redisgate._lane) reads the memos: then allowed
-        # EVALSHA calls leave their forms there (_lane_script).
-        self.lane_scripts = False
+        # Whether a C lane (redisgate._lane) reads the memos (the I/O layer says at creation):
+        # then allowed EVALSHA calls leave their forms there (_lane_script).
+        self.lane_scripts = lane_scripts
         self.home_db = cfg.upstream.db
         self.db = self.home_db
         self.subs = {"chan": set(), "pat": set(), "shard": set()}
@@ -575,6 +581,61 @@ class Session:
     def held_bytes(self) -> int:
         """Bytes waiting for an upstream connection being opened (the I/O layer bounds them)."""
         return sum(map(len, self._held))
+
+    # -- the boundary with the I/O layer
+
+    def actions(self) -> Actions:
+        """What the I/O layer must do now (see actions.Actions): the bytes produced since the last
+        call, which are handed over once, and the states it acts on."""
+        out = self.to_client
+        if out:
+            client = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+        else:
+            client = b""
+        out = self.to_upstream
+        replies = self.expected - self._accounted
+        if out:
+            upstream = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            self._accounted = self.expected
+        else:
+            upstream = b""
+            replies = 0   # (counted with the bytes that ask for them)
+        return Actions(client, upstream, self.shared or replies != 0, replies, self.link_resp3,
+                       self.want_upstream, self.close, self.stall)
+
+    def abort(self) -> None:
+        """The I/O layer closes the connection on its own account (an internal error, an
+        eviction, limits.idle_timeout): nothing more is fed in; what was produced is written."""
+        self.close = True
+
+    @property
+    def logged_in(self) -> bool:
+        return self.user_entry is not None
+
+    def replies_due(self) -> int:
+        """Replies the client is owed that are not in the proxy yet (or answered here, waiting
+        behind them): one per slot, a forwarded run's count (the C lane's, if armed, aside)."""
+        slots = self.slots
+        return sum([slot[1] or 1 for slot in slots]) if slots else 0
+
+    def owes_replies(self) -> bool:
+        """Whether anything the client sent still waits for its reply (in slots, held for an
+        upstream connection being opened, or a refused login's reply held by auth_throttle),
+        on a connection that is not ending."""
+        return not (self.close or self._dead) and bool(self.slots or self._held or self.stall)
+
+    def quiet(self) -> bool:
+        """Logged in and waiting for nothing (limits.idle_timeout may count it idle): no reply
+        due, nothing held, no subscription."""
+        return self.user_entry is not None and not (
+            self.slots or self._held or self.sub_active or any(self.subs.values()))
+
+    @property
+    def ending(self) -> bool:
+        """The session ended itself (QUIT, a protocol error, a reload's re-check, ...)."""
+        return self._dead
 
     def _flush_held(self) -> None:
         if self.upstream_ready and self._held:
@@ -1229,13 +1290,16 @@ class Session:
         self._audit("upstream-auth-fallback", user=safe(self.username) if self.username else None,
                     reason=f"{source} password", ok=ok)
 
-    def upstream_failed(self, reason: str) -> None:
+    def upstream_failed(self, reason: str, established: bool = False) -> None:
         """The upstream could not be reached or went away. Pending commands get an error reply.
 
         A connection that never got established leaves the client connected (the next command
-        tries again). One that was lost takes the client connection with it, as a Redis restart
-        would: its transaction, subscriptions and database are gone.
+        tries again). One that was lost (ever established, or `established`: a shared link that
+        was working, whose replies were lost in flight) takes the client connection with it, as a
+        Redis restart would: its transaction, subscriptions and database are gone.
         """
+        if established:
+            self.upstream_ever = True
         self.upstream_ready = False
         self.want_upstream = False
         self._open = self._auth_wait = False

@@ -520,7 +520,7 @@ class ClusterShared:
         if router.fatal is not None:   # (shared: only an internal error can set it)
             log.error("cluster: %s (client %s); closing it", router.fatal,
                       self.client.session.client_info)
-            self.client.session.close = True
+            self.client.session.abort()
         if router.out:
             if now:
                 self._deliver()

@@ -1,0 +1,39 @@
+"""What a session asks the I/O layer to do: the one record that crosses the session ↔ shell
+boundary. No I/O.
+
+``session.Session`` is fed events (``client_data``, ``upstream_data``, ``connected``, ...) and
+collects what they produce; ``Session.actions()`` hands it over as one frozen `Actions` (and
+forgets it: the next call has only what came since). ``server.ClientConnection.pump`` executes
+it and writes nothing back into the session: whatever the shell decides on its own (an internal
+error, an eviction, an idle timeout) it tells the session through a method (``Session.abort``).
+
+May import: nothing from redisgate (the standard library only).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Actions:
+    """What the I/O layer does after feeding the session, in this order: write `to_client`; send
+    `to_upstream` (on a shared link when `via_link`, asking it for `link_replies` replies, else on
+    the client's own upstream connection); open the own upstream connection while
+    `open_upstream` holds; stop reading the client for `stall` seconds (then call
+    ``Session.resume()``); close the client after writing while `close` holds.
+
+    `open_upstream`, `close`, `stall` and `link_resp3` are states (they hold until the session
+    changes them), the bytes and `link_replies` are new since the last ``actions()``."""
+    to_client: bytes = b""
+    to_upstream: bytes = b""
+    # The bytes go to a shared link (upstream.multiplex): the session is on one, or they are the
+    # last commands it sent there before leaving.
+    via_link: bool = False
+    # Replies the shared link owes for `to_upstream` (what mux.Demux is told).
+    link_replies: int = 0
+    # The protocol of the shared links the session's commands are bound to (RESP3 or RESP2): the
+    # I/O layer moves the client to a link that speaks it when nothing is due on its own.
+    link_resp3: bool = False
+    open_upstream: bool = False
+    close: bool = False
+    stall: float = 0.0
