@@ -23,6 +23,7 @@ commands wait for one confirmation per channel.
 """
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import time
@@ -636,6 +637,27 @@ class Session:
     def ending(self) -> bool:
         """The session ended itself (QUIT, a protocol error, a reload's re-check, ...)."""
         return self._dead
+
+    @property
+    def state(self) -> "State":
+        """The session's state, named (see State): what it does with the next bytes."""
+        if self._dead or self.close:
+            return State.CLOSED
+        if self.stall:
+            return State.STALLED
+        if self.user_entry is None:
+            return State.LOGIN
+        if not self.upstream_ready:
+            return State.CONNECTING if self.want_upstream else State.UNCONNECTED
+        if self._exec_wait:
+            return State.EXEC_WAIT
+        if self.multi:
+            return State.MULTI
+        if self.sub_active or self._subscribed():
+            return State.SUBSCRIBED
+        if self._off or self._skip or self._skip_next:
+            return State.MUTED
+        return State.SHARED if self.shared else State.READY
 
     def _flush_held(self) -> None:
         if self.upstream_ready and self._held:
@@ -1551,6 +1573,39 @@ class Session:
         text = bytes(data[start + 1:end]).strip().decode("utf-8", "replace")[:200]
         log.error("upstream refused the proxy's %s: %s", what, text)
         self.upstream_failed(f"upstream {what} failed")
+
+
+class State(enum.Enum):
+    """Session.state: one name for what the flags say, in this order of precedence (the first
+    that applies). tests/test_session_states.py drives every one, and every transition between
+    them, with bytes in and Actions out."""
+    # Ended (QUIT, a protocol error, a refused login past max_clients_per_user, a reload's
+    # re-check, a lost upstream, Session.abort): nothing more is parsed; close after writing.
+    CLOSED = "closed"
+    # auth_throttle refused a login: its reply is held back and nothing is parsed until the
+    # I/O layer calls resume() (Actions.stall seconds later).
+    STALLED = "stalled"
+    # Not logged in: AUTH, HELLO, QUIT, RESET are answered here; anything else gets NOAUTH.
+    LOGIN = "login"
+    # Logged in; its own upstream connection is being opened (Actions.open_upstream): commands
+    # wait in the session (also when it is leaving a shared link for a connection of its own).
+    CONNECTING = "connecting"
+    # Logged in, no upstream connection and none asked for (the last attempt failed before it
+    # was ever established): the next command that goes upstream asks again.
+    UNCONNECTED = "unconnected"
+    # EXEC of a transaction that (un)subscribes was sent: what the client sends next waits for
+    # its reply.
+    EXEC_WAIT = "exec-wait"
+    # Inside MULTI: commands are queued upstream; a refusal dooms the transaction.
+    MULTI = "multi"
+    # Subscribed to channels, patterns or shard channels: messages pass out of band.
+    SUBSCRIBED = "subscribed"
+    # CLIENT REPLY OFF, or SKIP for the next command: replies are swallowed here.
+    MUTED = "muted"
+    # On a shared upstream link (upstream.multiplex): stateless commands only.
+    SHARED = "shared"
+    # On its own upstream connection, nothing special pending.
+    READY = "ready"
 
 
 class _ExecSubs:
