@@ -80,25 +80,31 @@ def logged_in(gate):
 
 
 def make_pass(gate, reads):
-    """One pass over `reads` through a fresh session, as the I/O layer drives it (each read's
-    output written and cleared before the next); checks that everything went through."""
+    """One pass over `reads` through a fresh session, as the I/O layer drives it (each event's
+    output taken, by Session.actions(), before the next); checks that everything went through."""
     want_up = sum(len(c) for c, _, _ in reads)
     want_client = sum(len(r) for _, r, _ in reads)
 
     def run() -> None:
         s = logged_in(gate)
         client_data, upstream_data = s.client_data, s.upstream_data
-        to_up, to_client = s.to_upstream, s.to_client
         sent = got = 0
-        for c, r, _ in reads:
-            client_data(c)
-            for b in to_up:
-                sent += len(b)
-            to_up.clear()
-            upstream_data(r)
-            for b in to_client:
-                got += len(b)
-            to_client.clear()
+        if hasattr(s, "actions"):   # the I/O layer takes Session.actions() after each event
+            actions = s.actions
+            for c, r, _ in reads:
+                client_data(c)
+                sent += len(actions().to_upstream)
+                upstream_data(r)
+                got += len(actions().to_client)
+        else:   # (before Session.actions(): the I/O layer joined and cleared the lists)
+            to_up, to_client = s.to_upstream, s.to_client
+            for c, r, _ in reads:
+                client_data(c)
+                sent += len(to_up[0] if len(to_up) == 1 else b"".join(to_up))
+                to_up.clear()
+                upstream_data(r)
+                got += len(to_client[0] if len(to_client) == 1 else b"".join(to_client))
+                to_client.clear()
         if sent != want_up or got != want_client or s.close:
             raise RuntimeError(f"not everything went through: {sent}/{want_up} bytes forwarded, "
                                f"{got}/{want_client} bytes of replies returned")
