@@ -603,8 +603,8 @@ class Session:
         else:
             upstream = b""
             replies = 0   # (counted with the bytes that ask for them)
-        return Actions(client, upstream, self.shared or replies != 0, replies, self.link_resp3,
-                       self.want_upstream, self.close, self.stall)
+        return Actions.new(client, upstream, self.shared or replies != 0, replies,
+                           self.link_resp3, self.want_upstream, self.close, self.stall)
 
     def abort(self) -> None:
         """The I/O layer closes the connection on its own account (an internal error, an

@@ -52,6 +52,15 @@ def login(s: Session) -> None:
     act(s, open_upstream=True)
 
 
+def test_the_hot_paths_constructor_makes_the_same_frozen_actions():
+    fields = (b"+OK\r\n", b"*1\r\n$4\r\nPING\r\n", True, 1, True, True, False, 0.5)
+    a = Actions.new(*fields)
+    assert a == Actions(*fields) and hash(a) == hash(Actions(*fields))
+    assert dataclasses.astuple(a) == fields
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.to_client = b""
+
+
 def test_actions_are_frozen_and_handed_over_once():
     s = make()
     s.client_data(cmd("PING"))
