@@ -96,9 +96,12 @@ def test_the_proxys_own_setup_goes_first_and_its_replies_are_swallowed():
     s.client_data(cmd("AUTH", "u", "pw") + cmd("GET", "k:1"))
     act(s, to_client=b"", open_upstream=True)   # +OK waits behind the proxy's own AUTH
     s.connected()
-    act(s, to_upstream=cmd("AUTH", "gate-secret") + cmd("GET", "k:1"), open_upstream=True)
-    s.upstream_data(b"+OK\r\n$1\r\nv\r\n")
-    act(s, to_client=OK + b"$1\r\nv\r\n", open_upstream=True)
+    # The proxy's AUTH goes alone: nothing of the client's before Redis accepted it.
+    act(s, to_upstream=cmd("AUTH", "gate-secret"), open_upstream=True)
+    s.upstream_data(b"+OK\r\n")
+    act(s, to_client=OK, to_upstream=cmd("GET", "k:1"), open_upstream=True)
+    s.upstream_data(b"$1\r\nv\r\n")
+    act(s, to_client=b"$1\r\nv\r\n", open_upstream=True)
 
 
 def test_stalled_by_the_throttle_until_resumed():
