@@ -90,6 +90,18 @@ class ClusterMap:
 
     # -- events
 
+    def report(self, router: Router, client) -> None:
+        """Take what a client's Router noted since the last call (ClusterUpstream's and
+        ClusterShared's one place for it): its log lines, logged with the client, and the
+        redirects it followed (`redirects`)."""
+        if router.log:
+            for line in router.log:
+                log.error("%s (client %s)", line, client.session.client_info)
+            router.log.clear()
+        if router.redirects:
+            self.redirects(router.redirects, router.asks)
+            router.redirects = router.asks = 0
+
     def redirects(self, n: int, asks: int = 0) -> None:
         """`n` MOVED / ASK (`asks` of them ASK) were followed: a storm (past STORM a second) is
         logged once a second."""
@@ -409,13 +421,7 @@ class ClusterUpstream:
 
     def _after(self, now: bool) -> None:
         router = self.router
-        if router.log:
-            for line in router.log:
-                log.error("%s (client %s)", line, self.client.session.client_info)
-            router.log.clear()
-        if router.redirects:
-            self.cmap.redirects(router.redirects, router.asks)
-            router.redirects = router.asks = 0
+        self.cmap.report(router, self.client)
         for node, chunks in router.take_sends().items():
             link = self.links.get(node)
             if link is None:
@@ -496,13 +502,7 @@ class ClusterShared:
 
     def _after(self, now: bool) -> None:
         router = self.router
-        if router.log:
-            for line in router.log:
-                log.error("%s (client %s)", line, self.client.session.client_info)
-            router.log.clear()
-        if router.redirects:
-            self.cmap.redirects(router.redirects, router.asks)
-            router.redirects = router.asks = 0
+        self.cmap.report(router, self.client)
         counts = router.expected
         for node, chunks in router.take_sends().items():
             owner = self.owners.get(node)
