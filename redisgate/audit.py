@@ -190,6 +190,8 @@ class Event:
     tls-handshake-failed reason
     upstream-lost        reason
     upstream-auth-fallback  reason (which password: "reference|current|previous password"), ok
+    cluster-*            upstream.cluster's events (node, previous, slots, stage, ...): see the
+                         block "Redis Cluster events" below
     shutdown             reason, grace (s)
     suppressed           event_suppressed, count
 
@@ -225,6 +227,14 @@ class Event:
     report_only: bool | None = None
     scope: str | None = None
     address: str | None = None
+    # upstream.cluster events (no user, no connection): a node as ``host:port``
+    node: str | None = None
+    previous: str | None = None
+    slots: int | None = None
+    stage: str | None = None
+    moved: int | None = None
+    ask: int | None = None
+    nodes: tuple[str, ...] | None = None
     seconds: float | None = None
     failures: int | None = None
     window: float | None = None
@@ -258,7 +268,7 @@ class Event:
         for f in _FIELDS:
             value = getattr(self, f)
             if value is not None:
-                out[f] = list(value) if f == "problems" else value
+                out[f] = list(value) if isinstance(value, tuple) else value
         return out
 
     def text(self) -> str | None:
@@ -361,6 +371,52 @@ _TEXT = {
     "upstream-auth-fallback": lambda e: (f"upstream-auth-fallback password={e.reason.split()[0]} "
                                          f"ok={str(e.ok).lower()} client={e.info}"),
 }
+
+
+# ---------------------------------------------------------------------------- Redis Cluster events
+# upstream.cluster: cluster/io.py's ClusterMap emits these, with the nodes' addresses (``host:port``
+# as the cluster names them: printable, still passed through `safe`), never a user or a
+# connection. Rate limited like every kind (a node lost under 1,000 clients is reported once per
+# 5 s anyway). The emitter writes the process-log line itself (logger ``redisgate``), so
+# without an `audit:` section these are not written a second time.
+#
+#   cluster-node-unreachable  node, stage (connect: could not be opened; lost: an open
+#                             connection was lost; refresh: did not answer CLUSTER SLOTS), reason
+#   cluster-refresh-failed    problems (``host:port (why)`` per node asked, at most 8)
+#   cluster-failover          node (the new master: the old one's replica), previous, slots
+#   cluster-slots-moved       node (the new owner), previous (none: the slots had no master), slots
+#                             (a resharding, or slots served again)
+#   cluster-slots-unserved    previous (the master they had), slots (left without a master)
+#   cluster-redirect-storm    count (MOVED/ASK followed within a second, past 100), moved, ask,
+#                             nodes (``from->to`` pairs, most redirected first, at most 8)
+
+CLUSTER_EVENTS = frozenset({
+    "cluster-node-unreachable", "cluster-refresh-failed", "cluster-failover",
+    "cluster-slots-moved", "cluster-slots-unserved", "cluster-redirect-storm",
+})
+EVENTS = EVENTS | CLUSTER_EVENTS
+_WARNING = _WARNING | CLUSTER_EVENTS
+_OWN_LOG_LINE = CLUSTER_EVENTS   # written to the process log by their emitter (see above)
+
+
+def _text_cluster_storm(e: Event) -> str:
+    return (f"cluster-redirect-storm count={e.count} moved={e.moved} ask={e.ask} "
+            f"nodes={','.join(e.nodes or ()) or '-'}")
+
+
+_TEXT.update({
+    "cluster-node-unreachable":
+        lambda e: f"cluster-node-unreachable node={e.node} stage={e.stage} reason={e.reason}",
+    "cluster-refresh-failed":
+        lambda e: f"cluster-refresh-failed problems={'; '.join(e.problems or ())}",
+    "cluster-failover":
+        lambda e: f"cluster-failover node={e.node} previous={e.previous} slots={e.slots}",
+    "cluster-slots-moved":
+        lambda e: f"cluster-slots-moved node={e.node} previous={e.previous or '-'} slots={e.slots}",
+    "cluster-slots-unserved":
+        lambda e: f"cluster-slots-unserved previous={e.previous} slots={e.slots}",
+    "cluster-redirect-storm": _text_cluster_storm,
+})
 
 
 # ---------------------------------------------------------------------------- formatting
@@ -513,9 +569,9 @@ def wanted(event: str, user: str | None = None) -> bool:
     it has no plain-text form), or when the rate limit replaces it (then it is counted in the
     ``suppressed`` summary already). After True, call ``emit(event, admitted=True)``."""
     if _state.settings is None:
-        return event in _TEXT and event not in UPSTREAM_EVENTS and logger.isEnabledFor(
-            logging.ERROR if event in _ERROR else logging.WARNING if event in _WARNING
-            else logging.INFO)
+        return event in _TEXT and event not in UPSTREAM_EVENTS and event not in _OWN_LOG_LINE \
+            and logger.isEnabledFor(logging.ERROR if event in _ERROR else logging.WARNING
+                                    if event in _WARNING else logging.INFO)
     with _lock:
         limiter = _state.limiter
         return limiter is None or limiter.admit(event, user)
@@ -525,7 +581,7 @@ def _write(event: Event) -> None:
     kind = event.event
     level = logging.ERROR if kind in _ERROR else logging.WARNING if kind in _WARNING \
         else logging.INFO
-    if kind in UPSTREAM_EVENTS and _state.settings is None:
+    if (kind in UPSTREAM_EVENTS or kind in _OWN_LOG_LINE) and _state.settings is None:
         return   # (the process log has its line)
     if not logger.isEnabledFor(level):
         return

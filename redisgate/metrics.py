@@ -106,6 +106,26 @@ UPSTREAM_MOVED = Counter("redisgate_upstream_moved", "Upstream connections taken
                          "master in a failover: a client's own closed (kind=client; its client "
                          "reconnects) or a shared link moved (kind=shared)", ["kind"])
 
+# -- upstream.cluster (cluster/io.py's ClusterMap). Labels are fixed words: the nodes' addresses
+# are in the audit events and the log, never in a label (a cluster's nodes come and go).
+CLUSTER_REDIRECTS = Counter("redisgate_cluster_redirects", "MOVED / ASK replies the proxy "
+                            "followed for its clients (never shown to them), by kind", ["kind"])
+CLUSTER_REFRESHES = Counter("redisgate_cluster_refreshes", "Slot map refreshes (CLUSTER SLOTS), "
+                            "by result: ok, or failed (no node asked answered)", ["result"])
+CLUSTER_NODE_ERRORS = Counter("redisgate_cluster_node_errors", "Cluster nodes that could not be "
+                              "reached, by stage: connect (a connection could not be opened), "
+                              "lost (an open one was lost), refresh (no answer to CLUSTER SLOTS)",
+                              ["stage"])
+CLUSTER_OWNER_CHANGES = Counter("redisgate_cluster_slot_owner_changes", "Slot owner changes seen "
+                                "in a refresh, one per (old master, new master) pair, by kind: "
+                                "failover (the old master's replica took over), reshard (another "
+                                "node), unserved (no master now)", ["kind"])
+CLUSTER_SLOTS_CHANGED = Counter("redisgate_cluster_slots_changed", "Slots whose master changed, "
+                                "by kind (as redisgate_cluster_slot_owner_changes_total)",
+                                ["kind"])
+CLUSTER_STORMS = Counter("redisgate_cluster_redirect_storms", "MOVED/ASK storms: seconds in which "
+                         "the proxy followed more than 100 redirects (one per second at most)")
+
 _BY_NAME = {"auth_failures": AUTH_FAILURES, "denied": DENIED, "upstream_errors": UPSTREAM_ERRORS,
             "auth_lockouts": AUTH_LOCKOUTS, "auth_refused_locked": AUTH_REFUSED_LOCKED,
             "auth_timeouts": AUTH_TIMEOUTS, "refused": REFUSED,

@@ -172,3 +172,23 @@ class RedisCluster:
         if self.dir:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
+
+
+def read_audit(path) -> list[dict]:
+    """The JSON audit file's events (one object a line; none yet: [])."""
+    import json
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def scrape(admin_port: int) -> dict:
+    """/metrics of an admin endpoint: {(sample name, sorted (label, value) pairs): value}."""
+    import urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}

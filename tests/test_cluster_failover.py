@@ -1,7 +1,11 @@
 """Resharding and failover under traffic, through redisgate, on a cluster of this module's own
 (3 masters + 3 replicas of Redis 7.0): a live slot migration (ASK, then MOVED) with no
 client-visible error, a manual CLUSTER FAILOVER and a killed master while 20 clients pipeline
-through the proxy. The tests run in order and change the cluster for the ones after them."""
+through the proxy. The tests run in order and change the cluster for the ones after them.
+
+The proxy writes a JSON audit file and serves /metrics on an admin endpoint: each test also reads
+both and finds the events (failover, slots moved, node unreachable, redirect storm) with the
+nodes' addresses, and the ``redisgate_cluster_*`` counters moved."""
 from __future__ import annotations
 
 import logging
@@ -13,9 +17,10 @@ import redis
 
 import asynq_workload as w
 
-from cluster import RedisCluster
+from cluster import RedisCluster, read_audit, scrape
 from conftest import UPSTREAM_PASSWORD, UPSTREAM_USER, _need
 from proxy import ProxyRunner, pw_hash
+from redisgate.admin import Admin
 from redisgate.cluster.slots import key_slot
 
 QUEUE = "fq"
@@ -34,12 +39,39 @@ def own_cluster():
 
 
 @pytest.fixture(scope="module")
-def gate(own_cluster):
+def gate(own_cluster, tmp_path_factory):
     up = {"cluster": {"seeds": own_cluster.seeds, "refresh": "2s"}, "username": UPSTREAM_USER,
           "password": UPSTREAM_PASSWORD}
-    p = ProxyRunner({"upstream": up, "users": USERS}).start()
+    audit_path = tmp_path_factory.mktemp("audit") / "audit.jsonl"
+    p = ProxyRunner({"upstream": up, "users": USERS,
+                     "audit": {"path": str(audit_path), "rate": 0}}).start()
+    p.audit_path = audit_path
+    p.admin = p.call(lambda: _admin(p))
     yield p
+    p.call(lambda: __import__("asyncio").ensure_future(p.admin.stop()))
     p.stop()
+
+
+def _admin(p: ProxyRunner) -> Admin:
+    admin = Admin(p.proxy, "127.0.0.1", 0)
+    admin.start()
+    return admin
+
+
+def metric(gate, name: str, **labels) -> float:
+    """One sample of the proxy's /metrics (0 when absent)."""
+    return scrape(gate.admin.port).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def audited(gate, event: str, timeout: float = 5.0, **fields) -> list[dict]:
+    """The audit file's `event` events with these fields, waiting up to `timeout` for one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [e for e in read_audit(gate.audit_path) if e["event"] == event
+                 and all(e.get(k) == v for k, v in fields.items())]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
 
 
 def slots_of(c: RedisCluster) -> list:
@@ -131,6 +163,10 @@ def test_live_slot_migration_follows_ask_then_moved(gate, own_cluster):
     target = next(p for p in c.masters() if p != source)
     cmap = gate.proxy.cluster
     before = dict(cmap.followed)
+    m_before = {k: metric(gate, "redisgate_cluster_redirects_total", kind=k)
+                for k in ("ask", "moved")}
+    reshards = metric(gate, "redisgate_cluster_slot_owner_changes_total", kind="reshard")
+    storms = metric(gate, "redisgate_cluster_redirect_storms_total")
     # 4 clients, each with 5 keys in the migrating slot and 3 elsewhere; every INCR's reply
     # must be exactly the next value (nothing lost, nothing run twice)
     traffic = Traffic(gate, 4, keys_per_client=8,
@@ -149,6 +185,15 @@ def test_live_slot_migration_follows_ask_then_moved(gate, own_cluster):
                                           "KEYS", *batch)
             time.sleep(0.15)
         assert admin[source].execute_command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+        # every key is on the target, the source still MIGRATING: one client's pipeline of
+        # 200 GETs of such a key is 200 ASKs within a second, a storm (if the traffic's ASKs
+        # were not one already: a storm is reported once a second)
+        with gate.client("ops", "pw") as one:
+            pipe = one.pipeline(transaction=False)
+            for _ in range(200):
+                pipe.get("{mig}:0:0")
+            assert all(r is not None for r in pipe.execute())
+        assert metric(gate, "redisgate_cluster_redirect_storms_total") > storms
         for p in (target, source, *[m for m in c.masters() if m not in (source, target)]):
             admin[p].execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
         time.sleep(1.5)   # MOVED from the source now, until the map is refreshed
@@ -161,6 +206,15 @@ def test_live_slot_migration_follows_ask_then_moved(gate, own_cluster):
     assert cmap.followed["moved"] > before.get("moved", 0)
     assert c.port_for_slot(slot) == target
     assert cmap.master_for(slot).port == target
+    # the audit and the metrics: the redirects, the storm (with the nodes), the slot's new owner
+    assert metric(gate, "redisgate_cluster_redirects_total", kind="ask") > m_before["ask"]
+    assert metric(gate, "redisgate_cluster_redirects_total", kind="moved") > m_before["moved"]
+    pair = f"127.0.0.1:{source}->127.0.0.1:{target}"
+    storms = [e for e in audited(gate, "cluster-redirect-storm") if pair in e["nodes"]]
+    assert storms and storms[-1]["count"] > 100 and storms[-1]["ask"] > 0, storms
+    assert audited(gate, "cluster-slots-moved", node=f"127.0.0.1:{target}",
+                   previous=f"127.0.0.1:{source}", slots=1)
+    assert metric(gate, "redisgate_cluster_slot_owner_changes_total", kind="reshard") > reshards
 
 
 def _failover_under_traffic(gate, c: RedisCluster, how: str, caplog):
@@ -168,6 +222,9 @@ def _failover_under_traffic(gate, c: RedisCluster, how: str, caplog):
     rows = slots_of(c)
     row = rows[0]
     master, replica = int(row[2][1]), int(row[3][1])
+    failovers = metric(gate, "redisgate_cluster_slot_owner_changes_total", kind="failover")
+    node_errors = sum(metric(gate, "redisgate_cluster_node_errors_total", stage=s)
+                      for s in ("connect", "lost", "refresh"))
     traffic = Traffic(gate, 20, tag=f"{how}-", strict=how == "manual").start()
     try:
         time.sleep(1.0)
@@ -200,6 +257,15 @@ def _failover_under_traffic(gate, c: RedisCluster, how: str, caplog):
     assert f"failover: 127.0.0.1:{replica} replaced 127.0.0.1:{master}" in logged, logged[-2000:]
     if how == "killed":
         assert f"cluster node 127.0.0.1:{master} unreachable" in logged
+    # ... and so do the audit file and /metrics
+    assert audited(gate, "cluster-failover", node=f"127.0.0.1:{replica}",
+                   previous=f"127.0.0.1:{master}")
+    assert metric(gate, "redisgate_cluster_slot_owner_changes_total", kind="failover") > failovers
+    if how == "killed":
+        lost = audited(gate, "cluster-node-unreachable", node=f"127.0.0.1:{master}")
+        assert lost and all(e["stage"] in ("connect", "lost", "refresh") for e in lost), lost
+        assert sum(metric(gate, "redisgate_cluster_node_errors_total", stage=s)
+                   for s in ("connect", "lost", "refresh")) > node_errors
     return traffic
 
 

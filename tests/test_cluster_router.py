@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import random
 
-from redisgate.cluster.router import MAX_REDIRECTS, Router
+from redisgate.cluster.router import MAX_REDIRECTS, Hop, Router
 from redisgate.cluster.slots import key_slot
-from redisgate.cluster.topology import NodeAddr
+from redisgate.cluster.topology import NodeAddr, RedirectKind
 from wire import cmd
 
 A, B, C = NodeAddr("127.0.0.1", 7000), NodeAddr("127.0.0.1", 7001), NodeAddr("127.0.0.1", 7002)
@@ -87,6 +87,10 @@ def test_moved_is_followed_at_most_five_times_then_the_error_goes_out():
     assert r.take_out() == [last]
     assert sent(r) == {}
     assert len(r.view.moves) == MAX_REDIRECTS
+    # each redirect followed is noted for the I/O layer (metrics, storms): kind, from, to
+    assert sum(r.redirected.values()) == MAX_REDIRECTS
+    assert r.redirected[Hop(RedirectKind.MOVED, A, B)] >= 1
+    assert all(h.kind is RedirectKind.MOVED for h in r.redirected)
 
 
 def test_ask_retries_with_asking_and_keeps_the_map():
@@ -101,6 +105,7 @@ def test_ask_retries_with_asking_and_keeps_the_map():
     r.node_data(B, b"+OK\r\n+OK\r\n:1\r\n")
     assert r.take_out() == [b":1\r\n"]
     assert r.view.moves == []
+    assert r.redirected == {Hop(RedirectKind.ASK, A, B): 1}
 
 
 def test_a_lost_node_fails_only_its_commands():

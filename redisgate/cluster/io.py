@@ -6,11 +6,13 @@ decisions are in `router.Router` (per client) and `topology` (the map).
 
 * `ClusterMap`: discovery from `upstream.cluster.seeds` (then the known nodes) with `CLUSTER
   SLOTS` through the proxy's own upstream identity, a refresh every `refresh`, and one soon (at
-  most every `MIN_REFRESH_GAP`) after every MOVED and every node that cannot be reached. It logs,
-  with the node's address: nodes that cannot be reached (once per `LOG_EVERY` per node), refreshes
-  that fail, slots that changed master (a failover: the new master was the old one's replica;
-  else a resharding), slots left without a master, and MOVED storms (more than `STORM` redirects
-  followed within a second).
+  most every `MIN_REFRESH_GAP`) after every MOVED and every node that cannot be reached. It
+  reports, with the node's address, in the log and as an audit event (audit.CLUSTER_EVENTS), and
+  counts in metrics (the ``redisgate_cluster_*`` families, no address in a label): nodes that
+  cannot be reached (reported once per `LOG_EVERY` per node, every one counted), refreshes that
+  fail, slots that changed master (a failover: the new master was the old one's replica; else a
+  resharding), slots left without a master, and MOVED storms (more than `STORM` redirects
+  followed within a second: reported once a second).
 * `ClusterUpstream`: what server.ClientConnection sees as its upstream connection (and its
   transport: `write`, `close`, `pause_reading`, ...). Bytes the session writes go to the client's
   Router; the Router's sends go to this client's connection to each node (`NodeLink`, opened on
@@ -30,16 +32,19 @@ from collections import Counter
 
 import hiredis
 
-from .. import handshake
+from .. import audit, handshake, metrics
 from ..flow import Hold
-from .router import Router
-from .topology import NodeAddr, Redirect, Topology, TopologyError, topology_from_slots
+from .router import Hop, Router
+from .topology import NodeAddr, Redirect, RedirectKind, Topology, TopologyError, \
+    topology_from_slots
 
 log = logging.getLogger("redisgate")
 
 MIN_REFRESH_GAP = 0.2     # seconds between two refreshes asked by events (MOVED, unreachable)
 LOG_EVERY = 5.0           # seconds: one "unreachable" line per node at most this often
 STORM = 100               # MOVED/ASK followed per second past which a storm is logged
+STORM_HOPS = 64           # distinct (kind, from, to) counted per storm window (the rest: not named)
+MAX_LOGGED = 1024         # nodes remembered for LOG_EVERY (past that the memory starts again)
 
 
 class ClusterMap:
@@ -59,6 +64,7 @@ class ClusterMap:
         self._logged: dict[NodeAddr, float] = {}
         self._storm_start = 0.0
         self._storm_count = 0
+        self._storm_hops: Counter = Counter()   # Hop -> redirects in this storm window
         self._storm_logged = 0.0
         self.refreshes = 0
         # upstream.multiplex: per (node, RESP3?), that many server.SharedLink
@@ -98,32 +104,65 @@ class ClusterMap:
             for line in router.log:
                 log.error("%s (client %s)", line, client.session.client_info)
             router.log.clear()
-        if router.redirects:
-            self.redirects(router.redirects, router.asks)
-            router.redirects = router.asks = 0
+        if router.redirected:
+            hops, router.redirected = router.redirected, {}
+            self.redirects(hops)
 
-    def redirects(self, n: int, asks: int = 0) -> None:
-        """`n` MOVED / ASK (`asks` of them ASK) were followed: a storm (past STORM a second) is
-        logged once a second."""
+    def redirects(self, hops: dict[Hop, int]) -> None:
+        """MOVED / ASK followed (per Hop, how many): counted by kind; a storm (past STORM within
+        a second) is reported once a second, naming the nodes that redirected most."""
+        asks = sum(n for hop, n in hops.items() if hop.kind is RedirectKind.ASK)
+        n = sum(hops.values())
         self.followed["ask"] += asks
         self.followed["moved"] += n - asks
+        if asks:
+            metrics.CLUSTER_REDIRECTS.labels("ask").inc(asks)
+        if n - asks:
+            metrics.CLUSTER_REDIRECTS.labels("moved").inc(n - asks)
         now = time.monotonic()
         if now - self._storm_start >= 1.0:
             self._storm_start, self._storm_count = now, 0
+            self._storm_hops.clear()
         self._storm_count += n
+        window = self._storm_hops
+        for hop, k in hops.items():
+            if hop in window or len(window) < STORM_HOPS:
+                window[hop] += k
         if self._storm_count > STORM and now - self._storm_logged >= 1.0:
             self._storm_logged = now
-            log.warning("cluster: MOVED/ASK storm: %d redirects followed within a second (a "
-                        "resharding under way, or a stale slot map)", self._storm_count)
+            self._storm()
 
-    def unreachable(self, node: NodeAddr, reason: str) -> None:
+    def _storm(self) -> None:
+        window = self._storm_hops
+        top = window.most_common(8)
+        pairs = tuple(f"{audit.safe(str(h.source))}->{audit.safe(str(h.target))}"
+                      for h, _ in top)
+        asks = sum(k for h, k in window.items() if h.kind is RedirectKind.ASK)
+        metrics.CLUSTER_STORMS.inc()
+        log.warning("cluster: MOVED/ASK storm: %d redirects followed within a second (a "
+                    "resharding under way, or a stale slot map); most: %s", self._storm_count,
+                    ", ".join(f"{h.kind.name} {h.source} -> {h.target} x{k}" for h, k in top))
+        audit.emit(audit.Event("cluster-redirect-storm", count=self._storm_count,
+                               moved=sum(window.values()) - asks, ask=asks, nodes=pairs))
+
+    def unreachable(self, node: NodeAddr, reason: str, stage: str = "connect") -> None:
+        """A connection to `node` could not be opened (stage ``connect``), was lost (``lost``),
+        or the node did not answer a refresh (``refresh``): counted every time, reported once
+        per LOG_EVERY per node; the map is refreshed soon (but for ``refresh``: it is being)."""
+        if self.closed:
+            return   # (the proxy is stopping: its own links are being closed)
+        metrics.CLUSTER_NODE_ERRORS.labels(stage).inc()
         now = time.monotonic()
         if now - self._logged.get(node, -LOG_EVERY) >= LOG_EVERY:
+            if len(self._logged) >= MAX_LOGGED:
+                self._logged.clear()
             self._logged[node] = now
             log.warning("cluster node %s unreachable: %s", node, reason)
-            from .. import metrics
             metrics.inc("upstream_errors", "connect")
-        self.refresh_soon()
+            audit.emit(audit.Event("cluster-node-unreachable", node=audit.safe(str(node)),
+                                   stage=stage, reason=audit.safe(reason, spaces=True)))
+        if stage != "refresh":
+            self.refresh_soon()
 
     # -- refreshing the map
 
@@ -178,14 +217,19 @@ class ClusterMap:
             except (OSError, asyncio.TimeoutError, ssl.SSLError, ConnectionError,
                     TopologyError, hiredis.ProtocolError) as e:
                 failures.append(f"{node} ({_why(e)})")
+                self.unreachable(node, _why(e), stage="refresh")
                 continue
             if not topology.shards:
                 failures.append(f"{node} (no slots assigned)")
                 continue
+            metrics.CLUSTER_REFRESHES.labels("ok").inc()
             self._adopt(topology, node)
             return True
-        if failures:
+        metrics.CLUSTER_REFRESHES.labels("failed").inc()
+        if failures and not self.closed:
             log.error("cluster: refreshing the slot map failed: %s", "; ".join(failures[:8]))
+            audit.emit(audit.Event("cluster-refresh-failed", problems=tuple(
+                audit.safe(f, spaces=True) for f in failures[:8])))
         return False
 
     async def _ask(self, node: NodeAddr) -> Topology:
@@ -230,12 +274,23 @@ class ClusterMap:
         old_replicas = {s.master: set(s.replicas) for s in old.shards}
         for (a, b), n in sorted(moved.items(), key=lambda kv: str(kv[0])):
             if b is None:
+                kind = "unserved"
                 log.error("cluster: %d slots of %s have no master now", n, a)
+                event = audit.Event("cluster-slots-unserved", previous=_addr(a), slots=n)
             elif a is not None and b in old_replicas.get(a, ()):
+                kind = "failover"
                 log.warning("cluster: failover: %s replaced %s as master of %d slots", b, a, n)
+                event = audit.Event("cluster-failover", node=_addr(b), previous=_addr(a),
+                                    slots=n)
             else:
+                kind = "reshard"
                 log.warning("cluster: %d slots moved from %s to %s (resharding)", n,
                             a or "no master", b)
+                event = audit.Event("cluster-slots-moved", node=_addr(b), previous=_addr(a),
+                                    slots=n)
+            metrics.CLUSTER_OWNER_CHANGES.labels(kind).inc()
+            metrics.CLUSTER_SLOTS_CHANGED.labels(kind).inc(n)
+            audit.emit(event)
         if not moved and [s.master for s in old.shards] != [s.master for s in new.shards]:
             log.info("cluster: masters now %s", ", ".join(map(str, new.masters)))
 
@@ -282,6 +337,11 @@ class ClusterMap:
         self._links.clear()
 
 
+def _addr(node: NodeAddr | None) -> str | None:
+    """A node's address as the audit shows it (None stays None)."""
+    return audit.safe(str(node)) if node is not None else None
+
+
 def _why(e: BaseException) -> str:
     if isinstance(e, asyncio.TimeoutError):
         return "timed out"
@@ -321,7 +381,7 @@ class NodeLink(asyncio.Protocol):
                 up.connect_timeout)
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
             if not self.dead:
-                self.owner.link_failed(self, _why(e))
+                self.owner.link_failed(self, _why(e), "connect")
 
     def connection_made(self, transport) -> None:
         if self.dead:
@@ -341,7 +401,7 @@ class NodeLink(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         if not self.dead:
-            self.owner.link_failed(self, "connection lost")
+            self.owner.link_failed(self, "connection lost", "lost")
 
     def pause_writing(self) -> None:
         self.owner.client.hold_input(Hold.UPSTREAM, True, self.hold)
@@ -410,12 +470,12 @@ class ClusterUpstream:
         self.router.node_data(node, data)
         self._after(now=True)
 
-    def link_failed(self, link: NodeLink, reason: str) -> None:
+    def link_failed(self, link: NodeLink, reason: str, stage: str) -> None:
         if self.closed or self.links.get(link.node) is not link:
             return
         del self.links[link.node]
         link.close()
-        self.cmap.unreachable(link.node, reason)
+        self.cmap.unreachable(link.node, reason, stage)
         self.router.node_failed(link.node, reason)
         self._after(now=True)
 
@@ -465,7 +525,7 @@ class _NodeOwner:
         self.shared.node_data(self.node, data)
 
     def shared_link_failed(self, reason: str, established: bool) -> None:
-        self.shared.cmap.unreachable(self.node, reason)
+        self.shared.cmap.unreachable(self.node, reason, "lost" if established else "connect")
         self.shared.node_failed(self.node, reason)
 
     def hold_input(self, reason: Hold, hold: bool, source: object = None) -> None:

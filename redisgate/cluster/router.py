@@ -48,7 +48,7 @@ from .route import (CROSSSLOT_REPLY, AllMasters, AnySlot, CrossSlot, Merge, Merg
 from .slots import key_slot
 from .topology import NodeAddr, Redirect, RedirectKind, TopologyError, parse_redirect
 
-__all__ = ["MAX_REDIRECTS", "View", "Router", "CLUSTERDOWN_UNSERVED", "SCAN_NODE_BITS"]
+__all__ = ["MAX_REDIRECTS", "View", "Router", "Hop", "CLUSTERDOWN_UNSERVED", "SCAN_NODE_BITS"]
 
 MAX_REDIRECTS = 5
 CLUSTERDOWN_UNSERVED = b"-CLUSTERDOWN Hash slot not served\r\n"
@@ -71,6 +71,15 @@ class View(Protocol):
     def moved(self, redirect: Redirect) -> None: ...
     def setup_commands(self) -> list[bytes]: ...
     def refresh_soon(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """A redirect the Router followed: `kind` (MOVED / ASK), from the node that answered it
+    (`source`) to the node it named (`target`). The I/O layer counts them (metrics, storms)."""
+    kind: RedirectKind
+    source: NodeAddr
+    target: NodeAddr
 
 
 @dataclass(slots=True, eq=False)
@@ -122,8 +131,7 @@ class Router:
         self.out: list[bytes] = []
         self.fatal: str | None = None
         self.log: list[str] = []          # events for the I/O layer's log (node addresses only)
-        self.redirects = 0                # MOVED / ASK followed (the I/O layer counts storms)
-        self.asks = 0                     # ... of which ASK
+        self.redirected: dict[Hop, int] = {}   # MOVED / ASK followed since the I/O layer looked
         self._reader = hiredis.Reader()
         self.resp3 = False
         self.home: NodeAddr | None = None
@@ -568,8 +576,8 @@ class Router:
                 except TopologyError:
                     r = None
                 if r is not None:
-                    self.redirects += 1
-                    self.asks += r.kind is RedirectKind.ASK
+                    hop = Hop(r.kind, node, r.node)
+                    self.redirected[hop] = self.redirected.get(hop, 0) + 1
                     if r.kind is RedirectKind.MOVED:
                         self.view.moved(r)
                     self._send(r.node, list(p.args), p.entry, index=p.index, follow=True,
