@@ -22,6 +22,7 @@ USERS = {
     "ops": f"on {pw_hash('pw')} allkeys allchannels +@all",
     "app": f"on {pw_hash('pw')} ~app:* %R~shared:* &app.* +@read +@write +@pubsub -@dangerous "
            "+ping +acl|whoami +acl|log +acl|cat +select +multi +exec +sort +sort_ro",
+    "fn": {"rules": f"on {pw_hash('pw')} allkeys +@all", "allow_function": True},
 }
 
 
@@ -267,7 +268,30 @@ def test_scripts_go_to_their_keys_slot_and_script_commands_to_every_master(gate,
     assert ops.delete(*keys) == 20
 
 
-def test_keyspace_wide_commands(gate, ops):
+def test_function_load_goes_to_every_master_and_fcall_to_its_keys_slot(gate, redis_cluster):
+    fn = gate.client("fn", "pw")
+    lib = "#!lua name=rglib\nredis.register_function('rgincr', " \
+          "function(keys) return redis.call('incr', keys[1]) end)"
+    try:
+        assert fn.execute_command("FUNCTION", "LOAD", "REPLACE", lib) == b"rglib"
+        for port in redis_cluster.masters():
+            node = redis_cluster.client(port, username="gate", password="gate-upstream-secret")
+            assert node.execute_command("FUNCTION", "LIST", "LIBRARYNAME", "rglib")
+        keys = [f"fc{i}" for i in range(20)]
+        assert len({redis_cluster.port_for_slot(key_slot(k.encode())) for k in keys}) == 3
+        assert [fn.fcall("rgincr", 1, k) for k in keys] == [1] * 20
+        a, b = two_slot_keys("fc")
+        with pytest.raises(redis.ResponseError, match="hash to the same slot"):
+            fn.fcall("rgincr", 2, a, b)
+        assert fn.delete(*keys) == 20
+        assert fn.execute_command("FUNCTION", "DELETE", "rglib") == b"OK"
+        with pytest.raises(redis.ResponseError, match="Library not found"):
+            fn.execute_command("FUNCTION", "DELETE", "rglib")
+    finally:
+        fn.close()
+
+
+def test_keyspace_wide_commands(gate, ops, redis_cluster):
     keys = [f"ks:{i}" for i in range(60)]
     ops.mset({k: "v" for k in keys})
     assert ops.dbsize() >= 60
@@ -275,6 +299,21 @@ def test_keyspace_wide_commands(gate, ops):
     assert sorted(k.decode() for k in ops.scan_iter("ks:*", count=7)) == sorted(keys)
     assert set(ops.scan_iter("ks:*", count=1000)) == {k.encode() for k in keys}
     assert ops.randomkey() is not None
+    # RANDOMKEY asks every master (so a key on any master is found), INFO only the home one
+    nodes = [redis_cluster.client(p, username="gate", password="gate-upstream-secret")
+             for p in redis_cluster.masters()]
+
+    def calls(command):
+        return [n.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0)
+                for n in nodes]
+    assert ops.dbsize() == sum(n.dbsize() for n in nodes)   # DBSIZE: the masters' sum
+    before = calls("randomkey")
+    assert ops.randomkey() is not None
+    assert [b - a for a, b in zip(before, calls("randomkey"))] == [1, 1, 1]
+    before = calls("info")
+    ops.info("server")
+    # (each node's own INFO commandstats above counts one INFO too)
+    assert sorted(b - a - 1 for a, b in zip(before, calls("info"))) == [0, 0, 1]
     assert "redis_version" in ops.info("server")
     with pytest.raises(redis.ResponseError, match="invalid cursor"):
         ops.execute_command("SCAN", "1023")

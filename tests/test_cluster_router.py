@@ -136,6 +136,18 @@ def test_split_and_fanout_merge():
     assert b"".join(r.take_out()) == b"*3\r\n$1\r\nb\r\n$1\r\na\r\n$-1\r\n:12\r\n"
 
 
+def test_randomkey_asks_every_master_and_answers_a_key_when_any_has_one():
+    r = router()
+    r.submit(cmd("RANDOMKEY") + cmd("RANDOMKEY") + cmd("RANDOMKEY"))
+    s = sent(r)
+    assert all(s[n].endswith(cmd("RANDOMKEY") * 3) for n in (A, B, C))
+    # the first: only B has keys; the second: nobody; the third: an error wins
+    r.node_data(A, b"+OK\r\n$-1\r\n$-1\r\n$-1\r\n")
+    r.node_data(B, b"+OK\r\n$2\r\nkb\r\n$-1\r\n-ERR x\r\n")
+    r.node_data(C, b"+OK\r\n$-1\r\n$-1\r\n$2\r\nkc\r\n")
+    assert b"".join(r.take_out()) == b"$2\r\nkb\r\n$-1\r\n-ERR x\r\n"
+
+
 def test_subscribe_waits_for_earlier_replies_then_passes_bytes_through():
     r = router()
     kb = key_on(B)

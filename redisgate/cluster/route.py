@@ -13,8 +13,10 @@ command before it gets here; `plan()` only decides where it runs.
   (`SlotGroup`: its slot, the positions of its keys among the original keys, its arguments),
   replies merged by `merge()` (MGET: an array in the original key order; MSET: +OK; the others:
   the sum of the integers). Not atomic across slots.
-* `AllMasters`: SCRIPT LOAD / EXISTS / FLUSH, sent unchanged to every master, replies merged
-  (LOAD: the first reply, all being the same SHA1; EXISTS: per script the AND; FLUSH: +OK).
+* `AllMasters`: SCRIPT LOAD / EXISTS / FLUSH and FUNCTION LOAD / DELETE / FLUSH / RESTORE, sent
+  unchanged to every master, replies merged (LOAD: the one reply, all being the same SHA1 or
+  library name; EXISTS: per script the AND; the others: +OK). The first error part wins (then
+  the other masters' parts have run: not atomic across masters).
 
 Keys come from `spec.keys(args)` (commands.py), a superset of Redis 7.0's own extraction where
 Redis checks too few keys (the hardened forms): a key Redis would not look at still pins the
@@ -100,7 +102,10 @@ _SPLITS: dict[str, tuple[int, int, Merge]] = {
     "exists": (1, 1, Merge.SUM),
     "touch": (1, 1, Merge.SUM),
 }
-_ALL_MASTERS = {"script|load": Merge.SAME, "script|exists": Merge.AND, "script|flush": Merge.OK}
+_ALL_MASTERS = {"script|load": Merge.SAME, "script|exists": Merge.AND, "script|flush": Merge.OK,
+                # FCALL runs on its keys' master: a library must be on every master
+                "function|load": Merge.SAME, "function|delete": Merge.OK,
+                "function|flush": Merge.OK, "function|restore": Merge.OK}
 _SHARD_CHANNELS = frozenset({"spublish", "ssubscribe", "sunsubscribe"})
 
 

@@ -24,9 +24,10 @@ the replies back in the order the commands came (`out`), so the session sees one
   came: from then on its commands go there and that node's bytes pass through unchanged (Redis
   Cluster broadcasts PUBLISH to every node).
 * Keyless commands go to the connection's home master (a master picked at random, kept while it
-  is a master). DBSIZE (sum), KEYS (concatenated), FLUSHALL / FLUSHDB (+OK) go to every master;
-  SCAN walks the masters one after the other (the cursor carries the master's index in its low
-  10 bits); INFO, RANDOMKEY and the rest are the home master's.
+  is a master). DBSIZE (sum), KEYS (concatenated), FLUSHALL / FLUSHDB (+OK), RANDOMKEY (a key of
+  a master picked at random among those that have keys) go to every master; SCAN walks the
+  masters one after the other (the cursor carries the master's index in its low 10 bits); INFO
+  and the rest are the home master's.
 
 `View` is the I/O layer's cluster map (NodeAddr per slot, the masters, the proxy's own setup
 commands for a new node connection). Nothing here opens a socket or reads a clock.
@@ -62,7 +63,8 @@ _OK = b"+OK\r\n"
 _SUBSCRIBE_FAMILY = frozenset({"subscribe", "psubscribe", "ssubscribe", "unsubscribe",
                                "punsubscribe", "sunsubscribe"})
 # Keyspace-wide commands answered from every master, merged.
-_FANOUT = {"dbsize": Merge.SUM, "keys": "concat", "flushall": Merge.OK, "flushdb": Merge.OK}
+_FANOUT = {"dbsize": Merge.SUM, "keys": "concat", "flushall": Merge.OK, "flushdb": Merge.OK,
+           "randomkey": "random"}
 
 
 class View(Protocol):
@@ -260,6 +262,9 @@ class Router:
             return self._local(CLUSTERDOWN)
         if rule == "concat":
             combine = _concat
+        elif rule == "random":
+            rng = self.rng
+            combine = lambda parts: _random_key(parts, rng)   # noqa: E731
         else:
             resp3 = self.resp3
             combine = lambda parts: _merged(merge, rule, parts, resp3=resp3)   # noqa: E731
@@ -642,6 +647,16 @@ def _merged(fn, what, parts, resp3=False) -> bytes:
         return fn(what, parts, resp3=resp3)
     except MergeError as e:
         return resp.error(f"ERR redisgate: cannot merge the cluster nodes' replies ({e})")
+
+
+def _random_key(parts: list, rng: random.Random) -> bytes:
+    """RANDOMKEY from every master: the key of a master picked at random among those that have
+    one (the first error wins; none has a key: the first master's null)."""
+    for raw in parts:
+        if raw[:1] in (b"-", b"!"):
+            return raw
+    keys = [raw for raw in parts if raw[:1] == b"$" and raw[1:2] != b"-"]
+    return rng.choice(keys) if keys else parts[0]
 
 
 def _concat(parts: list) -> bytes:
