@@ -7,7 +7,8 @@ The slot-map changes and storms are fed to a real `ClusterMap` here, without soc
 `_adopt` and `redirects` are what a refresh and the clients' Routers call); a refresh that fails
 runs a real proxy whose seed does not answer, scraped over its admin endpoint. The same events
 from a real cluster (a live migration, a manual failover, a killed master):
-tests/test_cluster_failover.py."""
+tests/test_cluster_failover.py. Last, with the same fed map: a node that leaves it closes only its
+own shared links (upstream.multiplex)."""
 from __future__ import annotations
 
 import logging
@@ -203,3 +204,32 @@ def _admin(p: ProxyRunner) -> Admin:
     admin = Admin(p.proxy, "127.0.0.1", 0)
     admin.start()
     return admin
+
+
+class FakeLink:
+    """A shared link as ClusterMap._close_links sees it."""
+
+    def __init__(self, due: int = 0):
+        self.conn = object()
+        self.due = due
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_node_that_leaves_the_map_closes_only_its_own_shared_links():
+    """(upstream.multiplex) B leaves the map: B's idle links close, a B link with replies still
+    due stays until it fails or the proxy stops, the other nodes' links stay open."""
+    m = cmap()
+    links = {(n, r3): [FakeLink(), FakeLink()] for n in (A, B, C) for r3 in (False, True)}
+    busy = links[(B, True)][1]
+    busy.due = 3
+    m._links = {k: list(v) for k, v in links.items()}
+    gone = [_row(0, 5460, A, A2), _row(5461, 16383, C, C2)]
+    m._adopt(topology_from_slots(gone, A), A)
+    closed = {k: [link.closed for link in v] for k, v in links.items()}
+    assert closed[(B, False)] == [True, True] and closed[(B, True)] == [True, False]
+    assert all(not any(closed[(n, r3)]) for n in (A, C) for r3 in (False, True))
+    assert m._links.get((B, True)) == [busy] and (B, False) not in m._links
+    assert all(m._links[(n, r3)] == links[(n, r3)] for n in (A, C) for r3 in (False, True))
