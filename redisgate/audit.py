@@ -381,7 +381,8 @@ _TEXT = {
 # without an `audit:` section these are not written a second time.
 #
 #   cluster-node-unreachable  node, stage (connect: could not be opened; lost: an open
-#                             connection was lost; refresh: did not answer CLUSTER SLOTS), reason
+#                             connection was lost; refresh: did not answer CLUSTER SLOTS; login:
+#                             refused the proxy's login; protocol: a malformed reply), reason
 #   cluster-refresh-failed    problems (``host:port (why)`` per node asked, at most 8)
 #   cluster-failover          node (the new master: the old one's replica), previous, slots
 #   cluster-slots-moved       node (the new owner), previous (none: the slots had no master), slots

@@ -113,9 +113,10 @@ CLUSTER_REDIRECTS = Counter("redisgate_cluster_redirects", "MOVED / ASK replies 
 CLUSTER_REFRESHES = Counter("redisgate_cluster_refreshes", "Slot map refreshes (CLUSTER SLOTS), "
                             "by result: ok, or failed (no node asked answered)", ["result"])
 CLUSTER_NODE_ERRORS = Counter("redisgate_cluster_node_errors", "Cluster nodes that could not be "
-                              "reached, by stage: connect (a connection could not be opened), "
-                              "lost (an open one was lost), refresh (no answer to CLUSTER SLOTS)",
-                              ["stage"])
+                              "reached or used, by stage: connect (a connection could not be "
+                              "opened), lost (an open one was lost), refresh (no answer to "
+                              "CLUSTER SLOTS), login (the node refused the proxy's login), "
+                              "protocol (a malformed or unexpected reply)", ["stage"])
 CLUSTER_OWNER_CHANGES = Counter("redisgate_cluster_slot_owner_changes", "Slot owner changes seen "
                                 "in a refresh, one per (old master, new master) pair, by kind: "
                                 "failover (the old master's replica took over), reshard (another "

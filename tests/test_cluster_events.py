@@ -233,3 +233,40 @@ def test_a_node_that_leaves_the_map_closes_only_its_own_shared_links():
     assert all(not any(closed[(n, r3)]) for n in (A, C) for r3 in (False, True))
     assert m._links.get((B, True)) == [busy] and (B, False) not in m._links
     assert all(m._links[(n, r3)] == links[(n, r3)] for n in (A, C) for r3 in (False, True))
+
+
+def test_a_node_that_refuses_the_proxys_login_is_reported(redis_cluster, tmp_path):
+    """The map is known, then every node refuses the proxy's identity (its password changed):
+    a client's first command closes it (as after a Redis restart), and the audit and the metrics
+    name the node and the stage ``login``. (An ACL user of this test's own, removed after.)"""
+    nodes = [redis_cluster.client(p) for p in redis_cluster.ports]
+    for n in nodes:
+        n.execute_command("ACL", "SETUSER", "gate-ev", "on", ">ev-secret", "allkeys", "+@all")
+    path = tmp_path / "audit.jsonl"
+    before = sample("redisgate_cluster_node_errors_total", stage="login")
+    p = ProxyRunner({"upstream": {"cluster": {"seeds": redis_cluster.seeds}, "username": "gate-ev",
+                                  "password": "ev-secret"},
+                     "users": {"ops": f"on {pw_hash('pw')} allkeys +@all"},
+                     "audit": {"path": str(path), "rate": 0}}).start()
+    try:
+        assert p.proxy.cluster.topology is not None
+        for n in nodes:
+            n.execute_command("ACL", "SETUSER", "gate-ev", "resetpass", ">ev-changed-7f3a")
+        c = p.client("ops", "pw")
+        with pytest.raises(Exception):
+            c.get("k")
+        c.close()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not [
+                e for e in read_audit(path) if e.get("stage") == "login"]:
+            time.sleep(0.05)
+    finally:
+        p.stop()
+        for n in nodes:
+            n.execute_command("ACL", "DELUSER", "gate-ev")
+    login = [e for e in read_audit(path) if e.get("stage") == "login"]
+    assert login and login[0]["event"] == "cluster-node-unreachable", read_audit(path)
+    assert login[0]["node"] in redis_cluster.seeds
+    assert login[0]["reason"].startswith("refused the proxy's authentication: WRONGPASS")
+    assert "ev-secret" not in path.read_text() and "ev-changed-7f3a" not in path.read_text()
+    assert sample("redisgate_cluster_node_errors_total", stage="login") >= before + 1

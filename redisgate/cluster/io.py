@@ -61,7 +61,7 @@ class ClusterMap:
         self._periodic: asyncio.Task | None = None
         self._again = False
         self._last = 0.0
-        self._logged: dict[NodeAddr, float] = {}
+        self._logged: dict[object, float] = {}   # node (or (node, stage)) -> last reported
         self._storm_start = 0.0
         self._storm_count = 0
         self._storm_hops: Counter = Counter()   # Hop -> redirects in this storm window
@@ -101,8 +101,9 @@ class ClusterMap:
         ClusterShared's one place for it): its log lines, logged with the client, and the
         redirects it followed (`redirects`)."""
         if router.log:
-            for line in router.log:
-                log.error("%s (client %s)", line, client.session.client_info)
+            for problem in router.log:
+                log.error("%s (client %s)", problem.line(), client.session.client_info)
+                self._node_error(problem.node, problem.detail, problem.stage)
             router.log.clear()
         if router.redirected:
             hops, router.redirected = router.redirected, {}
@@ -148,21 +149,32 @@ class ClusterMap:
     def unreachable(self, node: NodeAddr, reason: str, stage: str = "connect") -> None:
         """A connection to `node` could not be opened (stage ``connect``), was lost (``lost``),
         or the node did not answer a refresh (``refresh``): counted every time, reported once
-        per LOG_EVERY per node; the map is refreshed soon (but for ``refresh``: it is being)."""
+        per LOG_EVERY per node; the map is refreshed soon (but for ``refresh``: it is being).
+        (A Router's `NodeProblem`s, stages ``login`` and ``protocol``: `report`.)"""
         if self.closed:
             return   # (the proxy is stopping: its own links are being closed)
-        metrics.CLUSTER_NODE_ERRORS.labels(stage).inc()
-        now = time.monotonic()
-        if now - self._logged.get(node, -LOG_EVERY) >= LOG_EVERY:
-            if len(self._logged) >= MAX_LOGGED:
-                self._logged.clear()
-            self._logged[node] = now
-            log.warning("cluster node %s unreachable: %s", node, reason)
-            metrics.inc("upstream_errors", "connect")
-            audit.emit(audit.Event("cluster-node-unreachable", node=audit.safe(str(node)),
-                                   stage=stage, reason=audit.safe(reason, spaces=True)))
+        self._node_error(node, reason, stage)
         if stage != "refresh":
             self.refresh_soon()
+
+    def _node_error(self, node: NodeAddr, reason: str, stage: str) -> None:
+        """Count a node's failure; report it (audit, and the log for the unreachable stages:
+        a Router's problems were logged with their client) once per LOG_EVERY per node (per
+        node and stage for ``login`` / ``protocol``)."""
+        metrics.CLUSTER_NODE_ERRORS.labels(stage).inc()
+        unreachable = stage in ("connect", "lost", "refresh")
+        key = node if unreachable else (node, stage)
+        now = time.monotonic()
+        if now - self._logged.get(key, -LOG_EVERY) < LOG_EVERY:
+            return
+        if len(self._logged) >= MAX_LOGGED:
+            self._logged.clear()
+        self._logged[key] = now
+        if unreachable:
+            log.warning("cluster node %s unreachable: %s", node, reason)
+            metrics.inc("upstream_errors", "connect")
+        audit.emit(audit.Event("cluster-node-unreachable", node=audit.safe(str(node)),
+                               stage=stage, reason=audit.safe(reason, spaces=True)))
 
     # -- refreshing the map
 

@@ -49,7 +49,8 @@ from .route import (CROSSSLOT_REPLY, AllMasters, AnySlot, CrossSlot, Merge, Merg
 from .slots import key_slot
 from .topology import NodeAddr, Redirect, RedirectKind, TopologyError, parse_redirect
 
-__all__ = ["MAX_REDIRECTS", "View", "Router", "Hop", "CLUSTERDOWN_UNSERVED", "SCAN_NODE_BITS"]
+__all__ = ["MAX_REDIRECTS", "View", "Router", "Hop", "NodeProblem", "CLUSTERDOWN_UNSERVED",
+           "SCAN_NODE_BITS"]
 
 MAX_REDIRECTS = 5
 CLUSTERDOWN_UNSERVED = b"-CLUSTERDOWN Hash slot not served\r\n"
@@ -82,6 +83,19 @@ class Hop:
     kind: RedirectKind
     source: NodeAddr
     target: NodeAddr
+
+
+@dataclass(frozen=True, slots=True)
+class NodeProblem:
+    """Something wrong with a node that the Router saw in its replies: `stage` ``login`` (the
+    node refused the proxy's own set-up: authentication or protocol selection) or ``protocol``
+    (a malformed reply, or one nobody asked for). `detail` is for the log (no client data)."""
+    node: NodeAddr
+    stage: str
+    detail: str
+
+    def line(self) -> str:
+        return f"cluster node {self.node}: {self.detail}"
 
 
 @dataclass(slots=True, eq=False)
@@ -132,7 +146,7 @@ class Router:
         self.sends: dict[NodeAddr, list[bytes]] = {}
         self.out: list[bytes] = []
         self.fatal: str | None = None
-        self.log: list[str] = []          # events for the I/O layer's log (node addresses only)
+        self.log: list[NodeProblem] = []  # for the I/O layer's log, audit and metrics
         self.redirected: dict[Hop, int] = {}   # MOVED / ASK followed since the I/O layer looked
         self._reader = hiredis.Reader()
         self.resp3 = False
@@ -531,7 +545,7 @@ class Router:
         try:
             frames = st.scanner.feed(data)
         except UpstreamProtocolError as e:
-            self.log.append(f"cluster node {node}: protocol error: {e}")
+            self.log.append(NodeProblem(node, "protocol", f"protocol error: {e}"))
             return self._lost(node, "protocol error", fatal=True)
         pos = 0
         for frame in frames:
@@ -548,7 +562,7 @@ class Router:
                     st.passthrough = True
                     self.out.append(raw + bytes(data[pos:]))
                     return
-                self.log.append(f"cluster node {node}: a reply nobody asked for (dropped)")
+                self.log.append(NodeProblem(node, "protocol", "a reply nobody asked for (dropped)"))
                 continue
             p = st.fifo.popleft()
             self._reply(node, p, raw, frame.kind)
@@ -571,7 +585,7 @@ class Router:
         if p.entry is None:
             if p.setup is not None and kind in (b"-", b"!"):
                 text = raw[1:].split(b"\r\n", 1)[0].decode("utf-8", "replace")[:200]
-                self.log.append(f"cluster node {node} refused the proxy's {p.setup}: {text}")
+                self.log.append(NodeProblem(node, "login", f"refused the proxy's {p.setup}: {text}"))
                 self.fatal = f"upstream {p.setup} failed"
             return
         if kind == b"-" and p.follow and (raw.startswith(b"-MOVED ") or raw.startswith(b"-ASK ")):
