@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 
 import pytest
 import redis
@@ -27,7 +28,7 @@ QUEUE = "fq"
 USERS = {"ops": f"on {pw_hash('pw')} allkeys allchannels +@all",
          **{role: {"rules": f"on {pw_hash('pw')}", "profile": f"asynq-{role}", "queues": [QUEUE],
                    "scripts": w.entries_for_profiles(f"asynq-{role}")}
-            for role in ("producer", "worker")}}
+            for role in ("producer", "worker", "scheduler", "inspector")}}
 
 
 @pytest.fixture(scope="module")
@@ -284,14 +285,16 @@ def test_manual_failover_under_20_clients(gate, own_cluster, caplog):
 
 
 def test_asynq_across_a_manual_failover_loses_and_repeats_no_task(gate, own_cluster):
-    """A producer enqueues and a worker dequeues and marks done, through the proxy, while the
-    queue's master fails over to its replica: every task is processed exactly once."""
+    """A producer enqueues and a worker dequeues and marks done, a scheduler beats and enqueues
+    its entry's tasks, an inspector reads the queue, all through the proxy with their own
+    profiles, while the queue's master fails over to its replica: no role sees an error, and
+    every task (the producer's and the scheduler's) is processed exactly once."""
     c = own_cluster
     slot = key_slot(QUEUE.encode())
     master = c.port_for_slot(slot)
     row = next(r for r in slots_of(c) if int(r[0]) <= slot <= int(r[1]))
     replica = int(row[3][1])
-    enqueued, processed, errors = [], [], []
+    enqueued, processed, errors, inspected = [], [], [], []
     stop = threading.Event()
 
     def produce():
@@ -305,6 +308,32 @@ def test_asynq_across_a_manual_failover_loses_and_repeats_no_task(gate, own_clus
                     errors.append(f"enqueue: {e}")
                 time.sleep(0.01)
 
+    def schedule():
+        sid, entry = str(uuid.uuid4()), str(uuid.uuid4())
+        with w.GoRedisConn(gate.port, username="scheduler", password="pw") as conn:
+            for _ in range(40):
+                if stop.is_set():
+                    break
+                try:
+                    w.scheduler_heartbeat(conn, sid, [entry.encode()])
+                    enqueued.append(w.scheduler_enqueue(conn, entry, QUEUE).id)
+                except Exception as e:   # noqa: BLE001
+                    errors.append(f"scheduler: {e}")
+                time.sleep(0.075)
+            w.scheduler_shutdown(conn, sid, [entry])
+
+    def inspect():
+        with w.GoRedisConn(gate.port, username="inspector", password="pw") as conn:
+            while producer.is_alive() and not stop.is_set():
+                try:
+                    w.queue_info(conn, QUEUE)
+                    w.list_pending(conn, QUEUE)
+                    w.history(conn, QUEUE)
+                    inspected.append(1)
+                except Exception as e:   # noqa: BLE001
+                    errors.append(f"inspector: {e}")
+                time.sleep(0.05)
+
     def work():
         with w.GoRedisConn(gate.port, username="worker", password="pw") as conn:
             idle_since = None
@@ -313,7 +342,8 @@ def test_asynq_across_a_manual_failover_loses_and_repeats_no_task(gate, own_clus
                     msg = w.dequeue(conn, [QUEUE])
                     if msg is None:
                         idle_since = idle_since or time.monotonic()
-                        if not producer.is_alive() and time.monotonic() - idle_since > 1:
+                        if not producer.is_alive() and not scheduler.is_alive() \
+                                and time.monotonic() - idle_since > 1:
                             return
                         time.sleep(0.01)
                         continue
@@ -325,8 +355,10 @@ def test_asynq_across_a_manual_failover_loses_and_repeats_no_task(gate, own_clus
 
     producer = threading.Thread(target=produce, daemon=True)
     worker = threading.Thread(target=work, daemon=True)
-    producer.start()
-    worker.start()
+    scheduler = threading.Thread(target=schedule, daemon=True)
+    inspector = threading.Thread(target=inspect, daemon=True)
+    for t in (producer, worker, scheduler, inspector):
+        t.start()
     try:
         time.sleep(1.0)
         assert c.client(replica).execute_command("CLUSTER", "FAILOVER") == b"OK"
@@ -334,13 +366,13 @@ def test_asynq_across_a_manual_failover_loses_and_repeats_no_task(gate, own_clus
         while time.monotonic() < deadline and c.port_for_slot(slot) != replica:
             time.sleep(0.05)
         assert c.port_for_slot(slot) == replica, "no failover within 30 s"
-        producer.join(60)
-        worker.join(60)
+        for t in (producer, scheduler, worker, inspector):
+            t.join(60)
     finally:
         stop.set()
-    assert not producer.is_alive() and not worker.is_alive()
+    assert not any(t.is_alive() for t in (producer, worker, scheduler, inspector))
     assert not errors, errors[:5]
-    assert len(enqueued) == 300
+    assert len(enqueued) == 340 and inspected
     assert sorted(processed) == sorted(enqueued)          # none lost, none run twice
     assert master != replica
 
