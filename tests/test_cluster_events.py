@@ -270,3 +270,20 @@ def test_a_node_that_refuses_the_proxys_login_is_reported(redis_cluster, tmp_pat
     assert login[0]["reason"].startswith("refused the proxy's authentication: WRONGPASS")
     assert "ev-secret" not in path.read_text() and "ev-changed-7f3a" not in path.read_text()
     assert sample("redisgate_cluster_node_errors_total", stage="login") >= before + 1
+
+
+def test_the_map_is_refreshed_periodically_and_counted(redis_cluster):
+    """`refresh: 300ms`, no traffic at all: the map is asked for again and again, each time
+    counted in redisgate_cluster_refreshes_total{result="ok"}."""
+    before = sample("redisgate_cluster_refreshes_total", result="ok")
+    p = ProxyRunner({"upstream": dict(redis_cluster.upstream,
+                                      cluster={"seeds": redis_cluster.seeds, "refresh": "300ms"}),
+                     "users": {"ops": f"on {pw_hash('pw')} allkeys +@all"}}).start()
+    try:
+        start = p.proxy.cluster.refreshes
+        time.sleep(1.6)
+        done = p.proxy.cluster.refreshes - start
+    finally:
+        p.stop()
+    assert 2 <= done <= 7, done   # (about 5 in 1.6 s; loose: a loaded machine is slower)
+    assert sample("redisgate_cluster_refreshes_total", result="ok") >= before + 1 + done

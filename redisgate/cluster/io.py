@@ -184,7 +184,7 @@ class ClusterMap:
 
     async def _every(self) -> None:
         while not self.closed:
-            await asyncio.sleep(self.refresh_every)
+            await asyncio.sleep(max(self.refresh_every, MIN_REFRESH_GAP))
             self.refresh_soon()
 
     def refresh_soon(self) -> None:
