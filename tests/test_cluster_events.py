@@ -162,9 +162,11 @@ def test_a_redirect_storm_is_reported_once_a_second_with_the_nodes(audit_file):
     assert sample("redisgate_cluster_redirect_storms_total") == storms + 1
     # the distinct (kind, from, to) a window names are bounded
     many = {Hop(RedirectKind.MOVED, NodeAddr("10.0.0.1", 1000 + i), B): 1 for i in range(5000)}
-    m._storm_start = time.monotonic() - 2   # (a new window)
+    m._storm_start = m._storm_logged = time.monotonic() - 2   # (a new window)
     m.redirects(many)
     assert len(m._storm_hops) <= 64
+    e = read_audit(path)[-1]   # (its counts are all of them, not only the named pairs')
+    assert (e["count"], e["moved"], e["ask"], len(e["nodes"])) == (5000, 5000, 0, 8)
 
 
 def test_a_refresh_that_fails_is_in_the_audit_and_the_metrics(tmp_path):

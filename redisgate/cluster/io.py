@@ -65,6 +65,7 @@ class ClusterMap:
         self._storm_start = 0.0
         self._storm_count = 0
         self._storm_hops: Counter = Counter()   # Hop -> redirects in this storm window
+        self._storm_asks = 0                    # ... of which ASK (all, not only those named)
         self._storm_logged = 0.0
         self.refreshes = 0
         # upstream.multiplex: per (node, RESP3?), that many server.SharedLink
@@ -122,9 +123,10 @@ class ClusterMap:
             metrics.CLUSTER_REDIRECTS.labels("moved").inc(n - asks)
         now = time.monotonic()
         if now - self._storm_start >= 1.0:
-            self._storm_start, self._storm_count = now, 0
+            self._storm_start, self._storm_count, self._storm_asks = now, 0, 0
             self._storm_hops.clear()
         self._storm_count += n
+        self._storm_asks += asks
         window = self._storm_hops
         for hop, k in hops.items():
             if hop in window or len(window) < STORM_HOPS:
@@ -138,13 +140,13 @@ class ClusterMap:
         top = window.most_common(8)
         pairs = tuple(f"{audit.safe(str(h.source))}->{audit.safe(str(h.target))}"
                       for h, _ in top)
-        asks = sum(k for h, k in window.items() if h.kind is RedirectKind.ASK)
+        asks = self._storm_asks
         metrics.CLUSTER_STORMS.inc()
         log.warning("cluster: MOVED/ASK storm: %d redirects followed within a second (a "
                     "resharding under way, or a stale slot map); most: %s", self._storm_count,
                     ", ".join(f"{h.kind.name} {h.source} -> {h.target} x{k}" for h, k in top))
         audit.emit(audit.Event("cluster-redirect-storm", count=self._storm_count,
-                               moved=sum(window.values()) - asks, ask=asks, nodes=pairs))
+                               moved=self._storm_count - asks, ask=asks, nodes=pairs))
 
     def unreachable(self, node: NodeAddr, reason: str, stage: str = "connect") -> None:
         """A connection to `node` could not be opened (stage ``connect``), was lost (``lost``),
