@@ -25,6 +25,7 @@ from servers import free_port
 
 from redisgate import audit
 from redisgate.admin import Admin
+from redisgate.cluster import io as cluster_io
 from redisgate.cluster.io import STORM, ClusterMap
 from redisgate.cluster.router import Hop
 from redisgate.cluster.topology import NodeAddr, RedirectKind, topology_from_slots
@@ -54,6 +55,14 @@ def cmap() -> ClusterMap:
 
 def sample(name: str, **labels) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    """cluster/io.py's clock, moved by hand (windows of 1 s and 5 s, whatever the load)."""
+    now = [1000.0]
+    monkeypatch.setattr(cluster_io, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    return now
 
 
 @pytest.fixture
@@ -122,7 +131,7 @@ def test_without_an_audit_section_the_log_line_is_written_once(caplog):
     assert logged.count("cluster node 127.0.0.1:7002 unreachable: timed out") == 1
 
 
-def test_an_unreachable_node_is_counted_every_time_and_reported_once_per_5_s(audit_file):
+def test_an_unreachable_node_is_counted_every_time_and_reported_once_per_5_s(audit_file, clock):
     path = audit_file("json")
     before = {s: sample("redisgate_cluster_node_errors_total", stage=s)
               for s in ("connect", "lost")}
@@ -130,18 +139,23 @@ def test_an_unreachable_node_is_counted_every_time_and_reported_once_per_5_s(aud
     for _ in range(20):             # 20 clients lose their connection to B at once
         m.unreachable(B, "connection lost", "lost")
     m.unreachable(C, "connection refused", "connect")
+    clock[0] += 4.9
+    m.unreachable(B, "connection refused", "connect")   # (within 5 s: counted, not reported)
+    clock[0] += 0.2
+    m.unreachable(B, "connection refused", "connect")
     events = read_audit(path)
     assert [(e["event"], e["node"], e["stage"], e["reason"]) for e in events] == [
         ("cluster-node-unreachable", "127.0.0.1:7001", "lost", "connection lost"),
-        ("cluster-node-unreachable", "127.0.0.1:7002", "connect", "connection refused")]
+        ("cluster-node-unreachable", "127.0.0.1:7002", "connect", "connection refused"),
+        ("cluster-node-unreachable", "127.0.0.1:7001", "connect", "connection refused")]
     assert sample("redisgate_cluster_node_errors_total", stage="lost") == before["lost"] + 20
-    assert sample("redisgate_cluster_node_errors_total", stage="connect") == before["connect"] + 1
+    assert sample("redisgate_cluster_node_errors_total", stage="connect") == before["connect"] + 3
     m.closed = True   # the proxy stopping: its own links' closing is no node failure
     m.unreachable(B, "proxy shutting down", "lost")
     assert sample("redisgate_cluster_node_errors_total", stage="lost") == before["lost"] + 20
 
 
-def test_a_redirect_storm_is_reported_once_a_second_with_the_nodes(audit_file):
+def test_a_redirect_storm_is_reported_once_a_second_with_the_nodes(audit_file, clock):
     path = audit_file("json")
     before = {k: sample("redisgate_cluster_redirects_total", kind=k) for k in ("moved", "ask")}
     storms = sample("redisgate_cluster_redirect_storms_total")
@@ -162,7 +176,7 @@ def test_a_redirect_storm_is_reported_once_a_second_with_the_nodes(audit_file):
     assert sample("redisgate_cluster_redirect_storms_total") == storms + 1
     # the distinct (kind, from, to) a window names are bounded
     many = {Hop(RedirectKind.MOVED, NodeAddr("10.0.0.1", 1000 + i), B): 1 for i in range(5000)}
-    m._storm_start = m._storm_logged = time.monotonic() - 2   # (a new window)
+    clock[0] += 1.5   # (a new window)
     m.redirects(many)
     assert len(m._storm_hops) <= 64
     e = read_audit(path)[-1]   # (its counts are all of them, not only the named pairs')
