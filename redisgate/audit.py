@@ -230,8 +230,7 @@ class Event:
     # upstream.cluster events (no user, no connection): a node as ``host:port``
     node: str | None = None
     previous: str | None = None
-    slots: int | None = None
-    stage: str | None = None
+    slots: int | None = None   # (and `stage`, declared with the Sentinel fields below)
     moved: int | None = None
     ask: int | None = None
     nodes: tuple[str, ...] | None = None
