@@ -5,8 +5,9 @@
 Loads the other checkout's built redisgate/_lane*.so next to this one's and times, in CPU time
 (process_time_ns, so other processes on the machine do not count), interleaved repetitions of a
 read of 16 GETs forwarded by an armed lane and the read of their 16 replies passed back: the
-other build, this build with uncounted (7-item) memo entries, and this build with counted
-(8-item) ones. Median and min over the repetitions, in ns per read pair.
+other build and this one, each with a counted memo entry in its own form (a `_lane.Verdict`, or
+the 8-item tuple of builds before issue 16's typed verdicts). Median and min over the
+repetitions, in ns per read pair.
 """
 from __future__ import annotations
 
@@ -38,10 +39,13 @@ REQUEST = cmd(b"GET", b"key:000000001234") * 16
 REPLIES = b"$3\r\nxxx\r\n" * 16
 
 
-def armed(mod, counted: bool):
-    entry = (None, 2, 2, 1, (b"asynq:{a}:", b"key:"), frozenset(), None)
-    if counted:
-        entry += (mine.Counter(),)
+def armed(mod):
+    prefixes = (b"asynq:{a}:", b"key:")
+    if hasattr(mod, "Verdict"):
+        entry = mod.Verdict.one_key(spec=None, fewest=2, most=2, pos=1, prefixes=prefixes,
+                                    exact=frozenset(), match=None, counter=mod.Counter())
+    else:   # (a build before issue 16: Session._inline's 8-item tuple)
+        entry = (None, 2, 2, 1, prefixes, frozenset(), None, mod.Counter())
     lane = mod.Lane(len, len)
     lane.arm({b"GET": entry}, len, len, 0, 1024, 512 << 20)
     return lane
@@ -62,8 +66,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=21)
     args = ap.parse_args()
     other = load(glob.glob(f"{args.other}/redisgate/_lane.cpython*.so")[0])
-    cases = {"other build": armed(other, False), "this build, uncounted entry": armed(mine, False),
-             "this build, counted entry": armed(mine, True)}
+    cases = {"other build": armed(other), "this build": armed(mine)}
     times: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(args.reps):
         for name, lane in cases.items():

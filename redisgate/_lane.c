@@ -39,6 +39,7 @@
  * reload is seen at the next command.
  */
 #include "_respscan.h"
+#include <structmember.h>
 #include <time.h>
 
 /* Attribute names of server.SharedLink, mux.Demux and server.ClientConnection (interned). */
@@ -149,18 +150,6 @@ tally_commit(Tally *t)
     for (i = 0; i < t->len; i++)
         ((Counter *)t->cell[i])->value += t->n[i];
     tally_drop(t);
-}
-
-/* The counter of a memo entry: its 8th item (NULL for a 7-item entry, which is not counted);
- * -1 when the entry has an 8th item that is no Counter (the lane gives up on it). */
-static int
-entry_counter(PyObject *entry, PyObject **cell)
-{
-    *cell = NULL;
-    if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 8)
-        return 0;
-    *cell = PyTuple_GET_ITEM(entry, 7);
-    return Py_IS_TYPE(*cell, &CounterType) ? 0 : -1;
 }
 
 typedef struct {
@@ -352,79 +341,99 @@ is_date(const char *p)
     return 1;
 }
 
-/* The kinds of check in scripts._FastContract.lane_form. */
-enum { LANE_EXACT, LANE_ONE_OF, LANE_PREFIX, LANE_DATE };
+/* ---- Verdicts: the decision data the lane reads, in a form it owns ----
+ *
+ * Verdict: one entry of Session._inline's memo (one per user and command name as sent; the very
+ * same dict is the lane's `known`), built once by redisgate.memo from the user's compiled
+ * rules.FastVerdict, never changed afterwards (but for a SCRIPT verdict's forms, learnt from calls
+ * the judge allowed). Python reads it by attribute name (T_OBJECT_EX members: specialised by
+ * CPython 3.11's LOAD_ATTR_SLOT); C reads the struct. Kinds (the module exports their names as
+ * ALLOW, ONE_KEY, ASK, SCRIPT, the `kind` attribute being one of those very objects):
+ *
+ *   ALLOW    fewest <= argc <= most: forwarded whatever the arguments;
+ *   ONE_KEY  fewest <= argc <= most, and the one key (argument `pos`) starts with one of
+ *            `prefixes`, is in `exact` or passes `match` (a callable, or None);
+ *   ASK      the judge decides (the lane gives up: Python asks it);
+ *   SCRIPT   the judge decides, but the lane forwards an EVALSHA that fits a ScriptForm learnt
+ *            (Verdict.learn) for its SHA1 and KEYS[1]'s queue: the text after `tag` (the
+ *            script contracts' hash-tag opening, e.g. b"xyz:{", given at build time) up to the
+ *            first '}'.
+ *
+ * Every argument is checked when the verdict is built (TypeError / ValueError, nothing kept), so
+ * the lane trusts the struct. `counter` is the Counter the lane adds the requests it forwards
+ * under this verdict to. */
+typedef enum { V_ALLOW, V_ONE_KEY, V_ASK, V_SCRIPT } VerdictKind;
+#define VERDICT_KINDS 4
+static PyObject *kind_names[VERDICT_KINDS];   /* "allow", "one_key", "ask", "script" (interned) */
+
 #define SCRIPT_MAX_ARGS 64
+#define SCRIPT_MAX_SHAS 64     /* SHA1s remembered per verdict (then forgotten all at once) */
+#define SCRIPT_MAX_QUEUES 64   /* queues per SHA1, likewise */
 
-/* session.SCRIPT: an EVALSHA passes when the entry's memo ({SHA1: {queue: form}}, filled by
- * Session._lane_script from calls the judge allowed) has a form for its SHA1 and KEYS[1]'s
- * queue, and the call fits it: numkeys as written there, enough arguments, and each check of
- * scripts._FastContract.lane_form. Nothing here runs Python code, so the borrowed memo items
- * stay valid. 1, 0 or -1 as passes(). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *kind;          /* one of kind_names */
+    PyObject *spec;          /* commands.Spec: Python's business */
+    PyObject *fewest_o, *most_o, *pos_o;   /* the ints below, for Python (pos: None but ONE_KEY) */
+    PyObject *prefixes;      /* a tuple of bytes (ONE_KEY), else () */
+    PyObject *exact;         /* a frozenset (ONE_KEY), else an empty one */
+    PyObject *match;         /* a callable or None */
+    PyObject *counter;       /* a Counter */
+    PyObject *tag;           /* bytes (SCRIPT), else None */
+    PyObject *forms;         /* SCRIPT: {SHA1: {queue: ScriptForm}}, owned; else NULL */
+    VerdictKind k;
+    Py_ssize_t fewest, most, pos;
+    int has_exact;
+} Verdict;
+
+/* The kinds of check of a ScriptForm (scripts.LaneCheckKind, by method name). */
+typedef enum { CHECK_EXACT, CHECK_ONE_OF, CHECK_PREFIX, CHECK_DATE } CheckKind;
+
+typedef struct {
+    CheckKind kind;
+    Py_ssize_t index;        /* 0 <= index < SCRIPT_MAX_ARGS */
+    PyObject *value;         /* bytes; CHECK_ONE_OF: a non-empty tuple of bytes */
+} FormCheck;
+
+/* What every call of one script for one queue must look like to pass (scripts.LaneForm): numkeys
+ * as written, at least `need` arguments, and each check. Built empty, filled by its methods, then
+ * frozen when a verdict learns it. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *numkeys;       /* bytes */
+    Py_ssize_t need;
+    int n, frozen;
+    FormCheck checks[SCRIPT_MAX_ARGS];
+} ScriptForm;
+
+static PyTypeObject VerdictType, ScriptFormType;
+
 static int
-script_passes(PyObject *shas, const char *req, const char *end, Py_ssize_t argc,
-              Py_ssize_t max_bulk)
+script_form_passes(ScriptForm *form, const char *const *arg, const Py_ssize_t *len,
+                   Py_ssize_t argc)
 {
-    const char *arg[SCRIPT_MAX_ARGS], *p, *close;
-    Py_ssize_t len[SCRIPT_MAX_ARGS], i, need;
-    PyObject *per, *form, *numkeys, *checks;
-
-    if (!PyDict_CheckExact(shas) || argc < 4 || argc > SCRIPT_MAX_ARGS)
+    int i;
+    if (PyBytes_GET_SIZE(form->numkeys) != len[2]
+            || memcmp(PyBytes_AS_STRING(form->numkeys), arg[2], len[2]) != 0 || argc < form->need)
         return 0;
-    p = arguments_at(req, end, argc);   /* (checked again: any disagreement gives up) */
-    for (i = 0; i < argc; i++) {
-        arg[i] = next_argument(p, end, max_bulk, &len[i], &p);
-        if (arg[i] == NULL)
-            return 0;
-    }
-    per = dict_item(shas, arg[1], len[1]);
-    if (per == NULL || !PyDict_CheckExact(per))
-        return PyErr_Occurred() ? -1 : 0;
-    /* KEYS[1]'s queue: asynq:{<queue>}..., up to the first '}' (as Session._lane_script) */
-    if (len[3] < 9 || memcmp(arg[3], "asynq:{", 7) != 0)
-        return 0;
-    close = (const char *)memchr(arg[3] + 7, '}', len[3] - 7);
-    if (close == NULL || close == arg[3] + 7)
-        return 0;
-    form = dict_item(per, arg[3] + 7, close - arg[3] - 7);
-    if (form == NULL || !PyTuple_CheckExact(form) || PyTuple_GET_SIZE(form) != 3)
-        return PyErr_Occurred() ? -1 : 0;
-    numkeys = PyTuple_GET_ITEM(form, 0);
-    need = PyLong_AsSsize_t(PyTuple_GET_ITEM(form, 1));
-    checks = PyTuple_GET_ITEM(form, 2);
-    if (need == -1 && PyErr_Occurred())
-        return -1;
-    if (!PyBytes_CheckExact(numkeys) || PyBytes_GET_SIZE(numkeys) != len[2]
-            || memcmp(PyBytes_AS_STRING(numkeys), arg[2], len[2]) != 0
-            || argc < need || !PyTuple_CheckExact(checks))
-        return 0;
-    for (i = 0; i < PyTuple_GET_SIZE(checks); i++) {
-        PyObject *check = PyTuple_GET_ITEM(checks, i), *value;
-        Py_ssize_t index, kind, vlen, j;
+    for (i = 0; i < form->n; i++) {
+        const FormCheck *c = &form->checks[i];
+        Py_ssize_t j, vlen, index = c->index;
         int ok = 0;
-        if (!PyTuple_CheckExact(check) || PyTuple_GET_SIZE(check) != 3)
+        if (index >= argc)
             return 0;
-        index = PyLong_AsSsize_t(PyTuple_GET_ITEM(check, 0));
-        kind = PyLong_AsSsize_t(PyTuple_GET_ITEM(check, 1));
-        if (PyErr_Occurred())
-            return -1;
-        if (index < 0 || index >= argc)
-            return 0;
-        value = PyTuple_GET_ITEM(check, 2);
-        if (kind == LANE_ONE_OF) {
-            if (!PyTuple_CheckExact(value))
-                return 0;
-            for (j = 0; j < PyTuple_GET_SIZE(value) && !ok; j++) {
-                PyObject *name = PyTuple_GET_ITEM(value, j);
-                ok = PyBytes_CheckExact(name) && PyBytes_GET_SIZE(name) == len[index]
+        if (c->kind == CHECK_ONE_OF) {
+            for (j = 0; j < PyTuple_GET_SIZE(c->value) && !ok; j++) {
+                PyObject *name = PyTuple_GET_ITEM(c->value, j);
+                ok = PyBytes_GET_SIZE(name) == len[index]
                     && memcmp(PyBytes_AS_STRING(name), arg[index], len[index]) == 0;
             }
-        } else if (PyBytes_CheckExact(value)) {
-            vlen = PyBytes_GET_SIZE(value);
-            ok = len[index] >= vlen && memcmp(PyBytes_AS_STRING(value), arg[index], vlen) == 0
-                && (kind == LANE_EXACT ? len[index] == vlen
-                    : kind == LANE_PREFIX ? len[index] > vlen
-                    : kind == LANE_DATE && len[index] == vlen + 10 && is_date(arg[index] + vlen));
+        } else {
+            vlen = PyBytes_GET_SIZE(c->value);
+            ok = len[index] >= vlen && memcmp(PyBytes_AS_STRING(c->value), arg[index], vlen) == 0
+                && (c->kind == CHECK_EXACT ? len[index] == vlen
+                    : c->kind == CHECK_PREFIX ? len[index] > vlen
+                    : len[index] == vlen + 10 && is_date(arg[index] + vlen));
         }
         if (!ok)
             return 0;
@@ -432,63 +441,535 @@ script_passes(PyObject *shas, const char *req, const char *end, Py_ssize_t argc,
     return 1;
 }
 
-/* 1 if the entry (Session._inline's tuple) lets this request through, 0 if the lane must give
- * up on it, -1 on a Python error. */
+/* SCRIPT: an EVALSHA passes when the verdict learnt a form for its SHA1 and KEYS[1]'s queue and
+ * the call fits it. Nothing here runs Python code, so the borrowed items stay valid. 1, 0 or -1
+ * as passes(). */
 static int
-passes(PyObject *entry, const char *req, const char *end, Py_ssize_t argc, Py_ssize_t max_bulk)
+script_passes(Verdict *v, const char *req, const char *end, Py_ssize_t argc, Py_ssize_t max_bulk)
 {
-    Py_ssize_t fewest, most, pos, klen, i;
-    PyObject *prefixes, *exact, *match, *key;
-    const char *k;
-    int ok, has_exact;
+    const char *arg[SCRIPT_MAX_ARGS], *p, *close, *tag;
+    Py_ssize_t len[SCRIPT_MAX_ARGS], i, taglen;
+    PyObject *per, *form;
 
-    if (!PyTuple_CheckExact(entry)
-            || (PyTuple_GET_SIZE(entry) != 7 && PyTuple_GET_SIZE(entry) != 8))
+    if (argc < 4 || argc > SCRIPT_MAX_ARGS)
         return 0;
-    fewest = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 1));
-    most = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 2));
-    pos = PyLong_AsSsize_t(PyTuple_GET_ITEM(entry, 3));
-    if (PyErr_Occurred())
-        return -1;
-    if (argc < fewest || argc > most)
+    p = arguments_at(req, end, argc);   /* (checked again: any disagreement gives up) */
+    for (i = 0; i < argc; i++) {
+        arg[i] = next_argument(p, end, max_bulk, &len[i], &p);
+        if (arg[i] == NULL)
+            return 0;
+    }
+    per = dict_item(v->forms, arg[1], len[1]);
+    if (per == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    /* KEYS[1]'s queue: <tag><queue>}..., up to the first '}' (as scripts.queue_of) */
+    tag = PyBytes_AS_STRING(v->tag);
+    taglen = PyBytes_GET_SIZE(v->tag);
+    if (len[3] < taglen + 2 || memcmp(arg[3], tag, taglen) != 0)
         return 0;
-    if (pos == -1)          /* session.NO_KEY: allowed whatever the arguments */
+    close = (const char *)memchr(arg[3] + taglen, '}', len[3] - taglen);
+    if (close == NULL || close == arg[3] + taglen)
+        return 0;
+    form = dict_item(per, arg[3] + taglen, close - arg[3] - taglen);
+    if (form == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    return script_form_passes((ScriptForm *)form, arg, len, argc);
+}
+
+/* 1 if the verdict lets this request through, 0 if the lane must give up on it, -1 on a Python
+ * error (`match` raised). */
+static int
+passes(Verdict *v, const char *req, const char *end, Py_ssize_t argc, Py_ssize_t max_bulk)
+{
+    Py_ssize_t klen, i;
+    PyObject *key;
+    const char *k;
+    int ok;
+
+    if (argc < v->fewest || argc > v->most)
+        return 0;
+    switch (v->k) {
+    case V_ALLOW:
         return 1;
-    if (pos == -3)          /* session.SCRIPT: as the judge allowed before, per SHA1 and queue */
-        return script_passes(PyTuple_GET_ITEM(entry, 4), req, end, argc, max_bulk);
-    if (pos < 0 || pos >= argc)   /* session.ASK: the judge decides */
+    case V_SCRIPT:
+        return script_passes(v, req, end, argc, max_bulk);
+    case V_ASK:
         return 0;
-    k = argument(req, end, pos, max_bulk, &klen);
+    case V_ONE_KEY:
+        break;
+    }
+    if (v->pos >= argc)
+        return 0;
+    k = argument(req, end, v->pos, max_bulk, &klen);
     if (k == NULL)
         return 0;
-    prefixes = PyTuple_GET_ITEM(entry, 4);
-    if (PyTuple_CheckExact(prefixes)) {
-        for (i = 0; i < PyTuple_GET_SIZE(prefixes); i++) {
-            PyObject *prefix = PyTuple_GET_ITEM(prefixes, i);
-            if (PyBytes_CheckExact(prefix) && PyBytes_GET_SIZE(prefix) <= klen
-                    && memcmp(PyBytes_AS_STRING(prefix), k, PyBytes_GET_SIZE(prefix)) == 0)
-                return 1;
-        }
-    } else {
-        return 0;
+    for (i = 0; i < PyTuple_GET_SIZE(v->prefixes); i++) {
+        PyObject *prefix = PyTuple_GET_ITEM(v->prefixes, i);
+        if (PyBytes_GET_SIZE(prefix) <= klen
+                && memcmp(PyBytes_AS_STRING(prefix), k, PyBytes_GET_SIZE(prefix)) == 0)
+            return 1;
     }
-    exact = PyTuple_GET_ITEM(entry, 5);
-    match = PyTuple_GET_ITEM(entry, 6);
-    has_exact = PyAnySet_Check(exact) && PySet_GET_SIZE(exact) > 0;
-    if (!has_exact && match == Py_None)
+    if (!v->has_exact && v->match == Py_None)
         return 0;
     key = PyBytes_FromStringAndSize(k, klen);
     if (key == NULL)
         return -1;
-    ok = has_exact ? PySet_Contains(exact, key) : 0;
-    if (ok == 0 && match != Py_None) {
-        PyObject *r = PyObject_CallOneArg(match, key);
+    ok = v->has_exact ? PySet_Contains(v->exact, key) : 0;
+    if (ok == 0 && v->match != Py_None) {
+        PyObject *r = PyObject_CallOneArg(v->match, key);
         ok = r == NULL ? -1 : PyObject_IsTrue(r);
         Py_XDECREF(r);
     }
     Py_DECREF(key);
     return ok;
 }
+
+static int
+verdict_traverse(Verdict *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->spec);
+    Py_VISIT(self->prefixes);
+    Py_VISIT(self->exact);
+    Py_VISIT(self->match);
+    Py_VISIT(self->counter);
+    Py_VISIT(self->forms);
+    return 0;
+}
+
+static int
+verdict_clear(Verdict *self)
+{
+    Py_CLEAR(self->spec);
+    Py_CLEAR(self->fewest_o);
+    Py_CLEAR(self->most_o);
+    Py_CLEAR(self->pos_o);
+    Py_CLEAR(self->prefixes);
+    Py_CLEAR(self->exact);
+    Py_CLEAR(self->match);
+    Py_CLEAR(self->counter);
+    Py_CLEAR(self->tag);
+    Py_CLEAR(self->forms);
+    Py_CLEAR(self->kind);
+    return 0;
+}
+
+static void
+verdict_dealloc(Verdict *self)
+{
+    PyObject_GC_UnTrack(self);
+    verdict_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+verdict_new_refused(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyErr_SetString(PyExc_TypeError,
+                    "Verdict: made by Verdict.allow(), one_key(), ask() or script()");
+    return NULL;
+}
+
+/* The checks shared by every kind, then a new Verdict with its common fields (new references);
+ * NULL with an exception, nothing kept, when one fails. */
+static Verdict *
+verdict_make(VerdictKind k, PyObject *spec, Py_ssize_t fewest, Py_ssize_t most, PyObject *counter)
+{
+    Verdict *v;
+    if (fewest < 1 || most < fewest) {
+        PyErr_Format(PyExc_ValueError, "Verdict: the arity %zd..%zd is empty", fewest, most);
+        return NULL;
+    }
+    if (!Py_IS_TYPE(counter, &CounterType)) {
+        PyErr_Format(PyExc_TypeError, "Verdict: counter must be a Counter, not %.100s",
+                     Py_TYPE(counter)->tp_name);
+        return NULL;
+    }
+    v = PyObject_GC_New(Verdict, &VerdictType);
+    if (v == NULL)
+        return NULL;
+    v->k = k;
+    v->fewest = fewest;
+    v->most = most;
+    v->pos = -1;
+    v->has_exact = 0;
+    v->kind = Py_NewRef(kind_names[k]);
+    v->spec = Py_NewRef(spec);
+    v->counter = Py_NewRef(counter);
+    v->fewest_o = PyLong_FromSsize_t(fewest);
+    v->most_o = PyLong_FromSsize_t(most);
+    v->pos_o = Py_NewRef(Py_None);
+    v->prefixes = PyTuple_New(0);
+    v->exact = PyFrozenSet_New(NULL);
+    v->match = Py_NewRef(Py_None);
+    v->tag = Py_NewRef(Py_None);
+    v->forms = NULL;
+    PyObject_GC_Track(v);
+    if (v->fewest_o == NULL || v->most_o == NULL || v->prefixes == NULL || v->exact == NULL) {
+        Py_DECREF(v);
+        return NULL;
+    }
+    return v;
+}
+
+/* Verdict.allow(*, spec, fewest, most, counter) and Verdict.ask(...): the same arguments. */
+static PyObject *
+verdict_plain(PyObject *args, PyObject *kwds, VerdictKind k, const char *format)
+{
+    PyObject *spec, *counter;
+    Py_ssize_t fewest, most;
+    static char *kwlist[] = {"spec", "fewest", "most", "counter", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, format, kwlist, &spec, &fewest, &most,
+                                     &counter))
+        return NULL;
+    return (PyObject *)verdict_make(k, spec, fewest, most, counter);
+}
+
+static PyObject *
+verdict_allow(PyObject *cls, PyObject *args, PyObject *kwds)
+{
+    return verdict_plain(args, kwds, V_ALLOW, "OnnO:allow");
+}
+
+static PyObject *
+verdict_ask(PyObject *cls, PyObject *args, PyObject *kwds)
+{
+    return verdict_plain(args, kwds, V_ASK, "OnnO:ask");
+}
+
+/* Verdict.one_key(*, spec, fewest, most, pos, prefixes, exact, match, counter) */
+static PyObject *
+verdict_one_key(PyObject *cls, PyObject *args, PyObject *kwds)
+{
+    PyObject *spec, *prefixes, *exact, *match, *counter;
+    Py_ssize_t fewest, most, pos, i;
+    Verdict *v;
+    static char *kwlist[] = {"spec", "fewest", "most", "pos", "prefixes", "exact", "match",
+                             "counter", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnnnO!O!OO:one_key", kwlist, &spec, &fewest,
+                                     &most, &pos, &PyTuple_Type, &prefixes, &PyFrozenSet_Type,
+                                     &exact, &match, &counter))
+        return NULL;
+    if (!PyTuple_CheckExact(prefixes) || !PyFrozenSet_CheckExact(exact)) {
+        PyErr_SetString(PyExc_TypeError, "Verdict.one_key: prefixes must be a tuple and exact "
+                        "a frozenset (not subclasses)");
+        return NULL;
+    }
+    for (i = 0; i < PyTuple_GET_SIZE(prefixes); i++) {
+        if (!PyBytes_CheckExact(PyTuple_GET_ITEM(prefixes, i))) {
+            PyErr_SetString(PyExc_TypeError, "Verdict.one_key: prefixes must be bytes");
+            return NULL;
+        }
+    }
+    if (match != Py_None && !PyCallable_Check(match)) {
+        PyErr_SetString(PyExc_TypeError, "Verdict.one_key: match must be callable or None");
+        return NULL;
+    }
+    if (pos < 1 || pos >= most || fewest <= pos) {
+        PyErr_Format(PyExc_ValueError, "Verdict.one_key: the key position %zd is not within "
+                     "the arity %zd..%zd", pos, fewest, most);
+        return NULL;
+    }
+    v = verdict_make(V_ONE_KEY, spec, fewest, most, counter);
+    if (v == NULL)
+        return NULL;
+    v->pos = pos;
+    Py_SETREF(v->pos_o, PyLong_FromSsize_t(pos));
+    if (v->pos_o == NULL) {
+        Py_DECREF(v);
+        return NULL;
+    }
+    Py_SETREF(v->prefixes, Py_NewRef(prefixes));
+    Py_SETREF(v->exact, Py_NewRef(exact));
+    Py_SETREF(v->match, Py_NewRef(match));
+    v->has_exact = PySet_GET_SIZE(exact) > 0;
+    return (PyObject *)v;
+}
+
+/* Verdict.script(*, spec, fewest, most, counter, tag) */
+static PyObject *
+verdict_script(PyObject *cls, PyObject *args, PyObject *kwds)
+{
+    PyObject *spec, *counter, *tag;
+    Py_ssize_t fewest, most;
+    Verdict *v;
+    static char *kwlist[] = {"spec", "fewest", "most", "counter", "tag", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnnOO!:script", kwlist, &spec, &fewest,
+                                     &most, &counter, &PyBytes_Type, &tag))
+        return NULL;
+    if (!PyBytes_CheckExact(tag) || PyBytes_GET_SIZE(tag) == 0) {
+        PyErr_SetString(PyExc_ValueError, "Verdict.script: tag must be non-empty bytes");
+        return NULL;
+    }
+    v = verdict_make(V_SCRIPT, spec, fewest, most, counter);
+    if (v == NULL)
+        return NULL;
+    Py_SETREF(v->tag, Py_NewRef(tag));
+    v->forms = PyDict_New();
+    if (v->forms == NULL) {
+        Py_DECREF(v);
+        return NULL;
+    }
+    return (PyObject *)v;
+}
+
+/* The arguments of knows() and learn(): a SCRIPT verdict, bytes, bytes. */
+static int
+verdict_script_args(Verdict *self, PyObject *sha, PyObject *queue, const char *what)
+{
+    if (self->k != V_SCRIPT) {
+        PyErr_Format(PyExc_TypeError, "Verdict.%s: not a SCRIPT verdict", what);
+        return -1;
+    }
+    if (!PyBytes_CheckExact(sha) || !PyBytes_CheckExact(queue)) {
+        PyErr_Format(PyExc_TypeError, "Verdict.%s: the SHA1 and the queue must be bytes", what);
+        return -1;
+    }
+    return 0;
+}
+
+/* knows(sha, queue) -> bool: a form for these is learnt. */
+static PyObject *
+verdict_knows(Verdict *self, PyObject *args)
+{
+    PyObject *sha, *queue, *per;
+    if (!PyArg_ParseTuple(args, "OO:knows", &sha, &queue)
+            || verdict_script_args(self, sha, queue, "knows") < 0)
+        return NULL;
+    per = PyDict_GetItemWithError(self->forms, sha);
+    if (per == NULL)
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_False);
+    per = PyDict_GetItemWithError(per, queue);
+    if (per == NULL)
+        return PyErr_Occurred() ? NULL : Py_NewRef(Py_False);
+    Py_RETURN_TRUE;
+}
+
+/* learn(sha, queue, form): from now on, calls of that script for that queue that fit the form
+ * pass (the form is frozen). Bounded: SCRIPT_MAX_SHAS SHA1s, SCRIPT_MAX_QUEUES queues each (past
+ * that, what was learnt for them is forgotten, and learnt again from the judge). */
+static PyObject *
+verdict_learn(Verdict *self, PyObject *args)
+{
+    PyObject *sha, *queue, *form, *per;
+    if (!PyArg_ParseTuple(args, "OOO!:learn", &sha, &queue, &ScriptFormType, &form)
+            || verdict_script_args(self, sha, queue, "learn") < 0)
+        return NULL;
+    if (PyBytes_GET_SIZE(queue) == 0) {
+        PyErr_SetString(PyExc_ValueError, "Verdict.learn: an empty queue name");
+        return NULL;
+    }
+    per = PyDict_GetItemWithError(self->forms, sha);
+    if (per == NULL) {
+        int rc;
+        if (PyErr_Occurred())
+            return NULL;
+        if (PyDict_GET_SIZE(self->forms) >= SCRIPT_MAX_SHAS)
+            PyDict_Clear(self->forms);
+        per = PyDict_New();
+        if (per == NULL)
+            return NULL;
+        rc = PyDict_SetItem(self->forms, sha, per);
+        Py_DECREF(per);   /* (the dict holds it) */
+        if (rc < 0)
+            return NULL;
+    } else if (PyDict_GET_SIZE(per) >= SCRIPT_MAX_QUEUES) {
+        PyDict_Clear(per);
+    }
+    if (PyDict_SetItem(per, queue, form) < 0)
+        return NULL;
+    ((ScriptForm *)form)->frozen = 1;
+    Py_RETURN_NONE;
+}
+
+static PyMemberDef verdict_members[] = {
+    {"kind", T_OBJECT_EX, offsetof(Verdict, kind), READONLY,
+     "ALLOW, ONE_KEY, ASK or SCRIPT (this module's constants)"},
+    {"spec", T_OBJECT_EX, offsetof(Verdict, spec), READONLY, "the command's spec"},
+    {"fewest", T_OBJECT_EX, offsetof(Verdict, fewest_o), READONLY, "the fewest arguments"},
+    {"most", T_OBJECT_EX, offsetof(Verdict, most_o), READONLY, "the most arguments"},
+    {"pos", T_OBJECT_EX, offsetof(Verdict, pos_o), READONLY, "ONE_KEY: the key's index, else None"},
+    {"prefixes", T_OBJECT_EX, offsetof(Verdict, prefixes), READONLY, "ONE_KEY: key prefixes"},
+    {"exact", T_OBJECT_EX, offsetof(Verdict, exact), READONLY, "ONE_KEY: exact key names"},
+    {"match", T_OBJECT_EX, offsetof(Verdict, match), READONLY, "ONE_KEY: the key test, or None"},
+    {"counter", T_OBJECT_EX, offsetof(Verdict, counter), READONLY, "the forwarded Counter"},
+    {"tag", T_OBJECT_EX, offsetof(Verdict, tag), READONLY, "SCRIPT: the queue's hash-tag opening"},
+    {NULL},
+};
+
+static PyMethodDef verdict_methods[] = {
+    {"allow", (PyCFunction)(void (*)(void))verdict_allow, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
+     "allow(*, spec, fewest, most, counter): forwarded whatever the arguments."},
+    {"one_key", (PyCFunction)(void (*)(void))verdict_one_key,
+     METH_VARARGS | METH_KEYWORDS | METH_CLASS,
+     "one_key(*, spec, fewest, most, pos, prefixes, exact, match, counter): forwarded when the "
+     "key args[pos] passes."},
+    {"ask", (PyCFunction)(void (*)(void))verdict_ask, METH_VARARGS | METH_KEYWORDS | METH_CLASS,
+     "ask(*, spec, fewest, most, counter): the judge decides."},
+    {"script", (PyCFunction)(void (*)(void))verdict_script,
+     METH_VARARGS | METH_KEYWORDS | METH_CLASS,
+     "script(*, spec, fewest, most, counter, tag): the judge decides; the lane forwards calls "
+     "that fit a learnt ScriptForm."},
+    {"knows", (PyCFunction)verdict_knows, METH_VARARGS,
+     "knows(sha, queue) -> bool: a form for them is learnt (SCRIPT)."},
+    {"learn", (PyCFunction)verdict_learn, METH_VARARGS,
+     "learn(sha, queue, form): calls that fit the form pass from now on (SCRIPT)."},
+    {NULL},
+};
+
+static PyTypeObject VerdictType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "redisgate._lane.Verdict",
+    .tp_basicsize = sizeof(Verdict),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "One memo entry: how a user's command (a name as sent) is decided inline; see "
+              "_lane.c.",
+    .tp_new = verdict_new_refused,
+    .tp_dealloc = (destructor)verdict_dealloc,
+    .tp_traverse = (traverseproc)verdict_traverse,
+    .tp_clear = (inquiry)verdict_clear,
+    .tp_methods = verdict_methods,
+    .tp_members = verdict_members,
+};
+
+static void
+script_form_dealloc(ScriptForm *self)
+{
+    int i;
+    for (i = 0; i < self->n; i++)
+        Py_DECREF(self->checks[i].value);
+    Py_XDECREF(self->numkeys);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* ScriptForm(numkeys, need) */
+static PyObject *
+script_form_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *numkeys;
+    Py_ssize_t need;
+    ScriptForm *self;
+    static char *kwlist[] = {"numkeys", "need", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!n:ScriptForm", kwlist, &PyBytes_Type,
+                                     &numkeys, &need))
+        return NULL;
+    if (!PyBytes_CheckExact(numkeys) || need < 4 || need > SCRIPT_MAX_ARGS) {
+        PyErr_Format(PyExc_ValueError, "ScriptForm: numkeys must be bytes and need within "
+                     "4..%d", SCRIPT_MAX_ARGS);
+        return NULL;
+    }
+    self = (ScriptForm *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->numkeys = Py_NewRef(numkeys);
+    self->need = need;
+    return (PyObject *)self;
+}
+
+/* One more check (every method below): index, then a value of the kind's type. */
+static PyObject *
+script_form_add(ScriptForm *self, PyObject *args, CheckKind kind, const char *format)
+{
+    Py_ssize_t index, i;
+    PyObject *value;
+    if (!PyArg_ParseTuple(args, format, &index, &value))
+        return NULL;
+    if (self->frozen) {
+        PyErr_SetString(PyExc_RuntimeError, "ScriptForm: learnt by a verdict, so frozen");
+        return NULL;
+    }
+    if (index < 1 || index >= SCRIPT_MAX_ARGS || self->n >= SCRIPT_MAX_ARGS) {
+        PyErr_Format(PyExc_ValueError, "ScriptForm: index %zd not within 1..%d, or too many "
+                     "checks", index, SCRIPT_MAX_ARGS - 1);
+        return NULL;
+    }
+    if (kind == CHECK_ONE_OF) {
+        if (!PyTuple_CheckExact(value) || PyTuple_GET_SIZE(value) == 0) {
+            PyErr_SetString(PyExc_TypeError, "ScriptForm.one_of: a non-empty tuple of bytes");
+            return NULL;
+        }
+        for (i = 0; i < PyTuple_GET_SIZE(value); i++) {
+            if (!PyBytes_CheckExact(PyTuple_GET_ITEM(value, i))) {
+                PyErr_SetString(PyExc_TypeError, "ScriptForm.one_of: a non-empty tuple of bytes");
+                return NULL;
+            }
+        }
+    } else if (!PyBytes_CheckExact(value)) {
+        PyErr_SetString(PyExc_TypeError, "ScriptForm: the value must be bytes");
+        return NULL;
+    }
+    self->checks[self->n].kind = kind;
+    self->checks[self->n].index = index;
+    self->checks[self->n].value = Py_NewRef(value);
+    self->n++;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+script_form_exact(ScriptForm *self, PyObject *args)
+{
+    return script_form_add(self, args, CHECK_EXACT, "nO:exact");
+}
+
+static PyObject *
+script_form_one_of(ScriptForm *self, PyObject *args)
+{
+    return script_form_add(self, args, CHECK_ONE_OF, "nO:one_of");
+}
+
+static PyObject *
+script_form_prefix(ScriptForm *self, PyObject *args)
+{
+    return script_form_add(self, args, CHECK_PREFIX, "nO:prefix");
+}
+
+static PyObject *
+script_form_date(ScriptForm *self, PyObject *args)
+{
+    return script_form_add(self, args, CHECK_DATE, "nO:date");
+}
+
+static PyObject *
+script_form_get_checks(ScriptForm *self, void *closure)
+{
+    return PyLong_FromLong(self->n);
+}
+
+static PyMethodDef script_form_methods[] = {
+    {"exact", (PyCFunction)script_form_exact, METH_VARARGS,
+     "exact(index, value): args[index] == value."},
+    {"one_of", (PyCFunction)script_form_one_of, METH_VARARGS,
+     "one_of(index, values): args[index] is one of the tuple `values`."},
+    {"prefix", (PyCFunction)script_form_prefix, METH_VARARGS,
+     "prefix(index, value): args[index] starts with value and is longer."},
+    {"date", (PyCFunction)script_form_date, METH_VARARGS,
+     "date(index, value): args[index] is value then a YYYY-MM-DD date."},
+    {NULL},
+};
+
+static PyMemberDef script_form_members[] = {
+    {"numkeys", T_OBJECT_EX, offsetof(ScriptForm, numkeys), READONLY, "numkeys as written"},
+    {"need", T_PYSSIZET, offsetof(ScriptForm, need), READONLY, "the fewest arguments"},
+    {NULL},
+};
+
+static PyGetSetDef script_form_getset[] = {
+    {"checks", (getter)script_form_get_checks, NULL, "how many checks", NULL},
+    {NULL},
+};
+
+static PyTypeObject ScriptFormType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "redisgate._lane.ScriptForm",
+    .tp_basicsize = sizeof(ScriptForm),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "What every call of one script for one queue must look like to pass in C (a "
+              "scripts.LaneForm); see _lane.c.",
+    .tp_new = script_form_new,
+    .tp_dealloc = (destructor)script_form_dealloc,
+    .tp_methods = script_form_methods,
+    .tp_members = script_form_members,
+    .tp_getset = script_form_getset,
+};
 
 /* A non-negative Python int attribute as a Py_ssize_t; -1 with an exception set when it is not
  * one: TypeError (not an int), OverflowError (PyLong_AsSsize_t) or ValueError (negative). Every
@@ -660,28 +1141,29 @@ lane_client_data_(Lane *self, PyObject *data)
             PyObject *key = PyBytes_FromStringAndSize(n, len);
             if (key == NULL)
                 goto error;
-            Py_XDECREF(entry);
-            entry = PyDict_GetItemWithError(self->known, key);
+            PyObject *found = PyDict_GetItemWithError(self->known, key);
             Py_DECREF(key);
-            if (entry == NULL) {
+            Py_CLEAR(entry);
+            if (found == NULL) {
                 if (PyErr_Occurred())
                     goto error;
                 goto slow;
             }
-            Py_INCREF(entry);
+            if (!Py_IS_TYPE(found, &VerdictType))
+                goto slow;   /* (only Verdicts are read: anything else is Python's) */
+            entry = Py_NewRef(found);
             name = n;
             name_len = len;
-            if (entry_counter(entry, &cell) < 0)
-                goto slow;
+            cell = ((Verdict *)entry)->counter;
         }
-        ok = passes(entry, p, next, argc, self->max_bulk);
+        ok = passes((Verdict *)entry, p, next, argc, self->max_bulk);
         if (ok < 0)
             goto error;
         if (ok == 0 || self->known == NULL)   /* (a match callable could have disarmed us) */
             goto slow;
         if (self->due + count >= self->window)   /* (the window is full: Python holds the rest) */
             goto slow;
-        if (cell != NULL && tally_add(&tally, cell) < 0)   /* (too many names: Python counts) */
+        if (tally_add(&tally, cell) < 0)   /* (too many names: Python counts) */
             goto slow;
         count++;
         p = next;
@@ -1130,7 +1612,7 @@ static PyTypeObject CounterType = {
     .tp_name = "redisgate._lane.Counter",
     .tp_basicsize = sizeof(Counter),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "A uint64 counter that lanes add to in C (a memo entry's 8th item); see _lane.c.",
+    .tp_doc = "A uint64 counter that lanes add to in C (a memo Verdict's counter); see _lane.c.",
     .tp_new = counter_new,
     .tp_methods = counter_methods,
     .tp_getset = counter_getset,
@@ -1203,8 +1685,12 @@ PyInit__lane(void)
             || intern(&s_lane, "lane") < 0 || intern(&s_append, "append") < 0
             || intern(&s_popleft, "popleft") < 0 || intern(&s_flush_soon, "_flush_soon") < 0)
         return NULL;
+    if (intern(&kind_names[V_ALLOW], "allow") < 0 || intern(&kind_names[V_ONE_KEY], "one_key") < 0
+            || intern(&kind_names[V_ASK], "ask") < 0 || intern(&kind_names[V_SCRIPT], "script") < 0)
+        return NULL;
     if (PyType_Ready(&LaneType) < 0 || PyType_Ready(&RouterType) < 0
-            || PyType_Ready(&CounterType) < 0)
+            || PyType_Ready(&CounterType) < 0 || PyType_Ready(&VerdictType) < 0
+            || PyType_Ready(&ScriptFormType) < 0)
         return NULL;
     m = PyModule_Create(&module);
     if (m == NULL)
@@ -1220,6 +1706,12 @@ PyInit__lane(void)
     }
     if (add_type(m, "Lane", &LaneType) < 0 || add_type(m, "Router", &RouterType) < 0
             || add_type(m, "Counter", &CounterType) < 0
+            || add_type(m, "Verdict", &VerdictType) < 0
+            || add_type(m, "ScriptForm", &ScriptFormType) < 0
+            || PyModule_AddObjectRef(m, "ALLOW", kind_names[V_ALLOW]) < 0
+            || PyModule_AddObjectRef(m, "ONE_KEY", kind_names[V_ONE_KEY]) < 0
+            || PyModule_AddObjectRef(m, "ASK", kind_names[V_ASK]) < 0
+            || PyModule_AddObjectRef(m, "SCRIPT", kind_names[V_SCRIPT]) < 0
             || PyModule_AddIntConstant(m, "LATENCY_SAMPLE", LATENCY_SAMPLE) < 0
             || PyModule_AddObject(m, "LATENCY_BOUNDS_NS", bounds) < 0)
         goto error;

@@ -7,10 +7,84 @@ constructors, which also take their arguments by keyword.
 from collections.abc import Callable
 from typing import Any, TypedDict, final
 
-# Session._inline's memo: command name (as sent) -> its inline verdict tuple (see session.py);
-# an 8-item one ends with the `Counter` the lane adds the requests it forwards to.
-_Known = dict[bytes, tuple[Any, ...]]
+# Session._inline's memo: command name (as sent) -> its Verdict (redisgate.memo). The lane reads
+# only Verdicts: any other value sends the read to the slow path.
+_Known = dict[bytes, Verdict | object]
 _Write = Callable[[bytes], object]
+
+# Verdict.kind: one of these very objects (interned str)
+ALLOW: str      # forwarded whatever the arguments
+ONE_KEY: str    # forwarded when args[pos] starts with one of prefixes, is in exact or passes match
+ASK: str        # the judge decides (the lane gives up on it)
+SCRIPT: str     # the judge decides; the lane forwards an EVALSHA that fits a learnt ScriptForm
+
+@final
+class Verdict:
+    """One memo entry (redisgate.memo): made only by its named constructors, which check every
+    argument (TypeError / ValueError) before keeping anything; immutable but for the forms a
+    SCRIPT verdict learns. Every attribute is read-only."""
+    @classmethod
+    def allow(cls, spec: Any, fewest: int, most: int, counter: Counter) -> Verdict:
+        """ValueError unless 1 <= fewest <= most; TypeError unless counter is a Counter."""
+    @classmethod
+    def ask(cls, spec: Any, fewest: int, most: int, counter: Counter) -> Verdict: ...
+    @classmethod
+    def one_key(cls, spec: Any, fewest: int, most: int, pos: int, prefixes: tuple[bytes, ...],
+                exact: frozenset[bytes], match: Callable[[bytes], object] | None,
+                counter: Counter) -> Verdict:
+        """Also ValueError unless 1 <= pos < fewest; TypeError for prefixes other than a tuple
+        of bytes, exact other than a frozenset, match neither callable nor None."""
+    @classmethod
+    def script(cls, spec: Any, fewest: int, most: int, counter: Counter, tag: bytes) -> Verdict:
+        """`tag`: the hash-tag opening before a queue name in KEYS[1] (non-empty bytes)."""
+    def knows(self, sha: bytes, queue: bytes, /) -> bool:
+        """SCRIPT only (TypeError otherwise, or for arguments other than bytes)."""
+    def learn(self, sha: bytes, queue: bytes, form: ScriptForm, /) -> None:
+        """SCRIPT only: calls of script `sha` for `queue` (non-empty) that fit `form` pass in C
+        from now on; the form is frozen. At most 64 SHA1s, 64 queues each (then forgotten)."""
+    @property
+    def kind(self) -> str: ...
+    @property
+    def spec(self) -> Any: ...
+    @property
+    def fewest(self) -> int: ...
+    @property
+    def most(self) -> int: ...
+    @property
+    def pos(self) -> int | None: ...
+    @property
+    def prefixes(self) -> tuple[bytes, ...]: ...
+    @property
+    def exact(self) -> frozenset[bytes]: ...
+    @property
+    def match(self) -> Callable[[bytes], object] | None: ...
+    @property
+    def counter(self) -> Counter: ...
+    @property
+    def tag(self) -> bytes | None: ...
+
+@final
+class ScriptForm:
+    """What every call of one script for one queue must look like (scripts.LaneForm): numkeys
+    as written, at least `need` arguments (4..64; ValueError), and each check added. Each check
+    method raises ValueError for an index outside 1..63 or past 64 checks, TypeError for a value
+    of the wrong type, RuntimeError once a verdict learnt the form."""
+    def __new__(cls, numkeys: bytes, need: int) -> ScriptForm: ...
+    def exact(self, index: int, value: bytes, /) -> None:
+        """args[index] == value."""
+    def one_of(self, index: int, values: tuple[bytes, ...], /) -> None:
+        """args[index] is one of `values` (a non-empty tuple)."""
+    def prefix(self, index: int, value: bytes, /) -> None:
+        """args[index] starts with value and is longer."""
+    def date(self, index: int, value: bytes, /) -> None:
+        """args[index] is value, then a YYYY-MM-DD date."""
+    @property
+    def numkeys(self) -> bytes: ...
+    @property
+    def need(self) -> int: ...
+    @property
+    def checks(self) -> int:
+        """How many checks it has."""
 
 @final
 class Lane:
@@ -51,7 +125,8 @@ class Router:
 @final
 class Counter:
     """A uint64 count (one per user and command: metrics.forwarded_counter) that lanes add to
-    in C; read when /metrics is scraped. Made with no arguments (TypeError otherwise)."""
+    in C (a memo Verdict's `counter`); read when /metrics is scraped. Made with no arguments
+    (TypeError otherwise)."""
     def add(self, n: int, /) -> None:
         """Count n more: TypeError unless an int, OverflowError when negative or past 2**64."""
     @property

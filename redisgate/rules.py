@@ -70,9 +70,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import enum
 from dataclasses import dataclass, replace
 from itertools import repeat
-from typing import Any, Iterable
+from typing import Any, Callable, ClassVar, Iterable
 
 from . import errors
 from .glob import compile_pattern
@@ -82,7 +83,8 @@ from .resp import split_args, string2ll
 from .secret_config import config_get_reveals_secret
 
 __all__ = ["RuleError", "Denial", "User", "parse_user", "parse_aclfile", "split_args",
-           "CATEGORY_ORDER"]
+           "CATEGORY_ORDER", "FastKind", "FastVerdict", "Ask", "Allow", "OneKey", "Keys", "Script",
+           "ASK", "ALLOW"]
 
 # Key pattern permission flags (Redis ACL_READ_PERMISSION / ACL_WRITE_PERMISSION).
 READ = 1
@@ -123,9 +125,82 @@ _startswith = bytes.startswith
 # Special handling codes, by command bit.
 _PLAIN, _KEYSPACE, _SCRIPT, _SELECT, _COPY, _CONFIG_GET = 0, 1, 2, 3, 4, 5
 _UNCOMPILED = object()   # User._fast: not compiled yet
-_BY_SHA = 2          # _compile_fast: a script command judged by its SHA1 first
 _EVALSHA_NAMES = frozenset({"evalsha", "evalsha_ro"})
 _NO_CHECKS: dict = {}
+
+
+class FastKind(enum.Enum):
+    """What a user's compiled verdict for a command says (User.verdict)."""
+    ASK = "ask"          # no shortcut: the general walk decides (and words any denial)
+    ALLOW = "allow"      # allowed whatever the arguments
+    ONE_KEY = "one key"  # allowed when the one key passes
+    KEYS = "keys"        # allowed when every key passes one selector's patterns
+    SCRIPT = "script"    # when the keys pass: the script policy decides
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """No shortcut: `judge()` takes the general walk. One instance: `ASK`."""
+    kind: ClassVar[FastKind] = FastKind.ASK
+
+
+@dataclass(frozen=True, slots=True)
+class Allow:
+    """Allowed outright: the first selector with the command's bit has allkeys or the command
+    has no keys, no channels, nothing stricter to check. One instance: `ALLOW`."""
+    kind: ClassVar[FastKind] = FastKind.ALLOW
+
+
+@dataclass(frozen=True, slots=True)
+class OneKey:
+    """While `pos < len(args) <= most` the command's one key is `args[pos]`
+    (`spec.keys.single_key`), allowed when it starts with one of `prefixes`, is in `exact` or
+    passes `match` (`prefixes` and `exact` are match's plain-prefix and exact-name parts, tried
+    first because they are one C call each). Otherwise: the general walk."""
+    kind: ClassVar[FastKind] = FastKind.ONE_KEY
+    pos: int
+    most: int
+    prefixes: tuple[bytes, ...]
+    exact: frozenset[bytes]
+    match: Callable[[bytes], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Every key checked against `selector`'s patterns: `plain(args)` (`spec.keys.plain_keys`),
+    when not None, gives the keys, which then all need the permission of `keyset` (`prefixes` and
+    `match` are its parts); else `spec.keys(args)`. Passing: allowed. Failing: the walk."""
+    kind: ClassVar[FastKind] = FastKind.KEYS
+    selector: Any   # rules._Selector
+    plain: Callable[[list[bytes]], Any] | None
+    prefixes: tuple[bytes, ...]
+    match: Callable[[bytes], bool] | None
+    keyset: Any     # rules._PatternSet or None (with `plain` None)
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A script command (EVAL, EVALSHA, FCALL, SCRIPT LOAD, ...): its keys as `Keys`, then the
+    user's script policy decides (scripts.ScriptPolicy). `by_sha` (EVALSHA, EVALSHA_RO): the
+    SHA1's compiled contract (`scripts.ScriptPolicy.by_sha`) is tried first."""
+    kind: ClassVar[FastKind] = FastKind.SCRIPT
+    selector: Any
+    plain: Callable[[list[bytes]], Any] | None
+    prefixes: tuple[bytes, ...]
+    match: Callable[[bytes], bool] | None
+    keyset: Any
+    by_sha: bool
+
+    @property
+    def by_contract(self) -> bool:
+        """Whether `judge()` decides a call by the SHA1's compiled contract first, with every
+        KEYS name needing one permission: the calls `User.lane_script` can describe."""
+        return self.by_sha and self.plain is not None
+
+
+FastVerdict = Ask | Allow | OneKey | Keys | Script
+ASK = Ask()
+ALLOW = Allow()
 
 
 class RuleError(ValueError):
@@ -716,57 +791,51 @@ class User:
         # judge()'s shortcut per command bit, compiled when the command is first judged.
         self._fast: list = [_UNCOMPILED] * cat.size
 
-    def _compile_fast(self, spec):
-        """The shortcut for judge()'s common outcome "allowed" for `spec`, or None.
+    def _compile_fast(self, spec) -> FastVerdict:
+        """The verdict judge() starts from for `spec` (see FastKind and its classes).
 
-        It stands for the first selector with the command's bit (where the walk would first
-        look at keys). True: the selector allows the command outright (its bit, allkeys or a command without
-        keys, no channels, nothing stricter to check). (pos, most, prefixes, exact, match):
-        while pos < len(args) <= most the command's one key is args[pos] (`spec.keys.single_key`),
-        and the selector lets it through if `match(key)`; `prefixes` and `exact` are match's
-        plain-prefix and exact-name parts, tried first because they are one C call each.
-        (sel, script, plain, prefixes, match, keyset): check every
-        key against that selector's patterns (`plain(args)`, from `spec.keys.plain_keys`, gives
-        the keys when they all need the permission `prefixes`/`match` are for, and `keyset` is
-        the pattern set they come from; else keys());
-        then a plain command is allowed, a script command goes to the script policy as the
-        general walk would send it. Only "allowed" is ever concluded here: anything else takes
-        the general walk, which produces the exact denial. So every entry stands for a selector
-        that the general walk would also stop at, with the same result.
+        It stands for the first selector with the command's bit (where the walk would first look
+        at keys). Only "allowed" is ever concluded from it: anything else takes the general walk,
+        which produces the exact denial. So every verdict stands for a selector that the general
+        walk would also stop at, with the same result.
         """
         cat = self._cat
         bit = spec.bit
         special = cat.special[bit]
         if bit in cat.channel_bits or special not in (_PLAIN, _SCRIPT):
-            return None
+            return ASK
         for sel in self._selectors:
             # The first selector that may pass the command check is where the walk first
             # extracts keys (which may raise KeyExtractionError): the shortcut starts there.
             if sel.bits[bit]:
                 break
             if bit in sel.firstargs:
-                return None   # passes or not on the first argument: the walk decides
+                return ASK   # passes or not on the first argument: the walk decides
         else:
-            return None
+            return ASK
         if special == _PLAIN and (sel.allkeys or not spec.has_keys):
-            return True
+            return ALLOW
         shape = getattr(spec.keys, "single_key", None)
         needed = cat.needed(shape[1]) if shape is not None else -1
         if special == _PLAIN and needed >= 0:
             ps = sel.keysets[needed]
-            return (shape[0], shape[2], ps.prefixes, ps.exact, ps.match)
+            return OneKey(pos=shape[0], most=shape[2], prefixes=ps.prefixes, exact=ps.exact,
+                          match=ps.match)
         # A script command goes to the policy at the first selector whose keys pass (if a key
         # fails here a later selector may pass: walk then); a plain one is allowed. EVALSHA
-        # and EVALSHA_RO are marked _BY_SHA: judge() tries the policy's compiled check for the
-        # SHA1 itself (ScriptPolicy.judge's own first step) before calling the policy.
-        script = (_BY_SHA if spec.name in _EVALSHA_NAMES else True) if special == _SCRIPT \
-            else False
+        # and EVALSHA_RO are `by_sha`: judge() tries the policy's compiled check for the SHA1
+        # itself (ScriptPolicy.judge's own first step) before calling the policy.
         plain = getattr(spec.keys, "plain_keys", None)
         needed = cat.needed(plain[1]) if plain is not None else -1
         if needed >= 0:
             ps = sel.keysets[needed]
-            return (sel, script, plain[0], ps.prefixes, ps.match, ps)
-        return (sel, script, None, (), None, None)
+            keys = dict(selector=sel, plain=plain[0], prefixes=ps.prefixes, match=ps.match,
+                        keyset=ps)
+        else:
+            keys = dict(selector=sel, plain=None, prefixes=(), match=None, keyset=None)
+        if special == _SCRIPT:
+            return Script(by_sha=spec.name in _EVALSHA_NAMES, **keys)
+        return Keys(**keys)
 
     def __repr__(self) -> str:
         return f"<User {self.name} {self.describe()!r}>"
@@ -795,82 +864,75 @@ class User:
 
         The arity must have been checked: the judge reads the arguments Redis would read.
         """
-        # The hot path: most commands are allowed by a shortcut compiled per user (_compile_fast).
+        # The hot path: most commands are allowed by a verdict compiled per user (_compile_fast).
         fast = self._fast[spec.bit]
         if fast is _UNCOMPILED:
             fast = self._fast[spec.bit] = self._compile_fast(spec)
-        if fast is not None:
-            if fast is True:
-                return None
-            if type(fast[0]) is int:
-                pos, most, prefixes, exact, match = fast
-                if pos < len(args) <= most:
-                    key = args[pos]
-                    if key.startswith(prefixes) or key in exact or match(key):
-                        return None
+        if fast is ALLOW:
+            return None
+        cls = type(fast)
+        if cls is OneKey:
+            if fast.pos < len(args) <= fast.most:
+                key = args[fast.pos]
+                if key.startswith(fast.prefixes) or key in fast.exact or fast.match(key):
+                    return None
+        elif cls is not Ask:
+            sel, plain = fast.selector, fast.plain
+            check = None
+            script = cls is Script
+            if script and fast.by_sha:
+                # The arity check guarantees args[1]; `by_sha` maps an allowed SHA1 as sent
+                # to True (no contract) or its compiled contract (a policy without one is
+                # only asked). With a contract, one call checks the call's shape and,
+                # memoised per user and queue, that its KEYS pass the patterns.
+                check = getattr(self.scripts, "by_sha", _NO_CHECKS).get(args[1])
+                if plain is not None and check is not None and check is not True \
+                        and check.honoured(args, self, fast):
+                    return None
+            keys = plain(args) if plain is not None else None
+            if keys is not None:
+                # All the keys share one permission (EVALSHA's KEYS): C-level checks.
+                ok = sel.allkeys or all(map(_startswith, keys, repeat(fast.prefixes))) \
+                    or all(map(fast.match, keys))
             else:
-                sel, script, plain, prefixes, match, _ = fast
-                check = None
-                if script is _BY_SHA:
-                    # The arity check guarantees args[1]; `by_sha` maps an allowed SHA1 as sent
-                    # to True (no contract) or its compiled contract (a policy without one is
-                    # only asked). With a contract, one call checks the call's shape and,
-                    # memoised per user and queue, that its KEYS pass the patterns.
-                    check = getattr(self.scripts, "by_sha", _NO_CHECKS).get(args[1])
-                    if plain is not None and check is not None and check is not True \
-                            and check.honoured(args, self, fast):
+                ok = sel.allkeys or self._keys_match(sel, spec, args)
+            if ok:
+                if not script:
+                    return None
+                scripts = self.scripts
+                if scripts is not None:
+                    if check is True or (check is not None and check.honoured(args, self)):
                         return None
-                keys = plain(args) if plain is not None else None
-                if keys is not None:
-                    # All the keys share one permission (EVALSHA's KEYS): C-level checks.
-                    ok = sel.allkeys or all(map(_startswith, keys, repeat(prefixes))) \
-                        or all(map(match, keys))
-                else:
-                    ok = sel.allkeys or self._keys_match(sel, spec, args)
-                if ok:
-                    if not script:
+                    denial = scripts.judge(self, spec, args)
+                    if denial is None:
                         return None
-                    scripts = self.scripts
-                    if scripts is not None:
-                        if check is True or (check is not None and check.honoured(args, self)):
-                            return None
-                        denial = scripts.judge(self, spec, args)
-                        if denial is None:
-                            return None
-                        return replace(denial, command=denial.command or spec.name,
-                                       user=denial.user or self.name)
+                    return replace(denial, command=denial.command or spec.name,
+                                   user=denial.user or self.name)
         return self._walk(spec, args, db)
 
-    def shortcut(self, spec):
-        """How judge() decides `spec` on its fast path, for callers that inline it: None (the
-        general walk), True (allowed: judge() returns None whatever the arguments), or
-        (pos, most, prefixes, exact, match): allowed when pos < len(args) <= most and args[pos]
-        starts with one of `prefixes`, is in `exact` or passes `match`; otherwise ask judge().
-        Anything else: ask judge()."""
+    def verdict(self, spec) -> FastVerdict:
+        """The verdict judge() starts from for `spec` (compiled once per user and command), for
+        callers that inline it (session.Session's memo): ALLOW (judge() returns None whatever
+        the arguments), a OneKey (allowed when its key passes; otherwise ask judge()), or
+        anything else: ask judge()."""
         fast = self._fast[spec.bit]
         if fast is _UNCOMPILED:
             fast = self._fast[spec.bit] = self._compile_fast(spec)
         return fast
 
-    def _by_sha_shortcut(self, spec):
-        """The shortcut with which judge() decides `spec` (EVALSHA/EVALSHA_RO) by the SHA1's
-        compiled contract first, or None when it does not."""
-        fast = self.shortcut(spec)
-        return fast if type(fast) is tuple and fast[1] is _BY_SHA and fast[2] is not None \
-            else None
-
     def judges_by_sha(self, spec) -> bool:
         """Whether judge() decides `spec` by the SHA1's compiled contract first: the calls
         lane_script() can describe."""
-        return self._by_sha_shortcut(spec) is not None
+        fast = self.verdict(spec)
+        return type(fast) is Script and fast.by_contract
 
     def lane_script(self, spec, args: list[bytes]):
         """For redisgate._lane, after judge() allowed `args` (EVALSHA/EVALSHA_RO) on its
         compiled path: scripts._FastContract.lane_form's form of this script's calls for the
         queue of KEYS[1], which lets the C lane pass them as judge() would; None if judge()
         took another path."""
-        fast = self._by_sha_shortcut(spec)
-        if fast is None or len(args) < 4:
+        fast = self.verdict(spec)
+        if type(fast) is not Script or not fast.by_contract or len(args) < 4:
             return None
         check = getattr(self.scripts, "by_sha", _NO_CHECKS).get(args[1])
         if check is None or check is True:

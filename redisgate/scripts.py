@@ -30,6 +30,7 @@ share one slot either); profiles refuse such names up front.
 """
 from __future__ import annotations
 
+import enum
 import hashlib
 import re
 from dataclasses import dataclass, field, replace
@@ -68,9 +69,36 @@ _ADMIN = frozenset({"admin"})
 # --------------------------------------------------------------------------------------------
 
 _QUEUE_HEAD = b"asynq:{"
+# The opening of a queue key's hash tag: what the script contracts' queue keys start with, up to
+# the queue name (queue_of). Given to the C lane when a script verdict is built (memo.py): the
+# lane finds a call's queue with it, and knows no product's key names itself.
+QUEUE_TAG = _QUEUE_HEAD
 _DATE = re.compile(rb"\d{4}-\d{2}-\d{2}")
-# The kinds of check in _FastContract.lane_form's flattened form (redisgate/_lane.c reads them).
-LANE_EXACT, LANE_ONE_OF, LANE_PREFIX, LANE_DATE = 0, 1, 2, 3
+
+
+class LaneCheckKind(enum.Enum):
+    """One check of a LaneForm on one argument."""
+    EXACT = "exact"      # args[index] == value
+    ONE_OF = "one_of"    # args[index] in value (a tuple)
+    PREFIX = "prefix"    # args[index] starts with value and is longer
+    DATE = "date"        # args[index] is value, then a YYYY-MM-DD date
+
+
+@dataclass(frozen=True, slots=True)
+class LaneCheck:
+    index: int
+    kind: LaneCheckKind
+    value: bytes | tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LaneForm:
+    """What every call of one script for one queue must look like to be honoured as the judge
+    honoured the one it was made from (_FastContract.lane_form): `numkeys` as written, at least
+    `need` arguments, and every check."""
+    numkeys: bytes
+    need: int
+    checks: tuple[LaneCheck, ...]
 
 
 def queue_of(key: bytes) -> tuple[bytes, bytes] | None:
@@ -890,10 +918,10 @@ class _FastContract:
     @staticmethod
     def _covers(entry: tuple, keys: tuple) -> bool:
         """Whether every KEYS name a call for this queue may hold passes the key patterns of
-        `keys` (rules.User's shortcut for the command: (selector, _, _, _, _, key pattern set)):
-        each fixed name, and every name under each tail prefix."""
-        sel, keyset = keys[0], keys[5]
-        if sel.allkeys:
+        `keys` (rules.User's verdict for the command, a rules.Script: its selector and key
+        pattern set): each fixed name, and every name under each tail prefix."""
+        keyset = keys.keyset
+        if keys.selector.allkeys:
             return True
         if keyset is None:
             return False
@@ -906,7 +934,7 @@ class _FastContract:
             and all(keyset.covers_prefix(prefix) for _, prefix, _ in tails)
 
     def honoured(self, args: list[bytes], user, keys: tuple | None = None) -> bool:
-        """(See the class.) With `keys`, the user's judge shortcut for this command (see
+        """(See the class.) With `keys`, the user's verdict for this command (see
         _covers), True also says that every KEYS name passes the shortcut's key patterns: the
         caller may skip checking them one by one. False: ask check_contract, and check the keys."""
         if args[2] != self.numkeys or len(args) < self.need:
@@ -961,14 +989,12 @@ class _FastContract:
             return may
         return True
 
-    def lane_form(self, args: list[bytes], user, keys: tuple):
+    def lane_form(self, args: list[bytes], user, keys) -> LaneForm | None:
         """For redisgate._lane: when ``honoured(args, user, keys)``, what every call for the
-        queue of KEYS[1] (``queue_of``) must look like to be honoured the same way: (numkeys,
-        fewest arguments, ((index, kind, value), ...)), kinds LANE_EXACT (args[index] == value),
-        LANE_ONE_OF (args[index] in the tuple value), LANE_PREFIX (starts with value and is
-        longer), LANE_DATE (value, then a YYYY-MM-DD date). The user's permissions for that
-        queue's names and ARGV prefixes were part of the verdict, so the form holds for this
-        user and shortcut only. None when the call does not take honoured's path."""
+        queue of KEYS[1] (``queue_of``) must look like to be honoured the same way (LaneForm).
+        The user's permissions for that queue's names and ARGV prefixes were part of the
+        verdict, so the form holds for this user and verdict only. None when the call does not
+        take honoured's path."""
         if not self.honoured(args, user, keys):
             return None
         q = queue_of(args[3])[0]
@@ -976,15 +1002,17 @@ class _FastContract:
         checks = []
         for i, shape in enumerate(self.shapes, 3):
             if shape.tail is not None:
-                kind = LANE_DATE if shape.tail == "date" else LANE_PREFIX
-                checks.append((i, kind, head + shape.suffixes[0]))
+                kind = LaneCheckKind.DATE if shape.tail == "date" else LaneCheckKind.PREFIX
+                checks.append(LaneCheck(i, kind, head + shape.suffixes[0]))
             elif len(shape.suffixes) == 1:
-                checks.append((i, LANE_EXACT, head + shape.suffixes[0]))
+                checks.append(LaneCheck(i, LaneCheckKind.EXACT, head + shape.suffixes[0]))
             else:
-                checks.append((i, LANE_ONE_OF, tuple(head + x for x in shape.suffixes)))
+                checks.append(LaneCheck(i, LaneCheckKind.ONE_OF,
+                                        tuple(head + x for x in shape.suffixes)))
         for p in self.prefixes:
-            checks.append((3 + self.n + p.index - 1, LANE_EXACT, head + p.suffix))
-        return self.numkeys, self.need, tuple(checks)
+            checks.append(LaneCheck(3 + self.n + p.index - 1, LaneCheckKind.EXACT,
+                                    head + p.suffix))
+        return LaneForm(numkeys=self.numkeys, need=self.need, checks=tuple(checks))
 
 
 def _user_may(user, prefix: bytes, write: bool) -> bool:

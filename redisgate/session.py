@@ -30,13 +30,14 @@ import time
 from collections import deque
 from itertools import repeat
 
-from . import audit, errors, handshake, metrics
+from . import audit, errors, handshake, memo, metrics
 from .actions import Actions
 from .audit import AUTH_REASONS, Event, login_name, safe, user_label
 from .commands import TABLE, KeyExtractionError, sort_pattern_option
 from .confine import confine
 from .gate import Gate
 from .login import CertIdentity, Method, Via, automatic_candidate, decide_login
+from .memo import ALLOW, ONE_KEY, SCRIPT
 from .metrics import forwarded_counter
 from .options import is_word, word
 from .resp import (Batch, ProtocolError, ReplyScanner, Request, RequestParser, array, bulk,
@@ -74,12 +75,6 @@ _ACL_MUTATIONS = {"acl|setuser", "acl|deluser", "acl|load", "acl|save"}
 OK = b"+OK\r\n"
 # Session._partial while the unfinished frame is a reply being swallowed, not kept.
 _SWALLOWED = b""
-
-# Session._inline's key positions that are not positions.
-NO_KEY = -1   # allowed whatever the arguments
-ASK = -2      # ask the judge
-SCRIPT = -3   # ask the judge (EVALSHA by a compiled contract); the C lane reads the forms of
-              # calls it allowed, per SHA1 and queue, from the entry (see _lane_script)
 
 
 class Session:
@@ -259,42 +254,42 @@ class Session:
             # judged one by one below.
             args = run.first()
             inline = lookup(args[0]) or self._inline(args, known)
-            if inline is not None and inline[1] <= len(args) <= inline[2]:
-                pos = inline[3]
-                if pos == NO_KEY:
+            if inline is not None and inline.fewest <= len(args) <= inline.most:
+                kind = inline.kind
+                if kind is ALLOW:
                     run = run.tail
-                    inline[7].add(count - len(run))   # (metrics: forwarded, per user/command)
-                elif pos >= 0:
-                    keys = run.column(pos)
-                    if inline[4] and all(map(bytes.startswith, keys, repeat(inline[4]))) \
-                            or inline[5].issuperset(keys):
+                    inline.counter.add(count - len(run))   # (metrics: forwarded, per user/command)
+                elif kind is ONE_KEY:
+                    keys = run.column(inline.pos)
+                    prefixes = inline.prefixes
+                    if prefixes and all(map(bytes.startswith, keys, repeat(prefixes))) \
+                            or inline.exact.issuperset(keys):
                         run = run.tail
-                        inline[7].add(count - len(run))
+                        inline.counter.add(count - len(run))
         for j, args in enumerate(run, count - len(run)):
             inline = lookup(args[0])
             if inline is None:
                 inline = self._inline(args, known)
-            # (spec, fewest, most arguments, key position or NO_KEY / ASK, prefixes, exact,
-            # match, the metrics' forwarded counter): see _inline. Anything outside the fast
-            # shape goes to _handle.
-            if inline is not None and inline[1] <= len(args) <= inline[2]:
-                pos = inline[3]
-                if pos >= 0:
-                    key = args[pos]
-                    if key.startswith(inline[4]) or key in inline[5] or inline[6](key):
-                        inline[7].add(1)
+            # A memo.Verdict (see _inline). Anything outside its arity goes to _handle.
+            if inline is not None and inline.fewest <= len(args) <= inline.most:
+                kind = inline.kind
+                if kind is ONE_KEY:
+                    key = args[inline.pos]
+                    if key.startswith(inline.prefixes) or key in inline.exact \
+                            or inline.match(key):
+                        inline.counter.add(1)
                         continue
-                elif pos == NO_KEY:
-                    inline[7].add(1)
+                elif kind is ALLOW:
+                    inline.counter.add(1)
                     continue
                 else:
                     if judge is None:
                         judge, db = user.judge, self._databases()
                     try:
-                        if judge(inline[0], args, db) is None:
-                            if pos == SCRIPT:
+                        if judge(inline.spec, args, db) is None:
+                            if kind is SCRIPT:
                                 self._lane_script(inline, args)
-                            inline[7].add(1)
+                            inline.counter.add(1)
                             continue
                     except KeyExtractionError:
                         pass
@@ -353,33 +348,19 @@ class Session:
             self.client_data(b"")
 
     def _inline(self, args, known: dict):
-        """How `_run` judges this command inline, or None when it must go to `_handle` (answered
-        or watched here, a container, unknown to the upstream): (spec, fewest, most, pos,
-        prefixes, exact, match, counter). fewest..most is the arity, narrowed to where the user's judge
-        has a shortcut (rules.User.shortcut); pos is NO_KEY (allowed with any arguments), ASK
-        (call the judge), SCRIPT (call the judge; `prefixes` is then the {SHA1: {queue: form}}
-        memo of _lane_script), or where the one key is, allowed when it starts with one of
-        `prefixes`, is in `exact` or passes `match`. `counter` counts the commands forwarded
-        this way (metrics.forwarded_counter; the C lane adds to it too). Memoised in `known`
-        (the user's, on the gate) per name as sent."""
+        """How `_run` judges this command inline (a memo.Verdict, built from the user's
+        rules.User.verdict), or None when it must go to `_handle` (answered or watched here, a
+        container, unknown to the upstream). Its `counter` counts the commands forwarded this
+        way (metrics.forwarded_counter; the C lane adds to it too). Memoised in `known` (the
+        user's, on the gate) per name as sent."""
         spec = TABLE.lookup(args)
         if spec is None or spec.is_container or spec.name in _PLAIN \
                 or not self.gate.available(spec) or (self.shared and not shareable(spec)):
             return None
         a = spec.arity
         fewest, most = (a, a) if a >= 0 else (-a, 1 << 62)
-        shortcut = self.user_entry.user.shortcut(spec)
-        counter = forwarded_counter(self.username, spec.name)
-        if shortcut is True:
-            inline = (spec, fewest, most, NO_KEY, (), (), None, counter)
-        elif type(shortcut) is tuple and type(shortcut[0]) is int:
-            pos, upto, prefixes, exact, match = shortcut
-            inline = (spec, max(fewest, pos + 1), min(most, upto), pos, prefixes, exact, match,
-                      counter)
-        elif self.user_entry.user.judges_by_sha(spec):
-            inline = (spec, fewest, most, SCRIPT, {}, (), None, counter)
-        else:
-            inline = (spec, fewest, most, ASK, (), (), None, counter)
+        inline = memo.compile_entry(spec, fewest, most, self.user_entry.user.verdict(spec),
+                                    forwarded_counter(self.username, spec.name))
         if spec.parent is None and len(known) < 1024:
             # Not subcommands: their spec depends on args[1] as well. The bound: names come from
             # clients, in any mix of cases.
@@ -387,29 +368,22 @@ class Session:
         return inline
 
     def _lane_script(self, inline, args) -> None:
-        """An EVALSHA the judge allowed: unless known, remember in its memo entry what calls of
-        that script for that queue must look like (rules.User.lane_script), so that the C lane
-        forwards them as the judge would. Bounded: SHA1s are the allowed ones, queues at most 64
-        per SHA1."""
+        """An EVALSHA the judge allowed (a SCRIPT verdict): unless known, the verdict learns what
+        calls of that script for that queue must look like (rules.User.lane_script), so that the
+        C lane forwards them as the judge would. Bounded by the verdict: SHA1s are the allowed
+        ones, queues at most 64 per SHA1."""
         if not self.lane_scripts or len(args) < 4:
             return
         queue = queue_of(args[3])
         if queue is None:
             return
         q = queue[0]   # (the C lane finds it the same way: up to the first "}")
-        shas = inline[4]
-        per = shas.get(args[1])
-        if per is None:
-            if len(shas) >= 64:   # (allow_any_script: SHA1s from clients)
-                shas.clear()
-            per = shas[args[1]] = {}
-        elif q in per:
+        sha = args[1]
+        if inline.knows(sha, q):
             return
-        elif len(per) >= 64:
-            per.clear()
-        form = self.user_entry.user.lane_script(inline[0], args)
+        form = self.user_entry.user.lane_script(inline.spec, args)
         if form is not None:
-            per[q] = form
+            inline.learn(sha, q, memo.script_form(form))
         # (None: this call did not take the compiled path. Not remembered: the next one may.)
 
     def _handle(self, req) -> None:

@@ -18,7 +18,6 @@ from collections import deque
 import pytest
 
 from redisgate.mux import Demux
-from redisgate.session import NO_KEY
 
 from wire import cmd
 
@@ -28,9 +27,17 @@ _speedups = pytest.importorskip("redisgate._speedups", reason="redisgate._speedu
 ROUNDS = 1000
 
 
-def entry(fewest, most, pos, prefixes=(), exact=(), match=None):
-    """Session._inline's tuple (as tests/test_lane.py writes it)."""
-    return (None, fewest, most, pos, prefixes, exact, match)
+NO_KEY = "allow"
+
+
+def entry(fewest, most, pos, prefixes=(), exact=frozenset(), match=None, counter=None):
+    """A memo entry (a _lane.Verdict, as tests/test_lane.py writes it)."""
+    counter = _lane.Counter() if counter is None else counter
+    if pos == NO_KEY:
+        return _lane.Verdict.allow(spec=None, fewest=fewest, most=most, counter=counter)
+    return _lane.Verdict.one_key(spec=None, fewest=fewest, most=most, pos=pos,
+                                 prefixes=prefixes, exact=frozenset(exact), match=match,
+                                 counter=counter)
 
 
 def counts(objs):
@@ -201,22 +208,80 @@ def test_lane_client_data_failures_leak_nothing():
     lane = _lane.Lane(list().append, list().append)
     lane.arm(match_fails, [].append, [].append, 0, 16, 1 << 20)
     no_leak([data, match_fails, lane], lambda: lane.client_data(data), ZeroDivisionError)
-    # a memo entry whose numbers are not ints
-    odd = {b"GET": (None, "2", 2, 1, (), (), None)}
-    lane = _lane.Lane(list().append, list().append)
-    lane.arm(odd, [].append, [].append, 0, 16, 1 << 20)
-    no_leak([data, odd, lane], lambda: lane.client_data(data), TypeError)
     # the slow path raises (disarmed: everything goes there)
     lane = _lane.Lane(_raise, _raise)
     no_leak([data, lane], lambda: lane.client_data(data), OSError)
-    # EVALSHA (session.SCRIPT): a form whose `need` is not an int
+    # EVALSHA (a SCRIPT verdict) that fits its learnt form: the upstream write raises
     sha, queue = b"a" * 40, b"default"
-    shas = {sha: {queue: (b"1", "x", ())}}
-    script = {b"EVALSHA": (None, 3, 1 << 62, -3, shas, (), None)}
-    call = cmd("EVALSHA", sha, "1", "asynq:{default}:t:1", "x")
+    verdict = _lane.Verdict.script(spec=None, fewest=3, most=1 << 62, counter=_lane.Counter(),
+                                   tag=b"q:{")
+    form = _lane.ScriptForm(numkeys=b"1", need=5)
+    form.prefix(3, b"q:{default}:t:")
+    verdict.learn(sha, queue, form)
+    script = {b"EVALSHA": verdict}
+    call = cmd("EVALSHA", sha, "1", "q:{default}:t:1", "x")
     lane = _lane.Lane(list().append, list().append)
-    lane.arm(script, [].append, [].append, 0, 16, 1 << 20)
-    no_leak([call, shas, script, lane], lambda: lane.client_data(call), TypeError)
+    lane.arm(script, _raise, [].append, 0, 16, 1 << 20)
+    no_leak([call, verdict, form, script, lane], lambda: lane.client_data(call), OSError)
+
+
+def test_verdict_and_script_form_constructors_that_fail_leak_nothing():
+    """Every argument is checked before a Verdict or ScriptForm takes a reference."""
+    spec, c, prefixes, exact, match = object(), _lane.Counter(), (b"k:",), frozenset({b"e"}), len
+    objs = [spec, c, prefixes, exact, match]
+    V = _lane.Verdict
+    no_leak(objs, lambda: V.allow(spec=spec, fewest=0, most=1, counter=c), ValueError)
+    no_leak(objs, lambda: V.allow(spec=spec, fewest=2, most=1, counter=c), ValueError)
+    no_leak(objs, lambda: V.ask(spec=spec, fewest=1, most=1, counter=object()), TypeError)
+    no_leak(objs, lambda: V.allow(spec=spec, fewest=1, counter=c), TypeError)
+    no_leak(objs, lambda: V.one_key(spec=spec, fewest=2, most=2, pos=1, prefixes=[b"k:"],
+                                    exact=exact, match=match, counter=c), TypeError)
+    no_leak(objs, lambda: V.one_key(spec=spec, fewest=2, most=2, pos=1, prefixes=("k:",),
+                                    exact=exact, match=match, counter=c), TypeError)
+    no_leak(objs, lambda: V.one_key(spec=spec, fewest=2, most=2, pos=1, prefixes=prefixes,
+                                    exact={b"e"}, match=match, counter=c), TypeError)
+    no_leak(objs, lambda: V.one_key(spec=spec, fewest=2, most=2, pos=1, prefixes=prefixes,
+                                    exact=exact, match=1, counter=c), TypeError)
+    no_leak(objs, lambda: V.one_key(spec=spec, fewest=2, most=2, pos=2, prefixes=prefixes,
+                                    exact=exact, match=match, counter=c), ValueError)
+    no_leak(objs, lambda: V.one_key(spec=spec, fewest=2, most=2, pos=1, prefixes=prefixes,
+                                    exact=exact, match=match, counter=None), TypeError)
+    no_leak(objs, lambda: V.script(spec=spec, fewest=3, most=9, counter=c, tag=b""), ValueError)
+    no_leak(objs, lambda: V.script(spec=spec, fewest=3, most=9, counter=c, tag="q:{"), TypeError)
+    with pytest.raises(TypeError):
+        V()   # (only its named constructors make one)
+    # learn/knows: wrong kind of verdict, wrong types, an empty queue
+    one = V.one_key(spec=spec, fewest=2, most=2, pos=1, prefixes=prefixes, exact=exact,
+                    match=match, counter=c)
+    script = V.script(spec=spec, fewest=3, most=9, counter=c, tag=b"q:{")
+    form = _lane.ScriptForm(numkeys=b"1", need=5)
+    sha, queue = b"a" * 40, b"default"
+    objs = [one, script, form, sha, queue]
+    no_leak(objs, lambda: one.learn(sha, queue, form), TypeError)
+    no_leak(objs, lambda: one.knows(sha, queue), TypeError)
+    no_leak(objs, lambda: script.learn(sha, "default", form), TypeError)
+    no_leak(objs, lambda: script.learn(sha, queue, (b"1", 5, ())), TypeError)
+    no_leak(objs, lambda: script.learn(sha, b"", form), ValueError)
+    no_leak(objs, lambda: script.knows("a", queue), TypeError)
+    assert script.knows(sha, queue) is False
+    # ScriptForm: its constructor and each check's arguments
+    numkeys, value, values = b"1", b"q:{default}:pending", (b"a", b"b")
+    objs = [form, numkeys, value, values]
+    no_leak(objs, lambda: _lane.ScriptForm(numkeys="1", need=5), TypeError)
+    no_leak(objs, lambda: _lane.ScriptForm(numkeys=numkeys, need=65), ValueError)
+    no_leak(objs, lambda: form.exact(0, value), ValueError)
+    no_leak(objs, lambda: form.exact(64, value), ValueError)
+    no_leak(objs, lambda: form.exact(3, "text"), TypeError)
+    no_leak(objs, lambda: form.one_of(3, ()), TypeError)
+    no_leak(objs, lambda: form.one_of(3, (b"a", "b")), TypeError)
+    no_leak(objs, lambda: form.one_of(3, list(values)), TypeError)
+    assert form.checks == 0
+    for i in range(64):   # (the most checks a form holds)
+        form.exact(1 + i % 63, value)
+    no_leak(objs, lambda: form.date(3, value), ValueError)
+    script.learn(sha, queue, form)
+    assert script.knows(sha, queue) is True
+    no_leak(objs, lambda: form.prefix(3, value), RuntimeError)   # (learnt: frozen)
 
 
 def test_shared_lane_failures_leak_nothing():
@@ -352,8 +417,8 @@ def test_count_flat_stops_at_a_bulk_shorter_than_its_header_says(size):
 # ---------------------------------------------------------------- metrics kept in C (issue 17)
 
 def counted(fewest, most, pos, prefixes=(), counter=None):
-    """An 8-item memo entry: its last item is the _lane.Counter the lane adds to."""
-    return (None, fewest, most, pos, prefixes, (), None, counter)
+    """A memo entry with the _lane.Counter the lane adds to."""
+    return entry(fewest, most, pos, prefixes, counter=counter)
 
 
 def test_counter_failures_leak_nothing():
@@ -382,7 +447,7 @@ def test_counted_requests_that_fail_half_way_leak_no_counter_and_count_nothing()
     # a later request's match callable raises: nothing counted for the earlier ones
     get_c, ping_c = _lane.Counter(), _lane.Counter()
     fails = {b"PING": counted(1, 2, NO_KEY, (), ping_c),
-             b"GET": (None, 2, 2, 1, (), (), lambda k: 1 / 0, get_c)}
+             b"GET": entry(2, 2, 1, match=lambda k: 1 / 0, counter=get_c)}
     lane = _lane.Lane(list().append, list().append)
     lane.arm(fails, [].append, [].append, 0, 16, 1 << 20)
     both = cmd("PING") + cmd("GET", "x")
@@ -408,8 +473,8 @@ def test_more_names_in_a_read_than_the_lane_tallies_go_to_python_and_leak_nothin
     sixteen = b"".join(cmd("C%d" % i) for i in range(16)) * 2
     lane.client_data(sixteen)
     assert [c.value for c in counters] == [2] * 16 + [0]
-    # an 8th item that is no Counter: the lane gives up on the entry
-    odd = {b"PING": (None, 1, 1, NO_KEY, (), (), None, "not a counter")}
+    # an entry that is no Verdict: the lane gives up on it
+    odd = {b"PING": (None, 1, 1, -1, (), (), None, "not a counter")}
     lane = _lane.Lane(_raise, _raise)
     lane.arm(odd, [].append, [].append, 0, 16, 1 << 20)
     ping = cmd("PING")

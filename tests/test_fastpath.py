@@ -22,7 +22,7 @@ from redisgate.commands import TABLE, KeyExtractionError
 from redisgate.config import build_config
 from redisgate.gate import Gate
 from redisgate.resp import ReplyScanner, RequestParser, encode_command
-from redisgate.rules import parse_user, RuleError
+from redisgate.rules import ALLOW, OneKey, parse_user, RuleError
 from redisgate.scripts import KNOWN_SCRIPTS, QueueKey, ScriptPolicy, check_contract
 from redisgate.session import DROP, FWD, Session
 
@@ -486,11 +486,11 @@ def test_judge_shortcuts_agree_with_the_general_walk():
             fast = outcome(user.judge, spec, args, 0)
             assert fast == outcome(user._walk, spec, args, 0), (user.describe(), args)
             judged += 1
-            short = user.shortcut(spec)
-            if short is True or (type(short) is tuple and type(short[0]) is int
-                                 and short[0] < len(args) <= short[1]
-                                 and (args[short[0]].startswith(short[2])
-                                      or args[short[0]] in short[3] or short[4](args[short[0]]))):
+            short = user.verdict(spec)
+            if short is ALLOW or (type(short) is OneKey and short.pos < len(args) <= short.most
+                                  and (args[short.pos].startswith(short.prefixes)
+                                       or args[short.pos] in short.exact
+                                       or short.match(args[short.pos]))):
                 shortcut_allowed += 1
                 assert fast is None, (user.describe(), args)
     assert judged > 10000 and shortcut_allowed > 500
@@ -650,7 +650,7 @@ def test_profile_users_evalsha_keys_are_vouched_for_by_the_contract():
                 continue
             args = _valid_call(contract, b"default", random.Random(1))
             spec = TABLE.lookup(args)
-            assert fast.honoured(args, user, user.shortcut(spec)) is want, (name, contract.sha1)
+            assert fast.honoured(args, user, user.verdict(spec)) is want, (name, contract.sha1)
             assert (user.judge(spec, args) is None) is want
             checked += 1
     assert checked >= 2

@@ -17,7 +17,6 @@ import pytest
 
 from redisgate import server
 from redisgate.config import build_config
-from redisgate.session import ASK, NO_KEY
 
 from proxy import ProxyRunner, pw_hash
 from wire import Wire, cmd
@@ -37,9 +36,20 @@ class Recorder:
         self.lane.arm(known, self.up.append, self.client.append, due, max_args, max_bulk)
 
 
-def entry(fewest, most, pos, prefixes=(), exact=(), match=None):
-    """Session._inline's tuple (its spec is not used by the lane)."""
-    return (None, fewest, most, pos, prefixes, exact, match)
+NO_KEY, ASK = "allow", "ask"   # entry()'s positions that are not positions
+
+
+def entry(fewest, most, pos, prefixes=(), exact=frozenset(), match=None, counter=None):
+    """A memo entry as Session._inline builds it (memo.compile_entry): a _lane.Verdict (its spec
+    is not used by the lane)."""
+    counter = _lane.Counter() if counter is None else counter
+    if pos == NO_KEY:
+        return _lane.Verdict.allow(spec=None, fewest=fewest, most=most, counter=counter)
+    if pos == ASK:
+        return _lane.Verdict.ask(spec=None, fewest=fewest, most=most, counter=counter)
+    return _lane.Verdict.one_key(spec=None, fewest=fewest, most=most, pos=pos,
+                                 prefixes=prefixes, exact=frozenset(exact), match=match,
+                                 counter=counter)
 
 
 KNOWN = {
@@ -177,9 +187,9 @@ def test_bad_arguments_and_errors_are_exceptions_not_crashes():
     bad.arm({b"GET": entry(2, 2, 1, (), (), lambda k: 1 / 0)}, fail, fail, 0, 16, 1 << 20)
     with pytest.raises(ZeroDivisionError):
         bad.client_data(cmd("GET", "x"))
-    # Odd memo entries are not trusted: the slow path decides.
+    # Memo entries that are not Verdicts are not read: the slow path decides.
     odd = Recorder()
-    odd.arm({b"GET": (None, 2, 2), b"SET": entry(3, 3, 1, b"k:")})
+    odd.arm({b"GET": (None, 2, 2, 1, (b"k:",), frozenset(), None), b"SET": object()})
     odd.lane.client_data(cmd("GET", "k:1"))
     odd.lane.client_data(cmd("SET", "k:1", "v"))
     assert odd.up == [] and len(odd.slow_client) == 2
@@ -708,8 +718,9 @@ def test_asynq_scripts_take_the_lane_once_judged(redis7, multiplex):
 def test_the_lane_counts_what_it_forwards_per_entry_in_c_and_only_whole_reads():
     from redisgate import metrics
     get_c, set_c = _lane.Counter(), _lane.Counter()
-    known = {b"GET": (*entry(2, 2, 1, (b"k:",)), get_c), b"SET": (*entry(3, 3, 1, (b"k:",)), set_c),
-             b"PING": entry(1, 2, NO_KEY)}   # (a 7-item entry: forwarded, not counted)
+    known = {b"GET": entry(2, 2, 1, (b"k:",), counter=get_c),
+             b"SET": entry(3, 3, 1, (b"k:",), counter=set_c),
+             b"PING": entry(1, 2, NO_KEY)}   # (its own counter)
     r = Recorder()
     r.arm(known)
     before = _lane.stats()
