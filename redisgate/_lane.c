@@ -13,11 +13,12 @@
  *   client_data(data)    forwards `data` as it came when it is whole canonical requests
  *                        (scan()'s form, within the parser's limits) that the session's own
  *                        inline judge would pass: each name is in `known` (Session._inline's
- *                        memo for the user, the very same dict) with an entry whose arity fits
- *                        and whose one key, if any, starts with one of its prefixes, is in its
- *                        exact set or passes its match; an EVALSHA entry (session.SCRIPT)
- *                        holds the forms of the calls the judge allowed, per SHA1 and queue
- *                        (Session._lane_script), and the call must fit one (script_passes).
+ *                        memo for the user, the very same dict) with a Verdict (below: built
+ *                        by redisgate.memo from the user's compiled rules verdict) whose arity
+ *                        fits: ALLOW, or ONE_KEY and its one key starts with one of its
+ *                        prefixes, is in its exact set or passes its match, or SCRIPT and the
+ *                        EVALSHA fits a ScriptForm the verdict learnt from calls the judge
+ *                        allowed, per SHA1 and queue (Session._lane_script; script_passes).
  *                        Then due += how many, never past `window` (a read that would pass
  *                        it goes to Python, which holds what does not fit: flow control).
  *                        On a dedicated link it writes the upstream; on
@@ -48,8 +49,8 @@ static PyObject *s_due, *s_ready, *s_out, *s_demux, *s_conn, *s_transport, *s_wr
 
 /* ---- Metrics kept in C, read when /metrics is scraped (redisgate.metrics' collector) ----
  *
- * Counter: one uint64 per (user, command) (redisgate.metrics.forwarded_counter), the 8th item
- * of a memo entry (Session._inline); a lane adds the requests it forwarded under that entry's
+ * Counter: one uint64 per (user, command) (redisgate.metrics.forwarded_counter), the `counter`
+ * of a memo Verdict (redisgate.memo); a lane adds the requests it forwarded under that entry's
  * name, and the Python path adds its own with Counter.add. Nothing else in C looks at it.
  *
  * `stats`: the client bytes the lanes and routers moved in C (the Python path counts its own),

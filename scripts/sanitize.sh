@@ -63,7 +63,7 @@ EOF
 
 if [ $# -eq 0 ]; then
   set -- tests/test_lane.py tests/test_fastpath.py tests/test_resp.py tests/test_resp_fuzz.py \
-         tests/test_mux.py tests/test_c_refcounts.py
+         tests/test_mux.py tests/test_c_refcounts.py tests/test_verdict.py
 fi
 echo "== running under ASan + UBSan: $*"
 "$PY" -m pytest -q -p no:cacheprovider "$@"
