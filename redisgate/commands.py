@@ -31,6 +31,7 @@ from __future__ import annotations
 import enum
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Callable, Iterator
@@ -321,13 +322,29 @@ def _xread_getkeys(args: list) -> list:
     return [(args[i], 0) for i in range(streams_pos + 1, argc - num)]
 
 
-# `keys.single_key = (pos, flags, most)`, on the `keys` of a spec that has it, is what the judge's
-# fast path reads instead of calling `keys`: whenever pos < len(args) <= most, `keys(args)` is
-# exactly [(args[pos], flags)]. Key-spec commands with one plain key get it from `_fast_path`;
-# the getkeys procs below whose plain form is a single key get it from here.
+@dataclass(frozen=True, slots=True)
+class SingleKey:
+    """`keys.single_key`, on the `keys` of a spec that has it, is what the judge's verdict
+    compiler (rules.User._compile_fast) reads instead of calling `keys`: whenever
+    pos < len(args) <= most, `keys(args)` is exactly [(args[pos], flags)]."""
+    pos: int
+    flags: int
+    most: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlainKeys:
+    """`keys.plain_keys`: `keys(args)` gives the keys alone, all with `flags`, or None (then call
+    `keys()`): a numkeys command's KEYS when numkeys is written plainly."""
+    keys: Callable[[list], "list | None"]
+    flags: int
+
+
+# Key-spec commands with one plain key get a SingleKey from `_fast_path`; the getkeys procs below
+# whose plain form is a single key get it from here.
 _ANY_ARGC = 1 << 62
 _PLAIN_SHAPES = {
-    "set": (1, _OW | _UPDATE, 3),   # SET key value: no GET option, see _set_getkeys
+    "set": SingleKey(1, _OW | _UPDATE, 3),   # SET key value: no GET option, see _set_getkeys
 }
 
 
@@ -699,7 +716,7 @@ def _fast_path(real: tuple, slow: Callable[[list], list]):
                 if len(args) > pos:
                     return [(args[pos], flags)]
                 return slow(args)
-            single.single_key = (pos, flags, _ANY_ARGC)
+            single.single_key = SingleKey(pos, flags, _ANY_ARGC)
             return single
         if fk == "range" and fa < 0 and not fc:
             lastkey, step = fa, fb
@@ -731,7 +748,7 @@ def _fast_path(real: tuple, slow: Callable[[list], list]):
                 return slow(args)
             # For the judge's fast path: the keys alone, all with these flags, or None (then
             # call keys()).
-            keynum.plain_keys = (plain_keys, flags)
+            keynum.plain_keys = PlainKeys(plain_keys, flags)
             return keynum
     if len(real) == 2 and all(k[1] == "index" and k[4] == "range" and k[5] == 0
                               and not k[0] & _INCOMPLETE for k in real):

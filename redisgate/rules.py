@@ -815,21 +815,21 @@ class User:
             return ASK
         if special == _PLAIN and (sel.allkeys or not spec.has_keys):
             return ALLOW
-        shape = getattr(spec.keys, "single_key", None)
-        needed = cat.needed(shape[1]) if shape is not None else -1
+        shape = getattr(spec.keys, "single_key", None)   # a commands.SingleKey
+        needed = cat.needed(shape.flags) if shape is not None else -1
         if special == _PLAIN and needed >= 0:
             ps = sel.keysets[needed]
-            return OneKey(pos=shape[0], most=shape[2], prefixes=ps.prefixes, exact=ps.exact,
+            return OneKey(pos=shape.pos, most=shape.most, prefixes=ps.prefixes, exact=ps.exact,
                           match=ps.match)
         # A script command goes to the policy at the first selector whose keys pass (if a key
         # fails here a later selector may pass: walk then); a plain one is allowed. EVALSHA
         # and EVALSHA_RO are `by_sha`: judge() tries the policy's compiled check for the SHA1
         # itself (ScriptPolicy.judge's own first step) before calling the policy.
-        plain = getattr(spec.keys, "plain_keys", None)
-        needed = cat.needed(plain[1]) if plain is not None else -1
+        plain = getattr(spec.keys, "plain_keys", None)   # a commands.PlainKeys
+        needed = cat.needed(plain.flags) if plain is not None else -1
         if needed >= 0:
             ps = sel.keysets[needed]
-            keys = dict(selector=sel, plain=plain[0], prefixes=ps.prefixes, match=ps.match,
+            keys = dict(selector=sel, plain=plain.keys, prefixes=ps.prefixes, match=ps.match,
                         keyset=ps)
         else:
             keys = dict(selector=sel, plain=None, prefixes=(), match=None, keyset=None)

@@ -451,7 +451,7 @@ def test_single_key_shapes_match_key_extraction():
         shape = getattr(spec.keys, "single_key", None)
         if shape is None:
             continue
-        pos, flags, most = shape
+        pos, flags, most = shape.pos, shape.flags, shape.most
         for _ in range(20):
             n = rng.randint(pos + 1, min(most, pos + 8))
             args = [spec.name.encode()] + [rng.choice(pool) for _ in range(n - 1)]
