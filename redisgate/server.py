@@ -447,8 +447,9 @@ class ClientConnection(asyncio.Protocol):
     _auth_timer = None    # limits.auth_timeout, while not logged in (_watch_login)
     _login_seen = False   # logged in at some point (a RESET's logout restarts the timeout)
     _stall_timer = None   # auth_throttle's delay of this connection (Session.stall)
-    # limits.idle_timeout (Proxy.sweep_idle): reads that took the Python path (the C lane
-    # counts its own: Lane.passed); the sum when the sweep last saw it change, and when.
+    # limits.idle_timeout (Proxy.sweep_idle): reads that took the Python path (a read the C
+    # lane forwards is counted in lane_passed instead, one it gives up on only here); their sum
+    # when the sweep last saw it change, and when.
     _reads = 0
     _idle_mark = -1
     _idle_since = 0.0
@@ -560,11 +561,18 @@ class ClientConnection(asyncio.Protocol):
             return
         self._disconnect_audited = True
         session = self.session
-        passed = self._lane_passed + (self.lane.passed if self.lane is not None else 0)
         duration = asyncio.get_running_loop().time() - self.accepted
         audit.emit(Event("disconnect", user=safe(session.username) if session.username else None,
                          peer=session.peer, info=session.client_info, reason=reason,
-                         duration=round(duration, 3), commands=session.commands + passed))
+                         duration=round(duration, 3),
+                         commands=session.commands + self.lane_passed))
+
+    @property
+    def lane_passed(self) -> int:
+        """Requests the C lane forwarded for this connection, over its life (drain() drops the
+        lane and keeps its count). The lane takes a read whole or not at all, so these and the
+        session's `commands` (what took the Python path) never count a request twice."""
+        return self._lane_passed + (self.lane.passed if self.lane is not None else 0)
 
     def upstream_data(self, data: bytes) -> None:
         """Bytes from this client's own upstream connection."""
@@ -798,7 +806,7 @@ class ClientConnection(asyncio.Protocol):
         more than it really was): 0 while it sends, is owed a reply (a blocked BLPOP), is
         subscribed, or is not logged in (limits.auth_timeout's business)."""
         lane = self.lane
-        mark = self._reads + lane.passed if lane is not None else self._reads
+        mark = self._reads + self.lane_passed   # (only ever grows: drain keeps the lane's)
         if mark == self._idle_mark:
             if self.session.quiet() and not (
                     self.due or self._backlog is not None or self.draining or self.closed
@@ -808,7 +816,7 @@ class ClientConnection(asyncio.Protocol):
         self._idle_since = now
         return 0.0
 
-    def close_idle(self, idle: float) -> None:
+    def close_idle(self) -> None:
         self.close_reason = "idle-timeout"   # (audited as the disconnect's reason)
         metrics.inc("idle_timeouts")
         self.session.abort()
@@ -1485,9 +1493,9 @@ class Proxy:
         if not timeout or not self.clients:
             return
         now = asyncio.get_running_loop().time()
-        idle = [(c, t) for c in self.clients if (t := c.idle_for(now)) >= timeout]
-        for c, t in idle:
-            c.close_idle(t)
+        idle = [c for c in self.clients if c.idle_for(now) >= timeout]
+        for c in idle:
+            c.close_idle()
         self.watch_idle()
 
     async def probe_upstream(self) -> None:

@@ -360,9 +360,15 @@ def test_report_only_denials_say_so(redis7, captured):
     assert len(denied) == 1 and denied[0].report_only is True and denied[0].object == "elsewhere"
 
 
-def test_disconnect_counts_the_commands_the_c_lane_forwarded_too(redis7, tmp_path):
+@pytest.mark.parametrize("multiplex", [0, 1])
+@pytest.mark.parametrize("ending", ["client-closed", "shutdown"])
+def test_disconnect_counts_the_commands_the_c_lane_forwarded_too(redis7, tmp_path, multiplex,
+                                                                 ending):
+    """Every request once: the lane's (Lane.passed, kept across the shutdown's drain, which drops
+    the lane) and the Python path's (denied ones, a pipeline the lane gives up on)."""
     path = tmp_path / "audit.jsonl"
-    runner = ProxyRunner({"upstream": redis7.upstream, "audit": {"path": str(path)},
+    runner = ProxyRunner({"upstream": dict(redis7.upstream, multiplex=multiplex),
+                          "audit": {"path": str(path)},
                           "users": {"app": f"on {pw_hash('pw')} ~app:* +get"}}).start()
     try:
         w = Wire(runner.port)
@@ -370,15 +376,25 @@ def test_disconnect_counts_the_commands_the_c_lane_forwarded_too(redis7, tmp_pat
         for _ in range(5):      # pipelines, once the steady state (the lane) has taken over
             w.send(b"".join(cmd("GET", f"app:{i}") for i in range(200)))
             assert w.read(200) == [None] * 200
-        w.close()
-        deadline = time.monotonic() + 5
-        while '"disconnect"' not in path.read_text():
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        # A read with a denied command in it: the lane gives all of it to the session.
+        w.send(cmd("GET", "app:x") + cmd("SET", "app:x", "v") + cmd("GET", "app:y"))
+        got = w.read(3)
+        assert got[0] is None and str(got[1]).startswith("NOPERM") and got[2] is None
+        (conn,) = runner.call(lambda: list(runner.proxy.clients))
+        lane = runner.call(lambda: conn.lane_passed)
+        assert lane >= 200 or conn.lane is None   # (REDISGATE_NO_LANE: all of it in Python)
+        if ending == "client-closed":
+            w.close()
+            deadline = time.monotonic() + 5
+            while '"disconnect"' not in path.read_text():
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
     finally:
         runner.stop()
+        if ending == "shutdown":
+            w.close()
     gone = [e for e in read_events(path) if e["event"] == "disconnect"]
-    assert len(gone) == 1 and gone[0]["commands"] == 1001 and gone[0]["reason"] == "client-closed"
+    assert len(gone) == 1 and gone[0]["commands"] == 1004 and gone[0]["reason"] == ending
 
 
 def test_a_lost_upstream_connection_is_audited_as_upstream_lost(redis7, tmp_path):
