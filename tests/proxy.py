@@ -73,10 +73,11 @@ class ProxyRunner:
             raise self._error
         return self
 
-    def call(self, fn, *args):
-        """Run fn(*args) on the proxy's loop thread and return its result."""
+    def call(self, fn, *args, timeout: float = 10):
+        """Run fn(*args) on the proxy's loop thread and return its result (waiting at most
+        `timeout` s for the loop: longer where it may be busy on a loaded machine)."""
         fut = asyncio.run_coroutine_threadsafe(_as_coro(fn, *args), self.loop)
-        return fut.result(10)
+        return fut.result(timeout)
 
     def stop(self) -> None:
         if self.loop and self.loop.is_running():

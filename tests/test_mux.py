@@ -36,7 +36,7 @@ _reply = st.recursive(_leaf, lambda inner: st.lists(inner, max_size=4).map(
     lambda items: b"*%d\r\n" % len(items) + b"".join(items)), max_leaves=8)
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(runs=st.lists(st.tuples(st.integers(0, 3), st.lists(_reply, min_size=1, max_size=6)),
                      min_size=1, max_size=8),
        cuts=st.lists(st.integers(0, 20000), max_size=12))
@@ -93,7 +93,7 @@ def test_demux_refuses_replies_nobody_asked_for():
 PUSH = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$5\r\napp:x\r\n"
 
 
-@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(runs=st.lists(st.tuples(st.integers(0, 2), st.lists(_reply, min_size=1, max_size=4)),
                      min_size=1, max_size=6),
        pushes=st.lists(st.integers(0, 40), max_size=4),

@@ -478,19 +478,32 @@ def test_asyncio_client_pipeline(env):
     assert r[0] is True and r[1] == b"1" and isinstance(r[2], redis.exceptions.NoPermissionError)
 
 
-def _flood(s: socket.socket, chunk: bytes) -> int:
+def _flood(s: socket.socket, chunk: bytes, runner: ProxyRunner) -> int:
     """Log in as producer, then send `chunk` again and again without reading, until 64 MiB are
-    sent or the proxy stops reading for half a second: the bytes sent."""
+    sent or the proxy stops reading: sends make no progress for half a second and the proxy
+    holds this client's input (ClientConnection.hold_input, whatever the reason). A proxy that
+    is merely slow (a loaded machine) stalls sends too: the flood goes on then. The bytes sent."""
     s.sendall(cmd("AUTH", "producer", PASSWORDS["producer"]))
     time.sleep(0.2)
     s.settimeout(0.5)
-    sent = 0
-    try:
-        while sent < 64 << 20:
-            s.sendall(chunk)
-            sent += len(chunk)
-    except socket.timeout:
-        pass
+    me = s.getsockname()
+
+    def held() -> bool:   # (the loop may still be busy with what it read: seconds, under load)
+        return runner.call(lambda: any(
+            c.transport.get_extra_info("peername")[:2] == me and c._reading_held
+            for c in list(runner.proxy.clients)), timeout=120)
+    view, pos, sent = memoryview(chunk), 0, 0
+    deadline = time.monotonic() + 120
+    while sent < 64 << 20:
+        try:
+            n = s.send(view[pos:])
+        except socket.timeout:
+            if held():
+                break
+            assert time.monotonic() < deadline, "the proxy neither read on nor held the client"
+            continue
+        sent += n
+        pos = (pos + n) % len(chunk)
     return sent
 
 
@@ -512,12 +525,14 @@ def test_commands_waiting_for_an_upstream_being_opened_are_bounded(monkeypatch, 
         fillers.append(f)
     time.sleep(0.1)
     runner = ProxyRunner({"upstream": {"address": "127.0.0.1:%d" % hung.getsockname()[1],
-                                       "connect_timeout": 4, "multiplex": multiplex},
+                                       # (long: it must still be connecting when the flood
+                                       # stops, however slow a loaded machine is)
+                                       "connect_timeout": 60, "multiplex": multiplex},
                           "users": USERS}).start()
     s = socket.create_connection(("127.0.0.1", runner.port))
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
-        sent = _flood(s, cmd("SET", "asynq:k", "v" * 1000) * 100)
+        sent = _flood(s, cmd("SET", "asynq:k", "v" * 1000) * 100, runner)
         assert sent < 32 << 20, "the proxy kept reading commands it could not send"
         waiting = runner.call(lambda: [sum(map(len, c.session._held)) for c in runner.proxy.clients]
                               + [sum(map(len, link.out)) for link in runner.proxy.links])
@@ -535,8 +550,9 @@ def test_a_client_that_never_reads_its_refusals_is_no_longer_read(env):
     client (bounded memory)."""
     s = socket.create_connection(("127.0.0.1", env.port))
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sent = _flood(s, cmd("GET", "denied:key") * 2000)
+    sent = _flood(s, cmd("GET", "denied:key") * 2000, env)
     assert sent < 64 << 20, "the proxy kept reading a client that does not read"
-    sizes = env.call(lambda: [c.transport.get_write_buffer_size() for c in env.proxy.clients])
+    sizes = env.call(lambda: [c.transport.get_write_buffer_size() for c in env.proxy.clients],
+                     timeout=120)
     assert max(sizes) < 8 << 20
     s.close()
