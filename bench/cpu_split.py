@@ -36,31 +36,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from procstat import proc_cpu, proc_switches  # noqa: E402
 from targets import REDIS_BENCHMARK, Stack  # noqa: E402
 
 WORKLOADS = {   # id: (redis-benchmark test, clients, pipeline)
     "set_p16": ("set", 50, 16), "get_p16": ("get", 50, 16),
     "set_p1": ("set", 50, 1), "get_p1": ("get", 50, 1), "get_c1": ("get", 1, 1),
 }
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of a process so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) / TICK, int(fields[12]) / TICK
-
-
-def proc_switches(pid: int) -> tuple[int, int]:
-    """(voluntary, involuntary) context switches of a process so far."""
-    found = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if "ctxt_switches" in line:
-                name, value = line.split(":")
-                found[name.strip()] = int(value)
-    return found["voluntary_ctxt_switches"], found["nonvoluntary_ctxt_switches"]
 
 
 def children_cpu() -> float:
@@ -91,6 +73,24 @@ def measure(target, redis_pid: int, workload: str, requests: int) -> dict:
     return {"rps": rps, "wall": wall, "user": user, "sys": system, "redis": redis, "bench": bench,
             "idle": max(0.0, 1 - (user + system + redis + bench) / (2 * wall)),
             "vol": (sw1[0] - sw0[0]) * 1000 / n, "invol": (sw1[1] - sw0[1]) * 1000 / n}
+
+
+def run_rounds(measure, targets, workloads, rounds: int, redis_pid: int, requests: int,
+               results: dict, extra=None) -> None:
+    """`rounds` rounds of every workload on every target, in reversed order every other round
+    (no target always runs first); each `measure(target, redis_pid, workload, requests)` goes to
+    results[(workload, target.name)] and prints a line (`extra(m)`: more of it)."""
+    width = max(len(t.name) for t in targets) if targets else 0
+    for rnd in range(rounds):
+        order = targets if rnd % 2 == 0 else targets[::-1]
+        for workload in workloads:
+            for target in order:
+                m = measure(target, redis_pid, workload, requests)
+                results.setdefault((workload, target.name), []).append(m)
+                print(f"round {rnd + 1} {workload:8} {target.name:{width}} {m['rps']:>10,.0f}/s  "
+                      f"proxy {m['user']:.2f}+{m['sys']:.2f} µs  redis {m['redis']:.2f}  "
+                      f"bench {m['bench']:.2f}  idle {m['idle']:.0%}"
+                      + (f"  {extra(m)}" if extra else ""), flush=True)
 
 
 def count_syscalls(target, workload: str, requests: int) -> None:
@@ -155,16 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             ap.error(f"unknown target(s): {', '.join(bad)} (known: {', '.join(starters)})")
         targets = [starters[t]() for t in args.targets.split(",")]
-        for rnd in range(args.rounds):
-            order = targets if rnd % 2 == 0 else targets[::-1]
-            for workload in workloads:
-                for target in order:
-                    m = measure(target, redis.pid, workload, args.requests)
-                    results.setdefault((workload, target.name), []).append(m)
-                    print(f"round {rnd + 1} {workload:8} {target.name:20} {m['rps']:>10,.0f}/s  "
-                          f"proxy {m['user']:.2f}+{m['sys']:.2f} µs  redis {m['redis']:.2f}  "
-                          f"bench {m['bench']:.2f}  idle {m['idle']:.0%}  "
-                          f"switches/1k {m['vol']:.1f}/{m['invol']:.1f}", flush=True)
+        run_rounds(measure, targets, workloads, args.rounds, redis.pid, args.requests, results,
+                   lambda m: f"switches/1k {m['vol']:.1f}/{m['invol']:.1f}")
         if args.syscalls:
             for workload in workloads:
                 for target in targets:

@@ -85,6 +85,25 @@ def encode(cmds: list[list[bytes]]) -> bytes:
     return b"".join(parts)
 
 
+def logged_in(gate):
+    """A Session of `gate` logged in as the bench user, its upstream connected and the proxy's
+    own setup commands (upstream AUTH, ...) answered, nothing left to write (bench/session.py
+    uses it too)."""
+    from redisgate.session import LOCAL, Session
+    s = Session(gate, client_info="bench")
+    s.client_data(encode([[b"auth", b"bench", b"bench-password"]]))
+    s.connected()
+    for _ in range(16):   # (one reply at a time)
+        if not s.slots or s.slots[0][0] == LOCAL:
+            break
+        s.upstream_data(b"+OK\r\n")
+    if s.to_client[-1:] != [b"+OK\r\n"] or s.close:
+        raise RuntimeError(f"could not log in as bench: {b''.join(s.to_client)[:200]!r}")
+    s.to_client.clear()
+    s.to_upstream.clear()
+    return s
+
+
 def slices(buf: bytes) -> list[bytes]:
     return [buf[i:i + SLICE] for i in range(0, len(buf), SLICE)]
 
@@ -246,29 +265,13 @@ def bench_paths(n: int, reps: int) -> dict:
 
 def bench_session(cfg, cmds, chunks, reps: int) -> dict:
     from redisgate.gate import Gate
-    from redisgate.session import LOCAL, Session
 
     n = len(cmds)
     gate = Gate(cfg, (7, 0, 15))
     reply_chunks = slices(b":1\r\n" * n)
 
-    def logged_in() -> Session:
-        s = Session(gate, client_info="bench")
-        s.client_data(encode([[b"auth", b"bench", b"bench-password"]]))
-        s.connected()
-        # Answer the proxy's own setup commands (upstream AUTH, ...) one reply at a time.
-        for _ in range(16):
-            if not s.slots or s.slots[0][0] == LOCAL:
-                break
-            s.upstream_data(b"+OK\r\n")
-        if s.to_client[-1:] != [b"+OK\r\n"] or s.close:
-            raise RuntimeError(f"could not log in as bench: {b''.join(s.to_client)[:200]!r}")
-        s.to_client.clear()
-        s.to_upstream.clear()
-        return s
-
     def run() -> None:
-        s = logged_in()
+        s = logged_in(gate)
         for c in chunks:
             s.client_data(c)
         sent = sum(len(d) for d in s.to_upstream)

@@ -34,22 +34,15 @@ TLS_MEMORY_TARGET_KIB = 48.0
 # CPU per request of the target's own process (user + system, /proc/<pid>/stat), same-round
 # ratio: (id, title, workload, target, baseline, op, threshold).
 CPU_CHECKS = [
-    ("cpu_p16_set_vs_twemproxy", "CPU/request SET -P 16: redisgate (shared link) ≤ 0.35× twemproxy",
-     "set_p16", "redisgate", "twemproxy", "<=", 0.35),
-    ("cpu_p16_get_vs_twemproxy", "CPU/request GET -P 16: redisgate (shared link) ≤ 0.35× twemproxy",
-     "get_p16", "redisgate", "twemproxy", "<=", 0.35),
-    ("cpu_p1_set_vs_twemproxy", "CPU/request SET -P 1: redisgate (shared link) ≤ 0.5× twemproxy",
-     "set_p1", "redisgate", "twemproxy", "<=", 0.5),
-    ("cpu_p1_get_vs_twemproxy", "CPU/request GET -P 1: redisgate (shared link) ≤ 0.5× twemproxy",
-     "get_p1", "redisgate", "twemproxy", "<=", 0.5),
-    ("cpu_p16_set_dedicated_vs_pipe", "CPU/request SET -P 16: redisgate-dedicated ≤ 1.1× byte pipe",
-     "set_p16", "redisgate-dedicated", "pipe", "<=", 1.1),
-    ("cpu_p16_get_dedicated_vs_pipe", "CPU/request GET -P 16: redisgate-dedicated ≤ 1.1× byte pipe",
-     "get_p16", "redisgate-dedicated", "pipe", "<=", 1.1),
-    ("cpu_p1_set_dedicated_vs_pipe", "CPU/request SET -P 1: redisgate-dedicated ≤ 1.1× byte pipe",
-     "set_p1", "redisgate-dedicated", "pipe", "<=", 1.1),
-    ("cpu_p1_get_dedicated_vs_pipe", "CPU/request GET -P 1: redisgate-dedicated ≤ 1.1× byte pipe",
-     "get_p1", "redisgate-dedicated", "pipe", "<=", 1.1),
+    (f"cpu_{p}_{op}_vs_twemproxy",
+     f"CPU/request {op.upper()} -P {p[1:]}: redisgate (shared link) ≤ {thr}× twemproxy",
+     f"{op}_{p}", "redisgate", "twemproxy", "<=", thr)
+    for p, thr in (("p16", 0.35), ("p1", 0.5)) for op in ("set", "get")
+] + [
+    (f"cpu_{p}_{op}_dedicated_vs_pipe",
+     f"CPU/request {op.upper()} -P {p[1:]}: redisgate-dedicated ≤ 1.1× byte pipe",
+     f"{op}_{p}", "redisgate-dedicated", "pipe", "<=", 1.1)
+    for p in ("p16", "p1") for op in ("set", "get")
 ] + [(f"cpu_{w}_tls_vs_haproxy", f"CPU/request {title}: redisgate-tls ≤ 0.8× haproxy-tls",
       w, "redisgate-tls", "haproxy-tls", "<=", 0.8)
      for w, title in (("set_p1", "SET -P 1"), ("get_p1", "GET -P 1"), ("set_p16", "SET -P 16"),

@@ -34,7 +34,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))
 sys.path.insert(0, str(BENCH_DIR))
 
-from judge import asynq_commands, encode, load_bench_config, SHA_ENQUEUE  # noqa: E402
+from judge import asynq_commands, encode, load_bench_config, logged_in, SHA_ENQUEUE  # noqa: E402
 
 
 def _batches(cmds: list[list[bytes]], per_read: int) -> list[bytes]:
@@ -61,22 +61,6 @@ def scenarios(n: int) -> dict[str, list[tuple[bytes, bytes, int]]]:
            msg, b"%d" % i, b"1717171717000000000"] for i in range(n // 2)]
     out["p16 evalsha"] = [(b, b":1\r\n" * 16, 16) for b in _batches(ev, 16)]
     return out
-
-
-def logged_in(gate):
-    from redisgate.session import LOCAL, Session
-    s = Session(gate, client_info="bench")
-    s.client_data(encode([[b"AUTH", b"bench", b"bench-password"]]))
-    s.connected()
-    for _ in range(16):     # answer the proxy's own setup commands (upstream AUTH, ...)
-        if not s.slots or s.slots[0][0] == LOCAL:
-            break
-        s.upstream_data(b"+OK\r\n")
-    if s.to_client[-1:] != [b"+OK\r\n"] or s.close:
-        raise RuntimeError(f"could not log in as bench: {b''.join(s.to_client)[:200]!r}")
-    s.to_client.clear()
-    s.to_upstream.clear()
-    return s
 
 
 def make_pass(gate, reads):

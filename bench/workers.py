@@ -28,7 +28,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cpu_split import WORKLOADS, benchmark_argv, children_cpu, proc_cpu  # noqa: E402
+from cpu_split import WORKLOADS, benchmark_argv, children_cpu, run_rounds  # noqa: E402
+from procstat import proc_cpu  # noqa: E402
 from targets import Stack  # noqa: E402
 
 CORES = len(os.sched_getaffinity(0))
@@ -46,7 +47,7 @@ def group(pid: int) -> list[int]:
 def group_cpu(pids: list[int]) -> tuple[float, float]:
     user = system = 0.0
     for pid in pids:
-        u, s = proc_cpu(pid)
+        u, s = proc_cpu(pid) or (0.0, 0.0)   # (a worker gone meanwhile: nothing more of it)
         user, system = user + u, system + s
     return user, system
 
@@ -91,15 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                 targets.append(stack.start_redisgate(
                     multiplex=0 if mode == "dedicated" else None, name=name, workers=n))
         print(f"{CORES} cores; proxy CPU = the parent's + every worker's", flush=True)
-        for rnd in range(args.rounds):
-            order = targets if rnd % 2 == 0 else targets[::-1]
-            for workload in workloads:
-                for target in order:
-                    m = measure(target, redis.pid, workload, args.requests)
-                    results.setdefault((workload, target.name), []).append(m)
-                    print(f"round {rnd + 1} {workload:8} {target.name:13} {m['rps']:>10,.0f}/s  "
-                          f"proxy {m['user']:.2f}+{m['sys']:.2f} µs  redis {m['redis']:.2f}  "
-                          f"bench {m['bench']:.2f}  idle {m['idle']:.0%}", flush=True)
+        run_rounds(measure, targets, workloads, args.rounds, redis.pid, args.requests, results)
     print("\nmedians over rounds (CPU in µs per request; `vs w1`: the median of same-round "
           "ratios to N = 1 of the same mode)")
     for (workload, name), runs in results.items():

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 
+from procstat import proc_cpu
 from targets import ENQUEUE_SHA, REDIS_BENCHMARK, Target
 
 KEYSPACE = 100_000          # key:000000000000 .. key:000000099999, pre-populated with "xxx"
@@ -144,21 +144,6 @@ def _reason(stdout: str, stderr: str, rc: int) -> str:
     useful = [ln for ln in lines if not ln.startswith("WARNING") and not ln.startswith('"')
               and "failed to fetch CONFIG" not in ln and not ln.startswith("ERROR: ")]
     return (useful[-1] if useful else f"redis-benchmark exited with status {rc}")[:300]
-
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu(pid: int | None) -> tuple[float, float] | None:
-    """(user, system) CPU seconds of a process so far, from /proc/<pid>/stat; None if gone."""
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return int(fields[11]) / TICK, int(fields[12]) / TICK
 
 
 def run_one(target: Target, workload: Workload, quick: bool, round_no: int,
