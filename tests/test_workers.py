@@ -120,6 +120,14 @@ def groups():
                 pass
 
 
+def started(groups: list, tmp_path: Path, raw: dict, workers: int) -> Group:
+    """A Group of `workers` from config `raw`, stopped by the `groups` fixture, once ready."""
+    g = Group(tmp_path, raw, "--workers", str(workers))
+    groups.append(g)
+    g.wait_ready()
+    return g
+
+
 def config(redis7, port: int, **more) -> dict:
     raw = {"listen": f"127.0.0.1:{port}", "upstream": redis7.upstream,
            "users": {"a": f"on {H} ~k:* ~q:* +ping +get +blpop +client|info"},
@@ -231,9 +239,7 @@ def test_a_listener_in_use_fails_once_in_the_parent(tmp_path):
 
 def test_workers_0_is_one_per_cpu(tmp_path, redis7, groups):
     port = free_port()
-    g = Group(tmp_path, config(redis7, port), "--workers", "0")
-    groups.append(g)
-    g.wait_ready()
+    g = started(groups, tmp_path, config(redis7, port), workers=0)
     cpus = len(os.sched_getaffinity(0))
     assert len(g.workers()) == (cpus if cpus > 1 else 0)
     s = login(port)
@@ -242,9 +248,7 @@ def test_workers_0_is_one_per_cpu(tmp_path, redis7, groups):
 
 def test_workers_1_is_one_process(tmp_path, redis7, groups):
     port = free_port()
-    g = Group(tmp_path, config(redis7, port), "--workers", "1")
-    groups.append(g)
-    g.wait_ready()
+    g = started(groups, tmp_path, config(redis7, port), workers=1)
     assert g.workers() == [] and psutil.Process(g.proc.pid).children() == []
 
 
@@ -259,9 +263,7 @@ def test_connections_spread_over_two_workers_and_metrics_sum(tmp_path, redis7, g
         {"address": f"127.0.0.1:{port}"},
         {"address": f"127.0.0.1:{tls_port}",
          "tls": {"cert": str(pki / "server.crt"), "key": str(pki / "server.key")}}])
-    g = Group(tmp_path, raw, "--workers", "2")
-    groups.append(g)
-    g.wait_ready()
+    g = started(groups, tmp_path, raw, workers=2)
     workers = g.workers()
     assert len(workers) == 2
     assert len(re.findall(r"listening on 127\.0\.0\.1:%d \(TLS\)" % tls_port, g.log())) == 2
@@ -325,9 +327,7 @@ def test_readyz_names_a_worker_whose_upstream_is_down(tmp_path, redis7, groups):
 
 def test_a_killed_worker_is_restarted_and_clients_reconnect(tmp_path, redis7, groups):
     port = free_port()
-    g = Group(tmp_path, config(redis7, port), "--workers", "2")
-    groups.append(g)
-    g.wait_ready()
+    g = started(groups, tmp_path, config(redis7, port), workers=2)
     workers = g.workers()
     socks = [login(port) for _ in range(30)]
     by_worker = owners(socks, workers)
@@ -411,9 +411,7 @@ def test_sighup_reloads_every_worker(tmp_path, redis7, groups):
     port = free_port()
     raw = config(redis7, port, pid_file=str(tmp_path / "rg.pid"))
     raw["users"] = {"a": f"on {H} ~k:* +ping"}
-    g = Group(tmp_path, raw, "--workers", "2")
-    groups.append(g)
-    g.wait_ready()
+    g = started(groups, tmp_path, raw, workers=2)
     workers = g.workers()
     redis7.admin().set("k:reload", "v")
     before = [login(port) for _ in range(20)]
@@ -438,9 +436,7 @@ def test_sighup_reloads_every_worker(tmp_path, redis7, groups):
 def test_sigterm_stops_every_worker_gracefully(tmp_path, redis7, groups):
     port = free_port()
     pid_file = tmp_path / "rg.pid"
-    g = Group(tmp_path, config(redis7, port, pid_file=str(pid_file)), "--workers", "2")
-    groups.append(g)
-    g.wait_ready()
+    g = started(groups, tmp_path, config(redis7, port, pid_file=str(pid_file)), workers=2)
     workers = g.workers()
     assert pid_file.read_text().strip() == str(g.proc.pid)
     metrics_dir = workers[0].environ()["PROMETHEUS_MULTIPROC_DIR"]
@@ -504,9 +500,7 @@ def test_a_second_sigterm_exits_at_once_with_the_workers(tmp_path, redis7, group
 
 def test_workers_stop_when_the_parent_is_killed(tmp_path, redis7, groups):
     port = free_port()
-    g = Group(tmp_path, config(redis7, port), "--workers", "2")
-    groups.append(g)
-    g.wait_ready()
+    g = started(groups, tmp_path, config(redis7, port), workers=2)
     workers = g.workers()
     g.proc.send_signal(signal.SIGKILL)
     g.proc.wait(10)
@@ -522,9 +516,7 @@ def test_workers_stop_when_the_parent_is_killed(tmp_path, redis7, groups):
 def test_a_worker_dying_at_once_makes_the_parent_give_up(tmp_path, redis7, groups):
     port = free_port()
     pid_file = tmp_path / "rg.pid"
-    g = Group(tmp_path, config(redis7, port, pid_file=str(pid_file)), "--workers", "2")
-    groups.append(g)
-    g.wait_ready()
+    g = started(groups, tmp_path, config(redis7, port, pid_file=str(pid_file)), workers=2)
     workers = g.workers()
     g.cfg.write_text("this: is: not yaml")      # every new worker now fails at start
     workers[0].send_signal(signal.SIGKILL)
@@ -546,9 +538,7 @@ def test_embedded_redis_is_started_once_by_the_parent(tmp_path, groups):
     port = free_port()
     raw = {"listen": f"127.0.0.1:{port}", "users": {"a": f"on {H} ~k:* +ping +set +get"},
            "admin": {"listen": f"127.0.0.1:{free_port()}"}}
-    g = Group(tmp_path, raw, "--workers", "2")
-    groups.append(g)
-    g.wait_ready()
+    g = started(groups, tmp_path, raw, workers=2)
     children = psutil.Process(g.proc.pid).children(recursive=True)
     servers = [c for c in children if "redis-server" in " ".join(c.cmdline())]
     assert len(servers) == 1 and servers[0].ppid() == g.proc.pid
