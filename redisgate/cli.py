@@ -36,6 +36,13 @@ def _load(path: str):
         raise SystemExit(1) from None
 
 
+def _refused(args, *problems) -> int:
+    """Each problem on stderr as `<config file>: <problem>`; the exit status 1."""
+    for problem in problems:
+        print(f"{args.config}: {problem}", file=sys.stderr)
+    return 1
+
+
 def _with_embedded_upstream(config):
     """No upstream configured: start a private redis-server and point the proxy at it."""
     if not config.upstream.embedded:
@@ -91,15 +98,11 @@ def cmd_serve(args) -> int:
     try:
         run(config, ready=lambda proxy: holder.setdefault("proxy", proxy))
     except TLSConfigError as e:     # an unreadable or invalid certificate, key or CA
-        for problem in e.problems:
-            print(f"{args.config}: {problem}", file=sys.stderr)
-        return 1
+        return _refused(args, *e.problems)
     except pidfile.PidFileError as e:
-        print(f"{args.config}: {e}", file=sys.stderr)
-        return 1
+        return _refused(args, e)
     except AuditError as e:         # audit.path cannot be opened
-        print(f"{args.config}: {e}", file=sys.stderr)
-        return 1
+        return _refused(args, e)
     except OSError as e:
         log.error("cannot listen: %s", e)
         return 1
@@ -118,25 +121,19 @@ def _serve_workers(args, config, count: int) -> int:
     try:
         Proxy(config)   # the TLS contexts: an unreadable certificate is reported once, here
     except (ValueError, OSError) as e:
-        for problem in getattr(e, "problems", None) or [str(e)]:
-            print(f"{args.config}: {problem}", file=sys.stderr)
-        return 1
+        return _refused(args, *(getattr(e, "problems", None) or [str(e)]))
     problems = workers.check_listeners(config)
     if problems:
-        for problem in problems:
-            print(f"{args.config}: {problem}", file=sys.stderr)
-        return 1
+        return _refused(args, *problems)
     from . import audit
     try:            # (the parent writes its own events there: worker-restart, worker-gave-up)
         audit.configure(config.audit)
     except audit.AuditError as e:
-        print(f"{args.config}: {e}", file=sys.stderr)
-        return 1
+        return _refused(args, e)
     try:
         emb = _with_embedded_upstream(config)   # once, for every worker
     except RuntimeError as e:
-        print(f"{args.config}: upstream: {e}", file=sys.stderr)
-        return 1
+        return _refused(args, f"upstream: {e}")
     upstream = None
     if emb is not None:
         upstream = {"host": "127.0.0.1", "port": emb.port, "password": emb.password.decode()}
@@ -144,8 +141,7 @@ def _serve_workers(args, config, count: int) -> int:
     try:
         return workers.supervise(config, workers.worker_argv(args), count, upstream)
     except pidfile.PidFileError as e:
-        print(f"{args.config}: {e}", file=sys.stderr)
-        return 1
+        return _refused(args, e)
     except OSError as e:
         log.error("admin endpoint: cannot listen: %s", e)
         return 1
@@ -171,8 +167,7 @@ def _serve_worker(args, config) -> int:
     if config.upstream.embedded:
         up, given = config.upstream, hello.get("upstream")
         if not given:
-            print(f"{args.config}: upstream: required", file=sys.stderr)
-            return 1
+            return _refused(args, "upstream: required")
         up.host, up.port, up.username = given["host"], given["port"], None
         up.password = given["password"].encode()
     # The parent keeps the pid file and the admin listener.
@@ -182,9 +177,7 @@ def _serve_worker(args, config) -> int:
     try:
         run(config, worker=channel)
     except TLSConfigError as e:
-        for problem in e.problems:
-            print(f"{args.config}: {problem}", file=sys.stderr)
-        return 1
+        return _refused(args, *e.problems)
     except OSError as e:
         log.error("cannot listen: %s", e)
         return 1
@@ -245,9 +238,7 @@ def cmd_check(args) -> int:
         for w in proxy.tls_warnings():
             print(f"warning: {w}", file=sys.stderr)
     except (ValueError, OSError) as e:
-        for problem in getattr(e, "problems", None) or [str(e)]:
-            print(f"{args.config}: {problem}", file=sys.stderr)
-        return 1
+        return _refused(args, *(getattr(e, "problems", None) or [str(e)]))
     print(f"{args.config}: OK ({len(config.users)} users; listen {listeners}; upstream {upstream})")
     return 0
 
