@@ -32,12 +32,18 @@ def redis7():
     srv.stop()
 
 
-@pytest.fixture(scope="session")
-def redis62():
-    _need("6.2")
-    srv = RedisServer("6.2", password=LEGACY_PASSWORD).start()
+def _requirepass_server(version: str) -> RedisServer:
+    """Redis `version` with requirepass LEGACY_PASSWORD, the proxy's upstream by that password."""
+    _need(version)
+    srv = RedisServer(version, password=LEGACY_PASSWORD).start()
     srv.upstream = {"address": f"127.0.0.1:{srv.port}", "password": LEGACY_PASSWORD}
     srv.admin = lambda **kw: srv.client(**kw)
+    return srv
+
+
+@pytest.fixture(scope="session")
+def redis62():
+    srv = _requirepass_server("6.2")
     yield srv
     srv.stop()
 
@@ -45,10 +51,7 @@ def redis62():
 @pytest.fixture(scope="session")
 def redis5():
     """Legacy Redis 5.0.6: requirepass only, no ACLs, no RESP3."""
-    _need("5")
-    srv = RedisServer("5", password=LEGACY_PASSWORD).start()
-    srv.upstream = {"address": f"127.0.0.1:{srv.port}", "password": LEGACY_PASSWORD}
-    srv.admin = lambda **kw: srv.client(**kw)
+    srv = _requirepass_server("5")
     yield srv
     srv.stop()
 

@@ -18,6 +18,7 @@ import yaml
 
 from redisgate.config import ConfigError, build_config
 from servers import free_port
+from test_cli import wait_port
 
 H = "#" + hashlib.sha256(b"pw").hexdigest()
 
@@ -25,19 +26,6 @@ H = "#" + hashlib.sha256(b"pw").hexdigest()
 def start(*args, stdout=subprocess.DEVNULL) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "redisgate", *map(str, args)],
                             stdout=stdout, stderr=subprocess.PIPE)
-
-
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"exited: {proc.stderr.read().decode()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError("port never opened")
 
 
 def reap(proc: subprocess.Popen) -> None:
