@@ -95,6 +95,22 @@ async def _as_coro(fn, *args):
 
 
 @contextlib.contextmanager
+def mode_proxy(srv: RedisServer, users: dict, mode: str) -> Iterator[ProxyRunner]:
+    """A proxy in front of `srv` (a conftest fixture's, with its `upstream`) for `users`, its
+    upstream connections one per client (mode "dedicated") or a shared link ("multiplex":
+    upstream.multiplex 1); `runner.mode` says which."""
+    upstream = dict(srv.upstream)
+    if mode == "multiplex":
+        upstream["multiplex"] = 1
+    runner = ProxyRunner({"upstream": upstream, "users": users}).start()
+    runner.mode = mode
+    try:
+        yield runner
+    finally:
+        runner.stop()
+
+
+@contextlib.contextmanager
 def redis_and_proxy(version: str, password: str, acl_users: dict[str, tuple[str, str]],
                     default_rules: str | None = None,
                     multiplex: bool = False) -> Iterator[tuple[RedisServer, ProxyRunner]]:

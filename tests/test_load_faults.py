@@ -19,7 +19,7 @@ import hiredis
 import psutil
 import pytest
 
-from proxy import ProxyRunner, pw_hash
+from proxy import ProxyRunner, mode_proxy, pw_hash
 from redisgate.resp import encode_command
 from servers import RedisServer
 
@@ -112,13 +112,8 @@ async def _crowd(port: int, n: int) -> None:
 
 @pytest.fixture(params=["dedicated", "multiplex"])
 def crowd_proxy(request, redis7):
-    upstream = dict(redis7.upstream)
-    if request.param == "multiplex":
-        upstream["multiplex"] = 1
-    runner = ProxyRunner({"upstream": upstream, "users": USERS}).start()
-    runner.mode = request.param
-    yield runner
-    runner.stop()
+    with mode_proxy(redis7, USERS, request.param) as runner:
+        yield runner
 
 
 def test_5000_authenticated_clients_and_resources_come_back(crowd_proxy, redis7):

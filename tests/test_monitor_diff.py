@@ -25,7 +25,7 @@ import hiredis
 import pytest
 
 from conftest import UPSTREAM_PASSWORD, UPSTREAM_USER
-from proxy import ProxyRunner, pw_hash
+from proxy import mode_proxy, pw_hash
 from redisgate.commands import TABLE
 from redisgate.config import build_config
 from redisgate.resp import encode_command
@@ -170,13 +170,8 @@ class Monitor:
 
 @pytest.fixture(params=["dedicated", "multiplex"])
 def proxied(request, redis7):
-    upstream = dict(redis7.upstream)
-    if request.param == "multiplex":
-        upstream["multiplex"] = 1
-    runner = ProxyRunner({"upstream": upstream, "users": USERS}).start()
-    runner.mode = request.param
-    yield runner
-    runner.stop()
+    with mode_proxy(redis7, USERS, request.param) as runner:
+        yield runner
 
 
 def _read_replies(sock, reader, count):
