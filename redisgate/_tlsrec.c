@@ -154,6 +154,17 @@ record_start(Record *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* OpenSSL's error queue must be empty before SSL_read_ex / SSL_write_ex for SSL_get_error to be
+ * right. ERR_clear_error walks every slot of the thread's queue each time; ERR_peek_error only
+ * looks whether there is anything (and is what SSL_get_error consults), so the queue is cleared
+ * only when it holds something. */
+static inline void
+clear_errors(void)
+{
+    if (ERR_peek_error() != 0)
+        ERR_clear_error();
+}
+
 /* Write what OpenSSL queued in the outgoing BIO to the socket; 0, or -1 with an exception. */
 static int
 flush_out(Record *self)
@@ -219,7 +230,7 @@ record_data_received(Record *self, PyObject *data)
         Py_RETURN_NONE;
     if (PyObject_GetBuffer(data, &in, PyBUF_SIMPLE) < 0)
         return NULL;
-    ERR_clear_error();
+    clear_errors();
     rbio = SSL_get_rbio(ssl);
     if (in.len > INT_MAX || (in.len && BIO_write(rbio, in.buf, (int)in.len) != in.len)) {
         PyBuffer_Release(&in);
@@ -248,11 +259,11 @@ record_data_received(Record *self, PyObject *data)
         }
         err = SSL_get_error(ssl, 0);
         if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
-            ERR_clear_error();
+            clear_errors();
             break;
         }
         if (err == SSL_ERROR_ZERO_RETURN) {
-            ERR_clear_error();
+            clear_errors();
             self->peer_closed = 1;
             break;
         }
@@ -320,14 +331,14 @@ record_write(Record *self, PyObject *data)
         Py_RETURN_NONE;
     if (PyObject_GetBuffer(data, &in, PyBUF_SIMPLE) < 0)
         return NULL;
-    ERR_clear_error();
+    clear_errors();
     p = in.buf;
     left = (size_t)in.len;
     while (left) {
         if (!SSL_write_ex(ssl, p, left, &done)) {
             /* Not possible over a memory BIO but for a broken connection: drop the rest. */
             self->failed = 1;
-            ERR_clear_error();
+            clear_errors();
             break;
         }
         p += done;
