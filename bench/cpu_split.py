@@ -16,9 +16,15 @@ in interleaved rounds, it runs redis-benchmark and reads from /proc, per request
         --syscalls                       # syscalls per client batch, under strace -c (slowed)
 
 Targets: direct (Redis alone), twemproxy, pipe, redisgate (bench/redisgate.yaml: a shared link),
-redisgate-dedicated (the same with a connection per client). Workloads: set_p16, get_p16,
-set_p1, get_p1, get_c1. Medians over rounds are printed at the end; nothing is written to
-bench/results/.
+redisgate-dedicated (the same with a connection per client), and the TLS ones: redisgate-tls
+(the shared link on a TLS listener), redis-tls (Redis's own TLS port: "proxy" is then Redis
+itself, as for direct) and haproxy-tls (haproxy terminating TLS in front of Redis). With a TLS
+target, `bench` is redis-benchmark's own CPU, its TLS included: what a TLS target's throughput
+on two shared cores is bounded by. Workloads: set_p16, get_p16, set_p1, get_p1, get_c1. Medians
+over rounds are printed at the end; nothing is written to bench/results/.
+
+    python bench/cpu_split.py --targets direct,redis-tls,redisgate,redisgate-tls,haproxy-tls \
+        --workloads set_p1,set_p16                                  # what TLS costs, and whom
 """
 from __future__ import annotations
 
@@ -36,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from procstat import proc_cpu, proc_switches  # noqa: E402
+from procstat import cpu_used, proc_cpu, proc_switches  # noqa: E402
 from targets import REDIS_BENCHMARK, Stack  # noqa: E402
 
 WORKLOADS = {   # id: (redis-benchmark test, clients, pipeline)
@@ -58,17 +64,18 @@ def benchmark_argv(target, workload: str, requests: int) -> list[str]:
 
 def measure(target, redis_pid: int, workload: str, requests: int) -> dict:
     n = requests * WORKLOADS[workload][2]
-    proxy = target.pid if target.pid != redis_pid else None   # (direct: no proxy)
+    proxy = target.pid if target.pid != redis_pid else None   # (direct, redis-tls: no proxy)
     own = (lambda: (proc_cpu(proxy), proc_switches(proxy))) if proxy else \
-        (lambda: ((0.0, 0.0), (0, 0)))
-    (cpu0, sw0), redis0, bench0 = own(), sum(proc_cpu(redis_pid)), children_cpu()
+        (lambda: (None, (0, 0)))
+    (cpu0, sw0), redis0, bench0 = own(), proc_cpu(redis_pid), children_cpu()
     out = subprocess.run(benchmark_argv(target, workload, n) + ["--csv"],
                          capture_output=True, text=True, timeout=600)
-    (cpu1, sw1), redis1, bench1 = own(), sum(proc_cpu(redis_pid)), children_cpu()
+    (cpu1, sw1), redis1, bench1 = own(), proc_cpu(redis_pid), children_cpu()
     rps = float(out.stdout.strip().splitlines()[-1].split(",")[1].strip('"'))
     us = 1e6 / n
-    user, system = (cpu1[0] - cpu0[0]) * us, (cpu1[1] - cpu0[1]) * us
-    redis, bench = (redis1 - redis0) * us, (bench1 - bench0) * us
+    user, system = cpu_used(cpu0, cpu1) if proxy else (0.0, 0.0)
+    user, system = user * us, system * us
+    redis, bench = sum(cpu_used(redis0, redis1)) * us, (bench1 - bench0) * us
     wall = 1e6 / rps   # µs per request, by redis-benchmark's clock
     return {"rps": rps, "wall": wall, "user": user, "sys": system, "redis": redis, "bench": bench,
             "idle": max(0.0, 1 - (user + system + redis + bench) / (2 * wall)),
@@ -144,23 +151,27 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         ap.error(f"unknown workload(s): {', '.join(unknown)} (known: {', '.join(WORKLOADS)})")
     results: dict[tuple[str, str], list[dict]] = {}
+    names = args.targets.split(",")
     with Stack() as stack:
-        redis = stack.start_redis()
+        redis = stack.start_redis(tls="redis-tls" in names)
         starters = {"direct": lambda: redis, "twemproxy": stack.start_twemproxy,
                     "pipe": stack.start_pipe,
                     "redisgate": lambda: stack.start_redisgate(),
                     "redisgate-dedicated": lambda: stack.start_redisgate(
-                        multiplex=0, name="redisgate-dedicated")}
-        bad = [t for t in args.targets.split(",") if t not in starters]
+                        multiplex=0, name="redisgate-dedicated"),
+                    "redisgate-tls": lambda: stack.start_redisgate(tls=True),
+                    "redis-tls": stack.start_redis_tls,
+                    "haproxy-tls": stack.start_haproxy_tls}
+        bad = [t for t in names if t not in starters]
         if bad:
             ap.error(f"unknown target(s): {', '.join(bad)} (known: {', '.join(starters)})")
-        targets = [starters[t]() for t in args.targets.split(",")]
+        targets = [starters[t]() for t in names]
         run_rounds(measure, targets, workloads, args.rounds, redis.pid, args.requests, results,
                    lambda m: f"switches/1k {m['vol']:.1f}/{m['invol']:.1f}")
         if args.syscalls:
             for workload in workloads:
                 for target in targets:
-                    if target is not redis:
+                    if target.pid != redis.pid:
                         count_syscalls(target, workload, args.requests)
     if not results:
         return 0

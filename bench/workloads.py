@@ -17,7 +17,7 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 
-from procstat import proc_cpu
+from procstat import cpu_used, proc_cpu
 from targets import ENQUEUE_SHA, REDIS_BENCHMARK, Target
 
 KEYSPACE = 100_000          # key:000000000000 .. key:000000099999, pre-populated with "xxx"
@@ -106,7 +106,8 @@ class Result:
     reason: str = ""
     argv: list[str] = field(default_factory=list)
     # CPU seconds the target's own process used during the run, per request, in µs (utime and
-    # stime apart, from /proc/<pid>/stat), and Redis's beside it; None where not measured.
+    # stime apart; their sum from the threads' schedstat, in ns: see cpu_used), and Redis's
+    # beside it; None where not measured.
     cpu_user_us: float | None = None
     cpu_sys_us: float | None = None
     redis_cpu_us: float | None = None
@@ -166,10 +167,11 @@ def run_one(target: Target, workload: Workload, quick: bool, round_no: int,
     res.seconds = time.monotonic() - started
     cpu1, redis1 = proc_cpu(target.pid), proc_cpu(redis_pid)
     if cpu0 and cpu1:
-        res.cpu_user_us = (cpu1[0] - cpu0[0]) * 1e6 / n
-        res.cpu_sys_us = (cpu1[1] - cpu0[1]) * 1e6 / n
+        user, system = cpu_used(cpu0, cpu1)
+        res.cpu_user_us = user * 1e6 / n
+        res.cpu_sys_us = system * 1e6 / n
     if redis0 and redis1:
-        res.redis_cpu_us = (sum(redis1) - sum(redis0)) * 1e6 / n
+        res.redis_cpu_us = sum(cpu_used(redis0, redis1)) * 1e6 / n
     row = parse_csv(done.stdout) if done.returncode == 0 else None
     if row is None:
         res.reason = _reason(done.stdout, done.stderr, done.returncode)
