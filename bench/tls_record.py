@@ -29,7 +29,6 @@ repetitions, interleaved, in ns per request batch (one record in, its reply out)
 from __future__ import annotations
 
 import argparse
-import os
 import ssl
 import statistics
 import sys
