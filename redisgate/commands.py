@@ -34,7 +34,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, NoReturn
 
 from . import options
 from .resp import string2ll
@@ -45,6 +45,12 @@ __all__ = [
 ]
 
 DATA = Path(__file__).resolve().parent / "data" / "commands.json"
+
+# A command line (the name first), a key with its KeyFlag bits, a channel with "is a pattern".
+Args = list[bytes]
+Keys = list[tuple[bytes, int]]
+Channels = list[tuple[bytes, bool]]
+KeysFn = Callable[[Args], Keys]
 
 
 class KeyFlag(enum.IntFlag):
@@ -124,7 +130,7 @@ def _cdiv(a: int, b: int) -> int:
 
 # --- key specs -----------------------------------------------------------------------------------
 
-class KeySpec(tuple):
+class KeySpec(tuple[Any, ...]):
     """One Redis 7 key spec, compiled: (flags, bs, bs_arg, startfrom, fk, fk_a, fk_b, fk_c).
 
     bs is "index" (bs_arg = position), "keyword" (bs_arg = lower-case keyword, startfrom) or
@@ -138,11 +144,12 @@ class KeySpec(tuple):
     find_keys = property(lambda s: s[4])
 
     @classmethod
-    def from_json(cls, d: dict) -> "KeySpec":
+    def from_json(cls, d: dict[str, Any]) -> "KeySpec":
         flags = 0
         for f in d["flags"]:
             flags |= int(KeyFlag[f])
         bs, fk = d["bs"], d["fk"]
+        b: tuple[Any, ...]
         if bs[0] == "index":
             b = (bs[0], bs[1], 0)
         elif bs[0] == "keyword":
@@ -156,13 +163,13 @@ class KeySpec(tuple):
         return cls((flags,) + b + f)
 
 
-def _keys_by_specs(specs: tuple, args: list, partial: bool = False) -> list | None:
+def _keys_by_specs(specs: tuple[KeySpec, ...], args: Args, partial: bool = False) -> Keys | None:
     """Redis 7.0 `getKeysUsingKeySpecs()`; None where Redis returns -1 (invalid/incomplete spec).
 
     `partial` is Redis's GET_KEYSPEC_RETURN_PARTIAL: skip invalid specs, keep the others' keys.
     """
     argc = len(args)
-    out = []
+    out: Keys = []
     for flags, bs, bs_arg, startfrom, fk, fa, fb, fc in specs:
         if bs == "index":
             first = bs_arg
@@ -206,6 +213,8 @@ def _keys_by_specs(specs: tuple, args: list, partial: bool = False) -> list | No
                 return None
             first += firstkey
             last = first + _int32(numkeys) - 1
+        elif partial:  # an unknown find_keys (none in 7.0 with a known begin_search)
+            continue
         else:
             return None
         if last >= argc or last < first or first >= argc:
@@ -221,9 +230,9 @@ def _keys_by_specs(specs: tuple, args: list, partial: bool = False) -> list | No
 
 # --- the getkeys_proc fallbacks of Redis 7.0 (db.c) ----------------------------------------------
 
-def _generic_getkeys(store: int, count_ofs: int, first_ofs: int):
+def _generic_getkeys(store: int, count_ofs: int, first_ofs: int) -> KeysFn:
     """`genericGetKeys()`: numkeys via atoi, keys first, the destination last, flags 0."""
-    def proc(args: list) -> list:
+    def proc(args: Args) -> Keys:
         argc = len(args)
         num = _atoi(args[count_ofs]) if count_ofs < argc else 0
         if num < 1 or num > _cdiv(argc - first_ofs, 1):
@@ -235,7 +244,7 @@ def _generic_getkeys(store: int, count_ofs: int, first_ofs: int):
     return proc
 
 
-def _sort_getkeys(args: list) -> list:
+def _sort_getkeys(args: Args) -> Keys:
     """`sortGetKeys()`: the sorted key, plus the last STORE found by a loose scan."""
     out = [(args[1], _RO | _ACCESS)]
     store = None
@@ -255,11 +264,11 @@ def _sort_getkeys(args: list) -> list:
     return out
 
 
-def _sort_ro_getkeys(args: list) -> list:
+def _sort_ro_getkeys(args: Args) -> Keys:
     return [(args[1], _RO | _ACCESS)]
 
 
-def _migrate_getkeys(args: list) -> list:
+def _migrate_getkeys(args: Args) -> Keys:
     argc = len(args)
     first, num = 3, 1
     if argc > 6:
@@ -282,7 +291,7 @@ def _migrate_getkeys(args: list) -> list:
     return [(args[first + i], flags) for i in range(num)]
 
 
-def _georadius_getkeys(args: list) -> list:
+def _georadius_getkeys(args: Args) -> Keys:
     stored = -1
     argc = len(args)
     i = 5
@@ -297,7 +306,7 @@ def _georadius_getkeys(args: list) -> list:
     return out
 
 
-def _xread_getkeys(args: list) -> list:
+def _xread_getkeys(args: Args) -> Keys:
     argc = len(args)
     streams_pos = -1
     i = 1
@@ -336,7 +345,7 @@ class SingleKey:
 class PlainKeys:
     """`keys.plain_keys`: `keys(args)` gives the keys alone, all with `flags`, or None (then call
     `keys()`): a numkeys command's KEYS when numkeys is written plainly."""
-    keys: Callable[[list], "list | None"]
+    keys: Callable[[list[bytes]], "list[bytes] | None"]
     flags: int
 
 
@@ -348,14 +357,14 @@ _PLAIN_SHAPES = {
 }
 
 
-def _set_getkeys(args: list) -> list:
+def _set_getkeys(args: Args) -> Keys:
     for a in args[3:]:
         if _cl(a) == b"get":
             return [(args[1], _RW | _ACCESS | _UPDATE)]
     return [(args[1], _OW | _UPDATE)]
 
 
-def _bitfield_getkeys(args: list) -> list:
+def _bitfield_getkeys(args: Args) -> Keys:
     readonly = True
     argc = len(args)
     i = 2
@@ -376,7 +385,7 @@ def _bitfield_getkeys(args: list) -> list:
     return [(args[1], _RO | _ACCESS if readonly else _RW | _ACCESS | _UPDATE)]
 
 
-_GETKEYS_PROCS: dict[str, Callable[[list], list]] = {
+_GETKEYS_PROCS: dict[str, KeysFn] = {
     "set": _set_getkeys,
     "bitfield": _bitfield_getkeys,
     "sort": _sort_getkeys,
@@ -396,7 +405,7 @@ _GETKEYS_PROCS: dict[str, Callable[[list], list]] = {
 
 # --- what the commands' own parsers do (hardening, and the errors behind KeyExtractionError) -----
 
-def _georadius_store(args: list, base: int) -> int | None:
+def _georadius_store(args: Args, base: int) -> int | None:
     """Position of the key GEORADIUS* really stores into (`georadiusGeneric`: the last one wins)."""
     argc = len(args)
     store = None
@@ -424,7 +433,7 @@ _SORT_BY_DENIED = b"-ERR BY option of SORT denied due to insufficient ACL permis
 _SORT_GET_DENIED = b"-ERR GET option of SORT denied due to insufficient ACL permissions.\r\n"
 
 
-def _sort_parse(args: list, readonly: bool) -> tuple[int | None, bytes | None]:
+def _sort_parse(args: Args, readonly: bool) -> tuple[int | None, bytes | None]:
     """`sortCommandGeneric`'s option parser (sort.c), for a user allowed every key.
 
     Returns (position of the STORE key - the last one wins - or None when the parse fails and
@@ -460,7 +469,7 @@ def _sort_parse(args: list, readonly: bool) -> tuple[int | None, bytes | None]:
     return store, denial
 
 
-def sort_pattern_option(args: list) -> bytes | None:
+def sort_pattern_option(args: Args) -> bytes | None:
     """The error Redis 7.0 gives a user without full key access for this SORT/SORT_RO line.
 
     SORT's BY (with a '*' pattern) and GET read keys named by patterns that no key spec reports;
@@ -471,7 +480,7 @@ def sort_pattern_option(args: list) -> bytes | None:
     return _sort_parse(args, _cl(args[0]) == b"sort_ro")[1]
 
 
-def _xread_parse(args: list, group: bool):
+def _xread_parse(args: Args, group: bool) -> tuple[list[int], bytes | None]:
     """`xreadCommand`'s option parser: (positions of the stream keys, None) or ([], error)."""
     argc = len(args)
     streams_arg = 0
@@ -518,7 +527,7 @@ def _xread_parse(args: list, group: bool):
     return list(range(streams_arg, streams_arg + n)), None
 
 
-def _migrate_error(args: list) -> bytes | None:
+def _migrate_error(args: Args) -> bytes | None:
     argc = len(args)
     j = 6
     while j < argc:
@@ -545,10 +554,10 @@ def _migrate_error(args: list) -> bytes | None:
     return None
 
 
-def _numkeys_error(name: str, idx: int, style: str):
+def _numkeys_error(name: str, idx: int, style: str) -> Callable[[Args], bytes | None]:
     """The error a numkeys command answers when its numkeys does not fit (Redis 7.0 t_zset.c,
     t_set.c, t_list.c, t_zset.c `*mpop`)."""
-    def check(args: list) -> bytes | None:
+    def check(args: Args) -> bytes | None:
         n = string2ll(args[idx])
         argc = len(args)
         if style == "zset":
@@ -567,7 +576,7 @@ def _numkeys_error(name: str, idx: int, style: str):
     return check
 
 
-_EXEC_ERRORS: dict[str, Callable[[list], bytes | None]] = {
+_EXEC_ERRORS: dict[str, Callable[[Args], bytes | None]] = {
     **{n: _numkeys_error(n, 2, "zset") for n in ("zunionstore", "zinterstore", "zdiffstore")},
     **{n: _numkeys_error(n, 1, "zset") for n in ("zunion", "zinter", "zdiff", "zintercard")},
     "sintercard": _numkeys_error("sintercard", 1, "sintercard"),
@@ -581,8 +590,8 @@ _EXEC_ERRORS: dict[str, Callable[[list], bytes | None]] = {
 }
 
 
-def _harden_georadius(base: int):
-    def extra(args: list, found: list) -> list:
+def _harden_georadius(base: int) -> Callable[[Args, Keys], Keys]:
+    def extra(args: Args, found: Keys) -> Keys:
         store = _georadius_store(args, base)
         if store is None:
             return []
@@ -591,7 +600,7 @@ def _harden_georadius(base: int):
     return extra
 
 
-def _harden_sort(args: list, found: list) -> list:
+def _harden_sort(args: Args, found: Keys) -> Keys:
     store = _sort_parse(args, False)[0]
     if store is None:
         return []
@@ -599,15 +608,15 @@ def _harden_sort(args: list, found: list) -> list:
     return [] if key in found else [key]
 
 
-def _harden_xread(group: bool):
-    def extra(args: list, found: list) -> list:
+def _harden_xread(group: bool) -> Callable[[Args, Keys], Keys]:
+    def extra(args: Args, found: Keys) -> Keys:
         positions = _xread_parse(args, group)[0]
         keys = [(args[i], _RO | _ACCESS) for i in positions]
         return [k for k in keys if k not in found]
     return extra
 
 
-_HARDENING = {
+_HARDENING: dict[str, Callable[[Args, Keys], Keys]] = {
     "georadius": _harden_georadius(6),
     "georadiusbymember": _harden_georadius(5),
     "sort": _harden_sort,
@@ -618,25 +627,25 @@ _HARDENING = {
 
 # --- channels (Redis 7.0 db.c `commands_with_channels`, as acl.c checks them) --------------------
 
-def _none(args: list) -> list:
+def _none(args: Args) -> list[Any]:  # no keys, or no channels
     return []
 
 
-def _all_channels(args: list) -> list:
+def _all_channels(args: Args) -> Channels:
     return [(a, False) for a in args[1:]]
 
 
-def _all_patterns(args: list) -> list:
+def _all_patterns(args: Args) -> Channels:
     return [(a, True) for a in args[1:]]
 
 
-def _first_channel(args: list) -> list:
+def _first_channel(args: Args) -> Channels:
     return [(args[1], False)] if len(args) > 1 else []
 
 
 # acl.c only checks CMD_CHANNEL_PUBLISH | CMD_CHANNEL_SUBSCRIBE: the UNSUBSCRIBE forms and the
 # PUBSUB introspection subcommands are never checked against a user's channel patterns.
-_CHANNELS = {
+_CHANNELS: dict[str, Callable[[Args], Channels]] = {
     "subscribe": _all_channels,
     "ssubscribe": _all_channels,
     "psubscribe": _all_patterns,
@@ -666,8 +675,31 @@ class CommandSpec:
                  "last_key", "key_step", "has_keys", "keys", "channels", "redis_keys",
                  "_subs_by_bytes", "_frozen")
 
-    def __init__(self, name: str, entry: dict, bit: int):
-        s = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - only during construction
+    name: str
+    arity: int
+    flags: frozenset[str]
+    categories: frozenset[str]
+    since: tuple[int, int, int]
+    group: str
+    doc_flags: frozenset[str]
+    subcommands: Mapping[str, CommandSpec]   # a dict while the table loads, then read-only
+    parent: CommandSpec | None
+    bit: int
+    is_container: bool
+    key_specs: tuple[KeySpec, ...]
+    first_key: int
+    last_key: int
+    key_step: int
+    has_keys: bool
+    keys: KeysFn
+    channels: Callable[[Args], Channels]
+    redis_keys: KeysFn
+    _subs_by_bytes: dict[bytes, CommandSpec] | None
+    _frozen: bool
+
+    def __init__(self, name: str, entry: dict[str, Any], bit: int) -> None:
+        def s(k: str, v: Any) -> None:  # only during construction
+            object.__setattr__(self, k, v)
         s("name", name)
         s("arity", entry["arity"])
         s("flags", frozenset(entry["flags"]))
@@ -691,7 +723,7 @@ class CommandSpec:
         s("keys", keys)
         s("channels", _CHANNELS.get(name, _none))
 
-    def __setattr__(self, key, value):
+    def __setattr__(self, key: str, value: Any) -> None:
         if self._frozen:
             raise AttributeError(f"CommandSpec {self.name!r} is immutable")
         object.__setattr__(self, key, value)
@@ -705,24 +737,24 @@ class CommandSpec:
         return f"<CommandSpec {self.name} arity={self.arity} bit={self.bit}>"
 
 
-def _fast_path(real: tuple, slow: Callable[[list], list]):
+def _fast_path(real: tuple[KeySpec, ...], slow: KeysFn) -> KeysFn | None:
     """A closure for the shapes nearly every command has, or None. Whenever the arguments are not
     the plain case it calls `slow`, which gives the full Redis answer (the tests compare every
     shape against a real Redis)."""
     if len(real) == 1 and real[0][1] == "index" and not real[0][0] & _INCOMPLETE:
         flags, _, pos, _, fk, fa, fb, fc = real[0]
         if fk == "range" and fa == 0:
-            def single(args: list) -> list:
+            def single(args: Args) -> Keys:
                 if len(args) > pos:
                     return [(args[pos], flags)]
                 return slow(args)
-            single.single_key = SingleKey(pos, flags, _ANY_ARGC)
+            single.single_key = SingleKey(pos, flags, _ANY_ARGC)  # type: ignore[attr-defined]
             return single
         if fk == "range" and fa < 0 and not fc:
             lastkey, step = fa, fb
             stop = lastkey + 1 or None  # -1 -> to the end, -2 -> all but the last, ...
 
-            def tail(args: list) -> list:
+            def tail(args: Args) -> Keys:
                 if len(args) + lastkey >= pos:
                     return [(a, flags) for a in args[pos:stop:step]]
                 return slow(args)
@@ -730,7 +762,7 @@ def _fast_path(real: tuple, slow: Callable[[list], list]):
         if fk == "keynum" and fa == 0 and fb == 1 and fc == 1:
             first = pos + 1
 
-            def plain_keys(args: list) -> list | None:
+            def plain_keys(args: Args) -> Args | None:
                 if len(args) > pos:
                     n = args[pos]
                     # only a plain positive decimal takes this path; anything else (leading zero,
@@ -741,21 +773,21 @@ def _fast_path(real: tuple, slow: Callable[[list], list]):
                             return args[first:last]
                 return None
 
-            def keynum(args: list) -> list:
+            def keynum(args: Args) -> Keys:
                 keys = plain_keys(args)
                 if keys is not None:
                     return [(a, flags) for a in keys]
                 return slow(args)
             # For the judge's fast path: the keys alone, all with these flags, or None (then
             # call keys()).
-            keynum.plain_keys = PlainKeys(plain_keys, flags)
+            keynum.plain_keys = PlainKeys(plain_keys, flags)  # type: ignore[attr-defined]
             return keynum
     if len(real) == 2 and all(k[1] == "index" and k[4] == "range" and k[5] == 0
                               and not k[0] & _INCOMPLETE for k in real):
         f1, p1, f2, p2 = real[0][0], real[0][2], real[1][0], real[1][2]
         need = max(p1, p2)
 
-        def pair(args: list) -> list:
+        def pair(args: Args) -> Keys:
             if len(args) > need:
                 return [(args[p1], f1), (args[p2], f2)]
             return slow(args)
@@ -763,7 +795,7 @@ def _fast_path(real: tuple, slow: Callable[[list], list]):
     return None
 
 
-def _compile_keys(spec: CommandSpec):
+def _compile_keys(spec: CommandSpec) -> tuple[KeysFn, KeysFn, bool]:
     """(redis_keys, keys, has_keys) for a spec: the Redis 7.0 extraction, and `keys()` on top.
 
     `keys()` adds the hardening and raises KeyExtractionError where Redis finds no mandatory key.
@@ -776,19 +808,22 @@ def _compile_keys(spec: CommandSpec):
     # getKeysFromCommandWithSpecs(): key specs first unless a spec has VARIABLE_FLAGS, then the
     # getkeys_proc (also when a spec was invalid or INCOMPLETE), else nothing.
     use_specs = bool(real) and not any(k[0] & _VARIABLE_FLAGS for k in spec.key_specs)
+    generic: KeysFn
+    keys: KeysFn
     if use_specs:
-        def generic(args: list) -> list:
+        def generic(args: Args) -> Keys:
             r = _keys_by_specs(real, args)
             if r is not None:
                 return r
             return proc(args) if proc is not None else []
     else:
+        assert proc is not None  # VARIABLE_FLAGS specs come with a getkeys_proc (SET, BITFIELD)
         generic = proc
 
     name, arity = spec.name, spec.arity
     exec_error = _EXEC_ERRORS.get(name)
 
-    def refuse(args: list):
+    def refuse(args: Args) -> NoReturn:
         argc = len(args)
         if not (argc == arity if arity >= 0 else argc >= -arity):
             raise KeyExtractionError(_err(f"ERR wrong number of arguments for '{name}' command"))
@@ -805,14 +840,14 @@ def _compile_keys(spec: CommandSpec):
         # destination. Check the keys of the specs that are in range instead.
         generic_redis = generic
 
-        def generic(args: list) -> list:
+        def generic(args: Args) -> Keys:
             r = generic_redis(args)
             argc = len(args)
             if r or not (argc == arity if arity >= 0 else argc >= -arity):
                 return r
-            return _keys_by_specs(real, args, partial=True)
+            return _keys_by_specs(real, args, partial=True) or []  # partial: never None
     if harden is not None:
-        def keys(args: list) -> list:
+        def keys(args: Args) -> Keys:
             if len(args) < 2:
                 refuse(args)
             r = generic(args)
@@ -823,7 +858,7 @@ def _compile_keys(spec: CommandSpec):
                 refuse(args)
             return r
     elif mandatory:
-        def checked(args: list) -> list:
+        def checked(args: Args) -> Keys:
             r = generic(args)
             if r:
                 return r
@@ -832,7 +867,7 @@ def _compile_keys(spec: CommandSpec):
     else:
         keys = fast(real, generic) or generic
     if name in _PLAIN_SHAPES:
-        keys.single_key = _PLAIN_SHAPES[name]
+        keys.single_key = _PLAIN_SHAPES[name]  # type: ignore[attr-defined]
     return redis_keys, keys, True
 
 
@@ -848,7 +883,7 @@ CATEGORY_ORDER = ("keyspace", "read", "write", "set", "sortedset", "list", "hash
 class CommandTable:
     """All commands and subcommands of Redis 7.0, indexed for `lookup` on the request path."""
 
-    def __init__(self, doc: dict):
+    def __init__(self, doc: dict[str, Any]) -> None:
         self.version: str = doc["redis_version"]
         self.legacy: dict[tuple[int, int, int], frozenset[str]] = {
             _parse_version(v): frozenset(names) for v, names in doc["legacy"].items()}
@@ -864,7 +899,7 @@ class CommandTable:
                 parent_name, sub = spec.name.split("|", 1)
                 parent = self._by_fullname[parent_name]
                 object.__setattr__(spec, "parent", parent)
-                parent.subcommands[sub] = spec
+                parent.subcommands[sub] = spec  # type: ignore[index]  # a dict while loading
             else:
                 b = spec.name.encode()
                 self._by_name[b] = spec
@@ -885,7 +920,7 @@ class CommandTable:
                 by_cat.setdefault(c, []).append(spec)
         self._by_category = {c: tuple(v) for c, v in by_cat.items()}
 
-    def lookup(self, args: list) -> CommandSpec | None:
+    def lookup(self, args: Args) -> CommandSpec | None:
         """The spec for a request: `args[0]` case-insensitively, then for a container `args[1]`.
 
         A container with a missing or unknown subcommand resolves to the container itself.
@@ -939,10 +974,10 @@ def commands_in_category(cat: str) -> list[CommandSpec]:
     return list(TABLE._by_category.get(cat.lower().lstrip("@"), ()))
 
 
-_AVAILABLE: dict[tuple, dict] = {}
+_AVAILABLE: dict[tuple[int, ...], dict[CommandSpec, bool]] = {}
 
 
-def available(spec: CommandSpec, version: tuple) -> bool:
+def available(spec: CommandSpec, version: tuple[int, ...]) -> bool:
     """Whether a server of `version` (e.g. (6, 2, 14) or (5, 0)) knows this command.
 
     Top-level commands: from the command lists recorded from real 6.2 and 5.0 servers, completed
@@ -960,7 +995,7 @@ def available(spec: CommandSpec, version: tuple) -> bool:
     return _available(spec, version) if answer is None else answer
 
 
-def _available(spec: CommandSpec, version: tuple) -> bool:
+def _available(spec: CommandSpec, version: tuple[int, ...]) -> bool:
     v = tuple(version[:3]) + (0,) * (3 - len(version[:3]))
     if spec.parent is not None:
         return spec.since <= v and _available(spec.parent, v)

@@ -30,7 +30,7 @@ __all__ = [
     "max_clients",
 ]
 
-Version = tuple  # (major, minor[, patch])
+Version = tuple[int, ...]  # (major, minor[, patch])
 
 
 def era(version: Version) -> str:

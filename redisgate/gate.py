@@ -11,8 +11,15 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable
 
 from .config import Config, UserEntry
+
+if TYPE_CHECKING:
+    from .commands import CommandSpec
+    from .learn import Learner
+    from .login import CertIdentity
+    from .rules import User
 
 audit = logging.getLogger("redisgate.audit")
 
@@ -33,7 +40,7 @@ class AclLogEntry:
     created_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     updated_ms: int = 0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.updated_ms = self.updated_ms or self.created_ms
 
 
@@ -64,7 +71,7 @@ class AclLog:
         self.entries.clear()
 
 
-def _label_users(names) -> None:
+def _label_users(names: Iterable[str]) -> None:
     from . import metrics
     metrics.set_users(names)   # the user names a metric label may carry
 
@@ -83,12 +90,13 @@ class Gate:
         # a connection whose AUTH Redis refuses tries the other once (handshake.Passwords).
         from .handshake import Passwords
         self.passwords = Passwords(config.upstream)
-        self._available: dict = {}
+        self._available: dict[CommandSpec, bool] = {}
         # session.py's memo for its inlined path, per user: command name (as sent) -> how to
         # judge it. It depends on the users and the upstream's version: cleared when they change.
-        self.fast_commands: dict = {}
-        self.fast_shared: dict = {}   # the same for clients on a shared link: shareable commands
-        self.learners: dict[str, object] = {}
+        self.fast_commands: dict[User, dict[bytes, Any]] = {}
+        # The same for clients on a shared link: shareable commands.
+        self.fast_shared: dict[User, dict[bytes, Any]] = {}
+        self.learners: dict[str, Learner] = {}
         # auth_throttle: failed logins per source address and per user name (throttle.py).
         from .throttle import LoginThrottle
         self.throttle = LoginThrottle(config.auth_throttle)
@@ -123,13 +131,14 @@ class Gate:
     def _index_certificates(self) -> None:
         self.bound_users = [e for e in self.users.values() if e.certificate is not None]
 
-    def certificate_identity(self, peercert, chain=(), description: str = ""):
+    def certificate_identity(self, peercert: dict[str, Any], chain: Iterable[Any] = (),
+                             description: str = "") -> CertIdentity:
         """A verified client certificate as a login.CertIdentity, mapped to its user."""
         from .login import CertIdentity
         cert = CertIdentity(peercert=peercert, chain=tuple(chain), description=description)
         return self.remap_certificate(cert)
 
-    def remap_certificate(self, cert):
+    def remap_certificate(self, cert: CertIdentity) -> CertIdentity:
         """`cert` mapped to the one user whose binding it satisfies now (None: nobody; also when
         several match, or when its listener no longer trusts its CA)."""
         from dataclasses import replace
@@ -196,7 +205,7 @@ class Gate:
                 known.clear()
             memo.clear()
 
-    def available(self, spec) -> bool:
+    def available(self, spec: CommandSpec) -> bool:
         """Whether the upstream's version has this command (memoised: it is on the hot path)."""
         known = self._available.get(spec)
         if known is None:
@@ -204,7 +213,7 @@ class Gate:
             known = self._available[spec] = available(spec, self.upstream_version)
         return known
 
-    def learner(self, name: str):
+    def learner(self, name: str) -> Learner:
         """The Learner recording a learn-mode user's traffic (created on first use)."""
         learner = self.learners.get(name)
         if learner is None:

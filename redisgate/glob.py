@@ -36,7 +36,7 @@ Fast paths, chosen at compile time and visible as `Matcher.kind`:
 from __future__ import annotations
 
 import re
-from typing import Callable
+from typing import Callable, TypeGuard
 
 __all__ = ["Matcher", "compile_pattern", "stringmatch"]
 
@@ -45,6 +45,11 @@ _MAX_NESTING = 1000
 
 _STAR = None  # item marker; other items are frozensets of allowed byte values or ints (literal)
 _ALL_BYTES = frozenset(range(256))
+_Item = int | frozenset[int] | None  # a literal byte, a class of bytes, or _STAR
+
+
+def _all_literal(items: list[_Item]) -> TypeGuard[list[int]]:
+    return all(isinstance(x, int) for x in items)
 
 
 def _signed(b: int) -> int:
@@ -86,9 +91,9 @@ def _parse_class(p: bytes, i: int) -> tuple[frozenset[int], int]:
     return frozenset(allowed), i + 1
 
 
-def _items(p: bytes) -> list:
+def _items(p: bytes) -> list[_Item]:
     """The pattern as a list of items: `_STAR`, an int (literal byte) or a frozenset (class/`?`)."""
-    items: list = []
+    items: list[_Item] = []
     i, n = 0, len(p)
     while i < n:
         c = p[i]
@@ -125,20 +130,22 @@ class _Segment:
 
     __slots__ = ("width", "literal", "regex")
 
-    def __init__(self, items: list) -> None:
+    def __init__(self, items: list[_Item]) -> None:
         self.width = len(items)
-        if all(isinstance(x, int) for x in items):
+        if _all_literal(items):
             self.literal: bytes | None = bytes(items)
-            self.regex = None
+            self.regex: re.Pattern[bytes] | None = None
         else:
             self.literal = None
-            parts = [re.escape(bytes([x])) if isinstance(x, int) else _class_regex(x) for x in items]
+            parts = [re.escape(bytes([x])) if isinstance(x, int) else _class_regex(x)  # type: ignore[arg-type]  # no _STAR here
+                     for x in items]
             self.regex = re.compile(b"".join(parts), re.DOTALL)
 
     def at(self, s: bytes, pos: int) -> bool:
         """Does the segment match s[pos:pos+width] exactly?"""
         if self.literal is not None:
             return s.startswith(self.literal, pos)
+        assert self.regex is not None  # one of the two is set
         return self.regex.fullmatch(s, pos, pos + self.width) is not None
 
     def find(self, s: bytes, pos: int, end: int) -> int:
@@ -146,6 +153,7 @@ class _Segment:
         if self.literal is not None:
             i = s.find(self.literal, pos, end)
             return -1 if i < 0 else i + self.width
+        assert self.regex is not None  # one of the two is set
         m = self.regex.search(s, pos, end)
         return -1 if m is None else m.end()
 
@@ -172,17 +180,17 @@ class Matcher:
             self.match = _never
             return
         if not stars:
-            if all(isinstance(x, int) for x in items):
+            if _all_literal(items):
                 self.kind, self.literal = "exact", bytes(items)
                 literal = self.literal
                 self.match = lambda s: s == literal
                 return
-        elif stars == [len(items) - 1] and all(isinstance(x, int) for x in items[:-1]):
+        elif stars == [len(items) - 1] and _all_literal(items[:-1]):
             if len(items) == 1:
                 self.kind = "any"
                 self.match = bool  # any non-empty subject
                 return
-            self.kind, self.literal = "prefix", bytes(items[:-1])
+            self.kind, self.literal = "prefix", bytes(items[:-1])  # type: ignore[arg-type]
             literal = self.literal
             self.match = lambda s: s.startswith(literal)
             return
@@ -205,7 +213,7 @@ class Matcher:
         if self.kind == "any":
             return True
         if self.kind == "prefix":
-            return prefix.startswith(self.literal)
+            return self.literal is not None and prefix.startswith(self.literal)
         if self.kind == "glob" and self._tail is not None and self._tail.width == 0:
             head = Matcher(self.pattern[:-1])
             return any(head.match(prefix[:k]) for k in range(1, len(prefix) + 1))

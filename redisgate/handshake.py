@@ -132,7 +132,7 @@ def setup(up: Any, *, select: bool = True, resp3: bool = False) -> tuple[Step, .
 
 async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Any,
               command: list[bytes], read_size: int = 65536,
-              passwords: Passwords | None = None) -> list:
+              passwords: Passwords | None = None) -> list[Any]:
     """Send the handshake's AUTH (no SELECT: a probe reads nothing of a database), and `command`
     once it was accepted; return every reply, in order, as hiredis gives them (an error reply is
     a `hiredis.ReplyError` in the list, not raised). The last one is `command`'s. When Redis
@@ -148,7 +148,7 @@ async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: An
             rd.feed(data)
         return r
 
-    replies: list = []
+    replies: list[Any] = []
     if up.password is not None:
         writer.write(auth_command(up, up.password))
         answer = await reply()

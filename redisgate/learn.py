@@ -35,9 +35,10 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Any
 
 from . import scripts as _scripts
-from .commands import KeyExtractionError
+from .commands import CommandSpec, KeyExtractionError
 
 _GLOB = re.compile(r"([*?\[\]\\])")
 _ID_SEGMENT = re.compile(
@@ -117,7 +118,7 @@ class Learner:
         self.dropped = 0
         self._pairs = 0
 
-    def observe(self, spec, args: list[bytes]) -> None:
+    def observe(self, spec: CommandSpec | None, args: list[bytes]) -> None:
         """Record one command as sent by the client (``args[0]`` is the command name)."""
         self.observed += 1
         if spec is None or getattr(spec, "is_container", False):
@@ -150,7 +151,7 @@ class Learner:
         if sha is not None:
             self._add(self.scripts, sha)
 
-    def _add(self, collection: set, item: str) -> None:
+    def _add(self, collection: set[str], item: str) -> None:
         """Add within the ``max_patterns`` budget, which channels and scripts share with keys."""
         if item in collection:
             return
@@ -193,22 +194,22 @@ class Learner:
             else:
                 root.append("+" + name)
         tokens = root + ["&" + c for c in sorted(self.channels)]
-        for patterns, names in sorted(by_keys.items(), key=lambda kv: sorted(kv[1])):
-            inner = ["+" + n for n in names] + ["~" + p for p in sorted(patterns)]
+        for key_set, names in sorted(by_keys.items(), key=lambda kv: sorted(kv[1])):
+            inner = ["+" + n for n in names] + ["~" + p for p in sorted(key_set)]
             tokens.append("(" + " ".join(inner) + ")")
         return tokens
 
-    def profile(self) -> dict:
+    def profile(self) -> dict[str, Any]:
         """Config-ready: ``{"rules": "<ACL tokens>", "scripts": [sha1, ...]}``. Add the user's
         own ``on`` and password to ``rules`` before use."""
         return {"rules": " ".join(self.rule_tokens()), "scripts": sorted(self.scripts)}
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         """What was learned, for a human: commands with key patterns, channels, scripts by
         name, queues, the smallest built-in Asynq profile covering the traffic, and limits hit."""
         names = {sha: _scripts.KNOWN_SCRIPTS[sha].name for sha in self.scripts
                  if sha in _scripts.KNOWN_SCRIPTS}
-        out = {
+        out: dict[str, Any] = {
             "observed": self.observed,
             "commands": {name: sorted(p) for name, p in sorted(self.commands.items())},
             "channels": sorted(self.channels),
@@ -222,7 +223,7 @@ class Learner:
             out["suggestion"] = suggestion
         return out
 
-    def suggest_profile(self) -> dict | None:
+    def suggest_profile(self) -> dict[str, Any] | None:
         """``{"profile": name, "queues": [...]}`` for the built-in profile with the fewest
         scripts whose commands and scripts cover everything seen, or None."""
         from . import profiles
@@ -244,7 +245,7 @@ class Learner:
                 best = (pname, len(shas))
         if best is None:
             return None
-        suggestion: dict = {"profile": best[0]}
+        suggestion: dict[str, Any] = {"profile": best[0]}
         try:
             suggestion["queues"] = [profiles.check_queue_name(q) for q in sorted(self.queues)]
         except profiles.ProfileError:

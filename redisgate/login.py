@@ -35,7 +35,12 @@ import hashlib
 import hmac
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+if TYPE_CHECKING:  # annotations only (config imports this module's users; x509 is heavy)
+    from cryptography.x509 import Certificate
+
+    from .config import UserEntry
 
 _DUMMY_HASH = bytes(32)
 
@@ -91,13 +96,13 @@ class CertIdentity:
     every CA of its chain from its listener's `client_ca` (it then maps to nobody).
     """
     peercert: Mapping[str, Any]
-    chain: tuple = ()
+    chain: tuple[Any, ...] = ()
     user: str | None = None
     trusted: bool = True
     description: str = field(default="", compare=False)
 
 
-def decide_login(entry, *, password: bytes | None, via: Via, cert: CertIdentity | None,
+def decide_login(entry: UserEntry | None, *, password: bytes | None, via: Via, cert: CertIdentity | None,
                  proven: Method | None = None) -> LoginResult:
     """May this connection log in as `entry` (a config.UserEntry, or None for an unknown name)?
 
@@ -106,7 +111,7 @@ def decide_login(entry, *, password: bytes | None, via: Via, cert: CertIdentity 
     session logged in. Constant time in the password whether the user exists or not.
     """
     presented = password is not None
-    if presented:
+    if password is not None:
         if entry is not None and entry.user.has_passwords():
             pw_ok = entry.user.check_password(password)
         else:
@@ -140,7 +145,8 @@ def decide_login(entry, *, password: bytes | None, via: Via, cert: CertIdentity 
     return LoginResult(Outcome.PASSWORD_REQUIRED)
 
 
-def automatic_candidate(users: Mapping[str, Any], cert: CertIdentity | None):
+def automatic_candidate(users: Mapping[str, UserEntry],
+                        cert: CertIdentity | None) -> UserEntry | None:
     """The user an automatic login (connect, RESET) tries: the certificate's, else `default`.
     A certificate that maps to nobody gets None (and no access)."""
     if cert is not None:
@@ -150,14 +156,15 @@ def automatic_candidate(users: Mapping[str, Any], cert: CertIdentity | None):
 
 # ---------------------------------------------------------------------------- certificates
 
-def _der(cert) -> bytes:
+def _der(cert: Any) -> bytes:
     if isinstance(cert, (bytes, bytearray)):
         return bytes(cert)
-    from ssl import _ssl   # (CPython's certificate objects: public_bytes(ENCODING_DER))
-    return cert.public_bytes(_ssl.ENCODING_DER)
+    import _ssl   # (CPython's certificate objects: public_bytes(ENCODING_DER))
+    der: bytes = cert.public_bytes(_ssl.ENCODING_DER)
+    return der
 
 
-def chain_trusted_by(chain: Iterable, cas) -> bool:
+def chain_trusted_by(chain: Iterable[Any], cas: Iterable[Certificate]) -> bool:
     """Whether one of `cas` (x509.Certificate objects, e.g. a binding's `ca` file) vouches for a
     verified chain (leaf first): a certificate of the chain is one of them, or was issued by one
     of them (issuer name and signature checked: a renewed CA with the same key still counts)."""
@@ -188,13 +195,14 @@ def chain_trusted_by(chain: Iterable, cas) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
-def _ders_of(cas: tuple) -> frozenset:
+def _ders_of(cas: tuple[Certificate, ...]) -> frozenset[bytes]:
     from cryptography.hazmat.primitives.serialization import Encoding
     return frozenset(c.public_bytes(Encoding.DER) for c in cas)
 
 
-def binding_matches(peercert: Mapping | None, chain: tuple, binding: Mapping[str, Any],
-                    ca_certs=None) -> bool:
+def binding_matches(peercert: Mapping[str, Any] | None, chain: tuple[Any, ...],
+                    binding: Mapping[str, Any],
+                    ca_certs: tuple[Certificate, ...] | None = None) -> bool:
     """Whether a verified certificate satisfies a user's binding: its selector (`cn`, `san_dns`,
     `san_uri`) and, when the binding names a `ca` (`ca_certs`: that file's certificates), that
     CA vouches for the certificate's verified chain."""
@@ -204,11 +212,13 @@ def binding_matches(peercert: Mapping | None, chain: tuple, binding: Mapping[str
     if identity_of(peercert, selector) is None:
         return False
     if binding.get("ca") is not None:
-        return bool(ca_certs) and bool(chain) and chain_trusted_by(chain, ca_certs)
+        # (an empty ca_certs: chain_trusted_by is False)
+        return ca_certs is not None and bool(chain) and chain_trusted_by(chain, ca_certs)
     return True
 
 
-def map_certificate(peercert: Mapping | None, chain: tuple, entries: Iterable) -> list[str]:
+def map_certificate(peercert: Mapping[str, Any] | None, chain: tuple[Any, ...],
+                    entries: Iterable[UserEntry]) -> list[str]:
     """The names of the users (config.UserEntry) whose binding this certificate satisfies. One
     name: the certificate's user; none or several: nobody (deny by default)."""
     if not peercert:

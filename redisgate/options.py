@@ -70,7 +70,7 @@ def parse_options(args: list[bytes], start: int, takes: Mapping[bytes, int]) -> 
     """Redis's usual option loop from `args[start]` on: each argument must be one of the words in
     `takes` (lower case) followed by at least `takes[word]` more arguments, which it consumes;
     anything else is a syntax error at that position (the loop stops there)."""
-    out = []
+    out: list[Option] = []
     argc = len(args)
     i = start
     while i < argc:

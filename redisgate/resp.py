@@ -19,11 +19,15 @@ from functools import lru_cache
 from itertools import accumulate, chain
 from operator import itemgetter
 from struct import Struct
-from typing import NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 # C versions of take_batch()'s scan and of count_flat()'s loop (setup.py builds them; optional).
 # REDISGATE_PURE_PYTHON=1 turns them off, so the Python twins can be run and compared on a
 # machine that has both.
+_ScanFn = Callable[[bytes, int, int, int], "tuple[list[list[bytes]], bytes, int, int] | None"]
+_c_scan: _ScanFn | None
+_c_pending: Callable[[bytes, int, int, int], bool] | None
+_c_count_flat: Callable[[bytes, int, int], tuple[int, int]] | None
 try:
     from ._speedups import count_flat as _c_count_flat, pending as _c_pending, scan as _c_scan
 except ImportError:   # not compiled here: the Python twins do the same
@@ -81,7 +85,7 @@ def _err(condition: str) -> ProtocolError:
     return ProtocolError("Protocol error: " + condition)
 
 
-def string2ll(s: bytes) -> int | None:
+def string2ll(s: bytes | bytearray) -> int | None:
     """Redis's string2ll (src/util.c): a canonical decimal long long, else None.
 
     No sign but '-', no leading zeros, no spaces, no "-0", fewer than 21 characters. The one
@@ -130,7 +134,7 @@ class Batch(NamedTuple):
     the same "*n" and "$len" headers: a homogeneous pipeline), so request j's argument i is
     `tokens[j * width + 2 + 2 * i]` with width = 1 + 2 * len(args[0]).
     """
-    args: list[list[bytes]]
+    args: list[list[bytes]]     # a ListRun (C scan) or a RunArgs (Python scan) when `same`
     buf: bytes
     start: int              # where request 0 starts in buf
     stop: int               # where the last request ends
@@ -147,14 +151,17 @@ class Batch(NamedTuple):
         if j >= len(args):
             return self.stop
         if self.ends is not None:
-            return _END.unpack_from(self.ends, _END.size * (j - 1))[0]
+            end: int = _END.unpack_from(self.ends, _END.size * (j - 1))[0]
+            return end
         # Request m is 1 + 2 * len(args[m]) tokens ("*n", then "$len" and payload per argument),
         # each followed by CRLF.
+        tokens = self.tokens
+        assert tokens is not None   # (the Python scan's batch)
         if j <= self.same:
-            t = j * args.width
+            t: int = j * args.width  # type: ignore[attr-defined]  # a RunArgs
         else:
             t = j + 2 * sum(map(len, args[:j]))
-        return self.start + sum(map(len, self.tokens[:t])) + 2 * t
+        return self.start + sum(map(len, tokens[:t])) + 2 * t
 
     def raw(self, j0: int = 0, j1: int | None = None) -> bytes:
         """The exact bytes of requests j0 .. j1-1 (default: to the end)."""
@@ -171,7 +178,9 @@ class Batch(NamedTuple):
     def of(cls, request: Request) -> "Batch":
         """A batch of one multibulk request (`request.raw` is not None)."""
         raw = request.raw
-        return _tuple_new(cls, ([request.args], raw, 0, len(raw), 0, None, 0, None))
+        assert raw is not None
+        batch: Batch = _tuple_new(cls, ([request.args], raw, 0, len(raw), 0, None, 0, None))
+        return batch
 
 
 @lru_cache(maxsize=None)
@@ -262,6 +271,7 @@ class RequestParser:
         self._bulklen = 0      # length of the bulk payload expected at `_pos` (_ARGDATA)
         self._stuck: ProtocolError | None = None
         self._error: ProtocolError | None = None
+        self._cscan: _ScanFn | None = None
         self.set_authenticated(authenticated)
 
     # -- public API ----------------------------------------------------------------------
@@ -299,11 +309,12 @@ class RequestParser:
             self._buf = data if type(data) is bytes else bytes(data)
             self._pos = self._start = self._scan = 0
             return
+        new: bytes | bytearray
         if len(data) >= left:
             # The new bytes pay for copying the leftover: amortised linear.
             new = b"".join((memoryview(buf)[keep:], data))
         else:
-            if type(buf) is bytes:
+            if isinstance(buf, bytes):
                 buf = bytearray(memoryview(buf)[keep:])
             else:
                 # O(1): CPython drops a bytearray's head by moving its start (bpo-19087).
@@ -325,7 +336,7 @@ class RequestParser:
             if pos >= len(buf):
                 return None
             if self._cscan is not None and type(buf) is bytes and len(buf) - pos <= _PENDING \
-                    and _c_pending(buf, pos, *self._climits):
+                    and _c_pending(buf, pos, *self._climits):  # type: ignore[misc]  # (with _cscan)
                 # The start of a request the C scan will take whole once the rest has come
                 # (a pipeline cut by the read size): wait for it, rather than carry it through
                 # the careful state machine.
@@ -376,9 +387,12 @@ class RequestParser:
             out, ends, same, stop = found
             self._pos = stop
             if same:
-                out = ListRun(out)
-                out.same = same
-            return _tuple_new(Batch, (out, buf, pos, stop, len(buf) - stop, None, same, ends))
+                run = ListRun(out)
+                run.same = same
+                out = run
+            batch: Batch = _tuple_new(Batch, (out, buf, pos, stop, len(buf) - stop, None, same,
+                                              ends))
+            return batch
         # At most a window of the buffer: split() searches every byte for CRLF (about 0.7 ns a
         # byte, 12 us for a 16 KB value), where next() skips payloads by their length. So a
         # request larger than the window goes to next() (a look at its headers tells), and a
@@ -396,7 +410,7 @@ class RequestParser:
         length = self._bulks.get
         same, i = self._same_layout(tokens, last) if last >= _SAME_MIN * 5 else (0, 0)
         run_end = i
-        out: list[list[bytes]] = []   # after the homogeneous run, if any
+        out = []   # after the homogeneous run, if any
         emit = out.append
         heads = None     # of the longer requests, checked after the loop
         while i < last:
@@ -443,8 +457,9 @@ class RequestParser:
             stop = pos + sum(map(len, tokens[:i])) + 2 * i
         self._pos = stop
         if same:
-            out = RunArgs(tokens, same, run_end // same, out)
-        return _tuple_new(Batch, (out, buf, pos, stop, len(buf) - stop, tokens, same, None))
+            out = RunArgs(tokens, same, run_end // same, out)  # type: ignore[assignment]
+        batch = _tuple_new(Batch, (out, buf, pos, stop, len(buf) - stop, tokens, same, None))
+        return batch
 
     def _same_layout(self, tokens: list[bytes], last: int) -> tuple[int, int]:
         """take_batch()'s shortcut for a homogeneous pipeline: (m, m * width) when the first m
@@ -516,13 +531,15 @@ class RequestParser:
             args = batch.args
             if batch.ends is not None:
                 start = pos
-                for a, stop in zip(args, memoryview(batch.ends).cast("n")):
+                for a, stop in zip(args, memoryview(batch.ends).cast("n")):  # type: ignore[call-overload]
                     emit(_tuple_new(Request, (a, buf[start:stop])))
                     start = stop
                 pos = start
                 continue
             # ends[k - 1] + 2 * k: where token k starts, relative to pos (one C-level pass).
-            ends = list(accumulate(map(len, batch.tokens[:2 * sum(map(len, args)) + len(args)])))
+            tokens = batch.tokens
+            assert tokens is not None
+            ends = list(accumulate(map(len, tokens[:2 * sum(map(len, args)) + len(args)])))
             t = 0
             start = pos
             for a in args:
@@ -533,7 +550,8 @@ class RequestParser:
             pos = start
         return self._fast(buf, pos, out, 1 << 62)
 
-    def _split_checked(self, tokens: list[bytes], found: list[list[bytes]], i: int = 0):
+    def _split_checked(self, tokens: list[bytes], found: list[list[bytes]],
+                       i: int = 0) -> tuple[list[list[bytes]], int]:
         """take_batch()'s run (from token i) when the header check over all of it failed: the
         requests before the first invalid one (lengths beyond the lookup table are checked with
         `_bulk_ok`)."""
@@ -740,10 +758,11 @@ class RequestParser:
 
             if state == _STUCK:
                 if end - self._start > self.max_inline:
+                    assert self._stuck is not None   # (set with _STUCK)
                     raise self._stuck
                 return False
 
-    def _find_line(self, buf, sep: bytes, start: int, too_big: str, need_next: bool = True) -> int:
+    def _find_line(self, buf: bytes | bytearray, sep: bytes, start: int, too_big: str, need_next: bool = True) -> int:
         """Offset of the `sep` ending the line at `start`, or -1 if it has not arrived.
 
         Emulates Redis reading byte by byte: it searches with strchr(), so a line whose end is
@@ -832,10 +851,11 @@ def _count_integers(data: bytes, start: int, most: int) -> tuple[int, int] | Non
     return count, start + len(body) + 2
 
 
-class ListRun(list):
+class ListRun(list[list[bytes]]):
     """Batch.args from the C scan when a homogeneous run heads the batch (Batch.same): the
     argument lists, with RunArgs's first(), column() and tail."""
     __slots__ = ("same",)
+    same: int
 
     def first(self) -> list[bytes]:
         return self[0]
@@ -860,7 +880,7 @@ class RunArgs:
 
     def __init__(self, tokens: list[bytes], same: int, width: int, tail: list[list[bytes]]):
         self.tokens, self.same, self.width, self.tail = tokens, same, width, tail
-        self._all = None
+        self._all: list[list[bytes]] | None = None
 
     def first(self) -> list[bytes]:
         return self.tokens[2:self.width:2]
@@ -879,13 +899,13 @@ class RunArgs:
     def __len__(self) -> int:
         return self.same + len(self.tail)
 
-    def __getitem__(self, j):
+    def __getitem__(self, j: int) -> list[bytes]:
         return self._list()[j]
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[list[bytes]]:
         return iter(self._list())
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: Any) -> bool:
         return self._list() == list(other)
 
     def __repr__(self) -> str:
@@ -1150,6 +1170,7 @@ class ReplyScanner:
 
     def _add_line(self, part: bytes) -> None:
         line = self._line
+        assert line is not None   # (_start_line)
         room = _LINE_MAX - len(line)
         if len(part) > room:
             if (line[0] if line else part[0]) not in _TEXT:
@@ -1162,6 +1183,7 @@ class ReplyScanner:
 
     def _finish_line(self, data: bytes, pos: int, frames: list[Frame]) -> int:
         """Continue the incomplete header line with `data[pos:]`; return where reading goes on."""
+        assert self._line is not None   # (_start_line)
         if self._line_cr and data[pos] == 10:
             line = self._line[:-1]
             after = pos + 1
@@ -1287,7 +1309,7 @@ def _b(value: bytes | str | int) -> bytes:
     raise TypeError(f"cannot encode {type(value).__name__} as a RESP string")
 
 
-def encode_command(args) -> bytes:
+def encode_command(args: Sequence[bytes | str | int]) -> bytes:
     """A command as the canonical multibulk every client sends (str is UTF-8, int decimal)."""
     parts = [b"*%d\r\n" % len(args)]
     for a in args:

@@ -35,7 +35,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field, replace
 from operator import itemgetter
-from typing import Iterable
+from typing import Any, Callable, Iterable, cast
 
 # --------------------------------------------------------------------------------------------
 # Releases and roles
@@ -307,7 +307,8 @@ class ScriptContract:
         return self.keys[i % len(self.keys)] if self.variadic else self.keys[i]
 
 
-def _c(name, sha1, releases, roles, keys, prefixes=(), **kw) -> ScriptContract:
+def _c(name: str, sha1: str, releases: frozenset[str], roles: frozenset[str], keys: list[Shape],
+       prefixes: Iterable[PrefixArg] = (), **kw: Any) -> ScriptContract:
     return ScriptContract(name, sha1, releases, roles, tuple(keys), tuple(prefixes), **kw)
 
 
@@ -438,7 +439,7 @@ assert len(KNOWN_SCRIPTS) == len(_CONTRACTS), "duplicate SHA1 in the contract ta
 SCRIPT_NAMES: frozenset[str] = frozenset(c.name for c in _CONTRACTS)
 
 
-def _shas(pred) -> frozenset[str]:
+def _shas(pred: Callable[[ScriptContract], bool]) -> frozenset[str]:
     return frozenset(c.sha1 for c in _CONTRACTS if pred(c))
 
 
@@ -446,10 +447,10 @@ def _shas(pred) -> frozenset[str]:
 # script of that release line (all roles); ``asynq-<role>`` is one role's scripts for every
 # release from v0.24.0 to main. ``asynq-<role>@<line>`` (e.g. asynq-worker@v0.26) intersects them.
 SCRIPT_SETS: dict[str, frozenset[str]] = {
-    **{f"asynq-{line}": _shas(lambda c, r=rel: bool(c.releases & r))
+    **{f"asynq-{line}": _shas(lambda c: bool(c.releases & rel))
        for line, rel in RELEASE_LINES.items()},
     "asynq-all": frozenset(KNOWN_SCRIPTS),
-    **{f"asynq-{role}": _shas(lambda c, r=role: r in c.roles) for role in ROLES},
+    **{f"asynq-{role}": _shas(lambda c: role in c.roles) for role in ROLES},
 }
 
 _HEX40 = re.compile(r"[0-9a-fA-F]{40}")
@@ -474,7 +475,7 @@ def expand_script_names(items: Iterable[str]) -> set[str]:
             base, line = item.split("@", 1)
             out |= SCRIPT_SETS[base] & SCRIPT_SETS[f"asynq-{line}"]
         elif item in SCRIPT_NAMES:
-            out |= _shas(lambda c, n=item: c.name == n)
+            out |= _shas(lambda c: c.name == item)
         else:
             known = ", ".join(sorted(SCRIPT_SETS))
             raise ValueError(f"unknown script {item!r}: expected a 40-hex SHA1, an Asynq script "
@@ -559,7 +560,7 @@ class ScriptListError(ValueError):
 _BIND_KEYS = ("sha1", "like")
 
 
-def resolve_scripts(items) -> tuple[set[str], dict[str, ScriptContract]]:
+def resolve_scripts(items: Any) -> tuple[set[str], dict[str, ScriptContract]]:
     """Resolve a user's ``scripts:`` list into (allowed SHA1s, own SHA1 -> bound contract).
 
     Each item is what ``expand_script_names`` accepts (a SHA1, a script name, a named set), or a
@@ -634,12 +635,12 @@ class ScriptDenial:
     command: str = ""
     user: str = ""
 
-    def reply(self, version: tuple = (7, 0, 0), user: str | None = None) -> bytes:
+    def reply(self, version: tuple[int, ...] = (7, 0, 0), user: str | None = None) -> bytes:
         return f"-NOPERM this user has no permissions to run the '{self.command}' command: " \
             f"{self.reason}\r\n".encode()
 
 
-def make_denial(command: str, reason: str):
+def make_denial(command: str, reason: str) -> Any:
     """A ``kind="script"`` denial of ``command`` (the table name, ``"evalsha"``), as
     ``rules.Denial`` when that exists, else ``ScriptDenial``. The SHA1 and the failure go in
     ``reason``, which ends up in the ACL log."""
@@ -665,9 +666,9 @@ _EVALSHA = frozenset({"evalsha", "evalsha_ro"})
 _FUNCTION_CALLS = frozenset({"fcall", "fcall_ro"})
 
 
-def _command_name(spec, args: list[bytes]) -> str:
+def _command_name(spec: Any, args: list[bytes]) -> str:
     """``spec.name`` (``"script|load"``), or the same spelled from args when spec is missing."""
-    name = getattr(spec, "name", None)
+    name: str | None = getattr(spec, "name", None)
     if name:
         return name
     if not args:
@@ -707,8 +708,8 @@ class ScriptPolicy:
     contracts: dict[str, ScriptContract] = field(default_factory=lambda: KNOWN_SCRIPTS)
     custom: dict[str, ScriptContract] = field(default_factory=dict)
 
-    def __post_init__(self):
-        def hex_of(sha) -> str:
+    def __post_init__(self) -> None:
+        def hex_of(sha: str | bytes) -> str:
             text = sha.decode() if isinstance(sha, bytes) else str(sha)
             if not _HEX40.fullmatch(text):
                 raise ValueError(f"not a SHA1 hex digest: {text!r}")
@@ -725,7 +726,7 @@ class ScriptPolicy:
         # EVALSHA's hot path, by SHA1 exactly as go-redis sends it (lowercase hex): True (allowed,
         # no contract) or a compiled contract check (see _FastContract). Anything else, or a check
         # that cannot say yes, takes the general path, which gives the exact denial.
-        self.by_sha: dict[bytes, object] = {}
+        self.by_sha: dict[bytes, _FastContract | bool] = {}
         for sha in self._allowed:
             contract = self._contracts.get(sha) if self.enforce_contracts else None
             if contract is None:
@@ -740,7 +741,7 @@ class ScriptPolicy:
         sha = sha1_hex.encode() if isinstance(sha1_hex, str) else sha1_hex
         return self.allow_any_script or sha.lower() in self._allowed
 
-    def judge(self, user, spec, args: list[bytes]):
+    def judge(self, user: Any, spec: Any, args: list[bytes]) -> Any:
         """``None`` if the script command may run, else a ``Denial`` with ``kind="script"``.
 
         ``spec`` is the command's ``commands.CommandSpec`` (only ``.name`` is used). Commands
@@ -750,7 +751,7 @@ class ScriptPolicy:
         if len(args) > 2:
             fast = self.by_sha.get(args[1])
             if fast is not None and getattr(spec, "name", None) in _EVALSHA \
-                    and (fast is True or fast.honoured(args, user)):
+                    and (fast is True or fast.honoured(args, user)):  # type: ignore[union-attr]
                 return None
         name = _command_name(spec, args)
         if name in _RUN:
@@ -790,7 +791,7 @@ class ScriptPolicy:
         contract = self._contracts.get(sha)
         return f"{contract.label} ({sha.decode()})" if contract else sha.decode()
 
-    def _judge_run(self, user, name: str, sha: bytes, args: list[bytes]):
+    def _judge_run(self, user: Any, name: str, sha: bytes, args: list[bytes]) -> Any:
         if not (self.allow_any_script or sha in self._allowed):
             return make_denial(name, f"{name}: script {self._label(sha)} is not in this user's "
                                      "script allowlist")
@@ -803,7 +804,7 @@ class ScriptPolicy:
         return make_denial(name, f"{name}: {contract.label} ({sha.decode()}) {why}")
 
 
-def check_contract(contract: ScriptContract, args: list[bytes], user=None) -> str | None:
+def check_contract(contract: ScriptContract, args: list[bytes], user: Any = None) -> str | None:
     """Why ``args`` (a whole EVAL/EVALSHA command) break ``contract``, or None if they honour it.
 
     With ``user``, each ARGV key prefix must also pass ``user.check_key(prefix, write)``.
@@ -839,6 +840,7 @@ def check_contract(contract: ScriptContract, args: list[bytes], user=None) -> st
     if len(argv) < need:
         return f"needs at least {need} ARGV, got {len(argv)}"
     for p in contract.prefixes:
+        assert scope is not None  # every contract with ARGV prefixes has KEYS
         expected = _QUEUE_HEAD + scope + b"}:" + p.suffix
         value = argv[p.index - 1]
         if value != expected:
@@ -849,6 +851,21 @@ def check_contract(contract: ScriptContract, args: list[bytes], user=None) -> st
             return (f"ARGV[{p.index}] ({p.label}) '{_show(value)}': this user may not {access} "
                     "keys under it")
     return None
+
+
+# _FastContract's per-queue entry: (exact KEYS positions as an itemgetter with their names, or
+# None; positions with several possible names; positions with a suffix tail; ARGV prefixes; the
+# dates seen valid; per user, may it use the ARGV prefixes; per judge shortcut, does it cover the
+# KEYS names).
+_QueueEntry = tuple[
+    tuple[Callable[[list[bytes]], Any], Any] | None,
+    tuple[tuple[int, frozenset[bytes]], ...],
+    tuple[tuple[int, bytes, bool], ...],
+    tuple[tuple[int, bytes, bool], ...],
+    set[bytes],
+    dict[Any, bool],
+    dict[int, tuple[tuple[Any, ...], bool]],
+]
 
 
 class _FastContract:
@@ -877,23 +894,26 @@ class _FastContract:
                 return None
         return cls(contract)
 
-    def __init__(self, contract: ScriptContract):
+    def __init__(self, contract: ScriptContract) -> None:
         self.contract = contract
         self.n = len(contract.keys)
         self.numkeys = b"%d" % self.n
         self.need = 3 + self.n + max([p.index for p in contract.prefixes] + [contract.min_argv])
-        self.shapes = contract.keys
+        self.shapes = cast(tuple[QueueKey, ...], contract.keys)   # (compile checked)
         self.prefixes = contract.prefixes
-        self._per_queue: dict[bytes, tuple] = {}
+        self._per_queue: dict[bytes, _QueueEntry] = {}
 
-    def _build(self, q: bytes) -> tuple:
+    def _build(self, q: bytes) -> _QueueEntry:
         """What a call for queue q must look like: (the KEYS positions with one possible name,
         as an itemgetter, and those names; the other exact positions with their possible
         names; the positions with a suffix tail: (index, prefix, is_date); the ARGV prefixes:
         (index, expected value, write); the dates seen valid; per user, whether the user may use
         those ARGV prefixes)."""
         head = _QUEUE_HEAD + q + b"}:"
-        one, names, several, tails = [], [], [], []
+        one: list[int] = []
+        names: list[bytes] = []
+        several: list[tuple[int, frozenset[bytes]]] = []
+        tails: list[tuple[int, bytes, bool]] = []
         for i, shape in enumerate(self.shapes, 3):
             if shape.tail is not None:
                 tails.append((i, head + shape.suffixes[0], shape.tail == "date"))
@@ -902,6 +922,7 @@ class _FastContract:
                 names.append(head + shape.suffixes[0])
             else:
                 several.append((i, frozenset(head + s for s in shape.suffixes)))
+        exact: tuple[Callable[[list[bytes]], Any], Any] | None
         if len(one) > 1:
             exact = (itemgetter(*one), tuple(names))
         elif one:
@@ -912,11 +933,12 @@ class _FastContract:
         per = self._per_queue
         if len(per) >= self.MAX_QUEUES:
             per.clear()
-        entry = per[q] = (exact, tuple(several), tuple(tails), argv, set(), {}, {})
+        entry: _QueueEntry = (exact, tuple(several), tuple(tails), argv, set(), {}, {})
+        per[q] = entry
         return entry
 
     @staticmethod
-    def _covers(entry: tuple, keys: tuple) -> bool:
+    def _covers(entry: _QueueEntry, keys: Any) -> bool:
         """Whether every KEYS name a call for this queue may hold passes the key patterns of
         `keys` (rules.User's verdict for the command, a rules.Script: its selector and key
         pattern set): each fixed name, and every name under each tail prefix."""
@@ -926,14 +948,14 @@ class _FastContract:
         if keyset is None:
             return False
         exact, several, tails = entry[0], entry[1], entry[2]
-        names = [] if exact is None else \
+        names: list[bytes] = [] if exact is None else \
             list(exact[1]) if type(exact[1]) is tuple else [exact[1]]
         for _, options in several:
             names += options
         return all(map(keyset.match, names)) \
             and all(keyset.covers_prefix(prefix) for _, prefix, _ in tails)
 
-    def honoured(self, args: list[bytes], user, keys: tuple | None = None) -> bool:
+    def honoured(self, args: list[bytes], user: Any, keys: Any = None) -> bool:
         """(See the class.) With `keys`, the user's verdict for this command (see
         _covers), True also says that every KEYS name passes the shortcut's key patterns: the
         caller may skip checking them one by one. False: ask check_contract, and check the keys."""
@@ -989,7 +1011,7 @@ class _FastContract:
             return may
         return True
 
-    def lane_form(self, args: list[bytes], user, keys) -> LaneForm | None:
+    def lane_form(self, args: list[bytes], user: Any, keys: Any) -> LaneForm | None:
         """For redisgate._lane: when ``honoured(args, user, keys)``, what every call for the
         queue of KEYS[1] (``queue_of``) must look like to be honoured the same way (LaneForm).
         The user's permissions for that queue's names and ARGV prefixes were part of the
@@ -997,9 +1019,10 @@ class _FastContract:
         take honoured's path."""
         if not self.honoured(args, user, keys):
             return None
-        q = queue_of(args[3])[0]
-        head = _QUEUE_HEAD + q + b"}:"
-        checks = []
+        split = queue_of(args[3])
+        assert split is not None   # (honoured)
+        head = _QUEUE_HEAD + split[0] + b"}:"
+        checks: list[LaneCheck] = []
         for i, shape in enumerate(self.shapes, 3):
             if shape.tail is not None:
                 kind = LaneCheckKind.DATE if shape.tail == "date" else LaneCheckKind.PREFIX
@@ -1015,7 +1038,7 @@ class _FastContract:
         return LaneForm(numkeys=self.numkeys, need=self.need, checks=tuple(checks))
 
 
-def _user_may(user, prefix: bytes, write: bool) -> bool:
+def _user_may(user: Any, prefix: bytes, write: bool) -> bool:
     """Whether the user's key patterns allow keys under ``prefix`` (deny if it cannot tell)."""
     if getattr(user, "has_allkeys", False) is True:
         return True

@@ -22,30 +22,38 @@ import hashlib
 import os
 import time
 from collections import OrderedDict
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:  # annotations only: config imports far more than this module needs
+    from .config import AuthThrottle
+
+_Key = str | bytes  # an address, or a user name's keyed hash
 
 MAX_TRACKED = 10_000
 DELAY = 1.0          # seconds a refused-while-locked reply waits
 
 
 class LoginThrottle:
-    def __init__(self, settings, clock=time.monotonic, max_tracked: int = MAX_TRACKED):
+    def __init__(self, settings: AuthThrottle, clock: Callable[[], float] = time.monotonic,
+                 max_tracked: int = MAX_TRACKED) -> None:
         self.settings = settings          # config.AuthThrottle: max_failures, window, lockout
         self.clock = clock
         self.max_tracked = max_tracked
         self.delay = min(DELAY, settings.lockout)
         # key -> [window start, failures in it, locked until]
-        self._tables = {"address": OrderedDict(), "user": OrderedDict()}
+        self._tables: dict[str, OrderedDict[_Key, list[float]]] = {
+            "address": OrderedDict(), "user": OrderedDict()}
         # (address, name hash) pairs that logged in with a right password: exempt from the
         # name's lockout (not from the address's).
-        self._known_good: OrderedDict = OrderedDict()
+        self._known_good: OrderedDict[tuple[str, _Key], bool] = OrderedDict()
         self._key = os.urandom(16)
 
-    def configure(self, settings) -> None:
+    def configure(self, settings: AuthThrottle) -> None:
         """A reload: new numbers apply from the next attempt; what was counted stays."""
         self.settings = settings
         self.delay = min(DELAY, settings.lockout)
 
-    def _keys(self, address: str, name: bytes):
+    def _keys(self, address: str, name: bytes) -> tuple[tuple[str, _Key], tuple[str, _Key]]:
         return (("address", address),
                 ("user", hashlib.blake2b(name, key=self._key, digest_size=16).digest()))
 
