@@ -4,7 +4,13 @@ It drives the parser exactly as the production path does (session.Session.client
 each read, then take_batch() while it hands out batches, else next(); a ProtocolError ends the
 connection. That runs twice, with the C speedups (redisgate._speedups: take_batch's scan, next()'s
 pending check) and with their pure-Python twins, and both must agree with a reference: the same
-bytes fed whole to a pure-Python parser and read with drain().
+bytes fed whole to a pure-Python parser and read with next() alone (its own fast loop and the
+careful state machine, never take_batch's scans). And on every input the two scans themselves
+are compared: take_batch() once on the whole bytes, the Python scan's requests are the first of
+the C scan's (the C scan skips payloads by length and so also takes a payload that holds a
+CRLF, which the split-based Python scan leaves to next()), and where they take as many, they
+stop at the same offset. (drain() is the production loop too, so it is no reference any more;
+it is checked against it.)
 
 The input: byte 0 chooses the mode (bit 0: authenticated from the start; bit 1: the small limits
 max_bulk=64, max_args=8, max_inline=48 that random inputs can reach; bit 2: authenticate after
@@ -125,7 +131,22 @@ def production(reads, authenticated: bool, limits: dict, auth_after_first: bool)
 
 
 def reference(body: bytes, authenticated: bool, limits: dict, auth_after_first: bool):
-    """Everything fed at once to the pure-Python parser, read with drain()."""
+    """Everything fed at once to the pure-Python parser, read with next() alone."""
+    parser = RequestParser(authenticated=authenticated, **limits)
+    out: list[tuple[list[bytes], bytes | None]] = []
+    parser.feed(body)
+    try:
+        while (req := parser.next()) is not None:
+            out.append((list(req.args), req.raw))
+            if auth_after_first and not parser.authenticated:
+                parser.set_authenticated(True)
+    except ProtocolError as e:
+        return out, e.reply
+    return out, None
+
+
+def drained(body: bytes, authenticated: bool, limits: dict, auth_after_first: bool):
+    """Everything fed at once, read with drain() (the production loop, as tests use it)."""
     parser = RequestParser(authenticated=authenticated, **limits)
     out: list[tuple[list[bytes], bytes | None]] = []
     parser.feed(body)
@@ -139,18 +160,41 @@ def reference(body: bytes, authenticated: bool, limits: dict, auth_after_first: 
     return out, None
 
 
+def scanned(body: bytes, limits: dict):
+    """take_batch() once on the whole bytes, authenticated: (requests, where it stopped), or
+    None when it took nothing."""
+    parser = RequestParser(authenticated=True, **limits)
+    parser.feed(body)
+    batch = parser.take_batch()
+    if batch is None:
+        return None
+    if batch.same and len({bytes(r.args[0]) for r in batch.requests()[:batch.same]}) != 1:
+        raise Mismatch("batch.same covers requests of different names")
+    return [(list(r.args), r.raw) for r in batch.requests()], batch.stop
+
+
 def check(data: bytes) -> None:
     """Raise Mismatch (an AssertionError) when the parsers disagree or break a rule."""
     authenticated, limits, auth_after_first, reads = decode(data)
+    body = b"".join(reads)
     with speedups(True):
         fast = production(reads, authenticated, limits, auth_after_first)
+        fast_drained = drained(body, authenticated, limits, auth_after_first)
+        c_scan = scanned(body, limits)
     with speedups(False):
         twin = production(reads, authenticated, limits, auth_after_first)
-        ref = reference(b"".join(reads), authenticated, limits, auth_after_first)
+        ref = reference(body, authenticated, limits, auth_after_first)
+        py_scan = scanned(body, limits)
+    if py_scan is not None and (c_scan is None or c_scan[0][:len(py_scan[0])] != py_scan[0]
+                                or len(c_scan[0]) == len(py_scan[0]) and c_scan[1] != py_scan[1]):
+        raise Mismatch(f"C scan and Python scan disagree:\n C: {c_scan!r}\n Py: {py_scan!r}")
     if fast != twin:
         raise Mismatch(f"C speedups and Python twin disagree:\n C: {fast!r}\n Py: {twin!r}")
     if fast != ref:
-        raise Mismatch(f"production loop and drain() disagree:\n got: {fast!r}\n ref: {ref!r}")
+        raise Mismatch(f"production loop and next() disagree:\n got: {fast!r}\n ref: {ref!r}")
+    if fast_drained != fast:
+        raise Mismatch(f"drain() and the production loop disagree:\n got: {fast_drained!r}\n"
+                       f" ref: {fast!r}")
     requests, reply = fast
     for args, raw in requests:
         if not args or not all(type(a) is bytes for a in args):

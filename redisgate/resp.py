@@ -174,6 +174,29 @@ class Batch(NamedTuple):
     def request(self, j: int) -> Request:
         return _tuple_new(Request, (self.args[j], self.raw(j, j + 1)))
 
+    def requests(self) -> list[Request]:
+        """Every request of the batch with its raw bytes (`request(j)` for each j), in one pass:
+        the C scan's `ends`, or the tokens' lengths summed once."""
+        args, buf, start = self.args, self.buf, self.start
+        out: list[Request] = []
+        emit = out.append
+        if self.ends is not None:
+            for a, stop in zip(args, memoryview(self.ends).cast("n")):  # type: ignore[call-overload]
+                emit(_tuple_new(Request, (a, buf[start:stop])))
+                start = stop
+            return out
+        tokens = self.tokens
+        assert tokens is not None   # (the Python scan's batch)
+        # ends[k - 1] + 2 * k: where token k starts, relative to the batch (one C-level pass).
+        ends = list(accumulate(map(len, tokens[:2 * sum(map(len, args)) + len(args)])))
+        base, t = start, 0
+        for a in args:
+            t += 1 + 2 * len(a)
+            stop = base + ends[t - 1] + 2 * t
+            emit(_tuple_new(Request, (a, buf[start:stop])))
+            start = stop
+        return out
+
     @classmethod
     def of(cls, request: Request) -> "Batch":
         """A batch of one multibulk request (`request.raw` is not None)."""
@@ -345,16 +368,32 @@ class RequestParser:
         return reqs[0] if reqs else None
 
     def drain(self) -> list[Request]:
-        """Every complete request buffered, in order ([] if none).
+        """Every complete request buffered, in order ([] if none), taken exactly as the proxy
+        takes them (Session.client_data): take_batch() while it hands out batches, else next().
+        A convenience over those two for tests, tools and benchmarks; nothing else parses.
 
         If the bytes after them violate the protocol, they are returned and the *next* call
         raises the ProtocolError (as Redis runs the commands before a bad one, then replies with
         the error). Before authentication it returns at most one request per call. So call it
         until it returns [] (``while reqs := parser.drain(): ...``).
         """
-        if self._state == _IDLE and self._pos >= len(self._buf) and self._error is None:
-            return []   # nothing buffered (the usual second call after a whole read)
-        return self._parse(1 if not self.authenticated else 1 << 62)
+        out: list[Request] = []
+        while True:
+            batch = self.take_batch()   # (None before authentication)
+            if batch is not None:
+                out += batch.requests()
+                continue
+            try:
+                req = self.next()
+            except ProtocolError:
+                if out:
+                    return out   # the parser keeps the error: the next call raises it
+                raise
+            if req is None:
+                return out
+            out.append(req)
+            if not self.authenticated:
+                return out
 
     def take_batch(self) -> Batch | None:
         """The run of complete requests at the head of the buffer, consumed, as one `Batch`; or
@@ -495,17 +534,10 @@ class RequestParser:
         if self._error is not None:
             raise self._error.with_traceback(None)
         out: list[Request] = []
-        # One _batch per call at most: it splits the whole buffer, so calling it again after
-        # each request the careful path took would be quadratic.
-        batch = limit > 1
         try:
             while len(out) < limit:
                 if self._state == _IDLE and type(self._buf) is bytes:
-                    if batch:
-                        self._pos = self._batch(self._buf, self._pos, out)
-                        batch = False
-                    else:
-                        self._pos = self._fast(self._buf, self._pos, out, limit)
+                    self._pos = self._fast(self._buf, self._pos, out, limit)
                     if len(out) >= limit:
                         break
                 if not self._careful(out):
@@ -518,37 +550,6 @@ class RequestParser:
             if not out:
                 raise
         return out
-
-    def _batch(self, buf: bytes, pos: int, out: list[Request]) -> int:
-        """Parse complete, valid multibulk requests from `buf` at `pos` into `out`, fastest.
-
-        The hot path of drain() (`buf` and `pos` are the parser's own): take_batch() takes the
-        whole requests, then each one's raw bytes are sliced by the lengths of its tokens. At
-        the first request it cannot take whole it hands over to `_fast`, which continues.
-        """
-        emit = out.append
-        while (batch := self.take_batch()) is not None:   # a window at a time
-            args = batch.args
-            if batch.ends is not None:
-                start = pos
-                for a, stop in zip(args, memoryview(batch.ends).cast("n")):  # type: ignore[call-overload]
-                    emit(_tuple_new(Request, (a, buf[start:stop])))
-                    start = stop
-                pos = start
-                continue
-            # ends[k - 1] + 2 * k: where token k starts, relative to pos (one C-level pass).
-            tokens = batch.tokens
-            assert tokens is not None
-            ends = list(accumulate(map(len, tokens[:2 * sum(map(len, args)) + len(args)])))
-            t = 0
-            start = pos
-            for a in args:
-                t += 1 + 2 * len(a)
-                stop = pos + ends[t - 1] + 2 * t
-                emit(_tuple_new(Request, (a, buf[start:stop])))
-                start = stop
-            pos = start
-        return self._fast(buf, pos, out, 1 << 62)
 
     def _split_checked(self, tokens: list[bytes], found: list[list[bytes]],
                        i: int = 0) -> tuple[list[list[bytes]], int]:
@@ -572,8 +573,8 @@ class RequestParser:
     def _fast(self, buf: bytes, pos: int, out: list[Request], limit: int) -> int:
         """Parse complete, valid multibulk requests from `buf` at `pos` into `out`.
 
-        The hot path of next(), and where _batch stops: one bytes.find, one dict lookup and
-        two slices per argument. It stops,
+        The hot path of next() for what take_batch() leaves: one bytes.find, one dict lookup
+        and two slices per argument. It stops,
         returning the offset of the request it did not take, at anything unusual (an inline
         command, an incomplete or invalid request, a header missing from the lookup tables),
         which `_careful` then handles with exact errors and incremental state.

@@ -26,6 +26,7 @@ import ssl
 from pathlib import Path
 from time import perf_counter_ns
 
+import hiredis
 
 from . import errors, handshake, metrics
 from .config import Config, ConfigError, load_config
@@ -245,7 +246,9 @@ class SharedLink:
         up = self.proxy.gate.config.upstream
         steps = handshake.setup(up, resp3=self.resp3)
         setup = [step.command for step in steps if step.purpose != "authentication"]
-        self._setup_replies = ReplyScanner()
+        # The proxy's own replies (SELECT, HELLO) are values it reads, not bytes it passes
+        # on: hiredis reads them, as every reply the proxy itself consumes.
+        self._setup_replies = hiredis.Reader()
         if setup:   # the proxy's own commands go first: their replies come first
             self.demux.due.appendleft([_SETUP, len(setup)])
             self.out[:0] = setup
@@ -317,17 +320,22 @@ class SharedLink:
                         return
                 continue
             if owner is _SETUP:
-                # Framed, not searched: HELLO's map may hold module arguments that look like
-                # error lines.
-                start, refused = 0, None
-                for frame in self._setup_replies.feed(chunk):
-                    if frame.kind in (b"-", b"!") and refused is None:
-                        refused = chunk[start:frame.end]
-                    start = frame.end
+                # Parsed, not searched: HELLO's map may hold module arguments that look like
+                # error lines. (The demux has framed the chunk: whole replies, valid RESP.)
+                reader, refused = self._setup_replies, None
+                try:
+                    reader.feed(chunk)
+                    while (reply := reader.gets()) is not False:
+                        if isinstance(reply, hiredis.ReplyError) and refused is None:
+                            refused = str(reply)
+                except (hiredis.ProtocolError, TypeError) as e:  # (TypeError: a map hiredis
+                    # cannot make a dict of)
+                    log.error("upstream protocol error on a shared link's setup: %s", e)
+                    return self.fail("protocol error", established=False,
+                                     also=[p[0] for p in parts[i + 1:]])
                 if refused is not None:   # SELECT or HELLO refused
-                    text = refused[1:].split(b"\r\n", 2)[1 if refused[:1] == b"!" else 0]
                     log.error("upstream refused the proxy's setup on a shared link: %s",
-                              text.decode("utf-8", "replace")[:200])
+                              refused[:200])
                     # What Redis answered after it (NOAUTH...) goes nowhere: the owners get
                     # the proxy's error instead.
                     return self.fail("upstream authentication or database selection failed",
