@@ -16,7 +16,15 @@ from pathlib import Path
 
 import yaml
 
-from .config import ConfigError, hash_password, load_config, strip_newlines, write_private
+from . import pidfile, workers
+from .audit import AuditError
+from .config import (ConfigError, Listener, hash_password, load_config, parse_address,
+                     strip_newlines, tokenize_rules, write_private)
+from .embedded import EmbeddedRedis
+from .workers import parse_count
+
+# Imported where a verb needs them, not here: `server` (the proxy stack: uvloop, the session, the
+# C modules), `tls` and `certs` (cryptography). `check`, `hash-password` and `--help` stay light.
 
 log = logging.getLogger("redisgate")
 
@@ -47,7 +55,6 @@ def _with_embedded_upstream(config):
     """No upstream configured: start a private redis-server and point the proxy at it."""
     if not config.upstream.embedded:
         return None
-    from .embedded import EmbeddedRedis
     emb = EmbeddedRedis().start()
     up = config.upstream
     up.host, up.port, up.password, up.username = "127.0.0.1", emb.port, emb.password, None
@@ -58,7 +65,6 @@ def _with_embedded_upstream(config):
 def cmd_serve(args) -> int:
     config = _load(args.config)
     if args.listen:
-        from .config import Listener, parse_address
         problems: list[str] = []
         addr = parse_address(args.listen, "--listen", problems)
         if problems:
@@ -76,9 +82,7 @@ def cmd_serve(args) -> int:
             print(f"--user: no user {args.learn_user!r} in {args.config}", file=sys.stderr)
             return 1
         entry.learn = True
-    from . import pidfile
-    from .audit import AuditError
-    from .tls import TLSConfigError
+    from .tls import TLSConfigError   # (deferred: cryptography)
     if config.pid_file:         # checked here, before anything starts, and again when written
         try:
             current = pidfile.owner(config.pid_file)
@@ -88,12 +92,11 @@ def cmd_serve(args) -> int:
             print(f"{args.config}: pid file {config.pid_file}: redisgate (pid {current.pid}) is "
                   "running; stop it first or use another pid_file", file=sys.stderr)
             return 1
-    from . import workers
     count = workers.resolve_count(args.workers)
     if count > 1:
         return _serve_workers(args, config, count)
     emb = _with_embedded_upstream(config)
-    from .server import run
+    from .server import run   # (deferred: the proxy stack)
     holder = {}
     try:
         run(config, ready=lambda proxy: holder.setdefault("proxy", proxy))
@@ -116,8 +119,7 @@ def cmd_serve(args) -> int:
 
 def _serve_workers(args, config, count: int) -> int:
     """`serve --workers N`, N > 1: check once here, then supervise N workers (workers.py)."""
-    from . import pidfile, workers
-    from .server import Proxy
+    from .server import Proxy   # (deferred: the proxy stack)
     try:
         Proxy(config)   # the TLS contexts: an unreadable certificate is reported once, here
     except (ValueError, OSError) as e:
@@ -152,8 +154,7 @@ def _serve_workers(args, config, count: int) -> int:
 
 def _serve_worker(args, config) -> int:
     """One worker of `serve --workers N` (started by the parent, never by hand)."""
-    from . import workers
-    from .tls import TLSConfigError
+    from .tls import TLSConfigError   # (deferred: cryptography)
     index = args.worker_index or 0
     _setup_logging(config.log_level, tag=f"[worker {index}]")
     try:
@@ -173,7 +174,7 @@ def _serve_worker(args, config) -> int:
     # The parent keeps the pid file and the admin listener.
     config.pid_file = None
     config.admin_listen = None
-    from .server import run
+    from .server import run   # (deferred: the proxy stack)
     try:
         run(config, worker=channel)
     except TLSConfigError as e:
@@ -195,7 +196,6 @@ def _write_learned(proxy, name: str, out: str) -> None:
     learned = learner.profile()
     creds = []
     if entry is not None:
-        from .config import tokenize_rules
         creds = [t for t in tokenize_rules(entry.user.to_acl_rules())
                  if t.startswith("#") or t in ("on", "nopass")]
     user = {"rules": " ".join(creds + [learned["rules"]]).strip()}
@@ -233,7 +233,7 @@ def cmd_check(args) -> int:
     if config.upstream.tls is not None:
         upstream += " (TLS)"
     try:
-        from .server import Proxy
+        from .server import Proxy   # (deferred: the proxy stack)
         proxy = Proxy(config)   # builds the TLS contexts: unreadable certificates are found here
         for w in proxy.tls_warnings():
             print(f"warning: {w}", file=sys.stderr)
@@ -264,7 +264,6 @@ _PASSWORD_WORDS = {"on", "off", "nopass", "resetpass", "reset"}
 def _selectors(user) -> list[str]:
     """The user's permissions as selectors: its root rules as one, then its own selectors
     (Redis does not nest selectors). Passwords and on/off are left out."""
-    from .config import tokenize_rules
     root, extra = [], []
     for t in tokenize_rules(user.to_acl_rules()):
         if t.startswith("("):
@@ -290,7 +289,6 @@ def cmd_acl_export(args) -> int:
                 out.append(f"# {name}: nopass is replaced by resetpass: Redis cannot check the "
                            "certificate, so this user gets no usable password at Redis (connect "
                            "through redisgate)")
-                from .config import tokenize_rules
                 rules = " ".join("resetpass" if t == "nopass" else t
                                  for t in tokenize_rules(rules))
         out.append(f"user {name} {rules}" if args.aclfile else f"ACL SETUSER {name} {rules}")
@@ -316,7 +314,6 @@ def cmd_reload(args) -> int:
             print(f"{args.config}: no pid_file is configured; give --pid-file or send SIGHUP "
                   "to the redisgate process yourself", file=sys.stderr)
             return 1
-    from . import pidfile
     try:
         current = pidfile.owner(pid_file)
     except pidfile.PidFileError as e:
@@ -352,7 +349,6 @@ DEMO_USERS = {
 
 def cmd_demo(args) -> int:
     _setup_logging("info")
-    from .embedded import EmbeddedRedis
     try:
         emb = EmbeddedRedis().start()
     except RuntimeError as e:
@@ -397,7 +393,7 @@ def cmd_demo(args) -> int:
     print(f"\nTry:\n  redis-cli -p {args.port} --user producer --pass {passwords['producer']} PING\n"
           f"  redis-cli -p {args.port} --user producer --pass {passwords['producer']} FLUSHALL"
           "   # refused\n\nCtrl-C stops the proxy and the embedded Redis.\n", flush=True)
-    from .server import run
+    from .server import run   # (deferred: the proxy stack)
     try:
         run(config)
     except OSError as e:
@@ -415,7 +411,6 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the proxy")
     s.add_argument("--config", "-c", required=True)
     s.add_argument("--listen", help="override the listen address (plain TCP)")
-    from .workers import parse_count
     s.add_argument("--workers", type=parse_count, default=1, metavar="N",
                    help="worker processes sharing every listener (SO_REUSEPORT) under a "
                         "supervising parent; 0: one per CPU (default 1: one process)")
@@ -467,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "certs":
         # certs has its own argument parser (certs.main); the entry above is only for --help.
-        from . import certs
+        from . import certs   # (deferred: cryptography)
         return certs.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)

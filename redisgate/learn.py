@@ -37,7 +37,7 @@ import hashlib
 import re
 from typing import Any
 
-from . import scripts as _scripts
+from . import profiles, scripts as _scripts
 from .commands import CommandSpec, KeyExtractionError
 
 _GLOB = re.compile(r"([*?\[\]\\])")
@@ -226,8 +226,6 @@ class Learner:
     def suggest_profile(self) -> dict[str, Any] | None:
         """``{"profile": name, "queues": [...]}`` for the built-in profile with the fewest
         scripts whose commands and scripts cover everything seen, or None."""
-        from . import profiles
-
         # Unknown commands do not matter here: the proxy answers them with an error whatever the
         # rules, so no profile could (or needs to) allow them.
         if not self.commands:

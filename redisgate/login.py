@@ -30,6 +30,7 @@ names one, its CA); `CertIdentity` carries the result with the certificate.
 """
 from __future__ import annotations
 
+import _ssl   # (CPython's certificate objects: public_bytes(ENCODING_DER))
 import functools
 import hashlib
 import hmac
@@ -159,7 +160,6 @@ def automatic_candidate(users: Mapping[str, UserEntry],
 def _der(cert: Any) -> bytes:
     if isinstance(cert, (bytes, bytearray)):
         return bytes(cert)
-    import _ssl   # (CPython's certificate objects: public_bytes(ENCODING_DER))
     der: bytes = cert.public_bytes(_ssl.ENCODING_DER)
     return der
 
@@ -175,6 +175,7 @@ def chain_trusted_by(chain: Iterable[Any], cas: Iterable[Certificate]) -> bool:
     ca_ders = _ders_of(cas)
     if any(der in ca_ders for der in ders):
         return True      # (the usual case, and cheap: the chain's root is in the file)
+    # (deferred: cryptography's x509 is heavy, and only a binding's `ca` needs it)
     from cryptography import x509
     from cryptography.exceptions import InvalidSignature
 
@@ -196,7 +197,7 @@ def chain_trusted_by(chain: Iterable[Any], cas: Iterable[Certificate]) -> bool:
 
 @functools.lru_cache(maxsize=64)
 def _ders_of(cas: tuple[Certificate, ...]) -> frozenset[bytes]:
-    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography.hazmat.primitives.serialization import Encoding  # (deferred: as above)
     return frozenset(c.public_bytes(Encoding.DER) for c in cas)
 
 
@@ -206,7 +207,7 @@ def binding_matches(peercert: Mapping[str, Any] | None, chain: tuple[Any, ...],
     """Whether a verified certificate satisfies a user's binding: its selector (`cn`, `san_dns`,
     `san_uri`) and, when the binding names a `ca` (`ca_certs`: that file's certificates), that
     CA vouches for the certificate's verified chain."""
-    from .tls import identity_of
+    from .tls import identity_of   # (deferred: tls imports cryptography, heavy)
 
     selector = {k: v for k, v in binding.items() if k != "ca"}
     if identity_of(peercert, selector) is None:

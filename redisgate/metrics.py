@@ -23,6 +23,7 @@ from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
     start_http_server
 from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily, \
     HistogramMetricFamily
+from prometheus_client.metrics import MetricWrapperBase
 
 try:
     from . import _lane
@@ -374,7 +375,6 @@ class CollectorMirror:
         self._last: dict[tuple, float] = {}
 
     def collectors(self) -> list:
-        from prometheus_client.metrics import MetricWrapperBase
         mapping = getattr(self.registry, "_collector_to_names", {})
         with getattr(self.registry, "_lock"):
             found = list(mapping)

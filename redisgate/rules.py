@@ -75,7 +75,7 @@ from dataclasses import dataclass, replace
 from itertools import repeat
 from typing import Any, Callable, ClassVar, Iterable
 
-from . import errors
+from . import commands, errors
 from .glob import compile_pattern
 from .commands import CATEGORY_ORDER
 from .options import parse_options, word
@@ -367,7 +367,6 @@ _CATALOGS: dict[int, _Catalog] = {}
 
 
 def _catalog(table=None) -> _Catalog:
-    from . import commands
     if table is None or table is commands.TABLE:
         table = commands.TABLE
         key = id(table)

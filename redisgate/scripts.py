@@ -37,6 +37,8 @@ from dataclasses import dataclass, field, replace
 from operator import itemgetter
 from typing import Any, Callable, Iterable, cast
 
+from .rules import Denial
+
 # --------------------------------------------------------------------------------------------
 # Releases and roles
 # --------------------------------------------------------------------------------------------
@@ -626,28 +628,9 @@ def resolve_scripts(items: Any) -> tuple[set[str], dict[str, ScriptContract]]:
 # Denials
 # --------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ScriptDenial:
-    """Stand-in with the ``rules.Denial`` interface, used only while rules.py is not there."""
-    kind: str
-    object: str
-    reason: str
-    command: str = ""
-    user: str = ""
-
-    def reply(self, version: tuple[int, ...] = (7, 0, 0), user: str | None = None) -> bytes:
-        return f"-NOPERM this user has no permissions to run the '{self.command}' command: " \
-            f"{self.reason}\r\n".encode()
-
-
-def make_denial(command: str, reason: str) -> Any:
-    """A ``kind="script"`` denial of ``command`` (the table name, ``"evalsha"``), as
-    ``rules.Denial`` when that exists, else ``ScriptDenial``. The SHA1 and the failure go in
-    ``reason``, which ends up in the ACL log."""
-    try:
-        from .rules import Denial
-    except ImportError:
-        return ScriptDenial("script", command, reason, command)
+def make_denial(command: str, reason: str) -> Denial:
+    """A ``kind="script"`` denial of ``command`` (the table name, ``"evalsha"``): a
+    ``rules.Denial``. The SHA1 and the failure go in ``reason``, which ends up in the ACL log."""
     return Denial(kind="script", object=command, reason=reason, command=command)
 
 
@@ -741,7 +724,7 @@ class ScriptPolicy:
         sha = sha1_hex.encode() if isinstance(sha1_hex, str) else sha1_hex
         return self.allow_any_script or sha.lower() in self._allowed
 
-    def judge(self, user: Any, spec: Any, args: list[bytes]) -> Any:
+    def judge(self, user: Any, spec: Any, args: list[bytes]) -> Denial | None:
         """``None`` if the script command may run, else a ``Denial`` with ``kind="script"``.
 
         ``spec`` is the command's ``commands.CommandSpec`` (only ``.name`` is used). Commands
@@ -791,7 +774,8 @@ class ScriptPolicy:
         contract = self._contracts.get(sha)
         return f"{contract.label} ({sha.decode()})" if contract else sha.decode()
 
-    def _judge_run(self, user: Any, name: str, sha: bytes, args: list[bytes]) -> Any:
+    def _judge_run(self, user: Any, name: str, sha: bytes,
+                   args: list[bytes]) -> Denial | None:
         if not (self.allow_any_script or sha in self._allowed):
             return make_denial(name, f"{name}: script {self._label(sha)} is not in this user's "
                                      "script allowlist")

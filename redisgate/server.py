@@ -28,7 +28,7 @@ from time import perf_counter_ns
 
 import hiredis
 
-from . import errors, handshake, metrics
+from . import errors, handshake, metrics, pidfile, resp
 from .config import Config, ConfigError, load_config
 from .flow import FlowControl, Hold
 from . import audit
@@ -1144,7 +1144,7 @@ class TLSClientConnection(asyncio.Protocol):
             self.data_received = self.record.data_received
 
     def connection_made(self, transport):
-        from .tls import TLSEngine
+        from .tls import TLSEngine   # (deferred: cryptography)
         self.raw = transport
         self.engine = TLSEngine(self.tls.context)   # the current context: a reload applies here
         loop = asyncio.get_running_loop()
@@ -1161,7 +1161,7 @@ class TLSClientConnection(asyncio.Protocol):
             transport.close()
 
     def data_received(self, data: bytes) -> None:
-        from .tls import TLSHandshakeError, TLSRecordError
+        from .tls import TLSHandshakeError, TLSRecordError   # (deferred: cryptography)
         engine = self.engine
         try:
             plain = engine.receive(data)
@@ -1195,13 +1195,13 @@ class TLSClientConnection(asyncio.Protocol):
 
     def eof_received(self):
         if self.inner is None:
-            from .tls import handshake_failure_reason
+            from .tls import handshake_failure_reason   # (deferred: cryptography)
             self._fail(handshake_failure_reason(ConnectionResetError(), self.engine.first_byte))
         return False
 
     def _expire(self) -> None:
         if self.inner is None:
-            from .tls import handshake_failure_reason
+            from .tls import handshake_failure_reason   # (deferred: cryptography)
             self._fail(handshake_failure_reason(TimeoutError(), self.engine.first_byte))
 
     def _fail(self, reason: str) -> None:
@@ -1252,7 +1252,7 @@ class Proxy:
         # upstream.cluster: the slot map, and each client's connections to the nodes
         self.cluster = None
         if config.upstream.cluster is not None:
-            from .cluster.io import ClusterMap
+            from .cluster.io import ClusterMap   # (deferred: only with upstream.cluster)
             self.cluster = ClusterMap(self, config.upstream.cluster)
         # upstream.multiplex takes effect at start (a reload keeps these links). RESP2 and
         # RESP3 clients (go-redis) share links that speak their protocol.
@@ -1286,7 +1286,7 @@ class Proxy:
         self.listener_tls = []
         for i, lst in enumerate(self.config.listeners):
             if lst.tls is not None:
-                from .tls import ListenerTLS, record_layer
+                from .tls import ListenerTLS, record_layer   # (deferred: cryptography)
                 self.tls_record = record_layer()
                 self.listener_tls.append(ListenerTLS(
                     lst.tls, base, where=f"{lst.where}.tls",
@@ -1294,7 +1294,7 @@ class Proxy:
             else:
                 self.listener_tls.append(None)
         if self.config.upstream.tls is not None:
-            from .tls import UpstreamTLS
+            from .tls import UpstreamTLS   # (deferred: cryptography)
             self._upstream_tls = UpstreamTLS(self.config.upstream.tls, base, where="upstream.tls")
 
     def upstream_ssl(self, host: str | None = None):
@@ -1657,7 +1657,7 @@ class Proxy:
         problem. Listeners keep their addresses (a changed list takes effect after a restart);
         a listener that would switch between plain and TLS, or an upstream between plain and
         TLS, refuses the reload."""
-        from .tls import ListenerTLS, TLSConfigError, UpstreamTLS
+        from .tls import ListenerTLS, TLSConfigError, UpstreamTLS   # (deferred: cryptography)
         base = config.path.parent if config.path else Path(".")
         by_address = {(lst.host, lst.port): lst for lst in config.listeners}
         running = [(lst.host, lst.port) for lst in self.listeners]
@@ -1704,7 +1704,7 @@ class Proxy:
                 for (new, where), old in zip(listeners, self.listener_tls)], upstream_tls
 
     def tls_warnings(self) -> list[str]:
-        from .tls import ca_scope_warnings
+        from .tls import ca_scope_warnings   # (deferred: cryptography)
         return ca_scope_warnings(self.listener_tls, self.gate.users)
 
     async def close(self, timeout: float = 0.0) -> None:
@@ -1766,7 +1766,7 @@ class Proxy:
 
 def _install_uvloop() -> None:
     try:
-        import uvloop
+        import uvloop   # (deferred: optional at run time)
     except ImportError:   # pragma: no cover - uvloop is a declared dependency
         log.warning("uvloop is not installed; using the default asyncio loop")
         return
@@ -1780,7 +1780,6 @@ async def serve(config: Config, ready=None, stop: asyncio.Event | None = None,
     config and certificates. ``worker``: a ``workers.WorkerChannel`` when this process is one of
     ``serve --workers N``'s workers (listeners with SO_REUSEPORT; no pid file or admin listener
     of its own: the supervising parent keeps them; reload and stop also come from the parent)."""
-    from . import pidfile
     proxy = Proxy(config, reuse_port=worker is not None)
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
@@ -1822,7 +1821,6 @@ async def serve(config: Config, ready=None, stop: asyncio.Event | None = None,
         if config.pid_file:
             pidfile.release(config.pid_file)
         raise
-    from . import resp
     if (resp._c_scan is None or Lane is None) and (worker is None or worker.index == 0):
         log.warning("redisgate._speedups or redisgate._lane is not built (or "
                     "REDISGATE_PURE_PYTHON or REDISGATE_NO_LANE is set): the request parser or "
@@ -1830,7 +1828,7 @@ async def serve(config: Config, ready=None, stop: asyncio.Event | None = None,
                     "bench/README.md)")
     admin = None
     if config.admin_listen:
-        from .admin import Admin
+        from .admin import Admin   # (deferred: only with an admin listener)
         admin = Admin(proxy, *config.admin_listen)
         admin.start()
     if worker is not None:

@@ -64,6 +64,11 @@ from typing import Any, Mapping
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from .audit import safe
+from .config import FileProblem, read_regular_file
+from .login import chain_trusted_by
 
 log = logging.getLogger("redisgate.tls")
 
@@ -164,7 +169,6 @@ MAX_PEM_BYTES = 4 * 1024 * 1024
 
 
 def _read(path: Path, where_key: str) -> bytes:
-    from .config import FileProblem, read_regular_file
     try:
         return read_regular_file(path, MAX_PEM_BYTES)[0]
     except FileProblem as e:
@@ -344,7 +348,6 @@ class ListenerTLS:
     def trusts(self, chain) -> bool:
         """Whether this listener's current `client_ca` vouches for a verified chain (leaf first):
         the reload re-check of connections accepted under an earlier CA file."""
-        from .login import chain_trusted_by
         return bool(self.client_cas) and chain_trusted_by(chain, self.client_cas)
 
     @property
@@ -544,7 +547,6 @@ def match_certificate_user(peercert: Mapping | None,
 def describe_peer(peercert: Mapping | None) -> str:
     """A short, log-safe description of a certificate: ``CN=bob SAN=DNS:a,URI:b``. Each value is
     the CA's but chosen by whoever asked for the certificate: escaped and cut (audit.safe)."""
-    from .audit import safe
     if not peercert:
         return "no certificate"
     parts = [f"CN={safe(cn)}" for cn in _common_names(peercert)[:4]]
@@ -558,9 +560,6 @@ def describe_peer(peercert: Mapping | None) -> str:
 def ca_scope_warnings(listeners, users: Mapping[str, Any]) -> list[str]:
     """`check` and serve warnings: listeners (ListenerTLS or None) that trust different client
     CAs make every binding without `ca` reachable from each of them."""
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    from .login import chain_trusted_by
 
     trusted = {}
     for lst in listeners:
@@ -638,7 +637,7 @@ def record_layer():
     if os.environ.get("REDISGATE_NO_TLSREC") or os.environ.get("REDISGATE_PURE_PYTHON"):
         return None
     try:
-        from . import _tlsrec
+        from . import _tlsrec   # (optional C module: absent without a compiler or libssl-dev)
     except ImportError:
         return None
     if _tlsrec.OPENSSL_VERSION_NUMBER != ssl.OPENSSL_VERSION_NUMBER:

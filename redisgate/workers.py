@@ -31,7 +31,9 @@ worker to parent, a status line every second (``{"ready": true}`` or ``{"ready":
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
+import ctypes
 import json
 import logging
 import os
@@ -46,11 +48,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import audit
+from . import audit, pidfile
+from .config import Config, ConfigError, load_config
+from .embedded import PR_SET_PDEATHSIG
 
+# The proxy stack (admin, metrics, prometheus_client, server) is imported where it is used: cli
+# imports this module for every command line (`--workers`' parser), and the supervising parent
+# needs only parts of it.
 if TYPE_CHECKING:
     from .admin import UpstreamProbe
-    from .config import Config
     from .metrics import CollectorMirror
 
 log = logging.getLogger("redisgate")
@@ -78,7 +84,6 @@ def resolve_count(requested: int) -> int:
 
 def parse_count(text: str) -> int:
     """argparse type of --workers: a whole number 0..MAX_WORKERS."""
-    import argparse
     value = text.strip()
     if not value.isdigit() or int(value) > MAX_WORKERS:
         raise argparse.ArgumentTypeError(
@@ -115,8 +120,6 @@ def _die_with(parent: int | None) -> None:
     SIGKILL (Linux PR_SET_PDEATHSIG; elsewhere the control socket's EOF does it)."""
     if not sys.platform.startswith("linux") or not parent:
         return
-    import ctypes
-    from .embedded import PR_SET_PDEATHSIG
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
@@ -162,7 +165,7 @@ class WorkerChannel:
     def started(self) -> None:
         """The listeners are open: report the status every STATUS_INTERVAL from now on."""
         if self.hello.get("probe"):
-            from .admin import UpstreamProbe
+            from .admin import UpstreamProbe   # (deferred: see the imports)
             self._probe = UpstreamProbe(self._proxy)
             self._spawn(self._probe.run())
         self._spawn(self._report())
@@ -199,7 +202,7 @@ class WorkerChannel:
             self._begin_stop("stop from the supervising process")
 
     async def _report(self) -> None:
-        from . import metrics
+        from . import metrics   # (deferred: see the imports)
         from .admin import proxy_readiness
         if metrics.multiprocess():
             self._mirror = metrics.CollectorMirror()
@@ -360,7 +363,7 @@ class Supervisor:
                 proc, w.proc = w.proc, None
                 self._close_sock(w)
                 if self.metrics_dir is not None:
-                    from prometheus_client import multiprocess
+                    from prometheus_client import multiprocess   # (deferred: see the imports)
                     multiprocess.mark_process_dead(proc.pid, self.metrics_dir)
                 if not self.stopping:
                     self._died(w, proc.pid, _how(proc.returncode))
@@ -396,7 +399,6 @@ class Supervisor:
 
     def reload(self) -> None:
         log.info("SIGHUP: reloading %d workers", sum(w.proc is not None for w in self.workers))
-        from .config import ConfigError, load_config
         if self.config.path is not None:
             try:    # (the parent's own view: shutdown.grace, audit; each worker logs its own)
                 self.config = load_config(self.config.path)
@@ -475,12 +477,11 @@ class Supervisor:
             loop.add_signal_handler(sig, on_signal, sig)
         if self.config.pid_file:
             # After the SIGHUP handler: `redisgate reload` must not end the parent.
-            from . import pidfile
             pidfile.claim(self.config.pid_file)     # PidFileError: a live redisgate holds it
             self._pid_file = self.config.pid_file
         admin = None
         if self.config.admin_listen:
-            from .admin import Admin
+            from .admin import Admin   # (deferred: see the imports)
             admin = Admin(None, *self.config.admin_listen, readiness=self.readiness,
                           registry=self._registry())
             admin.start()
@@ -513,7 +514,7 @@ class Supervisor:
 
     def _registry(self):
         """/metrics: the workers' multiprocess files, plus the parent's own counts."""
-        from prometheus_client import CollectorRegistry, Counter, Gauge
+        from prometheus_client import CollectorRegistry, Counter, Gauge   # (deferred)
         from prometheus_client.multiprocess import MultiProcessCollector
         registry = CollectorRegistry()
         MultiProcessCollector(registry, path=self.metrics_dir)
@@ -545,8 +546,7 @@ def supervise(config, argv: list[str], count: int, upstream: dict | None) -> int
     """Run the parent of `serve --workers N` (the configuration is checked; the pid file is the
     caller's). The exit code: 0 after a graceful stop, 1 after giving up on a worker, 128 + the
     signal after a second SIGTERM/SIGINT."""
-    from . import pidfile
-    from .server import _install_uvloop
+    from .server import _install_uvloop   # (deferred: the proxy stack, see the imports)
     metrics_dir = tempfile.mkdtemp(prefix="redisgate-metrics-")   # 0700
     sup = Supervisor(config, argv, count, upstream, metrics_dir=metrics_dir)
     _install_uvloop()

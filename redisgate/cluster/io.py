@@ -323,7 +323,7 @@ class ClusterMap:
     def shared_links(self, node: NodeAddr, resp3: bool) -> list:
         links = self._links.get((node, resp3))
         if links is None:
-            from ..server import SharedLink
+            from ..server import SharedLink   # (here: a cycle, server imports this module)
             n = self.proxy.gate.config.upstream.multiplex
             links = self._links[(node, resp3)] = [
                 SharedLink(self.proxy, resp3=resp3, addr=(node.host, node.port)) for _ in range(n)]
