@@ -62,7 +62,9 @@ for m in (lane, speedups):
 EOF
 
 if [ $# -eq 0 ]; then
-  set -- tests/test_lane.py tests/test_fastpath.py tests/test_resp.py tests/test_resp_fuzz.py \
+  set -- tests/test_lane.py tests/test_lane_replies.py tests/test_resp_scan.py \
+         tests/test_resp_count_flat.py tests/test_rules_fast.py tests/test_scripts_fast.py \
+         tests/test_session_fast.py tests/test_resp.py tests/test_resp_fuzz.py \
          tests/test_mux.py tests/test_c_refcounts.py tests/test_verdict.py
 fi
 echo "== running under ASan + UBSan: $*"
