@@ -1,27 +1,22 @@
 """The C lane's reply walker (_speedups.count_replies, _respscan.h) ends replies where feed() does.
 
-Split from the former tests/test_fastpath.py (one file per module under test). Each shortcut
-exists only for speed; these tests run random inputs through the shortcut and through the
-general code and require the same bytes, frames and verdicts.
+The shortcut's tests: see tests/shortcuts.py.
 """
 from __future__ import annotations
 
 from itertools import accumulate
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from redisgate import resp
 from redisgate.resp import ReplyScanner
 
 from test_resp_fuzz import SIZES, VALUES
+from shortcuts import BOTH_SCANS, FUZZ
 
-# Every test here runs with the C scan and with its Python twin (conftest.both_scans).
-pytestmark = pytest.mark.usefixtures("both_scans")
-
-FUZZ = settings(max_examples=300, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+pytestmark = BOTH_SCANS
 
 
 # --- _lane's reply walker (_speedups.count_replies) frames what feed() frames ------------------

@@ -1,15 +1,13 @@
 """resp.RequestParser.take_batch (the C scan and its Python twin) takes exactly what next() takes.
 
-Split from the former tests/test_fastpath.py (one file per module under test). Each shortcut
-exists only for speed; these tests run random inputs through the shortcut and through the
-general code and require the same bytes, frames and verdicts.
+The shortcut's tests: see tests/shortcuts.py.
 """
 from __future__ import annotations
 
 from unittest.mock import patch
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from redisgate import resp
@@ -17,12 +15,9 @@ from redisgate.resp import RequestParser, encode_command
 
 from test_resp_fuzz import ARGS, SIZES, mutated_commands, pieces
 from wire import cmd
+from shortcuts import BOTH_SCANS, FUZZ
 
-# Every test here runs with the C scan and with its Python twin (conftest.both_scans).
-pytestmark = pytest.mark.usefixtures("both_scans")
-
-FUZZ = settings(max_examples=300, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+pytestmark = BOTH_SCANS
 
 
 # --- resp: take_batch is drain() in one piece --------------------------------------------------

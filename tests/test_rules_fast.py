@@ -1,27 +1,20 @@
 """commands' single_key / plain_keys shapes and rules.User's compiled verdicts decide what the
 general key extraction and rule walk decide.
 
-Split from the former tests/test_fastpath.py (one file per module under test). Each shortcut
-exists only for speed; these tests run random inputs through the shortcut and through the
-general code and require the same bytes, frames and verdicts.
+The shortcut's tests: see tests/shortcuts.py.
 """
 from __future__ import annotations
 
 import random
 
-import pytest
-from hypothesis import HealthCheck, settings
 
 from redisgate.commands import TABLE, KeyExtractionError
 from redisgate.rules import ALLOW, OneKey, parse_user, RuleError
 
 from test_rules_oracle import _command, _rule_set
+from shortcuts import BOTH_SCANS
 
-# Every test here runs with the C scan and with its Python twin (conftest.both_scans).
-pytestmark = pytest.mark.usefixtures("both_scans")
-
-FUZZ = settings(max_examples=300, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+pytestmark = BOTH_SCANS
 
 
 # --- commands: single_key shapes are what keys() returns ----------------------------------------

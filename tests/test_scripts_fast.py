@@ -1,17 +1,13 @@
 """scripts' compiled contracts (_FastContract) and the policy's EVALSHA fast path say yes only
 where check_contract and the general path do.
 
-Split from the former tests/test_fastpath.py (one file per module under test). Each shortcut
-exists only for speed; these tests run random inputs through the shortcut and through the
-general code and require the same bytes, frames and verdicts.
+The shortcut's tests: see tests/shortcuts.py.
 """
 from __future__ import annotations
 
 import random
 from types import SimpleNamespace
 
-import pytest
-from hypothesis import HealthCheck, settings
 
 from redisgate import scripts
 from redisgate.commands import TABLE
@@ -19,13 +15,10 @@ from redisgate.config import build_config
 from redisgate.rules import parse_user
 from redisgate.scripts import KNOWN_SCRIPTS, QueueKey, ScriptPolicy, check_contract
 from test_rules_fast import outcome
+from shortcuts import BOTH_SCANS
 
 
-# Every test here runs with the C scan and with its Python twin (conftest.both_scans).
-pytestmark = pytest.mark.usefixtures("both_scans")
-
-FUZZ = settings(max_examples=300, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+pytestmark = BOTH_SCANS
 
 
 # --- scripts: compiled contracts say yes only where check_contract does -------------------------

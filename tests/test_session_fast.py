@@ -1,14 +1,11 @@
 """Session's inlined judging and reply pass-through do what its careful path does.
 
-Split from the former tests/test_fastpath.py (one file per module under test). Each shortcut
-exists only for speed; these tests run random inputs through the shortcut and through the
-general code and require the same bytes, frames and verdicts.
+The shortcut's tests: see tests/shortcuts.py.
 """
 from __future__ import annotations
 
 
-import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from redisgate.config import build_config
@@ -18,12 +15,9 @@ from redisgate.session import DROP, FWD, Session
 from proxy import pw_hash
 from test_resp_fuzz import SIZES, pieces
 from wire import cmd
+from shortcuts import BOTH_SCANS
 
-# Every test here runs with the C scan and with its Python twin (conftest.both_scans).
-pytestmark = pytest.mark.usefixtures("both_scans")
-
-FUZZ = settings(max_examples=300, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+pytestmark = BOTH_SCANS
 
 
 # --- session: the inlined path does what the careful path does ----------------------------------
