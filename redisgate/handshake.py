@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,8 @@ import hiredis
 
 from .resp import encode_command
 
-__all__ = ["Step", "setup", "ask", "auth_command", "refused_password", "Fallback", "Passwords"]
+__all__ = ["Step", "setup", "ask", "auth_command", "connect_error", "refused_password", "Fallback",
+           "Passwords"]
 
 HELLO3 = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n"
 
@@ -41,6 +43,19 @@ class Step:
     """One of the proxy's own commands: its exact bytes and what it is for."""
     command: bytes
     purpose: str            # "authentication" | "database selection" | "protocol"
+
+
+def connect_error(e: BaseException) -> str:
+    """Why a connection to a Redis (a master, a cluster node, a sentinel) failed, in the words the
+    log, the audit and the clients' error replies use: "timed out", "TLS error: ...", the
+    system's lower-case message ("connection refused"), else the exception's text."""
+    if isinstance(e, asyncio.TimeoutError):
+        return "timed out"
+    if isinstance(e, ssl.SSLError):   # (an OSError too: tested first)
+        return f"TLS error: {(e.reason or str(e)).lower()}"
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror.lower()
+    return str(e) or type(e).__name__
 
 
 def auth_command(up: Any, password: bytes) -> bytes:

@@ -36,12 +36,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import ssl
 from typing import Callable
 
 import hiredis
 
 from . import audit, metrics
+from .handshake import connect_error
 from .config import SentinelConfig, Upstream
 from .resolver import Endpoint, Resolver, UpstreamChange
 from .resp import encode_command
@@ -73,16 +73,6 @@ class SentinelError(Exception):
 def _failed(e: BaseException) -> str:
     """'unreachable' for a network failure, 'failed' for anything else."""
     return "unreachable" if isinstance(e, (OSError, asyncio.TimeoutError)) else "failed"
-
-
-def _why(e: BaseException) -> str:
-    if isinstance(e, asyncio.TimeoutError):
-        return "timed out"
-    if isinstance(e, ssl.SSLError):
-        return f"TLS error: {(e.reason or str(e)).lower()}"
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror.lower()
-    return str(e) or e.__class__.__name__
 
 
 def _auth(username: str | None, password: bytes | None) -> bytes:
@@ -267,8 +257,8 @@ class SentinelResolver(Resolver):
             except asyncio.CancelledError:
                 raise
             except Exception as e:   # noqa: BLE001 - every failure is logged and skipped
-                log.warning("upstream: sentinel %s %s: %s", sentinel, _failed(e), _why(e))
-                self._sentinel_error(sentinel, "query", f"{_failed(e)}: {_why(e)}")
+                log.warning("upstream: sentinel %s %s: %s", sentinel, _failed(e), connect_error(e))
+                self._sentinel_error(sentinel, "query", f"{_failed(e)}: {connect_error(e)}")
                 continue
             if isinstance(reply, hiredis.ReplyError):
                 log.warning("upstream: sentinel %s refused SENTINEL GET-MASTER-ADDR-BY-NAME: %s",
@@ -323,7 +313,7 @@ class SentinelResolver(Resolver):
         except asyncio.CancelledError:
             raise
         except Exception as e:   # noqa: BLE001 - the reason is reported
-            return f"it is {_failed(e)}: {_why(e)}"
+            return f"it is {_failed(e)}: {connect_error(e)}"
 
     async def _role(self, endpoint: Endpoint, up: Upstream) -> str | None:
         wire = await _Wire.open(endpoint, self.data_tls(endpoint.host), up.connect_timeout)
@@ -468,8 +458,8 @@ class SentinelResolver(Resolver):
             except Exception as e:   # noqa: BLE001 - logged; tried again after the backoff
                 what = "subscription lost" if subscribed else _failed(e)
                 log.warning("upstream: sentinel %s %s: %s; again in %.1fs", sentinel,
-                            what, _why(e), backoff)
-                self._sentinel_error(sentinel, "subscription", f"{what}: {_why(e)}")
+                            what, connect_error(e), backoff)
+                self._sentinel_error(sentinel, "subscription", f"{what}: {connect_error(e)}")
             await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
             backoff = min(BACKOFF_MAX, backoff * 2)
 

@@ -32,6 +32,7 @@ from . import errors, handshake, metrics, pidfile, resp
 from .config import Config, ConfigError, load_config
 from .flow import FlowControl, Hold
 from . import audit
+from .handshake import connect_error
 from .audit import Event, Peer, safe
 from .gate import Gate
 from .mux import Demux
@@ -421,7 +422,7 @@ async def open_upstream(proxy: "Proxy", factory, addr=None):
                                        ssl=ssl_ctx, server_hostname=server_hostname),
                 up.connect_timeout)
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
-            reason = _connect_failure(e)
+            reason = connect_error(e)
             if addr is None:   # (a cluster node's: ClusterMap.unreachable logs and counts it)
                 log.warning("upstream %s unreachable: %s", endpoint, reason)
                 metrics.inc("upstream_errors", "connect")
@@ -433,14 +434,6 @@ async def open_upstream(proxy: "Proxy", factory, addr=None):
             return protocol, None
         protocol.transport.close()   # the master moved meanwhile
     return None, reason
-
-
-def _connect_failure(e: Exception) -> str:
-    if isinstance(e, asyncio.TimeoutError):
-        return "timed out"
-    if isinstance(e, ssl.SSLError):   # an OSError too: test it first
-        return f"TLS error: {(e.reason or str(e)).lower()}"
-    return (e.strerror or str(e)).lower()
 
 
 class ClientConnection(asyncio.Protocol):

@@ -490,7 +490,7 @@ def _flood(s: socket.socket, chunk: bytes, runner: ProxyRunner) -> int:
 
     def held() -> bool:   # (the loop may still be busy with what it read: seconds, under load)
         return runner.call(lambda: any(
-            c.transport.get_extra_info("peername")[:2] == me and c._reading_held
+            c.transport.get_extra_info("peername")[:2] == me and c.flow.read_paused
             for c in list(runner.proxy.clients)), timeout=120)
     view, pos, sent = memoryview(chunk), 0, 0
     deadline = time.monotonic() + 120

@@ -33,6 +33,7 @@ from collections import Counter
 import hiredis
 
 from .. import audit, handshake, metrics
+from ..handshake import connect_error
 from ..flow import Hold
 from .router import Hop, Router
 from .topology import NodeAddr, Redirect, RedirectKind, Topology, TopologyError, \
@@ -230,8 +231,8 @@ class ClusterMap:
                 topology = await self._ask(node)
             except (OSError, asyncio.TimeoutError, ssl.SSLError, ConnectionError,
                     TopologyError, hiredis.ProtocolError) as e:
-                failures.append(f"{node} ({_why(e)})")
-                self.unreachable(node, _why(e), stage="refresh")
+                failures.append(f"{node} ({connect_error(e)})")
+                self.unreachable(node, connect_error(e), stage="refresh")
                 continue
             if not topology.shards:
                 failures.append(f"{node} (no slots assigned)")
@@ -356,16 +357,6 @@ def _addr(node: NodeAddr | None) -> str | None:
     return audit.safe(str(node)) if node is not None else None
 
 
-def _why(e: BaseException) -> str:
-    if isinstance(e, asyncio.TimeoutError):
-        return "timed out"
-    if isinstance(e, ssl.SSLError):
-        return f"TLS error: {(e.reason or str(e)).lower()}"
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror.lower()
-    return str(e) or type(e).__name__
-
-
 class NodeLink(asyncio.Protocol):
     """One client's connection to one node."""
 
@@ -395,7 +386,7 @@ class NodeLink(asyncio.Protocol):
                 up.connect_timeout)
         except (OSError, asyncio.TimeoutError, ssl.SSLError) as e:
             if not self.dead:
-                self.owner.link_failed(self, _why(e), "connect")
+                self.owner.link_failed(self, connect_error(e), "connect")
 
     def connection_made(self, transport) -> None:
         if self.dead:
