@@ -27,7 +27,8 @@ at most `MAX_DEPTH` deep. A YAML error names the line and column, never the line
 Contract of the file (keys are a public contract; extend, never rename)::
 
     listen: 127.0.0.1:6380            # or a list of addresses or {address, tls: {...}}
-    upstream: {address, username, password, db, tls, version, connect_timeout, multiplex}
+    upstream: {address, username, password, db, tls, version, connect_timeout,
+              handshake_timeout, keepalive, multiplex}
     upstream: {cluster: {seeds: [host:port, ...], refresh}, username, password, tls, ...}
       # or, instead of address, a Sentinel-managed master (redisgate.sentinel):
       #   sentinel: {master, addresses: [host:port, ...], username, password, tls}
@@ -76,6 +77,7 @@ MAX_CONFIG_BYTES = 1024 * 1024          # the config file and acl_file
 MAX_SECRET_BYTES = 64 * 1024            # one ${file:...} secret
 MAX_DEPTH = 64                          # YAML nesting
 MAX_DURATION = 86400.0                  # seconds: any duration setting, at most a day
+MAX_KEEPALIVE = 32767                   # seconds: upstream.keepalive (Linux's TCP_KEEPIDLE)
 
 
 class ConfigError(Exception):
@@ -119,6 +121,10 @@ class Upstream:
     tls: dict | None = None                # None: plain TCP; {} (or `tls: true`): TLS, system CAs
     version: tuple[int, int, int] | None = None   # overrides the probe
     connect_timeout: float = 5.0
+    # The proxy's own AUTH / SELECT / HELLO on a new upstream connection must be answered this
+    # soon (else the upstream is mute: the connection is given up); 0 in keepalive: no keepalive.
+    handshake_timeout: float = 5.0
+    keepalive: float = 60.0                 # TCP keepalive's idle time on upstream sockets
     # Shared upstream links for stateless commands (server.SharedLink); 0: one link per client.
     multiplex: int = 0
     embedded: bool = False                  # no upstream configured: start a local redis-server
@@ -784,6 +790,8 @@ UPSTREAM = Struct({
                                              "key, insecure_skip_verify, min_version)"),
     "version": Version(),
     "connect_timeout": Duration(),
+    "handshake_timeout": Duration(),
+    "keepalive": Duration(zero=True),   # 0: off; at most MAX_KEEPALIVE (checked in _upstream)
     "multiplex": Either(Bool(), Int("the number of shared links", lo=0, hi=MAX_SHARED_LINKS),
                         what=f"the number of shared links, 0 (off) to {MAX_SHARED_LINKS}, "
                              "or true/false"),
@@ -1151,6 +1159,11 @@ def _upstream(value: Any, raw: Any, problems: list[str], warnings: list[str], ba
                 tls=_tls_setting(sen.get("tls")))
     up.version = value.get("version")
     up.connect_timeout = value.get("connect_timeout", 5.0)
+    up.handshake_timeout = value.get("handshake_timeout", 5.0)
+    up.keepalive = value.get("keepalive", 60.0)
+    if up.keepalive > MAX_KEEPALIVE:
+        problems.append(f"upstream.keepalive: at most {MAX_KEEPALIVE}s (the kernel's limit "
+                        "for TCP_KEEPIDLE), or 0 for no keepalive")
     mux = value.get("multiplex", 0)
     up.multiplex = int(mux)
     return up

@@ -16,13 +16,16 @@ a wrong-password error (`refused_password`), the connection tries `Passwords.oth
 sends nothing of a client's before an AUTH was accepted (session.py, `ask`). The same holds for a
 Redis 6/7 ACL user's password (`ACL SETUSER u resetpass >new`). Neither password is ever logged.
 
-Sans-I/O but for `ask()`, which only reads and writes the stream it is given. Imports: `resp`
+Sans-I/O but for `ask()`, which only reads and writes the stream it is given, and
+`keepalive()`, which sets TCP keepalive on a new upstream connection's socket. Imports: `resp`
 (encoding), hiredis.
 """
 from __future__ import annotations
 
 import asyncio
 import hmac
+import math
+import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -33,7 +36,7 @@ import hiredis
 from .resp import encode_command
 
 __all__ = ["Step", "setup", "ask", "auth_command", "connect_error", "refused_password", "Fallback",
-           "Passwords"]
+           "Passwords", "keepalive"]
 
 HELLO3 = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n"
 
@@ -177,3 +180,23 @@ async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: An
     writer.write(encode_command(command))
     replies.append(await reply())
     return replies
+
+
+def keepalive(transport: asyncio.BaseTransport, seconds: float) -> None:
+    """TCP keepalive on an upstream connection (`upstream.keepalive`; 0: off), as Redis's own
+    `tcp-keepalive` sets it: the first probe after `seconds` without traffic, then one every
+    third of that, three unanswered probes and the kernel resets the connection (a peer gone
+    without a FIN, a NAT that forgot the flow). A mute but live peer (a stopped redis-server)
+    still answers probes: `upstream.handshake_timeout` is for that."""
+    sock = transport.get_extra_info("socket")
+    if not seconds or sock is None:
+        return
+    idle = max(1, math.ceil(seconds))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):   # (Linux; elsewhere the system's idle time)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, idle // 3))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
+    except OSError:   # (not a TCP socket: a Unix socket has no keepalive)
+        pass

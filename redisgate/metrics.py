@@ -51,7 +51,8 @@ REFUSED = Counter("redisgate_commands_refused", "Commands answered with an error
                   "instead of being forwarded (policy, unknown command, arity, NOAUTH, ...)",
                   ["user", "command"])
 UPSTREAM_ERRORS = Counter("redisgate_upstream_errors", "Upstream connections that could not be "
-                          "opened (stage=connect) or were lost (stage=lost)", ["stage"])
+                          "opened (stage=connect), did not answer the proxy's handshake "
+                          "(stage=handshake) or were lost (stage=lost)", ["stage"])
 UPSTREAM_CONNECTIONS = Counter("redisgate_upstream_connections", "Upstream connections opened: "
                                "a client's own (kind=client) or a shared link's (kind=shared)",
                                ["kind"])

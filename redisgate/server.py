@@ -162,6 +162,9 @@ class SharedLink:
         self._auth_password: bytes | None = None
         self._auth_reply = b""
         self._auth_fallback: str | None = None
+        # upstream.handshake_timeout: from the first of the proxy's own commands written (or a
+        # second AUTH) until the first reply to it.
+        self._handshake_timer: asyncio.TimerHandle | None = None
 
     def send(self, client: "ClientConnection", data: bytes, replies: int) -> None:
         self.demux.sent(client, replies)
@@ -261,7 +264,10 @@ class SharedLink:
             self._auth_password, self._auth_reply, self._auth_fallback = up.password, b"", None
             self.connecting = True
             conn.transport.write(steps[0].command)
+            self._watch_handshake(conn)
             return
+        if setup:
+            self._watch_handshake(conn)
         self._opened()
 
     def _opened(self) -> None:
@@ -283,6 +289,7 @@ class SharedLink:
                 self._auth_fallback, self._auth_password = other.source, other.password
                 self.demux.due.appendleft([_AUTH, 1])
                 self.conn.transport.write(handshake.auth_command(up, other.password))
+                self._watch_handshake(self.conn)   # (its reply is timed as the first's)
                 return True
         if self._auth_fallback is not None:
             metrics.inc("upstream_auth_fallbacks", self._auth_fallback,
@@ -307,6 +314,9 @@ class SharedLink:
             client.hold_input(Hold.LINK_CONNECTING, False)
 
     def data_received(self, data: bytes) -> None:
+        if self._handshake_timer is not None:   # (the set-up's replies come here, not to C)
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
         try:
             parts = self.demux.received(data)
         except UpstreamProtocolError as e:
@@ -345,11 +355,28 @@ class SharedLink:
             self.due -= replies
             owner.shared_replies(chunk, replies, whole)
 
+    def _watch_handshake(self, conn: _LinkConnection) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+        self._handshake_timer = watch_handshake(self.proxy, self._handshake_expired, conn)
+
+    def _handshake_expired(self, conn: _LinkConnection) -> None:
+        self._handshake_timer = None
+        if self.conn is conn:
+            handshake_timed_out(self.proxy, self.addr)
+            # While its AUTH is awaited ("connecting") clients' commands wait in `out`: nothing
+            # of theirs was sent. Else they went behind SELECT / HELLO and may still run: their
+            # replies are lost, as by a Redis restart.
+            self.fail(HANDSHAKE_TIMED_OUT, established=not self.connecting)
+
     def fail(self, reason: str, established: bool, also: list = ()) -> None:
         """The link is unusable: every client with replies due gets errors for them (and, if the
         link had been working, is closed, as by a Redis restart); the next send reconnects."""
         conn, self.conn = self.conn, None
-        if conn is not None and reason != "proxy shutting down":
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+        if conn is not None and reason not in ("proxy shutting down", HANDSHAKE_TIMED_OUT):
             metrics.inc("upstream_errors", "lost")
         self.ready = self.connecting = False
         self.due = self.queued = 0
@@ -392,9 +419,9 @@ class SharedLink:
 async def open_upstream(proxy: "Proxy", factory, addr=None):
     """Connect to the upstream master the resolver names now, or to `addr`, (host, port) of a
     cluster node (TLS if configured, within connect_timeout; while a Sentinel failover is under
-    way, waiting up to connect_timeout for the new master): (protocol, None), or (None, why)
-    after logging and counting the failure. A dial that ends after the master changed is closed
-    and made again (a few times at most)."""
+    way, waiting up to connect_timeout for the new master; TCP keepalive per upstream.keepalive):
+    (protocol, None), or (None, why) after logging and counting the failure. A dial that ends
+    after the master changed is closed and made again (a few times at most)."""
     up = proxy.gate.config.upstream
     resolver = proxy.resolver
     loop = asyncio.get_running_loop()
@@ -417,7 +444,7 @@ async def open_upstream(proxy: "Proxy", factory, addr=None):
             return protocol
         try:
             ssl_ctx, server_hostname = proxy.upstream_ssl(endpoint.host)
-            _, protocol = await asyncio.wait_for(
+            transport, protocol = await asyncio.wait_for(
                 loop.create_connection(made, endpoint.host, endpoint.port,
                                        ssl=ssl_ctx, server_hostname=server_hostname),
                 up.connect_timeout)
@@ -431,9 +458,32 @@ async def open_upstream(proxy: "Proxy", factory, addr=None):
                 resolver.unreachable(endpoint, reason)
             return None, reason
         if resolver.epoch == epoch:
+            handshake.keepalive(transport, up.keepalive)
             return protocol, None
         protocol.transport.close()   # the master moved meanwhile
     return None, reason
+
+
+HANDSHAKE_TIMED_OUT = "handshake timed out"
+
+
+def watch_handshake(proxy: "Proxy", expired, *args) -> asyncio.TimerHandle:
+    """upstream.handshake_timeout: on a new upstream connection that carries the proxy's own
+    AUTH / SELECT / HELLO (handshake.setup), the first reply must come this soon, else
+    `expired(*args)` runs (the upstream accepts but does not answer: stopped, hung, not Redis).
+    Only the handshake is timed: the replies to clients' commands may rightly take long (BLPOP
+    0), so a connection without a handshake of the proxy's is not watched."""
+    return asyncio.get_running_loop().call_later(
+        proxy.gate.config.upstream.handshake_timeout, expired, *args)
+
+
+def handshake_timed_out(proxy: "Proxy", addr=None) -> None:
+    """Log and count a handshake that went unanswered (watch_handshake)."""
+    up = proxy.gate.config.upstream
+    where = f"{addr[0]}:{addr[1]}" if addr else up.address
+    log.warning("upstream %s did not answer the proxy's handshake within %gs: giving up the "
+                "connection (upstream.handshake_timeout)", where, up.handshake_timeout)
+    metrics.inc("upstream_errors", "handshake")
 
 
 class ClientConnection(asyncio.Protocol):
@@ -448,6 +498,7 @@ class ClientConnection(asyncio.Protocol):
     _auth_timer = None    # limits.auth_timeout, while not logged in (_watch_login)
     _login_seen = False   # logged in at some point (a RESET's logout restarts the timeout)
     _stall_timer = None   # auth_throttle's delay of this connection (Session.stall)
+    _handshake_timer = None   # upstream.handshake_timeout (watch_handshake)
     # limits.idle_timeout (Proxy.sweep_idle): reads that took the Python path (a read the C
     # lane forwards is counted in lane_passed instead, one it gives up on only here); their sum
     # when the sweep last saw it change, and when.
@@ -577,6 +628,10 @@ class ClientConnection(asyncio.Protocol):
 
     def upstream_data(self, data: bytes) -> None:
         """Bytes from this client's own upstream connection."""
+        timed = self._handshake_timer is not None
+        if timed:   # (the lane is never armed before this)
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
         self.disarm_lane()
         due = self._due()
         if Lane is None and metrics.PY.sample():   # (else the lane's C entry times the read)
@@ -585,6 +640,12 @@ class ClientConnection(asyncio.Protocol):
             metrics.PY.observe(perf_counter_ns() - t0)
         else:
             self._feed(self.session.upstream_data, data, upstream=True)
+        if timed and not self.closed and self.upstream is not None \
+                and self.session.auth_retry_due():
+            # Redis refused the proxy's AUTH and it went again with the other password: its
+            # reply is timed as the first's was.
+            self._handshake_timer = watch_handshake(self.proxy, self._handshake_expired,
+                                                    self.upstream)
         if due:   # (else pub/sub messages: not replies)
             self._replies_came(len(data), due - self._due())
 
@@ -857,7 +918,30 @@ class ClientConnection(asyncio.Protocol):
             self._await_drain = True   # the client's shared replies first (shared_replies)
             return
         self._leave_link()
+        self._connected()
+        self.pump()
+
+    def _connected(self) -> None:
+        """The session's held commands, its handshake first, go to its new upstream connection
+        now: the handshake's reply is timed (watch_handshake; a cluster's node connections are
+        not: ClusterUpstream opens them as commands need them)."""
         self.session.connected()
+        if self.proxy.cluster is None and handshake.setup(self.proxy.gate.config.upstream):
+            self._handshake_timer = watch_handshake(self.proxy, self._handshake_expired,
+                                                    self.upstream)
+
+    def _handshake_expired(self, upstream: UpstreamConnection) -> None:
+        self._handshake_timer = None
+        if self.closed or self.upstream is not upstream:
+            return
+        handshake_timed_out(self.proxy)
+        self.disarm_lane()
+        self.upstream = None
+        self.upstream_write = None
+        upstream.transport.abort()
+        # The client stays if none of its commands was behind the handshake; else it is closed
+        # after their errors, as on a lost connection (they may still run): the session decides.
+        self.session.handshake_failed(HANDSHAKE_TIMED_OUT)
         self.pump()
 
     # -- on a shared link
@@ -886,7 +970,7 @@ class ClientConnection(asyncio.Protocol):
             self._leave_link()
             if self._await_drain:
                 self._await_drain = False
-                session.connected()
+                self._connected()
         self.pump()
 
     def shared_link_failed(self, reason: str, established: bool) -> None:
@@ -921,10 +1005,10 @@ class ClientConnection(asyncio.Protocol):
             self.proxy.accepted -= 1
         if self.session is not None:
             self.session.ended()   # (its user's count, limits.max_clients_per_user)
-        for timer in (self._auth_timer, self._stall_timer):
+        for timer in (self._auth_timer, self._stall_timer, self._handshake_timer):
             if timer is not None:
                 timer.cancel()
-        self._auth_timer = self._stall_timer = None
+        self._auth_timer = self._stall_timer = self._handshake_timer = None
         if self.lane is not None:
             self.disarm_lane()
             self.lane = None      # (it refers back to this object: no cycle left behind)

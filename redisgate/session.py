@@ -1286,6 +1286,29 @@ class Session:
         self._audit("upstream-auth-fallback", user=safe(self.username) if self.username else None,
                     reason=f"{source} password", ok=ok)
 
+    def auth_retry_due(self) -> bool:
+        """Whether a second AUTH (`_auth_again`, the other password) was sent and its reply
+        is due: the I/O layer times it as the handshake's (upstream.handshake_timeout)."""
+        return self._auth_wait and self._auth_fallback is not None
+
+    def only_handshake_due(self) -> bool:
+        """Whether nothing but the proxy's own handshake (its DROP slots, named by purpose) and
+        replies answered here behind it is waiting: the upstream has none of the client's
+        commands, so giving up the connection loses nothing of the client's."""
+        return all(slot[0] == LOCAL or slot[0] == DROP and type(slot[2]) is str
+                   for slot in self.slots)
+
+    def handshake_failed(self, reason: str) -> None:
+        """The proxy's handshake went unanswered (upstream.handshake_timeout) and the I/O
+        layer gave up the connection. With none of the client's commands sent behind it (its
+        AUTH still awaited: they wait in `_held`; or none at all), as a connection that could not
+        be opened: they get errors, the client stays, its next command tries again. Else (a
+        SELECT / HELLO without AUTH went with them) as a lost one: they may still run, so after
+        their errors the client is closed."""
+        if self._auth_wait or self.only_handshake_due():
+            self.upstream_ever = False
+        self.upstream_failed(reason)
+
     def upstream_failed(self, reason: str, established: bool = False) -> None:
         """The upstream could not be reached or went away. Pending commands get an error reply.
 

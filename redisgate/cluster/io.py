@@ -394,6 +394,7 @@ class NodeLink(asyncio.Protocol):
             return
         self.transport = transport
         transport.set_write_buffer_limits(high=1 << 20)
+        handshake.keepalive(transport, self.owner.cmap.proxy.gate.config.upstream.keepalive)
         if self.owner.reading_paused:
             transport.pause_reading()
         if self.waiting:
