@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 
 import hiredis
@@ -227,3 +228,89 @@ def test_no_handshake_no_timer(redis7):
             runner.stop()
     finally:
         srv.stop()
+
+
+class _RefusesThenHangs:
+    """An upstream that answers a connection's first AUTH with WRONGPASS and then nothing (a
+    Redis that refused the proxy's password and stopped before the second AUTH): a raw socket
+    server of the test's, the only way to hang exactly between the two AUTHs."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.auths = 0
+        self.conns: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+
+    def _talk(self, conn):
+        seen = b""
+        refused = False
+        conn.settimeout(30)
+        for _ in range(1000):
+            try:
+                data = conn.recv(4096)
+            except OSError:
+                return
+            if not data:
+                return
+            seen += data
+            count = seen.upper().count(b"AUTH")
+            self.auths += count
+            seen = b""
+            if count and not refused:
+                refused = True
+                conn.sendall(b"-WRONGPASS invalid username-password pair or user is disabled.\r\n")
+
+    def close(self):
+        self.listener.close()
+        for c in self.conns:
+            c.close()
+
+
+@pytest.mark.parametrize("multiplex", [0, 1])
+def test_a_second_auth_is_timed_too(tmp_path, multiplex):
+    """Redis refuses the proxy's password; the other one the proxy knows (the secret file's new
+    content) goes in a second AUTH, whose reply is timed again: unanswered, the client gets the
+    handshake error in time (and stays: nothing of its was sent)."""
+    secret = tmp_path / "upstream-password"
+    secret.write_text("old-secret")
+    secret.chmod(0o600)
+    fake = _RefusesThenHangs()
+    try:
+        runner = ProxyRunner({"upstream": {"address": f"127.0.0.1:{fake.port}",
+                                           "password": f"${{file:{secret}}}", "version": "7.0",
+                                           "connect_timeout": "1s",
+                                           "handshake_timeout": "300ms",
+                                           "multiplex": multiplex},
+                              "users": USERS}, base_dir=tmp_path).start()
+        try:
+            secret.write_text("new-secret")
+            time.sleep(1.1)   # (handshake.Passwords reads the file again at most once a second)
+            before = _handshake_errors()
+            auths = fake.auths
+            # Its own connection: the login opens it (its OK waits behind the proxy's AUTH, in
+            # order): both AUTHs unanswered, it is given up; the GET opens another. A shared
+            # link: the GET opens it.
+            w = _login(runner)
+            opened = 0 if multiplex else 1
+            assert _handshake_errors() == before + opened
+            reply = w.call("GET", "k")
+            assert str(reply) == "ERR redisgate: upstream Redis unavailable (handshake timed out)"
+            assert fake.auths >= auths + 2 * (opened + 1)   # each: the refused one, the other
+            assert _handshake_errors() == before + opened + 1
+            assert not w.closed(timeout=0.5)
+            w.close()
+        finally:
+            runner.stop()
+    finally:
+        fake.close()
