@@ -1066,9 +1066,9 @@ shared_send(Lane *self, PyObject *data, Py_ssize_t count)
     total = int_attr(link, s_due);
     if (total < 0)
         goto done;
-    ready = PyObject_GetAttr(link, s_ready);
-    out = PyObject_GetAttr(link, s_out);
-    if (ready == NULL || out == NULL)
+    /* (one at a time: no attribute is looked up with an exception pending) */
+    if ((ready = PyObject_GetAttr(link, s_ready)) == NULL
+            || (out = PyObject_GetAttr(link, s_out)) == NULL)
         goto done;
     idle = total == 0 && ready == Py_True && PyList_CheckExact(out) && PyList_GET_SIZE(out) == 0;
     if (!idle && ready == Py_True && PyList_CheckExact(out)) {

@@ -144,6 +144,7 @@ class SentinelResolver(Resolver):
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()       # the supervisor: look again (or re-plan its wait)
         self._tasks: list[asyncio.Task] = []
+        self._switching: asyncio.Task | None = None   # _switches(), while a switch is followed
         self._fence_until = 0.0
         self._abort = False               # a failover aborted (or a switch not verified)
         self._last_resolve = -RESOLVE_MIN_GAP
@@ -194,10 +195,11 @@ class SentinelResolver(Resolver):
         self._tasks.append(asyncio.ensure_future(self._supervise()))
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = self._tasks + ([self._switching] if self._switching is not None else [])
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks, self._switching = [], None
 
     def unreachable(self, endpoint: Endpoint, reason: str) -> None:
         if endpoint == self.current and not self.fenced:
@@ -421,8 +423,8 @@ class SentinelResolver(Resolver):
             # One switch at a time, to the latest address announced (bounded however many come).
             running = self._next_switch is not None
             self._next_switch = (new, sentinel)
-            if not running:
-                asyncio.ensure_future(self._switches())
+            if not running:   # (kept, and cancelled by stop(): nothing fire-and-forget)
+                self._switching = asyncio.ensure_future(self._switches())
             return
         # <type> <name> <ip> <port> [@ <master-name> <master-ip> <master-port>]
         name = words[words.index(b"@") + 1] if b"@" in words[:-1] else \
