@@ -9,6 +9,8 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import signal
+import subprocess
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -144,3 +146,15 @@ def redis_and_proxy(version: str, password: str, acl_users: dict[str, tuple[str,
             runner.stop()
     finally:
         srv.stop()
+
+
+def stop_serve(proc: subprocess.Popen) -> None:
+    """Stop a `redisgate serve` subprocess: SIGTERM (its graceful stop), SIGKILL if it is still
+    there 15 s later."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

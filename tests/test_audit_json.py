@@ -27,7 +27,7 @@ from redisgate.gate import Gate
 from redisgate.login import CertIdentity
 from redisgate.session import Session
 
-from proxy import ProxyRunner, pw_hash
+from proxy import ProxyRunner, pw_hash, stop_serve
 from servers import free_port
 from wire import Wire, cmd
 
@@ -496,16 +496,6 @@ def _serve(tmp_path: Path, raw: dict) -> tuple[subprocess.Popen, Path]:
     return proc, cfg
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def _failed_auths(port: int, tag: str, n: int) -> None:
     w = Wire(port)
     for i in range(n):
@@ -540,7 +530,7 @@ def test_the_file_is_reopened_for_logrotate_and_no_line_is_lost(redis7, tmp_path
         _failed_auths(port, "after", 20)
         time.sleep(0.3)
     finally:
-        _stop(proc)
+        stop_serve(proc)
     assert proc.returncode == 0, proc.stderr.read().decode()
     old, new = read_events(rotated), read_events(path)
     assert sum(e["event"] == "auth-failed" for e in old) == 25
@@ -570,7 +560,7 @@ def test_a_rejected_reload_is_audited_with_each_problem(redis7, tmp_path):
             assert time.monotonic() < deadline
             time.sleep(0.05)
     finally:
-        _stop(proc)
+        stop_serve(proc)
     events = read_events(tmp_path / "audit.jsonl")
     reload = [e for e in events if e["event"] == "reload"]
     assert len(reload) == 1 and reload[0]["ok"] is False and len(reload[0]["problems"]) == 2
@@ -604,7 +594,7 @@ def test_stdout_json_from_a_real_serve(redis7, tmp_path):
         c.close()
         time.sleep(0.2)
     finally:
-        _stop(proc)
+        stop_serve(proc)
     out = proc.stdout.read().decode()
     events = [json.loads(line) for line in out.splitlines()]
     assert {"connect", "auth-ok", "disconnect", "shutdown"} <= {e["event"] for e in events}

@@ -22,7 +22,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 import asynq_workload as w
-from proxy import ProxyRunner, pw_hash
+from proxy import ProxyRunner, pw_hash, stop_serve
 from servers import free_port
 from wire import Wire, cmd
 
@@ -420,9 +420,4 @@ def test_serve_scrape_has_every_family(tmp_path, redis7):
             with open(os.environ["REDISGATE_SAVE_SCRAPE"], "w") as f:
                 f.write(text)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_serve(proc)
