@@ -22,7 +22,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import make_wsgi_app
 
-from . import handshake
+from . import dial
 
 log = logging.getLogger("redisgate")
 
@@ -77,7 +77,7 @@ class UpstreamProbe:
         reader, writer = await asyncio.open_connection(host, port,
                                                        ssl=ssl_ctx, server_hostname=server_hostname)
         try:
-            replies = await handshake.ask(reader, writer, proxy.config.upstream, [b"PING"],
+            replies = await dial.ask(reader, writer, proxy.config.upstream, [b"PING"],
                                           read_size=4096, passwords=proxy.gate.passwords)
             for r in replies:
                 if isinstance(r, Exception):

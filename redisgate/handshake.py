@@ -16,27 +16,18 @@ a wrong-password error (`refused_password`), the connection tries `Passwords.oth
 sends nothing of a client's before an AUTH was accepted (session.py, `ask`). The same holds for a
 Redis 6/7 ACL user's password (`ACL SETUSER u resetpass >new`). Neither password is ever logged.
 
-Sans-I/O but for `ask()`, which only reads and writes the stream it is given, and
-`keepalive()`, which sets TCP keepalive on a new upstream connection's socket. Imports: `resp`
-(encoding), hiredis.
+Sans-I/O: bytes and decisions only (the sockets are dial.py's). Imports: `resp` (encoding).
 """
 from __future__ import annotations
 
-import asyncio
 import hmac
-import math
-import socket
-import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
 
-import hiredis
-
 from .resp import encode_command
 
-__all__ = ["Step", "setup", "ask", "auth_command", "connect_error", "refused_password", "Fallback",
-           "Passwords", "keepalive"]
+__all__ = ["Step", "setup", "auth_command", "refused_password", "Fallback", "Passwords"]
 
 HELLO3 = b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n"
 
@@ -46,19 +37,6 @@ class Step:
     """One of the proxy's own commands: its exact bytes and what it is for."""
     command: bytes
     purpose: str            # "authentication" | "database selection" | "protocol"
-
-
-def connect_error(e: BaseException) -> str:
-    """Why a connection to a Redis (a master, a cluster node, a sentinel) failed, in the words the
-    log, the audit and the clients' error replies use: "timed out", "TLS error: ...", the
-    system's lower-case message ("connection refused"), else the exception's text."""
-    if isinstance(e, asyncio.TimeoutError):
-        return "timed out"
-    if isinstance(e, ssl.SSLError):   # (an OSError too: tested first)
-        return f"TLS error: {(e.reason or str(e)).lower()}"
-    if isinstance(e, OSError) and e.strerror:
-        return e.strerror.lower()
-    return str(e) or type(e).__name__
 
 
 def auth_command(up: Any, password: bytes) -> bytes:
@@ -146,57 +124,3 @@ def setup(up: Any, *, select: bool = True, resp3: bool = False) -> tuple[Step, .
     if resp3:
         steps.append(Step(HELLO3, "protocol"))
     return tuple(steps)
-
-
-async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: Any,
-              command: list[bytes], read_size: int = 65536,
-              passwords: Passwords | None = None) -> list[Any]:
-    """Send the handshake's AUTH (no SELECT: a probe reads nothing of a database), and `command`
-    once it was accepted; return every reply, in order, as hiredis gives them (an error reply is
-    a `hiredis.ReplyError` in the list, not raised). The last one is `command`'s. When Redis
-    refuses the password and `passwords` knows another, AUTH is tried once more with it (its
-    reply takes the refused one's place in the list)."""
-    rd = hiredis.Reader()
-
-    async def reply() -> Any:
-        while (r := rd.gets()) is False:
-            data = await reader.read(read_size)
-            if not data:
-                raise ConnectionError("connection closed")
-            rd.feed(data)
-        return r
-
-    replies: list[Any] = []
-    if up.password is not None:
-        writer.write(auth_command(up, up.password))
-        answer = await reply()
-        if isinstance(answer, hiredis.ReplyError) and passwords is not None \
-                and refused_password(b"-" + str(answer).encode()):
-            other = passwords.other(up.password)
-            if other is not None:
-                writer.write(auth_command(up, other.password))
-                answer = await reply()
-        replies.append(answer)
-    writer.write(encode_command(command))
-    replies.append(await reply())
-    return replies
-
-
-def keepalive(transport: asyncio.BaseTransport, seconds: float) -> None:
-    """TCP keepalive on an upstream connection (`upstream.keepalive`; 0: off), as Redis's own
-    `tcp-keepalive` sets it: the first probe after `seconds` without traffic, then one every
-    third of that, three unanswered probes and the kernel resets the connection (a peer gone
-    without a FIN, a NAT that forgot the flow). A mute but live peer (a stopped redis-server)
-    still answers probes: `upstream.handshake_timeout` is for that."""
-    sock = transport.get_extra_info("socket")
-    if not seconds or sock is None:
-        return
-    idle = max(1, math.ceil(seconds))
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        if hasattr(socket, "TCP_KEEPIDLE"):   # (Linux; elsewhere the system's idle time)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, idle // 3))
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 3)
-    except OSError:   # (not a TCP socket: a Unix socket has no keepalive)
-        pass

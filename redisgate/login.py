@@ -195,6 +195,59 @@ def chain_trusted_by(chain: Iterable[Any], cas: Iterable[Certificate]) -> bool:
     return False
 
 
+
+# -- certificate selectors: which certificate a `users.NAME.certificate` binding names
+
+SELECTOR_KINDS = ("cn", "san_dns", "san_uri")
+
+
+def _common_names(peercert: Mapping[str, Any]) -> list[str]:
+    return [value for rdn in peercert.get("subject", ()) for (name, value) in rdn
+            if name == "commonName"]
+
+
+def _san(peercert: Mapping[str, Any], kind: str) -> list[str]:
+    return [value for (k, value) in peercert.get("subjectAltName", ()) if k == kind]
+
+
+def identity_of(peercert: Mapping[str, Any] | None, selector: Mapping[str, Any]) -> str | None:
+    """The certificate's value that `selector` asks for, if it equals the selector's value.
+
+    `{cn: V}`: the subject's only CN equals V (a subject with two CNs identifies nobody).
+    `{san_dns: V}`: a DNS subjectAltName equals V, ignoring case and a trailing dot.
+    `{san_uri: V}`: a URI subjectAltName equals V exactly (e.g. a SPIFFE ID).
+    Returns None for no certificate, an unverified one (`{}`), or no match.
+    """
+    if not peercert or not isinstance(selector, Mapping) or len(selector) != 1:
+        return None
+    (kind, want), = selector.items()
+    if not isinstance(want, str) or not want:
+        return None
+    if kind == "cn":
+        names = _common_names(peercert)
+        return names[0] if len(names) == 1 and names[0] == want else None
+    if kind == "san_dns":
+        norm = want.lower().rstrip(".")
+        for value in _san(peercert, "DNS"):
+            if value.lower().rstrip(".") == norm:
+                return value
+        return None
+    if kind == "san_uri":
+        return want if want in _san(peercert, "URI") else None
+    return None
+
+
+def validate_selector(selector: Any, where: str) -> list[str]:
+    """Problems with a `users.NAME.certificate` mapping (empty list when it is fine)."""
+    if (not isinstance(selector, Mapping) or len(selector) != 1
+            or next(iter(selector)) not in SELECTOR_KINDS):
+        return [f"{where}: expected exactly one of {{cn: ...}}, {{san_dns: ...}}, {{san_uri: ...}}"]
+    (kind, value), = selector.items()
+    if not isinstance(value, str) or not value.strip():
+        return [f"{where}.{kind}: expected a non-empty string"]
+    return []
+
+
 @functools.lru_cache(maxsize=64)
 def _ders_of(cas: tuple[Certificate, ...]) -> frozenset[bytes]:
     from cryptography.hazmat.primitives.serialization import Encoding  # (deferred: as above)
@@ -207,8 +260,6 @@ def binding_matches(peercert: Mapping[str, Any] | None, chain: tuple[Any, ...],
     """Whether a verified certificate satisfies a user's binding: its selector (`cn`, `san_dns`,
     `san_uri`) and, when the binding names a `ca` (`ca_certs`: that file's certificates), that
     CA vouches for the certificate's verified chain."""
-    from .tls import identity_of   # (deferred: tls imports cryptography, heavy)
-
     selector = {k: v for k, v in binding.items() if k != "ca"}
     if identity_of(peercert, selector) is None:
         return False

@@ -41,7 +41,7 @@ from typing import Callable
 import hiredis
 
 from . import audit, metrics
-from .handshake import connect_error
+from .dial import connect_error
 from .config import SentinelConfig, Upstream
 from .resolver import Endpoint, Resolver, UpstreamChange
 from .resp import encode_command

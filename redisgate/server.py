@@ -28,11 +28,11 @@ from time import perf_counter_ns
 
 import hiredis
 
-from . import errors, handshake, metrics, pidfile, resp
+from . import dial, errors, handshake, metrics, pidfile, resp
 from .config import Config, ConfigError, load_config
 from .flow import FlowControl, Hold
 from . import audit
-from .handshake import connect_error
+from .dial import connect_error
 from .audit import Event, Peer, safe
 from .gate import Gate
 from .mux import Demux
@@ -458,7 +458,7 @@ async def open_upstream(proxy: "Proxy", factory, addr=None):
                 resolver.unreachable(endpoint, reason)
             return None, reason
         if resolver.epoch == epoch:
-            handshake.keepalive(transport, up.keepalive)
+            dial.keepalive(transport, up.keepalive)
             return protocol, None
         protocol.transport.close()   # the master moved meanwhile
     return None, reason
@@ -1610,7 +1610,7 @@ class Proxy:
         reader, writer = await asyncio.open_connection(host, port,
                                                        ssl=ssl_ctx, server_hostname=server_hostname)
         try:
-            info = (await handshake.ask(reader, writer, self.config.upstream,
+            info = (await dial.ask(reader, writer, self.config.upstream,
                                         [b"INFO", b"server"], passwords=self.gate.passwords))[-1]
             if isinstance(info, Exception):
                 raise RuntimeError(f"upstream answered {str(info)[:80]}")

@@ -68,7 +68,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from .audit import safe
 from .config import FileProblem, read_regular_file
-from .login import chain_trusted_by
+# (the certificate selectors are policy: login.py; re-exported here for the callers of tls)
+from .login import SELECTOR_KINDS, _common_names, chain_trusted_by, identity_of, validate_selector  # noqa: F401
 
 log = logging.getLogger("redisgate.tls")
 
@@ -80,7 +81,6 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 # MAC-then-encrypt has a long record of padding-oracle attacks, no RSA key exchange). TLS 1.3
 # suites are all AEAD and are not affected by this string.
 DEFAULT_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
-SELECTOR_KINDS = ("cn", "san_dns", "san_uri")
 
 LISTENER_KEYS = ("cert", "key", "client_ca", "client_cert", "min_version", "ciphers",
                  "handshake_timeout")
@@ -495,42 +495,6 @@ class UpstreamTLS:
 
 # ---------------------------------------------------------------------------- identities
 
-def _common_names(peercert: Mapping) -> list[str]:
-    return [value for rdn in peercert.get("subject", ()) for (name, value) in rdn
-            if name == "commonName"]
-
-
-def _san(peercert: Mapping, kind: str) -> list[str]:
-    return [value for (k, value) in peercert.get("subjectAltName", ()) if k == kind]
-
-
-def identity_of(peercert: Mapping | None, selector: Mapping[str, Any]) -> str | None:
-    """The certificate's value that `selector` asks for, if it equals the selector's value.
-
-    `{cn: V}`: the subject's only CN equals V (a subject with two CNs identifies nobody).
-    `{san_dns: V}`: a DNS subjectAltName equals V, ignoring case and a trailing dot.
-    `{san_uri: V}`: a URI subjectAltName equals V exactly (e.g. a SPIFFE ID).
-    Returns None for no certificate, an unverified one (`{}`), or no match.
-    """
-    if not peercert or not isinstance(selector, Mapping) or len(selector) != 1:
-        return None
-    (kind, want), = selector.items()
-    if not isinstance(want, str) or not want:
-        return None
-    if kind == "cn":
-        names = _common_names(peercert)
-        return names[0] if len(names) == 1 and names[0] == want else None
-    if kind == "san_dns":
-        norm = want.lower().rstrip(".")
-        for value in _san(peercert, "DNS"):
-            if value.lower().rstrip(".") == norm:
-                return value
-        return None
-    if kind == "san_uri":
-        return want if want in _san(peercert, "URI") else None
-    return None
-
-
 def match_certificate_user(peercert: Mapping | None,
                            users: Mapping[str, Mapping[str, Any]]) -> str | None:
     """The one user whose certificate selector matches `peercert`; None for none or several."""
@@ -583,17 +547,6 @@ def ca_scope_warnings(listeners, users: Mapping[str, Any]) -> list[str]:
             out.append(f"users.{name}.certificate.ca: no TLS listener's client_ca trusts this CA; "
                        "nobody can log in with its certificates")
     return out
-
-
-def validate_selector(selector: Any, where: str) -> list[str]:
-    """Problems with a `users.NAME.certificate` mapping (empty list when it is fine)."""
-    if (not isinstance(selector, Mapping) or len(selector) != 1
-            or next(iter(selector)) not in SELECTOR_KINDS):
-        return [f"{where}: expected exactly one of {{cn: ...}}, {{san_dns: ...}}, {{san_uri: ...}}"]
-    (kind, value), = selector.items()
-    if not isinstance(value, str) or not value.strip():
-        return [f"{where}.{kind}: expected a non-empty string"]
-    return []
 
 
 # ---------------------------------------------------------------------------- handshake failures

@@ -32,8 +32,8 @@ from collections import Counter
 
 import hiredis
 
-from .. import audit, handshake, metrics
-from ..handshake import connect_error
+from .. import audit, dial, handshake, metrics
+from ..dial import connect_error
 from ..flow import Hold
 from .router import Hop, Router
 from .topology import NodeAddr, Redirect, RedirectKind, Topology, TopologyError, \
@@ -256,7 +256,7 @@ class ClusterMap:
             up.connect_timeout)
         try:
             replies = await asyncio.wait_for(
-                handshake.ask(reader, writer, up, [b"CLUSTER", b"SLOTS"]), up.connect_timeout)
+                dial.ask(reader, writer, up, [b"CLUSTER", b"SLOTS"]), up.connect_timeout)
             for r in replies[:-1]:
                 if isinstance(r, hiredis.ReplyError):
                     raise TopologyError(f"the proxy's authentication was refused: {str(r)[:200]}")
@@ -394,7 +394,7 @@ class NodeLink(asyncio.Protocol):
             return
         self.transport = transport
         transport.set_write_buffer_limits(high=1 << 20)
-        handshake.keepalive(transport, self.owner.cmap.proxy.gate.config.upstream.keepalive)
+        dial.keepalive(transport, self.owner.cmap.proxy.gate.config.upstream.keepalive)
         if self.owner.reading_paused:
             transport.pause_reading()
         if self.waiting:
