@@ -67,6 +67,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import io
 import json
 import logging
 import os
@@ -74,7 +75,10 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, fields
-from typing import Container
+from typing import TYPE_CHECKING, Callable, Container
+
+if TYPE_CHECKING:   # config imports this module's users; the type only
+    from .config import AuditSettings
 
 LIMIT = 128
 UNKNOWN = "unknown"
@@ -171,6 +175,10 @@ class Peer:
         return f"{host}:{self.port}"
 
 
+# An event's JSON object after "ts" (Event.record; named here: inside Event, `object` is a field).
+AuditRecord = dict[str, object]
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One audit event. Which fields an event kind carries:
@@ -253,10 +261,10 @@ class Event:
     worker: int | None = None
     pid: int | None = None
 
-    def record(self) -> dict:
+    def record(self) -> AuditRecord:
         """The JSON object's fields after ``ts``: the event, the user (null when there is none),
         the connection, then the fields that are set."""
-        out: dict[str, object] = {"event": self.event, "user": self.user}
+        out: AuditRecord = {"event": self.event, "user": self.user}
         peer = self.peer
         if peer is not None:
             out["client"] = peer.client
@@ -328,7 +336,7 @@ def _text_suppressed(e: Event) -> str:
     return f"suppressed user={e.user or '-'} event={e.event_suppressed} count={e.count}"
 
 
-def _text_upstream(*names: str):
+def _text_upstream(*names: str) -> Callable[[Event], str]:
     """`event name=value ... reason=...` of the fields named (unset ones left out); the reason,
     free text, last."""
     def render(e: Event) -> str:
@@ -339,13 +347,19 @@ def _text_upstream(*names: str):
     return render
 
 
+def _first_word(text: str | None) -> str:
+    """(upstream-auth-fallback's reason is always "<which> password"; "-" if it is not.)"""
+    words = (text or "").split()
+    return words[0] if words else "-"
+
+
 def _text_worker(e: Event) -> str:
     # (the reason's spaces as dashes: as these lines were before the audit had events)
     reason = (e.reason or "-").replace(" ", "-")
     return f"{e.event} worker={e.worker} pid={e.pid or '-'} reason={reason}"
 
 
-_TEXT = {
+_TEXT: dict[str, Callable[[Event], str | None]] = {
     "upstream-unreachable": _text_upstream("address"),
     "sentinel-error": _text_upstream("master", "sentinel", "stage"),
     "resolution-failed": _text_upstream("master"),
@@ -367,7 +381,7 @@ _TEXT = {
     "lockout": _text_lockout,
     "tls-handshake-failed": _text_tls_failed,
     "suppressed": _text_suppressed,
-    "upstream-auth-fallback": lambda e: (f"upstream-auth-fallback password={e.reason.split()[0]} "
+    "upstream-auth-fallback": lambda e: (f"upstream-auth-fallback password={_first_word(e.reason)} "
                                          f"ok={str(e.ok).lower()} client={e.info}"),
 }
 
@@ -421,7 +435,7 @@ _TEXT.update({
 
 # ---------------------------------------------------------------------------- formatting
 
-_second: list = [None, ""]   # the last whole second formatted, and its text
+_second: list[int | str | None] = [None, ""]   # the last whole second formatted, and its text
 
 
 def rfc3339(created: float) -> str:
@@ -441,7 +455,7 @@ class JSONFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         event = getattr(record, "audit_event", None)
-        out = {"ts": rfc3339(record.created)}
+        out: AuditRecord = {"ts": rfc3339(record.created)}
         if isinstance(event, Event):
             out.update(event.record())
         else:
@@ -460,7 +474,7 @@ class AuditFile(logging.FileHandler):
     def __init__(self, path: str):
         super().__init__(path, mode="a", encoding="utf-8", delay=False)
 
-    def _open(self):
+    def _open(self) -> io.TextIOWrapper:
         fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
                      0o640)
         return open(fd, "a", encoding="utf-8", errors="backslashreplace")
@@ -543,7 +557,7 @@ class AuditError(Exception):
 
 @dataclass
 class _State:
-    settings: object = None            # config.AuditSettings, or None (no `audit:` section)
+    settings: AuditSettings | None = None   # None: no `audit:` section
     handler: logging.Handler | None = None
     limiter: _Limiter | None = None
     json: bool = False
@@ -596,7 +610,7 @@ def _write(event: Event) -> None:
     logger.handle(record)
 
 
-def configure(settings, base_dir: str | os.PathLike | None = None) -> None:
+def configure(settings: AuditSettings | None, base_dir: str | os.PathLike[str] | None = None) -> None:
     """Apply an `audit:` section (config.AuditSettings: path, rate, format), or None for the
     plain-text lines through the process's log handlers. Opens the file now: raises OSError if
     it cannot be. The same settings again: nothing changes (the file stays open)."""

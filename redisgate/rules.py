@@ -73,18 +73,22 @@ import re
 import enum
 from dataclasses import dataclass, replace
 from itertools import repeat
-from typing import Any, Callable, ClassVar, Iterable
+from typing import (TYPE_CHECKING, Callable, ClassVar, Iterable, Literal, Mapping, NamedTuple,
+                    Protocol, final)
 
 from . import commands, errors
-from .glob import compile_pattern
-from .commands import CATEGORY_ORDER
+from .glob import Matcher, compile_pattern
+from .commands import CATEGORY_ORDER, CommandSpec
 from .options import parse_options, word
 from .resp import split_args, string2ll
 from .secret_config import config_get_reveals_secret
 
+if TYPE_CHECKING:   # scripts imports this module (Denial): the type only, for lane_script
+    from .scripts import LaneForm
+
 __all__ = ["RuleError", "Denial", "User", "parse_user", "parse_aclfile", "split_args",
            "CATEGORY_ORDER", "FastKind", "FastVerdict", "Ask", "Allow", "OneKey", "Keys", "Script",
-           "ASK", "ALLOW"]
+           "ASK", "ALLOW", "ScriptJudge", "ScriptCheck", "CommandSource"]
 
 # Key pattern permission flags (Redis ACL_READ_PERMISSION / ACL_WRITE_PERMISSION).
 READ = 1
@@ -124,9 +128,7 @@ _startswith = bytes.startswith
 
 # Special handling codes, by command bit.
 _PLAIN, _KEYSPACE, _SCRIPT, _SELECT, _COPY, _CONFIG_GET = 0, 1, 2, 3, 4, 5
-_UNCOMPILED = object()   # User._fast: not compiled yet
 _EVALSHA_NAMES = frozenset({"evalsha", "evalsha_ro"})
-_NO_CHECKS: dict = {}
 
 
 class FastKind(enum.Enum):
@@ -138,12 +140,14 @@ class FastKind(enum.Enum):
     SCRIPT = "script"    # when the keys pass: the script policy decides
 
 
+@final   # (judge() tells the verdicts apart by `type(fast) is ...`, which final lets mypy narrow)
 @dataclass(frozen=True, slots=True)
 class Ask:
     """No shortcut: `judge()` takes the general walk. One instance: `ASK`."""
     kind: ClassVar[FastKind] = FastKind.ASK
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class Allow:
     """Allowed outright: the first selector with the command's bit has allkeys or the command
@@ -151,6 +155,7 @@ class Allow:
     kind: ClassVar[FastKind] = FastKind.ALLOW
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class OneKey:
     """While `pos < len(args) <= most` the command's one key is `args[pos]`
@@ -165,30 +170,33 @@ class OneKey:
     match: Callable[[bytes], bool]
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class Keys:
     """Every key checked against `selector`'s patterns: `plain(args)` (`spec.keys.plain_keys`),
     when not None, gives the keys, which then all need the permission of `keyset` (`prefixes` and
     `match` are its parts); else `spec.keys(args)`. Passing: allowed. Failing: the walk."""
     kind: ClassVar[FastKind] = FastKind.KEYS
-    selector: Any   # rules._Selector
-    plain: Callable[[list[bytes]], Any] | None
+    by_sha: ClassVar[bool] = False   # (as Script's: never, for a plain command)
+    selector: _Selector
+    plain: Callable[[list[bytes]], list[bytes] | None] | None
     prefixes: tuple[bytes, ...]
-    match: Callable[[bytes], bool] | None
-    keyset: Any     # rules._PatternSet or None (with `plain` None)
+    match: Callable[[bytes], bool] | None   # None exactly when `plain` is
+    keyset: _PatternSet | None              # likewise
 
 
+@final
 @dataclass(frozen=True, slots=True)
 class Script:
     """A script command (EVAL, EVALSHA, FCALL, SCRIPT LOAD, ...): its keys as `Keys`, then the
     user's script policy decides (scripts.ScriptPolicy). `by_sha` (EVALSHA, EVALSHA_RO): the
     SHA1's compiled contract (`scripts.ScriptPolicy.by_sha`) is tried first."""
     kind: ClassVar[FastKind] = FastKind.SCRIPT
-    selector: Any
-    plain: Callable[[list[bytes]], Any] | None
+    selector: _Selector
+    plain: Callable[[list[bytes]], list[bytes] | None] | None
     prefixes: tuple[bytes, ...]
     match: Callable[[bytes], bool] | None
-    keyset: Any
+    keyset: _PatternSet | None
     by_sha: bool
 
     @property
@@ -203,11 +211,43 @@ ASK = Ask()
 ALLOW = Allow()
 
 
+# ----------------------------------------------------------------------------------------------
+# What the judge asks of a user's script policy (scripts.ScriptPolicy, set by the config layer)
+# ----------------------------------------------------------------------------------------------
+
+class ScriptCheck(Protocol):
+    """One allowed SHA1's compiled contract (scripts._FastContract): whether a call keeps to it."""
+
+    def honoured(self, args: list[bytes], user: User, keys: Keys | Script | None = None) -> bool:
+        """True: `args` keep to the contract (with `keys`, the user's verdict for the command:
+        and every KEYS name passes its key patterns). False: ask the policy's `judge`."""
+        ...
+
+    def lane_form(self, args: list[bytes], user: User, keys: Script) -> LaneForm | None:
+        """What every call of this script for the queue of `args` must look like to be
+        honoured the same way (for redisgate._lane); None off honoured's path."""
+        ...
+
+
+class ScriptJudge(Protocol):
+    """A user's script policy (`User.scripts`). It may also have `by_sha`, a mapping of the
+    allowed SHA1s as sent to True (allowed, no contract) or their `ScriptCheck`, which `judge()`
+    consults first for EVALSHA/EVALSHA_RO; a policy without one is only asked `judge`."""
+
+    def judge(self, user: User, spec: CommandSpec, args: list[bytes]) -> Denial | None:
+        """None if the script call may run (its command bit and KEYS passed already)."""
+        ...
+
+
+ShaChecks = Mapping[bytes, "ScriptCheck | Literal[True]"]
+_NO_CHECKS: ShaChecks = {}   # a policy without `by_sha`
+
+
 class RuleError(ValueError):
     """An ACL rule Redis would refuse. `token` (redacted if it carries a password), `why` (Redis's
     reason). `str()` is Redis's ACL SETUSER error text without the `ERR ` code."""
 
-    def __init__(self, token: str, why: str, line: int | None = None):
+    def __init__(self, token: str | None, why: str, line: int | None = None):
         self.token = _redact(token)
         self.why = why
         self.line = line
@@ -250,12 +290,12 @@ class Denial:
     user    the user's name, used by Redis 7.2's NOPERM text
     """
     kind: str
-    object: Any
+    object: str | bytes
     reason: str
     command: str = ""
     user: str = ""
 
-    def reply(self, version: tuple, user: str | None = None) -> bytes:
+    def reply(self, version: errors.Version, user: str | None = None) -> bytes:
         """The exact NOPERM error line the upstream of `version` would send; for kind "script"
         (a refusal of redisgate's own) the reason follows, after a colon."""
         who = self.user if user is None else user
@@ -271,7 +311,7 @@ class Denial:
             line = line[:-2] + b": " + why.encode("utf-8", "backslashreplace") + b"\r\n"
         return line
 
-    def dryrun_text(self, version: tuple = (7, 0, 0), user: str | None = None) -> str:
+    def dryrun_text(self, version: errors.Version = (7, 0, 0), user: str | None = None) -> str:
         """The text ACL DRYRUN answers (a bulk string, not an error) for this refusal."""
         who = self.user if user is None else user
         prefix = f"User {who}" if tuple(version[:2]) >= (7, 2) else "This user"
@@ -287,14 +327,27 @@ class Denial:
 # The command catalogue the rules are resolved against
 # ----------------------------------------------------------------------------------------------
 
+class CommandSource(Protocol):
+    """A stand-in for commands.py's module-level catalogue (`parse_user(..., table=)`)."""
+
+    @property
+    def KeyFlag(self) -> type[commands.KeyFlag]: ...
+
+    def categories(self) -> Iterable[str]: ...
+
+    def commands_in_category(self, cat: str) -> Iterable[CommandSpec]: ...
+
+
 class _Catalog:
     """What the rules need from commands.py, computed once per command table."""
 
-    def __init__(self, table, categories, in_category, keyflag) -> None:
+    def __init__(self, table: object, categories: Callable[[], Iterable[str]],
+                 in_category: Callable[[str], Iterable[CommandSpec]],
+                 keyflag: type[commands.KeyFlag]) -> None:
         self.table = table
         self.keyflag = keyflag
-        by_name: dict[str, Any] = {}
-        self.by_category: dict[str, list] = {}
+        by_name: dict[str, CommandSpec] = {}
+        self.by_category: dict[str, list[CommandSpec]] = {}
         for cat in categories():
             specs = list(in_category(cat))
             self.by_category[cat] = specs
@@ -344,7 +397,7 @@ class _Catalog:
             self._needed[flags] = n
         return n
 
-    def lookup(self, name: bytes):
+    def lookup(self, name: bytes) -> CommandSpec | None:
         """Redis lookupCommandBySdsLogic, strict: `cmd` or `container|sub`, else None."""
         parts = name.split(b"|")
         if len(parts) > 2 or not parts[0]:
@@ -366,14 +419,17 @@ class _Catalog:
 _CATALOGS: dict[int, _Catalog] = {}
 
 
-def _catalog(table=None) -> _Catalog:
+def _catalog(table: CommandSource | commands.CommandTable | None = None) -> _Catalog:
     if table is None or table is commands.TABLE:
-        table = commands.TABLE
-        key = id(table)
+        key = id(commands.TABLE)
         if key not in _CATALOGS:
-            _CATALOGS[key] = _Catalog(table, commands.categories, commands.commands_in_category,
-                                      commands.KeyFlag)
+            _CATALOGS[key] = _Catalog(commands.TABLE, commands.categories,
+                                      commands.commands_in_category, commands.KeyFlag)
         return _CATALOGS[key]
+    if isinstance(table, commands.CommandTable):
+        # (It has no categories of its own: commands.categories() are commands.TABLE's.)
+        raise TypeError("rules: a command table other than commands.TABLE must be a "
+                        "CommandSource (categories, commands_in_category, KeyFlag)")
     key = id(table)
     if key not in _CATALOGS:
         # A stand-in table (tests) carries the module-level functions as attributes.
@@ -386,6 +442,14 @@ def _catalog(table=None) -> _Catalog:
 # Parsing: a mutable mirror of Redis's user and aclSelector structs
 # ----------------------------------------------------------------------------------------------
 
+@dataclass(slots=True)
+class _KeyPattern:
+    """A selector's key pattern and its READ|WRITE flags (`%R~` / `%W~` / `~`); a repeated
+    pattern adds its flags to the first one's."""
+    pattern: bytes
+    flags: int
+
+
 class _SelectorState:
     __slots__ = ("root", "allowed", "future", "allcommands", "firstargs", "allkeys", "patterns",
                  "allchannels", "channels")
@@ -397,7 +461,7 @@ class _SelectorState:
         self.allcommands = False             # SELECTOR_FLAG_ALLCOMMANDS
         self.firstargs: dict[int, list[bytes]] = {}
         self.allkeys = False
-        self.patterns: list[list] = []       # [pattern bytes, READ|WRITE flags], in order
+        self.patterns: list[_KeyPattern] = []   # in order
         self.allchannels = False             # acl-pubsub-default resetchannels (Redis 7)
         self.channels: list[bytes] = []
 
@@ -409,7 +473,7 @@ class _SelectorState:
             self.allowed.discard(bit)
             self.allcommands = False
 
-    def change_perm(self, spec, allow: bool) -> None:
+    def change_perm(self, spec: CommandSpec, allow: bool) -> None:
         self.set_bit(spec.bit, allow)
         self.firstargs.pop(spec.bit, None)
         for sub in spec.subcommands.values():
@@ -478,11 +542,11 @@ def _set_selector(sel: _SelectorState, op: bytes, cat: _Catalog) -> str | None:
         if any(c in _C_SPACE for c in pattern):
             return EINVAL
         for existing in sel.patterns:
-            if existing[0] == pattern:
-                existing[1] |= flags
+            if existing.pattern == pattern:
+                existing.flags |= flags
                 break
         else:
-            sel.patterns.append([pattern, flags])
+            sel.patterns.append(_KeyPattern(pattern, flags))
     elif op[:1] == b"&":
         if sel.allchannels:
             return EISDIR
@@ -637,7 +701,8 @@ def _as_text(b: bytes) -> str:
     return b.decode("utf-8", "surrogateescape")
 
 
-def parse_user(name: str, rules: str | bytes | Iterable[str | bytes], table=None) -> "User":
+def parse_user(name: str, rules: str | bytes | Iterable[str | bytes],
+               table: CommandSource | commands.CommandTable | None = None) -> User:
     """Compile ACL rules into a `User`, applying them to a fresh user as ACL SETUSER would.
 
     `rules` is a list of tokens (one ACL SETUSER argument each; a selector may be one token
@@ -702,13 +767,15 @@ class _PatternSet:
     __slots__ = ("exact", "prefixes", "nonempty", "globs", "matchers")
 
     def __init__(self, patterns: Iterable[bytes]) -> None:
-        exact, prefixes, globs = set(), [], []
+        exact: set[bytes] = set()
+        prefixes: list[bytes] = []
+        globs: list[Matcher] = []
         nonempty = False
         for p in patterns:
             m = compile_pattern(p)
-            if m.kind == "exact":
+            if m.kind == "exact" and m.literal is not None:   # (literal: always, for these two)
                 exact.add(m.literal)
-            elif m.kind == "prefix":
+            elif m.kind == "prefix" and m.literal is not None:
                 prefixes.append(m.literal)
             elif m.kind == "any":
                 nonempty = True
@@ -760,7 +827,8 @@ class _Selector:
                           for b, args in state.firstargs.items() if args}
         self.allkeys = state.allkeys
         # keysets[needed] holds the patterns whose flags include `needed` (0, READ, WRITE, ALL).
-        self.keysets = tuple(_PatternSet(p for p, f in state.patterns if f & needed == needed)
+        self.keysets = tuple(_PatternSet(kp.pattern for kp in state.patterns
+                                         if kp.flags & needed == needed)
                              for needed in range(4))
         self.allchannels = state.allchannels
         self.channels = _PatternSet(state.channels)
@@ -782,15 +850,16 @@ class User:
         self.enabled = state.enabled
         self.nopass = state.nopass
         self.report_only = False
-        self.scripts = None
+        self.scripts: ScriptJudge | None = None
         self._hashes = tuple(h.encode("ascii") for h in state.passwords)
         self._selectors = tuple(_Selector(s, cat) for s in state.selectors)
         self.has_allkeys = any(s.allkeys for s in self._selectors)
         self.allows_all_commands = any(cat.all_bits <= s.allowed for s in state.selectors)
-        # judge()'s shortcut per command bit, compiled when the command is first judged.
-        self._fast: list = [_UNCOMPILED] * cat.size
+        # judge()'s shortcut per command bit, compiled when the command is first judged (None:
+        # not yet).
+        self._fast: list[FastVerdict | None] = [None] * cat.size
 
-    def _compile_fast(self, spec) -> FastVerdict:
+    def _compile_fast(self, spec: CommandSpec) -> FastVerdict:
         """The verdict judge() starts from for `spec` (see FastKind and its classes).
 
         It stands for the first selector with the command's bit (where the walk would first look
@@ -814,27 +883,28 @@ class User:
             return ASK
         if special == _PLAIN and (sel.allkeys or not spec.has_keys):
             return ALLOW
-        shape = getattr(spec.keys, "single_key", None)   # a commands.SingleKey
-        needed = cat.needed(shape.flags) if shape is not None else -1
-        if special == _PLAIN and needed >= 0:
-            ps = sel.keysets[needed]
-            return OneKey(pos=shape.pos, most=shape.most, prefixes=ps.prefixes, exact=ps.exact,
-                          match=ps.match)
+        # (`keys` is a plain function: the shapes it may carry are read by name.)
+        shape: commands.SingleKey | None = getattr(spec.keys, "single_key", None)
+        if special == _PLAIN and shape is not None:
+            needed = cat.needed(shape.flags)
+            if needed >= 0:
+                ps = sel.keysets[needed]
+                return OneKey(pos=shape.pos, most=shape.most, prefixes=ps.prefixes,
+                              exact=ps.exact, match=ps.match)
         # A script command goes to the policy at the first selector whose keys pass (if a key
         # fails here a later selector may pass: walk then); a plain one is allowed. EVALSHA
         # and EVALSHA_RO are `by_sha`: judge() tries the policy's compiled check for the SHA1
         # itself (ScriptPolicy.judge's own first step) before calling the policy.
-        plain = getattr(spec.keys, "plain_keys", None)   # a commands.PlainKeys
+        plain: commands.PlainKeys | None = getattr(spec.keys, "plain_keys", None)
         needed = cat.needed(plain.flags) if plain is not None else -1
-        if needed >= 0:
-            ps = sel.keysets[needed]
-            keys = dict(selector=sel, plain=plain.keys, prefixes=ps.prefixes, match=ps.match,
-                        keyset=ps)
-        else:
-            keys = dict(selector=sel, plain=None, prefixes=(), match=None, keyset=None)
+        keyset = sel.keysets[needed] if needed >= 0 else None
+        keys_of = plain.keys if plain is not None and keyset is not None else None
+        prefixes = keyset.prefixes if keyset is not None else ()
+        match = keyset.match if keyset is not None else None
         if special == _SCRIPT:
-            return Script(by_sha=spec.name in _EVALSHA_NAMES, **keys)
-        return Keys(**keys)
+            return Script(selector=sel, plain=keys_of, prefixes=prefixes, match=match,
+                          keyset=keyset, by_sha=spec.name in _EVALSHA_NAMES)
+        return Keys(selector=sel, plain=keys_of, prefixes=prefixes, match=match, keyset=keyset)
 
     def __repr__(self) -> str:
         return f"<User {self.name} {self.describe()!r}>"
@@ -856,7 +926,8 @@ class User:
 
     # -- the judge
 
-    def judge(self, spec, args: list[bytes], db: int | Iterable[int] = 0) -> Denial | None:
+    def judge(self, spec: CommandSpec, args: list[bytes],
+              db: int | Iterable[int] = 0) -> Denial | None:
         """None if the user may run `args` (resolved to `spec` by commands.TABLE.lookup), else the
         Denial. `db` is the user's database (or a collection of allowed databases) for the SELECT
         and COPY ... DB checks. May raise commands.KeyExtractionError from `spec.keys(args)`.
@@ -865,34 +936,37 @@ class User:
         """
         # The hot path: most commands are allowed by a verdict compiled per user (_compile_fast).
         fast = self._fast[spec.bit]
-        if fast is _UNCOMPILED:
+        if fast is None:
             fast = self._fast[spec.bit] = self._compile_fast(spec)
         if fast is ALLOW:
             return None
-        cls = type(fast)
-        if cls is OneKey:
+        # (`type(fast) is ...` rather than a local `cls`: mypy narrows on it, the verdict
+        # classes being final; CPython specialises type(x) to a few nanoseconds.)
+        if type(fast) is OneKey:
             if fast.pos < len(args) <= fast.most:
                 key = args[fast.pos]
                 if key.startswith(fast.prefixes) or key in fast.exact or fast.match(key):
                     return None
-        elif cls is not Ask:
+        elif type(fast) is Keys or type(fast) is Script:
             sel, plain = fast.selector, fast.plain
-            check = None
-            script = cls is Script
+            check: ScriptCheck | Literal[True] | None = None
+            script = type(fast) is Script
             if script and fast.by_sha:
                 # The arity check guarantees args[1]; `by_sha` maps an allowed SHA1 as sent
                 # to True (no contract) or its compiled contract (a policy without one is
                 # only asked). With a contract, one call checks the call's shape and,
                 # memoised per user and queue, that its KEYS pass the patterns.
-                check = getattr(self.scripts, "by_sha", _NO_CHECKS).get(args[1])
+                checks: ShaChecks = getattr(self.scripts, "by_sha", _NO_CHECKS)
+                check = checks.get(args[1])
                 if plain is not None and check is not None and check is not True \
                         and check.honoured(args, self, fast):
                     return None
             keys = plain(args) if plain is not None else None
-            if keys is not None:
+            match = fast.match
+            if keys is not None and match is not None:   # (match: set whenever plain is)
                 # All the keys share one permission (EVALSHA's KEYS): C-level checks.
                 ok = sel.allkeys or all(map(_startswith, keys, repeat(fast.prefixes))) \
-                    or all(map(fast.match, keys))
+                    or all(map(match, keys))
             else:
                 ok = sel.allkeys or self._keys_match(sel, spec, args)
             if ok:
@@ -909,23 +983,23 @@ class User:
                                    user=denial.user or self.name)
         return self._walk(spec, args, db)
 
-    def verdict(self, spec) -> FastVerdict:
+    def verdict(self, spec: CommandSpec) -> FastVerdict:
         """The verdict judge() starts from for `spec` (compiled once per user and command), for
         callers that inline it (session.Session's memo): ALLOW (judge() returns None whatever
         the arguments), a OneKey (allowed when its key passes; otherwise ask judge()), or
         anything else: ask judge()."""
         fast = self._fast[spec.bit]
-        if fast is _UNCOMPILED:
+        if fast is None:
             fast = self._fast[spec.bit] = self._compile_fast(spec)
         return fast
 
-    def judges_by_sha(self, spec) -> bool:
+    def judges_by_sha(self, spec: CommandSpec) -> bool:
         """Whether judge() decides `spec` by the SHA1's compiled contract first: the calls
         lane_script() can describe."""
         fast = self.verdict(spec)
         return type(fast) is Script and fast.by_contract
 
-    def lane_script(self, spec, args: list[bytes]):
+    def lane_script(self, spec: CommandSpec, args: list[bytes]) -> LaneForm | None:
         """For redisgate._lane, after judge() allowed `args` (EVALSHA/EVALSHA_RO) on its
         compiled path: scripts._FastContract.lane_form's form of this script's calls for the
         queue of KEYS[1], which lets the C lane pass them as judge() would; None if judge()
@@ -933,12 +1007,13 @@ class User:
         fast = self.verdict(spec)
         if type(fast) is not Script or not fast.by_contract or len(args) < 4:
             return None
-        check = getattr(self.scripts, "by_sha", _NO_CHECKS).get(args[1])
+        checks: ShaChecks = getattr(self.scripts, "by_sha", _NO_CHECKS)
+        check = checks.get(args[1])
         if check is None or check is True:
             return None
         return check.lane_form(args, self, fast)
 
-    def _keys_match(self, sel: _Selector, spec, args: list[bytes]) -> bool:
+    def _keys_match(self, sel: _Selector, spec: CommandSpec, args: list[bytes]) -> bool:
         """Do all the command's keys pass this selector's patterns?"""
         cat = self._cat
         sets = sel.keysets
@@ -954,13 +1029,15 @@ class User:
                 return False
         return True
 
-    def _script_verdict(self, spec, args: list[bytes]) -> Denial | None:
-        denial = self.scripts.judge(self, spec, args)
+    def _script_verdict(self, scripts: ScriptJudge, spec: CommandSpec,
+                        args: list[bytes]) -> Denial | None:
+        denial = scripts.judge(self, spec, args)
         if denial is None:
             return None
         return replace(denial, command=denial.command or spec.name, user=denial.user or self.name)
 
-    def _walk(self, spec, args: list[bytes], db) -> Denial | None:
+    def _walk(self, spec: CommandSpec, args: list[bytes],
+              db: int | Iterable[int]) -> Denial | None:
         """judge() the general way: every selector in order, Redis's "relevant error"."""
         bit = spec.bit
         cat = self._cat
@@ -974,24 +1051,24 @@ class User:
         keys = None
         # Redis's "relevant error" (ACLCheckAllUserCommandPerm): the highest ACL_DENIED_* value
         # (command 1, key 2, channel 4), then the highest argument index.
-        relevant = None      # (rank, index, kind, object)
-        stricter = None      # a Denial the proxy adds on top of Redis
+        relevant: _Refusal | None = None
+        stricter: Denial | None = None   # a Denial the proxy adds on top of Redis
         for sel in self._selectors:
             # 1. The command bit, or an allowed first argument.
             if not sel.bits[bit]:
                 allowed_args = sel.firstargs.get(bit)
                 if allowed_args is None or len(args) < 2 or word(args[1]) not in allowed_args:
                     if relevant is None:
-                        relevant = (1, 0, "command", spec.name)
+                        relevant = _Refusal(1, 0, "command", spec.name)
                     continue
             # 2. Keys.
             if not sel.allkeys and spec.has_keys:
                 if keys is None:
                     keys = self._keys(spec, args)
-                failed = None
+                failed: _Refusal | None = None
                 for i, (key, needed) in enumerate(keys):
                     if not sel.keysets[needed].match(key):
-                        failed = (2, i, "key", key)
+                        failed = _Refusal(2, i, "key", key)
                         break
                 if failed is not None:
                     if relevant is None or failed[:2] > relevant[:2]:
@@ -1004,7 +1081,7 @@ class User:
                     ok = (channel in sel.literal_channels) if is_pattern \
                         else sel.channels.match(channel)
                     if not ok:
-                        failed = (4, i, "channel", channel)
+                        failed = _Refusal(4, i, "channel", channel)
                         break
                 if failed is not None:
                     if relevant is None or failed[:2] > relevant[:2]:
@@ -1015,7 +1092,7 @@ class User:
                 return None
             if special == _SCRIPT:
                 if self.scripts is not None:
-                    return self._script_verdict(spec, args)
+                    return self._script_verdict(self.scripts, spec, args)
                 if sel.everything:
                     return None
                 stricter = stricter or Denial(
@@ -1029,7 +1106,9 @@ class User:
                 "user's key patterns; it needs allkeys", spec.name, self.name)
         if stricter is not None:
             return stricter
-        rank, _, kind, obj = relevant
+        # Every selector either returned, or set `relevant` or `stricter` (there is always one).
+        assert relevant is not None
+        kind, obj = relevant.kind, relevant.object
         if kind == "command":
             reason = f"the '{spec.name}' command is not allowed"
         elif kind == "key":
@@ -1038,16 +1117,17 @@ class User:
             reason = "the channel matches none of the user's channel patterns"
         return Denial(kind, obj, reason, spec.name, self.name)
 
-    def _keys(self, spec, args) -> list[tuple[bytes, int]]:
+    def _keys(self, spec: CommandSpec, args: list[bytes]) -> list[tuple[bytes, int]]:
+        """The keys the walk checks, each with the permission it needs (NOT_KEY ones left out)."""
         needed_of = self._cat.needed
-        out = []
+        out: list[tuple[bytes, int]] = []
         for key, flags in spec.keys(args):
             needed = needed_of(flags)
             if needed >= 0:
                 out.append((key, needed))
         return out
 
-    def read_prefix(self, spec) -> bytes | None:
+    def read_prefix(self, spec: CommandSpec) -> bytes | None:
         """The one key prefix this user may read with `spec`, when its rules come down to exactly
         that: a single selector allowing the command whose readable keys are one plain `prefix*`
         pattern. What `confine.py` needs to confine SCAN/KEYS; None otherwise."""
@@ -1106,7 +1186,17 @@ class User:
         return "reset " + self.describe()
 
 
-def _reaches_beyond(special: int, args: list[bytes], db) -> bool:
+class _Refusal(NamedTuple):
+    """A selector's refusal in `User._walk`, ordered as Redis's "relevant error"
+    (ACLCheckAllUserCommandPerm): by `rank` (ACL_DENIED_CMD 1, _KEY 2, _CHANNEL 4), then by
+    `position` (of the key or channel among the command's); `kind` and `object` make the Denial."""
+    rank: int
+    position: int
+    kind: str
+    object: str | bytes
+
+
+def _reaches_beyond(special: int, args: list[bytes], db: int | Iterable[int]) -> bool:
     """Does this keyspace-wide command reach beyond the user's own keys / database?"""
     if special in (_KEYSPACE, _CONFIG_GET):
         return True
@@ -1115,10 +1205,11 @@ def _reaches_beyond(special: int, args: list[bytes], db) -> bool:
         return len(args) < 2 or not _is_db(args[1], allowed)
     if special == _COPY:
         dbs = copy_db_operands(args)
+        if not dbs:   # no DB option, or a syntax error (Redis refuses it before copying)
+            return False
         # Only the last DB is written into, but every one is parsed first: anything but a plain
         # allowed integer is refused here even where Redis would then refuse it too.
-        return bool(dbs) and (not _is_db(dbs[-1], allowed)
-                              or any(_INT_RE.fullmatch(d) is None for d in dbs))
+        return not _is_db(dbs[-1], allowed) or any(_INT_RE.fullmatch(d) is None for d in dbs)
     return False
 
 
@@ -1137,8 +1228,9 @@ def copy_db_operands(args: list[bytes]) -> tuple[bytes, ...] | None:
     return tuple(o.values[0] for o in parsed.all(b"db"))
 
 
-def _is_db(arg: bytes, allowed) -> bool:
-    return string2ll(arg) in allowed   # (allowed: small database numbers, never None)
+def _is_db(arg: bytes, allowed: Iterable[int]) -> bool:
+    n = string2ll(arg)   # (allowed: small database numbers)
+    return n is not None and n in allowed
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1150,9 +1242,9 @@ def _describe_selector(sel: _SelectorState, cat: _Catalog) -> str:
     if sel.allkeys:
         parts.append("~*")
     else:
-        for pattern, flags in sel.patterns:
-            prefix = {ALL: "~", READ: "%R~", WRITE: "%W~"}[flags]
-            parts.append(prefix + _as_text(pattern))
+        for kp in sel.patterns:
+            prefix = {ALL: "~", READ: "%R~", WRITE: "%W~"}[kp.flags]
+            parts.append(prefix + _as_text(kp.pattern))
     if sel.allchannels:
         parts.append("&*")
     else:
@@ -1195,7 +1287,7 @@ def _describe_commands(sel: _SelectorState, cat: _Catalog) -> str:
         rules.append(("+@" if additive else "-@") + best)
         applied.add(best)
 
-    def single(spec) -> None:
+    def single(spec: CommandSpec) -> None:
         userbit = spec.bit in sel.allowed
         if userbit != (spec.bit in fake.allowed):
             rules.append(("+" if userbit else "-") + spec.name)

@@ -17,8 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 log = logging.getLogger("redisgate")
+
+T = TypeVar("T")
 
 
 class TaskSet:
@@ -27,10 +30,12 @@ class TaskSet:
     __slots__ = ("_tasks", "closed")
 
     def __init__(self) -> None:
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
         self.closed = False
 
-    def spawn(self, coro: Coroutine) -> asyncio.Task | None:
+    # (A coroutine's yield and send types are the event loop's business: Any, as in typeshed's
+    # create_task.)
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T] | None:
         """Run `coro` as a task kept here until it ends; None (and `coro` closed unrun) once
         `close()` began."""
         if self.closed:
@@ -41,7 +46,7 @@ class TaskSet:
         task.add_done_callback(self._done)
         return task
 
-    def _done(self, task: asyncio.Task) -> None:
+    def _done(self, task: asyncio.Task[object]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             # (The tasks handle their expected failures; this is a bug: said, not swallowed.)

@@ -121,7 +121,7 @@ def _signature(user, sanitize: bool = True):
                                  for b, args in s.firstargs.items()
                                  if args and b not in s.allowed))
         sels.append((frozenset(s.allowed), s.future, firstargs, s.allkeys,
-                     tuple((p, f) for p, f in s.patterns), s.allchannels, tuple(s.channels)))
+                     tuple((kp.pattern, kp.flags) for kp in s.patterns), s.allchannels, tuple(s.channels)))
     flags = (st.enabled, st.nopass, tuple(st.passwords))
     if sanitize:
         flags += (st.sanitize, st.skip_sanitize)

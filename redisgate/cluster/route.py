@@ -184,9 +184,10 @@ def merge(rule: Merge, replies: Sequence[bytes], *, positions: Sequence[Sequence
         if isinstance(v, hiredis.ReplyError):
             return bytes(raw)
     if rule is Merge.SUM:
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        ints = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+        if len(ints) != len(values):
             raise MergeError("SUM: integer replies expected")
-        return resp.integer(sum(values))
+        return resp.integer(sum(ints))
     if rule is Merge.OK:
         if not all(v == b"OK" for v in values):
             raise MergeError("OK: +OK replies expected")
@@ -196,9 +197,10 @@ def merge(rule: Merge, replies: Sequence[bytes], *, positions: Sequence[Sequence
             raise MergeError("SAME: the masters' replies differ")
         return bytes(replies[0])
     if rule is Merge.AND:
-        if not all(isinstance(v, list) for v in values) or len({len(v) for v in values}) != 1:
+        arrays = [v for v in values if isinstance(v, list)]
+        if len(arrays) != len(values) or len({len(v) for v in arrays}) != 1:
             raise MergeError("AND: integer arrays of one length expected")
-        cols = zip(*values)
+        cols = zip(*arrays)
         out = []
         for col in cols:
             if not all(isinstance(x, int) and not isinstance(x, bool) for x in col):

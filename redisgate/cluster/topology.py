@@ -202,7 +202,7 @@ def topology_from_slots(value: object, asked: NodeAddr | None = None) -> Topolog
     if len(value) > SLOTS:
         raise TopologyError(f"CLUSTER SLOTS: {len(value)} entries, more than there are slots")
     order: list[NodeAddr] = []
-    by_master: dict[NodeAddr, dict] = {}
+    by_master: dict[NodeAddr, _ShardDraft] = {}
     for n, entry in enumerate(value):
         what = f"CLUSTER SLOTS entry {n}"
         if not isinstance(entry, list) or len(entry) < 3:
@@ -211,7 +211,7 @@ def topology_from_slots(value: object, asked: NodeAddr | None = None) -> Topolog
         master, master_id = _node(entry[2], asked, what + " master")
         if master is None:
             raise TopologyError(f"{what} master: endpoint '?' (the node has no hostname)")
-        replicas = []
+        replicas: list[NodeAddr] = []
         for j, r in enumerate(entry[3:]):
             addr, _ = _node(r, asked, f"{what} replica {j}")
             if addr is not None and addr != master and addr not in replicas:
@@ -219,20 +219,28 @@ def topology_from_slots(value: object, asked: NodeAddr | None = None) -> Topolog
         seen = by_master.get(master)
         if seen is None:
             order.append(master)
-            by_master[master] = {"ranges": [rng], "replicas": replicas, "id": master_id}
+            by_master[master] = _ShardDraft([rng], replicas, master_id)
         else:
-            seen["ranges"].append(rng)
+            seen.ranges.append(rng)
             for r in replicas:
-                if r not in seen["replicas"]:
-                    seen["replicas"].append(r)
+                if r not in seen.replicas:
+                    seen.replicas.append(r)
     return Topology.build([
-        Shard(m, tuple(by_master[m]["replicas"]), tuple(by_master[m]["ranges"]), by_master[m]["id"])
+        Shard(m, tuple(by_master[m].replicas), tuple(by_master[m].ranges), by_master[m].master_id)
         for m in order])
+
+
+@dataclass(slots=True)
+class _ShardDraft:
+    """A master's Shard while `topology_from_slots` gathers its entries (the first one's id)."""
+    ranges: list[SlotRange]
+    replicas: list[NodeAddr]
+    master_id: str | None
 
 
 # --- CLUSTER SHARDS (Redis 7) --------------------------------------------------------------------
 
-def _as_map(v: object, what: str) -> dict:
+def _as_map(v: object, what: str) -> dict[str, object]:
     """A RESP3 map (dict) or a RESP2 flat [key, value, ...] array, keys decoded to str."""
     if isinstance(v, dict):
         items = list(v.items())
