@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, TypeAlias
 
 from . import rules
+from .commands import CommandSpec
 from .scripts import QUEUE_TAG, LaneCheckKind, LaneForm
 
 try:
@@ -54,6 +55,12 @@ MAX_SHAS = 64
 MAX_QUEUES = 64
 
 
+# What a SCRIPT verdict learns per SHA1 and queue (script_form): the C lane's own copy of a
+# LaneForm, or the LaneForm itself without the C module.
+# (A string: _lane may be None here.)
+Form: TypeAlias = "LaneForm | _lane.ScriptForm"
+
+
 def _arity(fewest: int, most: int) -> None:
     if fewest < 1 or most < fewest:
         raise ValueError(f"Verdict: the arity {fewest}..{most} is empty")
@@ -63,31 +70,32 @@ def _arity(fewest: int, most: int) -> None:
 class PyVerdict:
     """`_lane.Verdict`'s Python twin (same constructors, attributes and methods)."""
     kind: str
-    spec: Any
+    spec: CommandSpec
     fewest: int
     most: int
-    counter: Any
+    counter: Any   # metrics.forwarded_counter's (a PyCounter here: nothing counts in C)
     pos: int | None = None
     prefixes: tuple[bytes, ...] = ()
     exact: frozenset[bytes] = frozenset()
-    match: Any = None
+    match: Callable[[bytes], object] | None = None
     tag: bytes | None = None
-    _forms: dict[bytes, dict[bytes, Any]] | None = field(default=None, compare=False,
-                                                          repr=False)
+    _forms: dict[bytes, dict[bytes, Form]] | None = field(default=None, compare=False,
+                                                           repr=False)
 
     @classmethod
-    def allow(cls, spec: Any, fewest: int, most: int, counter: Any) -> "PyVerdict":
+    def allow(cls, spec: CommandSpec, fewest: int, most: int, counter: Any) -> "PyVerdict":
         _arity(fewest, most)
         return cls(ALLOW, spec, fewest, most, counter)
 
     @classmethod
-    def ask(cls, spec: Any, fewest: int, most: int, counter: Any) -> "PyVerdict":
+    def ask(cls, spec: CommandSpec, fewest: int, most: int, counter: Any) -> "PyVerdict":
         _arity(fewest, most)
         return cls(ASK, spec, fewest, most, counter)
 
     @classmethod
-    def one_key(cls, spec: Any, fewest: int, most: int, pos: int, prefixes: tuple[bytes, ...],
-                exact: frozenset[bytes], match: Any, counter: Any) -> "PyVerdict":
+    def one_key(cls, spec: CommandSpec, fewest: int, most: int, pos: int,
+                prefixes: tuple[bytes, ...], exact: frozenset[bytes],
+                match: Callable[[bytes], object] | None, counter: Any) -> "PyVerdict":
         _arity(fewest, most)
         if pos < 1 or pos >= most or fewest <= pos:
             raise ValueError(f"Verdict.one_key: the key position {pos} is not within the arity "
@@ -95,7 +103,7 @@ class PyVerdict:
         return cls(ONE_KEY, spec, fewest, most, counter, pos, prefixes, exact, match)
 
     @classmethod
-    def script(cls, spec: Any, fewest: int, most: int, counter: Any,
+    def script(cls, spec: CommandSpec, fewest: int, most: int, counter: Any,
                tag: bytes) -> "PyVerdict":
         _arity(fewest, most)
         if not tag:
@@ -107,7 +115,7 @@ class PyVerdict:
             raise TypeError("Verdict.knows: not a SCRIPT verdict")
         return queue in self._forms.get(sha, ())
 
-    def learn(self, sha: bytes, queue: bytes, form: Any) -> None:
+    def learn(self, sha: bytes, queue: bytes, form: Form) -> None:
         forms = self._forms
         if forms is None:
             raise TypeError("Verdict.learn: not a SCRIPT verdict")
@@ -124,10 +132,12 @@ class PyVerdict:
 
 
 NATIVE = _lane is not None   # entries are _lane.Verdicts: the lane can read them
+# (Any: the C class or its Python twin, chosen at import; their constructors differ in the
+# counter they take, a _lane.Counter or any.)
 Verdict: Any = _lane.Verdict if _lane is not None else PyVerdict
 
 
-def compile_entry(spec: Any, fewest: int, most: int, verdict: rules.FastVerdict,
+def compile_entry(spec: CommandSpec, fewest: int, most: int, verdict: rules.FastVerdict,
                   counter: Any) -> Any:
     """The memo's entry for `spec` (arity fewest..most) from the user's compiled verdict."""
     if verdict is rules.ALLOW:
@@ -145,7 +155,7 @@ def compile_entry(spec: Any, fewest: int, most: int, verdict: rules.FastVerdict,
     return Verdict.ask(spec=spec, fewest=fewest, most=most, counter=counter)
 
 
-def script_form(form: LaneForm) -> Any:
+def script_form(form: LaneForm) -> Form:
     """What a SCRIPT verdict learns for `form`: a `_lane.ScriptForm` (the C lane's own copy of
     it), or the LaneForm itself without the C module."""
     if _lane is None:

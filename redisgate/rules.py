@@ -947,7 +947,7 @@ class User:
                 key = args[fast.pos]
                 if key.startswith(fast.prefixes) or key in fast.exact or fast.match(key):
                     return None
-        elif type(fast) is Keys or type(fast) is Script:
+        elif type(fast) is Script or type(fast) is Keys:
             sel, plain = fast.selector, fast.plain
             check: ScriptCheck | Literal[True] | None = None
             script = type(fast) is Script
@@ -1134,7 +1134,7 @@ class User:
         if len(self._selectors) != 1:
             return None
         sel = self._selectors[0]
-        keys = sel.keysets[1]   # patterns with READ
+        keys = sel.keysets[READ]   # patterns with READ
         if not sel.bits[spec.bit] or sel.allkeys or keys.exact or keys.globs or keys.nonempty \
                 or len(keys.prefixes) != 1:
             return None

@@ -93,14 +93,22 @@ Plan = SingleSlot | AnySlot | CrossSlot | Split | AllMasters
 ANY_SLOT = AnySlot()
 CROSS_SLOT = CrossSlot()
 
-# command -> (index of the first key, arguments per key (the key first), merge rule)
-_SPLITS: dict[str, tuple[int, int, Merge]] = {
-    "mget": (1, 1, Merge.ARRAY_IN_ORDER),
-    "mset": (1, 2, Merge.OK),
-    "del": (1, 1, Merge.SUM),
-    "unlink": (1, 1, Merge.SUM),
-    "exists": (1, 1, Merge.SUM),
-    "touch": (1, 1, Merge.SUM),
+@dataclass(frozen=True, slots=True)
+class _SplitShape:
+    """How a command that may be split by slot lays out its keys: they start at `args[first]`,
+    each followed by `step - 1` arguments of its own (MSET's value); `merge` joins the parts."""
+    first: int
+    step: int
+    merge: Merge
+
+
+_SPLITS: dict[str, _SplitShape] = {
+    "mget": _SplitShape(first=1, step=1, merge=Merge.ARRAY_IN_ORDER),
+    "mset": _SplitShape(first=1, step=2, merge=Merge.OK),
+    "del": _SplitShape(first=1, step=1, merge=Merge.SUM),
+    "unlink": _SplitShape(first=1, step=1, merge=Merge.SUM),
+    "exists": _SplitShape(first=1, step=1, merge=Merge.SUM),
+    "touch": _SplitShape(first=1, step=1, merge=Merge.SUM),
 }
 _ALL_MASTERS = {"script|load": Merge.SAME, "script|exists": Merge.AND, "script|flush": Merge.OK,
                 # FCALL runs on its keys' master: a library must be on every master
@@ -128,12 +136,12 @@ def plan(spec: CommandSpec, args: list[bytes]) -> Plan:
             break
     else:
         return SingleSlot(first)
-    split = _SPLITS.get(name)
-    if split is not None:
-        start, step, merge_rule = split
-        body = args[start:]
+    shape = _SPLITS.get(name)
+    if shape is not None:
+        body = args[shape.first:]
+        step = shape.step
         if len(body) % step == 0 and len(body) // step == len(names):
-            return _split(args[0], body, step, merge_rule)
+            return _split(args[0], body, step, shape.merge)
     return CROSS_SLOT
 
 
