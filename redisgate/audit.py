@@ -77,7 +77,7 @@ import time
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Callable, Container
 
-if TYPE_CHECKING:   # config imports this module's users; the type only
+if TYPE_CHECKING:   # the type only: the audit does not load the config layer (YAML, schema)
     from .config import AuditSettings
 
 LIMIT = 128
@@ -610,7 +610,8 @@ def _write(event: Event) -> None:
     logger.handle(record)
 
 
-def configure(settings: AuditSettings | None, base_dir: str | os.PathLike[str] | None = None) -> None:
+def configure(settings: AuditSettings | None,
+              base_dir: str | os.PathLike[str] | None = None) -> None:
     """Apply an `audit:` section (config.AuditSettings: path, rate, format), or None for the
     plain-text lines through the process's log handlers. Opens the file now: raises OSError if
     it cannot be. The same settings again: nothing changes (the file stays open)."""
