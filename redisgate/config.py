@@ -64,7 +64,7 @@ from typing import Any, Callable
 
 import yaml
 
-from . import profiles, rules, scripts as scriptmod
+from . import contracts, rules, scripts as scriptmod
 from .commands import TABLE
 
 _REF = re.compile(r"\$\{([^}]*)\}")
@@ -1250,8 +1250,8 @@ def _user(name: str, where: str, spec: Any, problems: list[str], warnings: list[
     if profile_names:
         for pname in profile_names:
             try:
-                ptokens, pscripts = profiles.load_profile(pname, queues)
-            except profiles.ProfileError as e:
+                ptokens, pscripts = contracts.family().load_profile(pname, queues)
+            except contracts.ProfileError as e:
                 problems.append(f"{where}.profile: {e}")
                 continue
             profile_tokens += ptokens

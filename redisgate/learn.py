@@ -3,7 +3,11 @@
 No I/O. The session feeds every command of a learn-mode user to ``Learner.observe(spec, args)``
 (``spec`` is the ``commands.CommandSpec``, or None for an unknown command); ``profile()`` returns
 a config-ready ``{"rules": "...", "scripts": [...]}`` and ``summary()`` the details behind it
-(patterns per command, queues, a matching built-in Asynq profile).
+(patterns per command, queues, a matching built-in profile of the script family).
+
+What is product-specific comes from the registered script family (``contracts.family()``, today
+Asynq's: ``redisgate/asynq/learn.py`` for its key layout, its profiles and script names); this
+module names no product.
 
 How keys are generalised, and why it is sound
 ---------------------------------------------
@@ -11,15 +15,16 @@ A learned rule must not grant more than the traffic showed, beyond the parts tha
 (ids, dates, process ids). Redis key patterns are globs in which ``*`` matches *any* text,
 ``:`` and ``}`` included, and there is no "any character but ``}``" repetition. So:
 
-* Asynq queue keys keep their queue name literally: ``asynq:{default}:t:abc123`` becomes
+* The family's keys first (its ``generalise_key`` hook, for Asynq redisgate/asynq/learn.py):
+  queue keys keep their queue name literally: ``asynq:{default}:t:abc123`` becomes
   ``asynq:{default}:t:*``, never ``asynq:{*}:t:*``. A ``*`` inside the braces would match every
   queue (and, since it can span ``}``, keys such as ``asynq:{a}:x}:t:y``); the queue name is the
   scope, so it must stay fixed. The queues seen are reported, and ``summary()`` proposes the
-  built-in profile plus ``queues:`` for them, which is the way to cover "all my queues".
-* Only the variable *tail* of an Asynq key becomes ``*`` (task id, unique key, group, date), so
-  each pattern is anchored on a literal prefix ending in ``:``. Per-process registry keys
-  (``asynq:servers:{host:pid:uuid}``) become ``asynq:servers:{*}``: the ``*`` is still anchored
-  by the literal ``asynq:servers:{`` prefix.
+  built-in profile plus ``queues:`` for them, which is the way to cover "all my queues". Only
+  the variable *tail* of such a key becomes ``*`` (task id, unique key, group, date), so each
+  pattern is anchored on a literal prefix ending in ``:``; per-process registry keys
+  (``asynq:servers:{host:pid:uuid}``) become ``asynq:servers:{*}``, the ``*`` still anchored by
+  the literal ``asynq:servers:{`` prefix.
 * Other keys are split on ``:``; a segment that looks like an id (digits, a UUID, long hex, a
   date, a long token with digits) becomes ``*``. A key whose *first* segment varies is kept
   literally, because ``*...`` would not be anchored at all.
@@ -37,7 +42,7 @@ import hashlib
 import re
 from typing import Any
 
-from . import profiles, scripts as _scripts
+from . import contracts
 from .commands import CommandSpec, KeyExtractionError
 
 _GLOB = re.compile(r"([*?\[\]\\])")
@@ -47,10 +52,6 @@ _ID_SEGMENT = re.compile(
     r"|[0-9a-fA-F]{16,}"                                         # hashes
     r"|\d{4}-\d{2}-\d{2}"                                        # dates
     r"|(?=[A-Za-z0-9_\-]*\d)[A-Za-z0-9_\-]{20,}")                # long random tokens
-_QUEUE_FIXED = {"pending", "active", "scheduled", "retry", "archived", "lease", "completed",
-                "paused", "groups", "aggregation_sets", "processed", "failed", "t:"}
-_QUEUE_TAILS = ("t:", "unique:", "g:", "processed:", "failed:")
-_REGISTRIES = ("asynq:servers:", "asynq:workers:", "asynq:schedulers:")
 _EVAL_FAMILY = ("eval", "evalsha")
 _EVAL_RO_FAMILY = ("eval_ro", "evalsha_ro")
 
@@ -66,28 +67,19 @@ def _text(raw: bytes) -> str:
 
 
 def generalise_key(key: bytes) -> tuple[str, str | None]:
-    """``(pattern, queue)``: the glob pattern a learned rule uses for ``key``, and the Asynq queue
-    the key belongs to (None for keys of no queue). See the module docstring for the rules."""
-    split = _scripts.queue_of(key)
-    if split is not None:
-        queue, rest = _text(split[0]), _text(split[1])
-        head = "asynq:{" + glob_escape(queue) + "}:"
-        if rest in _QUEUE_FIXED:
-            return head + rest, queue
-        for tail in _QUEUE_TAILS:
-            if rest.startswith(tail):
-                return head + tail + "*", queue
-        return head + _generalise_segments(rest, anchored=True), queue
-    text = _text(key)
-    for registry in _REGISTRIES:
-        if text.startswith(registry + "{") and text.endswith("}"):
-            return registry + "{*}", None
-    if text.startswith("asynq:scheduler_history:") and len(text) > 24:
-        return "asynq:scheduler_history:*", None
-    return _generalise_segments(text, anchored=False), None
+    """``(pattern, queue)``: the glob pattern a learned rule uses for ``key``, and the family's
+    queue the key belongs to (None for keys of no queue). See the module docstring for the
+    rules."""
+    found = contracts.family().generalise_key(key)
+    if found is not None:
+        return found
+    return generalise_segments(_text(key), anchored=False), None
 
 
-def _generalise_segments(text: str, anchored: bool) -> str:
+def generalise_segments(text: str, anchored: bool) -> str:
+    """``text`` split on ``:``, every segment that looks like an id (``_ID_SEGMENT``) a ``*``, the
+    rest glob-escaped. Not ``anchored`` (nothing literal before ``text``): a variable first
+    segment keeps the whole text literal, since a leading ``*`` would anchor nothing."""
     parts = text.split(":")
     out = []
     for i, part in enumerate(parts):
@@ -206,9 +198,9 @@ class Learner:
 
     def summary(self) -> dict[str, Any]:
         """What was learned, for a human: commands with key patterns, channels, scripts by
-        name, queues, the smallest built-in Asynq profile covering the traffic, and limits hit."""
-        names = {sha: _scripts.KNOWN_SCRIPTS[sha].name for sha in self.scripts
-                 if sha in _scripts.KNOWN_SCRIPTS}
+        name, queues, the smallest built-in profile covering the traffic, and limits hit."""
+        known = contracts.family().known
+        names = {sha: known[sha].name for sha in self.scripts if sha in known}
         out: dict[str, Any] = {
             "observed": self.observed,
             "commands": {name: sorted(p) for name, p in sorted(self.commands.items())},
@@ -230,12 +222,13 @@ class Learner:
         # rules, so no profile could (or needs to) allow them.
         if not self.commands:
             return None
-        if any(not p.startswith("asynq:") for ps in self.commands.values() for p in ps):
+        scripts = contracts.family()
+        if any(not p.startswith(scripts.namespace) for ps in self.commands.values() for p in ps):
             return None
         seen = set(self._command_patterns())
         best = None
-        for pname in profiles.profile_names():
-            tokens, shas = profiles.load_profile(pname)
+        for pname in scripts.profile_names():
+            tokens, shas = scripts.load_profile(pname, None)
             allowed = {t[1:] for tok in tokens for t in tok.strip("()").split() if t[:1] == "+"}
             if not seen <= allowed or not self.scripts <= shas:
                 continue
@@ -245,8 +238,8 @@ class Learner:
             return None
         suggestion: dict[str, Any] = {"profile": best[0]}
         try:
-            suggestion["queues"] = [profiles.check_queue_name(q) for q in sorted(self.queues)]
-        except profiles.ProfileError:
+            suggestion["queues"] = [scripts.check_queue_name(q) for q in sorted(self.queues)]
+        except contracts.ProfileError:
             pass            # a queue that cannot be scoped: leave the profile unscoped
         if not suggestion.get("queues"):
             suggestion.pop("queues", None)

@@ -15,11 +15,13 @@ is read by NAME on both sides:
 
 With the C module built, `Verdict` is `_lane.Verdict`: a C struct the lane reads directly (its
 members are specialised attribute loads for Python too), with a `_lane.ScriptForm` per learnt
-form; the hash-tag opening that names a queue (scripts.QUEUE_TAG) is given to it here, so the C
-code knows no product's key names. Without it (not built, or REDISGATE_PURE_PYTHON), `PyVerdict`
-is the same thing in Python (its learnt forms are kept but nothing reads them: there is no lane).
+form; the hash-tag opening that names a queue (the script family's queue_tag, from the registry
+contracts.family()) is given to it here, so the C code knows no product's key names. Without it
+(not built, or REDISGATE_PURE_PYTHON), `PyVerdict` is the same thing in Python (its learnt forms
+are kept but nothing reads them: there is no lane).
 
-May import: rules, scripts (the contract data), _lane. Nothing imports session from here.
+May import: rules, scripts (the contract data), contracts (the registry), _lane. Nothing imports
+session from here.
 """
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ from typing import Any, Callable, TypeAlias
 
 from . import rules
 from .commands import CommandSpec
-from .scripts import QUEUE_TAG, LaneCheckKind, LaneForm
+from .contracts import family
+from .scripts import LaneCheckKind, LaneForm
 
 try:
     from . import _lane
@@ -151,7 +154,7 @@ def compile_entry(spec: CommandSpec, fewest: int, most: int, verdict: rules.Fast
                                    match=verdict.match, counter=counter)
     if type(verdict) is rules.Script and verdict.by_contract:
         return Verdict.script(spec=spec, fewest=fewest, most=most, counter=counter,
-                              tag=QUEUE_TAG)
+                              tag=family().queue_tag)
     return Verdict.ask(spec=spec, fewest=fewest, most=most, counter=counter)
 
 

@@ -1,32 +1,35 @@
 """Lua script allowlists and script contracts: which scripts a user may run, and how.
 
-No I/O. A Redis proxy cannot see the keys a Lua script builds at run time (Asynq's scripts build
-task keys from an ARGV prefix plus ids read from lists), so it pins the script instead:
+No I/O, and no product's names: the script tables come from the registered script family
+(``contracts.family()``; today Asynq's, in ``redisgate/asynq/scripts.py``). A Redis proxy cannot
+see the keys a Lua script builds at run time (Asynq's scripts build task keys from an ARGV prefix
+plus ids read from lists), so it pins the script instead:
 
 * ``ScriptPolicy`` is the per-user allowlist of script SHA1s (``User.scripts``). ``rules.py`` calls
   ``policy.judge(user, spec, args)`` for EVAL, EVALSHA, EVAL_RO, EVALSHA_RO, SCRIPT LOAD, FCALL,
   FCALL_RO and FUNCTION LOAD, after the command bit and the KEYS check passed. ``judge`` returns
   ``None`` (allowed) or a ``Denial`` with ``kind="script"``.
-* ``KNOWN_SCRIPTS`` maps the SHA1 of every Asynq script (v0.24.0 .. main) to its
-  ``ScriptContract``: how many KEYS it takes, what each KEY looks like relative to the queue
-  (``asynq:{Q}:pending``, ...), and which ARGV positions are key prefixes that must equal
-  ``asynq:{Q}:t:`` / ``asynq:{Q}:g:`` / ``asynq:{Q}:`` for the *same* ``{Q}`` as the KEYS. Those
+* A ``ScriptContract`` says how a known script must be called: how many KEYS it takes, what each
+  KEY looks like (a ``Shape``: ``QueueKey`` ``<tag><Q>}:<suffix>``, ``TaggedKey``,
+  ``PrefixedKey``, ``ExactKey``, ``AnyOf``), and which ARGV positions are key prefixes
+  (``PrefixArg``) that must equal ``<tag><Q>}:<suffix>`` for the *same* ``Q`` as the KEYS. Those
   prefixes must also pass the user's key patterns (``user.check_key(key, write)``), because the
-  script will read or write keys under them.
-
-* An operator's *own* script can be bound to a known script's contract: a ``scripts:`` entry
+  script will read or write keys under them. ``check_contract`` is the check, with its reason;
+  ``_FastContract`` the same compiled for EVALSHA's hot path, and ``LaneForm`` what it hands
+  the C lane (memo.py) for one queue.
+* The family's ``known`` contracts (SHA1 -> contract) are enforced by default. An operator's
+  *own* script can be bound to a known script's contract: a ``scripts:`` entry
   ``{sha1: <hex>, like: dequeueCmd}`` (``resolve_scripts``) allows that SHA1 and enforces the
-  ``dequeueCmd`` contract on it (KEYS shapes, one ``{Q}``, ARGV key prefixes) exactly as for
-  Asynq's own body. ``ScriptPolicy.custom`` holds these SHA1 -> contract bindings.
+  ``dequeueCmd`` contract on it (KEYS shapes, one ``Q``, ARGV key prefixes) exactly as for the
+  product's own body. ``ScriptPolicy.custom`` holds these SHA1 -> contract bindings. The tests
+  run their own scripts with Asynq's layouts (tests/asynq_lua/), bound this way.
 
-The SHA1 values and the KEYS/ARGV layouts are those of Asynq's own Lua scripts, per release (the
-SHA1 table is frozen in tests/asynq/reference-sha1.json, which tests/test_scripts.py checks
-KNOWN_SCRIPTS against; see tests/asynq/README.md). The tests run their own scripts with those
-layouts (tests/asynq_lua/), bound this way.
+Queue identity is Redis's hash-tag rule: ``Q`` is the text between the family's queue tag
+(``asynq:{``) and the first ``}`` (``queue_of``). A queue whose name contains ``}`` therefore
+never satisfies a contract (its keys would not share one slot either); profiles refuse such names
+up front.
 
-Queue identity is Redis's hash-tag rule: ``Q`` is the text between ``asynq:{`` and the first
-``}``. A queue whose name contains ``}`` therefore never satisfies a contract (its keys would not
-share one slot either); profiles refuse such names up front.
+May import: rules (``Denial``), contracts (the registry). Nothing here imports a product package.
 """
 from __future__ import annotations
 
@@ -35,47 +38,22 @@ import hashlib
 import re
 from dataclasses import dataclass, field, replace
 from operator import itemgetter
-from typing import Any, Callable, Iterable, cast
+from typing import Any, Callable, Iterable, Mapping, cast
 
+from .contracts import family
 from .rules import Denial
-
-# --------------------------------------------------------------------------------------------
-# Releases and roles
-# --------------------------------------------------------------------------------------------
-
-RELEASES: tuple[str, ...] = ("v0.24.0", "v0.24.1", "v0.25.0", "v0.25.1", "v0.26.0", "main")
-# A release line ("v0.25") stands for all its patch releases.
-RELEASE_LINES: dict[str, frozenset[str]] = {
-    "v0.24": frozenset({"v0.24.0", "v0.24.1"}),
-    "v0.25": frozenset({"v0.25.0", "v0.25.1"}),
-    "v0.26": frozenset({"v0.26.0"}),
-    "main": frozenset({"main"}),
-}
-ROLES: tuple[str, ...] = ("producer", "worker", "scheduler", "inspector", "admin", "rate")
-
-_ALL = frozenset(RELEASES)
-_FROM_V025 = frozenset({"v0.25.0", "v0.25.1", "v0.26.0", "main"})
-_V024 = frozenset({"v0.24.0", "v0.24.1"})
-
-# Who runs what (REDIS-USAGE.md §3 and §8). The worker also runs the client scripts because the
-# aggregator enqueues the aggregated task through an ordinary Client.
-_CLIENT = frozenset({"producer", "worker", "scheduler"})
-_WORKER = frozenset({"worker"})
-_SCHEDULER = frozenset({"scheduler"})
-_READ = frozenset({"inspector", "admin"})
-_ADMIN = frozenset({"admin"})
-
 
 # --------------------------------------------------------------------------------------------
 # Key shapes (one per KEYS position)
 # --------------------------------------------------------------------------------------------
 
-_QUEUE_HEAD = b"asynq:{"
-# The opening of a queue key's hash tag: what the script contracts' queue keys start with, up to
-# the queue name (queue_of). Given to the C lane when a script verdict is built (memo.py): the
-# lane finds a call's queue with it, and knows no product's key names itself.
-QUEUE_TAG = _QUEUE_HEAD
 _DATE = re.compile(rb"\d{4}-\d{2}-\d{2}")
+_HEX40 = re.compile(r"[0-9a-fA-F]{40}")
+
+
+def is_sha1_hex(text: str) -> bool:
+    """Whether ``text`` is a SHA1 digest in hex (40 hex digits, any case)."""
+    return _HEX40.fullmatch(text) is not None
 
 
 class LaneCheckKind(enum.Enum):
@@ -103,18 +81,23 @@ class LaneForm:
     checks: tuple[LaneCheck, ...]
 
 
-def queue_of(key: bytes) -> tuple[bytes, bytes] | None:
-    """Split ``asynq:{Q}:rest`` into ``(Q, rest)`` by Redis's hash-tag rule; None otherwise.
+def split_queue(key: bytes, tag: bytes) -> tuple[bytes, bytes] | None:
+    """Split ``<tag>Q}:rest`` into ``(Q, rest)`` by Redis's hash-tag rule; None otherwise.
 
     ``Q`` is what Redis Cluster hashes (the text up to the first ``}``), so two keys with the same
     ``Q`` always share a slot. An empty ``Q`` is not a queue (Asynq refuses blank names).
     """
-    if not key.startswith(_QUEUE_HEAD):
+    if not key.startswith(tag):
         return None
-    close = key.find(b"}", len(_QUEUE_HEAD))
-    if close <= len(_QUEUE_HEAD) or key[close + 1:close + 2] != b":":
+    close = key.find(b"}", len(tag))
+    if close <= len(tag) or key[close + 1:close + 2] != b":":
         return None
-    return key[len(_QUEUE_HEAD):close], key[close + 2:]
+    return key[len(tag):close], key[close + 2:]
+
+
+def queue_of(key: bytes) -> tuple[bytes, bytes] | None:
+    """``split_queue`` with the registered family's queue tag (``asynq:{Q}:rest``)."""
+    return split_queue(key, family().queue_tag)
 
 
 class Shape:
@@ -127,20 +110,29 @@ class Shape:
     def scope(self, key: bytes) -> bytes | None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def queue_tag(self) -> bytes | None:
+        """The queue tag of a queue shape (its keys are ``<tag>Q}:...``), else None."""
+        return None
+
     def describe(self) -> str:  # pragma: no cover - interface
         raise NotImplementedError
 
 
 @dataclass(frozen=True)
 class QueueKey(Shape):
-    """``asynq:{Q}:<suffix>`` for one of ``suffixes`` (exact), or, with ``tail``, a suffix that
-    starts with ``suffixes[i]`` followed by a non-empty tail (``tail="date"``: a YYYY-MM-DD)."""
+    """``<tag>Q}:<suffix>`` (``asynq:{Q}:pending``) for one of ``suffixes`` (exact), or, with
+    ``tail``, a suffix that starts with ``suffixes[i]`` followed by a non-empty tail
+    (``tail="date"``: a YYYY-MM-DD)."""
+    tag: bytes
     suffixes: tuple[bytes, ...]
     tail: str | None = None      # None: exact; "any": non-empty rest; "date": YYYY-MM-DD
     kind = "queue"
 
+    def queue_tag(self) -> bytes | None:
+        return self.tag
+
     def scope(self, key: bytes) -> bytes | None:
-        split = queue_of(key)
+        split = split_queue(key, self.tag)
         if split is None:
             return None
         q, rest = split
@@ -156,7 +148,7 @@ class QueueKey(Shape):
     def describe(self) -> str:
         tail = {None: "", "any": "<...>", "date": "<YYYY-MM-DD>"}[self.tail]
         alts = "|".join(s.decode() + tail for s in self.suffixes)
-        return f"asynq:{{Q}}:{alts}"
+        return f"{self.tag.decode()}Q}}:{alts}"
 
 
 @dataclass(frozen=True)
@@ -217,20 +209,8 @@ class AnyOf(Shape):
     def describe(self) -> str:
         return " or ".join(s.describe() for s in self.shapes)
 
-
-def _q(*suffixes: str, tail: str | None = None) -> QueueKey:
-    return QueueKey(tuple(s.encode() for s in suffixes), tail)
-
-
-PENDING, ACTIVE, SCHEDULED, RETRY = _q("pending"), _q("active"), _q("scheduled"), _q("retry")
-ARCHIVED, LEASE, COMPLETED, PAUSED = _q("archived"), _q("lease"), _q("completed"), _q("paused")
-GROUPS, AGG_SETS = _q("groups"), _q("aggregation_sets")
-PROCESSED_TOTAL, FAILED_TOTAL = _q("processed"), _q("failed")
-PROCESSED_DAY, FAILED_DAY = _q("processed:", tail="date"), _q("failed:", tail="date")
-TASK = _q("t:", tail="any")
-TASK_PREFIX_KEY = _q("t:")                      # archiveCmd passes the bare prefix as KEYS[9]
-UNIQUE = _q("unique:", tail="any")
-GROUP = _q("g:", tail="any")                    # a group, or a group's aggregation set
+    def queue_tag(self) -> bytes | None:
+        return next((t for t in (s.queue_tag() for s in self.shapes) if t is not None), None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,40 +219,13 @@ GROUP = _q("g:", tail="any")                    # a group, or a group's aggregat
 
 @dataclass(frozen=True)
 class PrefixArg:
-    """ARGV[index] (1-based) is a key prefix: it must equal ``asynq:{Q}:<suffix>`` for the KEYS'
-    queue, and the user must be allowed to read (``write=False``) or write keys under it."""
+    """ARGV[index] (1-based) is a key prefix: it must equal ``<tag>Q}:<suffix>`` for the KEYS'
+    queue (``asynq:{Q}:t:``), and the user must be allowed to read (``write=False``) or write
+    keys under it. ``label`` is how denials name it (``task key prefix``)."""
     index: int
     suffix: bytes
     write: bool
-
-    @property
-    def label(self) -> str:
-        return {b"t:": "task key prefix", b"g:": "group key prefix", b"": "queue key prefix"}[
-            self.suffix]
-
-
-def P_READ(i: int) -> PrefixArg:   # noqa: N802 - short names keep the table readable
-    return PrefixArg(i, b"t:", False)
-
-
-def P_WRITE(i: int) -> PrefixArg:  # noqa: N802
-    return PrefixArg(i, b"t:", True)
-
-
-def G_READ(i: int) -> PrefixArg:   # noqa: N802
-    return PrefixArg(i, b"g:", False)
-
-
-def G_WRITE(i: int) -> PrefixArg:  # noqa: N802
-    return PrefixArg(i, b"g:", True)
-
-
-def Q_READ(i: int) -> PrefixArg:   # noqa: N802
-    return PrefixArg(i, b"", False)
-
-
-def Q_WRITE(i: int) -> PrefixArg:  # noqa: N802
-    return PrefixArg(i, b"", True)
+    label: str = "key prefix"
 
 
 @dataclass(frozen=True)
@@ -283,6 +236,8 @@ class ScriptContract:
     repetition of ``keys`` (historicalStatsCmd passes processed/failed pairs for n days).
     ``prefixes`` are the ARGV key-prefix positions. ``unchecked`` says, for the operator, which
     keys the script reaches that no proxy can check (they still share the KEYS' hash tag).
+    ``queue_tag`` (derived) is the tag of its queue shapes (one per contract), which the ARGV
+    key prefixes are built from; None for a contract without queue keys.
     """
     name: str
     sha1: str
@@ -294,6 +249,16 @@ class ScriptContract:
     unchecked: str = ""
     min_argv: int = 0
     own: bool = False           # an operator's own script bound to this layout (``like:``)
+    queue_tag: bytes | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        tags = {t for t in (s.queue_tag() for s in self.keys) if t is not None}
+        if len(tags) > 1:
+            raise ValueError(f"{self.name}: queue keys of several tags {sorted(tags)}")
+        tag = next(iter(tags), None)
+        if self.prefixes and tag is None:
+            raise ValueError(f"{self.name}: ARGV key prefixes need queue KEYS to take Q from")
+        object.__setattr__(self, "queue_tag", tag)
 
     @property
     def label(self) -> str:
@@ -309,213 +274,21 @@ class ScriptContract:
         return self.keys[i % len(self.keys)] if self.variadic else self.keys[i]
 
 
-def _c(name: str, sha1: str, releases: frozenset[str], roles: frozenset[str], keys: list[Shape],
-       prefixes: Iterable[PrefixArg] = (), **kw: Any) -> ScriptContract:
-    return ScriptContract(name, sha1, releases, roles, tuple(keys), tuple(prefixes), **kw)
-
-
-_CONTRACTS: list[ScriptContract] = [
-    # --- client (rdb.go) -------------------------------------------------------------------
-    _c("enqueueCmd", "98d28b42650870a743450ffda9791e9e19c6991b", _ALL, _CLIENT, [TASK, PENDING]),
-    _c("enqueueUniqueCmd", "297b3f9abfd963a3316434ef9d88fc5bf8a7ddc3", _ALL - {"v0.24.0"}, _CLIENT,
-       [UNIQUE, TASK, PENDING]),
-    _c("enqueueUniqueCmd", "5c5f3ddb39c733a795941120d27bf17a3eae6912", frozenset({"v0.24.0"}),
-       _CLIENT, [UNIQUE, TASK, PENDING]),
-    _c("scheduleCmd", "8ce6b38a99b73194585c251eb3c2a89559f37a87", _ALL, _CLIENT, [TASK, SCHEDULED]),
-    _c("scheduleUniqueCmd", "e9b8aa859a976a1fce09eaf723b4fccd02ba799e", _ALL, _CLIENT,
-       [UNIQUE, TASK, SCHEDULED]),
-    _c("addToGroupCmd", "074af2c5a4623800684c1b0e4e328c2500f06815", _ALL, _CLIENT,
-       [TASK, GROUP, GROUPS]),
-    _c("addToGroupUniqueCmd", "deeb77b98fd021a8a0279d8e7dd11a8a4546611a", _ALL, _CLIENT,
-       [TASK, GROUP, GROUPS, UNIQUE]),
-    # --- server / worker (rdb.go) ----------------------------------------------------------
-    _c("dequeueCmd", "a8153319360adc71cdc370107f8ab9786f204765", _ALL, _WORKER,
-       [PENDING, PAUSED, ACTIVE, LEASE], [P_WRITE(2)]),
-    _c("doneCmd", "1241eaa1c73409baaf1fea0c08d203a4911bda15", _ALL, _WORKER,
-       [ACTIVE, LEASE, TASK, PROCESSED_DAY, PROCESSED_TOTAL]),
-    _c("doneUniqueCmd", "a2631c71357a54b4c3e7450b1757e7f3f49d6c81", _ALL, _WORKER,
-       [ACTIVE, LEASE, TASK, PROCESSED_DAY, PROCESSED_TOTAL, UNIQUE]),
-    _c("markAsCompleteCmd", "117dca952700588e559c7ace20b925096d587974", _ALL, _WORKER,
-       [ACTIVE, LEASE, COMPLETED, TASK, PROCESSED_DAY, PROCESSED_TOTAL]),
-    _c("markAsCompleteUniqueCmd", "ce6833ccce362a8c0ee53beee413341daf52e39c", _ALL, _WORKER,
-       [ACTIVE, LEASE, COMPLETED, TASK, PROCESSED_DAY, PROCESSED_TOTAL, UNIQUE]),
-    _c("requeueCmd", "f34cbfd11d1fc8019af55b50c447fc68eb8b29e5", _ALL, _WORKER,
-       [ACTIVE, LEASE, PENDING, TASK]),
-    _c("retryCmd", "65fa409c88198a681c53e0892d8276eca0145694", _ALL, _WORKER,
-       [TASK, ACTIVE, LEASE, RETRY, PROCESSED_DAY, FAILED_DAY, PROCESSED_TOTAL, FAILED_TOTAL]),
-    _c("archiveCmd", "9c3b1eb9947ce2ee5304ac013a0a365ec364fd2d", _FROM_V025, _WORKER,
-       [TASK, ACTIVE, LEASE, ARCHIVED, PROCESSED_DAY, FAILED_DAY, PROCESSED_TOTAL, FAILED_TOTAL,
-        TASK_PREFIX_KEY],
-       unchecked="deletes evicted archived tasks at KEYS[9]..id"),
-    _c("archiveCmd", "04e5ed2a63d5b6b2a20ab17249b2bc262280f6d8", _V024, _WORKER,
-       [TASK, ACTIVE, LEASE, ARCHIVED, PROCESSED_DAY, FAILED_DAY, PROCESSED_TOTAL, FAILED_TOTAL]),
-    _c("forwardCmd", "522b1a6ae66fe79ea2f24a9af58798ab71879035", _ALL, _WORKER,
-       [_q("scheduled", "retry"), PENDING], [P_WRITE(2), G_WRITE(4)],
-       unchecked="group key = ARGV[4] .. the task hash's 'group' field"),
-    _c("aggregationCheckCmd", "a3812898e6caa8ef58d4cda34cd41a1023157e43", _ALL, _WORKER,
-       [GROUP, GROUP, AGG_SETS, GROUPS]),
-    _c("readAggregationSetCmd", "74ba718a5ed06d87a29e289ce500f34eac8759fc", _ALL, _WORKER,
-       [GROUP], [P_READ(1)]),
-    _c("deleteAggregationSetCmd", "f78335554f1a49a26ac08c02e9f50237e38fae18", _ALL, _WORKER,
-       [GROUP, AGG_SETS], [P_WRITE(1)]),
-    _c("reclaimStateAggregationSetsCmd", "7c08714194a1ed81153180b36590c51f1ccd7d42", _ALL, _WORKER,
-       [AGG_SETS],
-       unchecked="aggregation-set keys read from the ZSET members, group keys derived from them"),
-    _c("deleteExpiredCompletedTasksCmd", "49c4326d80c1db9c476da2aa7f4438d03688f82b", _ALL, _WORKER,
-       [COMPLETED], [P_WRITE(2)]),
-    _c("listLeaseExpiredCmd", "16988a462595f6ee317be300951533b004f27f5c", _FROM_V025,
-       _WORKER | _READ, [LEASE], [P_READ(2)]),
-    _c("listLeaseExpiredCmd", "c831eb394e1de1ff49766029720b640ada133ec6", _V024,
-       _WORKER | _READ, [LEASE], [P_READ(2)]),
-    _c("writeServerStateCmd", "3c8548ad44d0dfcfde50f07ea9271d77f656042c", _ALL, _WORKER,
-       [TaggedKey(b"asynq:servers:"), TaggedKey(b"asynq:workers:")], min_argv=2),
-    _c("clearServerStateCmd", "79cf8dbc80deca37314fdfdeb9fe33a12c9baad7", _ALL, _WORKER,
-       [TaggedKey(b"asynq:servers:"), TaggedKey(b"asynq:workers:")]),
-    # --- scheduler (rdb.go) ----------------------------------------------------------------
-    _c("writeSchedulerEntriesCmd", "313393fb34cf7668d3ae712d88666ce651da3861", _ALL, _SCHEDULER,
-       [TaggedKey(b"asynq:schedulers:")], min_argv=1),
-    _c("recordSchedulerEnqueueEventCmd", "5feb3e91ca9086f0335575fa366ac2b94ec7b886", _ALL,
-       _SCHEDULER, [PrefixedKey(b"asynq:scheduler_history:")]),
-    # --- inspector, read side (inspect.go) -------------------------------------------------
-    _c("currentStatsCmd", "8495598cb6d9a2efdaf2ae98021a8f4ef1803b3d", _ALL, _READ,
-       [PENDING, ACTIVE, SCHEDULED, RETRY, ARCHIVED, COMPLETED, PROCESSED_DAY, FAILED_DAY,
-        PROCESSED_TOTAL, FAILED_TOTAL, PAUSED, GROUPS], [P_READ(1), G_READ(2)]),
-    _c("memoryUsageCmd", "d658942234167601d28a4ff18fcae30090f0ccf5", frozenset({"main"}), _READ,
-       [ACTIVE, PENDING, SCHEDULED, RETRY, ARCHIVED, COMPLETED, GROUPS], [P_READ(1), G_READ(4)],
-       unchecked="runs MEMORY USAGE on every sampled task key"),
-    _c("memoryUsageCmd", "0c80fc1868e3aae205155ae2017ce995a3a7cec0", _ALL - {"main"}, _READ,
-       [ACTIVE, PENDING, SCHEDULED, RETRY, ARCHIVED, COMPLETED, GROUPS], [P_READ(1), G_READ(4)],
-       unchecked="runs MEMORY USAGE on every sampled task key"),
-    _c("historicalStatsCmd", "21ba63720a304c8939d592261cb5f6aeacdecad1", _ALL, _READ,
-       [PROCESSED_DAY, FAILED_DAY], variadic=True),
-    _c("getTaskInfoCmd", "1463a65d3fd6698099862e1314658984affe6ed7", _ALL, _READ,
-       [TASK], [Q_READ(3)]),
-    _c("groupStatsCmd", "767783fddcb7e4702c368fd352ae6a3d9393d273", _ALL, _READ,
-       [GROUPS], [G_READ(1)]),
-    _c("listMessagesCmd", "e33b162cbcaa58a573d0f5a5067b4c3e2246e079", _ALL, _READ,
-       [_q("pending", "active")], [P_READ(3)]),
-    _c("listZSetEntriesCmd", "8ce4326dbba042f10ec098fa779168e0a9e8c6c8", _ALL, _READ,
-       [AnyOf((_q("scheduled", "retry", "archived", "completed"), GROUP))], [P_READ(3)]),
-    # listServerKeysCmd, listWorkersCmd and listSchedulerKeysCmd have the same source, so one SHA.
-    # "Read-only" but it prunes stale entries with ZREMRANGEBYSCORE.
-    _c("listServerKeysCmd", "ec6970a9c80b182f05628a1377dcfee7df765fb4", _ALL, _READ,
-       [ExactKey((b"asynq:servers", b"asynq:workers", b"asynq:schedulers"))], min_argv=1),
-    # --- inspector, admin side (inspect.go) ------------------------------------------------
-    _c("runAllAggregatingCmd", "95d6ff8ea96c4e9441a0d202a7babf13c5421285", _ALL, _ADMIN,
-       [GROUP, PENDING, GROUPS], [P_WRITE(1)]),
-    _c("runTaskCmd", "2fb646810e3433bbe85fba1a6b407eb3eced7b63", _ALL, _ADMIN,
-       [TASK, PENDING, GROUPS], [Q_WRITE(2), G_WRITE(3)]),
-    _c("runAllCmd", "1d0a1f59e02d7de4c1ffdc680ba4f5984b1a590c", _ALL, _ADMIN,
-       [_q("scheduled", "retry", "archived"), PENDING], [P_WRITE(1)]),
-    _c("archiveAllAggregatingCmd", "0f24d56b49f2c17216165b5df7914bc75b10c33e", _ALL, _ADMIN,
-       [GROUP, ARCHIVED, GROUPS], [P_WRITE(4)]),
-    _c("archiveAllPendingCmd", "c78daecbbe3c90b1d8d3470c5c68132818fbdf21", _ALL, _ADMIN,
-       [PENDING, ARCHIVED], [P_WRITE(4)]),
-    _c("archiveTaskCmd", "c3183bd2c882c715c12e3e44b9c09df7d91de1ad", _ALL, _ADMIN,
-       [TASK, ARCHIVED, GROUPS], [Q_WRITE(5), G_WRITE(6)]),
-    _c("archiveAllCmd", "7f02b3d3e0a1e6e4ad5aaac4a558573b7b5aa95e", _ALL, _ADMIN,
-       [_q("scheduled", "retry"), ARCHIVED], [P_WRITE(4)]),
-    _c("updateTaskPayloadCmd", "a0bdc8d8212813666a7df7c612f4b6ee09df0b2d",
-       frozenset({"v0.26.0", "main"}), _ADMIN, [TASK]),
-    _c("deleteTaskCmd", "ffa79e9140e5aafb8e967e8d3e5f4eaefb648091", _ALL, _ADMIN,
-       [TASK, GROUPS], [Q_WRITE(2), G_WRITE(3)],
-       unchecked="the unique key named in the task hash's 'unique_key' field"),
-    _c("deleteAllCmd", "87a4d4356874805c7c2132b517c0587b9021aba2", _ALL, _ADMIN,
-       [_q("scheduled", "retry", "archived", "completed")], [P_WRITE(1)],
-       unchecked="the unique keys named in the task hashes' 'unique_key' fields"),
-    _c("deleteAllAggregatingCmd", "e90e63534c2b576147c8426713da4c8270138a89", _ALL, _ADMIN,
-       [GROUP, GROUPS], [P_WRITE(1)]),
-    _c("deleteAllPendingCmd", "8c58fe6e892f2c0a29249a47799023654d4551c9", _ALL, _ADMIN,
-       [PENDING], [P_WRITE(1)]),
-    _c("removeQueueForceCmd", "a095473ab1d8e275758ea446baa43bb582eac0a8", _ALL, _ADMIN,
-       [PENDING, ACTIVE, SCHEDULED, RETRY, ARCHIVED, LEASE], [P_WRITE(1)]),
-    _c("removeQueueCmd", "d3473f4c26d0b12bcf434f271d79f9f8431b549c", _ALL, _ADMIN,
-       [PENDING, ACTIVE, SCHEDULED, RETRY, ARCHIVED, LEASE], [P_WRITE(1)]),
-    # --- x/rate (optional module) ----------------------------------------------------------
-    _c("acquireCmd", "c9a270cb181daccd6c0b5fb4764ca1cdb4a89a95", _ALL, frozenset({"rate"}),
-       [PrefixedKey(b"asynq:sema:")], min_argv=4),
-]
-
-KNOWN_SCRIPTS: dict[str, ScriptContract] = {c.sha1: c for c in _CONTRACTS}
-assert len(KNOWN_SCRIPTS) == len(_CONTRACTS), "duplicate SHA1 in the contract table"
-SCRIPT_NAMES: frozenset[str] = frozenset(c.name for c in _CONTRACTS)
-
-
-def _shas(pred: Callable[[ScriptContract], bool]) -> frozenset[str]:
-    return frozenset(c.sha1 for c in _CONTRACTS if pred(c))
-
-
-# Named sets usable in a config's ``scripts:`` list and in profiles. ``asynq-<line>`` is every
-# script of that release line (all roles); ``asynq-<role>`` is one role's scripts for every
-# release from v0.24.0 to main. ``asynq-<role>@<line>`` (e.g. asynq-worker@v0.26) intersects them.
-SCRIPT_SETS: dict[str, frozenset[str]] = {
-    **{f"asynq-{line}": _shas(lambda c: bool(c.releases & rel))
-       for line, rel in RELEASE_LINES.items()},
-    "asynq-all": frozenset(KNOWN_SCRIPTS),
-    **{f"asynq-{role}": _shas(lambda c: role in c.roles) for role in ROLES},
-}
-
-_HEX40 = re.compile(r"[0-9a-fA-F]{40}")
-
+# --------------------------------------------------------------------------------------------
+# Named scripts, and own scripts bound to a known contract ({sha1: ..., like: ...})
+# --------------------------------------------------------------------------------------------
 
 def expand_script_names(items: Iterable[str]) -> set[str]:
-    """Resolve a ``scripts:`` list into lowercase SHA1 hex strings.
+    """Resolve a ``scripts:`` list into lowercase SHA1 hex strings: the registered family's
+    ``expand_names`` (for Asynq: a 40-hex SHA1, a named set such as ``asynq-worker@v0.26``, or a
+    script name such as ``enqueueCmd``). Raises ``ValueError`` naming the first unknown item."""
+    return family().expand_names(items)
 
-    Each item is a 40-hex SHA1 (any case), a named set (``asynq-v0.26``, ``asynq-worker``,
-    ``asynq-worker@v0.26``, ``asynq-all``) or an Asynq script name (``enqueueCmd``: every known
-    version of it). Raises ``ValueError`` naming the first item that is none of these.
-    """
-    out: set[str] = set()
-    for item in items:
-        item = item.strip()
-        if _HEX40.fullmatch(item):
-            out.add(item.lower())
-        elif item in SCRIPT_SETS:
-            out |= SCRIPT_SETS[item]
-        elif "@" in item and item.split("@", 1)[0] in SCRIPT_SETS \
-                and item.split("@", 1)[1] in RELEASE_LINES:
-            base, line = item.split("@", 1)
-            out |= SCRIPT_SETS[base] & SCRIPT_SETS[f"asynq-{line}"]
-        elif item in SCRIPT_NAMES:
-            out |= _shas(lambda c: c.name == item)
-        else:
-            known = ", ".join(sorted(SCRIPT_SETS))
-            raise ValueError(f"unknown script {item!r}: expected a 40-hex SHA1, an Asynq script "
-                             f"name (e.g. enqueueCmd), or a named set ({known}; "
-                             f"'<set>@<line>' with line in {', '.join(RELEASE_LINES)})")
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Own scripts bound to a known contract ({sha1: ..., like: ...})
-# --------------------------------------------------------------------------------------------
 
 def contract_like(like: str) -> ScriptContract:
-    """The known contract named by a ``like:`` value.
-
-    ``like`` is a script name (``dequeueCmd``: the layout of its newest version, the one in
-    ``main``), a name at a release line (``archiveCmd@v0.24``: the 8-KEYS layout of v0.24), or
-    the SHA1 of a known script (exactly that version). Raises ``ValueError`` with the reason.
-    """
-    text = like.strip()
-    if _HEX40.fullmatch(text):
-        contract = KNOWN_SCRIPTS.get(text.lower())
-        if contract is None:
-            raise ValueError(f"{text!r} is not the SHA1 of a known Asynq script")
-        return contract
-    name, _, line = text.partition("@")
-    if name not in SCRIPT_NAMES:
-        raise ValueError(f"unknown script {text!r} (known: {', '.join(sorted(SCRIPT_NAMES))}; "
-                         f"optionally '<name>@<line>' with line in {', '.join(RELEASE_LINES)}, "
-                         "or the SHA1 of a known script)")
-    if line and line not in RELEASE_LINES:
-        raise ValueError(f"unknown Asynq release line {line!r} in {text!r} "
-                         f"(known: {', '.join(RELEASE_LINES)})")
-    wanted = RELEASE_LINES[line] if line else frozenset({"main"})
-    for c in _CONTRACTS:
-        if c.name == name and c.releases & wanted:
-            return c
-    raise ValueError(f"{name} does not exist in Asynq {line}")
+    """The known contract named by a ``like:`` value (the family's ``contract_like``: for Asynq a
+    script name, ``<name>@<line>`` or a known SHA1). Raises ``ValueError`` with the reason."""
+    return family().contract_like(like)
 
 
 class BindError(ValueError):
@@ -529,20 +302,22 @@ class BindError(ValueError):
 def bind_script(sha1: str, like: str) -> ScriptContract:
     """The contract of ``like`` (see ``contract_like``) for the own script ``sha1``.
 
-    Raises ``BindError`` for a malformed SHA1, a SHA1 that is one of Asynq's own scripts (its
-    contract is fixed; list it as a plain SHA1 instead), or an unknown ``like``.
+    Raises ``BindError`` for a malformed SHA1, a SHA1 that is one of the family's own scripts
+    (its contract is fixed; list it as a plain SHA1 instead), or an unknown ``like``.
     """
-    if not isinstance(sha1, str) or not _HEX40.fullmatch(sha1.strip()):
+    if not isinstance(sha1, str) or not is_sha1_hex(sha1.strip()):
         raise BindError("sha1", f"expected a 40-hex SHA1, got {sha1!r}")
     sha = sha1.strip().lower()
-    if sha in KNOWN_SCRIPTS:
-        raise BindError("sha1", f"{sha} is Asynq's own {KNOWN_SCRIPTS[sha].name}, which is "
+    known = family()
+    if sha in known.known:
+        raise BindError("sha1", f"{sha} is {known.title}'s own {known.known[sha].name}, which is "
                                 "already bound to its contract; list it as a plain SHA1")
     try:
         base = contract_like(like)
     except ValueError as e:
         raise BindError("like", str(e)) from None
-    # No releases: the binding belongs to no Asynq release, so no named set picks it up.
+    # No releases: the binding belongs to no release of the product, so no named set picks it
+    # up.
     return replace(base, sha1=sha, releases=frozenset(), own=True)
 
 
@@ -671,7 +446,7 @@ class ScriptPolicy:
       EVALSHA to EVAL with the full body after NOSCRIPT, and BatchEnqueue SCRIPT LOADs);
     * SCRIPT EXISTS and SCRIPT HELP pass; SCRIPT FLUSH / KILL / DEBUG, FUNCTION * and FCALL /
       FCALL_RO are refused unless the matching ``allow_*`` flag is set;
-    * for a SHA1 in ``contracts`` (the Asynq scripts) the call must honour the contract: the
+    * for a SHA1 in ``contracts`` (by default the family's known scripts) the call must honour the contract: the
       KEYS count and shapes, one ``{Q}`` across all KEYS, and each ARGV key prefix equal to the
       one for that ``{Q}`` and allowed by ``user.check_key(prefix, write)``;
     * ``custom`` maps an operator's own script SHA1s to the contract they are bound to
@@ -688,13 +463,13 @@ class ScriptPolicy:
     allow_function: bool = False
     allow_any_script: bool = False
     enforce_contracts: bool = True
-    contracts: dict[str, ScriptContract] = field(default_factory=lambda: KNOWN_SCRIPTS)
+    contracts: Mapping[str, ScriptContract] = field(default_factory=lambda: family().known)
     custom: dict[str, ScriptContract] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         def hex_of(sha: str | bytes) -> str:
             text = sha.decode() if isinstance(sha, bytes) else str(sha)
-            if not _HEX40.fullmatch(text):
+            if not is_sha1_hex(text):
                 raise ValueError(f"not a SHA1 hex digest: {text!r}")
             return text.lower()
 
@@ -824,8 +599,9 @@ def check_contract(contract: ScriptContract, args: list[bytes], user: Any = None
     if len(argv) < need:
         return f"needs at least {need} ARGV, got {len(argv)}"
     for p in contract.prefixes:
-        assert scope is not None  # every contract with ARGV prefixes has KEYS
-        expected = _QUEUE_HEAD + scope + b"}:" + p.suffix
+        # (every contract with ARGV prefixes has queue KEYS: ScriptContract.__post_init__)
+        assert scope is not None and contract.queue_tag is not None
+        expected = contract.queue_tag + scope + b"}:" + p.suffix
         value = argv[p.index - 1]
         if value != expected:
             return (f"ARGV[{p.index}] ({p.label}) must be '{_show(expected)}' for the KEYS' queue, "
@@ -857,14 +633,15 @@ class _FastContract:
 
     ``honoured(args, user)`` is True only if ``check_contract`` would return None; False means
     "not this shape, or broken": the caller then runs ``check_contract`` for the verdict and its
-    reason. The shape: numkeys written canonically, KEYS that are all ``asynq:{Q}:...`` queue
+    reason. The shape: numkeys written canonically, KEYS that are all ``<tag>Q}:...`` queue
     keys (one suffix per position for suffix tails), enough ARGV. Per queue name the expected
     key names and ARGV prefixes are built once (``_per_queue``, bounded: queue names come from
     clients), so a call costs one tuple comparison for the fixed key names and a
     ``startswith`` per task or stats key.
     """
 
-    __slots__ = ("contract", "numkeys", "n", "need", "shapes", "prefixes", "_per_queue")
+    __slots__ = ("contract", "numkeys", "n", "need", "shapes", "prefixes", "tag", "skip",
+                 "_per_queue")
 
     MAX_QUEUES = 64
     MAX_SHORTCUTS = 1024   # users x (EVALSHA, EVALSHA_RO) remembered per queue
@@ -885,6 +662,8 @@ class _FastContract:
         self.need = 3 + self.n + max([p.index for p in contract.prefixes] + [contract.min_argv])
         self.shapes = cast(tuple[QueueKey, ...], contract.keys)   # (compile checked)
         self.prefixes = contract.prefixes
+        self.tag = self.shapes[0].tag       # (one tag per contract: ScriptContract)
+        self.skip = len(self.tag)
         self._per_queue: dict[bytes, _QueueEntry] = {}
 
     def _build(self, q: bytes) -> _QueueEntry:
@@ -893,7 +672,7 @@ class _FastContract:
         names; the positions with a suffix tail: (index, prefix, is_date); the ARGV prefixes:
         (index, expected value, write); the dates seen valid; per user, whether the user may use
         those ARGV prefixes)."""
-        head = _QUEUE_HEAD + q + b"}:"
+        head = self.tag + q + b"}:"
         one: list[int] = []
         names: list[bytes] = []
         several: list[tuple[int, frozenset[bytes]]] = []
@@ -945,13 +724,14 @@ class _FastContract:
         caller may skip checking them one by one. False: ask check_contract, and check the keys."""
         if args[2] != self.numkeys or len(args) < self.need:
             return False
-        k0 = args[3]   # its queue: queue_of(), inlined
-        close = k0.find(b"}", 7)
-        if close <= 7 or not k0.startswith(_QUEUE_HEAD):
+        k0 = args[3]   # its queue: split_queue(), inlined
+        skip = self.skip
+        close = k0.find(b"}", skip)
+        if close <= skip or not k0.startswith(self.tag):
             return False
-        entry = self._per_queue.get(k0[7:close])
+        entry = self._per_queue.get(k0[skip:close])
         if entry is None:
-            split = queue_of(k0)
+            split = split_queue(k0, self.tag)
             if split is None:
                 return False
             entry = self._build(split[0])
@@ -997,15 +777,15 @@ class _FastContract:
 
     def lane_form(self, args: list[bytes], user: Any, keys: Any) -> LaneForm | None:
         """For redisgate._lane: when ``honoured(args, user, keys)``, what every call for the
-        queue of KEYS[1] (``queue_of``) must look like to be honoured the same way (LaneForm).
+        queue of KEYS[1] (``split_queue``) must look like to be honoured the same way (LaneForm).
         The user's permissions for that queue's names and ARGV prefixes were part of the
         verdict, so the form holds for this user and verdict only. None when the call does not
         take honoured's path."""
         if not self.honoured(args, user, keys):
             return None
-        split = queue_of(args[3])
+        split = split_queue(args[3], self.tag)
         assert split is not None   # (honoured)
-        head = _QUEUE_HEAD + split[0] + b"}:"
+        head = self.tag + split[0] + b"}:"
         checks: list[LaneCheck] = []
         for i, shape in enumerate(self.shapes, 3):
             if shape.tail is not None:

@@ -92,8 +92,8 @@ def own_script_entries(names=None) -> list[dict]:
 
 def profile_script_names(*profiles: str) -> set[str]:
     """The Asynq script names the built-in profiles allow (by their SHA1s)."""
-    from redisgate.profiles import load_profile
-    from redisgate.scripts import KNOWN_SCRIPTS
+    from redisgate.asynq.profiles import load_profile
+    from redisgate.asynq.scripts import KNOWN_SCRIPTS
     names: set[str] = set()
     for profile in profiles:
         names |= {KNOWN_SCRIPTS[sha].name for sha in load_profile(profile)[1]}

@@ -13,7 +13,8 @@ import asynq_reference
 import asynq_workload as w
 from conftest import LEGACY_PASSWORD, UPSTREAM_PASSWORD, UPSTREAM_USER
 from redisgate.commands import TABLE
-from redisgate.profiles import ProfileError, check_queue_name, describe, load_profile, profile_names
+from redisgate.asynq.profiles import (ProfileError, check_queue_name, describe, load_profile,
+                                      profile_names)
 from redisgate.rules import parse_user
 from redisgate.scripts import ScriptPolicy, resolve_scripts
 

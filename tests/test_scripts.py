@@ -19,10 +19,10 @@ from conftest import LEGACY_PASSWORD
 from redisgate import scripts
 from redisgate.commands import TABLE
 from redisgate.config import ConfigError, build_config
-from redisgate.profiles import load_profile
+from redisgate.asynq.profiles import load_profile
+from redisgate.asynq.scripts import KNOWN_SCRIPTS, SCRIPT_NAMES, SCRIPT_SETS
 from redisgate.rules import parse_user
-from redisgate.scripts import (KNOWN_SCRIPTS, SCRIPT_NAMES, SCRIPT_SETS, ScriptListError,
-                               ScriptPolicy, expand_script_names, resolve_scripts)
+from redisgate.scripts import ScriptListError, ScriptPolicy, expand_script_names, resolve_scripts
 
 EXPECTED = asynq_reference.expected_shas()
 ASYNQ = EXPECTED["main"]                                 # Asynq's SHA1s at main, by name

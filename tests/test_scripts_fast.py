@@ -13,7 +13,8 @@ from redisgate import scripts
 from redisgate.commands import TABLE
 from redisgate.config import build_config
 from redisgate.rules import parse_user
-from redisgate.scripts import KNOWN_SCRIPTS, QueueKey, ScriptPolicy, check_contract
+from redisgate.asynq.scripts import KNOWN_SCRIPTS
+from redisgate.scripts import QueueKey, ScriptPolicy, check_contract
 from test_rules_fast import outcome
 from shortcuts import BOTH_SCANS
 

@@ -16,6 +16,7 @@ import pytest
 
 from redisgate import memo, scripts
 from redisgate.commands import TABLE
+from redisgate.contracts import family
 from redisgate.rules import ALLOW, ASK, Allow, Ask, FastKind, Keys, OneKey, Script, parse_user
 
 from wire import cmd
@@ -120,7 +121,7 @@ def test_memo_entries_of_every_kind():
     e = _entry("on nopass +mset ~k:*", "MSET", "k", "v")
     assert e.kind is memo.ASK
     e = _entry("on nopass +evalsha ~k:*", "EVALSHA", "a" * 40, "0")
-    assert e.kind is memo.SCRIPT and e.tag == scripts.QUEUE_TAG
+    assert e.kind is memo.SCRIPT and e.tag == family().queue_tag
     e = _entry("on nopass +eval ~k:*", "EVAL", "return 1", "0")
     assert e.kind is memo.ASK
     assert isinstance(e, memo.Verdict) and e.spec is spec_of("EVAL", "x", "0")

@@ -1,6 +1,9 @@
 """Built-in Asynq profiles: ACL rule tokens plus script allowlists, one YAML file per role.
 
-No I/O beyond reading the package's own YAML files. A profile file holds::
+No I/O beyond reading the package's own YAML files (package data: pyproject.toml's
+``[tool.setuptools.package-data]`` ships ``asynq/profiles/*.yaml`` in the wheel). Part of the Asynq
+script family (``redisgate.asynq``): config.py and learn.py reach it through
+``contracts.family()``. A profile file holds::
 
     description: one line
     include: [other-profile, ...]     # optional; their rules and scripts come first
@@ -20,19 +23,17 @@ from __future__ import annotations
 
 from functools import lru_cache
 from importlib import resources
+from typing import Any, Sequence
 
 import yaml
 
+from ...contracts import ProfileError as ProfileError   # (re-exported: the family's error)
 from .. import scripts as _scripts
 
 ALL_QUEUES = "asynq:{*}"
 # Characters that would change a key's hash tag or act as glob syntax in a key pattern.
 _FORBIDDEN = {"{": "'{'", "}": "'}'", "*": "'*'", "?": "'?'", "[": "'['", "]": "']'",
               "\\": "a backslash"}
-
-
-class ProfileError(ValueError):
-    """A profile that does not exist, a broken profile file, or a queue name it cannot scope to."""
 
 
 def profile_names() -> list[str]:
@@ -42,7 +43,7 @@ def profile_names() -> list[str]:
 
 
 @lru_cache(maxsize=None)
-def _read(name: str) -> dict:
+def _read(name: str) -> dict[str, Any]:
     if name not in profile_names():
         raise ProfileError(f"unknown profile {name!r} (built-in: {', '.join(profile_names())})")
     text = resources.files(__name__).joinpath(f"{name}.yaml").read_text(encoding="utf-8")
@@ -55,7 +56,7 @@ def _read(name: str) -> dict:
     return data
 
 
-def _tokens(items: list) -> list[str]:
+def _tokens(items: list[Any]) -> list[str]:
     """Profile rule items to ACL tokens: a selector item stays whole, others split on spaces."""
     out: list[str] = []
     for item in items:
@@ -114,7 +115,7 @@ def _scope(token: str, queues: list[str]) -> list[str]:
     return [token.replace(ALL_QUEUES, "asynq:{" + q + "}") for q in queues]
 
 
-def load_profile(name: str, queues: list[str] | None = None) -> tuple[list[str], set[str]]:
+def load_profile(name: str, queues: Sequence[str] | None = None) -> tuple[list[str], set[str]]:
     """The ACL rule tokens and allowed script SHA1s of a built-in profile.
 
     ``name`` is a profile (``asynq-worker``), optionally with a release line
