@@ -446,9 +446,10 @@ class ScriptPolicy:
       EVALSHA to EVAL with the full body after NOSCRIPT, and BatchEnqueue SCRIPT LOADs);
     * SCRIPT EXISTS and SCRIPT HELP pass; SCRIPT FLUSH / KILL / DEBUG, FUNCTION * and FCALL /
       FCALL_RO are refused unless the matching ``allow_*`` flag is set;
-    * for a SHA1 in ``contracts`` (by default the family's known scripts) the call must honour the contract: the
-      KEYS count and shapes, one ``{Q}`` across all KEYS, and each ARGV key prefix equal to the
-      one for that ``{Q}`` and allowed by ``user.check_key(prefix, write)``;
+    * for a SHA1 in ``contracts`` (by default the script family's known scripts) the call must
+      honour the contract: the KEYS count and shapes, one ``{Q}`` across all KEYS, and each ARGV
+      key prefix equal to the one for that ``{Q}`` and allowed by ``user.check_key(prefix,
+      write)``;
     * ``custom`` maps an operator's own script SHA1s to the contract they are bound to
       (``resolve_scripts``): each of them is allowed, and held to that contract like the
       original. A SHA1 in both ``contracts`` and ``custom`` takes the ``custom`` contract.

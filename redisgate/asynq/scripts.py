@@ -8,8 +8,8 @@ prefixes that must equal ``asynq:{Q}:t:`` / ``asynq:{Q}:g:`` / ``asynq:{Q}:`` fo
 ``scripts._FastContract``).
 
 The SHA1 values and the KEYS/ARGV layouts are those of Asynq's own Lua scripts, per release
-(``rdb.go``, ``inspect.go`` and ``x/rate``; the Redis usage of each is written up in
-docs/asynq.md). The SHA1 table is frozen in tests/asynq/reference-sha1.json, which
+(``rdb.go``, ``inspect.go`` and ``x/rate``; docs/asynq.md, "Scripts", says what the contracts
+hold an operator to). The SHA1 table is frozen in tests/asynq/reference-sha1.json, which
 tests/test_scripts.py checks KNOWN_SCRIPTS against; see tests/asynq/README.md.
 
 Queue identity is Redis's hash-tag rule: ``Q`` is the text between ``asynq:{`` (``QUEUE_TAG``)
@@ -20,6 +20,8 @@ Names for a ``scripts:`` list (``expand_script_names``): a named set of ``SCRIPT
 (``asynq-v0.26`` a release line, ``asynq-worker`` a role, ``asynq-worker@v0.26`` both,
 ``asynq-all``) or a script name (``enqueueCmd``); for ``like:`` (``contract_like``): a script name,
 optionally at a release line, or a known SHA1.
+
+May import: redisgate.scripts (the generic contract machinery) only.
 """
 from __future__ import annotations
 
@@ -46,7 +48,8 @@ _ALL = frozenset(RELEASES)
 _FROM_V025 = frozenset({"v0.25.0", "v0.25.1", "v0.26.0", "main"})
 _V024 = frozenset({"v0.24.0", "v0.24.1"})
 
-# Who runs what (REDIS-USAGE.md §3 and §8). The worker also runs the client scripts because the
+# Who runs what (Asynq's client, server, scheduler and inspector code: docs/asynq.md has the
+# roles and what each sends). The worker also runs the client scripts because the
 # aggregator enqueues the aggregated task through an ordinary Client.
 _CLIENT = frozenset({"producer", "worker", "scheduler"})
 _WORKER = frozenset({"worker"})

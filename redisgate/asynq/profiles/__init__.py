@@ -18,6 +18,8 @@ glob characters, braces, backslashes or whitespace are refused rather than escap
 
 A profile name may carry a release line, ``asynq-worker@v0.26``: the script allowlist is then
 limited to that line's SHA1s (the ACL rules do not change between releases).
+
+May import: redisgate.contracts (``ProfileError``), this package's ``scripts`` and PyYAML.
 """
 from __future__ import annotations
 
