@@ -15,8 +15,9 @@ from redisgate.audit import Event
 from redisgate.cluster.route import AnySlot, Merge, SingleSlot, Split, merge_split, plan
 from redisgate.cluster.slots import key_slot
 from redisgate.commands import TABLE
+from redisgate.asynq.scripts import KNOWN_SCRIPTS
 from redisgate.rules import ScriptJudge, parse_user
-from redisgate.scripts import KNOWN_SCRIPTS, ScriptPolicy
+from redisgate.scripts import ScriptPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
 
