@@ -201,7 +201,7 @@ def chain_trusted_by(chain: Iterable[Any], cas: Iterable[Certificate]) -> bool:
 SELECTOR_KINDS = ("cn", "san_dns", "san_uri")
 
 
-def _common_names(peercert: Mapping[str, Any]) -> list[str]:
+def common_names(peercert: Mapping[str, Any]) -> list[str]:
     return [value for rdn in peercert.get("subject", ()) for (name, value) in rdn
             if name == "commonName"]
 
@@ -224,7 +224,7 @@ def identity_of(peercert: Mapping[str, Any] | None, selector: Mapping[str, Any])
     if not isinstance(want, str) or not want:
         return None
     if kind == "cn":
-        names = _common_names(peercert)
+        names = common_names(peercert)
         return names[0] if len(names) == 1 and names[0] == want else None
     if kind == "san_dns":
         norm = want.lower().rstrip(".")

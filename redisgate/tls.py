@@ -31,7 +31,7 @@ Contracts
   `server_name`, optional client certificate. `insecure_skip_verify: true` (a real boolean) turns
   verification off and logs a warning once, at construction. `.context`, `.server_name(host)`
   (the configured name, else the upstream host), `.reload()`.
-* `identity_of(peercert, selector)` / `match_certificate_user(peercert, users)`: a selector is
+* `match_certificate_user(peercert, users)` (with `login.identity_of`, the one selector match): a selector is
   `{cn: V}`, `{san_dns: V}` or `{san_uri: V}`; `peercert` is the dict of
   `SSLObject.getpeercert()` for a *verified* certificate. Exact matching only: no wildcards, the
   subject must carry exactly one CN, DNS names compare case-insensitively. A certificate that
@@ -68,8 +68,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from .audit import safe
 from .config import FileProblem, read_regular_file
-# (the certificate selectors are policy: login.py; re-exported here for the callers of tls)
-from .login import SELECTOR_KINDS, _common_names, chain_trusted_by, identity_of, validate_selector  # noqa: F401
+from .login import chain_trusted_by, common_names, identity_of
 
 log = logging.getLogger("redisgate.tls")
 
@@ -513,7 +512,7 @@ def describe_peer(peercert: Mapping | None) -> str:
     the CA's but chosen by whoever asked for the certificate: escaped and cut (audit.safe)."""
     if not peercert:
         return "no certificate"
-    parts = [f"CN={safe(cn)}" for cn in _common_names(peercert)[:4]]
+    parts = [f"CN={safe(cn)}" for cn in common_names(peercert)[:4]]
     san = [f"{k}:{safe(v)}" for (k, v) in peercert.get("subjectAltName", ())
            if k in ("DNS", "URI")][:8]
     if san:
