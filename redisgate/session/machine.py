@@ -30,19 +30,19 @@ import time
 from collections import deque
 from itertools import repeat
 
-from . import audit, errors, handshake, memo, metrics
-from .actions import Actions
-from .audit import AUTH_REASONS, Event, login_name, safe, user_label
-from .commands import TABLE, KeyExtractionError, sort_pattern_option
-from .confine import confine
-from .gate import Gate
-from .login import CertIdentity, Method, Via, automatic_candidate, decide_login
-from .memo import ALLOW, ONE_KEY, SCRIPT
-from .metrics import forwarded_counter
-from .options import is_word, word
-from .resp import (Batch, ProtocolError, ReplyScanner, Request, RequestParser, array, bulk,
+from .. import audit, errors, handshake, memo, metrics
+from ..actions import Actions
+from ..audit import AUTH_REASONS, Event, login_name, safe, user_label
+from ..commands import TABLE, KeyExtractionError, sort_pattern_option
+from ..confine import confine
+from ..gate import Gate
+from ..login import CertIdentity, Method, Via, automatic_candidate, decide_login
+from ..memo import ALLOW, ONE_KEY, SCRIPT
+from ..metrics import forwarded_counter
+from ..options import is_word, word
+from ..resp import (Batch, ProtocolError, ReplyScanner, Request, RequestParser, array, bulk,
                    encode_command, error, integer, map_, string2ll)
-from .scripts import queue_of
+from ..scripts import queue_of
 
 log = logging.getLogger("redisgate.session")
 
@@ -1134,7 +1134,7 @@ class Session:
             return self._local(array([bulk(f"user {n} {gate.users[n].user.describe()}".encode())
                                       for n in sorted(gate.users)]))
         if name == "acl|cat":
-            from .commands import categories, commands_in_category
+            from ..commands import categories, commands_in_category
             if len(args) == 2:
                 return self._local(array([bulk(c.encode()) for c in categories()]))
             # ACLGetCommandCategoryFlagByName: strcasecmp; the error prints the C string (%.128s)
@@ -1670,7 +1670,7 @@ def _denied_fields(denial, spec, args, user: str, report_only: bool) -> dict:
 
 
 def _metric(name: str, *labels) -> None:
-    from . import metrics
+    from .. import metrics
     metrics.inc(name, *labels)
 
 
