@@ -407,7 +407,7 @@ def oracle(plan: Plan, config) -> list[Expected]:
             refuse()
             continue
         if name == "client|reply":
-            # Answered here (Session._cmd_client_reply; the plans only send ON, which replies
+            # Answered here (session.connection.cmd_client_reply; the plans only send ON, which replies
             # +OK), refused in RESP2 subscribed mode and inside MULTI.
             if multi or (not resp3 and subscribed()):
                 refuse()

@@ -12,6 +12,7 @@ May import: nothing from redisgate (the standard library only).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,14 +58,22 @@ class Actions:
 
 
 _new = object.__new__
-# (The slots' own descriptors: what a frozen dataclass's __setattr__ refuses, they still set.)
-_set_to_client = Actions.to_client.__set__            # type: ignore[attr-defined]
-_set_to_upstream = Actions.to_upstream.__set__        # type: ignore[attr-defined]
-_set_via_link = Actions.via_link.__set__              # type: ignore[attr-defined]
-_set_link_replies = Actions.link_replies.__set__      # type: ignore[attr-defined]
-_set_link_resp3 = Actions.link_resp3.__set__          # type: ignore[attr-defined]
-_set_open_upstream = Actions.open_upstream.__set__    # type: ignore[attr-defined]
-_set_close = Actions.close.__set__                    # type: ignore[attr-defined]
-_set_stall = Actions.stall.__set__                    # type: ignore[attr-defined]
+
+
+def _slot(name: str) -> Callable[[Actions, Any], None]:
+    """The setter of one of Actions' slots (its member descriptor's __set__): what a frozen
+    dataclass's __setattr__ refuses, it still sets."""
+    setter: Callable[[Actions, Any], None] = vars(Actions)[name].__set__
+    return setter
+
+
+_set_to_client = _slot("to_client")
+_set_to_upstream = _slot("to_upstream")
+_set_via_link = _slot("via_link")
+_set_link_replies = _slot("link_replies")
+_set_link_resp3 = _slot("link_resp3")
+_set_open_upstream = _slot("open_upstream")
+_set_close = _slot("close")
+_set_stall = _slot("stall")
 assert Actions.__slots__ == ("to_client", "to_upstream", "via_link", "link_replies",
                              "link_resp3", "open_upstream", "close", "stall")

@@ -2,7 +2,7 @@
 
 The proxy answers CLIENT REPLY itself on every kind of link (its own upstream connection and a
 shared one, `upstream.multiplex`): the upstream is never asked, always replies, and the session
-swallows the replies Redis would not send (Session._handle). So each conversation below is sent
+swallows the replies Redis would not send (Session._handle, replies.ReplyOrder). So each conversation below is sent
 as one pipeline to Redis directly and through the proxy, in both modes, and the bytes that come
 back must be the same: Redis's own tests of it (tests/unit/introspection.tcl), then pipelines
 mixing OFF / SKIP / ON with commands the proxy refuses itself (unknown commands, wrong arity,

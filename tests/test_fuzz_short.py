@@ -135,7 +135,7 @@ def test_session_resp2_subscribed_mode_refuses_logins():
 def test_session_exec_reply_spills_like_redis():
     """Found by the atheris target (a fake-upstream fix, not a proxy bug): Redis 7 answers
     MULTI; SUBSCRIBE chan:1 chan:1; EXEC with `*1` and the second confirmation after the array
-    (checked against redis-server 7.0), as Session._exec_plan expects; the fake upstream put
+    (checked against redis-server 7.0), as session.transactions.Transaction.exec_plan expects; the fake upstream put
     both inside a `*2`, so the proxy waited for a spill that never came."""
     auth, sub, multi, exec_, ping, blpop = (fuzz_session._index(n) for n in (
         b"AUTH", b"SUBSCRIBE", b"MULTI", b"EXEC", b"PING", b"BLPOP"))
@@ -147,7 +147,7 @@ def test_session_exec_reply_spills_like_redis():
 
 
 def test_session_multi_in_resp2_subscribed_mode_is_refused():
-    """Found by the atheris target (a proxy bug, fixed in Session._cmd_multi): in RESP2
+    """Found by the atheris target (a proxy bug, fixed in session.transactions.cmd_multi): in RESP2
     subscribed mode Redis refuses MULTI ("Can't execute 'multi'"), but the session forwarded it
     and believed a transaction open: the SUBSCRIBEs after it, which Redis runs at once, were
     counted as +QUEUED, the replies went out of step, and after RESET a DISCARD was never sent."""

@@ -256,7 +256,7 @@ def _client_id(data: bytes) -> bytes:
 # connection and a direct one: its address and file descriptor; and the query and output
 # buffers at that moment, which depend on what came in the same read: the direct client's AUTH
 # and command arrive together, while the proxy sends the client's command only once its own
-# AUTH was answered, see session._send_setup).
+# AUTH was answered, see session.upstream.send_setup).
 _CLIENT_INFO_VARYING = (b"id", b"addr", b"laddr", b"fd", b"age", b"idle", b"qbuf", b"qbuf-free",
                         b"obl")
 

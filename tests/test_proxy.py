@@ -534,7 +534,7 @@ def test_commands_waiting_for_an_upstream_being_opened_are_bounded(monkeypatch, 
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
         sent = _flood(s, cmd("SET", "asynq:k", "v" * 1000) * 100, runner)
         assert sent < 32 << 20, "the proxy kept reading commands it could not send"
-        waiting = runner.call(lambda: [sum(map(len, c.session._held)) for c in runner.proxy.clients]
+        waiting = runner.call(lambda: [c.session.held_bytes() for c in runner.proxy.clients]
                               + [sum(map(len, link.out)) for link in runner.proxy.links])
         assert max(waiting) < 4 << 20
     finally:

@@ -188,7 +188,7 @@ def test_resp2_messages_are_out_of_band_while_subscribed():
 def test_resp3_push_frames_pass_immediately():
     s = make_session()
     login(s)
-    s.sub_ever = True   # (it subscribed: pub/sub pushes are ones it asked for; tests/test_isolation)
+    s.pubsub.ever = True   # (it subscribed: pub/sub pushes are ones it asked for; tests/test_isolation)
     s.client_data(cmd("GET", "k:1"))
     s.upstream_data(b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nm\r\n")
     assert out(s.to_client).startswith(b">3")

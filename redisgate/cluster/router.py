@@ -191,7 +191,7 @@ class Router:
         spec = TABLE.lookup(args)
         name = spec.name if spec is not None else ""
         if name == "auth":
-            # The proxy's own login (session._send_setup): every node connection logs in by
+            # The proxy's own login (session.upstream.send_setup): every node connection logs in by
             # itself when it is opened (View.setup_commands).
             return self._local(_OK)
         if not self.view.masters():   # no slot map yet (or none left): ask again

@@ -1,4 +1,22 @@
-"""The per-connection protocol state machine (sans I/O): see machine.py."""
+"""The per-connection protocol state machine, sans I/O: bytes and events in, `actions.Actions` out.
+
+Modules, one concern each (docs/ARCHITECTURE.md, "The session"):
+
+* ``machine``      `Session` (dispatch, the inline judge, the routing of upstream replies,
+                   ``actions()``, the C lane handover) and `State`, the named states;
+* ``replies``      `ReplyOrder`: the reply slots in command order, the shared link's accounting,
+                   and which commands get no reply (CLIENT REPLY ON | OFF | SKIP);
+* ``upstream``     `Upstream`: the session's upstream connection and the proxy's handshake on it;
+* ``connection``   AUTH, HELLO, QUIT, RESET, SELECT, CLIENT REPLY; login and its limits;
+* ``transactions`` `Transaction`: MULTI, EXEC, DISCARD;
+* ``pubsub``       `Subscriptions`: the SUBSCRIBE family;
+* ``acl``          ACL answered locally, SLOWLOG GET and SORT refusals, the record of a denial.
+
+May import: the standard library and redisgate's protocol and policy modules (resp, commands,
+errors, options, rules, memo, login, gate, config, scripts, confine, handshake, audit,
+metrics, actions). Never server.py, mux.py, asyncio, sockets or anything that does I/O: the
+shell (server.py) imports this package, not the other way round.
+"""
 from .machine import CLOSE, DROP, FWD, LOCAL, SUB, SUBDROP, Session, State, shareable
 
 __all__ = ["CLOSE", "DROP", "FWD", "LOCAL", "SUB", "SUBDROP", "Session", "State", "shareable"]
