@@ -10,7 +10,9 @@ import pytest
 from redisgate.actions import Actions
 from redisgate.config import build_config
 from redisgate.gate import Gate
-from redisgate.session import Session, State
+from redisgate.session import FWD, LOCAL, Session, State
+from redisgate.session.replies import Muting
+from redisgate.session.upstream import Phase
 
 from proxy import pw_hash
 from wire import cmd
@@ -278,6 +280,85 @@ def test_a_reload_that_removes_the_user_closes():
     s.reloaded()
     assert state(s) is State.CLOSED
     assert s.actions().close
+
+
+def test_client_reply_skip_mutes_the_next_command_only():
+    s = make()
+    login(s)
+    s.client_data(cmd("CLIENT", "REPLY", "SKIP"))
+    assert state(s) is State.MUTED and s.replies.muting is Muting.SKIP
+    act(s, open_upstream=True)   # SKIP replies nothing
+    s.client_data(cmd("GET", "k:1"))
+    assert state(s) is State.READY and s.replies.muting is Muting.NONE
+    act(s, to_upstream=cmd("GET", "k:1"), open_upstream=True)
+    s.client_data(cmd("GET", "k:2"))
+    act(s, to_upstream=cmd("GET", "k:2"), open_upstream=True)
+    s.upstream_data(b"$1\r\na\r\n$1\r\nb\r\n")
+    act(s, to_client=b"$1\r\nb\r\n", open_upstream=True)   # the skipped one's swallowed
+
+
+def test_the_upstream_phases_of_a_connection_of_its_own():
+    """upstream.Upstream.phase, the upstream side of Session.state: NONE -> OPENING (asked of
+    the I/O layer) -> HANDSHAKE (open, the proxy's AUTH awaited) -> READY; a RESET on 6.2+ goes
+    back to HANDSHAKE (its AUTH again), a failure before it was ever established to NONE."""
+    s = make(password="gate-secret")
+    assert s.up.phase is Phase.NONE and state(s) is State.LOGIN
+    s.client_data(cmd("AUTH", "u", "pw"))
+    assert s.up.phase is Phase.OPENING and state(s) is State.CONNECTING
+    s.connected()
+    assert s.up.phase is Phase.HANDSHAKE and state(s) is State.CONNECTING
+    act(s, to_upstream=cmd("AUTH", "gate-secret"), open_upstream=True)
+    s.upstream_data(OK)
+    assert s.up.phase is Phase.READY and state(s) is State.READY
+    act(s, to_client=OK, open_upstream=True)
+    s.client_data(cmd("RESET"))
+    assert s.up.phase is Phase.HANDSHAKE and state(s) is State.LOGIN
+    act(s, to_upstream=cmd("RESET") + cmd("AUTH", "gate-secret"), open_upstream=True)
+    s.upstream_data(b"+RESET\r\n+OK\r\n")
+    assert s.up.phase is Phase.READY
+    act(s, to_client=b"+RESET\r\n", open_upstream=True)
+
+    s = make()
+    s.client_data(cmd("AUTH", "u", "pw"))
+    s.upstream_failed("refused")
+    assert s.up.phase is Phase.NONE and state(s) is State.UNCONNECTED
+
+
+def test_the_upstream_phase_on_a_shared_link():
+    s = make(multiplex=2)
+    s.client_data(cmd("AUTH", "u", "pw"))
+    assert s.up.phase is Phase.SHARED and state(s) is State.SHARED
+    s.client_data(cmd("MULTI"))   # (a connection of its own)
+    assert s.up.phase is Phase.OPENING and state(s) is State.CONNECTING
+
+
+def test_the_transaction_object_follows_multi_exec_discard():
+    s = make()
+    login(s)
+    tx = s.tx
+    s.client_data(cmd("MULTI") + cmd("GET", "k:1") + cmd("GET", "x:1"))   # x:1: refused
+    assert tx.active and tx.dirty and state(s) is State.MULTI
+    s.client_data(cmd("EXEC"))
+    assert not tx.active and not tx.dirty and state(s) is State.READY
+    act(s, to_upstream=cmd("MULTI") + cmd("GET", "k:1") + cmd("DISCARD"), open_upstream=True)
+    s.upstream_data(b"+OK\r\n+QUEUED\r\n+OK\r\n")
+    assert s.actions().to_client.endswith(b"-EXECABORT Transaction discarded because of "
+                                          b"previous errors.\r\n")
+    s.client_data(cmd("MULTI") + cmd("SUBSCRIBE", "c"))
+    assert tx.subs and tx.subs[0].kind == "chan" and tx.subs[0].subscribe
+    s.client_data(cmd("DISCARD"))
+    assert not tx.active and not tx.subs
+
+
+def test_the_reply_order_counts_what_the_client_is_owed():
+    s = make()
+    login(s)
+    s.client_data(cmd("GET", "k:1") + cmd("GET", "k:2") + cmd("NOPE") + cmd("GET", "k:3"))
+    order = s.replies
+    assert [slot[0] for slot in order.slots] == [FWD, LOCAL, FWD]
+    assert order.due() == 4 == s.replies_due()
+    s.upstream_data(b"$1\r\na\r\n$1\r\nb\r\n")
+    assert order.due() == 1
 
 
 def test_every_state_is_reached():
