@@ -509,8 +509,10 @@ class Session:
         upstream.send(self, data)
 
     def expect(self, kind: int, n: int, payload: object = None) -> None:
-        self.replies.expect(kind, n, payload, self.up.shared,
-                            self.gate.upstream_version >= _PUSHES_UNDER_REPLY_OFF)
+        """`n` replies of `kind` are due (see replies.ReplyOrder.expect)."""
+        replies = self.replies
+        replies.expect(kind, n, payload, self.up.shared, not replies.muted
+                       or self.gate.upstream_version >= _PUSHES_UNDER_REPLY_OFF)
 
     def databases(self, entry: UserEntry | None = None) -> Any:
         """The databases a user (the logged-in one by default) may SELECT (a frozenset, or the
