@@ -10,7 +10,8 @@ replies and pubsub; never server.py, asyncio or sockets. The session (machine.Se
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .. import errors
 from ..commands import CommandSpec
@@ -22,7 +23,8 @@ if TYPE_CHECKING:
     from .machine import Session
 
 
-class QueuedSubs(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class QueuedSubs:
     """A subscribe-family command queued inside MULTI."""
     kind: str                # "chan", "pat" or "shard"
     subscribe: bool
@@ -85,8 +87,9 @@ class Transaction:
         subscriptions after it, and how many replies spill out after its array."""
         subs = {kind: set(chans) for kind, chans in current.items()}
         spill = 0
-        for kind, subscribe, chans in self.subs:
-            if subscribe:
+        for queued in self.subs:
+            kind, chans = queued.kind, queued.channels
+            if queued.subscribe:
                 subs[kind].update(chans)
                 replies = len(chans)
             elif chans:
