@@ -12,7 +12,6 @@ May import: nothing from redisgate (the standard library only).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,37 +42,36 @@ class Actions:
     def new(cls, to_client: bytes, to_upstream: bytes, via_link: bool, link_replies: int,
             link_resp3: bool, open_upstream: bool, close: bool, stall: float) -> "Actions":
         """Actions(...) for the hot path (ClientConnection.pump takes one per event): the same
-        frozen object, built by setting its slots directly instead of through the frozen
-        __init__'s object.__setattr__ per field (half the cost: 0.7 against 1.3 µs of CPU here)."""
-        a = _new(cls)
-        _set_to_client(a, to_client)
-        _set_to_upstream(a, to_upstream)
-        _set_via_link(a, via_link)
-        _set_link_replies(a, link_replies)
-        _set_link_resp3(a, link_resp3)
-        _set_open_upstream(a, open_upstream)
-        _set_close(a, close)
-        _set_stall(a, stall)
-        return a
+        frozen object, filled as a mutable `_Draft` with the very same slots (plain attribute
+        stores) and then made an `Actions` by assigning its class (the layouts are identical, so
+        CPython allows it). 0.3 µs of CPU here, against 0.7 µs setting the slots through their
+        descriptors and 1.4 µs through the frozen __init__'s object.__setattr__ per field."""
+        a = _Draft()
+        a.to_client = to_client
+        a.to_upstream = to_upstream
+        a.via_link = via_link
+        a.link_replies = link_replies
+        a.link_resp3 = link_resp3
+        a.open_upstream = open_upstream
+        a.close = close
+        a.stall = stall
+        a.__class__ = cls   # type: ignore[assignment]  # (the same slots: see above)
+        return a  # type: ignore[return-value]
 
 
-_new = object.__new__
+class _Draft:
+    """An Actions being filled (Actions.new): the same slots, not frozen. Never returned."""
+    __slots__ = Actions.__slots__   # (what dataclass(slots=True) made)
+
+    to_client: bytes
+    to_upstream: bytes
+    via_link: bool
+    link_replies: int
+    link_resp3: bool
+    open_upstream: bool
+    close: bool
+    stall: float
 
 
-def _slot(name: str) -> Callable[[Actions, Any], None]:
-    """The setter of one of Actions' slots (its member descriptor's __set__): what a frozen
-    dataclass's __setattr__ refuses, it still sets."""
-    setter: Callable[[Actions, Any], None] = vars(Actions)[name].__set__
-    return setter
-
-
-_set_to_client = _slot("to_client")
-_set_to_upstream = _slot("to_upstream")
-_set_via_link = _slot("via_link")
-_set_link_replies = _slot("link_replies")
-_set_link_resp3 = _slot("link_resp3")
-_set_open_upstream = _slot("open_upstream")
-_set_close = _slot("close")
-_set_stall = _slot("stall")
 assert Actions.__slots__ == ("to_client", "to_upstream", "via_link", "link_replies",
                              "link_resp3", "open_upstream", "close", "stall")

@@ -57,6 +57,7 @@ def login(s: Session) -> None:
 def test_the_hot_paths_constructor_makes_the_same_frozen_actions():
     fields = (b"+OK\r\n", b"*1\r\n$4\r\nPING\r\n", True, 1, True, True, False, 0.5)
     a = Actions.new(*fields)
+    assert type(a) is Actions   # (filled as a mutable draft, handed over as Actions)
     assert a == Actions(*fields) and hash(a) == hash(Actions(*fields))
     assert dataclasses.astuple(a) == fields
     with pytest.raises(dataclasses.FrozenInstanceError):
