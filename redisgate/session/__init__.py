@@ -6,6 +6,7 @@ Modules, one concern each (docs/ARCHITECTURE.md, "The session"):
                    ``actions()``, the C lane handover) and `State`, the named states;
 * ``replies``      `ReplyOrder`: the reply slots in command order, the shared link's accounting,
                    and which commands get no reply (CLIENT REPLY ON | OFF | SKIP);
+* ``routing``      the upstream's replies to the client through the reply order;
 * ``upstream``     `Upstream`: the session's upstream connection and the proxy's handshake on it;
 * ``connection``   AUTH, HELLO, QUIT, RESET, SELECT, CLIENT REPLY; login and its limits;
 * ``transactions`` `Transaction`: MULTI, EXEC, DISCARD;

@@ -12,9 +12,9 @@ small objects, one per concern: ``replies`` (replies.ReplyOrder: the reply slots
 order, the shared link's accounting, CLIENT REPLY's muting), ``up`` (upstream.Upstream: the
 upstream connection and the proxy's handshake), ``tx`` (transactions.Transaction: MULTI),
 ``pubsub`` (pubsub.Subscriptions). ``Session.state`` names the state they make together
-(`State`). This module dispatches each command, judges the common case inline (`_run`), and
-routes the upstream's replies (`upstream_data`); the commands the proxy answers or watches are
-handled in the family's module (connection, transactions, pubsub, acl).
+(`State`). This module dispatches each command and judges the common case inline (`_run`);
+the upstream's replies are routed by routing.py (`upstream_data`); the commands the proxy
+answers or watches are handled in the family's module (connection, transactions, pubsub, acl).
 
 Upstream bytes are passed through whole while no local reply waits between them; they are
 never buffered except for the few setup replies that are swallowed.
@@ -22,7 +22,6 @@ never buffered except for the few setup replies that are swallowed.
 from __future__ import annotations
 
 import enum
-import logging
 from itertools import repeat
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -38,10 +37,11 @@ from ..metrics import forwarded_counter
 from ..options import is_word
 from ..resp import Batch, ProtocolError, ReplyScanner, Request, RequestParser, encode_command, error
 from ..scripts import queue_of
-from . import acl, connection, pubsub, transactions, upstream
-from .pubsub import MESSAGE_HEADS, SUB_HEADS, Subscriptions
-from .replies import CLOSE, DROP, FWD, LOCAL, SUB, SUBDROP, Muting, ReplyOrder, Slot
-from .transactions import ExecSubs, Transaction
+from . import acl, connection, pubsub, routing, transactions, upstream
+from .pubsub import Subscriptions
+from .replies import CLOSE, DROP, FWD, LOCAL, SUB, SUBDROP, Muting, ReplyOrder
+from .routing import PUSHES_UNDER_REPLY_OFF
+from .transactions import Transaction
 from .upstream import Phase, Upstream
 
 if TYPE_CHECKING:
@@ -49,21 +49,13 @@ if TYPE_CHECKING:
 
 __all__ = ["CLOSE", "DROP", "FWD", "LOCAL", "SUB", "SUBDROP", "Session", "State", "shareable"]
 
-log = logging.getLogger("redisgate.session")
-
 # Commands that would break the one-reply-per-command accounting, or hand out the upstream
 # connection itself; refused even for users whose rules allow them.
 _UNSUPPORTED = {
     "monitor": "MONITOR", "sync": "SYNC", "psync": "PSYNC", "replconf": "REPLCONF",
 }
-# From this version on, Redis sends subscribe-family confirmations and pub/sub messages even
-# under CLIENT REPLY OFF / SKIP (CLIENT_PUSHING); Redis 5.0 swallows them too.
-_PUSHES_UNDER_REPLY_OFF = (6, 2, 0)
 # Answered by the proxy itself, so they exist whatever the upstream's version.
 _PROXY_ANSWERED = {"hello", "reset", "auth", "quit"}
-
-# Session._partial while the unfinished frame is a reply being swallowed, not kept.
-_SWALLOWED = b""
 
 
 class Session:
@@ -103,7 +95,7 @@ class Session:
         self.pubsub = Subscriptions()
         self.close = False            # the I/O layer closes after writing to_client
         self.client_id = client_id    # the proxy's id for the connection (HELLO on a shared link)
-        # A frame split across reads, held back (or _SWALLOWED: one being swallowed, not kept).
+        # A frame split across reads, held back (or routing.SWALLOWED: one being swallowed).
         self._partial: bytearray | bytes | None = None
         self._dead = False
 
@@ -512,7 +504,7 @@ class Session:
         """`n` replies of `kind` are due (see replies.ReplyOrder.expect)."""
         replies = self.replies
         replies.expect(kind, n, payload, self.up.shared, not replies.muted
-                       or self.gate.upstream_version >= _PUSHES_UNDER_REPLY_OFF)
+                       or self.gate.upstream_version >= PUSHES_UNDER_REPLY_OFF)
 
     def databases(self, entry: UserEntry | None = None) -> Any:
         """The databases a user (the logged-in one by default) may SELECT (a frozenset, or the
@@ -703,128 +695,8 @@ class Session:
             return
         self.upstream_data(data)
 
-    def _upstream_data(self, data: bytes) -> None:
-        out = self.to_client
-        replies = self.replies
-        slots = replies.slots
-        ps = self.pubsub
-        if slots and slots[0][0] == FWD and not ps.active and self._partial is None \
-                and slots[0][2] is None:
-            # The common case: `data` is whole flat replies to the forwarded commands at the
-            # head. They are only counted, not made into frames, and `data` passes through as
-            # it came: what the loop below would do, frame by frame. Anything else, the loop.
-            count, end = self.scanner.count_flat(data, slots[0][1])
-            if count and end == len(data):
-                if replies.passed(data, count):
-                    self.close = True
-                return
-        idle = self.scanner.idle
-        try:
-            frames = self.scanner.feed(data)
-        except Exception as e:   # UpstreamProtocolError: the stream can no longer be trusted
-            log.error("upstream protocol error: %s", e)
-            return self.upstream_failed("protocol error")
-        up = self.up
-        off_legacy = replies.off and self.gate.upstream_version < _PUSHES_UNDER_REPLY_OFF
-        pos = 0          # start of the current frame in data
-        run = 0          # start of bytes to pass through that are not yet in `out`
-        slot: Slot | None
-        for frame in frames:
-            end = frame.end
-            slot = slots[0] if slots else None
-            kind = frame.kind
-            oob = False
-            if slot is None:
-                oob = True
-            elif type(slot[2]) is ExecSubs:
-                # EXEC of a transaction that subscribes: its reply and the replies that spill
-                # out after its array (Redis counts one per command, a SUBSCRIBE makes one per
-                # channel), pushes included, are all its own.
-                transactions.exec_subscribed(self, slot, kind,
-                                             data[pos:pos + 3] if pos or idle else None)
-            elif kind == b">":
-                oob = not (slot[0] in (SUB, SUBDROP) and frame.head in SUB_HEADS)
-            elif slot[0] in (SUB, SUBDROP):
-                oob = kind != b"-" and frame.head not in SUB_HEADS
-            elif ps.active and kind == b"*" and frame.head in MESSAGE_HEADS:
-                oob = True
-            if oob and (kind == b">" and ps.unasked(frame.head) or off_legacy):
-                # A push this client did not ask for (no tracking, no subscription), or a
-                # message under CLIENT REPLY OFF on Redis 5.0 (which does not send them): dropped.
-                if run < pos:
-                    out.append(data[run:pos])
-                run = pos = end
-                self._partial = None
-                continue
-            if slot is not None and slot[0] in (DROP, SUBDROP) and not oob:
-                # Swallow: pass what came before, skip this frame.
-                if run < pos:
-                    out.append(data[run:pos])
-                run = end
-                if kind == b"-" and type(slot[2]) is str:   # the proxy's own setup refused
-                    self._partial = None
-                    if up.auth_wait and slot[2] == "authentication" and (pos or idle) \
-                            and upstream.auth_again(self, bytes(data[pos:end])):
-                        slot[1] += 1   # (the slot stays for the second AUTH's reply)
-                    else:
-                        return upstream.setup_failed(self, slot[2], data, pos, end)
-            elif self._partial is not None:
-                # The start of this frame was held back (a DROP slot was at the head then).
-                out.append(bytes(self._partial))
-                run = pos
-            self._partial = None
-            pos = end
-            if oob:
-                continue
-            assert slot is not None
-            if kind == b"-" and slot[0] in (SUB, SUBDROP):
-                slot[1] = 0     # an error answers the whole subscribe command
-            else:
-                slot[1] -= 1
-            if slot[1] <= 0:
-                slots.popleft()
-                if up.auth_wait and slot[2] == "authentication":
-                    upstream.auth_accepted(self)
-                if slot[0] == SUB:
-                    ps.active = (not self.resp3) and slot[2]
-                elif slot[0] == SUBDROP:   # (payload: subscribed after it, for a muted SUB)
-                    ps.active = (not self.resp3) and bool(slot[2])
-                while slots and slots[0][0] >= LOCAL:
-                    s = slots.popleft()
-                    if run < end:
-                        out.append(data[run:end])
-                        run = end
-                    if s[0] == LOCAL:
-                        out.append(s[2])
-                    else:
-                        self.close = True
-        # Bytes of an unfinished frame: pass them on now, unless its reply is to be swallowed.
-        if pos < len(data):
-            if slots and slots[0][0] in (DROP, SUBDROP) or off_legacy \
-                    or not (ps.tracking or ps.ever) and (
-                    data[pos:pos + 1] == b">" if pos or idle else self._partial is not None):
-                # (An unfinished push, when the client asked for none, is held back too: it
-                # is dropped when it is whole.)
-                if run < pos:
-                    out.append(data[run:pos])
-                if self._partial is _SWALLOWED or self._partial is None and (pos or idle) \
-                        and slots and slots[0][0] == DROP and data[pos] != 62 \
-                        and not (ps.active and data[pos] == 42):
-                    # A reply to swallow (a muted command's, the proxy's own) that cannot be a
-                    # push or a message: nothing of it is kept (it may be a 512 MB value).
-                    self._partial = _SWALLOWED
-                    return
-                if self._partial is None:
-                    self._partial = bytearray()
-                self._partial += data[pos:]
-                return
-            if self._partial is not None:
-                out.append(bytes(self._partial))
-                self._partial = None
-        if run == 0:
-            out.append(data)
-        elif run < len(data):
-            out.append(data[run:])
+    # (upstream bytes through the reply order: routing.py)
+    _upstream_data = routing.route
 
 
 class State(enum.Enum):
