@@ -700,9 +700,10 @@ class Session:
 
 
 class State(enum.Enum):
-    """Session.state: one name for what the flags say, in this order of precedence (the first
-    that applies). tests/test_session_states.py drives every one, and every transition between
-    them, with bytes in and Actions out."""
+    """Session.state: one name for what the parts say (Upstream.phase, Transaction,
+    Subscriptions, ReplyOrder.muting), in this order of precedence (the first that applies).
+    tests/test_session_states.py drives every one, and every transition between them, with
+    bytes in and Actions out."""
     # Ended (QUIT, a protocol error, a refused login past max_clients_per_user, a reload's
     # re-check, a lost upstream, Session.abort): nothing more is parsed; close after writing.
     CLOSED = "closed"
