@@ -16,7 +16,7 @@ from typing import Any
 
 import hiredis
 
-from .handshake import Passwords, auth_command, refused_password
+from .handshake import Passwords, auth_command
 from .resp import encode_command
 
 __all__ = ["ask", "connect_error", "keepalive"]
@@ -42,8 +42,8 @@ async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: An
     """Send the handshake's AUTH (no SELECT: a probe reads nothing of a database), and `command`
     once it was accepted; return every reply, in order, as hiredis gives them (an error reply is
     a `hiredis.ReplyError` in the list, not raised). The last one is `command`'s. When Redis
-    refuses the password and `passwords` knows another, AUTH is tried once more with it (its
-    reply takes the refused one's place in the list)."""
+    refuses the password and `passwords` knows another, AUTH is tried again with it (at most
+    Passwords.MAX_RETRIES times; the last reply takes the refused ones' place in the list)."""
     rd = hiredis.Reader()
 
     async def reply() -> Any:
@@ -58,12 +58,14 @@ async def ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: An
     if up.password is not None:
         writer.write(auth_command(up, up.password))
         answer = await reply()
-        if isinstance(answer, hiredis.ReplyError) and passwords is not None \
-                and refused_password(b"-" + str(answer).encode()):
-            other = passwords.other(up.password)
-            if other is not None:
-                writer.write(auth_command(up, other.password))
-                answer = await reply()
+        password, retries = up.password, 0
+        while isinstance(answer, hiredis.ReplyError) and passwords is not None:
+            other = passwords.after_refusal(b"-" + str(answer).encode(), password, retries)
+            if other is None:
+                break
+            password, retries = other.password, retries + 1
+            writer.write(auth_command(up, password))
+            answer = await reply()
         replies.append(answer)
     writer.write(encode_command(command))
     replies.append(await reply())

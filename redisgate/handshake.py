@@ -95,6 +95,21 @@ class Passwords:
             self._read = self._reread()
         return self._read
 
+    # AUTHs after the first one per handshake, at most. Two, not one: the password may change
+    # again while the first retry is on its way (a reload just before `CONFIG SET requirepass`:
+    # the new password is refused, the previous one retried, Redis switches meanwhile, the
+    # previous is refused too; the second retry sends the new one again).
+    MAX_RETRIES = 2
+
+    def after_refusal(self, reply: bytes, password: bytes | None,
+                      retries: int) -> Fallback | None:
+        """What to send after Redis answered the proxy's AUTH with the error `reply` (whole,
+        `-` or `!` first): the other password (`other`) when Redis refused `password` and this
+        handshake retried fewer than MAX_RETRIES times; None: the handshake failed."""
+        if retries >= self.MAX_RETRIES or password is None or not refused_password(reply):
+            return None
+        return self.other(password)
+
     def other(self, refused: bytes) -> Fallback | None:
         """The password to try once after Redis refused `refused`: the reference's content if it
         changed, else the current one (a reload since the AUTH was sent), else the previous

@@ -162,6 +162,7 @@ class SharedLink:
         self._auth_password: bytes | None = None
         self._auth_reply = b""
         self._auth_fallback: str | None = None
+        self._auth_retries = 0
         # upstream.handshake_timeout: from the first of the proxy's own commands written (or a
         # second AUTH) until the first reply to it.
         self._handshake_timer: asyncio.TimerHandle | None = None
@@ -262,6 +263,7 @@ class SharedLink:
             # the other one the proxy knows (see data_received), before anything else is sent.
             self.demux.due.appendleft([_AUTH, 1])
             self._auth_password, self._auth_reply, self._auth_fallback = up.password, b"", None
+            self._auth_retries = 0
             self.connecting = True
             conn.transport.write(steps[0].command)
             self._watch_handshake(conn)
@@ -277,26 +279,34 @@ class SharedLink:
         self.flush()
         self._release_waiting()
 
+    def _fallback_counted(self, ok: bool) -> None:
+        """Count and audit how a retried AUTH went (which password, never the password)."""
+        assert self._auth_fallback is not None
+        metrics.inc("upstream_auth_fallbacks", self._auth_fallback, "ok" if ok else "failed")
+        audit.emit(Event("upstream-auth-fallback", reason=f"{self._auth_fallback} password",
+                         ok=ok))
+        self._auth_fallback = None
+
     def _authenticated(self, reply: bytes, rest: list) -> bool:
         """The whole reply to the link's AUTH came: open the link (True), or try the other
-        password once (True), or fail the link (False; `rest`: the owners of what came after)."""
+        password (True: handshake.Passwords.after_refusal), or fail the link (False; `rest`: the
+        owners of what came after)."""
         up = self.proxy.gate.config.upstream
         refused = reply[:1] in (b"-", b"!")
-        if refused and self._auth_fallback is None and handshake.refused_password(reply) \
-                and self._auth_password is not None:
-            other = self.proxy.gate.passwords.other(self._auth_password)
+        if refused:
+            other = self.proxy.gate.passwords.after_refusal(reply, self._auth_password,
+                                                            self._auth_retries)
             if other is not None:
+                if self._auth_fallback is not None:   # (refused too: the password moved again)
+                    self._fallback_counted(ok=False)
+                self._auth_retries += 1
                 self._auth_fallback, self._auth_password = other.source, other.password
                 self.demux.due.appendleft([_AUTH, 1])
                 self.conn.transport.write(handshake.auth_command(up, other.password))
                 self._watch_handshake(self.conn)   # (its reply is timed as the first's)
                 return True
         if self._auth_fallback is not None:
-            metrics.inc("upstream_auth_fallbacks", self._auth_fallback,
-                        "failed" if refused else "ok")
-            audit.emit(Event("upstream-auth-fallback", reason=f"{self._auth_fallback} password",
-                             ok=not refused))
-            self._auth_fallback = None
+            self._fallback_counted(ok=not refused)
         self._auth_password = None
         if refused:
             text = reply[1:].split(b"\r\n", 1)[0]

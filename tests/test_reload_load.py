@@ -321,7 +321,11 @@ def test_the_rotation_window_costs_no_command(tmp_path, version, order):
         counted = fallbacks(scrape(admin_port))
         source = "reference" if order == "config-set-first" else "previous"
         assert counted.get((source, "ok"), 0) >= 5, counted
-        assert not any(result == "failed" for _, result in counted), counted
+        # A retried password refused too only when Redis switched while the retry was on its way
+        # (reload first: `new` refused, `old` sent, switch, `old` refused): the second retry
+        # (handshake.Passwords.MAX_RETRIES) sent the current one, which Redis accepted.
+        failed = sum(n for (_, result), n in counted.items() if result == "failed")
+        assert failed <= counted.get(("current", "ok"), 0), counted
         if version == "5":
             srv.password = "new-secret"
             total = stop_traffic(clients, srv.client())

@@ -43,7 +43,7 @@ class Upstream:
     """The upstream connection as the session sees it."""
 
     __slots__ = ("want", "ready", "ever", "open", "shared", "link_resp3", "held",
-                 "auth_wait", "auth_out", "auth_password", "auth_fallback")
+                 "auth_wait", "auth_out", "auth_password", "auth_fallback", "auth_retries")
 
     def __init__(self) -> None:
         self.want = False      # the I/O layer opens the upstream connection when set
@@ -62,6 +62,7 @@ class Upstream:
         self.auth_out: bytes | None = None        # that AUTH, while the connection is opened
         self.auth_password: bytes | None = None   # the password it carries (not a copy)
         self.auth_fallback: str | None = None     # tried again with: handshake.Fallback.source
+        self.auth_retries = 0                     # AUTHs sent again (Passwords.after_refusal)
 
     @property
     def phase(self) -> Phase:
@@ -148,6 +149,7 @@ def send_setup(s: Session) -> None:
             up.auth_wait = True
             up.auth_password = config.password
             up.auth_fallback = None
+            up.auth_retries = 0
             if up.ready:   # (a RESET's: the connection is open)
                 up.ready = False
                 s.to_upstream.append(step.command)
@@ -184,15 +186,15 @@ def auth_accepted(s: Session) -> None:
 
 def auth_again(s: Session, reply: bytes) -> bool:
     """Redis answered the proxy's AUTH with `reply`, an error. When it refused the password
-    and this handshake has not tried another yet, send AUTH again with the other password the
-    proxy knows (handshake.Passwords) and return True."""
+    and the handshake may still retry (handshake.Passwords.after_refusal), send AUTH again with
+    the other password the proxy knows and return True."""
     up = s.up
-    if up.auth_fallback is not None or up.auth_password is None \
-            or not handshake.refused_password(reply):
-        return False
-    other = s.gate.passwords.other(up.auth_password)
+    other = s.gate.passwords.after_refusal(reply, up.auth_password, up.auth_retries)
     if other is None:
         return False
+    if up.auth_fallback is not None:   # (the retry was refused too: the password moved again)
+        fallback_done(s, False)
+    up.auth_retries += 1
     up.auth_fallback = other.source
     up.auth_password = other.password
     s.to_upstream.append(handshake.auth_command(s.gate.config.upstream, other.password))
