@@ -21,21 +21,27 @@
  *                        allowed, per SHA1 and queue (Session._lane_script; script_passes).
  *                        Then due += how many, never past `window` (a read that would pass
  *                        it goes to Python, which holds what does not fit: flow control).
- *                        On a dedicated link it writes the upstream; on
- *                        a shared one (`link`, `owner`) it does what ClientConnection.pump and
- *                        SharedLink.send do.
+ *                        On a dedicated link it writes the upstream; on a shared one (`link`,
+ *                        its LinkState, and `owner`) it calls the link's own send, in C
+ *                        (linkstate_send: SharedLink.send is the same call).
  *   upstream_data(data)  (dedicated link) passes `data` to the client when it is nothing but
  *                        whole replies to due commands (reply_end(): any canonical reply but
  *                        a push or an attribute); due -= how many.
  *
+ * A LinkState is a shared link's books, kept once, in C fields: the queue of whose replies come
+ * next (each run with the owner's Lane), the count due, `out` and whether its flush is scheduled,
+ * ready, clean, and the connection attached. server.SharedLink and mux.Demux keep theirs in it
+ * (redisgate/linkstate.py has its Python twin, used when this module is not built).
+ *
  * A Router is a shared link connection's data_received: it routes the whole replies at the head
- * of the link's Demux to clients whose lanes are armed on that link, keeping the Demux's books.
+ * of the link's LinkState queue to clients whose lanes are armed on that link, keeping the books.
  *
  * Anything else goes, untouched and whole (a Router: the rest of the read), to the Python
  * callable given for it, which takes the due count back first (ClientConnection.disarm_lane)
  * and re-arms when it is done. The C side never decides anything the Python path would decide
  * otherwise: it only concludes "forward" from an entry Python computed, and "this client's
- * reply" from books Python keeps; it gives up on everything else. The memo being cleared (a
+ * reply" from the LinkState books both sides keep; it gives up on everything else. Nothing here
+ * looks up a Python attribute by name: what C reads comes through the signatures in _lane.pyi. The memo being cleared (a
  * config reload, a new upstream version: Gate.forget_fast) makes every name a miss, so a
  * reload is seen at the next command.
  */
@@ -43,9 +49,7 @@
 #include <structmember.h>
 #include <time.h>
 
-/* Attribute names of server.SharedLink, mux.Demux and server.ClientConnection (interned). */
-static PyObject *s_due, *s_ready, *s_out, *s_demux, *s_conn, *s_transport, *s_write, *s_send,
-    *s_clean, *s_lane, *s_append, *s_popleft, *s_flush_soon;
+static PyTypeObject LaneType, LinkStateType;
 
 /* ---- Metrics kept in C, read when /metrics is scraped (redisgate.metrics' collector) ----
  *
@@ -160,9 +164,8 @@ typedef struct {
     PyObject *client_write;     /* while armed */
     PyObject *client_slow;
     PyObject *upstream_slow;
-    PyObject *link;             /* on a shared link, while armed: the server.SharedLink... */
-    PyObject *owner;            /* ...and the ClientConnection, which its Demux knows */
-    PyObject *queue;            /* ...and the Demux's queue (link.demux.due, kept for life) */
+    PyObject *link;             /* on a shared link, while armed: its LinkState... */
+    PyObject *owner;            /* ...and the ClientConnection, the owner its queue knows */
     Py_ssize_t due;             /* replies still due to commands the lane forwarded */
     Py_ssize_t max_args, max_bulk;
     Py_ssize_t passed;          /* requests the lane forwarded (a statistic for tests) */
@@ -178,7 +181,6 @@ lane_release(Lane *self)
     Py_CLEAR(self->client_write);
     Py_CLEAR(self->link);
     Py_CLEAR(self->owner);
-    Py_CLEAR(self->queue);
 }
 
 static int
@@ -189,7 +191,6 @@ lane_traverse(Lane *self, visitproc visit, void *arg)
     Py_VISIT(self->client_write);
     Py_VISIT(self->link);
     Py_VISIT(self->owner);
-    Py_VISIT(self->queue);
     Py_VISIT(self->client_slow);
     Py_VISIT(self->upstream_slow);
     return 0;
@@ -233,17 +234,28 @@ lane_init(Lane *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
-/* arm(known, upstream_write, client_write, due, max_args, max_bulk[, link, owner]) */
+/* arm(known, upstream_write, client_write, due, max_args, max_bulk, link=None, owner=None):
+ * max_args and max_bulk are the request parser's limits (resp.RequestParser.limits); on a
+ * shared link, `link` is its LinkState and `owner` the ClientConnection. Nothing is looked up
+ * by name: a failed arm takes no reference. */
 static PyObject *
-lane_arm(Lane *self, PyObject *args)
+lane_arm(Lane *self, PyObject *args, PyObject *kwds)
 {
-    PyObject *known, *upstream_write, *client_write, *link = NULL, *owner = NULL;
+    PyObject *known, *upstream_write, *client_write, *link = Py_None, *owner = Py_None;
     Py_ssize_t due, max_args, max_bulk;
-    if (!PyArg_ParseTuple(args, "O!OOnnn|OO:arm", &PyDict_Type, &known, &upstream_write,
-                          &client_write, &due, &max_args, &max_bulk, &link, &owner))
+    static char *kwlist[] = {"known", "upstream_write", "client_write", "due", "max_args",
+                             "max_bulk", "link", "owner", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OOnnn|OO:arm", kwlist, &PyDict_Type, &known,
+                                     &upstream_write, &client_write, &due, &max_args, &max_bulk,
+                                     &link, &owner))
         return NULL;
-    if ((link == NULL) != (owner == NULL) || link == Py_None || owner == Py_None) {
-        PyErr_SetString(PyExc_TypeError, "Lane.arm: a shared link needs its owner, and no None");
+    if ((link == Py_None) != (owner == Py_None)) {
+        PyErr_SetString(PyExc_TypeError, "Lane.arm: a shared link needs its owner");
+        return NULL;
+    }
+    if (link != Py_None && !Py_IS_TYPE(link, &LinkStateType)) {
+        PyErr_Format(PyExc_TypeError, "Lane.arm: link must be a LinkState, not %.100s",
+                     Py_TYPE(link)->tp_name);
         return NULL;
     }
     if (self->known != NULL) {
@@ -254,33 +266,11 @@ lane_arm(Lane *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "Lane.arm: due, max_args or max_bulk out of range");
         return NULL;
     }
-    /* Everything that can fail comes before the first reference is taken: a failed arm
-     * leaves no reference behind (tests/test_refcounts.py). */
-    if (link != NULL) {
-        PyObject *queue, *demux = PyObject_GetAttr(link, s_demux);
-        if (demux == NULL)
-            return NULL;
-        queue = PyObject_GetAttr(demux, s_due);
-        Py_DECREF(demux);
-        if (queue == NULL)
-            return NULL;
-        if (self->known != NULL) {   /* (the lookups ran Python code: it could have armed us) */
-            Py_DECREF(queue);
-            PyErr_SetString(PyExc_RuntimeError, "Lane.arm: already armed (disarm() first)");
-            return NULL;
-        }
-        Py_XSETREF(self->queue, queue);
-    }
-    Py_INCREF(known);
-    Py_INCREF(upstream_write);
-    Py_INCREF(client_write);
-    Py_XINCREF(link);
-    Py_XINCREF(owner);
-    self->known = known;
-    self->upstream_write = upstream_write;
-    self->client_write = client_write;
-    self->link = link;
-    self->owner = owner;
+    self->known = Py_NewRef(known);
+    self->upstream_write = Py_NewRef(upstream_write);
+    self->client_write = Py_NewRef(client_write);
+    self->link = link == Py_None ? NULL : Py_NewRef(link);
+    self->owner = owner == Py_None ? NULL : Py_NewRef(owner);
     self->due = due;
     self->max_args = max_args;
     self->max_bulk = max_bulk;
@@ -972,143 +962,616 @@ static PyTypeObject ScriptFormType = {
     .tp_getset = script_form_getset,
 };
 
-/* A non-negative Python int attribute as a Py_ssize_t; -1 with an exception set when it is not
- * one: TypeError (not an int), OverflowError (PyLong_AsSsize_t) or ValueError (negative). Every
- * negative result has an exception set, so callers test `< 0`. */
-static Py_ssize_t
-int_attr(PyObject *obj, PyObject *name)
+/* ---- LinkState: a shared link's reply accounting, kept here once ----
+ *
+ * One per server.SharedLink, for life. It holds what the link's Python side (SharedLink, whose
+ * mux.Demux cuts the reply stream) and the C side (a Lane armed on the link, the link's Router)
+ * both act on, as C fields: the queue of whose replies come next and how many (`sent`,
+ * `put_first`, `took`, `forget`), the clients' replies due all together (`due`), whether the
+ * link is ready, the bytes waiting for this loop turn's flush (`out`) and whether that flush is
+ * scheduled, whether no reply is half read by the Python path (`clean`), and the connection the
+ * link reads and writes now (`attach`: its identity and its transport's write). `send` and
+ * `flush` are SharedLink.send and SharedLink.flush: the only copy of that logic. What needs the
+ * event loop (scheduling the flush, opening the link) is the `after_send` callable's: it is
+ * called when bytes were queued and nothing will write them yet (the turn's first queued bytes,
+ * or a link not ready). redisgate/linkstate.py is the pure-Python twin (no _lane built). */
+typedef struct {
+    PyObject *owner;   /* strong */
+    PyObject *lane;    /* strong or NULL: the owner's Lane, which the Router hands replies to
+                          while it is armed on this link for this owner */
+    Py_ssize_t n;      /* replies still due, > 0 */
+} DueEntry;
+
+typedef struct {
+    PyObject_HEAD
+    DueEntry *ring;               /* a ring buffer of `len` entries from `head`, `cap` slots */
+    Py_ssize_t cap, head, len;
+    Py_ssize_t pending;           /* the sum of the entries' n */
+    Py_ssize_t due;               /* clients' replies due, all together (SharedLink.due) */
+    int ready, flush_soon, clean;
+    PyObject *out;                /* a list of bytes, for life */
+    PyObject *conn;               /* the connection now (identity only), or NULL */
+    PyObject *write;              /* its transport's write, or NULL */
+    PyObject *after_send;         /* callable(owner, size, replies) */
+} LinkState;
+
+static inline DueEntry *
+due_at(LinkState *st, Py_ssize_t i)
 {
-    Py_ssize_t v;
-    PyObject *o = PyObject_GetAttr(obj, name);
-    if (o == NULL)
-        return -1;
-    if (!PyLong_Check(o)) {
-        PyErr_Format(PyExc_TypeError, "redisgate._lane: %U must be an int, not %.100s", name,
-                     Py_TYPE(o)->tp_name);
-        v = -1;
-    } else {
-        v = PyLong_AsSsize_t(o);
-        if (v < 0 && !PyErr_Occurred()) {
-            PyErr_Format(PyExc_ValueError, "redisgate._lane: %U must be >= 0, not %zd", name, v);
-            v = -1;
-        }
-    }
-    Py_DECREF(o);
-    return v;
+    return &st->ring[(st->head + i) % st->cap];
 }
 
 static int
-set_int_attr(PyObject *obj, PyObject *name, Py_ssize_t v)
+due_grow(LinkState *st)
 {
-    int rc;
-    PyObject *o = PyLong_FromSsize_t(v);
-    if (o == NULL)
+    Py_ssize_t cap = st->cap ? st->cap * 2 : 8, i;
+    DueEntry *ring;
+    if (st->len < st->cap)
+        return 0;
+    if (cap > PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(DueEntry)) {
+        PyErr_NoMemory();
         return -1;
-    rc = PyObject_SetAttr(obj, name, o);
-    Py_DECREF(o);
+    }
+    ring = PyMem_Malloc((size_t)cap * sizeof(DueEntry));
+    if (ring == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (i = 0; i < st->len; i++)
+        ring[i] = *due_at(st, i);
+    PyMem_Free(st->ring);
+    st->ring = ring;
+    st->cap = cap;
+    st->head = 0;
+    return 0;
+}
+
+/* `owner`'s commands asking for n replies were written after everything before (Demux.sent). */
+static int
+due_sent(LinkState *st, PyObject *owner, PyObject *lane, Py_ssize_t n)
+{
+    DueEntry *e;
+    if (n <= 0)
+        return 0;
+    if (n > PY_SSIZE_T_MAX - st->pending) {
+        PyErr_SetString(PyExc_OverflowError, "LinkState: too many replies due");
+        return -1;
+    }
+    if (st->len > 0) {
+        e = due_at(st, st->len - 1);
+        if (e->owner == owner) {
+            if (lane != NULL && e->lane != lane) {
+                PyObject *old = e->lane;
+                e->lane = Py_NewRef(lane);
+                Py_XDECREF(old);
+            }
+            e->n += n;
+            st->pending += n;
+            return 0;
+        }
+    }
+    if (due_grow(st) < 0)
+        return -1;
+    e = due_at(st, st->len);
+    e->owner = Py_NewRef(owner);
+    e->lane = Py_XNewRef(lane);
+    e->n = n;
+    st->len++;
+    st->pending += n;
+    return 0;
+}
+
+/* `count` of the head entry's replies arrived (0 < count <= its n): popped when none is left.
+ * The caller holds what it needs of the entry. */
+static void
+due_took(LinkState *st, Py_ssize_t count)
+{
+    DueEntry *e = due_at(st, 0);
+    e->n -= count;
+    st->pending -= count;
+    if (e->n == 0) {
+        PyObject *owner = e->owner, *lane = e->lane;
+        st->head = (st->head + 1) % st->cap;
+        st->len--;
+        Py_DECREF(owner);   /* (after the ring is consistent: a destructor may run) */
+        Py_XDECREF(lane);
+    }
+}
+
+/* Empties the queue (the state is consistent before the first reference is dropped). */
+static void
+due_clear(LinkState *st)
+{
+    DueEntry *ring = st->ring;
+    Py_ssize_t i, len = st->len, head = st->head, cap = st->cap;
+    st->ring = NULL;
+    st->cap = st->head = st->len = st->pending = 0;
+    for (i = 0; i < len; i++) {
+        DueEntry *e = &ring[(head + i) % cap];
+        Py_DECREF(e->owner);
+        Py_XDECREF(e->lane);
+    }
+    PyMem_Free(ring);
+}
+
+static int
+linkstate_traverse(LinkState *self, visitproc visit, void *arg)
+{
+    Py_ssize_t i;
+    for (i = 0; i < self->len; i++) {
+        Py_VISIT(due_at(self, i)->owner);
+        Py_VISIT(due_at(self, i)->lane);
+    }
+    Py_VISIT(self->out);
+    Py_VISIT(self->conn);
+    Py_VISIT(self->write);
+    Py_VISIT(self->after_send);
+    return 0;
+}
+
+static int
+linkstate_clear(LinkState *self)
+{
+    due_clear(self);
+    Py_CLEAR(self->out);
+    Py_CLEAR(self->conn);
+    Py_CLEAR(self->write);
+    Py_CLEAR(self->after_send);
+    return 0;
+}
+
+static void
+linkstate_dealloc(LinkState *self)
+{
+    PyObject_GC_UnTrack(self);
+    linkstate_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+linkstate_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *after_send, *out;
+    LinkState *self;
+    static char *kwlist[] = {"after_send", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:LinkState", kwlist, &after_send))
+        return NULL;
+    if (!PyCallable_Check(after_send)) {
+        PyErr_SetString(PyExc_TypeError, "LinkState: after_send must be callable");
+        return NULL;
+    }
+    out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    self = (LinkState *)type->tp_alloc(type, 0);   /* (zeroed) */
+    if (self == NULL) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    self->out = out;
+    self->after_send = Py_NewRef(after_send);
+    self->clean = 1;
+    return (PyObject *)self;
+}
+
+/* A Lane, or NULL for None; -1 with TypeError for anything else. */
+static int
+lane_or_none(PyObject *o, PyObject **lane)
+{
+    if (o == Py_None) {
+        *lane = NULL;
+        return 0;
+    }
+    if (!Py_IS_TYPE(o, &LaneType)) {
+        PyErr_Format(PyExc_TypeError, "LinkState: lane must be a Lane or None, not %.100s",
+                     Py_TYPE(o)->tp_name);
+        return -1;
+    }
+    *lane = o;
+    return 0;
+}
+
+/* SharedLink.send: `owner`'s `data` asks for `replies` replies. The queue learns whose they are
+ * first; an idle, ready link (nothing in flight, nothing queued) is written at once; else the
+ * bytes join `out`, and after_send is told when nothing will write them yet. Holds its own
+ * references across the calls out (they run Python code). */
+static int
+linkstate_send(LinkState *st, PyObject *owner, PyObject *lane, PyObject *data, Py_ssize_t replies)
+{
+    PyObject *r = NULL;
+    int idle, rc = -1;
+    if (replies < 0) {
+        PyErr_SetString(PyExc_ValueError, "LinkState.send: replies must be >= 0");
+        return -1;
+    }
+    if (replies > PY_SSIZE_T_MAX - st->due) {
+        PyErr_SetString(PyExc_OverflowError, "LinkState: too many replies due");
+        return -1;
+    }
+    if (due_sent(st, owner, lane, replies) < 0)
+        return -1;
+    idle = st->due == 0;
+    st->due += replies;
+    Py_INCREF(st);
+    if (idle && st->ready && st->write != NULL && PyList_GET_SIZE(st->out) == 0) {
+        /* Nothing in flight: nobody to wait for (one client alone pays no extra turn). A busy
+         * link collects the turn's commands and writes them at once. */
+        PyObject *write = Py_NewRef(st->write);
+        r = PyObject_CallOneArg(write, data);
+        Py_DECREF(write);
+    } else if (PyList_Append(st->out, data) < 0) {
+        goto done;
+    } else if (st->ready && st->flush_soon) {
+        r = Py_NewRef(Py_None);
+    } else {
+        PyObject *size = PyLong_FromSsize_t(PyBytes_GET_SIZE(data)), *n = NULL;
+        if (st->ready)
+            st->flush_soon = 1;   /* (after_send schedules it) */
+        if (size != NULL && (n = PyLong_FromSsize_t(replies)) != NULL)
+            r = PyObject_CallFunctionObjArgs(st->after_send, owner, size, n, NULL);
+        Py_XDECREF(size);
+        Py_XDECREF(n);
+        if (r == NULL)
+            st->flush_soon = 0;   /* (not scheduled after all: the next send tries again) */
+    }
+    if (r != NULL) {
+        Py_DECREF(r);
+        rc = 0;
+    }
+done:
+    Py_DECREF(st);
     return rc;
 }
 
-/* mux.Demux.sent(owner, count) on the Demux's deque of [owner, replies due]. */
-static int
-demux_sent(PyObject *queue, PyObject *owner, Py_ssize_t count)
+/* sent(owner, replies, lane=None) */
+static PyObject *
+linkstate_py_sent(LinkState *self, PyObject *args, PyObject *kwds)
 {
-    Py_ssize_t n = PyObject_Length(queue);
-    PyObject *entry, *r;
-    if (n < 0)
-        return -1;
-    if (n > 0) {
-        PyObject *last = PySequence_GetItem(queue, n - 1);
-        if (last == NULL)
-            return -1;
-        if (PyList_CheckExact(last) && PyList_GET_SIZE(last) == 2
-                && PyList_GET_ITEM(last, 0) == owner) {
-            Py_ssize_t due = PyLong_AsSsize_t(PyList_GET_ITEM(last, 1));
-            PyObject *now;
-            if (due == -1 && PyErr_Occurred()) {
-                Py_DECREF(last);
-                return -1;
-            }
-            now = PyLong_FromSsize_t(due + count);
-            if (now == NULL || PyList_SetItem(last, 1, now) < 0) {
-                Py_DECREF(last);
-                return -1;
-            }
-            Py_DECREF(last);
-            return 0;
-        }
-        Py_DECREF(last);
-    }
-    entry = Py_BuildValue("[On]", owner, count);
-    if (entry == NULL)
-        return -1;
-    r = PyObject_CallMethodOneArg(queue, s_append, entry);
-    Py_DECREF(entry);
-    Py_XDECREF(r);
-    return r == NULL ? -1 : 0;
+    PyObject *owner, *lane_o = Py_None, *lane;
+    Py_ssize_t n;
+    static char *kwlist[] = {"owner", "replies", "lane", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "On|O:sent", kwlist, &owner, &n, &lane_o)
+            || lane_or_none(lane_o, &lane) < 0 || due_sent(self, owner, lane, n) < 0)
+        return NULL;
+    Py_RETURN_NONE;
 }
 
-/* Forwarded commands on a shared link: what ClientConnection.pump and SharedLink.send do. An
- * idle, connected link (nothing in flight, nothing queued) is written at once, after its Demux
- * learnt whose replies come next; on a busy one whose flush is already scheduled for this loop
- * turn the bytes join the queue; anything else (the turn's first queued bytes, a link still
- * connecting) is SharedLink.send's business. */
+/* put_first(owner, replies): the link's own commands, ahead of everything queued */
+static PyObject *
+linkstate_put_first(LinkState *self, PyObject *args)
+{
+    PyObject *owner;
+    Py_ssize_t n;
+    DueEntry *e;
+    if (!PyArg_ParseTuple(args, "On:put_first", &owner, &n))
+        return NULL;
+    if (n <= 0 || n > PY_SSIZE_T_MAX - self->pending) {
+        PyErr_SetString(PyExc_ValueError, "LinkState.put_first: replies out of range");
+        return NULL;
+    }
+    if (due_grow(self) < 0)
+        return NULL;
+    self->head = (self->head + self->cap - 1) % self->cap;
+    self->len++;
+    e = due_at(self, 0);
+    e->owner = Py_NewRef(owner);
+    e->lane = NULL;
+    e->n = n;
+    self->pending += n;
+    Py_RETURN_NONE;
+}
+
+/* took(count) -> left: `count` replies of the head owner's arrived; what it is still due */
+static PyObject *
+linkstate_py_took(LinkState *self, PyObject *arg)
+{
+    Py_ssize_t count = PyLong_AsSsize_t(arg), left;
+    if (count == -1 && PyErr_Occurred())
+        return NULL;
+    if (self->len == 0 || count <= 0 || count > due_at(self, 0)->n) {
+        PyErr_SetString(PyExc_ValueError, "LinkState.took: more replies than the head is due");
+        return NULL;
+    }
+    left = due_at(self, 0)->n - count;
+    due_took(self, count);
+    return PyLong_FromSsize_t(left);
+}
+
+/* forget() -> [owner, ...]: the queue emptied; each owner that was due replies once, oldest
+ * first. `clean` again. */
+static PyObject *
+linkstate_forget(LinkState *self, PyObject *unused)
+{
+    PyObject *owners = PyList_New(0), *seen = PySet_New(NULL);
+    Py_ssize_t i;
+    if (owners == NULL || seen == NULL)
+        goto error;
+    for (i = 0; i < self->len; i++) {
+        PyObject *owner = due_at(self, i)->owner, *key = PyLong_FromVoidPtr(owner);
+        int known;
+        if (key == NULL)
+            goto error;
+        known = PySet_Contains(seen, key);
+        if (known == 0 && (PySet_Add(seen, key) < 0 || PyList_Append(owners, owner) < 0))
+            known = -1;
+        Py_DECREF(key);
+        if (known < 0)
+            goto error;
+    }
+    Py_DECREF(seen);
+    due_clear(self);
+    self->clean = 1;
+    return owners;
+error:
+    Py_XDECREF(owners);
+    Py_XDECREF(seen);
+    return NULL;
+}
+
+/* due_owners() -> [owner, ...]: the owner of each reply due, in order (tests, debugging) */
+static PyObject *
+linkstate_due_owners(LinkState *self, PyObject *unused)
+{
+    PyObject *owners = PyList_New(0);
+    Py_ssize_t i, j;
+    if (owners == NULL)
+        return NULL;
+    for (i = 0; i < self->len; i++) {
+        DueEntry *e = due_at(self, i);
+        for (j = 0; j < e->n; j++) {
+            if (PyList_Append(owners, e->owner) < 0) {
+                Py_DECREF(owners);
+                return NULL;
+            }
+        }
+    }
+    return owners;
+}
+
+/* send(owner, data, replies, lane=None) */
+static PyObject *
+linkstate_py_send(LinkState *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *owner, *data, *lane_o = Py_None, *lane;
+    Py_ssize_t n;
+    static char *kwlist[] = {"owner", "data", "replies", "lane", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO!n|O:send", kwlist, &owner, &PyBytes_Type,
+                                     &data, &n, &lane_o)
+            || lane_or_none(lane_o, &lane) < 0 || linkstate_send(self, owner, lane, data, n) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* flush(): the bytes the turn collected, written at once (when ready) */
+static PyObject *
+linkstate_flush(LinkState *self, PyObject *unused)
+{
+    PyObject *out = self->out, *data, *write, *r;
+    Py_ssize_t n = PyList_GET_SIZE(out);
+    self->flush_soon = 0;
+    if (n == 0 || !self->ready || self->write == NULL)
+        Py_RETURN_NONE;
+    if (n == 1) {
+        data = Py_NewRef(PyList_GET_ITEM(out, 0));
+    } else {
+        Py_ssize_t i, size = 0;
+        char *at;
+        for (i = 0; i < n; i++) {
+            PyObject *item = PyList_GET_ITEM(out, i);
+            if (!PyBytes_Check(item) || PyBytes_GET_SIZE(item) > PY_SSIZE_T_MAX - size) {
+                PyErr_SetString(PyExc_TypeError, "LinkState.flush: out holds bytes only");
+                return NULL;
+            }
+            size += PyBytes_GET_SIZE(item);
+        }
+        data = PyBytes_FromStringAndSize(NULL, size);
+        if (data == NULL)
+            return NULL;
+        at = PyBytes_AS_STRING(data);
+        for (i = 0; i < n; i++) {
+            PyObject *item = PyList_GET_ITEM(out, i);
+            memcpy(at, PyBytes_AS_STRING(item), (size_t)PyBytes_GET_SIZE(item));
+            at += PyBytes_GET_SIZE(item);
+        }
+    }
+    if (PyList_SetSlice(out, 0, n, NULL) < 0) {
+        Py_DECREF(data);
+        return NULL;
+    }
+    write = Py_NewRef(self->write);
+    r = PyObject_CallOneArg(write, data);
+    Py_DECREF(write);
+    Py_DECREF(data);
+    return r;
+}
+
+/* attach(conn, write): the link reads and writes `conn` now; attach(None, None): no connection */
+static PyObject *
+linkstate_attach(LinkState *self, PyObject *args)
+{
+    PyObject *conn, *write;
+    if (!PyArg_ParseTuple(args, "OO:attach", &conn, &write))
+        return NULL;
+    if ((conn == Py_None) != (write == Py_None) || (write != Py_None && !PyCallable_Check(write))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "LinkState.attach: a connection and a callable write, or None and None");
+        return NULL;
+    }
+    Py_XSETREF(self->conn, conn == Py_None ? NULL : Py_NewRef(conn));
+    Py_XSETREF(self->write, write == Py_None ? NULL : Py_NewRef(write));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+linkstate_get_due(LinkState *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->due);
+}
+
+static int
+linkstate_set_due(LinkState *self, PyObject *value, void *closure)
+{
+    Py_ssize_t v;
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "LinkState.due cannot be deleted");
+        return -1;
+    }
+    v = PyLong_AsSsize_t(value);
+    if (v == -1 && PyErr_Occurred())
+        return -1;
+    if (v < 0) {
+        PyErr_SetString(PyExc_ValueError, "LinkState.due must be >= 0");
+        return -1;
+    }
+    self->due = v;
+    return 0;
+}
+
+static int
+set_flag(int *flag, PyObject *value, const char *what)
+{
+    int v;
+    if (value == NULL) {
+        PyErr_Format(PyExc_AttributeError, "LinkState.%s cannot be deleted", what);
+        return -1;
+    }
+    if (!PyBool_Check(value)) {
+        PyErr_Format(PyExc_TypeError, "LinkState.%s must be a bool", what);
+        return -1;
+    }
+    v = value == Py_True;
+    *flag = v;
+    return 0;
+}
+
+static PyObject *
+linkstate_get_ready(LinkState *self, void *closure)
+{
+    return PyBool_FromLong(self->ready);
+}
+
+static int
+linkstate_set_ready(LinkState *self, PyObject *value, void *closure)
+{
+    return set_flag(&self->ready, value, "ready");
+}
+
+static PyObject *
+linkstate_get_clean(LinkState *self, void *closure)
+{
+    return PyBool_FromLong(self->clean);
+}
+
+static int
+linkstate_set_clean(LinkState *self, PyObject *value, void *closure)
+{
+    return set_flag(&self->clean, value, "clean");
+}
+
+static PyObject *
+linkstate_get_flush_soon(LinkState *self, void *closure)
+{
+    return PyBool_FromLong(self->flush_soon);
+}
+
+static PyObject *
+linkstate_get_out(LinkState *self, void *closure)
+{
+    return Py_NewRef(self->out);
+}
+
+static PyObject *
+linkstate_get_conn(LinkState *self, void *closure)
+{
+    return Py_NewRef(self->conn != NULL ? self->conn : Py_None);
+}
+
+static PyObject *
+linkstate_get_pending(LinkState *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->pending);
+}
+
+static PyObject *
+linkstate_get_head_owner(LinkState *self, void *closure)
+{
+    return Py_NewRef(self->len ? due_at(self, 0)->owner : Py_None);
+}
+
+static PyObject *
+linkstate_get_head_due(LinkState *self, void *closure)
+{
+    return PyLong_FromSsize_t(self->len ? due_at(self, 0)->n : 0);
+}
+
+static PyGetSetDef linkstate_getset[] = {
+    {"due", (getter)linkstate_get_due, (setter)linkstate_set_due,
+     "clients' replies still due, all together (not the link's own commands')", NULL},
+    {"ready", (getter)linkstate_get_ready, (setter)linkstate_set_ready,
+     "the link is open and authenticated: send and flush write it", NULL},
+    {"clean", (getter)linkstate_get_clean, (setter)linkstate_set_clean,
+     "no reply is half read by the Python path (the Router may count the next bytes)", NULL},
+    {"flush_soon", (getter)linkstate_get_flush_soon, NULL,
+     "this loop turn's flush is scheduled", NULL},
+    {"out", (getter)linkstate_get_out, NULL, "the bytes waiting for the flush (a list, for life)",
+     NULL},
+    {"conn", (getter)linkstate_get_conn, NULL, "the connection attached now, or None", NULL},
+    {"pending", (getter)linkstate_get_pending, NULL, "replies due, the link's own included", NULL},
+    {"head_owner", (getter)linkstate_get_head_owner, NULL,
+     "the owner of the next reply, or None", NULL},
+    {"head_due", (getter)linkstate_get_head_due, NULL,
+     "how many replies in a row the head owner is due (0: nobody is)", NULL},
+    {NULL},
+};
+
+static PyMethodDef linkstate_methods[] = {
+    {"sent", (PyCFunction)(void (*)(void))linkstate_py_sent, METH_VARARGS | METH_KEYWORDS,
+     "sent(owner, replies, lane=None): owner's commands asking for `replies` replies were "
+     "written after everything before (no write, no `due`: Demux.sent)."},
+    {"put_first", (PyCFunction)linkstate_put_first, METH_VARARGS,
+     "put_first(owner, replies): the link's own commands, whose replies come before all."},
+    {"took", (PyCFunction)linkstate_py_took, METH_O,
+     "took(count) -> left: `count` of the head owner's replies arrived; what it is still due."},
+    {"forget", (PyCFunction)linkstate_forget, METH_NOARGS,
+     "forget() -> owners: empty the queue; each owner that was due replies, once, oldest first."},
+    {"due_owners", (PyCFunction)linkstate_due_owners, METH_NOARGS,
+     "due_owners() -> owners: the owner of each reply due, in order (for tests and debugging)."},
+    {"send", (PyCFunction)(void (*)(void))linkstate_py_send, METH_VARARGS | METH_KEYWORDS,
+     "send(owner, data, replies, lane=None): SharedLink.send (see _lane.c)."},
+    {"flush", (PyCFunction)linkstate_flush, METH_NOARGS,
+     "flush(): write what the loop turn collected (if ready)."},
+    {"attach", (PyCFunction)linkstate_attach, METH_VARARGS,
+     "attach(conn, write): the connection read and written now (None, None: none)."},
+    {NULL},
+};
+
+static PyTypeObject LinkStateType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "redisgate._lane.LinkState",
+    .tp_basicsize = sizeof(LinkState),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "A shared link's reply accounting and write queue, kept once; see _lane.c.",
+    .tp_new = linkstate_new,
+    .tp_dealloc = (destructor)linkstate_dealloc,
+    .tp_traverse = (traverseproc)linkstate_traverse,
+    .tp_clear = (inquiry)linkstate_clear,
+    .tp_methods = linkstate_methods,
+    .tp_getset = linkstate_getset,
+};
+
+/* Forwarded commands on a shared link: the link's own send (LinkState, above). */
 static PyObject *
 shared_send(Lane *self, PyObject *data, Py_ssize_t count)
 {
-    PyObject *link = self->link, *queue = self->queue, *ready = NULL, *out = NULL;
-    PyObject *conn = NULL, *transport = NULL, *r = NULL;
-    Py_ssize_t total;
-    int idle;
-
-    Py_INCREF(link);   /* (the calls below run Python code that could disarm the lane) */
-    Py_INCREF(queue);
-    total = int_attr(link, s_due);
-    if (total < 0)
-        goto done;
-    /* (one at a time: no attribute is looked up with an exception pending) */
-    if ((ready = PyObject_GetAttr(link, s_ready)) == NULL
-            || (out = PyObject_GetAttr(link, s_out)) == NULL)
-        goto done;
-    idle = total == 0 && ready == Py_True && PyList_CheckExact(out) && PyList_GET_SIZE(out) == 0;
-    if (!idle && ready == Py_True && PyList_CheckExact(out)) {
-        PyObject *soon = PyObject_GetAttr(link, s_flush_soon);
-        int queued = soon == Py_True;
-        Py_XDECREF(soon);
-        if (soon == NULL)
-            goto done;
-        if (queued) {
-            if (demux_sent(queue, self->owner, count) < 0 || set_int_attr(link, s_due, total + count) < 0
-                    || PyList_Append(out, data) < 0)
-                goto done;
-            r = Py_None;
-            Py_INCREF(r);
-            goto done;
-        }
-    }
-    if (!idle) {
-        PyObject *n = PyLong_FromSsize_t(count);
-        if (n != NULL)
-            r = PyObject_CallMethodObjArgs(link, s_send, self->owner, data, n, NULL);
-        Py_XDECREF(n);
-        goto done;
-    }
-    if (demux_sent(queue, self->owner, count) < 0
-            || set_int_attr(link, s_due, count) < 0
-            || (conn = PyObject_GetAttr(link, s_conn)) == NULL
-            || (transport = PyObject_GetAttr(conn, s_transport)) == NULL)
-        goto done;
-    r = PyObject_CallMethodOneArg(transport, s_write, data);
-done:
-    Py_XDECREF(transport);
-    Py_XDECREF(conn);
-    Py_XDECREF(out);
-    Py_XDECREF(ready);
-    Py_DECREF(queue);
+    PyObject *link = Py_NewRef(self->link), *owner = Py_NewRef(self->owner);
+    int rc;
+    Py_INCREF(self);   /* (the calls out run Python code that could disarm the lane) */
+    rc = linkstate_send((LinkState *)link, owner, (PyObject *)self, data, count);
+    Py_DECREF(self);
+    Py_DECREF(owner);
     Py_DECREF(link);
-    if (r == NULL)
+    if (rc < 0)
         return NULL;
-    Py_DECREF(r);
     Py_RETURN_NONE;
 }
 
@@ -1300,9 +1763,10 @@ static PyGetSetDef lane_getset[] = {
 };
 
 static PyMethodDef lane_methods[] = {
-    {"arm", (PyCFunction)lane_arm, METH_VARARGS,
-     "arm(known, upstream_write, client_write, due, max_args, max_bulk[, link, owner]): take "
-     "traffic (on a shared link: the server.SharedLink and the ClientConnection)."},
+    {"arm", (PyCFunction)(void (*)(void))lane_arm, METH_VARARGS | METH_KEYWORDS,
+     "arm(known, upstream_write, client_write, due, max_args, max_bulk, link=None, owner=None): "
+     "take traffic (max_args, max_bulk: the parser's limits; on a shared link: its LinkState "
+     "and the ClientConnection)."},
     {"disarm", (PyCFunction)lane_disarm, METH_NOARGS,
      "disarm() -> due: stop taking traffic; the caller owns the replies still due."},
     {"client_data", (PyCFunction)lane_client_data, METH_O,
@@ -1328,17 +1792,16 @@ static PyTypeObject LaneType = {
 };
 
 /* Router: the data_received of a shared link's connection (server._LinkConnection). While the
- * replies at the head of the link's Demux belong to clients whose lanes are armed on it, and are
- * whole replies (reply_end), it hands each client its bytes and keeps the Demux's books (its queue, the
- * link's `due`) as Demux.received and SharedLink.data_received would. From the first reply it
- * cannot place that way, the rest of the read goes to the Python path (`slow`). */
+ * replies at the head of the link's LinkState queue belong to clients whose lanes are armed on
+ * it, and are whole replies (reply_end), it hands each client its bytes and keeps the books (the
+ * queue, the link's `due`) in the LinkState's fields, as Demux.received and
+ * SharedLink.data_received would. From the first reply it cannot place that way, the rest of the
+ * read goes to the Python path (`slow`). */
 typedef struct {
     PyObject_HEAD
-    PyObject *link;    /* server.SharedLink */
+    PyObject *link;    /* the link's LinkState */
     PyObject *conn;    /* the _LinkConnection this router reads for */
     PyObject *slow;
-    PyObject *demux;   /* link.demux and its queue: a link keeps both for life */
-    PyObject *queue;
 } Router;
 
 static int
@@ -1347,8 +1810,6 @@ router_traverse(Router *self, visitproc visit, void *arg)
     Py_VISIT(self->link);
     Py_VISIT(self->conn);
     Py_VISIT(self->slow);
-    Py_VISIT(self->demux);
-    Py_VISIT(self->queue);
     return 0;
 }
 
@@ -1358,8 +1819,6 @@ router_clear(Router *self)
     Py_CLEAR(self->link);
     Py_CLEAR(self->conn);
     Py_CLEAR(self->slow);
-    Py_CLEAR(self->demux);
-    Py_CLEAR(self->queue);
     return 0;
 }
 
@@ -1374,148 +1833,103 @@ router_dealloc(Router *self)
 static int
 router_init(Router *self, PyObject *args, PyObject *kwds)
 {
-    PyObject *link, *conn, *slow, *demux, *queue;
+    PyObject *link, *conn, *slow;
     static char *kwlist[] = {"link", "conn", "slow", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO:Router", kwlist, &link, &conn, &slow))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!OO:Router", kwlist, &LinkStateType, &link,
+                                     &conn, &slow))
         return -1;
     if (!PyCallable_Check(slow)) {
         PyErr_SetString(PyExc_TypeError, "Router: the slow path must be callable");
         return -1;
     }
-    demux = PyObject_GetAttr(link, s_demux);
-    if (demux == NULL)
-        return -1;
-    queue = PyObject_GetAttr(demux, s_due);
-    if (queue == NULL) {
-        Py_DECREF(demux);
-        return -1;
-    }
     router_clear(self);
-    Py_INCREF(link);
-    Py_INCREF(conn);
-    Py_INCREF(slow);
-    self->link = link;
-    self->conn = conn;
-    self->slow = slow;
-    self->demux = demux;
-    self->queue = queue;
+    self->link = Py_NewRef(link);
+    self->conn = Py_NewRef(conn);
+    self->slow = Py_NewRef(slow);
     return 0;
 }
 
-/* Routes the whole replies at the head of data[pos:] to the head entry of `queue` if its
- * owner's lane is armed on this link: returns the new pos (unchanged when it could not), or -1
- * with an exception set. *stop is set when nothing more may be routed in C. */
+/* Routes the whole replies at the head of data[pos:] to the head entry of the link's queue if
+ * its owner's lane is armed on this link: returns the new pos (unchanged when it could not), or
+ * -1 with an exception set. *stop is set when nothing more may be routed in C. */
 static Py_ssize_t
-route_head(Router *self, PyObject *data, Py_ssize_t pos, PyObject *queue, int *stop)
+route_head(Router *self, PyObject *data, Py_ssize_t pos, int *stop)
 {
     const char *base = PyBytes_AS_STRING(data), *end = base + PyBytes_GET_SIZE(data), *next;
-    PyObject *entry = NULL, *lane_obj = NULL, *chunk = NULL, *r = NULL;
+    LinkState *st = (LinkState *)self->link;
+    PyObject *chunk, *write, *r;
+    DueEntry *e;
     Lane *lane;
-    Py_ssize_t n, count = 0, total, result = -1;
+    Py_ssize_t n, count = 0;
 
     *stop = 1;
-    n = PyObject_Length(queue);
-    if (n <= 0)
-        return n < 0 ? -1 : pos;   /* (nobody is due replies: the Python path says so) */
-    entry = PySequence_GetItem(queue, 0);
-    if (entry == NULL)
-        return -1;
-    if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) != 2) {
-        result = pos;
-        goto done;
-    }
-    lane_obj = PyObject_GetAttr(PyList_GET_ITEM(entry, 0), s_lane);
-    if (lane_obj == NULL) {   /* (the link's own setup commands have no lane) */
-        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
-            goto done;
-        PyErr_Clear();
-        result = pos;
-        goto done;
-    }
-    lane = (Lane *)lane_obj;
-    n = PyLong_AsSsize_t(PyList_GET_ITEM(entry, 1));
-    if (n == -1 && PyErr_Occurred())
-        goto done;
-    if (!Py_IS_TYPE(lane_obj, &LaneType) || lane->known == NULL || lane->link != self->link
-            || lane->owner != PyList_GET_ITEM(entry, 0) || n <= 0) {
-        result = pos;
-        goto done;
-    }
+    if (st->len == 0)
+        return pos;   /* (nobody is due replies: the Python path says so) */
+    e = due_at(st, 0);
+    lane = (Lane *)e->lane;   /* (the link's own commands have none) */
+    n = e->n;
+    if (lane == NULL || lane->known == NULL || lane->link != self->link || lane->owner != e->owner)
+        return pos;
     next = run_of(reply_end, base + pos, end, n, &count);
-    if (count == 0 || count > lane->due) {
-        result = pos;
-        goto done;
-    }
-    total = int_attr(self->link, s_due);
-    if (total < 0)
-        goto done;
-    if (count == n) {
-        r = PyObject_CallMethodNoArgs(queue, s_popleft);
-        if (r == NULL)
-            goto done;
-        Py_CLEAR(r);
-    } else {
-        PyObject *left = PyLong_FromSsize_t(n - count);
-        if (left == NULL || PyList_SetItem(entry, 1, left) < 0)
-            goto done;
-    }
-    if (set_int_attr(self->link, s_due, total - count) < 0)
-        goto done;
-    lane->due -= count;
+    if (count == 0 || count > lane->due || count > st->due)
+        return pos;   /* (inconsistent books: the Python path sorts it out) */
     if (pos == 0 && next == end) {
-        chunk = data;
-        Py_INCREF(chunk);
+        chunk = Py_NewRef(data);
     } else {
         chunk = PyBytes_FromStringAndSize(base + pos, next - (base + pos));
         if (chunk == NULL)
-            goto done;
+            return -1;
     }
+    /* The books first (nothing below can fail before the write), then the write. */
+    Py_INCREF(lane);
+    write = Py_NewRef(lane->client_write);
+    st->due -= count;
+    lane->due -= count;
+    due_took(st, count);   /* (may drop the entry's references: ours are held) */
     stats.bytes_out += (unsigned long long)PyBytes_GET_SIZE(chunk);
-    r = PyObject_CallOneArg(lane->client_write, chunk);
+    r = PyObject_CallOneArg(write, chunk);
+    Py_DECREF(write);
+    Py_DECREF(chunk);
+    Py_DECREF(lane);
     if (r == NULL)
-        goto done;
-    Py_CLEAR(r);
-    result = next - base;
+        return -1;
+    Py_DECREF(r);
     *stop = count < n;   /* what follows (if anything) is not a whole reply of this owner's */
-done:
-    Py_XDECREF(chunk);
-    Py_XDECREF(lane_obj);
-    Py_XDECREF(entry);
-    return result;
+    return next - base;
 }
 
 static PyObject *
 router_data_received_(Router *self, PyObject *data)
 {
-    PyObject *current = NULL, *clean = NULL, *rest, *r;
+    PyObject *rest, *r;
+    LinkState *st;
     Py_ssize_t pos = 0, size;
     int stop = 0;
 
-    if (self->slow == NULL || self->queue == NULL)   /* (cleared by the collector) */
+    if (self->slow == NULL || self->link == NULL)   /* (cleared by the collector) */
         Py_RETURN_NONE;
-    if (self->link == NULL || !PyBytes_CheckExact(data))
+    if (!PyBytes_CheckExact(data))
         return PyObject_CallOneArg(self->slow, data);
     Py_INCREF(self);   /* (a write may run Python code) */
+    st = (LinkState *)self->link;
     size = PyBytes_GET_SIZE(data);
-    if ((current = PyObject_GetAttr(self->link, s_conn)) == NULL
-            || (clean = PyObject_GetAttr(self->demux, s_clean)) == NULL)
-        goto error;
-    if (current == self->conn && clean == Py_True) {
+    if (st->conn == self->conn && st->clean) {
         while (pos < size && !stop) {
-            pos = route_head(self, data, pos, self->queue, &stop);
-            if (pos < 0)
-                goto error;
+            pos = route_head(self, data, pos, &stop);
+            if (pos < 0) {
+                Py_DECREF(self);
+                return NULL;
+            }
+            if (self->link == NULL || st->conn != self->conn)
+                stop = 1;   /* (a write ran Python code that replaced the connection) */
         }
     }
-    Py_DECREF(current);
-    Py_DECREF(clean);
-    if (pos == size) {
+    if (pos == size || self->slow == NULL) {
         Py_DECREF(self);
         Py_RETURN_NONE;
     }
     if (pos == 0) {
-        rest = data;
-        Py_INCREF(rest);
+        rest = Py_NewRef(data);
     } else {
         rest = PyBytes_FromStringAndSize(PyBytes_AS_STRING(data) + pos, size - pos);
         if (rest == NULL) {
@@ -1527,11 +1941,6 @@ router_data_received_(Router *self, PyObject *data)
     Py_DECREF(rest);
     Py_DECREF(self);
     return r;
-error:
-    Py_XDECREF(current);
-    Py_XDECREF(clean);
-    Py_DECREF(self);
-    return NULL;
 }
 
 static PyObject *
@@ -1679,19 +2088,12 @@ PyInit__lane(void)
 {
     PyObject *m, *bounds = NULL;
     int i;
-    if (intern(&s_due, "due") < 0 || intern(&s_ready, "ready") < 0 || intern(&s_out, "out") < 0
-            || intern(&s_demux, "demux") < 0 || intern(&s_conn, "conn") < 0
-            || intern(&s_transport, "transport") < 0 || intern(&s_write, "write") < 0
-            || intern(&s_send, "send") < 0 || intern(&s_clean, "clean") < 0
-            || intern(&s_lane, "lane") < 0 || intern(&s_append, "append") < 0
-            || intern(&s_popleft, "popleft") < 0 || intern(&s_flush_soon, "_flush_soon") < 0)
-        return NULL;
     if (intern(&kind_names[V_ALLOW], "allow") < 0 || intern(&kind_names[V_ONE_KEY], "one_key") < 0
             || intern(&kind_names[V_ASK], "ask") < 0 || intern(&kind_names[V_SCRIPT], "script") < 0)
         return NULL;
     if (PyType_Ready(&LaneType) < 0 || PyType_Ready(&RouterType) < 0
             || PyType_Ready(&CounterType) < 0 || PyType_Ready(&VerdictType) < 0
-            || PyType_Ready(&ScriptFormType) < 0)
+            || PyType_Ready(&ScriptFormType) < 0 || PyType_Ready(&LinkStateType) < 0)
         return NULL;
     m = PyModule_Create(&module);
     if (m == NULL)
@@ -1709,6 +2111,7 @@ PyInit__lane(void)
             || add_type(m, "Counter", &CounterType) < 0
             || add_type(m, "Verdict", &VerdictType) < 0
             || add_type(m, "ScriptForm", &ScriptFormType) < 0
+            || add_type(m, "LinkState", &LinkStateType) < 0
             || PyModule_AddObjectRef(m, "ALLOW", kind_names[V_ALLOW]) < 0
             || PyModule_AddObjectRef(m, "ONE_KEY", kind_names[V_ONE_KEY]) < 0
             || PyModule_AddObjectRef(m, "ASK", kind_names[V_ASK]) < 0

@@ -1,8 +1,13 @@
 """Type stubs of the C module redisgate._lane (redisgate/_lane.c, which has the contracts).
 
-A client connection's steady state in C: `Lane` (one per client connection) and `Router` (one per
-shared upstream link). Every method is positional-only (METH_VARARGS / METH_O) except the
-constructors, which also take their arguments by keyword.
+A client connection's steady state in C: `Lane` (one per client connection), and for a shared
+upstream link its books, `LinkState` (redisgate.linkstate.PyLinkState is its Python twin), and
+its `Router`. Every method is positional-only (METH_VARARGS / METH_O) except the constructors,
+Lane.arm, LinkState.sent and LinkState.send, which also take their arguments by keyword.
+
+Nothing in the module looks up a Python attribute by name: what it reads of Python objects is
+passed to it through these signatures (callables it calls, dicts of Verdicts, LinkStates and
+Lanes whose C fields it reads).
 """
 from collections.abc import Callable
 from typing import Any, TypedDict, final
@@ -90,11 +95,13 @@ class ScriptForm:
 class Lane:
     def __init__(self, client_slow: _Write, upstream_slow: _Write) -> None: ...
     def arm(self, known: _Known, upstream_write: _Write | None, client_write: _Write, due: int,
-            max_args: int, max_bulk: int, link: Any = ..., owner: Any = ..., /) -> None:
-        """Take traffic. On a shared link (`link` a server.SharedLink, `owner` the
-        ClientConnection) both are given; raises RuntimeError when already armed, ValueError for
-        due < 0, max_args < 1 or max_bulk < 0, TypeError for one of link/owner alone or None,
-        and what looking up link.demux.due raises (then nothing is kept)."""
+            max_args: int, max_bulk: int, link: LinkState | None = None,
+            owner: object = None) -> None:
+        """Take traffic. max_args and max_bulk are the request parser's limits
+        (resp.RequestParser.limits, a resp.ScanLimits). On a shared link (`link` its LinkState,
+        `owner` the ClientConnection) both are given; raises RuntimeError when already armed,
+        ValueError for due < 0, max_args < 1 or max_bulk < 0, TypeError for one of link/owner
+        alone or a link that is not a LinkState (then nothing is kept)."""
     def disarm(self) -> int:
         """Stop taking traffic; returns the replies still due (the caller owns them now)."""
     def client_data(self, data: bytes, /) -> object:
@@ -116,11 +123,59 @@ class Lane:
     window: int
 
 @final
+class LinkState:
+    """A shared link's books, kept once (see redisgate/linkstate.py for the contract; the
+    Python twin, PyLinkState, has the same interface)."""
+    def __new__(cls, after_send: Callable[[object, int, int], object]) -> LinkState:
+        """after_send(owner, size, replies): called when send() queued bytes that nothing will
+        write yet (TypeError unless callable)."""
+    def sent(self, owner: object, replies: int, lane: Lane | None = None) -> None:
+        """owner's commands asking for `replies` replies were written after everything before
+        (replies <= 0: nothing); `lane`: the owner's Lane, which the Router may hand them to
+        while it is armed on this link. OverflowError past PY_SSIZE_T_MAX replies."""
+    def put_first(self, owner: object, replies: int, /) -> None:
+        """The link's own commands, whose replies come before all (ValueError unless
+        replies > 0)."""
+    def took(self, count: int, /) -> int:
+        """`count` of the head owner's replies arrived: what it is still due (0: gone from the
+        queue). ValueError for more than it is due."""
+    def forget(self) -> list[object]:
+        """Empty the queue: each owner that was due replies, once, oldest first."""
+    def due_owners(self) -> list[object]:
+        """The owner of each reply due, in order (for tests and debugging)."""
+    def send(self, owner: object, data: bytes, replies: int, lane: Lane | None = None) -> None:
+        """SharedLink.send: the queue learns whose replies come; an idle, ready link is written
+        at once, else `data` joins `out` (after_send told when nothing will write it yet)."""
+    def flush(self) -> None:
+        """Write what the loop turn collected, when ready (a TypeError if `out` holds
+        anything but bytes)."""
+    def attach(self, conn: object, write: _Write | None, /) -> None:
+        """The connection read and written now and its transport's write; None, None: none."""
+    # clients' replies due, all together (settable: an int >= 0, ValueError / OverflowError /
+    # TypeError otherwise)
+    due: int
+    ready: bool   # open and authenticated (settable: a bool)
+    clean: bool   # no reply half read by the Python path (settable: a bool)
+    @property
+    def flush_soon(self) -> bool: ...
+    @property
+    def out(self) -> list[bytes]: ...
+    @property
+    def conn(self) -> object: ...
+    @property
+    def pending(self) -> int: ...
+    @property
+    def head_owner(self) -> object: ...
+    @property
+    def head_due(self) -> int: ...
+
+@final
 class Router:
-    def __init__(self, link: Any, conn: Any, slow: _Write) -> None: ...
+    def __init__(self, link: LinkState, conn: object, slow: _Write) -> None: ...
     def data_received(self, data: bytes, /) -> object:
-        """Bytes from the shared link: the whole replies at the head of its Demux that belong to
-        armed lanes go to their clients in C; the rest of the read goes to `slow`."""
+        """Bytes from the shared link: the whole replies at the head of its LinkState's queue
+        that belong to lanes armed on it go to their clients in C; the rest of the read goes
+        to `slow`."""
 
 @final
 class Counter:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from functools import lru_cache
 from itertools import accumulate, chain
 from operator import itemgetter
@@ -232,6 +233,15 @@ _INLINE = 4    # an inline command line, not complete yet
 _STUCK = 5     # a line that can never end (see _find_line); waits for the too-big error
 
 
+@dataclass(frozen=True, slots=True)
+class ScanLimits:
+    """An authenticated parser's limits as C's Py_ssize_t holds them (a larger limit is no limit
+    anyway): what RequestParser.limits gives the C lane (redisgate._lane.Lane.arm)."""
+
+    max_args: int
+    max_bulk: int
+
+
 class RequestParser:
     """Strict, incremental parser of the requests a client sends (RESP multibulk and inline).
 
@@ -307,10 +317,14 @@ class RequestParser:
             self._cscan = _c_scan   # (only authenticated: the pre-auth caps are the careful path's)
             # Its limits, as C's Py_ssize_t can hold them (a larger limit is no limit anyway).
             self._climits = (min(self.max_args, _INT_MAX), min(self.max_bulk, _SSIZE_MAX))
+            self.limits = ScanLimits(*self._climits)
         else:
             self._counts, self._bulks = _header_tables(min(self.max_args, PREAUTH_MAX_ARGS),
                                                        min(self.max_bulk, PREAUTH_MAX_BULK))
             self._cscan = None
+            # (the pre-authentication caps: nothing in C scans by them, the lane is never armed)
+            self.limits = ScanLimits(min(self.max_args, PREAUTH_MAX_ARGS),
+                                     min(self.max_bulk, PREAUTH_MAX_BULK))
 
     @property
     def buffered(self) -> int:

@@ -35,6 +35,7 @@ from . import audit
 from .dial import connect_error
 from .audit import Event, Peer, safe
 from .gate import Gate
+from .linkstate import LinkState
 from .mux import Demux
 from .resolver import Endpoint, Resolver, UpstreamChange
 from .resp import ReplyScanner, UpstreamProtocolError
@@ -100,9 +101,9 @@ class _LinkConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.epoch = -1     # the resolver's epoch its dial began in (open_upstream sets it)
         if Router is not None and Lane is not None:
-            # Replies for clients whose C lanes are armed on the link are routed in C; the
-            # rest of a read comes to this class's data_received.
-            self.data_received = Router(link, self, self.data_received).data_received
+            # Replies for clients whose C lanes are armed on the link are routed in C (on the
+            # link's LinkState); the rest of a read comes to this class's data_received.
+            self.data_received = Router(link.state, self, self.data_received).data_received
 
     def connection_made(self, transport) -> None:
         self.transport = transport
@@ -135,20 +136,19 @@ class SharedLink:
 
     It authenticates as the proxy, like every upstream connection; clients' commands are written
     in the order their sessions produced them, at most once per event-loop turn, and `Demux`
-    hands each client its replies. Opened on first use, and again after it was lost."""
+    hands each client its replies. Its books (whose replies come next, what is due, what waits
+    for the turn's flush) are its `state`, a linkstate.LinkState, the same object the C lanes
+    and the Router keep them in. Opened on first use, and again after it was lost."""
 
     def __init__(self, proxy: "Proxy", resp3: bool = False, addr=None):
         self.proxy = proxy
         self.resp3 = resp3             # speaks RESP3 (HELLO 3 at set-up), for RESP3 clients
         self.addr = addr               # (host, port): a cluster node's; None: the upstream's
-        self.conn: _LinkConnection | None = None
-        self.demux = Demux()           # for life: the C side (redisgate._lane) keeps it
-        self.out: list[bytes] = []     # written at the end of this loop turn (or once connected)
-        self.ready = False
+        # For life: the C side (redisgate._lane's Lanes and Router) keeps it.
+        self.state = LinkState(self._queued)
+        self.demux = Demux(self.state)
         self.connecting = False
         self.clients: set[ClientConnection] = set()   # attached: they may have replies due
-        self.due = 0                   # clients' replies still due, all together
-        self._flush_soon = False
         # Its writing state (pause_writing: then its clients are held, Hold.UPSTREAM); its
         # reading is never paused.
         self.flow = FlowControl()
@@ -167,24 +167,52 @@ class SharedLink:
         # second AUTH) until the first reply to it.
         self._handshake_timer: asyncio.TimerHandle | None = None
 
-    def send(self, client: "ClientConnection", data: bytes, replies: int) -> None:
-        self.demux.sent(client, replies)
-        idle = not self.due
-        self.due += replies
-        if idle and self.ready and not self.out:
-            # Nothing in flight: nobody to wait for (one client alone pays no extra turn). A
-            # busy link collects the turn's commands and writes them at once.
-            self.conn.transport.write(data)
-            return
-        self.out.append(data)
+    # Its books, kept in `state` (read and set here as attributes, as before).
+    @property
+    def conn(self) -> "_LinkConnection | None":
+        return self.state.conn   # type: ignore[return-value]
+
+    @property
+    def out(self) -> list[bytes]:
+        """Written at the end of this loop turn (or once connected)."""
+        return self.state.out
+
+    @property
+    def due(self) -> int:
+        """Clients' replies still due, all together."""
+        return self.state.due
+
+    @due.setter
+    def due(self, value: int) -> None:
+        self.state.due = value
+
+    @property
+    def ready(self) -> bool:
+        return self.state.ready
+
+    @ready.setter
+    def ready(self, value: bool) -> None:
+        self.state.ready = value
+
+    def _attach(self, conn: "_LinkConnection | None") -> None:
+        self.state.attach(conn, None if conn is None else conn.transport.write)
+
+    def send(self, client, data: bytes, replies: int, lane=None) -> None:
+        """`client`'s `data`, asking for `replies` replies (LinkState.send; a client's armed
+        C lane calls the same in C). `lane`: the client's C Lane, which the link's Router hands
+        the replies to while it is armed on this link (None: the Python path's, as a cluster
+        node owner's)."""
+        self.state.send(client, data, replies, lane)
+
+    def _queued(self, client: "ClientConnection", size: int, replies: int) -> None:
+        """LinkState.send queued `size` bytes of `client`'s and nothing will write them yet: the
+        turn's flush is scheduled (the state marked it), or the link is not ready."""
         if self.ready:
-            if not self._flush_soon:
-                self._flush_soon = True
-                asyncio.get_running_loop().call_soon(self.flush)
+            asyncio.get_running_loop().call_soon(self.flush)
             return
         # Waiting for the link to be (re)opened: bounded, as a connected link bounds it.
         self.queued += replies
-        self.waiting += len(data)
+        self.waiting += size
         if self.waiting > WAITING_LIMIT:
             self._held_back.add(client)
             client.hold_input(Hold.LINK_CONNECTING, True)
@@ -219,17 +247,14 @@ class SharedLink:
             return self.fail("upstream failover: replies did not come back in time",
                              established=True)
         self._moving = None
-        conn, self.conn = self.conn, None
+        conn = self.conn
+        self._attach(None)
         if conn is not None:
             conn.transport.close()
         self.proxy.tasks.spawn(self._connect())
 
     def flush(self) -> None:
-        self._flush_soon = False
-        out = self.out
-        if out and self.ready:
-            self.conn.transport.write(out[0] if len(out) == 1 else b"".join(out))
-            out.clear()
+        self.state.flush()
 
     async def _connect(self) -> None:
         protocol, reason = await open_upstream(self.proxy, lambda: _LinkConnection(self),
@@ -242,7 +267,7 @@ class SharedLink:
         if conn.epoch != self.proxy.resolver.epoch:
             conn.transport.close()   # the master moved while connecting: open_upstream retries
             return
-        self.conn = conn
+        self._attach(conn)
         metrics.inc("upstream_connections", "shared")
         if self._was_connected:
             metrics.inc("upstream_reconnects")
@@ -255,13 +280,13 @@ class SharedLink:
         # on: hiredis reads them, as every reply the proxy itself consumes.
         self._setup_replies = hiredis.Reader()
         if setup:   # the proxy's own commands go first: their replies come first
-            self.demux.due.appendleft([_SETUP, len(setup)])
+            self.state.put_first(_SETUP, len(setup))
             self.out[:0] = setup
         if len(setup) < len(steps):
             # Its AUTH goes first and alone; the link stays "connecting" (what clients send
             # waits in `out`) until Redis accepted it: a refused password is tried again with
             # the other one the proxy knows (see data_received), before anything else is sent.
-            self.demux.due.appendleft([_AUTH, 1])
+            self.state.put_first(_AUTH, 1)
             self._auth_password, self._auth_reply, self._auth_fallback = up.password, b"", None
             self._auth_retries = 0
             self.connecting = True
@@ -301,7 +326,7 @@ class SharedLink:
                     self._fallback_counted(ok=False)
                 self._auth_retries += 1
                 self._auth_fallback, self._auth_password = other.source, other.password
-                self.demux.due.appendleft([_AUTH, 1])
+                self.state.put_first(_AUTH, 1)
                 self.conn.transport.write(handshake.auth_command(up, other.password))
                 self._watch_handshake(self.conn)   # (its reply is timed as the first's)
                 return True
@@ -382,7 +407,8 @@ class SharedLink:
     def fail(self, reason: str, established: bool, also: list = ()) -> None:
         """The link is unusable: every client with replies due gets errors for them (and, if the
         link had been working, is closed, as by a Redis restart); the next send reconnects."""
-        conn, self.conn = self.conn, None
+        conn = self.conn
+        self._attach(None)
         if self._handshake_timer is not None:
             self._handshake_timer.cancel()
             self._handshake_timer = None
@@ -766,13 +792,14 @@ class ClientConnection(asyncio.Protocol):
             return   # (with a backlog, replies come through Python: they release it)
         self.lane.window = self._window
         link = self.link
+        limits = self.session.parser.limits
         if link is not None:
             if link.resp3 != self.session.link_resp3:
                 return   # (pump moves the client to its links at its next command)
             handed = self.session.lane_handover(on_link=self.due)
             if handed is not None:
                 self.lane.arm(handed[0], None, self.transport.write, handed[1],
-                              *self.session.parser._climits, link, self)
+                              limits.max_args, limits.max_bulk, link=link.state, owner=self)
                 self.due = 0
             return
         if self.upstream_write is None:
@@ -780,7 +807,7 @@ class ClientConnection(asyncio.Protocol):
         handed = self.session.lane_handover()
         if handed is not None:
             self.lane.arm(handed[0], self.upstream_write, self.transport.write, handed[1],
-                          *self.session.parser._climits)
+                          limits.max_args, limits.max_bulk)
 
     def pump(self) -> None:
         """Do what the session asks (Session.actions()): write, send, open, stall or close."""
@@ -820,7 +847,7 @@ class ClientConnection(asyncio.Protocol):
                 link = self.link = self.proxy.shared_link(self)
             if link is not None:
                 self.due += act.link_replies
-                link.send(self, data, act.link_replies)
+                link.send(self, data, act.link_replies, self.lane)
             else:
                 write = self.upstream_write
                 if write is not None:

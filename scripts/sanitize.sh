@@ -65,7 +65,7 @@ if [ $# -eq 0 ]; then
   set -- tests/test_lane.py tests/test_lane_replies.py tests/test_resp_scan.py \
          tests/test_resp_count_flat.py tests/test_rules_fast.py tests/test_scripts_fast.py \
          tests/test_session_fast.py tests/test_resp.py tests/test_resp_fuzz.py \
-         tests/test_mux.py tests/test_c_refcounts.py tests/test_verdict.py
+         tests/test_mux.py tests/test_c_refcounts.py tests/test_verdict.py tests/test_linkstate.py
 fi
 echo "== running under ASan + UBSan: $*"
 "$PY" -m pytest -q -p no:cacheprovider "$@"

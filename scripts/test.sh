@@ -68,14 +68,16 @@ echo "== running the test suite"
 # Then the C modules once more, built with AddressSanitizer + UndefinedBehaviorSanitizer in a
 # temporary directory (scripts/sanitize.sh; the build above is untouched), on a short subset that
 # fits CI's time: the C entry points' error paths (test_c_refcounts.py, every function of both
-# modules), the memo's verdicts in C and Python (test_verdict.py) and the parser fuzz suite (about 80 s of CPU; the whole lane, fast-path, parser and
+# modules), the memo's verdicts in C and Python (test_verdict.py), a shared link's books in C
+# against their Python twin (test_linkstate.py) and the parser fuzz suite (about 80 s of CPU; the whole lane, fast-path, parser and
 # mux run is several times that: `bash scripts/sanitize.sh`). Only where gcc has libasan;
 # REDISGATE_NO_SANITIZE=1 skips it.
 libasan="$(gcc -print-file-name=libasan.so 2>/dev/null || true)"
 if [ -z "${REDISGATE_NO_SANITIZE:-}" ] && [ -n "$libasan" ] && [ -e "$libasan" ] \
    && [ "$libasan" != libasan.so ]; then
   echo "== the C modules under ASan + UBSan (a short run; the full one: scripts/sanitize.sh)"
-  PY="$PY" bash scripts/sanitize.sh tests/test_c_refcounts.py tests/test_verdict.py tests/test_resp_fuzz.py
+  PY="$PY" bash scripts/sanitize.sh tests/test_c_refcounts.py tests/test_verdict.py \
+    tests/test_linkstate.py tests/test_resp_fuzz.py
 elif [ "${CI:-}" = "true" ] && [ -z "${REDISGATE_NO_SANITIZE:-}" ]; then
   echo "!! gcc's libasan was not found: the sanitizer run is skipped" >&2
 fi

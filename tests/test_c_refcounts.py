@@ -7,17 +7,15 @@ C function that takes a reference and then bails out without dropping it shows u
 that grows by the number of calls. Then the two bugs found in review, each pinned: `Lane.arm`
 took its references before a lookup on the link that can fail (1,000 failed arms: a refcount of
 4 became 1,004), and a negative `due` on a shared link came back as "returned NULL without
-setting an exception" (SystemError) instead of a proper exception.
+setting an exception" (SystemError) instead of a proper exception. (The link's books are a
+_lane.LinkState's C fields now, which C no longer looks up by name: the same calls are pinned
+against it.)
 """
 from __future__ import annotations
 
 import gc
 import sys
-from collections import deque
-
 import pytest
-
-from redisgate.mux import Demux
 
 from wire import cmd
 
@@ -69,38 +67,18 @@ def _raise(*args):
 
 
 class Link:
-    """What a Lane and a Router read of server.SharedLink (attributes only; see test_lane.py)."""
+    """A shared link's books (a _lane.LinkState, as server.SharedLink keeps them) with a
+    recording connection."""
 
-    def __init__(self):
-        self.demux = Demux()
-        self.due = 0
-        self.ready = True
-        self.out = []
-        self._flush_soon = False
-        self.conn = self
-        self.transport = self
+    def __init__(self, write=None, after_send=None):
         self.written = []
-
-    def write(self, data):
-        self.written.append(data)
-
-    def send(self, owner, data, replies):
-        self.demux.sent(owner, replies)
-        self.due += replies
-
-
-class NoDemux:
-    """A link whose `demux` lookup fails."""
-
-
-class DemuxWithoutDue:
-    def __init__(self):
-        self.demux = object()
+        self.state = _lane.LinkState(after_send or (lambda *args: None))
+        self.state.attach(self, write or self.written.append)
+        self.state.ready = True
 
 
 class Owner:
-    def __init__(self):
-        self.lane = None
+    """A ClientConnection, as the link's books know it."""
 
 
 KNOWN = {b"GET": entry(2, 2, 1, (b"k:",)), b"PING": entry(1, 2, NO_KEY)}
@@ -108,18 +86,21 @@ KNOWN = {b"GET": entry(2, 2, 1, (b"k:",)), b"PING": entry(1, 2, NO_KEY)}
 
 # ---------------------------------------------------------------- the two bugs, pinned
 
-def test_a_failed_arm_on_a_link_without_demux_leaks_nothing():
+def test_a_failed_arm_on_something_that_is_not_a_link_state_leaks_nothing():
     lane = _lane.Lane(list().append, list().append)
-    known, up, client, link, owner = dict(KNOWN), [].append, [].append, NoDemux(), Owner()
-    objs = [known, up, client, link, owner]
-    no_leak(objs, lambda: lane.arm(known, up, client, 0, 16, 1 << 20, link, owner),
-            AttributeError)
-    no_leak(objs, lambda: lane.arm(known, up, client, 0, 16, 1 << 20, DemuxWithoutDue(), owner),
-            AttributeError)
-    assert not lane.armed
-    # The lane is still usable afterwards, on a link that has one.
+    known, up, client, owner = dict(KNOWN), [].append, [].append, Owner()
+    for link in (object(), Link()):   # (a SharedLink-like object is not its books)
+        objs = [known, up, client, link, owner]
+        no_leak(objs, lambda: lane.arm(known, up, client, 0, 16, 1 << 20, link, owner),
+                TypeError)
     good = Link()
-    lane.arm(known, up, client, 0, 16, 1 << 20, good, owner)
+    no_leak([known, up, client, good], lambda: lane.arm(known, up, client, 0, 16, 1 << 20,
+                                                        good.state), TypeError)   # no owner
+    no_leak([known, up, client, owner], lambda: lane.arm(known, up, client, 0, 16, 1 << 20,
+                                                         owner=owner), TypeError)   # no link
+    assert not lane.armed
+    # The lane is still usable afterwards, on a link's books.
+    lane.arm(known, up, client, 0, 16, 1 << 20, link=good.state, owner=owner)
     assert lane.armed and lane.shared
     assert lane.disarm() == 0
 
@@ -129,27 +110,17 @@ def test_a_failed_arm_on_a_link_without_demux_leaks_nothing():
 def test_a_bad_due_on_a_shared_link_is_a_proper_exception(due, error):
     link, owner = Link(), Owner()
     lane = _lane.Lane(list().append, list().append)
-    lane.arm(dict(KNOWN), None, [].append, 0, 16, 1 << 20, link, owner)
-    link.due = due
+    lane.arm(dict(KNOWN), None, [].append, 0, 16, 1 << 20, link.state, owner)
+    st = link.state
+
+    def set_due():
+        st.due = due
     with pytest.raises(error):   # not SystemError ("returned NULL without setting an exception")
-        lane.client_data(cmd("GET", "k:1"))
-    data = cmd("GET", "k:1")
-    no_leak([data, link, owner, lane], lambda: lane.client_data(data), error)
-
-
-def test_a_bad_due_seen_by_the_router_is_a_proper_exception():
-    link, owner = Link(), Owner()
-    lane = _lane.Lane(list().append, list().append)
-    owner.lane = lane
-    lane.arm(dict(KNOWN), None, [].append, 1, 16, 1 << 20, link, owner)
-    link.demux.sent(owner, 1)
-    router = _lane.Router(link, link, list().append)
-    link.due = -2
-    data = b"+OK\r\n"
-    with pytest.raises(ValueError):
-        router.data_received(data)
-    no_leak([data, link, owner, lane, router], lambda: router.data_received(data), ValueError)
-    assert list(link.demux.due) == [[owner, 1]] and lane.due == 1   # the books are untouched
+        set_due()
+    no_leak([st, owner, lane], set_due, error)
+    assert st.due == 0
+    lane.client_data(cmd("GET", "k:1"))   # the books are sound: the lane writes the idle link
+    assert link.written == [cmd("GET", "k:1")] and st.due == 1 and st.due_owners() == [owner]
 
 
 # ---------------------------------------------------------------- every other failing entry point
@@ -176,7 +147,7 @@ def test_lane_window_failures_leak_nothing():
 
 def test_lane_arm_failures_leak_nothing():
     lane = _lane.Lane(list().append, list().append)
-    known, up, client, link, owner = dict(KNOWN), [].append, [].append, Link(), Owner()
+    known, up, client, link, owner = dict(KNOWN), [].append, [].append, Link().state, Owner()
     objs = [known, up, client, link, owner]
     no_leak(objs, lambda: lane.arm([known], up, client, 0, 16, 1), TypeError)
     no_leak(objs, lambda: lane.arm(known, up, client, -1, 16, 1), ValueError)
@@ -290,55 +261,81 @@ def test_shared_lane_failures_leak_nothing():
     def armed(link):
         owner = Owner()
         lane = _lane.Lane(list().append, list().append)
-        lane.arm(dict(KNOWN), None, [].append, 0, 16, 1 << 20, link, owner)
+        lane.arm(dict(KNOWN), None, [].append, 0, 16, 1 << 20, link.state, owner)
         return lane, owner
 
-    # an idle link whose transport.write raises
-    link = Link()
-    link.write = _raise
+    # an idle link whose transport's write raises
+    link = Link(write=_raise)
     lane, owner = armed(link)
 
     def idle_write():
-        link.due = 0   # (the failed write left the books saying the command went)
-        link.demux.due.clear()
+        link.state.due = 0   # (the failed write left the books saying the command went)
+        link.state.forget()
         lane.client_data(data)
-    no_leak([data, link, owner, lane], idle_write, OSError)
-    # a busy link whose send raises
-    link = Link()
-    link.ready = False
-    link.send = _raise
+    no_leak([data, link.state, owner, lane], idle_write, OSError)
+    # a busy link (the turn's first queued bytes) whose after_send raises
+    link = Link(after_send=_raise)
     lane, owner = armed(link)
-    no_leak([data, link, owner, lane], lambda: lane.client_data(data), OSError)
-    # a link whose `ready` lookup fails
+    link.state.due = 1
 
-    class NoReady(Link):
-        @property
-        def ready(self):
-            raise KeyError("ready")
+    def busy():
+        link.state.out.clear()
+        lane.client_data(data)
+    no_leak([data, link.state, owner, lane], busy, OSError)
+    # a link that is not ready, likewise
+    link.state.ready = False
+    no_leak([data, link.state, owner, lane], busy, OSError)
 
-        @ready.setter
-        def ready(self, value):
-            pass
-    link = NoReady()
-    lane, owner = armed(link)
-    no_leak([data, link, owner, lane], lambda: lane.client_data(data), KeyError)
-    # a busy link with its flush scheduled whose Demux books hold a count that is not an int
-    link = Link()
-    link.due, link._flush_soon = 1, True
-    lane, owner = armed(link)
-    link.demux.due.append([owner, "x"])
-    no_leak([data, link, owner, lane], lambda: lane.client_data(data), TypeError)
-    # a Demux queue whose append fails
-    link = Link()
-    lane, owner = armed(link)
 
-    class NoAppend(deque):
-        def append(self, item):
-            raise MemoryError("append")
-    link.demux.due = NoAppend()
-    lane.disarm()
-    lane.arm(dict(KNOWN), None, [].append, 0, 16, 1 << 20, link, owner)
-    no_leak([data, link, owner, lane], lambda: lane.client_data(data), MemoryError)
+def test_link_state_failures_leak_nothing():
+    no_leak([_raise], lambda: _lane.LinkState(1), TypeError)
+    no_leak([], lambda: _lane.LinkState(), TypeError)
+    link, owner, data, text = Link(), Owner(), b"+x", "text"
+    st = link.state
+    lane = _lane.Lane(list().append, list().append)
+    objs = [st, owner, data, text, lane]
+    no_leak(objs, lambda: st.sent(owner, 1, text), TypeError)           # not a Lane
+    no_leak(objs, lambda: st.sent(owner, "1"), TypeError)
+    no_leak(objs, lambda: st.send(owner, text, 1), TypeError)           # not bytes
+    no_leak(objs, lambda: st.send(owner, data, 1, text), TypeError)
+    no_leak(objs, lambda: st.send(owner, data, -1), ValueError)
+    no_leak(objs, lambda: st.put_first(owner, 0), ValueError)
+    no_leak(objs, lambda: st.took(1), ValueError)                       # nothing is due
+    no_leak(objs, lambda: st.attach(owner, None), TypeError)
+    no_leak(objs, lambda: st.attach(None, text.upper), TypeError)
+    no_leak(objs, lambda: st.attach(owner, text), TypeError)            # not callable
+    no_leak(objs, lambda: setattr(st, "ready", 1), TypeError)
+    no_leak(objs, lambda: setattr(st, "clean", None), TypeError)
+    no_leak(objs, lambda: delattr(st, "due"), AttributeError)
+    # too many replies due
+    st.sent(owner, sys.maxsize - 1, lane)
+    no_leak(objs, lambda: st.sent(owner, 2, lane), OverflowError)
+    no_leak(objs, lambda: st.put_first(owner, 2), ValueError)
+    st.due = sys.maxsize - 1
+    no_leak(objs, lambda: st.send(owner, data, 2, lane), OverflowError)
+    assert st.forget() == [owner] and st.pending == 0
+    # a flush whose write raises, or whose queue holds what is not bytes
+    st.due = 0
+    link = Link(write=_raise)
+    st = link.state
+
+    def flush():
+        st.out[:] = [data, data]
+        st.flush()
+    no_leak([st, data], flush, OSError)
+    st.out[:] = [data, text]
+    no_leak([st, data, text], st.flush, TypeError)
+    # successful calls are balanced too
+    st = Link(write=lambda data: None).state
+    before = counts([st, owner, data, lane])
+    for _ in range(ROUNDS):
+        st.send(owner, data, 2, lane)
+        st.put_first(text, 1)
+        assert st.took(1) == 0 and st.took(1) == 1
+        st.flush()
+        st.forget()
+        st.due = 0
+    assert counts([st, owner, data, lane]) == before
 
 
 def test_lane_upstream_data_failures_leak_nothing():
@@ -352,37 +349,27 @@ def test_lane_upstream_data_failures_leak_nothing():
 
 def test_router_failures_leak_nothing():
     slow, conn = [].append, object()
-    for link, error in [(NoDemux(), AttributeError), (DemuxWithoutDue(), AttributeError)]:
-        no_leak([link, conn, slow], lambda: _lane.Router(link, conn, slow), error)
+    for link in (object(), Link()):   # (the link's books, not the link)
+        no_leak([link, conn, slow], lambda: _lane.Router(link, conn, slow), TypeError)
     link = Link()
-    no_leak([link, conn], lambda: _lane.Router(link, conn, 1), TypeError)
+    no_leak([link.state, conn], lambda: _lane.Router(link.state, conn, 1), TypeError)
     # the slow path raises
     link = Link()
-    router = _lane.Router(link, link, _raise)
+    router = _lane.Router(link.state, link, _raise)
     data = b"+OK\r\n"
-    no_leak([data, link, router], lambda: router.data_received(data), OSError)
+    no_leak([data, link.state, router], lambda: router.data_received(data), OSError)
     # the owner's client write raises
     link, owner = Link(), Owner()
     lane = _lane.Lane(list().append, list().append)
-    owner.lane = lane
-    lane.arm(dict(KNOWN), None, _raise, 1 << 40, 16, 1 << 20, link, owner)
-    router = _lane.Router(link, link, list().append)
+    lane.arm(dict(KNOWN), None, _raise, 1 << 40, 16, 1 << 20, link.state, owner)
+    router = _lane.Router(link.state, link, list().append)
 
     def once():
-        link.demux.due.clear()
-        link.demux.sent(owner, 1)
-        link.due = 1
+        link.state.forget()
+        link.state.sent(owner, 1, lane)
+        link.state.due = 1
         router.data_received(data)
-    no_leak([data, link, owner, lane, router], once, OSError)
-    # the head entry's count is not an int
-    link.demux.due.clear()
-    link.demux.due.append([owner, "1"])
-    no_leak([data, link, owner, lane, router], lambda: router.data_received(data), TypeError)
-    # the link's `conn` lookup fails
-    link = Link()
-    router = _lane.Router(link, link, list().append)
-    del link.conn
-    no_leak([data, link, router], lambda: router.data_received(data), AttributeError)
+    no_leak([data, link.state, owner, lane, router], once, OSError)
 
 
 def test_speedups_failures_leak_nothing():

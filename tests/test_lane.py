@@ -511,59 +511,55 @@ def test_an_armed_connection_whose_upstream_dies_is_closed_as_by_a_redis_restart
 # ---------------------------------------------------------------- shared links: Lane + Router
 
 class FakeLink:
-    """What a Lane and a Router read of server.SharedLink (attributes only)."""
+    """A shared link's books (a real _lane.LinkState, what server.SharedLink keeps them in) with
+    a recording connection: what a Lane and a Router act on."""
 
     def __init__(self):
-        from redisgate.mux import Demux
-        self.demux = Demux()
-        self.due = 0
-        self.ready = True
-        self.out = []
-        self._flush_soon = False
         self.written = []
-        self.sent = []
-        self.conn = self
-        self.transport = self
-
-    def write(self, data):      # (conn.transport.write)
-        self.written.append(data)
-
-    def send(self, owner, data, replies):   # SharedLink.send's busy path
-        self.sent.append((owner, data, replies))
-        self.demux.sent(owner, replies)
-        self.due += replies
+        self.queued = []   # after_send's calls: (owner, size, replies)
+        self.state = _lane.LinkState(lambda *args: self.queued.append(args))
+        self.state.attach(self, self.written.append)
+        self.state.ready = True
 
 
 class FakeOwner:
-    """A ClientConnection as the Router sees it: its `lane`."""
+    """A ClientConnection whose lane is armed on the link."""
 
     def __init__(self, link, due=0):
         self.rec = Recorder()
         self.lane = self.rec.lane
-        self.lane.arm(KNOWN, None, self.rec.client.append, due, 1024, 1 << 20, link, self)
+        self.lane.arm(KNOWN, None, self.rec.client.append, due, 1024, 1 << 20, link=link.state,
+                      owner=self)
 
 
-def test_a_shared_lane_writes_an_idle_link_at_once_and_tells_its_demux():
+def test_a_shared_lane_writes_an_idle_link_at_once_and_tells_its_books():
     link = FakeLink()
+    st = link.state
     a = FakeOwner(link)
     a.lane.client_data(cmd("GET", "k:1") + cmd("GET", "k:2"))
-    assert link.written == [cmd("GET", "k:1") + cmd("GET", "k:2")] and link.sent == []
-    assert list(link.demux.due) == [[a, 2]] and link.due == 2 and a.lane.due == 2
-    # Busy now: SharedLink.send queues it (and counts it), and schedules the turn's flush...
+    assert link.written == [cmd("GET", "k:1") + cmd("GET", "k:2")] and link.queued == []
+    assert st.due_owners() == [a, a] and st.due == 2 and a.lane.due == 2
+    # Busy now: queued (and counted), and after_send is told once (it schedules the flush)...
     a.lane.client_data(cmd("GET", "k:3"))
-    assert link.sent == [(a, cmd("GET", "k:3"), 1)]
-    assert list(link.demux.due) == [[a, 3]] and link.due == 3 and a.lane.due == 3
+    assert link.queued == [(a, len(cmd("GET", "k:3")), 1)] and st.flush_soon
+    assert st.due_owners() == [a] * 3 and st.due == 3 and a.lane.due == 3
     # ...after which the turn's other bytes join the queue in C.
-    link._flush_soon = True
     b = FakeOwner(link)
     b.lane.client_data(cmd("SET", "k:4", "v"))
     a.lane.client_data(cmd("PING"))
-    assert link.out == [cmd("SET", "k:4", "v"), cmd("PING")] and len(link.sent) == 1
-    assert list(link.demux.due) == [[a, 3], [b, 1], [a, 1]] and link.due == 5
-    # A link that is connecting is SharedLink.send's, whatever else holds.
-    link.ready = False
+    assert st.out == [cmd("GET", "k:3"), cmd("SET", "k:4", "v"), cmd("PING")]
+    assert len(link.queued) == 1
+    assert st.due_owners() == [a, a, a, b, a] and st.due == 5
+    st.flush()
+    assert link.written[-1] == cmd("GET", "k:3") + cmd("SET", "k:4", "v") + cmd("PING")
+    assert st.out == [] and not st.flush_soon
+    # A link that is not ready (connecting): queued, and after_send told every time.
+    st.ready = False
     a.lane.client_data(cmd("PING"))
-    assert link.sent[-1] == (a, cmd("PING"), 1) and len(link.out) == 2
+    a.lane.client_data(cmd("PING"))
+    assert link.queued[1:] == [(a, len(cmd("PING")), 1)] * 2 and st.out == [cmd("PING")] * 2
+    st.flush()   # (nothing is written while not ready)
+    assert st.out == [cmd("PING")] * 2 and len(link.written) == 2
 
 
 def _routed(due: int):
@@ -571,28 +567,29 @@ def _routed(due: int):
     is due `due` replies, as the link's books say too."""
     link = FakeLink()
     slow = []
-    router = _lane.Router(link, link, slow.append)
+    router = _lane.Router(link.state, link, slow.append)
     owner = FakeOwner(link, due=due)
-    link.demux.sent(owner, due)
-    link.due = due
+    link.state.sent(owner, due, owner.lane)
+    link.state.due = due
     return link, slow, router, owner
 
 
 def test_the_router_routes_flat_replies_to_armed_lanes_and_leaves_the_rest_to_python():
     link = FakeLink()
+    st = link.state
     slow = []
-    router = _lane.Router(link, link, slow.append)
+    router = _lane.Router(st, link, slow.append)
     a, b = FakeOwner(link, due=2), FakeOwner(link, due=1)
-    link.demux.sent(a, 2)
-    link.demux.sent(b, 1)
-    link.demux.sent(a, 0)
+    st.sent(a, 2, a.lane)
+    st.sent(b, 1, b.lane)
+    st.sent(a, 0, a.lane)
     setup = object()
-    link.demux.sent(setup, 1)
-    link.due = 4
+    st.sent(setup, 1)
+    st.due = 4
     router.data_received(b"+OK\r\n$1\r\nx\r\n:1\r\n+OK\r\n")
     assert a.rec.client == [b"+OK\r\n$1\r\nx\r\n"] and b.rec.client == [b":1\r\n"]
     assert slow == [b"+OK\r\n"]          # the setup reply: the Python path's
-    assert list(link.demux.due) == [[setup, 1]] and link.due == 1
+    assert st.due_owners() == [setup] and st.due == 1 and st.pending == 1
     assert a.lane.due == 0 and b.lane.due == 0
 
 
@@ -606,35 +603,44 @@ def test_the_router_stops_at_a_reply_it_cannot_count(reply):
     link, slow, router, a = _routed(2)
     router.data_received(b"+OK\r\n" + reply)
     assert a.rec.client == [b"+OK\r\n"] and slow == [reply]
-    assert list(link.demux.due) == [[a, 1]] and link.due == 1 and a.lane.due == 1
+    assert link.state.due_owners() == [a] and link.state.due == 1 and a.lane.due == 1
 
 
 def test_the_router_leaves_disarmed_owners_half_read_replies_and_old_connections_to_python():
     link, slow, router, a = _routed(1)
-    link.demux.clean = False                 # a reply half read by the Python path
+    st = link.state
+    st.clean = False                         # a reply half read by the Python path
     router.data_received(b"+OK\r\n")
-    link.demux.clean = True
-    link.conn = object()                     # a reconnect: this router's connection is old
+    st.clean = True
+    st.attach(object(), link.written.append)   # a reconnect: this router's connection is old
     router.data_received(b"+OK\r\n")
-    link.conn = link
+    st.attach(link, link.written.append)
     a.lane.disarm()
     router.data_received(b"+OK\r\n")
     assert slow == [b"+OK\r\n"] * 3 and a.rec.client == []
     other = FakeLink()                       # armed on another link
     b = FakeOwner(other, due=1)
-    link.demux.due.clear()
-    link.demux.sent(b, 1)
+    assert st.forget() == [a]
+    st.sent(b, 1, b.lane)
     router.data_received(b"+OK\r\n")
-    assert b.rec.client == [] and len(slow) == 4
+    c = FakeOwner(link, due=1)               # sent by the Python path without its lane
+    st.forget()
+    st.sent(c, 1)
+    router.data_received(b"+OK\r\n")
+    assert b.rec.client == [] and c.rec.client == [] and len(slow) == 5
 
 
-def test_the_router_never_routes_more_than_a_lane_is_due():
+def test_the_router_never_routes_more_than_a_lane_or_the_link_is_due():
     link = FakeLink()
     slow = []
-    router = _lane.Router(link, link, slow.append)
+    router = _lane.Router(link.state, link, slow.append)
     a = FakeOwner(link, due=1)
-    link.demux.sent(a, 3)                    # inconsistent books: the Python path sorts it out
-    link.due = 3
+    link.state.sent(a, 3, a.lane)            # inconsistent books: the Python path sorts it out
+    link.state.due = 3
+    router.data_received(b"+OK\r\n+OK\r\n")
+    assert a.rec.client == [] and slow == [b"+OK\r\n+OK\r\n"]
+    link, slow, router, a = _routed(2)
+    link.state.due = 1
     router.data_received(b"+OK\r\n+OK\r\n")
     assert a.rec.client == [] and slow == [b"+OK\r\n+OK\r\n"]
 

@@ -26,6 +26,24 @@ pytestmark = pytest.mark.usefixtures("both_scans")
 
 # ---------------------------------------------------------------- Demux
 
+
+def _impls():
+    """The C LinkState (redisgate._lane) a Demux keeps its queue in, and its Python twin."""
+    from redisgate.linkstate import PyLinkState
+    try:
+        from redisgate._lane import LinkState
+    except ImportError:
+        return [pytest.param(PyLinkState, id="py")]
+    return [pytest.param(LinkState, id="c"), pytest.param(PyLinkState, id="py")]
+
+
+def demux(impl):
+    return Demux(impl(lambda owner, size, replies: None))
+
+
+both_states = pytest.mark.parametrize("impl", _impls())
+
+
 _leaf = st.one_of(
     st.just(b"+OK\r\n"), st.just(b"-ERR no\r\n"), st.integers(-10**6, 10**6).map(lambda i: b":%d\r\n" % i),
     st.just(b"$-1\r\n"), st.just(b"*-1\r\n"),
@@ -36,13 +54,14 @@ _reply = st.recursive(_leaf, lambda inner: st.lists(inner, max_size=4).map(
     lambda items: b"*%d\r\n" % len(items) + b"".join(items)), max_leaves=8)
 
 
+@both_states
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(runs=st.lists(st.tuples(st.integers(0, 3), st.lists(_reply, min_size=1, max_size=6)),
                      min_size=1, max_size=8),
        cuts=st.lists(st.integers(0, 20000), max_size=12))
-def test_demux_gives_every_owner_exactly_its_replies(runs, cuts):
+def test_demux_gives_every_owner_exactly_its_replies(impl, runs, cuts):
     owners = [object() for _ in range(4)]
-    d = Demux()
+    d = demux(impl)
     want: dict[int, bytes] = {}
     stream = b""
     for who, replies in runs:
@@ -67,7 +86,7 @@ def test_demux_gives_every_owner_exactly_its_replies(runs, cuts):
                 order.append(who)
     assert got == want
     assert counted == sum(len(r) for _, r in runs)
-    assert d.pending == 0 and not d.due
+    assert d.pending == 0 and d.state.head_due == 0 and d.state.head_owner is None
     # Owners come in the order their runs were sent (a run continues across reads).
     sent_order = []
     for who, _ in runs:
@@ -76,15 +95,16 @@ def test_demux_gives_every_owner_exactly_its_replies(runs, cuts):
     assert order == sent_order
 
 
-def test_demux_refuses_replies_nobody_asked_for():
-    d = Demux()
+@both_states
+def test_demux_refuses_replies_nobody_asked_for(impl):
+    d = demux(impl)
     d.sent("a", 1)
     with pytest.raises(UpstreamProtocolError):
         d.received(b"+OK\r\n+OK\r\n")
-    d = Demux()
+    d = demux(impl)
     with pytest.raises(UpstreamProtocolError):
         d.received(b"*1\r\n")
-    d = Demux()
+    d = demux(impl)
     d.sent("a", 1)
     with pytest.raises(UpstreamProtocolError):
         d.received(b"!garbage\r\n")
@@ -93,17 +113,18 @@ def test_demux_refuses_replies_nobody_asked_for():
 PUSH = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$5\r\napp:x\r\n"
 
 
+@both_states
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(runs=st.lists(st.tuples(st.integers(0, 2), st.lists(_reply, min_size=1, max_size=4)),
                      min_size=1, max_size=6),
        pushes=st.lists(st.integers(0, 40), max_size=4),
        cuts=st.lists(st.integers(0, 20000), max_size=12))
-def test_demux_drops_push_messages_without_failing_the_link(runs, pushes, cuts):
+def test_demux_drops_push_messages_without_failing_the_link(impl, runs, pushes, cuts):
     # Nothing on a shared link subscribes or tracks keys; a push that arrives anyway (anywhere
     # between replies, split anywhere) is dropped and logged: every owner still gets exactly its
     # replies, and the link is not failed for everyone.
     owners = [object() for _ in range(3)]
-    d = Demux()
+    d = demux(impl)
     want: dict[int, bytes] = {}
     replies = []
     for who, rs in runs:
@@ -122,8 +143,9 @@ def test_demux_drops_push_messages_without_failing_the_link(runs, pushes, cuts):
     assert got == want and d.pending == 0 and d.dropped == len(pushes)
 
 
-def test_demux_drops_a_push_when_nothing_is_due():
-    d = Demux()
+@both_states
+def test_demux_drops_a_push_when_nothing_is_due(impl):
+    d = demux(impl)
     assert d.received(PUSH[:7]) == [] and d.received(PUSH[7:]) == []
     d.sent("a", 1)
     assert d.received(PUSH + b"+OK\r\n") == [("a", b"+OK\r\n", 1, True)]
@@ -131,8 +153,9 @@ def test_demux_drops_a_push_when_nothing_is_due():
         d.received(b"+OK\r\n")
 
 
-def test_demux_forget_lists_each_waiting_owner_once():
-    d = Demux()
+@both_states
+def test_demux_forget_lists_each_waiting_owner_once(impl):
+    d = demux(impl)
     for who in ("a", "b", "a", "c"):
         d.sent(who, 2)
     d.received(b"+OK\r\n+OK\r\n+OK")
