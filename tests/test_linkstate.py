@@ -4,6 +4,10 @@ The same random operations on both give the same results, and each is checked ag
 model; then the send/flush cases one by one."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -184,3 +188,11 @@ def test_the_c_state_takes_only_a_lane_as_lane():
     with pytest.raises(TypeError):
         s.send("a", b"x", 1, object())
     assert s.due_owners() == ["a", "a"]
+
+
+@pytest.mark.parametrize("env", ["REDISGATE_NO_LANE", "REDISGATE_PURE_PYTHON"])
+def test_the_python_twin_is_used_where_the_lane_is_off(env):
+    code = ("from redisgate import linkstate, server; "
+            "assert linkstate.LinkState is linkstate.PyLinkState; "
+            "assert server.Lane is None and server.Router is None")
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, **{env: "1"}))
