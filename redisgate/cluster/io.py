@@ -554,7 +554,9 @@ class ClusterShared:
         self.used: set = set()
         self._soon = False
 
-    def send(self, client, data: bytes, replies: int) -> None:
+    def send(self, client, data: bytes, replies: int, lane=None) -> None:
+        # (server.SharedLink.send's signature; `lane`, the client's C lane, is None: no lane in
+        # cluster mode)
         self.router.submit(data)
         self._after(now=False)
 
