@@ -316,7 +316,10 @@ def check_failover_reported(audit_path, before: dict, after: dict, old: int, new
     assert kinds.index("failover-started") < kinds.index("switch-master") < \
         len(kinds) - 1 - kinds[::-1].index("master-changed")
     assert delta(before, after, "redisgate_sentinel_failovers_total") == 1
-    assert delta(before, after, "redisgate_sentinel_failover_starts_total") == 1
+    # (On a loaded machine the sentinels may also start, and abort, a failover of the NEW master
+    # they briefly saw down (`-failover-abort-no-good-slave`): each start is counted and audited.)
+    all_started = events(audit_path, "failover-started", master=MASTER_NAME)
+    assert delta(before, after, "redisgate_sentinel_failover_starts_total") == len(all_started)
 
 
 def test_unreachable_sentinels_are_logged_and_clients_told(caplog, monkeypatch, tmp_path):
