@@ -36,9 +36,9 @@ Fast paths, chosen at compile time and visible as `Matcher.kind`:
 from __future__ import annotations
 
 import re
-from typing import Callable, TypeGuard
+from typing import Callable, Iterable, TypeGuard
 
-__all__ = ["Matcher", "compile_pattern", "stringmatch"]
+__all__ = ["Matcher", "class_body", "compile_pattern", "stringmatch"]
 
 # Redis: `if (nesting > 1000) return 0;` — the 1001st star's recursion fails.
 _MAX_NESTING = 1000
@@ -57,21 +57,22 @@ def _signed(b: int) -> int:
     return b - 256 if b >= 128 else b
 
 
-def _parse_class(p: bytes, i: int) -> tuple[frozenset[int], int]:
-    """Parse a `[...]` class whose body starts at p[i]; return (allowed bytes, index of next item).
+def class_body(p: bytes, i: int, one: Callable[[int], Iterable[int]],
+               span: Callable[[int, int], Iterable[int]]) -> tuple[set[int], int]:
+    """The bytes a `[...]` class whose body (after any `^`) starts at p[i] takes, and the index of
+    its `]` (unterminated: of its last byte). `one(b)` is what a literal byte takes, `span(lo, hi)`
+    what a range takes (its ends signed and ordered); an escaped byte takes itself, in either
+    case. This module's matcher and secret_config's nocase one both walk classes with it.
 
     Mirrors the C loop statement by statement, including where it reads past the class (ranges are
     tried before `]`) and how it backs up on an unterminated class.
     """
     n = len(p)
-    negate = i < n and p[i] == 0x5E  # '^'
-    if negate:
-        i += 1
-    allowed: set[int] = set()
+    taken: set[int] = set()
     while True:
         if i < n and p[i] == 0x5C and n - i >= 2:  # '\\' escapes the next byte
             i += 1
-            allowed.add(p[i])
+            taken.add(p[i])
         elif i < n and p[i] == 0x5D:  # ']'
             break
         elif i >= n:  # unterminated: C backs up one byte so the outer `pattern++` lands at the end
@@ -81,11 +82,26 @@ def _parse_class(p: bytes, i: int) -> tuple[frozenset[int], int]:
             start, end = _signed(p[i]), _signed(p[i + 2])
             if start > end:
                 start, end = end, start
-            allowed.update(b for b in range(256) if start <= _signed(b) <= end)
+            taken.update(span(start, end))
             i += 2
         else:
-            allowed.add(p[i])
+            taken.update(one(p[i]))
         i += 1
+    return taken, i
+
+
+def _span(start: int, end: int) -> Iterable[int]:
+    """The bytes a case-sensitive `[start-end]` takes (Redis compares signed chars)."""
+    return (b for b in range(256) if start <= _signed(b) <= end)
+
+
+def _parse_class(p: bytes, i: int) -> tuple[frozenset[int], int]:
+    """Parse a `[...]` class whose body starts at p[i]; return (allowed bytes, index of next item)."""
+    n = len(p)
+    negate = i < n and p[i] == 0x5E  # '^'
+    if negate:
+        i += 1
+    allowed, i = class_body(p, i, lambda b: (b,), _span)
     if negate:
         return _ALL_BYTES - allowed, i + 1
     return frozenset(allowed), i + 1

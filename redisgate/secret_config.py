@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from redisgate.glob import class_body
+
 __all__ = ["SENSITIVE_PARAMETERS", "pattern_reveals_secret", "config_get_reveals_secret"]
 
 SENSITIVE_PARAMETERS: tuple[bytes, ...] = (
@@ -63,26 +65,8 @@ def _range(start: int, end: int) -> frozenset[int]:
 def _class(p: bytes, i: int) -> tuple[frozenset[int], int]:
     """The `[...]` class whose body starts at p[i] (nocase=1): the bytes it takes (before `^`
     negation is applied by the caller) and the index of the `]` (or of the last byte)."""
-    n = len(p)
-    taken: set[int] = set()
-    while True:
-        if i < n and p[i] == 0x5C and n - i >= 2:                 # '\\x': x itself, case kept
-            i += 1
-            taken.add(p[i])
-        elif i < n and p[i] == 0x5D:                              # ']'
-            break
-        elif i >= n:                                              # unterminated
-            i -= 1
-            break
-        elif n - i >= 3 and p[i + 1] == 0x2D:                     # 'a-z'
-            start, end = _signed(p[i]), _signed(p[i + 2])
-            if start > end:
-                start, end = end, start
-            taken |= _range(_lower(start), _lower(end))
-            i += 2
-        else:                                                     # one byte, any case
-            taken |= _ANYCASE[p[i]]
-        i += 1
+    taken, i = class_body(p, i, _ANYCASE.__getitem__,                # one byte: any case
+                          lambda start, end: _range(_lower(start), _lower(end)))
     return frozenset(taken), i
 
 

@@ -59,7 +59,7 @@ import os
 import re
 import ssl
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -279,6 +279,17 @@ def weak_cipher_suites(ciphers: str) -> list[str]:
 
 # ---------------------------------------------------------------------------- listener (server)
 
+def _rebuilt(where: str, build: Callable[[], ssl.SSLContext], kept: str) -> ssl.SSLContext | None:
+    """A reload's new context from `build`, or None when the files do not make one (logged: the
+    caller keeps its current context, `kept` says what of it)."""
+    try:
+        return build()
+    except TLSConfigError as e:
+        log.error("%s: TLS reload failed, still using the previous %s: %s", where, kept,
+                  "; ".join(e.problems))
+        return None
+
+
 class ListenerTLS:
     """One listener's TLS settings and its current, reloadable server context."""
 
@@ -363,11 +374,8 @@ class ListenerTLS:
 
     def reload(self) -> bool:
         """Re-read cert, key and CA; on any problem keep the current context and log why."""
-        try:
-            ctx = self._build()
-        except TLSConfigError as e:
-            log.error("%s: TLS reload failed, still using the previous certificate: %s",
-                      self.where, "; ".join(e.problems))
+        ctx = _rebuilt(self.where, self._build, "certificate")
+        if ctx is None:
             return False
         self._context = ctx
         self.client_cas = self._built_cas
@@ -465,11 +473,8 @@ class UpstreamTLS:
         return self.configured_server_name or host or self._default_server_name
 
     def reload(self) -> bool:
-        try:
-            ctx = self._build()
-        except TLSConfigError as e:
-            log.error("%s: TLS reload failed, still using the previous files: %s",
-                      self.where, "; ".join(e.problems))
+        ctx = _rebuilt(self.where, self._build, "files")
+        if ctx is None:
             return False
         self._context = ctx
         log.info("%s: TLS files reloaded", self.where)

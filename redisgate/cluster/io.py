@@ -422,7 +422,24 @@ class NodeLink(asyncio.Protocol):
             self.transport.close()
 
 
-class ClusterUpstream:
+class _Delivery:
+    """What ClusterUpstream and ClusterShared share: the Router's replies go to the client at
+    once when a node's data brought them, or once on the next loop turn when the client's own
+    pump did (`_deliver`, each class's own)."""
+    _soon = False
+
+    def _deliver_now_or_soon(self, now: bool) -> None:
+        if now:
+            self._deliver()
+        elif not self._soon:
+            self._soon = True
+            asyncio.get_running_loop().call_soon(self._deliver)
+
+    def _deliver(self) -> None:
+        raise NotImplementedError
+
+
+class ClusterUpstream(_Delivery):
     """One client connection's upstream in cluster mode (and its own transport): see the module
     docstring."""
 
@@ -495,11 +512,7 @@ class ClusterUpstream:
                 self.cmap.proxy.tasks.spawn(link.connect())
             link.send(chunks[0] if len(chunks) == 1 else b"".join(chunks))
         if router.fatal is not None or router.out:
-            if now:
-                self._deliver()
-            elif not self._soon:
-                self._soon = True
-                asyncio.get_running_loop().call_soon(self._deliver)
+            self._deliver_now_or_soon(now)
 
     def _deliver(self) -> None:
         self._soon = False
@@ -538,7 +551,7 @@ class _NodeOwner:
         self.shared.client.hold_input(reason, hold, source)
 
 
-class ClusterShared:
+class ClusterShared(_Delivery):
     """What server.ClientConnection sees as its shared link in cluster mode (upstream.multiplex):
     the session's stateless commands go through this client's Router (shared: no login or
     protocol set-up of its own) to the shared links of each node (`ClusterMap.shared_links`);
@@ -590,11 +603,7 @@ class ClusterShared:
                       self.client.session.client_info)
             self.client.session.abort()
         if router.out:
-            if now:
-                self._deliver()
-            elif not self._soon:
-                self._soon = True
-                asyncio.get_running_loop().call_soon(self._deliver)
+            self._deliver_now_or_soon(now)
 
     def _deliver(self) -> None:
         self._soon = False
