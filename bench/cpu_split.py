@@ -82,6 +82,13 @@ def measure(target, redis_pid: int, workload: str, requests: int) -> dict:
             "vol": (sw1[0] - sw0[0]) * 1000 / n, "invol": (sw1[1] - sw0[1]) * 1000 / n}
 
 
+def cpu_columns(med: dict) -> str:
+    """The CPU part of a medians line (µs per request): the proxy's user and system time, Redis's,
+    the benchmark client's, and how idle the machine was (cpu_split.py and workers.py)."""
+    return (f"proxy user {med['user']:.2f} sys {med['sys']:.2f}  redis {med['redis']:.2f}  "
+            f"bench {med['bench']:.2f}  idle {med['idle']:.0%}")
+
+
 def run_rounds(measure, targets, workloads, rounds: int, redis_pid: int, requests: int,
                results: dict, extra=None) -> None:
     """`rounds` rounds of every workload on every target, in reversed order every other round
@@ -184,9 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         if direct and name != "direct":
             adds = statistics.median(r["wall"] - d["wall"] for r, d in zip(runs, direct))
             added = f"  adds {adds:.1f} µs"
-        print(f"{workload:8} {name:20} {med['rps']:>10,.0f}/s{added}  proxy user {med['user']:.2f} "
-              f"sys {med['sys']:.2f}  redis {med['redis']:.2f}  bench {med['bench']:.2f}  "
-              f"idle {med['idle']:.0%}  switches {med['vol']:.1f}/{med['invol']:.1f}")
+        print(f"{workload:8} {name:20} {med['rps']:>10,.0f}/s{added}  {cpu_columns(med)}  "
+              f"switches {med['vol']:.1f}/{med['invol']:.1f}")
     return 0
 
 

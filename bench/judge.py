@@ -138,6 +138,17 @@ def timed(fn, reps: int) -> list[float]:
     return times
 
 
+def add_cpu_option(ap: argparse.ArgumentParser) -> None:
+    """--cpu: time() then counts the process's CPU time (here and in bench/session.py)."""
+    ap.add_argument("--cpu", action="store_true",
+                    help="time passes in process CPU time, not wall time (a loaded machine)")
+
+
+def use_clock(args: argparse.Namespace) -> None:
+    global _clock
+    _clock = time.process_time if args.cpu else time.perf_counter
+
+
 def getset_commands(n: int) -> list[list[bytes]]:
     """redis-benchmark's own SET/GET traffic, for comparison with the socket benchmarks."""
     out = []
@@ -289,13 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="parse + judge commands/s, no sockets")
     ap.add_argument("--quick", action="store_true", help="a smaller buffer and fewer repetitions")
     ap.add_argument("--commands", type=int, help="commands in the buffer (default 90,000; quick 27,000)")
-    ap.add_argument("--cpu", action="store_true",
-                    help="time passes in process CPU time, not wall time (a loaded machine)")
+    add_cpu_option(ap)
     ap.add_argument("--json", action="store_true", help="print one JSON line (for bench/run.py)")
     args = ap.parse_args(argv)
-    if args.cpu:
-        global _clock
-        _clock = time.process_time
+    use_clock(args)
     n = args.commands or (27_000 if args.quick else 90_000)
     reps = 5 if args.quick else 9
     out = {"commands": n, "repetitions": reps, "default_path": "session",

@@ -480,13 +480,8 @@ def markdown(doc: dict) -> str:
                    f"{t} {c1[t]['added_p50_ms'] * 1000:.0f} / {c1[t]['added_mean_ms'] * 1000:.1f} µs"
                    for t in present if c1.get(t, {}).get("added_mean_ms") is not None) + "."]
 
-    judge = doc.get("judge")
-    md += ["", "## Judge micro-benchmark (no sockets, one core)", ""]
-    if not judge:
-        md.append("Skipped.")
-    elif judge.get("error"):
-        md.append(f"Unavailable: {judge['error']}")
-    else:
+    judge = _section(md, doc, "judge", "Judge micro-benchmark (no sockets, one core)")
+    if judge:
         md += [judge.get("description", ""), "",
                "| parsing path | commands/s | ns/command | parse only (cmd/s) |", "|---|---|---|---|"]
         for name, p in judge.get("paths", {}).items():
@@ -504,13 +499,8 @@ def markdown(doc: dict) -> str:
         for n in judge.get("notes", []):
             md.append(f"\n- {n}")
 
-    mem = doc.get("memory")
-    md += ["", "## Memory per idle authenticated client", ""]
-    if not mem:
-        md.append("Skipped.")
-    elif mem.get("error"):
-        md.append(f"Unavailable: {mem['error']}")
-    else:
+    mem = _section(md, doc, "memory", "Memory per idle authenticated client")
+    if mem:
         md += ["| process | clients | RSS before (MiB) | RSS after (MiB) | KiB per client | "
                "upstream links |", "|---|---|---|---|---|---|"]
         for name, m in mem.get("targets", {}).items():
@@ -535,6 +525,20 @@ def markdown(doc: dict) -> str:
         md += ["", "## Notes", ""] + [f"- {n}" for n in meta["notes"]]
     md += ["", f"Raw runs, argv and logs: `latest.json`; process logs in `{meta.get('workdir', '?')}`.", ""]
     return "\n".join(md)
+
+
+def _section(md: list[str], doc: dict, key: str, title: str) -> dict | None:
+    """Append the heading of the optional part `key` of the report; return its results, or None
+    when it was skipped or did not measure (said under the heading)."""
+    part = doc.get(key)
+    md += ["", f"## {title}", ""]
+    if not part:
+        md.append("Skipped.")
+    elif part.get("error"):
+        md.append(f"Unavailable: {part['error']}")
+    else:
+        return part
+    return None
 
 
 def chart(doc: dict, path: Path) -> str | None:

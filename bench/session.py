@@ -22,19 +22,18 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import gc
 import io
 import json
 import pstats
 import sys
-import time
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR.parent))
 sys.path.insert(0, str(BENCH_DIR))
 
-from judge import asynq_commands, encode, load_bench_config, logged_in, SHA_ENQUEUE  # noqa: E402
+from judge import (asynq_commands, encode, load_bench_config, logged_in, SHA_ENQUEUE,  # noqa: E402
+                   add_cpu_option, timed, use_clock)
 
 
 def _batches(cmds: list[list[bytes]], per_read: int) -> list[bytes]:
@@ -95,23 +94,9 @@ def make_pass(gate, reads):
     return run
 
 
-# The clock of the timed passes: wall time, or with --cpu the process's CPU time (other
-# processes on a loaded machine do not count then).
-_clock = time.perf_counter
-
-
 def best_of(fn, reps: int) -> float:
-    fn()                                  # warm-up (lazily built tables)
-    best = float("inf")
-    gc.disable()
-    try:
-        for _ in range(reps):
-            t0 = _clock()
-            fn()
-            best = min(best, _clock() - t0)
-    finally:
-        gc.enable()
-    return best
+    """The fastest of `reps` timed passes (judge.timed: after a warm-up, GC off, judge's clock)."""
+    return min(timed(fn, reps))
 
 
 def profile(fn, top: int) -> str:
@@ -132,13 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scenario", action="append", help="run only this scenario (repeatable)")
     ap.add_argument("--profile", nargs="?", const=12, type=int, metavar="N",
                     help="print cProfile's top N entries (by own time) per scenario")
-    ap.add_argument("--cpu", action="store_true",
-                    help="time passes in process CPU time, not wall time (a loaded machine)")
+    add_cpu_option(ap)
     ap.add_argument("--json", action="store_true", help="print one JSON line")
     args = ap.parse_args(argv)
-    if args.cpu:
-        global _clock
-        _clock = time.process_time
+    use_clock(args)
     n = args.commands or (16_000 if args.quick else 64_000)
     reps = 3 if args.quick else 7
 

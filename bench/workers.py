@@ -28,7 +28,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cpu_split import WORKLOADS, benchmark_argv, children_cpu, run_rounds  # noqa: E402
+from cpu_split import WORKLOADS, benchmark_argv, children_cpu, cpu_columns, run_rounds  # noqa: E402
 from procstat import proc_cpu  # noqa: E402
 from targets import Stack  # noqa: E402
 
@@ -105,9 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             tput = statistics.median(r["rps"] / b["rps"] for r, b in zip(runs, base))
             cpu = statistics.median(r["proxy"] / b["proxy"] for r, b in zip(runs, base))
             vs = f"  vs w1: throughput {tput:.2f}x, proxy CPU/request {cpu:.2f}x"
-        print(f"{workload:8} {name:13} {med['rps']:>10,.0f}/s  proxy user {med['user']:.2f} "
-              f"sys {med['sys']:.2f}  redis {med['redis']:.2f}  bench {med['bench']:.2f}  "
-              f"idle {med['idle']:.0%}{vs}")
+        print(f"{workload:8} {name:13} {med['rps']:>10,.0f}/s  {cpu_columns(med)}{vs}")
     return 0
 
 

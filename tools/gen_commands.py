@@ -216,21 +216,14 @@ def read_names(path: str) -> tuple[str, list[str]]:
 
 def dump(doc: dict) -> str:
     """One line per command, sorted: compact, yet a Redis upgrade reads as a plain diff."""
-    lines = ["{"]
-    lines.append(f' "redis_version": {json.dumps(doc["redis_version"])},')
-    lines.append(' "legacy": {')
-    legacy = sorted(doc["legacy"].items())
-    for i, (ver, names) in enumerate(legacy):
-        sep = "," if i < len(legacy) - 1 else ""
-        lines.append(f"  {json.dumps(ver)}: {json.dumps(names)}{sep}")
-    lines.append(" },")
-    lines.append(' "commands": {')
-    cmds = sorted(doc["commands"].items())
-    for i, (name, e) in enumerate(cmds):
-        sep = "," if i < len(cmds) - 1 else ""
-        lines.append(f"  {json.dumps(name)}: {json.dumps(e, sort_keys=True)}{sep}")
-    lines.append(" }")
-    lines.append("}")
+    def member(key: str, last: bool) -> list[str]:   # `"key": {` + one line per entry
+        entries = [f"  {json.dumps(k)}: {json.dumps(v, sort_keys=True)}"
+                   for k, v in sorted(doc[key].items())]
+        return [f" {json.dumps(key)}: {{", *[e + "," for e in entries[:-1]], *entries[-1:],
+                " }" if last else " },"]
+
+    lines = ["{", f' "redis_version": {json.dumps(doc["redis_version"])},',
+             *member("legacy", False), *member("commands", True), "}"]
     return "\n".join(lines) + "\n"
 
 
