@@ -28,8 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import hiredis
+import pytest
 
 import asynq_reference
+from conftest import LEGACY_PASSWORD, _need
+from wire import cmd
 
 SCRIPT_DIR = Path(__file__).resolve().parent / "asynq_lua"
 GO_REDIS_LIB_NAME = "go-redis(,go1.22.0)"
@@ -110,14 +113,6 @@ def entries_for_profiles(*profiles: str) -> list[dict]:
 # A go-redis-shaped connection
 # ------------------------------------------------------------------------------------------------
 
-def encode(args) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        a = a if isinstance(a, bytes) else str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    return b"".join(out)
-
-
 class GoRedisConn:
     """One client connection. ``call`` raises ``ReplyError``; ``pipeline`` returns errors."""
 
@@ -134,7 +129,7 @@ class GoRedisConn:
 
     # --- wire ---
     def send(self, *commands) -> None:
-        self.sock.sendall(b"".join(encode(c) for c in commands))
+        self.sock.sendall(b"".join(cmd(*c) for c in commands))
 
     def read(self):
         while True:
@@ -795,6 +790,42 @@ def worker_traffic(conn: GoRedisConn, queue: str) -> dict:
     return handled
 
 
+def scheduler_traffic(conn: GoRedisConn, queue: str) -> None:
+    """A scheduler's life: heartbeat, one enqueue of an entry, shutdown."""
+    sid, entry = str(uuid.uuid4()), str(uuid.uuid4())
+    scheduler_heartbeat(conn, sid, [b"entry"])
+    scheduler_enqueue(conn, entry, queue)
+    scheduler_shutdown(conn, sid, [entry])
+
+
+def inspector_and_admin_traffic(connect, queue: str) -> None:
+    """A producer's tasks, then what Asynq's Inspector reads of them (as the `inspector` role)
+    and what its admin calls change (as `admin`); `connect(role)` opens a GoRedisConn."""
+    with connect("producer") as p:
+        msgs = producer_traffic(p, queue)
+    with connect("inspector") as conn:
+        assert queue.encode() in queues(conn)
+        queue_info(conn, queue)
+        history(conn, queue)
+        task_info(conn, queue, msgs[0].id)
+        list_pending(conn, queue)
+        list_active(conn, queue)
+        list_zset(conn, queue, "scheduled")
+        group_stats(conn, queue)
+        servers(conn)
+        scheduler_entries(conn)
+        redis_info(conn)
+    with connect("admin") as conn:
+        pause(conn, queue)
+        unpause(conn, queue)
+        run_task(conn, queue, msgs[2].id)
+        archive_task(conn, queue, msgs[0].id)
+        run_all(conn, queue, "archived")
+        delete_task(conn, queue, msgs[1].id)
+        delete_all(conn, queue, "scheduled")
+        assert update_task_payload(conn, queue, msgs[4].id, b"new payload") == 1
+
+
 # ------------------------------------------------------------------------------------------------
 # Test servers
 # ------------------------------------------------------------------------------------------------
@@ -803,7 +834,7 @@ def start_redis5(password: str):
     """A legacy Redis 5.0 whose admin client speaks RESP2.
 
     The shared ``redis5`` fixture's startup ping uses redis-py 8's default HELLO 3, which 5.0
-    does not know; test modules that need 5.0 override the fixture with this.
+    does not know; test modules that need 5.0 override the fixture with the `redis5` below.
     """
     from servers import RedisServer
 
@@ -816,3 +847,13 @@ def start_redis5(password: str):
     srv.upstream = {"address": f"127.0.0.1:{srv.port}", "password": password}
     srv.admin = srv.client
     return srv
+
+
+@pytest.fixture(scope="module")
+def redis5():
+    """Legacy 5.0 with a RESP2 admin client (see start_redis5). A test module that needs it
+    imports it (`from asynq_workload import redis5`): it then replaces conftest's `redis5`."""
+    _need("5")
+    srv = start_redis5(LEGACY_PASSWORD)
+    yield srv
+    srv.stop()

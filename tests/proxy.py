@@ -148,11 +148,11 @@ def redis_and_proxy(version: str, password: str, acl_users: dict[str, tuple[str,
         srv.stop()
 
 
-def stop_serve(proc: subprocess.Popen) -> None:
-    """Stop a `redisgate serve` subprocess: SIGTERM (its graceful stop), SIGKILL if it is still
-    there 15 s later."""
+def stop_serve(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    """Stop a `redisgate serve` subprocess: `sig` (SIGTERM, its graceful stop; SIGINT is Ctrl-C),
+    SIGKILL if it is still there 15 s later."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         try:
             proc.wait(15)
         except subprocess.TimeoutExpired:

@@ -20,13 +20,15 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import yaml
 
 import asynq_workload as w
-from conftest import LEGACY_PASSWORD
-from servers import free_port, redis_binary
+from asynq_workload import redis5  # noqa: F401 (this module's redis5: a RESP2 admin client)
+from proxy import stop_serve
+from servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not (ROOT / "redisgate" / "server.py").exists(),
@@ -39,16 +41,6 @@ PASSWORDS = {role: f"{role}-secret-{uuid.uuid4().hex[:6]}"
 
 def pw_hash(password: str) -> str:
     return "#" + hashlib.sha256(password.encode()).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def redis5():
-    """Legacy 5.0 with a RESP2 admin client (see asynq_workload.start_redis5)."""
-    if redis_binary("5") is None:
-        pytest.fail("legacy redis-server 5.0 is missing: run scripts/test.sh, which builds it")
-    srv = w.start_redis5(LEGACY_PASSWORD)
-    yield srv
-    srv.stop()
 
 
 class Gate:
@@ -100,13 +92,7 @@ class Gate:
         return w.GoRedisConn(self.port, username=role, password=PASSWORDS[role], **kw)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_serve(self.proc)
         self.log.close()
 
 
@@ -202,37 +188,11 @@ def test_eval_fallback_after_the_script_cache_is_flushed(gate):
 
 def test_scheduler_traffic_through_the_proxy(gate):
     with gate.connect("scheduler") as conn:
-        sid, entry = str(uuid.uuid4()), str(uuid.uuid4())
-        w.scheduler_heartbeat(conn, sid, [b"entry"])
-        w.scheduler_enqueue(conn, entry, gate.queue)
-        w.scheduler_shutdown(conn, sid, [entry])
+        w.scheduler_traffic(conn, gate.queue)
 
 
 def test_inspector_and_admin_traffic_through_the_proxy(gate):
-    q = f"{gate.queue}"
-    with gate.connect("producer") as p:
-        msgs = w.producer_traffic(p, q)
-    with gate.connect("inspector") as conn:
-        assert q.encode() in w.queues(conn)
-        w.queue_info(conn, q)
-        w.history(conn, q)
-        w.task_info(conn, q, msgs[0].id)
-        w.list_pending(conn, q)
-        w.list_active(conn, q)
-        w.list_zset(conn, q, "scheduled")
-        w.group_stats(conn, q)
-        w.servers(conn)
-        w.scheduler_entries(conn)
-        w.redis_info(conn)
-    with gate.connect("admin") as conn:
-        w.pause(conn, q)
-        w.unpause(conn, q)
-        w.run_task(conn, q, msgs[2].id)
-        w.archive_task(conn, q, msgs[0].id)
-        w.run_all(conn, q, "archived")
-        w.delete_task(conn, q, msgs[1].id)
-        w.delete_all(conn, q, "scheduled")
-        assert w.update_task_payload(conn, q, msgs[4].id, b"new payload") == 1
+    w.inspector_and_admin_traffic(gate.connect, gate.queue)
 
 
 # --- what each role is refused ----------------------------------------------------------------
@@ -279,13 +239,20 @@ def test_worker_cannot_flushall_or_script_flush(gate):
     assert admin.script_exists(sha) == [True]
 
 
+def enqueued_one(gate) -> Callable[[], int]:
+    """The producer enqueues one task into gate.queue; returns what counts the queue's pending
+    tasks (read from Redis directly)."""
+    with gate.connect("producer") as p:
+        w.enqueue(p, gate.queue)
+    admin = gate.srv.admin()
+    return lambda: admin.llen(f"asynq:{{{gate.queue}}}:pending")
+
+
 def test_worker_cannot_pass_a_key_prefix_of_another_queue(gate):
     # Our dequeue script is bound like dequeueCmd for the worker: its contract holds for it.
     q = gate.queue
-    admin = gate.srv.admin()
-    with gate.connect("producer") as p:
-        w.enqueue(p, q)
-    pending = admin.llen(f"asynq:{{{q}}}:pending")
+    pending = enqueued_one(gate)
+    before = pending()
     with gate.connect("worker") as conn:
         s = w.SCRIPTS["dequeueCmd"]
         keys = [w.qkey(q, k) for k in ("pending", "paused", "active", "lease")]
@@ -293,20 +260,18 @@ def test_worker_cannot_pass_a_key_prefix_of_another_queue(gate):
         refused(conn.run, s, keys, [int(time.time()) + 30, "session:"])
         refused(conn.call, "eval", s.body, 4, *keys, int(time.time()) + 30, "asynq:{other}:t:")
         assert w.dequeue(conn, [q]) is not None     # the same script with its own prefix runs
-    assert admin.llen(f"asynq:{{{q}}}:pending") == pending - 1
+    assert pending() == before - 1
 
 
 def test_worker_cannot_run_an_own_script_bound_only_for_another_role(gate):
     q = gate.queue
-    admin = gate.srv.admin()
-    with gate.connect("producer") as p:
-        w.enqueue(p, q)
-    pending = admin.llen(f"asynq:{{{q}}}:pending")
+    pending = enqueued_one(gate)
+    before = pending()
     with gate.connect("worker") as conn:
         refused(w.delete_all_pending, conn, q)      # ours, bound like it for the admin only
         s = w.SCRIPTS["deleteAllPendingCmd"]
         refused(conn.call, "eval", s.body, 1, w.qkey(q, "pending"), w.qkey(q, "t:"))
-    assert admin.llen(f"asynq:{{{q}}}:pending") == pending
+    assert pending() == before
 
 
 def test_worker_cannot_work_a_queue_it_is_not_scoped_to(gate):

@@ -43,6 +43,14 @@ def read_events(path: Path) -> list[dict]:
     return events
 
 
+def wait_for_text(path: Path, text: str, timeout: float = 5) -> None:
+    """Until the file at `path` holds `text` (an event written by the proxy's thread)."""
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text():
+        assert time.monotonic() < deadline, f"{text} never written to {path}"
+        time.sleep(0.02)
+
+
 @pytest.fixture
 def captured():
     """The Events emitted meanwhile (through the logger, as every handler sees them)."""
@@ -385,10 +393,7 @@ def test_disconnect_counts_the_commands_the_c_lane_forwarded_too(redis7, tmp_pat
         assert lane >= 200 or conn.lane is None   # (REDISGATE_NO_LANE: all of it in Python)
         if ending == "client-closed":
             w.close()
-            deadline = time.monotonic() + 5
-            while '"disconnect"' not in path.read_text():
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
+            wait_for_text(path, '"disconnect"')
     finally:
         runner.stop()
         if ending == "shutdown":
@@ -412,10 +417,7 @@ def test_a_lost_upstream_connection_is_audited_as_upstream_lost(redis7, tmp_path
         redis7.admin().execute_command("CLIENT", "KILL", "ADDR", f"127.0.0.1:{ports[0]}")
         w.sock.settimeout(10)
         assert w.sock.recv(100) == b""       # the client is closed, as by a Redis restart
-        deadline = time.monotonic() + 5
-        while '"upstream-lost"' not in path.read_text():
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_for_text(path, '"upstream-lost"')
     finally:
         runner.stop()
     lost = [e for e in read_events(path) if e["event"] == "upstream-lost"]

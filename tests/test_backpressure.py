@@ -20,20 +20,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from proxy import ProxyRunner, pw_hash
+from proxy import ProxyRunner, pw_hash, stop_serve
 from servers import RedisServer, free_port
+from wire import cmd
 
 MB = 1 << 20
 PASSWORD = "app-pw"
 USERS = {"app": f"on {pw_hash(PASSWORD)} ~app:* +@all"}
-
-
-def cmd(*args) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        a = a if isinstance(a, bytes) else str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    return b"".join(out)
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +68,7 @@ class ServedProxy:
         return self.ps.memory_info().rss
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_serve(self.proc)
         self.log.close()
 
 

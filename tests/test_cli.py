@@ -1,6 +1,7 @@
 """The command line as a user runs it: python -m redisgate <verb> ..., real processes."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -10,12 +11,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import redis
 import yaml
 
 from redisgate import resp
+from proxy import stop_serve
 from servers import free_port, redis_cli
 
 H = "#" + hashlib.sha256(b"pw").hexdigest()
@@ -46,13 +49,34 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 15) -> None:
 
 
 def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_serve(proc, signal.SIGINT)       # Ctrl-C
+
+
+@contextlib.contextmanager
+def serving(*args, port: int) -> Iterator[subprocess.Popen]:
+    """start(*args), wait until `port` listens, stop() it when the block ends (its stdout and
+    stderr stay readable after)."""
+    proc = start(*args)
+    try:
+        wait_port(port, proc)
+        yield proc
+    finally:
+        stop(proc)
+
+
+def demo_password(proc: subprocess.Popen, user: str) -> str:
+    """The password `redisgate demo` printed for `user` (its banner read up to "Ctrl-C")."""
+    text = b""
+    while b"Ctrl-C" not in text:
+        text += os.read(proc.stdout.fileno(), 4096)
+    return re.search(rb"^  %s +(\S+)$" % user.encode(), text, re.M).group(1).decode()
+
+
+def cli(port: int, user: str, password: str, *command: str) -> str:
+    """redis-cli's output for one command through the proxy, logged in as `user`."""
+    return subprocess.run([redis_cli(), "-p", str(port), "--user", user, "--pass", password,
+                           "--no-auth-warning", *command], capture_output=True, text=True,
+                          timeout=10).stdout
 
 
 def write(tmp_path: Path, raw: dict) -> Path:
@@ -122,12 +146,8 @@ def test_serve_proxies_to_the_configured_upstream_and_reloads(tmp_path, redis7):
     raw = {"listen": f"127.0.0.1:{port}", "upstream": redis7.upstream,
            "users": {"a": f"on {H} ~k:* +get +set +ping"}, "pid_file": "rg.pid"}
     cfg = write(tmp_path, raw)
-    proc = start("serve", "--config", cfg)
-    try:
-        wait_port(port, proc)
-        out = subprocess.run([redis_cli(), "-p", str(port), "--user", "a", "--pass", "pw",
-                              "--no-auth-warning", "PING"], capture_output=True, text=True, timeout=10)
-        assert out.stdout.strip() == "PONG"
+    with serving("serve", "--config", cfg, port=port) as proc:
+        assert cli(port, "a", "pw", "PING").strip() == "PONG"
         c = redis.Redis(port=port, username="a", password="pw", protocol=2)
         assert c.ping()
         # Add a user and remove `a`; reload through the pid file.
@@ -147,8 +167,6 @@ def test_serve_proxies_to_the_configured_upstream_and_reloads(tmp_path, redis7):
             c.ping()     # `a` was removed: its connection is closed
         with pytest.raises(redis.exceptions.AuthenticationError):
             redis.Redis(port=port, username="a", password="pw", protocol=2).ping()
-    finally:
-        stop(proc)
     assert not (tmp_path / "rg.pid").exists()
     if resp._c_scan is not None:   # built here: the C parser is the one in use, no warning
         assert b"pure Python" not in proc.stderr.read()
@@ -182,48 +200,29 @@ def test_reload_with_a_broken_config_keeps_the_running_one(tmp_path, redis7):
     raw = {"listen": f"127.0.0.1:{port}", "upstream": redis7.upstream,
            "users": {"a": f"on {H} +ping"}, "pid_file": "rg.pid"}
     cfg = write(tmp_path, raw)
-    proc = start("serve", "--config", cfg)
-    try:
-        wait_port(port, proc)
+    with serving("serve", "--config", cfg, port=port) as proc:
         cfg.write_text("users: [broken")
         assert rg("reload", "--pid-file", str(tmp_path / "rg.pid")).returncode == 0
         time.sleep(0.5)
         assert redis.Redis(port=port, username="a", password="pw", protocol=2).ping()
-    finally:
-        stop(proc)
     assert b"reload rejected" in proc.stderr.read()
 
 
 def test_serve_without_upstream_starts_the_embedded_redis(tmp_path):
     port = free_port()
     cfg = write(tmp_path, {"listen": f"127.0.0.1:{port}", "users": {"a": f"on {H} ~k:* +set +get"}})
-    proc = start("serve", "--config", cfg)
-    try:
-        wait_port(port, proc)
+    with serving("serve", "--config", cfg, port=port) as proc:
         c = redis.Redis(port=port, username="a", password="pw", protocol=2)
         assert c.set("k:1", "v") and c.get("k:1") == b"v"
-    finally:
-        stop(proc)
     assert b"embedded redis-server" in proc.stderr.read()
 
 
 def test_demo_prints_working_credentials(tmp_path):
     port = free_port()
-    proc = start("demo", "--port", port, "--dir", tmp_path)
-    try:
-        wait_port(port, proc)
-        text = b""
-        while b"Ctrl-C" not in text:
-            text += os.read(proc.stdout.fileno(), 4096)
-        pw = re.search(rb"^  producer +(\S+)$", text, re.M).group(1).decode()
-        out = subprocess.run([redis_cli(), "-p", str(port), "--user", "producer", "--pass", pw,
-                              "--no-auth-warning", "PING"], capture_output=True, text=True, timeout=10)
-        assert out.stdout.strip() == "PONG"
-        out = subprocess.run([redis_cli(), "-p", str(port), "--user", "producer", "--pass", pw,
-                              "--no-auth-warning", "FLUSHALL"], capture_output=True, text=True, timeout=10)
-        assert "NOPERM" in out.stdout
-    finally:
-        stop(proc)
+    with serving("demo", "--port", port, "--dir", tmp_path, port=port) as proc:
+        pw = demo_password(proc, "producer")
+        assert cli(port, "producer", pw, "PING").strip() == "PONG"
+        assert "NOPERM" in cli(port, "producer", pw, "FLUSHALL")
     # The config keeps hashes and a secret-file reference, never a password.
     config_text = (tmp_path / "redisgate.yaml").read_text()
     assert pw not in config_text

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import signal
 import ssl
 import stat
@@ -23,8 +22,8 @@ import redis
 import yaml
 
 from redisgate import certs
-from servers import free_port, redis_cli
-from test_cli import rg, start, stop, wait_port, write
+from servers import free_port
+from test_cli import cli, demo_password, rg, serving, start, stop, wait_port, write
 
 H = "#" + hashlib.sha256(b"pw").hexdigest()
 
@@ -67,20 +66,11 @@ def test_demo_files_are_private_and_admin_cannot_read_the_upstream_password(tmp_
     (tmp_path / "upstream-password").write_text("old")
     (tmp_path / "upstream-password").chmod(0o644)
     port = free_port()
-    proc = start("demo", "--port", port, "--dir", tmp_path)
-    try:
-        wait_port(port, proc)
-        text = b""
-        while b"Ctrl-C" not in text:
-            text += os.read(proc.stdout.fileno(), 4096)
-        pw = re.search(rb"^  admin +(\S+)$", text, re.M).group(1).decode()
-        ask = lambda *cmd: subprocess.run(  # noqa: E731
-            [redis_cli(), "-p", str(port), "--user", "admin", "--pass", pw, "--no-auth-warning",
-             *cmd], capture_output=True, text=True, timeout=10).stdout
-        assert "NOPERM" in ask("CONFIG", "GET", "requirepass")
-        assert ask("SET", "k", "v").strip() == "OK" and ask("FLUSHDB").strip() == "OK"
-    finally:
-        stop(proc)
+    with serving("demo", "--port", port, "--dir", tmp_path, port=port) as proc:
+        pw = demo_password(proc, "admin")
+        assert "NOPERM" in cli(port, "admin", pw, "CONFIG", "GET", "requirepass")
+        assert cli(port, "admin", pw, "SET", "k", "v").strip() == "OK"
+        assert cli(port, "admin", pw, "FLUSHDB").strip() == "OK"
     assert victim.read_text() == "victim"
     assert not (tmp_path / "redisgate.yaml").is_symlink()
     assert _mode(tmp_path / "upstream-password") == 0o600

@@ -58,25 +58,5 @@ def test_cancel_subscription_and_scheduler_and_inspector(gate):
         w.cancel(admin, "task-1")   # (Redis Cluster: counts the subscribers of one node only)
         assert sub.read() == [b"message", b"asynq:cancel", b"task-1"]
     with gate.connect("scheduler") as conn:
-        sid, entry = str(uuid.uuid4()), str(uuid.uuid4())
-        w.scheduler_heartbeat(conn, sid, [b"entry"])
-        w.scheduler_enqueue(conn, entry, q)
-        w.scheduler_shutdown(conn, sid, [entry])
-    with gate.connect("producer") as p:
-        msgs = w.producer_traffic(p, q)
-    with gate.connect("inspector") as conn:
-        assert q.encode() in w.queues(conn)
-        w.queue_info(conn, q)
-        w.history(conn, q)
-        w.task_info(conn, q, msgs[0].id)
-        w.list_pending(conn, q)
-        w.list_zset(conn, q, "scheduled")
-        w.servers(conn)
-        w.redis_info(conn)
-    with gate.connect("admin") as conn:
-        w.pause(conn, q)
-        w.unpause(conn, q)
-        w.run_task(conn, q, msgs[2].id)
-        w.archive_task(conn, q, msgs[0].id)
-        w.delete_task(conn, q, msgs[1].id)
-        assert w.update_task_payload(conn, q, msgs[4].id, b"new payload") == 1
+        w.scheduler_traffic(conn, q)
+    w.inspector_and_admin_traffic(gate.connect, q)

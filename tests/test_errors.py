@@ -16,6 +16,7 @@ from redisgate.commands import TABLE, available
 
 from conftest import LEGACY_PASSWORD, UPSTREAM_PASSWORD, UPSTREAM_USER
 from servers import RedisServer, redis_binary
+from wire import cmd
 
 _names = (f"errtest{i}" for i in itertools.count())
 
@@ -39,14 +40,6 @@ def redis5():
     srv.stop()
 
 
-def _encode(*args) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        a = a if isinstance(a, bytes) else str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    return b"".join(out)
-
-
 class Raw:
     """One connection; `line(*args)` sends a command and returns its one-line reply, raw."""
 
@@ -55,7 +48,7 @@ class Raw:
         self.buf = b""
 
     def line(self, *args) -> bytes:
-        self.sock.sendall(_encode(*args))
+        self.sock.sendall(cmd(*args))
         while b"\r\n" not in self.buf:
             chunk = self.sock.recv(65536)
             assert chunk, "server closed the connection"

@@ -3,6 +3,7 @@ second SIGTERM exits at once, and the embedded Redis never outlives the proxy (e
 from __future__ import annotations
 
 import hashlib
+import math
 import signal
 import socket
 import subprocess
@@ -45,6 +46,18 @@ def login(port: int) -> socket.socket:
     s.sendall(b"*3\r\n$4\r\nAUTH\r\n$1\r\na\r\n$2\r\npw\r\n")
     assert s.recv(100) == b"+OK\r\n"
     return s
+
+
+def read_replies(s: socket.socket, reader: hiredis.Reader, replies: list, n: float) -> bool:
+    """Read from `s` until `replies` holds `n` replies; False if the peer closed first."""
+    while len(replies) < n:
+        data = s.recv(65536)
+        if not data:
+            return False
+        reader.feed(data)
+        while (r := reader.gets()) is not False:
+            replies.append(r)
+    return True
 
 
 def gone(pid: int) -> bool:
@@ -104,14 +117,9 @@ def _client(port: int, i: int, started: threading.Barrier, result: dict) -> None
                     sent += BATCH
                 except OSError:
                     sending = False   # closed by the proxy: no more commands
-            want = len(replies) + BATCH if sending else None
-            while want is None or len(replies) < want:
-                data = s.recv(65536)
-                if not data:
-                    raise EOFError
-                reader.feed(data)
-                while (r := reader.gets()) is not False:
-                    replies.append(r)
+            # a batch's replies; once sending failed, everything up to the proxy's close
+            if not read_replies(s, reader, replies, len(replies) + BATCH if sending else math.inf):
+                raise EOFError
     except EOFError:
         pass
     except OSError as e:   # a reset instead of a clean close
@@ -270,22 +278,11 @@ def test_sigterm_drains_a_tls_client(tmp_path, redis7):
         s.sendall(b"*3\r\n$4\r\nAUTH\r\n$1\r\na\r\n$2\r\npw\r\n")
         reader = hiredis.Reader()
         replies: list = []
-
-        def read_until(n):
-            while len(replies) < n:
-                data = s.recv(65536)
-                if not data:
-                    return False
-                reader.feed(data)
-                while (r := reader.gets()) is not False:
-                    replies.append(r)
-            return True
-
-        assert read_until(1) and replies == [b"OK"]
+        assert read_replies(s, reader, replies, 1) and replies == [b"OK"]
         s.sendall(b"*2\r\n$4\r\nINCR\r\n$3\r\nt:1\r\n" * 2000)
         time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
-        read_until(10 ** 9)   # to the clean end
+        read_replies(s, reader, replies, math.inf)   # to the clean end
         s.close()
         assert proc.wait(15) == 0
     finally:

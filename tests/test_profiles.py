@@ -11,6 +11,7 @@ import pytest
 
 import asynq_reference
 import asynq_workload as w
+from asynq_workload import redis5  # noqa: F401 (this module's redis5: a RESP2 admin client)
 from conftest import LEGACY_PASSWORD, UPSTREAM_PASSWORD, UPSTREAM_USER
 from redisgate.commands import TABLE
 from redisgate.asynq.profiles import (ProfileError, check_queue_name, describe, load_profile,
@@ -21,15 +22,6 @@ from redisgate.scripts import ScriptPolicy, resolve_scripts
 EXPECTED = asynq_reference.expected_shas()
 
 
-@pytest.fixture(scope="module")
-def redis5():
-    """Legacy 5.0, started with a RESP2 admin client (see asynq_workload.start_redis5)."""
-    from servers import redis_binary
-    if redis_binary("5") is None:
-        pytest.fail("legacy redis-server 5.0 is missing: run scripts/test.sh, which builds it")
-    srv = w.start_redis5(LEGACY_PASSWORD)
-    yield srv
-    srv.stop()
 
 # Who runs which script, written out from REDIS-USAGE.md §3 and §8 (independently of the
 # role tags in scripts.py, which this checks).

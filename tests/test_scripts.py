@@ -15,7 +15,7 @@ import pytest
 
 import asynq_reference
 import asynq_workload as w
-from conftest import LEGACY_PASSWORD
+from asynq_workload import redis5  # noqa: F401 (this module's redis5: a RESP2 admin client)
 from redisgate import scripts
 from redisgate.commands import TABLE
 from redisgate.config import ConfigError, build_config
@@ -32,15 +32,6 @@ OWN = {name: s.sha for name, s in w.SCRIPTS.items()}    # our SHA1s, by the name
 BODY = {name: s.body for name, s in w.SCRIPTS.items()}
 
 
-@pytest.fixture(scope="module")
-def redis5():
-    """Legacy 5.0 with a RESP2 admin client (see asynq_workload.start_redis5)."""
-    from servers import redis_binary
-    if redis_binary("5") is None:
-        pytest.fail("legacy redis-server 5.0 is missing: run scripts/test.sh, which builds it")
-    srv = w.start_redis5(LEGACY_PASSWORD)
-    yield srv
-    srv.stop()
 
 
 # --- our own scripts --------------------------------------------------------------------------

@@ -31,6 +31,9 @@ import threading
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
 
 import pytest
 import redis
@@ -56,8 +59,12 @@ def setup():
     s.stop()
 
 
-def sentinel_upstream(s: SentinelSetup, **extra) -> dict:
-    return {"sentinel": {"master": MASTER_NAME, "addresses": s.sentinel_addresses,
+def sentinel_upstream(s: SentinelSetup | None, master: str = MASTER_NAME,
+                      addresses: list[str] | None = None, **extra) -> dict:
+    """The upstream section for `master` through the sentinels at `addresses` (default: all of
+    the setup's)."""
+    return {"sentinel": {"master": master,
+                         "addresses": s.sentinel_addresses if addresses is None else addresses,
                          "password": "${SENTINEL_TEST_PASSWORD}"},
             "password": "${DATA_TEST_PASSWORD}", "connect_timeout": "2s", **extra}
 
@@ -68,7 +75,7 @@ def env(monkeypatch, setup):
     monkeypatch.setenv("DATA_TEST_PASSWORD", setup.data_password)
 
 
-def start_proxy(s: SentinelSetup, audit_path=None, **upstream) -> ProxyRunner:
+def start_proxy(s: SentinelSetup | None, audit_path=None, **upstream) -> ProxyRunner:
     raw = {"upstream": sentinel_upstream(s, **upstream),
            "users": {"app": f"on {pw_hash(APP_PASSWORD)} ~* &* +@all"}}
     if audit_path is not None:
@@ -209,29 +216,53 @@ def run_failover(setup: SentinelSetup, proxy: ProxyRunner, kill: bool) -> None:
     assert admin.execute_command("ROLE")[0] == "master"
 
 
-@pytest.mark.parametrize("mux", [0, 1], ids=["dedicated", "multiplex1"])
-def test_sentinel_failover_under_traffic(setup, env, mux, caplog, tmp_path):
-    caplog.set_level(logging.INFO, logger="redisgate")
+@dataclass(frozen=True)
+class Measured:
+    """One failover under traffic through a proxy of its own: the masters before and after, the
+    proxy's audit file, its metrics scraped before and after."""
+    old: object
+    new: object
+    audit_path: Path
+    before: dict
+    after: dict
+
+
+def measured_failover(setup: SentinelSetup, tmp_path, mux: int, kill: bool,
+                      first: Callable[[], None] | None = None) -> Measured:
+    """run_failover() through a proxy started for it (`first` runs before, metrics scraped
+    around it), then the checks of check_failover_reported()."""
     old = setup.current_master()
     audit_path = tmp_path / "audit.log"
     proxy = start_proxy(setup, audit_path, multiplex=mux)
     metrics = Metrics(proxy)
-    lost = None
     try:
         before = metrics.scrape()
-        if mux:
-            # One sentinel dies: its subscription is lost (and logged, and tried again with
-            # backoff); the other two still carry the failover.
-            lost = setup.sentinels[2]
-            lost.proc.kill()
-            lost.proc.wait(5)
-        run_failover(setup, proxy, kill=False)
+        if first is not None:
+            first()
+        run_failover(setup, proxy, kill=kill)
         after = metrics.scrape()
     finally:
         metrics.stop()
         proxy.stop()
     new = setup.current_master()
     check_failover_reported(audit_path, before, after, old.port, new.port, setup)
+    return Measured(old, new, audit_path, before, after)
+
+
+@pytest.mark.parametrize("mux", [0, 1], ids=["dedicated", "multiplex1"])
+def test_sentinel_failover_under_traffic(setup, env, mux, caplog, tmp_path):
+    caplog.set_level(logging.INFO, logger="redisgate")
+    lost = setup.sentinels[2] if mux else None
+
+    def kill_one_sentinel() -> None:
+        # One sentinel dies: its subscription is lost (and logged, and tried again with
+        # backoff); the other two still carry the failover.
+        lost.proc.kill()
+        lost.proc.wait(5)
+
+    m = measured_failover(setup, tmp_path, mux, kill=False,
+                          first=kill_one_sentinel if lost is not None else None)
+    old, new, audit_path, before, after = m.old, m.new, m.audit_path, m.before, m.after
     moved = events(audit_path, "failover-moved", old=addr(old.port))
     assert len(moved) == 1, read_audit(audit_path)
     if mux:   # the one shared link moved; no client had a connection of its own
@@ -269,20 +300,9 @@ def test_sentinel_failover_under_traffic(setup, env, mux, caplog, tmp_path):
 @pytest.mark.parametrize("mux", [0, 1], ids=["dedicated", "multiplex1"])
 def test_killed_master_under_traffic(setup, env, mux, caplog, tmp_path):
     caplog.set_level(logging.INFO, logger="redisgate")
-    old = setup.current_master()
-    audit_path = tmp_path / "audit.log"
-    proxy = start_proxy(setup, audit_path, multiplex=mux)
-    metrics = Metrics(proxy)
-    try:
-        before = metrics.scrape()
-        run_failover(setup, proxy, kill=True)
-        after = metrics.scrape()
-    finally:
-        metrics.stop()
-        proxy.stop()
-    new = setup.current_master()
+    m = measured_failover(setup, tmp_path, mux, kill=True)
+    old, audit_path, before, after = m.old, m.audit_path, m.before, m.after
     assert f"upstream 127.0.0.1:{old.port} unreachable" in caplog.text
-    check_failover_reported(audit_path, before, after, old.port, new.port, setup)
     # The dead master, while the sentinels had not yet seen it down: every dial to it failed
     # (the traffic's clients reconnecting, or the shared link), each one audited and counted.
     dials = events(audit_path, "upstream-unreachable", address=addr(old.port))
@@ -330,12 +350,7 @@ def test_unreachable_sentinels_are_logged_and_clients_told(caplog, monkeypatch, 
     monkeypatch.setenv("DATA_TEST_PASSWORD", "y")
     dead = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
     audit_path = tmp_path / "audit.log"
-    proxy = ProxyRunner({"upstream": {"sentinel": {"master": MASTER_NAME, "addresses": dead,
-                                                   "password": "${SENTINEL_TEST_PASSWORD}"},
-                                      "password": "${DATA_TEST_PASSWORD}",
-                                      "connect_timeout": "500ms"},
-                         "audit": {"path": str(audit_path), "rate": 0},
-                         "users": {"app": f"on {pw_hash(APP_PASSWORD)} ~* +@all"}}).start()
+    proxy = start_proxy(None, audit_path, addresses=dead, connect_timeout="500ms")
     metrics = Metrics(proxy)
     try:
         before = metrics.scrape()
@@ -378,13 +393,8 @@ def test_a_sentinel_naming_a_replica_is_not_believed(setup, env, caplog, tmp_pat
         setup.sentinel(i).execute_command("SENTINEL", "MONITOR", "other", "127.0.0.1",
                                           str(replica.port), 2)
     audit_path = tmp_path / "audit.log"
-    proxy = ProxyRunner({"upstream": {"sentinel": {"master": "other",
-                                                   "addresses": setup.sentinel_addresses[:1],
-                                                   "password": "${SENTINEL_TEST_PASSWORD}"},
-                                      "password": "${DATA_TEST_PASSWORD}",
-                                      "connect_timeout": "1s"},
-                         "audit": {"path": str(audit_path), "rate": 0},
-                         "users": {"app": f"on {pw_hash(APP_PASSWORD)} ~* +@all"}}).start()
+    proxy = start_proxy(None, audit_path, master="other",
+                        addresses=setup.sentinel_addresses[:1], connect_timeout="1s")
     metrics = Metrics(proxy)
     try:
         with pytest.raises(redis.exceptions.RedisError, match="upstream Redis unavailable"):

@@ -27,6 +27,7 @@ from redis.retry import Retry
 from cryptography import x509
 
 from redisgate import certs
+from proxy import stop_serve
 from servers import RedisServer, free_port, redis_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,13 +119,8 @@ class Gate:
         raise AssertionError(f"no log line matching {pattern!r}:\n{self.log()[start:]}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc:
+            stop_serve(self.proc)
         self._log.close()
 
 

@@ -201,23 +201,27 @@ def upstream_pids(redis7, workers: list[psutil.Process]) -> set[int]:
 
 # -- the command line
 
+def serve_once(tmp_path, config_text: str, workers: str) -> tuple[Path, subprocess.CompletedProcess]:
+    """`redisgate serve --workers <workers>` on a config file of `config_text`, expected to stop
+    by itself (a refusal): the file and how it ended."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(config_text)
+    return cfg, subprocess.run([sys.executable, "-m", "redisgate", "serve", "--config", str(cfg),
+                                "--workers", workers], capture_output=True, text=True, timeout=30)
+
+
 @pytest.mark.parametrize("value", ["-1", "abc", "1.5", "", "257", "0x2"])
 def test_bad_worker_counts_are_usage_errors(tmp_path, value):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("upstream: {address: 127.0.0.1:1}\nusers: {a: 'on nopass'}\n")
-    r = subprocess.run([sys.executable, "-m", "redisgate", "serve", "--config", str(cfg),
-                        "--workers", value], capture_output=True, text=True, timeout=30)
+    _, r = serve_once(tmp_path, "upstream: {address: 127.0.0.1:1}\nusers: {a: 'on nopass'}\n",
+                      value)
     assert r.returncode == 2, r.stderr
     assert (f"argument --workers: expected a whole number from 0 (one per CPU) to 256, "
             f"got {value!r}") in r.stderr
 
 
 def test_a_bad_config_fails_once_in_the_parent(tmp_path):
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"listen: 127.0.0.1:{free_port()}\nupstream: {{address: 127.0.0.1:1}}\n"
-                   "users: {a: 'on nopass +frobnicate'}\n")
-    r = subprocess.run([sys.executable, "-m", "redisgate", "serve", "--config", str(cfg),
-                        "--workers", "3"], capture_output=True, text=True, timeout=30)
+    _, r = serve_once(tmp_path, f"listen: 127.0.0.1:{free_port()}\nupstream: {{address: "
+                      "127.0.0.1:1}\nusers: {a: 'on nopass +frobnicate'}\n", "3")
     assert r.returncode == 1
     assert r.stderr.count("users.a") == 1, r.stderr
     assert "worker" not in r.stderr
@@ -228,11 +232,8 @@ def test_a_listener_in_use_fails_once_in_the_parent(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        cfg = tmp_path / "c.yaml"
-        cfg.write_text(f"listen: 127.0.0.1:{port}\nupstream: {{address: 127.0.0.1:1}}\n"
-                       "users: {a: 'on nopass'}\n")
-        r = subprocess.run([sys.executable, "-m", "redisgate", "serve", "--config", str(cfg),
-                            "--workers", "2"], capture_output=True, text=True, timeout=30)
+        cfg, r = serve_once(tmp_path, f"listen: 127.0.0.1:{port}\nupstream: {{address: "
+                            "127.0.0.1:1}\nusers: {a: 'on nopass'}\n", "2")
     assert r.returncode == 1
     assert r.stderr.strip() == f"{cfg}: listen: 127.0.0.1:{port}: address already in use"
 
