@@ -50,9 +50,9 @@ def main() -> int:
     ap.add_argument("--commands", type=int, default=32_000)
     ap.add_argument("--reps", type=int, default=7)
     args = ap.parse_args()
-    from redisgate import audit
+    from redisgate.telemetry import audit
     from redisgate.config import AuditSettings
-    from redisgate.gate import Gate
+    from redisgate.session.gate import Gate
     gate = Gate(load_bench_config(), upstream_version=(7, 0, 15))
     found = scenarios(args.commands)
     runs = {"p16 set/get": (make_pass(gate, found["p16 set/get"]), args.commands),

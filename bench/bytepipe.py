@@ -15,8 +15,8 @@ With --tls it terminates TLS first, one of three ways, to measure the routes to 
 listener side by side on the same floor: `uvloop` (the loop's own TLS transport,
 `create_server(ssl=...)`: its SSLProtocol, in Cython; it hides failed handshakes from the
 application), `engine` (redisgate.tls.TLSEngine in Python: ssl.SSLObject over MemoryBIOs, the
-route redisgate took before redisgate._tlsrec) and `c` (the engine's handshake, then
-redisgate._tlsrec.Record's records in C, as redisgate does now).
+route redisgate took before redisgate._native._tlsrec) and `c` (the engine's handshake, then
+redisgate._native._tlsrec.Record's records in C, as redisgate does now).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ LOW_WATER = 64 * 1024
 class _Side(asyncio.Protocol):
     """One half of a pipe; `peer` is the other half once both are connected."""
 
-    closed = False   # (read by redisgate._tlsrec.Record: is plaintext still wanted?)
+    closed = False   # (read by redisgate._native._tlsrec.Record: is plaintext still wanted?)
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -125,7 +125,7 @@ class _EngineTransport:
 
 class TLSClient(asyncio.Protocol):
     """The engine routes: the handshake in redisgate.tls.TLSEngine, then the records there
-    (`engine`) or in redisgate._tlsrec.Record (`c`); plaintext goes to a Client."""
+    (`engine`) or in redisgate._native._tlsrec.Record (`c`); plaintext goes to a Client."""
 
     def __init__(self, upstream, context, record_cls) -> None:
         self.upstream, self.context, self.inner = upstream, context, None
@@ -227,7 +227,7 @@ async def serve(listen: tuple[str, int], upstream: tuple[str, int], tls: str | N
                 from redisgate.tls import record_layer
                 record_cls = record_layer()
                 if record_cls is None:
-                    raise SystemExit("redisgate._tlsrec is not built or not usable here")
+                    raise SystemExit("redisgate._native._tlsrec is not built or not usable here")
             server = await loop.create_server(lambda: TLSClient(upstream, ctx, record_cls),
                                               *listen, backlog=4096)
     await serve_until_signal(server)

@@ -22,7 +22,7 @@ lease, HSET of a result, SADD asynq:queues, PING, plus the GET/SET a cache would
 * ``... (GET/SET)`` — `drain` and `session` again over redis-benchmark's own SET/GET traffic,
                 to compare with the socket benchmarks' -P 16 numbers.
 * ``... [pure Python]`` — `session` and `drain` again with the C module
-                (redisgate/_speedups.c: take_batch()'s scan, count_flat()) turned off: the path of
+                (redisgate/_native/_speedups.c: take_batch()'s scan, count_flat()) turned off: the path of
                 a machine where it is not built.
 
 Every path also verifies that the judge allowed every command (a denial would make the numbers
@@ -159,10 +159,10 @@ def getset_commands(n: int) -> list[list[bytes]]:
 
 
 def bench_paths(n: int, reps: int) -> dict:
-    from redisgate.commands import TABLE
-    from redisgate.resp import RequestParser
+    from redisgate.protocol.commands import TABLE
+    from redisgate.protocol.resp import RequestParser
     try:
-        from redisgate.commands import available
+        from redisgate.protocol.commands import available
     except ImportError:                   # older contract: every command in the table is available
         def available(spec, version):
             return True
@@ -172,9 +172,9 @@ def bench_paths(n: int, reps: int) -> dict:
     version = (7, 0, 15)
     results: dict[str, dict] = {}
 
-    # Every request parser redisgate.resp offers is a path: RequestParser ("drain", "next") and
+    # Every request parser redisgate.protocol.resp offers is a path: RequestParser ("drain", "next") and
     # any alternative class it may add later (e.g. a hiredis-backed one), named after the class.
-    import redisgate.resp as resp
+    import redisgate.protocol.resp as resp
     alternatives = {name: cls for name, cls in vars(resp).items()
                     if isinstance(cls, type) and cls is not RequestParser
                     and name.endswith("RequestParser") and hasattr(cls, "drain")}
@@ -275,7 +275,7 @@ def bench_paths(n: int, reps: int) -> dict:
 
 
 def bench_session(cfg, cmds, chunks, reps: int) -> dict:
-    from redisgate.gate import Gate
+    from redisgate.session.gate import Gate
 
     n = len(cmds)
     gate = Gate(cfg, (7, 0, 15))
@@ -310,9 +310,9 @@ def main(argv: list[str] | None = None) -> int:
            "description": f"{n:,} pipelined Asynq-shaped commands fed in 16 KiB slices; median of "
                           f"{reps} passes; user `bench` from bench/redisgate.yaml.",
            "python": sys.version.split()[0], "notes": []}
-    from redisgate import resp
+    from redisgate.protocol import resp
     if resp._c_scan is None:
-        out["notes"].append("redisgate._speedups is not built (or REDISGATE_PURE_PYTHON is set): "
+        out["notes"].append("redisgate._native._speedups is not built (or REDISGATE_PURE_PYTHON is set): "
                             "every path is pure Python")
     try:
         out["paths"] = bench_paths(n, reps)

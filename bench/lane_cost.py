@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from redisgate import _lane as mine  # noqa: E402
+from redisgate._native import _lane as mine  # noqa: E402
 
 
 def load(path: str):

@@ -1,7 +1,7 @@
 """How fast does resp.RequestParser parse pipelined commands? (a measurement, not a test)
 
 Compares, on one buffer of N pipelined commands:
-  strict   RequestParser.drain() with the C scan (redisgate/_speedups.c), as the proxy runs it
+  strict   RequestParser.drain() with the C scan (redisgate/_native/_speedups.c), as the proxy runs it
            (validates, makes the argument lists; drain() then slices each raw request)
   python   the same with the C scan turned off: the strict pure-Python parser; its batch path
            splits each read on CRLF in C and checks lengths with map()
@@ -26,8 +26,8 @@ from operator import add
 import hiredis
 
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
-from redisgate import resp  # noqa: E402
-from redisgate.resp import RequestParser, Request, encode_command, _CRLF, _tuple_new  # noqa: E402
+from redisgate.protocol import resp  # noqa: E402
+from redisgate.protocol.resp import RequestParser, Request, encode_command, _CRLF, _tuple_new  # noqa: E402
 
 SHA = b"a1b2c3d4e5f60718293a4b5c6d7e8f9012345678"
 EVALSHA = [b"evalsha", SHA, b"4", b"asynq:{default}:pending", b"asynq:{default}:paused",

@@ -37,7 +37,7 @@ ALL_TARGETS = ["direct", "twemproxy", "pipe", "redisgate", "redisgate-dedicated"
                "redis-tls", "haproxy-tls"]
 # Experiments, run only when named in --targets: the routes to a fast TLS listener side by side
 # (see bench/README.md, "TLS routes"): redisgate with its Python TLS engine for every record
-# (REDISGATE_NO_TLSREC=1, as before redisgate._tlsrec), and the byte pipe terminating TLS by
+# (REDISGATE_NO_TLSREC=1, as before redisgate._native._tlsrec), and the byte pipe terminating TLS by
 # uvloop's own transport, by redisgate's Python engine, and by the engine's handshake + C records.
 EXTRA_TARGETS = ["redisgate-tls-py", "pipe-tls-uvloop", "pipe-tls-engine", "pipe-tls-c"]
 TLS_TARGETS = {"redisgate-tls", "redis-tls", "haproxy-tls", *EXTRA_TARGETS}

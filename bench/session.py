@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     n = args.commands or (16_000 if args.quick else 64_000)
     reps = 3 if args.quick else 7
 
-    from redisgate.gate import Gate
+    from redisgate.session.gate import Gate
     gate = Gate(load_bench_config(), (7, 0, 15))
     results = {}
     for name, reads in scenarios(n).items():

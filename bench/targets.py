@@ -404,7 +404,7 @@ backend redis
     def start_pipe(self, tls: str | None = None) -> Target:
         """The byte pipe; with `tls` (uvloop, engine or c) it terminates TLS that way: uvloop's
         own TLS transport, redisgate's Python TLSEngine, or the engine's handshake then
-        redisgate._tlsrec's records (target `pipe-tls-<tls>`)."""
+        redisgate._native._tlsrec's records (target `pipe-tls-<tls>`)."""
         port = free_port()
         argv = [sys.executable, str(BENCH_DIR / "bytepipe.py"), "--listen", f"127.0.0.1:{port}",
                 "--upstream", f"127.0.0.1:{self.redis_port}"]
@@ -580,7 +580,7 @@ def have_redisgate_serve() -> str | None:
     pkg = REPO_DIR / "redisgate"
     for path, what in ((pkg / "__main__.py", "`python -m redisgate`"),
                        (pkg / "cli.py", "the `serve` command"),
-                       (pkg / "server.py", "the server")):
+                       (pkg / "io" / "server.py", "the server")):
         if not path.exists():
             return f"redisgate/{path.name} ({what}) does not exist yet"
     return None

@@ -11,7 +11,7 @@ redis-benchmark's own TLS on the same two cores; this measures it alone, with
 * the client's records made beforehand (one record per request batch, as redis-benchmark writes
   them), then fed one by one to the server side, each followed by the reply being encrypted and
   written (into a list: no socket);
-* paths: `c` (redisgate/_tlsrec.c's `Record`, what redisgate-tls runs), `engine`
+* paths: `c` (redisgate/_native/_tlsrec.c's `Record`, what redisgate-tls runs), `engine`
   (tls.TLSEngine for every record: `REDISGATE_NO_TLSREC=1`), `openssl` (the same OpenSSL calls
   as `c` made from Python's own `_ssl` in the tightest loop Python allows: a floor for Python
   callers, not for C ones); `other` (another build of `_tlsrec`, `--other FILE.so`: a change
@@ -173,7 +173,7 @@ def main(argv=None) -> int:
         global OTHER
         OTHER = load_other(args.other)
     if "c" in paths and tlsmod.record_layer() is None:
-        print("c: redisgate._tlsrec is not built (python3 setup.py build_ext --inplace)")
+        print("c: redisgate._native._tlsrec is not built (python3 setup.py build_ext --inplace)")
         paths.remove("c")
     with tempfile.TemporaryDirectory(prefix="tls-record-") as tmp:
         server_ctx, client_ctx = make_contexts(Path(tmp))

@@ -1,8 +1,8 @@
-"""Coverage-guided fuzz target for the request parser (redisgate.resp.RequestParser).
+"""Coverage-guided fuzz target for the request parser (redisgate.protocol.resp.RequestParser).
 
 It drives the parser exactly as the production path does (session.Session.client_data): feed()
 each read, then take_batch() while it hands out batches, else next(); a ProtocolError ends the
-connection. That runs twice, with the C speedups (redisgate._speedups: take_batch's scan, next()'s
+connection. That runs twice, with the C speedups (redisgate._native._speedups: take_batch's scan, next()'s
 pending check) and with their pure-Python twins, and both must agree with a reference: the same
 bytes fed whole to a pure-Python parser and read with next() alone (its own fast loop and the
 careful state machine, never take_batch's scans). And on every input the two scans themselves
@@ -37,14 +37,14 @@ except ImportError:   # the hypothesis-driven short run needs only check()
 
 if atheris is not None and __name__ == "__main__":
     with atheris.instrument_imports(include=["redisgate"]):
-        from redisgate import resp
-        from redisgate.resp import ProtocolError, RequestParser, encode_command
+        from redisgate.protocol import resp
+        from redisgate.protocol.resp import ProtocolError, RequestParser, encode_command
 else:
-    from redisgate import resp
-    from redisgate.resp import ProtocolError, RequestParser, encode_command
+    from redisgate.protocol import resp
+    from redisgate.protocol.resp import ProtocolError, RequestParser, encode_command
 
 try:
-    from redisgate import _speedups
+    from redisgate._native import _speedups
 except ImportError:   # not built: the C side of the comparison is the Python twin again
     _speedups = None
 

@@ -52,17 +52,20 @@ except ImportError:
 
 if atheris is not None and __name__ == "__main__":
     with atheris.instrument_imports(include=["redisgate"]):
-        from redisgate import commands, session as session_mod
-        from redisgate.commands import TABLE, KeyExtractionError
+        from redisgate.protocol import commands
+        from redisgate import session as session_mod
+        from redisgate.protocol.commands import TABLE, KeyExtractionError
         from redisgate.config import build_config
-        from redisgate.gate import Gate
-        from redisgate.resp import ProtocolError, ReplyScanner, RequestParser, encode_command
+        from redisgate.session.gate import Gate
+        from redisgate.protocol.resp import (ProtocolError, ReplyScanner, RequestParser,
+                                             encode_command)
 else:
-    from redisgate import commands, session as session_mod
-    from redisgate.commands import TABLE, KeyExtractionError
+    from redisgate.protocol import commands
+    from redisgate import session as session_mod
+    from redisgate.protocol.commands import TABLE, KeyExtractionError
     from redisgate.config import build_config
-    from redisgate.gate import Gate
-    from redisgate.resp import ProtocolError, ReplyScanner, RequestParser, encode_command
+    from redisgate.session.gate import Gate
+    from redisgate.protocol.resp import ProtocolError, ReplyScanner, RequestParser, encode_command
 
 UPSTREAM_USER = b"gate"
 UPSTREAM_PASSWORD = b"fuzz-upstream-secret"

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import yaml
 
-from . import pidfile, workers
-from .audit import AuditError
+from .io import pidfile, workers
+from .telemetry.audit import AuditError
 from .config import (ConfigError, Listener, hash_password, load_config, parse_address,
                      strip_newlines, tokenize_rules, write_private)
-from .embedded import EmbeddedRedis
-from .workers import parse_count
+from .io.embedded import EmbeddedRedis
+from .io.workers import parse_count
 
 # Imported where a verb needs them, not here: `server` (the proxy stack: uvloop, the session, the
 # C modules), `tls` and `certs` (cryptography). `check`, `hash-password` and `--help` stay light.
@@ -96,7 +96,7 @@ def cmd_serve(args) -> int:
     if count > 1:
         return _serve_workers(args, config, count)
     emb = _with_embedded_upstream(config)
-    from .server import run   # (deferred: the proxy stack)
+    from .io.server import run   # (deferred: the proxy stack)
     holder = {}
     try:
         run(config, ready=lambda proxy: holder.setdefault("proxy", proxy))
@@ -119,7 +119,7 @@ def cmd_serve(args) -> int:
 
 def _serve_workers(args, config, count: int) -> int:
     """`serve --workers N`, N > 1: check once here, then supervise N workers (workers.py)."""
-    from .server import Proxy   # (deferred: the proxy stack)
+    from .io.server import Proxy   # (deferred: the proxy stack)
     try:
         Proxy(config)   # the TLS contexts: an unreadable certificate is reported once, here
     except (ValueError, OSError) as e:
@@ -127,7 +127,7 @@ def _serve_workers(args, config, count: int) -> int:
     problems = workers.check_listeners(config)
     if problems:
         return _refused(args, *problems)
-    from . import audit
+    from .telemetry import audit
     try:            # (the parent writes its own events there: worker-restart, worker-gave-up)
         audit.configure(config.audit)
     except audit.AuditError as e:
@@ -163,7 +163,7 @@ def _serve_worker(args, config) -> int:
     except (OSError, ValueError) as e:
         print(f"--worker-fd: not a redisgate supervisor's control socket ({e})", file=sys.stderr)
         return 2
-    from . import audit
+    from .telemetry import audit
     audit.share_rate(hello.get("workers", 1))   # (audit.rate is the whole group's)
     if config.upstream.embedded:
         up, given = config.upstream, hello.get("upstream")
@@ -174,7 +174,7 @@ def _serve_worker(args, config) -> int:
     # The parent keeps the pid file and the admin listener.
     config.pid_file = None
     config.admin_listen = None
-    from .server import run   # (deferred: the proxy stack)
+    from .io.server import run   # (deferred: the proxy stack)
     try:
         run(config, worker=channel)
     except TLSConfigError as e:
@@ -233,7 +233,7 @@ def cmd_check(args) -> int:
     if config.upstream.tls is not None:
         upstream += " (TLS)"
     try:
-        from .server import Proxy   # (deferred: the proxy stack)
+        from .io.server import Proxy   # (deferred: the proxy stack)
         proxy = Proxy(config)   # builds the TLS contexts: unreadable certificates are found here
         for w in proxy.tls_warnings():
             print(f"warning: {w}", file=sys.stderr)
@@ -393,7 +393,7 @@ def cmd_demo(args) -> int:
     print(f"\nTry:\n  redis-cli -p {args.port} --user producer --pass {passwords['producer']} PING\n"
           f"  redis-cli -p {args.port} --user producer --pass {passwords['producer']} FLUSHALL"
           "   # refused\n\nCtrl-C stops the proxy and the embedded Redis.\n", flush=True)
-    from .server import run   # (deferred: the proxy stack)
+    from .io.server import run   # (deferred: the proxy stack)
     try:
         run(config)
     except OSError as e:

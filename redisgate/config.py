@@ -30,7 +30,7 @@ Contract of the file (keys are a public contract; extend, never rename)::
     upstream: {address, username, password, db, tls, version, connect_timeout,
               handshake_timeout, keepalive, multiplex}
     upstream: {cluster: {seeds: [host:port, ...], refresh}, username, password, tls, ...}
-      # or, instead of address, a Sentinel-managed master (redisgate.sentinel):
+      # or, instead of address, a Sentinel-managed master (redisgate.io.sentinel):
       #   sentinel: {master, addresses: [host:port, ...], username, password, tls}
     users:
       name: "<ACL rules>"             # or a mapping:
@@ -41,7 +41,7 @@ Contract of the file (keys are a public contract; extend, never rename)::
       # certificate: {cn|san_dns|san_uri: <value>, ca: <file>}
     acl_file: users.acl               # more users, in Redis's aclfile format
     metrics: {address: 127.0.0.1:9121}  # the same listener as admin.listen
-    admin: {listen: 127.0.0.1:9121}     # HTTP: /metrics, /healthz, /readyz (redisgate.admin)
+    admin: {listen: 127.0.0.1:9121}     # HTTP: /metrics, /healthz, /readyz (redisgate.io.admin)
     shutdown: {grace: 10s}              # SIGTERM: time for in-flight replies; durations 10s/500ms/5m/10
     audit: {path: "-", rate: 100, format: json}   # the audit trail (redisgate.audit); none: plain text
     limits: {max_clients, handshake_timeout, acl_log_max_len, max_bulk, max_args,
@@ -64,8 +64,8 @@ from typing import Any, Callable
 
 import yaml
 
-from . import contracts, rules, scripts as scriptmod
-from .commands import TABLE
+from .policy import contracts, rules, scripts as scriptmod
+from .protocol.commands import TABLE
 
 _REF = re.compile(r"\$\{([^}]*)\}")
 # upstream.multiplex: at most this many shared links (twemproxy keeps one).
@@ -98,7 +98,7 @@ class Listener:
 
 @dataclass
 class SentinelConfig:
-    """`upstream.sentinel`: the master is the one these sentinels name (redisgate.sentinel).
+    """`upstream.sentinel`: the master is the one these sentinels name (redisgate.io.sentinel).
     username/password/tls are the sentinels' own; the data nodes use upstream's."""
     master: str
     addresses: list[tuple[str, int]]

@@ -43,7 +43,7 @@ Contracts
 * `TLSEngine.verified_chain`: the client's verified chain, leaf first (CPython 3.10+'s
   `get_verified_chain`; only the leaf where it is missing), for binding CAs and the reload
   re-check of a connection's CA.
-* `record_layer()`: the C record layer (`redisgate._tlsrec.Record`) when it is built, runs the
+* `record_layer()`: the C record layer (`redisgate._native._tlsrec.Record`) when it is built, runs the
   same OpenSSL as Python's ssl module and `REDISGATE_NO_TLSREC` (or `REDISGATE_PURE_PYTHON`) is
   unset; else None.
   `TLSEngine.hand_over(record, ...)` moves a connection's records to it once the handshake
@@ -66,9 +66,9 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from .audit import safe
+from .telemetry.audit import safe
 from .config import FileProblem, read_regular_file
-from .login import chain_trusted_by, common_names, identity_of
+from .policy.login import chain_trusted_by, common_names, identity_of
 
 log = logging.getLogger("redisgate.tls")
 
@@ -589,12 +589,12 @@ def handshake_failure_reason(exc: BaseException, first_byte: int | None = None) 
 # ---------------------------------------------------------------------------- sans-I/O endpoint
 
 def record_layer():
-    """`redisgate._tlsrec.Record`, or None where it is not built, is turned off
+    """`redisgate._native._tlsrec.Record`, or None where it is not built, is turned off
     (REDISGATE_NO_TLSREC=1 or REDISGATE_PURE_PYTHON=1), or was linked against another OpenSSL than Python's ssl module."""
     if os.environ.get("REDISGATE_NO_TLSREC") or os.environ.get("REDISGATE_PURE_PYTHON"):
         return None
     try:
-        from . import _tlsrec   # (optional C module: absent without a compiler or libssl-dev)
+        from ._native import _tlsrec   # (optional C module: absent without a compiler or libssl-dev)
     except ImportError:
         return None
     if _tlsrec.OPENSSL_VERSION_NUMBER != ssl.OPENSSL_VERSION_NUMBER:

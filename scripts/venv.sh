@@ -55,17 +55,17 @@ if ! command -v gcc >/dev/null || [ ! -f "$("$PY" -c 'import sysconfig; print(sy
     apt_install gcc || true
   fi
 fi
-# redisgate/_tlsrec.c (TLS records in C) links the libssl Python's ssl module uses: its headers.
+# redisgate/_native/_tlsrec.c (TLS records in C) links the libssl Python's ssl module uses: its headers.
 [ -f /usr/include/openssl/ssl.h ] || apt_install libssl-dev || true
 
 # pip runs again only when what it installs changed (the dependencies, or the C sources: then the
 # modules are compiled again), other extras are asked for, or a compiled module went missing.
 stamp="$VENV/.redisgate-installed"   # "<hash of the inputs> <extras>"
-want_hash="$(cat pyproject.toml setup.py redisgate/*.c redisgate/*.h | sha256sum | cut -d' ' -f1)"
+want_hash="$(cat pyproject.toml setup.py redisgate/_native/*.c redisgate/_native/*.h | sha256sum | cut -d' ' -f1)"
 have="$(cat "$stamp" 2>/dev/null || true)"
 if [ "${have%% *}" != "$want_hash" ] \
    || { [ -n "${REDISGATE_EXTRAS:-}" ] && [ "${have#* }" != "${REDISGATE_EXTRAS:-}" ]; } \
-   || ! ls redisgate/_speedups.*.so redisgate/_lane.*.so >/dev/null 2>&1; then
+   || ! ls redisgate/_native/_speedups.*.so redisgate/_native/_lane.*.so >/dev/null 2>&1; then
   echo "== installing redisgate${REDISGATE_EXTRAS:-} into $VENV (pip)"
   rm -f "$stamp"
   "$PY" -m pip install -q --disable-pip-version-check -e ".${REDISGATE_EXTRAS:-}"

@@ -64,17 +64,17 @@ def any_upstream(request):
 
 @pytest.fixture(scope="module", params=["c", "python"])
 def both_scans(request):
-    """Runs a module's tests with the C parts of resp.py (redisgate._speedups: take_batch's scan,
+    """Runs a module's tests with the C parts of resp.py (redisgate._native._speedups: take_batch's scan,
     count_flat's loop) and with their Python twins. Such modules say
     `pytestmark = pytest.mark.usefixtures("both_scans")`. (Module scope: hypothesis refuses
     function-scoped fixtures.)"""
-    from redisgate import resp
+    from redisgate.protocol import resp
     scan = count_flat = None
     if request.param == "c":
         try:
-            from redisgate._speedups import count_flat, scan
+            from redisgate._native._speedups import count_flat, scan
         except ImportError:
-            pytest.skip("redisgate._speedups is not built here")
+            pytest.skip("redisgate._native._speedups is not built here")
     saved = resp._c_scan, resp._c_count_flat
     resp._c_scan, resp._c_count_flat = scan, count_flat
     yield request.param

@@ -19,7 +19,7 @@ import redis
 import uvloop
 
 from redisgate.config import build_config
-from redisgate.server import Proxy
+from redisgate.io.server import Proxy
 from servers import RedisServer, free_port
 
 
@@ -60,7 +60,7 @@ class ProxyRunner:
         self._started.set()
         self.loop.run_forever()
         self.loop.run_until_complete(self.proxy.close())
-        # What asyncio.run does at the end (redisgate.server.run): cancel what is still pending,
+        # What asyncio.run does at the end (redisgate.io.server.run): cancel what is still pending,
         # such as a connection attempt to an upstream that does not answer.
         pending = asyncio.all_tasks(self.loop)
         for task in pending:

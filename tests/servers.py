@@ -17,7 +17,7 @@ from pathlib import Path
 
 import redis
 
-from redisgate.embedded import CACHE, redis_binary, start_redis_server, stop_process
+from redisgate.io.embedded import CACHE, redis_binary, start_redis_server, stop_process
 
 __all__ = ["CACHE", "RedisServer", "free_port", "redis_binary", "redis_cli"]
 

@@ -31,8 +31,8 @@ from proxy import stop_serve
 from servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.skipif(not (ROOT / "redisgate" / "server.py").exists(),
-                                reason="redisgate/server.py does not exist yet")
+pytestmark = pytest.mark.skipif(not (ROOT / "redisgate" / "io" / "server.py").exists(),
+                                reason="redisgate/io/server.py does not exist yet")
 
 ROLES = ("producer", "worker", "scheduler", "inspector", "admin")
 PASSWORDS = {role: f"{role}-secret-{uuid.uuid4().hex[:6]}"

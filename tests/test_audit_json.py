@@ -1,5 +1,5 @@
 """The audit trail (issue 17): JSON lines, one typed event per thing audited, through one emitter
-(redisgate.audit.emit); the `audit:` section (path, rate, format); no secret or value ever in it;
+(redisgate.telemetry.audit.emit); the `audit:` section (path, rate, format); no secret or value ever in it;
 bounded under a flood (suppressed summaries); the file re-opened on SIGHUP for logrotate; and
 `check`'s warning about users nobody can log in as (whose refused logins say `disabled`)."""
 from __future__ import annotations
@@ -20,11 +20,11 @@ import pytest
 import redis
 import yaml
 
-from redisgate import audit
-from redisgate.audit import Event, Peer
+from redisgate.telemetry import audit
+from redisgate.telemetry.audit import Event, Peer
 from redisgate.config import AuditSettings, ConfigError, build_config
-from redisgate.gate import Gate
-from redisgate.login import CertIdentity
+from redisgate.session.gate import Gate
+from redisgate.policy.login import CertIdentity
 from redisgate.session import Session
 
 from proxy import ProxyRunner, pw_hash, stop_serve

@@ -229,7 +229,7 @@ def test_a_window_of_one_changes_nothing_but_timing(redis_big, monkeypatch, mult
     as with the usual window."""
     import random
 
-    import redisgate.server as server
+    import redisgate.io.server as server
     rng = random.Random(23)
     menu = [cmd("SET", "app:k", "v"), cmd("GET", "app:k"), cmd("GET", "secret:k"), cmd("PING"),
             cmd("INCR", "app:n"), cmd("ECHO", "x\r\ny"), b"PING\r\n", b"GET app:k\n",
@@ -266,7 +266,7 @@ def test_requests_end_counts_whole_requests():
     request, and the whole of what it cannot walk or is not whole yet."""
     import random
 
-    from redisgate.server import requests_end
+    from redisgate.io.server import requests_end
     rng = random.Random(6)
     for _ in range(300):
         pieces = []
@@ -292,7 +292,7 @@ def test_memory_budget_pauses_every_client_then_closes_the_biggest_holder(redis_
     """Past limits.memory_budget of buffered client data, no client is read until it drains;
     if it does not (clients that never read), the one holding the most is closed after
     BUDGET_EVICT_AFTER, and everyone else carries on."""
-    import redisgate.server as server
+    import redisgate.io.server as server
     direct = redis_big.client()
     direct.set("app:big", b"z" * MB)
     runner = ProxyRunner({"upstream": {"address": f"127.0.0.1:{redis_big.port}", "multiplex": 1},

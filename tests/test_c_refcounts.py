@@ -1,4 +1,4 @@
-"""Error paths of the C modules (redisgate._lane, redisgate._speedups): no reference leaked, no
+"""Error paths of the C modules (redisgate._native._lane, redisgate._native._speedups): no reference leaked, no
 SystemError.
 
 Every entry point that takes Python objects and can fail half-way is called many times in a way
@@ -19,8 +19,8 @@ import pytest
 
 from wire import cmd
 
-_lane = pytest.importorskip("redisgate._lane", reason="redisgate._lane is not built here")
-_speedups = pytest.importorskip("redisgate._speedups", reason="redisgate._speedups is not built")
+_lane = pytest.importorskip("redisgate._native._lane", reason="redisgate._native._lane is not built here")
+_speedups = pytest.importorskip("redisgate._native._speedups", reason="redisgate._native._speedups is not built")
 
 ROUNDS = 1000
 

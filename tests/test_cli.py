@@ -17,7 +17,7 @@ import pytest
 import redis
 import yaml
 
-from redisgate import resp
+from redisgate.protocol import resp
 from proxy import stop_serve
 from servers import free_port, redis_cli
 

@@ -242,7 +242,7 @@ def test_a_muted_reply_is_swallowed_without_being_kept():
     """A muted command's reply (here 4 MB, arriving in 64 KiB reads) is dropped as it comes:
     nothing of it is held in the session, and what follows ON passes as usual."""
     from redisgate.config import build_config
-    from redisgate.gate import Gate
+    from redisgate.session.gate import Gate
     from redisgate.session import Session
 
     cfg = build_config({"upstream": {"address": "127.0.0.1:1"},

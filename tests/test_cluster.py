@@ -13,13 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from redisgate import resp
+from redisgate.protocol import resp
 from redisgate.cluster import route, slots
 from redisgate.cluster.route import (ANY_SLOT, CROSS_SLOT, AllMasters, Merge, SingleSlot, Split,
                                      merge, merge_split, plan)
 from redisgate.cluster.topology import (NodeAddr, Redirect, RedirectKind, TopologyError,
                                         parse_redirect, parse_shards_reply, parse_slots_reply)
-from redisgate.commands import TABLE
+from redisgate.protocol.commands import TABLE
 
 FIXTURE = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 

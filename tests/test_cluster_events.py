@@ -23,8 +23,8 @@ from cluster import read_audit, scrape
 from proxy import ProxyRunner, pw_hash
 from servers import free_port
 
-from redisgate import audit
-from redisgate.admin import Admin
+from redisgate.telemetry import audit
+from redisgate.io.admin import Admin
 from redisgate.cluster import io as cluster_io
 from redisgate.cluster.io import STORM, ClusterMap
 from redisgate.cluster.router import Hop

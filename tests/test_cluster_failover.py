@@ -21,7 +21,7 @@ import asynq_workload as w
 from cluster import RedisCluster, read_audit, scrape
 from conftest import UPSTREAM_PASSWORD, UPSTREAM_USER, _need
 from proxy import ProxyRunner, pw_hash
-from redisgate.admin import Admin
+from redisgate.io.admin import Admin
 from redisgate.cluster.slots import key_slot
 
 QUEUE = "fq"

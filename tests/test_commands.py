@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 from gen_commands import Conn, RespError, Server, _key_spec  # noqa: E402
 from servers import redis_binary  # noqa: E402
 
-from redisgate import commands  # noqa: E402
-from redisgate.commands import (TABLE, KeyExtractionError, KeyFlag, available,  # noqa: E402
-                                categories, commands_in_category, sort_pattern_option)
+from redisgate.protocol import commands  # noqa: E402
+from redisgate.protocol.commands import (TABLE, KeyExtractionError, KeyFlag, available,
+                                         categories, commands_in_category, sort_pattern_option)
 
 HARDENED = {"georadius", "georadiusbymember", "sort", "xread", "xreadgroup", "pfmerge"}
 

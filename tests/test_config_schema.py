@@ -152,7 +152,7 @@ def test_report_only_false_string_never_turns_report_only_on():
 # ---------------------------------------------------------------------------- #3 tls: {}
 
 def test_upstream_tls_empty_mapping_means_tls_with_system_cas():
-    from redisgate.server import Proxy
+    from redisgate.io.server import Proxy
     for tls in ({}, True):
         cfg = build_config({"upstream": {"address": "127.0.0.1:6379", "tls": tls},
                             "users": {"u": f"on {H}"}})

@@ -6,7 +6,7 @@ import redis
 
 from proxy import ProxyRunner, pw_hash
 from redisgate.config import ConfigError, build_config
-from redisgate.confine import confine, escape
+from redisgate.policy.confine import confine, escape
 
 
 def test_scan_without_match_gets_the_prefix_appended():

@@ -11,13 +11,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from redisgate import asynq, contracts, scripts
+from redisgate import asynq
+from redisgate.policy import contracts, scripts
 from redisgate.asynq import learn as asynq_learn, profiles as asynq_profiles
 from redisgate.asynq import scripts as asynq_scripts
-from redisgate.commands import TABLE
-from redisgate.learn import generalise_key
-from redisgate.scripts import (PrefixArg, QueueKey, ScriptContract, ScriptPolicy, TaggedKey,
-                               _FastContract, check_contract)
+from redisgate.protocol.commands import TABLE
+from redisgate.policy.learn import generalise_key
+from redisgate.policy.scripts import (PrefixArg, QueueKey, ScriptContract, ScriptPolicy,
+                                      TaggedKey, _FastContract, check_contract)
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "redisgate"
 
@@ -154,10 +155,10 @@ def test_only_the_registration_point_imports_the_asynq_package():
                 continue
             if any(n == "asynq" or n.endswith(".asynq") or ".asynq." in n for n in names):
                 importers.append(str(path.relative_to(PACKAGE)))
-    assert importers == ["contracts.py"]
+    assert importers == ["policy/contracts.py"]
 
 
 def test_no_c_source_names_a_product():
-    sources = sorted(PACKAGE.glob("*.c")) + sorted(PACKAGE.glob("*.h"))
+    sources = sorted(PACKAGE.glob("_native/*.c")) + sorted(PACKAGE.glob("_native/*.h"))
     assert sources
     assert [p.name for p in sources if "asynq" in p.read_text(encoding="utf-8").lower()] == []

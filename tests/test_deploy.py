@@ -160,7 +160,7 @@ def test_dockerfile_shape():
     assert "COPY --from=build /wheels /wheels" in text
     assert re.search(r"^USER 10001", text, re.M)
     assert re.search(r"^HEALTHCHECK .*\n.*/healthz", text, re.M)
-    assert "import redisgate._speedups, redisgate._lane" in text
+    assert "import redisgate._native._speedups, redisgate._native._lane" in text
     for src in re.findall(r"^COPY (?!--from)(.+) \S+$", text, re.M):
         for name in src.split():
             assert (ROOT / name).exists(), f"COPY {name}: not in the repository"

@@ -12,8 +12,8 @@ import time
 import psutil
 import pytest
 
-from redisgate.embedded import (EmbeddedRedis, redis_binary, redis_server_binary,
-                                start_redis_server, stop_process)
+from redisgate.io.embedded import (EmbeddedRedis, redis_binary, redis_server_binary,
+                                   start_redis_server, stop_process)
 
 from servers import free_port
 from wire import Wire
@@ -57,7 +57,7 @@ def test_embedded_redis_is_private_and_persists_nothing():
 
 _CHILD = """
 import sys, time
-from redisgate.embedded import EmbeddedRedis
+from redisgate.io.embedded import EmbeddedRedis
 emb = EmbeddedRedis().start()
 print(emb.proc.pid, flush=True)
 time.sleep(60)

@@ -11,8 +11,8 @@ import socket
 
 import pytest
 
-from redisgate import errors
-from redisgate.commands import TABLE, available
+from redisgate.protocol import errors
+from redisgate.protocol.commands import TABLE, available
 
 from conftest import LEGACY_PASSWORD, UPSTREAM_PASSWORD, UPSTREAM_USER
 from servers import RedisServer, redis_binary

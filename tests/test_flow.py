@@ -1,6 +1,6 @@
 """flow.FlowControl alone: the reasons that hold a connection's reading, and the transport calls
 they make (one pause when the first reason comes, one resume when the last one goes)."""
-from redisgate.flow import FlowControl, Hold
+from redisgate.io.flow import FlowControl, Hold
 
 
 class Transport:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import socket
 
-from redisgate import commands, gate as gate_mod, metrics
+from redisgate.protocol import commands
+from redisgate.session import gate as gate_mod
+from redisgate.telemetry import metrics
 from redisgate.config import build_config
-from redisgate.gate import AclLog, Gate
-from redisgate.learn import Learner
+from redisgate.session.gate import AclLog, Gate
+from redisgate.policy.learn import Learner
 
 from proxy import pw_hash
 from wire import cmd

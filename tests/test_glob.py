@@ -12,7 +12,7 @@ import threading
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from redisgate.glob import compile_pattern, stringmatch
+from redisgate.policy.glob import compile_pattern, stringmatch
 
 
 # ---------------------------------------------------------------- the C function, transcribed

@@ -4,8 +4,8 @@ the rotation race, bytes in and Actions out."""
 from __future__ import annotations
 
 from redisgate.config import build_config
-from redisgate.gate import Gate
-from redisgate.handshake import Passwords
+from redisgate.session.gate import Gate
+from redisgate.protocol.handshake import Passwords
 from redisgate.session import Session
 
 from wire import cmd

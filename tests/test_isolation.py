@@ -369,7 +369,7 @@ def test_auth_in_resp2_subscribed_mode_is_refused_as_by_redis(request, version):
 
 def _session(resp3=True):
     from redisgate.config import build_config
-    from redisgate.gate import Gate
+    from redisgate.session.gate import Gate
     from redisgate.session import Session
     cfg = build_config({"upstream": {"address": "127.0.0.1:1"}, "users": USERS})
     s = Session(Gate(cfg, upstream_version=(7, 0, 15)), "test")

@@ -1,4 +1,4 @@
-"""The C lane (redisgate._lane): a client connection's steady state.
+"""The C lane (redisgate._native._lane): a client connection's steady state.
 
 First the Lane alone (no sockets): what it takes and what it hands to the slow path. Then the
 proxy with and without it, against real Redis: the same random conversations must get the same
@@ -15,13 +15,13 @@ from pathlib import Path
 import hiredis
 import pytest
 
-from redisgate import server
+from redisgate.io import server
 from redisgate.config import build_config
 
 from proxy import ProxyRunner, pw_hash
 from wire import Wire, cmd
 
-_lane = pytest.importorskip("redisgate._lane", reason="redisgate._lane is not built here")
+_lane = pytest.importorskip("redisgate._native._lane", reason="redisgate._native._lane is not built here")
 Lane = _lane.Lane
 
 
@@ -220,7 +220,7 @@ def _asynq_calls(tid: bytes, q: bytes = _Q, date: bytes = b"2024-05-31") -> list
 def _scripted_session():
     """A logged-in session of an Asynq worker+producer user, which has judged one call of each
     script for queue `default` (so its memo holds their forms), and its memo."""
-    from redisgate.gate import Gate
+    from redisgate.session.gate import Gate
     from redisgate.session import Session
     cfg = build_config({"upstream": {"address": "127.0.0.1:1"}, "users": {"w": _WORKER}})
     s = Session(Gate(cfg, upstream_version=(7, 0, 15)), "test")
@@ -273,7 +273,7 @@ def _mutations(rnd: random.Random, args: list[bytes]) -> list[bytes]:
 def test_the_lane_never_passes_an_evalsha_the_judge_would_refuse():
     """Random mutations of allowed calls (other queues, cut or extended names, dates, numkeys,
     argument counts): whatever the lane forwards, the judge allows."""
-    from redisgate.commands import TABLE
+    from redisgate.protocol.commands import TABLE
     s, known = _scripted_session()
     user = s.user_entry.user
     rnd = random.Random(4)
@@ -722,7 +722,7 @@ def test_asynq_scripts_take_the_lane_once_judged(redis7, multiplex):
 # ---------------------------------------------------------------- metrics kept in C (issue 17)
 
 def test_the_lane_counts_what_it_forwards_per_entry_in_c_and_only_whole_reads():
-    from redisgate import metrics
+    from redisgate.telemetry import metrics
     get_c, set_c = _lane.Counter(), _lane.Counter()
     known = {b"GET": entry(2, 2, 1, (b"k:",), counter=get_c),
              b"SET": entry(3, 3, 1, (b"k:",), counter=set_c),

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from redisgate import resp
-from redisgate.resp import ReplyScanner
+from redisgate.protocol import resp
+from redisgate.protocol.resp import ReplyScanner
 
 from test_resp_fuzz import SIZES, VALUES
 from shortcuts import BOTH_SCANS, FUZZ
@@ -45,9 +45,9 @@ def _framed(data: bytes):
        st.binary(max_size=3), st.integers(0, 2))
 def test_the_lanes_replies_end_where_feed_ends_them(values, most, at, junk, how):
     try:
-        from redisgate._speedups import count_replies
+        from redisgate._native._speedups import count_replies
     except ImportError:
-        pytest.skip("redisgate._speedups is not built here")
+        pytest.skip("redisgate._native._speedups is not built here")
     data = b"".join(v for v, _ in values)
     if how:   # corrupt it: bytes inserted, or replaced
         at = min(at, len(data))
@@ -82,9 +82,9 @@ _RESP_COMMON = st.recursive(
 @given(st.lists(_RESP_COMMON, min_size=1, max_size=8), st.integers(1, 9), SIZES)
 def test_the_lane_passes_every_whole_reply_redis_sends_commands(replies, most, sizes):
     try:
-        from redisgate._speedups import count_replies
+        from redisgate._native._speedups import count_replies
     except ImportError:
-        pytest.skip("redisgate._speedups is not built here")
+        pytest.skip("redisgate._native._speedups is not built here")
     data = b"".join(replies)
     ends = list(accumulate(map(len, replies)))
     assert count_replies(data, most) == (min(most, len(ends)), ends[min(most, len(ends)) - 1])

@@ -12,10 +12,10 @@ import pytest
 
 import asynq_workload as w
 from conftest import UPSTREAM_PASSWORD, UPSTREAM_USER
-from redisgate.commands import TABLE
-from redisgate.learn import Learner, generalise_key, glob_escape
-from redisgate.rules import parse_user
-from redisgate.scripts import ScriptPolicy
+from redisgate.protocol.commands import TABLE
+from redisgate.policy.learn import Learner, generalise_key, glob_escape
+from redisgate.policy.rules import parse_user
+from redisgate.policy.scripts import ScriptPolicy
 
 
 def b(*args) -> list[bytes]:
@@ -58,7 +58,7 @@ def test_queue_names_are_never_generalised():
 
 
 def test_glob_escape_round_trips_through_the_proxys_glob():
-    from redisgate.glob import stringmatch
+    from redisgate.policy.glob import stringmatch
     text = "a*b?c[d]e\\f"
     assert stringmatch(glob_escape(text).encode(), text.encode())
     assert not stringmatch(glob_escape(text).encode(), b"aXb?c[d]e\\f")

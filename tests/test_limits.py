@@ -362,7 +362,7 @@ def test_idle_connections_are_closed_active_ones_are_not(redis7, multiplex):
             time.sleep(0.05)
         assert idle.read_raw_until_closed() == b""       # closed, without a word (as Redis)
         assert busy.call("PING") == b"PONG"
-        from redisgate.server import Lane
+        from redisgate.io.server import Lane
         if Lane is not None:   # (built here: the busy client's steady state ran in C)
             assert runner.call(lambda: max(c.lane.passed for c in runner.proxy.clients
                                            if c.lane is not None)) > 0

@@ -1,5 +1,5 @@
-"""redisgate.linkstate: a shared link's books (whose replies come next, what is due, what waits for
-the turn's flush), in C (redisgate._lane.LinkState) and in its pure-Python twin (PyLinkState).
+"""redisgate.protocol.linkstate: a shared link's books (whose replies come next, what is due, what waits for
+the turn's flush), in C (redisgate._native._lane.LinkState) and in its pure-Python twin (PyLinkState).
 The same random operations on both give the same results, and each is checked against a plain
 model; then the send/flush cases one by one."""
 from __future__ import annotations
@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from redisgate.linkstate import PyLinkState
+from redisgate.protocol.linkstate import PyLinkState
 
 try:
-    from redisgate._lane import Lane
-    from redisgate._lane import LinkState as CLinkState
+    from redisgate._native._lane import Lane
+    from redisgate._native._lane import LinkState as CLinkState
 except ImportError:   # not built here: the twin alone
     CLinkState = Lane = None
 
@@ -124,7 +124,7 @@ _ops = st.lists(st.one_of(
 ), max_size=40)
 
 
-@pytest.mark.skipif(CLinkState is None, reason="redisgate._lane is not built here")
+@pytest.mark.skipif(CLinkState is None, reason="redisgate._native._lane is not built here")
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=_ops)
 def test_the_c_link_state_and_its_python_twin_agree(ops):
@@ -177,7 +177,7 @@ def test_the_c_link_state_and_its_python_twin_agree(ops):
         assert results[0][6] == [who for who, n in model for _ in range(n)]
 
 
-@pytest.mark.skipif(Lane is None, reason="redisgate._lane is not built here")
+@pytest.mark.skipif(Lane is None, reason="redisgate._native._lane is not built here")
 def test_the_c_state_takes_only_a_lane_as_lane():
     s = CLinkState(lambda *args: None)
     lane = Lane(print, print)
@@ -192,7 +192,7 @@ def test_the_c_state_takes_only_a_lane_as_lane():
 
 @pytest.mark.parametrize("env", ["REDISGATE_NO_LANE", "REDISGATE_PURE_PYTHON"])
 def test_the_python_twin_is_used_where_the_lane_is_off(env):
-    code = ("from redisgate import linkstate, server; "
+    code = ("from redisgate.protocol import linkstate; from redisgate.io import server; "
             "assert linkstate.LinkState is linkstate.PyLinkState; "
             "assert server.Lane is None and server.Router is None")
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ, **{env: "1"}))

@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from proxy import ProxyRunner, mode_proxy, pw_hash
-from redisgate.resp import encode_command
+from redisgate.protocol.resp import encode_command
 from servers import RedisServer
 
 PASSWORD = b"load-pw"

@@ -1,4 +1,4 @@
-"""The one login decision (redisgate/login.py) and every session path that uses it, without sockets.
+"""The one login decision (redisgate/policy/login.py) and every session path that uses it, without sockets.
 
 The table test runs every login path (connect, AUTH, HELLO AUTH, RESET, the reload re-check) for
 every binding kind (none, cn, san_dns, san_uri; with and without require_password; with and
@@ -17,9 +17,9 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 
 from redisgate import certs
 from redisgate.config import ConfigError, build_config
-from redisgate.gate import Gate
-from redisgate.login import (CertIdentity, Method, Outcome, Via, chain_trusted_by, decide_login,
-                             map_certificate)
+from redisgate.session.gate import Gate
+from redisgate.policy.login import (CertIdentity, Method, Outcome, Via, chain_trusted_by,
+                                    decide_login, map_certificate)
 from redisgate.session import LOCAL, Session
 from redisgate.tls import ca_scope_warnings
 

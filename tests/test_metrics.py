@@ -26,8 +26,9 @@ from proxy import ProxyRunner, pw_hash, stop_serve
 from servers import free_port
 from wire import Wire, cmd
 
-from redisgate import metrics, server
-from redisgate.admin import Admin
+from redisgate.telemetry import metrics
+from redisgate.io import server
+from redisgate.io.admin import Admin
 
 PW = pw_hash("pw")
 USERS = {"app": f"on {PW} ~k:* +get +set +ping +client|setname -@dangerous",
@@ -356,7 +357,7 @@ def test_label_sets_stay_bounded_under_unique_user_and_command_names(redis7):
         names = {dict(labels).get("user") for (_, labels) in after} - {None}
         assert names <= set(metrics._users) | {"unknown"}
         commands = {dict(labels).get("command") for (_, labels) in after} - {None}
-        from redisgate.commands import TABLE
+        from redisgate.protocol.commands import TABLE
         assert all(name in TABLE for name in commands - {"other"}), commands - {"other"}
     finally:
         p.stop()

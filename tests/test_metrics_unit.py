@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY
 
-from redisgate import metrics
+from redisgate.telemetry import metrics
 
 
 def _value(name: str, **labels) -> float:

@@ -26,9 +26,9 @@ import pytest
 
 from conftest import UPSTREAM_PASSWORD, UPSTREAM_USER
 from proxy import mode_proxy, pw_hash
-from redisgate.commands import TABLE
+from redisgate.protocol.commands import TABLE
 from redisgate.config import build_config
-from redisgate.resp import encode_command
+from redisgate.protocol.resp import encode_command
 
 PASSWORDS = {"app": b"app-pw", "worker": b"worker-pw"}
 USERS = {

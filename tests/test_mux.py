@@ -11,11 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from redisgate.config import ConfigError, build_config
-from redisgate.mux import Demux
-from redisgate.resp import ReplyScanner, UpstreamProtocolError
+from redisgate.protocol.mux import Demux
+from redisgate.protocol.resp import ReplyScanner, UpstreamProtocolError
 from redisgate.session import Session, shareable
-from redisgate.commands import TABLE
-from redisgate.gate import Gate
+from redisgate.protocol.commands import TABLE
+from redisgate.session.gate import Gate
 
 from proxy import ProxyRunner, pw_hash
 from servers import free_port
@@ -28,10 +28,10 @@ pytestmark = pytest.mark.usefixtures("both_scans")
 
 
 def _impls():
-    """The C LinkState (redisgate._lane) a Demux keeps its queue in, and its Python twin."""
-    from redisgate.linkstate import PyLinkState
+    """The C LinkState (redisgate._native._lane) a Demux keeps its queue in, and its Python twin."""
+    from redisgate.protocol.linkstate import PyLinkState
     try:
-        from redisgate._lane import LinkState
+        from redisgate._native._lane import LinkState
     except ImportError:
         return [pytest.param(PyLinkState, id="py")]
     return [pytest.param(LinkState, id="c"), pytest.param(PyLinkState, id="py")]

@@ -1,4 +1,4 @@
-"""Option words by Redis's rules (redisgate/options.py), checked against a real Redis 7.
+"""Option words by Redis's rules (redisgate/protocol/options.py), checked against a real Redis 7.
 
 Redis compares option words with `strcasecmp`, which stops at a NUL byte, and mostly lets a
 repeated option's last occurrence win. Three layers of tests:
@@ -26,10 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 from proxy import ProxyRunner, pw_hash  # noqa: E402
 from test_commands import HARDENED, Gen, _conn, _pipeline, check_getkeys, live  # noqa: E402,F401
 
-from redisgate.commands import TABLE  # noqa: E402
-from redisgate.confine import confine  # noqa: E402
-from redisgate.options import is_word, parse_options, word  # noqa: E402
-from redisgate.rules import copy_db_operands  # noqa: E402
+from redisgate.protocol.commands import TABLE  # noqa: E402
+from redisgate.policy.confine import confine  # noqa: E402
+from redisgate.protocol.options import is_word, parse_options, word  # noqa: E402
+from redisgate.policy.rules import copy_db_operands  # noqa: E402
 
 SEED = 20261207
 

@@ -7,7 +7,7 @@ import pytest
 import redis
 
 from proxy import ProxyRunner, pw_hash
-from redisgate.commands import TABLE, available
+from redisgate.protocol.commands import TABLE, available
 from wire import Wire
 
 USERS = {

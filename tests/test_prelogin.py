@@ -3,7 +3,7 @@ into the proxy's logs, metrics and ACL LOG (issue 23 #5, #7, #9; issue 22 #6, #8
 
 - Names sent with AUTH are bounded everywhere: metric labels are configured users or `unknown`,
   the audit line shows `unknown:<8 hex>`, ACL LOG `unknown` (a password typed into the user-name
-  slot lands nowhere), and one helper (redisgate.audit.safe) escapes and cuts every client-chosen
+  slot lands nowhere), and one helper (redisgate.telemetry.audit.safe) escapes and cuts every client-chosen
   string in a log line (names, keys, certificate identities): no line can be forged.
 - limits.auth_timeout closes connections that do not log in, on plain and TLS listeners.
 - auth_throttle: failed logins per address and per name; past the threshold, refused unchecked
@@ -25,9 +25,9 @@ from prometheus_client import REGISTRY
 
 from proxy import ProxyRunner, pw_hash
 from redisgate import certs
-from redisgate.audit import login_name, safe, unknown_tag, user_label
+from redisgate.telemetry.audit import login_name, safe, unknown_tag, user_label
 from redisgate.config import AuthThrottle, ConfigError, build_config
-from redisgate.throttle import LoginThrottle
+from redisgate.policy.throttle import LoginThrottle
 from redisgate.tls import describe_peer
 from servers import free_port
 from wire import Wire, cmd

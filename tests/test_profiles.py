@@ -13,11 +13,11 @@ import asynq_reference
 import asynq_workload as w
 from asynq_workload import redis5  # noqa: F401 (this module's redis5: a RESP2 admin client)
 from conftest import LEGACY_PASSWORD, UPSTREAM_PASSWORD, UPSTREAM_USER
-from redisgate.commands import TABLE
+from redisgate.protocol.commands import TABLE
 from redisgate.asynq.profiles import (ProfileError, check_queue_name, describe, load_profile,
                                       profile_names)
-from redisgate.rules import parse_user
-from redisgate.scripts import ScriptPolicy, resolve_scripts
+from redisgate.policy.rules import parse_user
+from redisgate.policy.scripts import ScriptPolicy, resolve_scripts
 
 EXPECTED = asynq_reference.expected_shas()
 

@@ -511,7 +511,7 @@ def _flood(s: socket.socket, chunk: bytes, runner: ProxyRunner) -> int:
 def test_commands_waiting_for_an_upstream_being_opened_are_bounded(monkeypatch, multiplex):
     """While the upstream connection (or the shared link) is still being opened, a client's
     commands wait in the proxy; past WAITING_LIMIT the proxy stops reading that client."""
-    import redisgate.server as server
+    import redisgate.io.server as server
     monkeypatch.setattr(server, "WAITING_LIMIT", 1 << 20)
     # An upstream whose accept queue is full: the kernel drops further SYNs, so connecting hangs.
     hung = socket.socket()

@@ -10,7 +10,7 @@ import yaml
 
 from redisgate import certs
 from redisgate.config import load_config
-from redisgate.server import Proxy
+from redisgate.io.server import Proxy
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import tracemalloc
 
 import pytest
 
-from redisgate import resp
-from redisgate.resp import (Frame, ProtocolError, ReplyScanner, Request, RequestParser,
-                            UpstreamProtocolError, encode_command)
+from redisgate.protocol import resp
+from redisgate.protocol.resp import (Frame, ProtocolError, ReplyScanner, Request, RequestParser,
+                                     UpstreamProtocolError, encode_command)
 from servers import RedisServer
 
 # Every test here runs with the C scan and with its Python twin (conftest.both_scans).

@@ -9,8 +9,8 @@ from unittest.mock import patch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from redisgate import resp
-from redisgate.resp import ReplyScanner
+from redisgate.protocol import resp
+from redisgate.protocol.resp import ReplyScanner
 
 from test_resp_fuzz import SIZES, VALUES, pieces
 from shortcuts import BOTH_SCANS, FUZZ
@@ -110,7 +110,7 @@ _REPLY_PIECES = [b"+OK\r\n", b"-ERR x\r\n", b":0\r\n", b":-0\r\n", b":01\r\n", b
        st.integers(0, 5), st.binary(max_size=3))
 def test_the_c_count_flat_counts_what_the_python_loop_counts(pieces_, most, start, junk):
     try:
-        from redisgate._speedups import count_flat
+        from redisgate._native._speedups import count_flat
     except ImportError:
         return
     data = junk[:start] + b"".join(pieces_)

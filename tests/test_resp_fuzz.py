@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from redisgate import resp
-from redisgate.resp import (ProtocolError, ReplyScanner, RequestParser, UpstreamProtocolError,
-                            encode_command)
+from redisgate.protocol import resp
+from redisgate.protocol.resp import (ProtocolError, ReplyScanner, RequestParser,
+                                     UpstreamProtocolError, encode_command)
 
 # Every test here runs with the C scan and with its Python twin (conftest.both_scans).
 pytestmark = pytest.mark.usefixtures("both_scans")

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from redisgate import resp
-from redisgate.resp import RequestParser, encode_command
+from redisgate.protocol import resp
+from redisgate.protocol.resp import RequestParser, encode_command
 
 from test_resp_fuzz import ARGS, SIZES, mutated_commands, pieces
 from wire import cmd
@@ -164,9 +164,9 @@ def test_take_batch_leaves_requests_larger_than_its_window_to_next():
 
 def test_the_c_scan_takes_large_values_and_long_pipelines_in_one_batch():
     try:
-        from redisgate._speedups import scan
+        from redisgate._native._speedups import scan
     except ImportError:
-        pytest.skip("redisgate._speedups is not built here")
+        pytest.skip("redisgate._native._speedups is not built here")
     huge = b"v" * 16384
     data = cmd("GET", "a") * 3 + cmd("SET", "k", huge) + cmd("GET", "b") * 1000
     with patch.object(resp, "_c_scan", scan):
@@ -181,9 +181,9 @@ def test_the_c_scan_allocates_nothing_from_declared_sizes():
     # What a hostile client declares costs nothing until the bytes are there, and a number
     # beyond the limits (or beyond 64 bits) ends the scan: the careful parser answers it.
     try:
-        from redisgate._speedups import scan
+        from redisgate._native._speedups import scan
     except ImportError:
-        pytest.skip("redisgate._speedups is not built here")
+        pytest.skip("redisgate._native._speedups is not built here")
     for data in (b"*1048576\r\n$1\r\na\r\n", b"*1\r\n$536870912\r\nxx", b"*1048577\r\n",
                  b"*99999999999999999999999\r\n", b"*1\r\n$99999999999999999999999\r\n",
                  b"*1\r\n$-1\r\n", b"*-1\r\n", b"*0\r\n", b"*+1\r\n", b"*1 \r\n", b"*1\r",
@@ -210,7 +210,7 @@ def test_limits_beyond_what_c_holds_are_no_limit():
 @given(st.binary(max_size=300), st.integers(0, 40))
 def test_the_c_scan_never_fails_on_any_bytes(data, pos):
     try:
-        from redisgate._speedups import scan
+        from redisgate._native._speedups import scan
     except ImportError:
         return
     found = scan(data, pos, 16, 64)

@@ -7,8 +7,8 @@ import hashlib
 
 import pytest
 
-from redisgate.commands import TABLE
-from redisgate.rules import Denial, RuleError, parse_aclfile, parse_user, split_args
+from redisgate.protocol.commands import TABLE
+from redisgate.policy.rules import Denial, RuleError, parse_aclfile, parse_user, split_args
 
 
 def judge(user, *args, db=0):

@@ -8,8 +8,8 @@ from __future__ import annotations
 import random
 
 
-from redisgate.commands import TABLE, KeyExtractionError
-from redisgate.rules import ALLOW, OneKey, parse_user, RuleError
+from redisgate.protocol.commands import TABLE, KeyExtractionError
+from redisgate.policy.rules import ALLOW, OneKey, parse_user, RuleError
 
 from test_rules_oracle import _command, _rule_set
 from shortcuts import BOTH_SCANS

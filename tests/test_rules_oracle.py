@@ -19,8 +19,8 @@ import random
 
 import pytest
 
-from redisgate.commands import TABLE, KeyExtractionError
-from redisgate.rules import CATEGORY_ORDER, RuleError, parse_user
+from redisgate.protocol.commands import TABLE, KeyExtractionError
+from redisgate.policy.rules import CATEGORY_ORDER, RuleError, parse_user
 
 SEED = int(os.environ.get("REDISGATE_ORACLE_SEED", "20240601"))
 RULE_SETS = int(os.environ.get("REDISGATE_ORACLE_SETS", "400"))

@@ -16,13 +16,14 @@ import pytest
 import asynq_reference
 import asynq_workload as w
 from asynq_workload import redis5  # noqa: F401 (this module's redis5: a RESP2 admin client)
-from redisgate import scripts
-from redisgate.commands import TABLE
+from redisgate.policy import scripts
+from redisgate.protocol.commands import TABLE
 from redisgate.config import ConfigError, build_config
 from redisgate.asynq.profiles import load_profile
 from redisgate.asynq.scripts import KNOWN_SCRIPTS, SCRIPT_NAMES, SCRIPT_SETS
-from redisgate.rules import parse_user
-from redisgate.scripts import ScriptListError, ScriptPolicy, expand_script_names, resolve_scripts
+from redisgate.policy.rules import parse_user
+from redisgate.policy.scripts import (ScriptListError, ScriptPolicy, expand_script_names,
+                                      resolve_scripts)
 
 EXPECTED = asynq_reference.expected_shas()
 ASYNQ = EXPECTED["main"]                                 # Asynq's SHA1s at main, by name

@@ -9,12 +9,12 @@ import random
 from types import SimpleNamespace
 
 
-from redisgate import scripts
-from redisgate.commands import TABLE
+from redisgate.policy import scripts
+from redisgate.protocol.commands import TABLE
 from redisgate.config import build_config
-from redisgate.rules import parse_user
+from redisgate.policy.rules import parse_user
 from redisgate.asynq.scripts import KNOWN_SCRIPTS
-from redisgate.scripts import QueueKey, ScriptPolicy, check_contract
+from redisgate.policy.scripts import QueueKey, ScriptPolicy, check_contract
 from test_rules_fast import outcome
 from shortcuts import BOTH_SCANS
 

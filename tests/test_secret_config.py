@@ -15,8 +15,9 @@ import redis
 
 from conftest import LEGACY_PASSWORD, UPSTREAM_PASSWORD
 from proxy import ProxyRunner, pw_hash
-from redisgate.secret_config import (MAX_GLOB_PATTERNS, MAX_PATTERN_LEN, SENSITIVE_PARAMETERS,
-                                     config_get_reveals_secret, pattern_reveals_secret)
+from redisgate.policy.secret_config import (MAX_GLOB_PATTERNS, MAX_PATTERN_LEN,
+                                            SENSITIVE_PARAMETERS, config_get_reveals_secret,
+                                            pattern_reveals_secret)
 
 
 def _secret(name: bytes) -> bool:

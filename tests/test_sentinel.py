@@ -99,7 +99,7 @@ class Metrics:
     counters are the test process's (every in-process proxy adds to them): compare two scrapes."""
 
     def __init__(self, runner: ProxyRunner):
-        from redisgate.admin import Admin
+        from redisgate.io.admin import Admin
         self.runner = runner
 
         def start():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from redisgate.config import build_config
-from redisgate.gate import Gate
+from redisgate.session.gate import Gate
 from redisgate.session import Session
 
 from proxy import pw_hash

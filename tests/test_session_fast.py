@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from redisgate.config import build_config
-from redisgate.gate import Gate
+from redisgate.session.gate import Gate
 from redisgate.session import DROP, FWD, Session
 
 from proxy import pw_hash
@@ -111,7 +111,7 @@ def test_homogeneous_pipelines_match_the_careful_path(template, keys, reply_size
 
 
 def test_a_homogeneous_read_is_one_batch():
-    from redisgate.resp import RequestParser
+    from redisgate.protocol.resp import RequestParser
     p = RequestParser(authenticated=True)
     data = b"".join(cmd("SET", f"k:{i}", "v" * i) for i in range(8)) + cmd("GET", "k:1")
     p.feed(data + b"*2\r\n$3")

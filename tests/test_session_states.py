@@ -7,9 +7,9 @@ import dataclasses
 
 import pytest
 
-from redisgate.actions import Actions
+from redisgate.session.actions import Actions
 from redisgate.config import build_config
-from redisgate.gate import Gate
+from redisgate.session.gate import Gate
 from redisgate.session import FWD, LOCAL, Session, State
 from redisgate.session.replies import Muting
 from redisgate.session.upstream import Phase

@@ -11,8 +11,8 @@ import pytest
 
 from proxy import pw_hash
 from redisgate.config import build_config
-from redisgate.server import Proxy
-from redisgate.tasks import TaskSet
+from redisgate.io.server import Proxy
+from redisgate.io.tasks import TaskSet
 from servers import free_port
 
 

@@ -24,7 +24,7 @@ from redisgate import certs
 from redisgate.tls import (ListenerTLS, TLSConfigError, TLSEngine, TLSHandshakeError, TLSRecordError,
                            UpstreamTLS, describe_peer, handshake_failure_reason,
                            match_certificate_user)
-from redisgate.login import identity_of, validate_selector
+from redisgate.policy.login import identity_of, validate_selector
 from servers import RedisServer, free_port
 
 USERS = {"bob": {"cn": "bob"}, "worker": {"cn": "asynq-worker"}}

@@ -1,4 +1,4 @@
-"""redisgate._tlsrec: a TLS connection's records in C after the Python handshake (tls.TLSEngine).
+"""redisgate._native._tlsrec: a TLS connection's records in C after the Python handshake (tls.TLSEngine).
 
 No sockets: a client `TLSEngine` and a server `TLSEngine` shuttle bytes in memory; after the
 handshake the server's records move to a `_tlsrec.Record` (`TLSEngine.hand_over`), which must
@@ -16,7 +16,7 @@ from redisgate import certs
 from redisgate.tls import ListenerTLS, TLSEngine, TLSRecordError, record_layer
 
 Record = record_layer()
-pytestmark = pytest.mark.skipif(Record is None, reason="redisgate._tlsrec is not built here")
+pytestmark = pytest.mark.skipif(Record is None, reason="redisgate._native._tlsrec is not built here")
 
 
 @pytest.fixture(scope="module")

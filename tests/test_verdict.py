@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from redisgate import memo, scripts
-from redisgate.commands import TABLE
-from redisgate.contracts import family
-from redisgate.rules import ALLOW, ASK, Allow, Ask, FastKind, Keys, OneKey, Script, parse_user
+from redisgate.policy import memo, scripts
+from redisgate.protocol.commands import TABLE
+from redisgate.policy.contracts import family
+from redisgate.policy.rules import (ALLOW, ASK, Allow, Ask, FastKind, Keys, OneKey, Script,
+                                    parse_user)
 
 from wire import cmd
 
@@ -106,7 +107,7 @@ def _entry(rule: str, *args: str, counter=None):
 
 
 def memo_counter():
-    from redisgate.metrics import _Counter
+    from redisgate.telemetry.metrics import _Counter
     return _Counter()
 
 
@@ -185,7 +186,7 @@ def test_both_memo_implementations_read_alike(impl):
 
 # ---------------------------------------------------------------- the C lane reads them by name
 
-needs_c = pytest.mark.skipif(_lane is None, reason="redisgate._lane is not built here")
+needs_c = pytest.mark.skipif(_lane is None, reason="redisgate._native._lane is not built here")
 
 
 @needs_c
@@ -220,14 +221,14 @@ def test_script_forms_carry_every_check_kind_and_the_lane_applies_them():
 
 
 def test_the_c_lane_names_no_product():
-    source = (ROOT / "redisgate" / "_lane.c").read_text().lower()
+    source = (ROOT / "redisgate" / "_native" / "_lane.c").read_text().lower()
     assert "asynq" not in source
 
 
 @needs_c
 def test_a_session_fills_its_memo_with_verdicts_the_lane_reads():
     from redisgate.config import build_config
-    from redisgate.gate import Gate
+    from redisgate.session.gate import Gate
     from redisgate.session import Session
     from proxy import pw_hash
     cfg = build_config({"upstream": {"address": "127.0.0.1:1"},
@@ -248,9 +249,9 @@ def test_the_pure_python_memo_decides_as_the_c_one():
     code = textwrap.dedent("""
         import sys
         sys.path.insert(0, "tests")
-        from redisgate import memo
+        from redisgate.policy import memo
         from redisgate.config import build_config
-        from redisgate.gate import Gate
+        from redisgate.session.gate import Gate
         from redisgate.session import Session
         from proxy import pw_hash
         from wire import cmd

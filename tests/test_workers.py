@@ -560,7 +560,7 @@ MIRROR = r"""
 import os, sys
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client import REGISTRY
-from redisgate import metrics
+from redisgate.telemetry import metrics
 
 class C:
     value = 0
@@ -597,7 +597,7 @@ HISTOGRAM = r"""
 import sys
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client import REGISTRY
-from redisgate import metrics
+from redisgate.telemetry import metrics
 
 class H:
     counts = [0, 0, 0]   # per bucket: <= 0.001, <= 0.01, more

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate redisgate/data/commands.json from real redis-server processes.
+"""Generate redisgate/protocol/data/commands.json from real redis-server processes.
 
 The command table is read, never written by hand: this script starts (or, with --port, connects
 to) a Redis 7 on a free 127.0.0.1 port and reads `COMMAND INFO` (arity, flags, ACL categories, key
@@ -14,7 +14,7 @@ Usage:
 
 The output is one line per command (subcommands are entries of their own, named "parent|sub"),
 sorted by name, so a Redis upgrade shows up as a readable diff. Standard library only, plus the
-launcher of redisgate/embedded.py (itself standard library only).
+launcher of redisgate/io/embedded.py (itself standard library only).
 """
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO / "redisgate" / "data" / "commands.json"
+DEFAULT_OUT = REPO / "redisgate" / "protocol" / "data" / "commands.json"
 sys.path.insert(0, str(REPO))
-from redisgate.embedded import free_port, redis_binary, start_redis_server, stop_process  # noqa: E402
+from redisgate.io.embedded import free_port, redis_binary, start_redis_server, stop_process  # noqa: E402
 
 
 # --- a minimal RESP2/RESP3 client (the tool must not depend on redis-py's reply post-processing) --
@@ -113,7 +113,7 @@ class Conn:
 # --- servers -----------------------------------------------------------------------------------
 
 class Server:
-    """A throwaway redis-server (redisgate.embedded's launcher: the one the tests use too)."""
+    """A throwaway redis-server (redisgate.io.embedded's launcher: the one the tests use too)."""
 
     def __init__(self, path: str):
         self.path = path

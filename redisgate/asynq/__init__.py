@@ -19,7 +19,7 @@ that registry, and the C lane gets the queue tag from memo.py, so no C code name
 """
 from __future__ import annotations
 
-from .. import contracts
+from ..policy import contracts
 from . import learn, profiles, scripts
 
 __all__ = ["FAMILY"]

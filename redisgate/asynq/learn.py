@@ -20,8 +20,8 @@ May import: the generic policy modules (learn, scripts) and this package's scrip
 """
 from __future__ import annotations
 
-from ..learn import generalise_segments, glob_escape
-from ..scripts import split_queue
+from ..policy.learn import generalise_segments, glob_escape
+from ..policy.scripts import split_queue
 from .scripts import QUEUE_TAG
 
 _QUEUE_FIXED = {"pending", "active", "scheduled", "retry", "archived", "lease", "completed",

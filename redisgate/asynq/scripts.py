@@ -21,14 +21,14 @@ Names for a ``scripts:`` list (``expand_script_names``): a named set of ``SCRIPT
 ``asynq-all``) or a script name (``enqueueCmd``); for ``like:`` (``contract_like``): a script name,
 optionally at a release line, or a known SHA1.
 
-May import: redisgate.scripts (the generic contract machinery) only.
+May import: redisgate.policy.scripts (the generic contract machinery) only.
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Iterable
 
-from ..scripts import (AnyOf, ExactKey, PrefixArg, PrefixedKey, QueueKey, ScriptContract, Shape,
-                       TaggedKey, is_sha1_hex)
+from ..policy.scripts import (AnyOf, ExactKey, PrefixArg, PrefixedKey, QueueKey, ScriptContract,
+                              Shape, TaggedKey, is_sha1_hex)
 
 # --------------------------------------------------------------------------------------------
 # Releases and roles

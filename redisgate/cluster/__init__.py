@@ -5,6 +5,6 @@ connections to the nodes).
 
 Everything but `io` is sans-I/O: it opens no socket, reads no clock and does not log; it imports
 only the standard library, `hiredis` (to read replies the proxy itself consumes) and the protocol
-helpers (`redisgate.resp`, `redisgate.commands`, `redisgate.errors`). See docs/ARCHITECTURE.md,
+helpers (`redisgate.protocol.resp`, `redisgate.protocol.commands`, `redisgate.protocol.errors`). See docs/ARCHITECTURE.md,
 "cluster/".
 """

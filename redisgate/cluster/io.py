@@ -32,9 +32,11 @@ from collections import Counter
 
 import hiredis
 
-from .. import audit, dial, handshake, metrics
-from ..dial import connect_error
-from ..flow import Hold
+from ..telemetry import audit, metrics
+from ..io import dial
+from ..protocol import handshake
+from ..io.dial import connect_error
+from ..io.flow import Hold
 from .router import Hop, Router
 from .topology import NodeAddr, Redirect, RedirectKind, Topology, TopologyError, \
     topology_from_slots
@@ -324,7 +326,7 @@ class ClusterMap:
     def shared_links(self, node: NodeAddr, resp3: bool) -> list:
         links = self._links.get((node, resp3))
         if links is None:
-            from ..server import SharedLink   # (here: a cycle, server imports this module)
+            from ..io.server import SharedLink   # (here: a cycle, server imports this module)
             n = self.proxy.gate.config.upstream.multiplex
             links = self._links[(node, resp3)] = [
                 SharedLink(self.proxy, resp3=resp3, addr=(node.host, node.port)) for _ in range(n)]

@@ -1,7 +1,7 @@
 """Where one command goes in a Redis Cluster: a typed routing plan, and the merge of split replies.
 
 Pure code: imports only the standard library, `hiredis` (to read the per-node replies it merges)
-and the protocol helpers (`redisgate.resp`, `redisgate.commands`). The policy has judged the
+and the protocol helpers (`redisgate.protocol.resp`, `redisgate.protocol.commands`). The policy has judged the
 command before it gets here; `plan()` only decides where it runs.
 
 * `SingleSlot(slot)`: every key (or, for SPUBLISH / SSUBSCRIBE / SUNSUBSCRIBE, every shard
@@ -33,8 +33,8 @@ from typing import Sequence
 
 import hiredis
 
-from .. import resp
-from ..commands import CommandSpec
+from ..protocol import resp
+from ..protocol.commands import CommandSpec
 from .slots import key_slot
 
 __all__ = [

@@ -41,9 +41,9 @@ from typing import Callable, Protocol
 
 import hiredis
 
-from .. import errors, resp
-from ..commands import TABLE, KeyExtractionError
-from ..resp import ReplyScanner, UpstreamProtocolError, encode_command
+from ..protocol import errors, resp
+from ..protocol.commands import TABLE, KeyExtractionError
+from ..protocol.resp import ReplyScanner, UpstreamProtocolError, encode_command
 from .route import (CROSSSLOT_REPLY, AllMasters, AnySlot, CrossSlot, Merge, MergeError,
                     SingleSlot, Split, merge, merge_split, plan)
 from .slots import key_slot

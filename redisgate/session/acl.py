@@ -13,12 +13,13 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from .. import audit, errors
-from ..audit import Event, safe, user_label
-from ..commands import (TABLE, CommandSpec, KeyExtractionError, categories,
-                        commands_in_category, sort_pattern_option)
-from ..options import is_word, word
-from ..resp import Request, array, bulk, error, integer, map_
+from ..telemetry import audit
+from ..protocol import errors
+from ..telemetry.audit import Event, safe, user_label
+from ..protocol.commands import (TABLE, CommandSpec, KeyExtractionError, categories,
+                                 commands_in_category, sort_pattern_option)
+from ..protocol.options import is_word, word
+from ..protocol.resp import Request, array, bulk, error, integer, map_
 
 if TYPE_CHECKING:
     from ..config import UserEntry

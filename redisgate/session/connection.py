@@ -14,12 +14,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from .. import errors
-from ..audit import AUTH_REASONS, login_name, safe, user_label
-from ..commands import CommandSpec
-from ..login import Method, Via, automatic_candidate, decide_login
-from ..options import is_word, word
-from ..resp import Request, encode_command, error, string2ll
+from ..protocol import errors
+from ..telemetry.audit import AUTH_REASONS, login_name, safe, user_label
+from ..protocol.commands import CommandSpec
+from ..policy.login import Method, Via, automatic_candidate, decide_login
+from ..protocol.options import is_word, word
+from ..protocol.resp import Request, encode_command, error, string2ll
 from . import upstream
 from .replies import DROP, FWD, SUBDROP
 

@@ -25,18 +25,21 @@ import enum
 from itertools import repeat
 from typing import TYPE_CHECKING, Any, Callable
 
-from .. import audit, errors, memo, metrics
-from ..actions import Actions
-from ..audit import Event
-from ..commands import TABLE, CommandSpec, KeyExtractionError
-from ..confine import confine
-from ..gate import Gate
-from ..login import CertIdentity, Method, Via
-from ..memo import ALLOW, ONE_KEY, SCRIPT
-from ..metrics import forwarded_counter
-from ..options import is_word
-from ..resp import Batch, ProtocolError, ReplyScanner, Request, RequestParser, encode_command, error
-from ..scripts import queue_of
+from ..telemetry import audit, metrics
+from ..protocol import errors
+from ..policy import memo
+from .actions import Actions
+from ..telemetry.audit import Event
+from ..protocol.commands import TABLE, CommandSpec, KeyExtractionError
+from ..policy.confine import confine
+from .gate import Gate
+from ..policy.login import CertIdentity, Method, Via
+from ..policy.memo import ALLOW, ONE_KEY, SCRIPT
+from ..telemetry.metrics import forwarded_counter
+from ..protocol.options import is_word
+from ..protocol.resp import (Batch, ProtocolError, ReplyScanner, Request, RequestParser,
+                             encode_command, error)
+from ..policy.scripts import queue_of
 from . import acl, connection, pubsub, routing, transactions, upstream
 from .pubsub import Subscriptions
 from .replies import CLOSE, DROP, FWD, LOCAL, SUB, SUBDROP, Muting, ReplyOrder
@@ -107,7 +110,7 @@ class Session:
         # Every login goes through login.decide_login with it.
         self.cert = cert
         self.resp3 = False
-        # Whether a C lane (redisgate._lane) reads the memos (the I/O layer says at creation):
+        # Whether a C lane (redisgate._native._lane) reads the memos (the I/O layer says at creation):
         # then allowed EVALSHA calls leave their forms there (_lane_script).
         self.lane_scripts = lane_scripts
         self.home_db: int = cfg.upstream.db
@@ -639,7 +642,7 @@ class Session:
         """
         upstream.failed(self, reason, established)
 
-    # -- the C lane (redisgate._lane, driven by server.ClientConnection)
+    # -- the C lane (redisgate._native._lane, driven by server.ClientConnection)
 
     def lane_handover(self, on_link: int | None = None) -> tuple[dict[bytes, Any], int] | None:
         """(known, due) when the session is in the C lane's steady state, handing it the replies

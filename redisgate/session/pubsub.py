@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..commands import CommandSpec
-from ..resp import Request
+from ..protocol.commands import CommandSpec
+from ..protocol.resp import Request
 from .replies import SUB
 
 if TYPE_CHECKING:

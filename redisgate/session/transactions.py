@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .. import errors
-from ..commands import CommandSpec
-from ..resp import Request
+from ..protocol import errors
+from ..protocol.commands import CommandSpec
+from ..protocol.resp import Request
 from .pubsub import Subs
 from .replies import DROP, Slot
 

@@ -17,9 +17,10 @@ import enum
 import logging
 from typing import TYPE_CHECKING
 
-from .. import handshake, metrics
-from ..audit import safe
-from ..resp import ReplyScanner, error
+from ..protocol import handshake
+from ..telemetry import metrics
+from ..telemetry.audit import safe
+from ..protocol.resp import ReplyScanner, error
 from .replies import DROP
 
 if TYPE_CHECKING:

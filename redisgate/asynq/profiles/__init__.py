@@ -19,7 +19,7 @@ glob characters, braces, backslashes or whitespace are refused rather than escap
 A profile name may carry a release line, ``asynq-worker@v0.26``: the script allowlist is then
 limited to that line's SHA1s (the ACL rules do not change between releases).
 
-May import: redisgate.contracts (``ProfileError``), this package's ``scripts`` and PyYAML.
+May import: redisgate.policy.contracts (``ProfileError``), this package's ``scripts`` and PyYAML.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from ...contracts import ProfileError as ProfileError   # (re-exported: the family's error)
+from ...policy.contracts import ProfileError as ProfileError   # (re-exported: the family's error)
 from .. import scripts as _scripts
 
 ALL_QUEUES = "asynq:{*}"

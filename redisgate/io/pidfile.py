@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import FileProblem, read_regular_file, write_private
+from ..config import FileProblem, read_regular_file, write_private
 
 
 class PidFileError(Exception):

@@ -1,4 +1,4 @@
-/* redisgate._lane: the steady state of one client connection in C, on its own upstream link or on
+/* redisgate._native._lane: the steady state of one client connection in C, on its own upstream link or on
  * a shared one. Optional: without it every byte takes the Python path (server.ClientConnection ->
  * session.Session, mux.Demux), which decides the same things.
  *
@@ -14,7 +14,7 @@
  *                        (scan()'s form, within the parser's limits) that the session's own
  *                        inline judge would pass: each name is in `known` (Session._inline's
  *                        memo for the user, the very same dict) with a Verdict (below: built
- *                        by redisgate.memo from the user's compiled rules verdict) whose arity
+ *                        by redisgate.policy.memo from the user's compiled rules verdict) whose arity
  *                        fits: ALLOW, or ONE_KEY and its one key starts with one of its
  *                        prefixes, is in its exact set or passes its match, or SCRIPT and the
  *                        EVALSHA fits a ScriptForm the verdict learnt from calls the judge
@@ -31,7 +31,7 @@
  * A LinkState is a shared link's books, kept once, in C fields: the queue of whose replies come
  * next (each run with the owner's Lane), the count due, `out` and whether its flush is scheduled,
  * ready, clean, and the connection attached. server.SharedLink and mux.Demux keep theirs in it
- * (redisgate/linkstate.py has its Python twin, used when this module is not built).
+ * (redisgate/protocol/linkstate.py has its Python twin, used when this module is not built).
  *
  * A Router is a shared link connection's data_received: it routes the whole replies at the head
  * of the link's LinkState queue to clients whose lanes are armed on that link, keeping the books.
@@ -51,10 +51,10 @@
 
 static PyTypeObject LaneType, LinkStateType;
 
-/* ---- Metrics kept in C, read when /metrics is scraped (redisgate.metrics' collector) ----
+/* ---- Metrics kept in C, read when /metrics is scraped (redisgate.telemetry.metrics' collector) ----
  *
- * Counter: one uint64 per (user, command) (redisgate.metrics.forwarded_counter), the `counter`
- * of a memo Verdict (redisgate.memo); a lane adds the requests it forwarded under that entry's
+ * Counter: one uint64 per (user, command) (redisgate.telemetry.metrics.forwarded_counter), the `counter`
+ * of a memo Verdict (redisgate.policy.memo); a lane adds the requests it forwarded under that entry's
  * name, and the Python path adds its own with Counter.add. Nothing else in C looks at it.
  *
  * `stats`: the client bytes the lanes and routers moved in C (the Python path counts its own),
@@ -335,7 +335,7 @@ is_date(const char *p)
 /* ---- Verdicts: the decision data the lane reads, in a form it owns ----
  *
  * Verdict: one entry of Session._inline's memo (one per user and command name as sent; the very
- * same dict is the lane's `known`), built once by redisgate.memo from the user's compiled
+ * same dict is the lane's `known`), built once by redisgate.policy.memo from the user's compiled
  * rules.FastVerdict, never changed afterwards (but for a SCRIPT verdict's forms, learnt from calls
  * the judge allowed). Python reads it by attribute name (T_OBJECT_EX members: specialised by
  * CPython 3.11's LOAD_ATTR_SLOT); C reads the struct. Kinds (the module exports their names as
@@ -809,7 +809,7 @@ static PyMethodDef verdict_methods[] = {
 
 static PyTypeObject VerdictType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "redisgate._lane.Verdict",
+    .tp_name = "redisgate._native._lane.Verdict",
     .tp_basicsize = sizeof(Verdict),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "One memo entry: how a user's command (a name as sent) is decided inline; see "
@@ -950,7 +950,7 @@ static PyGetSetDef script_form_getset[] = {
 
 static PyTypeObject ScriptFormType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "redisgate._lane.ScriptForm",
+    .tp_name = "redisgate._native._lane.ScriptForm",
     .tp_basicsize = sizeof(ScriptForm),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "What every call of one script for one queue must look like to pass in C (a "
@@ -974,7 +974,7 @@ static PyTypeObject ScriptFormType = {
  * `flush` are SharedLink.send and SharedLink.flush: the only copy of that logic. What needs the
  * event loop (scheduling the flush, opening the link) is the `after_send` callable's: it is
  * called when bytes were queued and nothing will write them yet (the turn's first queued bytes,
- * or a link not ready). redisgate/linkstate.py is the pure-Python twin (no _lane built). */
+ * or a link not ready). redisgate/protocol/linkstate.py is the pure-Python twin (no _lane built). */
 typedef struct {
     PyObject *owner;   /* strong */
     PyObject *lane;    /* strong or NULL: the owner's Lane, which the Router hands replies to
@@ -1547,7 +1547,7 @@ static PyMethodDef linkstate_methods[] = {
 
 static PyTypeObject LinkStateType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "redisgate._lane.LinkState",
+    .tp_name = "redisgate._native._lane.LinkState",
     .tp_basicsize = sizeof(LinkState),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "A shared link's reply accounting and write queue, kept once; see _lane.c.",
@@ -1778,7 +1778,7 @@ static PyMethodDef lane_methods[] = {
 
 static PyTypeObject LaneType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "redisgate._lane.Lane",
+    .tp_name = "redisgate._native._lane.Lane",
     .tp_basicsize = sizeof(Lane),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "The steady state of one client connection in C; see _lane.c.",
@@ -1963,7 +1963,7 @@ static PyMethodDef router_methods[] = {
 
 static PyTypeObject RouterType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "redisgate._lane.Router",
+    .tp_name = "redisgate._native._lane.Router",
     .tp_basicsize = sizeof(Router),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "Reply routing of a shared link for clients whose lanes are armed; see _lane.c.",
@@ -2019,7 +2019,7 @@ static PyMethodDef counter_methods[] = {
 
 static PyTypeObject CounterType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "redisgate._lane.Counter",
+    .tp_name = "redisgate._native._lane.Counter",
     .tp_basicsize = sizeof(Counter),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "A uint64 counter that lanes add to in C (a memo Verdict's counter); see _lane.c.",
@@ -2060,7 +2060,7 @@ static PyMethodDef module_methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "redisgate._lane",
+    PyModuleDef_HEAD_INIT, "redisgate._native._lane",
     "The steady state of one client connection in C (see the source for the contract).", -1,
     module_methods,
 };

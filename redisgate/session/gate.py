@@ -13,16 +13,16 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Iterable
 
-from . import metrics
-from .commands import CommandSpec, available
-from .config import Config, UserEntry
-from .learn import Learner
-from .login import CertIdentity, map_certificate
-from .resp import array, bulk, integer, map_
-from .throttle import LoginThrottle
+from ..telemetry import metrics
+from ..protocol.commands import CommandSpec, available
+from ..config import Config, UserEntry
+from ..policy.learn import Learner
+from ..policy.login import CertIdentity, map_certificate
+from ..protocol.resp import array, bulk, integer, map_
+from ..policy.throttle import LoginThrottle
 
 if TYPE_CHECKING:
-    from .rules import User
+    from ..policy.rules import User
 
 audit = logging.getLogger("redisgate.audit")
 
@@ -90,7 +90,7 @@ class Gate:
         self.acl_log = AclLog(config.acl_log_max_len)
         # The upstream passwords known (the configured one, the one before the last reload):
         # a connection whose AUTH Redis refuses tries the other once (handshake.Passwords).
-        from .handshake import Passwords
+        from ..protocol.handshake import Passwords
         self.passwords = Passwords(config.upstream)
         self._available: dict[CommandSpec, bool] = {}
         # session.py's memo for its inlined path, per user: command name (as sent) -> how to
@@ -195,7 +195,7 @@ class Gate:
 
     def forget_fast(self) -> None:
         """Drop the per-user memos of Session._run. Each one is emptied, not only let go: the C
-        lanes (redisgate._lane) hold them, and an empty memo sends their next command to the
+        lanes (redisgate._native._lane) hold them, and an empty memo sends their next command to the
         Python path, which sees the new generation."""
         for memo in (self.fast_commands, self.fast_shared):
             for known in memo.values():

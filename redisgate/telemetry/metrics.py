@@ -6,7 +6,7 @@ again against the users `set_users` was last given), a `command` label a name of
 table (commands.TABLE) or ``other``, a `listener` label a configured listen address, the rest
 fixed words.
 
-Counting costs nothing on the fast path: what the C lane (redisgate._lane) forwards it counts in
+Counting costs nothing on the fast path: what the C lane (redisgate._native._lane) forwards it counts in
 C, in a `Counter` per (user, command) that the memo entry of the command holds (its 8th item,
 `forwarded_counter`), and the client bytes and the sampled latency of each read in module-level
 counters (`_lane.stats()`); `_Collector` reads them all when /metrics is scraped. The Python path
@@ -26,7 +26,7 @@ from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFam
 from prometheus_client.metrics import MetricWrapperBase
 
 try:
-    from . import _lane
+    from .._native import _lane
 except ImportError:   # not compiled here: the same counters in Python
     _lane = None   # type: ignore[assignment]
 if os.environ.get("REDISGATE_PURE_PYTHON"):

@@ -28,25 +28,27 @@ from time import perf_counter_ns
 
 import hiredis
 
-from . import dial, errors, handshake, metrics, pidfile, resp
-from .config import Config, ConfigError, load_config
+from . import dial, pidfile
+from ..protocol import errors, handshake, resp
+from ..telemetry import metrics
+from ..config import Config, ConfigError, load_config
 from .flow import FlowControl, Hold
-from . import audit
+from ..telemetry import audit
 from .dial import connect_error
-from .audit import Event, Peer, safe
-from .gate import Gate
-from .linkstate import LinkState
-from .mux import Demux
+from ..telemetry.audit import Event, Peer, safe
+from ..session.gate import Gate
+from ..protocol.linkstate import LinkState
+from ..protocol.mux import Demux
 from .resolver import Endpoint, Resolver, UpstreamChange
-from .resp import ReplyScanner, UpstreamProtocolError
-from .session import Session
+from ..protocol.resp import ReplyScanner, UpstreamProtocolError
+from ..session import Session
 from .tasks import TaskSet
 
 # A client connection's steady state in C (setup.py builds it; optional, and off with
 # REDISGATE_PURE_PYTHON=1, or REDISGATE_NO_LANE=1 for this part alone): see _lane.c and
 # ClientConnection.arm_lane.
 try:
-    from ._lane import Lane, Router
+    from .._native._lane import Lane, Router
 except ImportError:   # not compiled here: every byte takes the Python path
     Lane = Router = None
 if os.environ.get("REDISGATE_PURE_PYTHON") or os.environ.get("REDISGATE_NO_LANE"):
@@ -144,7 +146,7 @@ class SharedLink:
         self.proxy = proxy
         self.resp3 = resp3             # speaks RESP3 (HELLO 3 at set-up), for RESP3 clients
         self.addr = addr               # (host, port): a cluster node's; None: the upstream's
-        # For life: the C side (redisgate._lane's Lanes and Router) keeps it.
+        # For life: the C side (redisgate._native._lane's Lanes and Router) keeps it.
         self.state = LinkState(self._queued)
         self.demux = Demux(self.state)
         self.connecting = False
@@ -1258,7 +1260,7 @@ class TLSClientConnection(asyncio.Protocol):
             self.data_received = self.record.data_received
 
     def connection_made(self, transport):
-        from .tls import TLSEngine   # (deferred: cryptography)
+        from ..tls import TLSEngine   # (deferred: cryptography)
         self.raw = transport
         self.engine = TLSEngine(self.tls.context)   # the current context: a reload applies here
         loop = asyncio.get_running_loop()
@@ -1275,7 +1277,7 @@ class TLSClientConnection(asyncio.Protocol):
             transport.close()
 
     def data_received(self, data: bytes) -> None:
-        from .tls import TLSHandshakeError, TLSRecordError   # (deferred: cryptography)
+        from ..tls import TLSHandshakeError, TLSRecordError   # (deferred: cryptography)
         engine = self.engine
         try:
             plain = engine.receive(data)
@@ -1309,13 +1311,13 @@ class TLSClientConnection(asyncio.Protocol):
 
     def eof_received(self):
         if self.inner is None:
-            from .tls import handshake_failure_reason   # (deferred: cryptography)
+            from ..tls import handshake_failure_reason   # (deferred: cryptography)
             self._fail(handshake_failure_reason(ConnectionResetError(), self.engine.first_byte))
         return False
 
     def _expire(self) -> None:
         if self.inner is None:
-            from .tls import handshake_failure_reason   # (deferred: cryptography)
+            from ..tls import handshake_failure_reason   # (deferred: cryptography)
             self._fail(handshake_failure_reason(TimeoutError(), self.engine.first_byte))
 
     def _fail(self, reason: str) -> None:
@@ -1366,7 +1368,7 @@ class Proxy:
         # upstream.cluster: the slot map, and each client's connections to the nodes
         self.cluster = None
         if config.upstream.cluster is not None:
-            from .cluster.io import ClusterMap   # (deferred: only with upstream.cluster)
+            from ..cluster.io import ClusterMap   # (deferred: only with upstream.cluster)
             self.cluster = ClusterMap(self, config.upstream.cluster)
         # upstream.multiplex takes effect at start (a reload keeps these links). RESP2 and
         # RESP3 clients (go-redis) share links that speak their protocol.
@@ -1400,7 +1402,7 @@ class Proxy:
         self.listener_tls = []
         for i, lst in enumerate(self.config.listeners):
             if lst.tls is not None:
-                from .tls import ListenerTLS, record_layer   # (deferred: cryptography)
+                from ..tls import ListenerTLS, record_layer   # (deferred: cryptography)
                 self.tls_record = record_layer()
                 self.listener_tls.append(ListenerTLS(
                     lst.tls, base, where=f"{lst.where}.tls",
@@ -1408,7 +1410,7 @@ class Proxy:
             else:
                 self.listener_tls.append(None)
         if self.config.upstream.tls is not None:
-            from .tls import UpstreamTLS   # (deferred: cryptography)
+            from ..tls import UpstreamTLS   # (deferred: cryptography)
             self._upstream_tls = UpstreamTLS(self.config.upstream.tls, base, where="upstream.tls")
 
     def upstream_ssl(self, host: str | None = None):
@@ -1442,7 +1444,7 @@ class Proxy:
         from .sentinel import SentinelResolver
         sentinel_tls = None
         if up.sentinel.tls is not None:
-            from .tls import UpstreamTLS
+            from ..tls import UpstreamTLS
             base = config.path.parent if config.path else Path(".")
             sentinel_tls = UpstreamTLS(up.sentinel.tls, base, where="upstream.sentinel.tls")
 
@@ -1771,7 +1773,7 @@ class Proxy:
         problem. Listeners keep their addresses (a changed list takes effect after a restart);
         a listener that would switch between plain and TLS, or an upstream between plain and
         TLS, refuses the reload."""
-        from .tls import ListenerTLS, TLSConfigError, UpstreamTLS   # (deferred: cryptography)
+        from ..tls import ListenerTLS, TLSConfigError, UpstreamTLS   # (deferred: cryptography)
         base = config.path.parent if config.path else Path(".")
         by_address = {(lst.host, lst.port): lst for lst in config.listeners}
         running = [(lst.host, lst.port) for lst in self.listeners]
@@ -1818,7 +1820,7 @@ class Proxy:
                 for (new, where), old in zip(listeners, self.listener_tls)], upstream_tls
 
     def tls_warnings(self) -> list[str]:
-        from .tls import ca_scope_warnings   # (deferred: cryptography)
+        from ..tls import ca_scope_warnings   # (deferred: cryptography)
         return ca_scope_warnings(self.listener_tls, self.gate.users)
 
     async def close(self, timeout: float = 0.0) -> None:
@@ -1936,7 +1938,7 @@ async def serve(config: Config, ready=None, stop: asyncio.Event | None = None,
             pidfile.release(config.pid_file)
         raise
     if (resp._c_scan is None or Lane is None) and (worker is None or worker.index == 0):
-        log.warning("redisgate._speedups or redisgate._lane is not built (or "
+        log.warning("redisgate._native._speedups or redisgate._native._lane is not built (or "
                     "REDISGATE_PURE_PYTHON or REDISGATE_NO_LANE is set): the request parser or "
                     "the connections' steady state runs as pure Python (slower: see "
                     "bench/README.md)")

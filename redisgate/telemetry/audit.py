@@ -78,7 +78,7 @@ from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Callable, Container
 
 if TYPE_CHECKING:   # the type only: the audit does not load the config layer (YAML, schema)
-    from .config import AuditSettings
+    from ..config import AuditSettings
 
 LIMIT = 128
 UNKNOWN = "unknown"

@@ -25,7 +25,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:  # annotations only: config imports far more than this module needs
-    from .config import AuthThrottle
+    from ..config import AuthThrottle
 
 _Key = str | bytes  # an address, or a user name's keyed hash
 

@@ -75,7 +75,7 @@ def family() -> ScriptFamily:
     """The registered script family, importing the built-in one on first use."""
     if _family is None:
         # The registration point. Deferred to break a cycle: redisgate.asynq builds its tables
-        # from redisgate.scripts, which asks this registry.
-        from . import asynq   # noqa: F401  (registers itself)
+        # from redisgate.policy.scripts, which asks this registry.
+        from .. import asynq   # noqa: F401  (registers itself)
     assert _family is not None, "redisgate.asynq did not register its script family"
     return _family

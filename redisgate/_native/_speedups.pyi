@@ -1,4 +1,4 @@
-"""Type stubs of the C module redisgate._speedups (redisgate/_speedups.c, which has the
+"""Type stubs of the C module redisgate._native._speedups (redisgate/_native/_speedups.c, which has the
 contracts; resp.py has a Python twin of each function). All arguments are positional-only."""
 
 def scan(buf: bytes, pos: int, max_args: int, max_bulk: int, /) -> (

@@ -1,4 +1,4 @@
-/* redisgate._speedups: resp.py's hot loops in C (optional: resp.py has the same logic in
+/* redisgate._native._speedups: resp.py's hot loops in C (optional: resp.py has the same logic in
  * Python, its "twins", and uses them when this module is not built). Four functions, no I/O:
  * scan() for RequestParser.take_batch(), pending() for RequestParser.next(), count_flat() for
  * ReplyScanner.count_flat(), each fuzzed against its twin in tests/test_fastpath.py; and
@@ -243,7 +243,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "redisgate._speedups",
+    PyModuleDef_HEAD_INIT, "redisgate._native._speedups",
     "resp.py's hot loops in C (see the source for the contracts).", -1, methods,
 };
 

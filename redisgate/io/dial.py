@@ -16,8 +16,8 @@ from typing import Any
 
 import hiredis
 
-from .handshake import Passwords, auth_command
-from .resp import encode_command
+from ..protocol.handshake import Passwords, auth_command
+from ..protocol.resp import encode_command
 
 __all__ = ["ask", "connect_error", "keepalive"]
 

@@ -10,7 +10,7 @@ are the link's send and flush: the only copy of that logic. What needs the event
 (scheduling the flush, opening the link) is the `after_send` callable's, called when bytes were
 queued and nothing will write them yet.
 
-It is redisgate._lane.LinkState, in C, when that module is built (its Lanes and the link's
+It is redisgate._native._lane.LinkState, in C, when that module is built (its Lanes and the link's
 Router then keep the same books in the same C fields, without a Python attribute lookup), and
 `PyLinkState` below, its pure-Python twin with the same interface, when it is not (or with
 REDISGATE_PURE_PYTHON=1 / REDISGATE_NO_LANE=1, as server.py's Lane and Router).
@@ -42,7 +42,7 @@ class _Due:
 
 
 class PyLinkState:
-    """redisgate._lane.LinkState in Python (see the module docstring)."""
+    """redisgate._native._lane.LinkState in Python (see the module docstring)."""
 
     def __init__(self, after_send: AfterSend) -> None:
         if not callable(after_send):
@@ -194,7 +194,7 @@ class LinkStateLike(Protocol):
     def head_owner(self) -> object: ...
     @property
     def head_due(self) -> int: ...
-    # (lane: a redisgate._lane.Lane or None; the twin never reads it)
+    # (lane: a redisgate._native._lane.Lane or None; the twin never reads it)
     def sent(self, owner: object, replies: int, lane: Any = ...) -> None: ...
     def put_first(self, owner: object, replies: int, /) -> None: ...
     def took(self, count: int, /) -> int: ...
@@ -207,7 +207,7 @@ class LinkStateLike(Protocol):
 
 LinkState: Callable[[AfterSend], LinkStateLike]
 try:
-    from ._lane import LinkState as _CLinkState
+    from .._native._lane import LinkState as _CLinkState
 except ImportError:   # not compiled here
     LinkState = PyLinkState
 else:

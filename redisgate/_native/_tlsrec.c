@@ -1,4 +1,4 @@
-/* redisgate._tlsrec: a TLS listener connection's record layer in C, after a Python handshake.
+/* redisgate._native._tlsrec: a TLS listener connection's record layer in C, after a Python handshake.
  * Optional: without it every record goes through tls.TLSEngine (ssl.SSLObject over MemoryBIOs),
  * which does the same, more slowly.
  *
@@ -386,7 +386,7 @@ static PyMethodDef record_methods[] = {
 
 static PyTypeObject RecordType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "redisgate._tlsrec.Record",
+    .tp_name = "redisgate._native._tlsrec.Record",
     .tp_basicsize = sizeof(Record),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_doc = "A TLS connection's record layer after a Python handshake; see _tlsrec.c.",
@@ -400,7 +400,7 @@ static PyTypeObject RecordType = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "redisgate._tlsrec",
+    PyModuleDef_HEAD_INIT, "redisgate._native._tlsrec",
     "A TLS connection's record layer in C after a Python handshake (see the source).", -1,
 };
 

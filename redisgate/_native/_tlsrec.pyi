@@ -1,4 +1,4 @@
-"""Type stubs of the C module redisgate._tlsrec (redisgate/_tlsrec.c, which has the contract): a
+"""Type stubs of the C module redisgate._native._tlsrec (redisgate/_native/_tlsrec.c, which has the contract): a
 TLS listener connection's record layer after tls.TLSEngine's handshake. Arguments are
 positional-only."""
 from collections.abc import Callable

@@ -40,11 +40,11 @@ from typing import Callable
 
 import hiredis
 
-from . import audit, metrics
+from ..telemetry import audit, metrics
 from .dial import connect_error
-from .config import SentinelConfig, Upstream
+from ..config import SentinelConfig, Upstream
 from .resolver import Endpoint, Resolver, UpstreamChange
-from .resp import encode_command
+from ..protocol.resp import encode_command
 
 log = logging.getLogger("redisgate")
 

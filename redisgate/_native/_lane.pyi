@@ -1,7 +1,7 @@
-"""Type stubs of the C module redisgate._lane (redisgate/_lane.c, which has the contracts).
+"""Type stubs of the C module redisgate._native._lane (redisgate/_native/_lane.c, which has the contracts).
 
 A client connection's steady state in C: `Lane` (one per client connection), and for a shared
-upstream link its books, `LinkState` (redisgate.linkstate.PyLinkState is its Python twin), and
+upstream link its books, `LinkState` (redisgate.protocol.linkstate.PyLinkState is its Python twin), and
 its `Router`. Every method is positional-only (METH_VARARGS / METH_O) except the constructors,
 Lane.arm, LinkState.sent and LinkState.send, which also take their arguments by keyword.
 
@@ -12,7 +12,7 @@ Lanes whose C fields it reads).
 from collections.abc import Callable
 from typing import Any, TypedDict, final
 
-# Session._inline's memo: command name (as sent) -> its Verdict (redisgate.memo). The lane reads
+# Session._inline's memo: command name (as sent) -> its Verdict (redisgate.policy.memo). The lane reads
 # only Verdicts: any other value sends the read to the slow path.
 _Known = dict[bytes, Verdict | object]
 _Write = Callable[[bytes], object]
@@ -25,7 +25,7 @@ SCRIPT: str     # the judge decides; the lane forwards an EVALSHA that fits a le
 
 @final
 class Verdict:
-    """One memo entry (redisgate.memo): made only by its named constructors, which check every
+    """One memo entry (redisgate.policy.memo): made only by its named constructors, which check every
     argument (TypeError / ValueError) before keeping anything; immutable but for the forms a
     SCRIPT verdict learns. Every attribute is read-only."""
     @classmethod
@@ -124,7 +124,7 @@ class Lane:
 
 @final
 class LinkState:
-    """A shared link's books, kept once (see redisgate/linkstate.py for the contract; the
+    """A shared link's books, kept once (see redisgate/protocol/linkstate.py for the contract; the
     Python twin, PyLinkState, has the same interface)."""
     def __new__(cls, after_send: Callable[[object, int, int], object]) -> LinkState:
         """after_send(owner, size, replies): called when send() queued bytes that nothing will

@@ -43,7 +43,7 @@ import re
 from typing import Any
 
 from . import contracts
-from .commands import CommandSpec, KeyExtractionError
+from ..protocol.commands import CommandSpec, KeyExtractionError
 
 _GLOB = re.compile(r"([*?\[\]\\])")
 _ID_SEGMENT = re.compile(

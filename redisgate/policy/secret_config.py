@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from redisgate.glob import class_body
+from redisgate.policy.glob import class_body
 
 __all__ = ["SENSITIVE_PARAMETERS", "pattern_reveals_secret", "config_get_reveals_secret"]
 
@@ -33,6 +33,7 @@ SENSITIVE_PARAMETERS: tuple[bytes, ...] = (
 _NEEDLE = b"pass"
 
 _STAR = None     # an item of a compiled pattern: None for `*`, else the frozenset of bytes it takes
+_Item = frozenset[int] | None
 _ANY = frozenset(range(256))
 # Work bounds: a pattern longer than this, or more glob patterns than this in one CONFIG GET, is
 # refused without analysis (Redis's parameter names are short; nobody needs thousands of globs).
@@ -70,11 +71,11 @@ def _class(p: bytes, i: int) -> tuple[frozenset[int], int]:
     return frozenset(taken), i
 
 
-def _items(pattern: bytes) -> list:
+def _items(pattern: bytes) -> list[_Item]:
     """The pattern as Redis's `stringmatchlen(..., nocase=1)` walks it: `*` or one byte each."""
     p = pattern.split(b"\0", 1)[0]        # stringmatch() takes C strings: strlen stops at NUL
     n = len(p)
-    out: list = []
+    out: list[_Item] = []
     i = 0
     while i < n:
         c = p[i]
@@ -96,7 +97,7 @@ def _items(pattern: bytes) -> list:
     return out
 
 
-def _closures(items: list) -> list[frozenset[int]]:
+def _closures(items: list[_Item]) -> list[frozenset[int]]:
     """For each position, the positions reachable from it over `*` items (which may match
     nothing)."""
     out = []
@@ -109,10 +110,10 @@ def _closures(items: list) -> list[frozenset[int]]:
     return out
 
 
-def _matches(items: list, clos: list[frozenset[int]], name: bytes) -> bool:
+def _matches(items: list[_Item], clos: list[frozenset[int]], name: bytes) -> bool:
     """Does the compiled pattern match the non-empty `name`? (set-of-positions simulation)"""
     end = len(items)
-    states = clos[0]
+    states: frozenset[int] | set[int] = clos[0]
     for c in name:
         nxt: set[int] = set()
         for s in states:
@@ -158,7 +159,7 @@ _REPS = tuple((rep, _ANYCASE[rep]) for rep in sorted(set(_NEEDLE))) + \
     ((0x78, _ANY - frozenset().union(*(_ANYCASE[c] for c in _NEEDLE))),)
 
 
-def _can_match_containing(items: list, clos: list[frozenset[int]]) -> bool:
+def _can_match_containing(items: list[_Item], clos: list[frozenset[int]]) -> bool:
     """Is there a name containing `pass` (any case) that the compiled pattern matches? A search
     over (position in the pattern, progress in the needle)."""
     final = len(_NEEDLE)

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 if TYPE_CHECKING:  # annotations only (config imports this module's users; x509 is heavy)
     from cryptography.x509 import Certificate
 
-    from .config import UserEntry
+    from ..config import UserEntry
 
 _DUMMY_HASH = bytes(32)
 

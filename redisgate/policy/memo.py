@@ -1,7 +1,7 @@
 """The session's memo of inline verdicts: one `Verdict` per user and command name as sent.
 
 `Session._run` (session.py) decides most commands from this memo without calling the judge, and
-the C lane (redisgate/_lane.c) forwards from the very same dict. An entry is built once, here,
+the C lane (redisgate/_native/_lane.c) forwards from the very same dict. An entry is built once, here,
 from the user's compiled `rules.FastVerdict` (the one thing `User.judge` also starts from), and
 is read by NAME on both sides:
 
@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, TypeAlias
 
 from . import rules
-from .commands import CommandSpec
+from ..protocol.commands import CommandSpec
 from .contracts import family
 from .scripts import LaneCheckKind, LaneForm
 
 try:
-    from . import _lane
+    from .._native import _lane
 except ImportError:   # not compiled here: the Python twins below
     _lane = None   # type: ignore[assignment]
 if os.environ.get("REDISGATE_PURE_PYTHON"):

@@ -24,7 +24,7 @@ expressed as one MATCH, so those users keep the plain refusal.
 """
 from __future__ import annotations
 
-from .options import is_word
+from ..protocol.options import is_word
 
 _GLOB_SPECIAL = b"*?[\\"
 

@@ -76,11 +76,11 @@ from itertools import repeat
 from typing import (TYPE_CHECKING, Callable, ClassVar, Iterable, Literal, Mapping, NamedTuple,
                     Protocol, final)
 
-from . import commands, errors
+from ..protocol import commands, errors
 from .glob import Matcher, compile_pattern
-from .commands import CATEGORY_ORDER, CommandSpec
-from .options import parse_options, word
-from .resp import split_args, string2ll
+from ..protocol.commands import CATEGORY_ORDER, CommandSpec
+from ..protocol.options import parse_options, word
+from ..protocol.resp import split_args, string2ll
 from .secret_config import config_get_reveals_secret
 
 if TYPE_CHECKING:   # scripts imports this module (Denial): the type only, for lane_script
@@ -225,7 +225,7 @@ class ScriptCheck(Protocol):
 
     def lane_form(self, args: list[bytes], user: User, keys: Script) -> LaneForm | None:
         """What every call of this script for the queue of `args` must look like to be
-        honoured the same way (for redisgate._lane); None off honoured's path."""
+        honoured the same way (for redisgate._native._lane); None off honoured's path."""
         ...
 
 
@@ -1000,7 +1000,7 @@ class User:
         return type(fast) is Script and fast.by_contract
 
     def lane_script(self, spec: CommandSpec, args: list[bytes]) -> LaneForm | None:
-        """For redisgate._lane, after judge() allowed `args` (EVALSHA/EVALSHA_RO) on its
+        """For redisgate._native._lane, after judge() allowed `args` (EVALSHA/EVALSHA_RO) on its
         compiled path: scripts._FastContract.lane_form's form of this script's calls for the
         queue of KEYS[1], which lets the C lane pass them as judge() would; None if judge()
         took another path."""

@@ -777,7 +777,7 @@ class _FastContract:
         return True
 
     def lane_form(self, args: list[bytes], user: Any, keys: Any) -> LaneForm | None:
-        """For redisgate._lane: when ``honoured(args, user, keys)``, what every call for the
+        """For redisgate._native._lane: when ``honoured(args, user, keys)``, what every call for the
         queue of KEYS[1] (``split_queue``) must look like to be honoured the same way (LaneForm).
         The user's permissions for that queue's names and ARGV prefixes were part of the
         verdict, so the form holds for this user and verdict only. None when the call does not

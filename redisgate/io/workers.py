@@ -48,8 +48,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import audit, pidfile
-from .config import Config, ConfigError, load_config
+from ..telemetry import audit
+from . import pidfile
+from ..config import Config, ConfigError, load_config
 from .embedded import PR_SET_PDEATHSIG
 
 # The proxy stack (admin, metrics, prometheus_client, server) is imported where it is used: cli
@@ -57,7 +58,7 @@ from .embedded import PR_SET_PDEATHSIG
 # needs only parts of it.
 if TYPE_CHECKING:
     from .admin import UpstreamProbe
-    from .metrics import CollectorMirror
+    from ..telemetry.metrics import CollectorMirror
 
 log = logging.getLogger("redisgate")
 
@@ -202,7 +203,7 @@ class WorkerChannel:
             self._begin_stop("stop from the supervising process")
 
     async def _report(self) -> None:
-        from . import metrics   # (deferred: see the imports)
+        from ..telemetry import metrics   # (deferred: see the imports)
         from .admin import proxy_readiness
         if metrics.multiprocess():
             self._mirror = metrics.CollectorMirror()
@@ -281,7 +282,7 @@ class Supervisor:
         env = dict(os.environ)
         # The workers import this very package, wherever it was imported from (a checkout; an
         # installed one is found anyway, and site-packages must not go ahead of the stdlib).
-        root = Path(__file__).resolve().parent.parent
+        root = Path(__file__).resolve().parents[2]   # (redisgate/io/workers.py)
         if root.name not in ("site-packages", "dist-packages"):
             env["PYTHONPATH"] = os.pathsep.join([str(root)] + [
                 p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(root)])

@@ -30,7 +30,8 @@ _c_scan: _ScanFn | None
 _c_pending: Callable[[bytes, int, int, int], bool] | None
 _c_count_flat: Callable[[bytes, int, int], tuple[int, int]] | None
 try:
-    from ._speedups import count_flat as _c_count_flat, pending as _c_pending, scan as _c_scan
+    from .._native._speedups import (count_flat as _c_count_flat, pending as _c_pending,
+                                     scan as _c_scan)
 except ImportError:   # not compiled here: the Python twins do the same
     _c_scan = _c_pending = _c_count_flat = None
 if os.environ.get("REDISGATE_PURE_PYTHON"):
@@ -236,7 +237,7 @@ _STUCK = 5     # a line that can never end (see _find_line); waits for the too-b
 @dataclass(frozen=True, slots=True)
 class ScanLimits:
     """An authenticated parser's limits as C's Py_ssize_t holds them (a larger limit is no limit
-    anyway): what RequestParser.limits gives the C lane (redisgate._lane.Lane.arm)."""
+    anyway): what RequestParser.limits gives the C lane (redisgate._native._lane.Lane.arm)."""
 
     max_args: int
     max_bulk: int
