@@ -115,7 +115,7 @@ def test_a_refused_upstream_password_is_tried_again_with_the_files_new_one(tmp_p
     assert out(s.to_upstream) == cmd("GET", "k:1")
 
 
-def test_the_second_refusal_fails_the_connection_as_before(tmp_path):
+def test_the_last_refusal_fails_the_connection_as_before(tmp_path):
     s = rotated_session(tmp_path)
     s.client_data(cmd("AUTH", "u", "pw") + cmd("GET", "k:1"))
     s.connected()
@@ -123,7 +123,10 @@ def test_the_second_refusal_fails_the_connection_as_before(tmp_path):
     s.upstream_data(b"-ERR invalid password\r\n")
     assert out(s.to_upstream) == cmd("AUTH", "old-pw")
     s.upstream_data(b"-ERR invalid password\r\n")
-    assert out(s.to_upstream) == b""                       # no third try
+    # (the password may have moved while the retry was on its way: handshake.Passwords.MAX_RETRIES)
+    assert out(s.to_upstream) == cmd("AUTH", "new-pw")
+    s.upstream_data(b"-ERR invalid password\r\n")
+    assert out(s.to_upstream) == b""                       # no fourth try
     assert out(s.to_client) == b"+OK\r\n-ERR redisgate: upstream Redis unavailable " \
                                b"(upstream authentication failed)\r\n"
 
