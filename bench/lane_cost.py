@@ -2,7 +2,7 @@
 
     python bench/lane_cost.py /path/to/other/checkout [--reps 21]
 
-Loads the other checkout's built redisgate/_lane*.so next to this one's and times, in CPU time
+Loads the other checkout's built _lane (redisgate/_native/ or, before, redisgate/) next to this one's and times, in CPU time
 (process_time_ns, so other processes on the machine do not count), interleaved repetitions of a
 read of 16 GETs forwarded by an armed lane and the read of their 16 replies passed back: the
 other build and this one, each with a counted memo entry in its own form (a `_lane.Verdict`, or
@@ -29,6 +29,16 @@ def load(path: str):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def other_lane(checkout: str):
+    """The built _lane of another checkout: redisgate/_native/ (since the packages by layer) or
+    redisgate/ (before)."""
+    found = (glob.glob(f"{checkout}/redisgate/_native/_lane.cpython*.so")
+             or glob.glob(f"{checkout}/redisgate/_lane.cpython*.so"))
+    if not found:
+        raise SystemExit(f"{checkout}: no built _lane (python3 setup.py build_ext --inplace)")
+    return load(found[0])
 
 
 def cmd(*args: bytes) -> bytes:
@@ -62,10 +72,10 @@ def timed(lane, n: int = 200_000) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("other", help="a checkout whose redisgate/_lane*.so is built")
+    ap.add_argument("other", help="a checkout whose _lane is built")
     ap.add_argument("--reps", type=int, default=21)
     args = ap.parse_args()
-    other = load(glob.glob(f"{args.other}/redisgate/_lane.cpython*.so")[0])
+    other = other_lane(args.other)
     cases = {"other build": armed(other), "this build": armed(mine)}
     times: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(args.reps):

@@ -2,7 +2,7 @@
 
     python bench/link_cost.py /path/to/other/checkout [--reps 15]
 
-Loads the other checkout's built redisgate/_lane*.so next to this one's and times, in CPU time
+Loads the other checkout's built _lane (redisgate/_native/ or, before, redisgate/) next to this one's and times, in CPU time
 (process_time_ns, so other processes on the machine do not count), interleaved repetitions of
 what a shared link (upstream.multiplex) does for clients whose C lanes are armed on it:
 
@@ -22,8 +22,6 @@ ns per iteration.
 from __future__ import annotations
 
 import argparse
-import glob
-import importlib.util
 import statistics
 import sys
 import time
@@ -34,21 +32,8 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from redisgate._native import _lane as mine  # noqa: E402
-
-
-def load(path: str):
-    spec = importlib.util.spec_from_file_location("_lane", path)   # (PyInit__lane)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def cmd(*args: bytes) -> bytes:
-    return b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args)
-
-
-REQUEST = cmd(b"GET", b"key:000000001234") * 16
-REPLIES = b"$3\r\nxxx\r\n" * 16
+# (bench/lane_cost.py: loading another build's _lane, and the same request and replies)
+from lane_cost import REPLIES, REQUEST, cmd, other_lane  # noqa: E402,F401
 
 
 class OldLink:
@@ -153,10 +138,10 @@ def timed_busy(case, n: int = 50_000) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("other", help="a checkout whose redisgate/_lane*.so is built")
+    ap.add_argument("other", help="a checkout whose _lane is built")
     ap.add_argument("--reps", type=int, default=15)
     args = ap.parse_args()
-    other = load(glob.glob(f"{args.other}/redisgate/_lane.cpython*.so")[0])
+    other = other_lane(args.other)
     builds = {"other build": other, "this build": mine}
     cases = {(scenario, name): setup(mod, 1 if scenario == "idle" else 4)
              for scenario in ("idle", "busy") for name, mod in builds.items()}
