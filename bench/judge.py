@@ -85,11 +85,13 @@ def encode(cmds: list[list[bytes]]) -> bytes:
     return b"".join(parts)
 
 
-def logged_in(gate):
+def logged_in(gate, session_module=None):
     """A Session of `gate` logged in as the bench user, its upstream connected and the proxy's
     own setup commands (upstream AUTH, ...) answered, nothing left to write (bench/session.py
-    uses it too)."""
-    from redisgate.session import LOCAL, Session
+    and bench/session_ab.py use it too; the latter passes another checkout's session module)."""
+    if session_module is None:
+        from redisgate import session as session_module
+    LOCAL, Session = session_module.LOCAL, session_module.Session
     s = Session(gate, client_info="bench")
     s.client_data(encode([[b"auth", b"bench", b"bench-password"]]))
     s.connected()

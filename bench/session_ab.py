@@ -27,7 +27,7 @@ sys.path.insert(0, str(BENCH_DIR))
 
 import yaml  # noqa: E402
 
-from judge import encode  # noqa: E402  (encoders only: no redisgate import at module level)
+from judge import logged_in as judge_logged_in  # noqa: E402  (no redisgate import at module level)
 from session import scenarios  # noqa: E402
 
 
@@ -40,7 +40,10 @@ def load(checkout: Path, name: str, into: Path):
     pc.REGISTRY._names_to_collectors.clear()
     pc.REGISTRY._collector_to_names.clear()
     cfgmod = importlib.import_module(name + ".config")
-    gatemod = importlib.import_module(name + ".gate")
+    try:   # (session/gate.py since the packages by layer; gate.py before)
+        gatemod = importlib.import_module(name + ".session.gate")
+    except ModuleNotFoundError:
+        gatemod = importlib.import_module(name + ".gate")
     sess = importlib.import_module(name + ".session")
     text = (BENCH_DIR / "redisgate.yaml").read_text()
     text = text.replace("@LISTEN_PORT@", "1").replace("@REDIS_PORT@", "2")
@@ -49,18 +52,7 @@ def load(checkout: Path, name: str, into: Path):
     gate = gatemod.Gate(cfg, upstream_version=(7, 0, 15))
 
     def logged_in():
-        s = sess.Session(gate, client_info="bench")
-        s.client_data(encode([[b"auth", b"bench", b"bench-password"]]))
-        s.connected()
-        for _ in range(16):
-            if not s.slots or s.slots[0][0] == sess.LOCAL:
-                break
-            s.upstream_data(b"+OK\r\n")
-        if s.to_client[-1:] != [b"+OK\r\n"] or s.close:
-            raise RuntimeError(f"{name}: could not log in as bench")
-        s.to_client.clear()
-        s.to_upstream.clear()
-        return s
+        return judge_logged_in(gate, sess)
     return logged_in
 
 
