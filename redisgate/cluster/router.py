@@ -148,7 +148,10 @@ class Router:
         self.fatal: str | None = None
         self.log: list[NodeProblem] = []  # for the I/O layer's log, audit and metrics
         self.redirected: dict[Hop, int] = {}   # MOVED / ASK followed since the I/O layer looked
-        self._reader = hiredis.Reader()
+        # What the session forwarded, read by the one request parser (protocol.resp), its
+        # limits the config's ceilings: the session already held the client to the configured ones.
+        self._requests = resp.RequestParser(max_bulk=2**32, max_args=2**31 - 1,
+                                            authenticated=True)
         self.resp3 = False
         self.home: NodeAddr | None = None
         # MULTI / WATCH
@@ -167,23 +170,21 @@ class Router:
         """Commands the session forwarded (whole RESP requests)."""
         if self.fatal is not None:
             return
-        reader = self._reader
-        reader.feed(data)
+        parser = self._requests
+        parser.feed(data)
         while True:
             try:
-                args = reader.gets()
-            except hiredis.ProtocolError:   # the session sends only whole, canonical requests
+                req = parser.next()
+            except resp.ProtocolError:   # the session sends only whole, canonical requests
                 self.fatal = "internal error: a malformed request for the cluster"
                 return
-            if args is False:
+            if req is None:
                 return
-            if not isinstance(args, list) or not args or not all(isinstance(a, bytes) for a in args):
-                self.fatal = "internal error: a malformed request for the cluster"
-                return
+            args = req.args
             if self._held is not None:
-                self._held.append(encode_command(args))
+                self._held.append(req.raw if req.raw is not None else encode_command(args))
             elif self.pubsub is not None:
-                self._write(self.pubsub, encode_command(args))
+                self._write(self.pubsub, req.raw if req.raw is not None else encode_command(args))
             else:
                 self._route(args)
 
