@@ -11,12 +11,14 @@ Modules, one concern each (docs/ARCHITECTURE.md, "The session"):
 * ``connection``   AUTH, HELLO, QUIT, RESET, SELECT, CLIENT REPLY; login and its limits;
 * ``transactions`` `Transaction`: MULTI, EXEC, DISCARD;
 * ``pubsub``       `Subscriptions`: the SUBSCRIBE family;
-* ``acl``          ACL answered locally, SLOWLOG GET and SORT refusals, the record of a denial.
+* ``acl``          ACL answered locally, SLOWLOG GET and SORT refusals, the record of a denial;
+* ``actions``      `Actions`, the one frozen record the I/O layer executes;
+* ``gate``         `Gate`: what every session shares (users, the upstream's version, ACL LOG).
 
-May import: the standard library and redisgate's protocol and policy modules (resp, commands,
-errors, options, rules, memo, login, gate, config, scripts, confine, handshake, audit,
-metrics, actions). Never server.py, mux.py, asyncio, sockets or anything that does I/O: the
-shell (server.py) imports this package, not the other way round.
+May import: the layers below it (docs/ARCHITECTURE.md, "Packages by layer"): config and tls,
+policy, telemetry (audit, metrics), protocol, and the standard library. Never redisgate.io or
+redisgate.cluster, asyncio, sockets or anything that does I/O: the shell (io/server.py) imports
+this package, not the other way round (lint-imports checks it).
 """
 from .machine import CLOSE, DROP, FWD, LOCAL, SUB, SUBDROP, Session, State, shareable
 
